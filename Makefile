@@ -1,0 +1,49 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEBIAN_PACKAGES := netcat-openbsd chromium
+
+.PHONY: run test lint typecheck unit bench debian-deps install test-install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet .
+
+# Debian's nc (the README's one-liners and the end-to-end tests) and
+# Chromium (browser tests); installed only where missing.
+debian-deps:
+	@missing=""; \
+	command -v nc >/dev/null || missing="$$missing netcat-openbsd"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+test-install: $(BIN)/python debian-deps
+	$(BIN)/pip install --quiet '.[test]'
+
+run: install
+	@echo "scheduler: TCP commands on 127.0.0.1:5050, dashboard on http://127.0.0.1:3000"
+	$(BIN)/twistd --pidfile= -n scheduler
+
+lint: test-install
+	$(BIN)/ruff check scheduler worker plugins tests bench
+
+typecheck: test-install
+	$(BIN)/mypy
+
+unit: test-install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test: test-install
+	$(BIN)/ruff check scheduler worker plugins tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,167 @@
+"""The cron engine: which tasks are due, from a heap of next-fire times.
+
+Pure bookkeeping with no reactor: the caller passes the time.  Tasks that
+share a schedule expression form one group with one croniter, so a tick
+costs one heap peek when nothing is due, however many tasks there are,
+and 100,000 tasks on a dozen expressions cost a dozen date computations.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from croniter import croniter
+
+from scheduler.cron import Schedule
+
+
+@dataclass(frozen=True, order=True)
+class Fire:
+    """One task due at one scheduled time (the idempotency key of a run)."""
+
+    scheduled: float
+    task_id: int
+
+
+@dataclass
+class _Group:
+    schedule: Schedule
+    iterator: croniter
+    next_time: float
+    task_ids: set[int] = field(default_factory=set)
+    # Identifies the group's one live heap entry; older entries are stale.
+    token: int = 0
+
+
+class CronEngine:
+    """Tracks next fire times and hands out each scheduled time once.
+
+    ``max_catch_up`` bounds how far back a late tick looks: fire times
+    missed by a late tick within that window all fire (in order); older
+    ones are skipped and counted, so a clock that jumps forward by a day
+    does not unleash a day of runs at once.
+    """
+
+    def __init__(
+        self,
+        now: float,
+        *,
+        max_catch_up: float = 60.0,
+        max_step_back: float = 3600.0,
+    ) -> None:
+        self._groups: dict[Schedule, _Group] = {}
+        self._task_group: dict[int, Schedule] = {}
+        # (next_time, tie-breaker, schedule); stale entries are skipped lazily.
+        self._heap: list[tuple[float, int, Schedule]] = []
+        self._counter = 0
+        self._last = now
+        self.max_catch_up = max_catch_up
+        self.max_step_back = max_step_back
+        #: Task fires dropped because the clock jumped past them.
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self._task_group)
+
+    @property
+    def last_tick(self) -> float:
+        return self._last
+
+    def add(self, task_id: int, schedule: Schedule) -> None:
+        if task_id in self._task_group:
+            self.remove(task_id)
+        group = self._groups.get(schedule)
+        if group is None:
+            iterator = schedule.iterator(self._last)
+            group = _Group(schedule, iterator, iterator.get_next(float))
+            self._groups[schedule] = group
+            self._push(group)
+        group.task_ids.add(task_id)
+        self._task_group[task_id] = schedule
+
+    def add_many(self, tasks: Iterable[tuple[int, Schedule]]) -> None:
+        for task_id, schedule in tasks:
+            self.add(task_id, schedule)
+
+    def remove(self, task_id: int) -> None:
+        schedule = self._task_group.pop(task_id, None)
+        if schedule is None:
+            return
+        group = self._groups[schedule]
+        group.task_ids.discard(task_id)
+        if not group.task_ids:
+            # Its heap entry goes stale and is dropped when it surfaces.
+            del self._groups[schedule]
+
+    def clear(self) -> None:
+        self._groups.clear()
+        self._task_group.clear()
+        self._heap.clear()
+
+    def next_run(self, task_id: int) -> float | None:
+        schedule = self._task_group.get(task_id)
+        return None if schedule is None else self._groups[schedule].next_time
+
+    def next_due(self) -> float | None:
+        """The earliest pending fire time, or None with no tasks."""
+        self._drop_stale()
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float) -> list[Fire]:
+        """Every (task, scheduled time) with a time in (last tick, now].
+
+        Each scheduled time is handed out once: a clock that steps back a
+        little only delays fires until it passes the old times again.  A
+        clock set back by more than ``max_step_back`` restarts every
+        schedule from the new time, as cron does, rather than pausing
+        everything for hours; the caller's idempotency keys keep times that
+        already ran from running again.
+        """
+        if now < self._last - self.max_step_back:
+            self._restart(now)
+        fires: list[Fire] = []
+        horizon = now - self.max_catch_up
+        while True:
+            self._drop_stale()
+            if not self._heap or self._heap[0][0] > now:
+                break
+            _, _, schedule = heapq.heappop(self._heap)
+            group = self._groups[schedule]
+            if group.next_time < horizon:
+                # Jumped past: restart the iterator at the horizon instead
+                # of walking every missed minute.
+                group.iterator = schedule.iterator(horizon)
+                group.next_time = group.iterator.get_next(float)
+                self.skipped += len(group.task_ids)
+                self._push(group)
+                continue
+            fires.extend(Fire(group.next_time, task_id) for task_id in group.task_ids)
+            group.next_time = group.iterator.get_next(float)
+            self._push(group)
+        self._last = max(self._last, now)
+        fires.sort()
+        return fires
+
+    def _restart(self, now: float) -> None:
+        self._heap.clear()
+        for group in self._groups.values():
+            group.iterator = group.schedule.iterator(now)
+            group.next_time = group.iterator.get_next(float)
+            self._push(group)
+        self._last = now
+
+    def _push(self, group: _Group) -> None:
+        self._counter += 1
+        group.token = self._counter
+        heapq.heappush(self._heap, (group.next_time, self._counter, group.schedule))
+
+    def _drop_stale(self) -> None:
+        heap = self._heap
+        while heap:
+            _, token, schedule = heap[0]
+            group = self._groups.get(schedule)
+            if group is not None and group.token == token:
+                return
+            heapq.heappop(heap)

@@ -1,0 +1,52 @@
+"""Jobs: one run of a command, from a cron fire or a request to run now."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def final(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    command: str
+    created_at: float
+    task_id: int | None = None
+    # Fires carry "<task id>@<scheduled time>": one run per scheduled time.
+    key: str | None = None
+    scheduled_at: float | None = None
+    target: str = "any"
+    timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    attempt: int = 1
+    status: JobStatus = JobStatus.QUEUED
+    worker: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str | None = None
+
+    def evolve(self, **changes: Any) -> Job:
+        return replace(self, **changes)
+
+
+def fire_key(task_id: int, scheduled: float) -> str:
+    return f"{task_id}@{scheduled:.0f}" if scheduled == int(scheduled) else f"{task_id}@{scheduled}"

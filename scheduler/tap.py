@@ -1,0 +1,70 @@
+"""``twistd scheduler``: options and the service tree."""
+
+from __future__ import annotations
+
+import sys
+from datetime import tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from scheduler.cron import local_zone
+
+
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise usage.UsageError(f"unknown time zone '{name}' (use a name like Europe/Berlin or UTC)") from None
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be above 0")
+    return value
+
+
+_positive.coerceDoc = "A number above 0."  # type: ignore[attr-defined]
+_positive_int.coerceDoc = "An integer above 0."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Runs the job scheduler: the TCP command port (ADD, LIST, REMOVE, ...), "
+        "the HTTP API and dashboard with the workers' WebSocket, and the cron tick. "
+        "Addresses are Twisted endpoint strings, e.g. tcp:5050:interface=127.0.0.1."
+    )
+    optParameters: list[list[Any]] = [
+        ["tcp", None, "tcp:5050:interface=127.0.0.1", "Endpoint for the TCP command port."],
+        ["http", None, "tcp:3000:interface=127.0.0.1", "Endpoint for the HTTP API, dashboard and /ws/worker."],
+        ["tasks-file", None, "tasks.db", "The tasks file (JSON lines), relative to the working directory."],
+        ["timezone", None, None, "Time zone of the cron schedules (default: this machine's zone)."],
+        ["tcp-linger", None, 0.3, "Seconds a one-shot TCP connection waits for more lines before it is closed.", _positive],
+        ["tcp-idle-timeout", None, 300.0, "Seconds an idle TCP SESSION connection stays open.", _positive],
+        ["tcp-max-line", None, 32768, "Longest TCP command line, in bytes.", _positive_int],
+    ]
+
+    def postOptions(self) -> None:
+        self["tz"] = _zone(self["timezone"]) if self["timezone"] else local_zone()
+
+
+def makeService(options: Options) -> IService:
+    from scheduler.service import SchedulerService, StartupError
+
+    try:
+        return SchedulerService.from_options(options)
+    except StartupError as error:
+        # twistd would print a traceback; an operator needs the reason.
+        print(f"scheduler: cannot start: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,140 @@
+"""The set of tasks in memory, with id allocation.  Synchronous and pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import tzinfo
+
+from scheduler import cron
+from scheduler.tasks import (
+    Task,
+    TaskError,
+    TaskOptions,
+    TaskRecord,
+    check_command,
+    id_from_job_name,
+)
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class TaskBook:
+    """Tasks by id, in insertion order.
+
+    Ids come from jobNames of the form ``task_<id>``, so a task keeps its id
+    through SAVE, LOAD and restarts; a new task takes the next id above any
+    this process has seen, so ids are never reused while it runs.
+    """
+
+    def __init__(self, tz: tzinfo, tasks: Iterable[Task] = (), high_water: int = 0) -> None:
+        self.tz = tz
+        self._tasks: dict[int, Task] = {task.id: task for task in tasks}
+        self._high_water = max([high_water, *self._tasks])
+
+    @classmethod
+    def from_records(
+        cls, tz: tzinfo, records: Iterable[TaskRecord], high_water: int = 0
+    ) -> TaskBook:
+        """Build a book from a loaded file.
+
+        A record keeps the id in its jobName unless it is not of the form
+        ``task_<n>`` or that id is already taken; those get fresh ids after
+        every named one is placed.
+        """
+        book = cls(tz, high_water=high_water)
+        fresh: list[TaskRecord] = []
+        for record in records:
+            task_id = record.id
+            if task_id is None or task_id in book._tasks:
+                fresh.append(record)
+                continue
+            book._put(Task(task_id, record.job_name, record.schedule, record.command, record.options, record.extra))
+        for record in fresh:
+            book._put(Task(book._next_id(), record.job_name, record.schedule, record.command, record.options, record.extra))
+        return book
+
+    def copy(self) -> TaskBook:
+        # Tasks are immutable, so a shallow copy is a full snapshot.
+        return TaskBook(self.tz, self._tasks.values(), self._high_water)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks.values())
+
+    def get(self, task_id: int) -> Task | None:
+        return self._tasks.get(task_id)
+
+    @property
+    def high_water(self) -> int:
+        return self._high_water
+
+    def find(self, key: str) -> Task:
+        """A task by id (``12``) or jobName (``task_12``, ``backup``)."""
+        key = key.strip()
+        if key.isdigit():
+            task = self._tasks.get(int(key))
+            if task is not None:
+                return task
+        matches = [task for task in self._tasks.values() if task.job_name == key]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            ids = ", ".join(str(task.id) for task in matches)
+            raise TaskError(f"jobName '{key}' is ambiguous (ids {ids}); use the id")
+        raise TaskNotFound(f"no task with id or jobName '{key}'")
+
+    def add(
+        self,
+        schedule: str,
+        command: str,
+        options: TaskOptions | None = None,
+        job_name: str | None = None,
+    ) -> Task:
+        try:
+            parsed = cron.parse(schedule, self.tz)
+        except cron.InvalidSchedule as error:
+            raise TaskError(str(error)) from None
+        check_command(command)
+        task_id = self._next_id()
+        if job_name is None:
+            job_name = f"task_{task_id}"
+        else:
+            self._check_job_name(job_name, task_id)
+        task = Task(task_id, job_name, parsed, command, options or TaskOptions())
+        self._put(task)
+        return task
+
+    def remove(self, task_id: int) -> Task:
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return task
+
+    def clear(self) -> list[Task]:
+        removed = list(self._tasks.values())
+        self._tasks.clear()
+        return removed
+
+    def _check_job_name(self, job_name: str, task_id: int) -> None:
+        if not job_name.strip() or len(job_name) > 200 or any(ch.isspace() for ch in job_name):
+            raise TaskError("jobName must be 1-200 characters without spaces")
+        named_id = id_from_job_name(job_name)
+        if named_id is not None and named_id != task_id:
+            # task_<n> names carry ids; a mismatched one would change id on reload.
+            raise TaskError(f"jobName '{job_name}' is reserved for the task with id {named_id}")
+        if any(task.job_name == job_name for task in self._tasks.values()):
+            raise TaskError(f"jobName '{job_name}' is already used")
+
+    def _next_id(self) -> int:
+        self._high_water += 1
+        while self._high_water in self._tasks:
+            self._high_water += 1
+        return self._high_water
+
+    def _put(self, task: Task) -> None:
+        self._tasks[task.id] = task
+        self._high_water = max(self._high_water, task.id)

@@ -1,0 +1,55 @@
+"""Shared test doubles: synchronous stand-ins for the thread pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from scheduler.engine import CronEngine
+from scheduler.state import TaskState
+from scheduler.store import FlatFileTaskStore
+from scheduler.taskbook import TaskBook
+
+UTC = UTC
+
+
+class InlinePool:
+    """Runs 'threaded' work inline so protocol tests stay synchronous."""
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], None], func: Callable[..., Any], *args: Any, **kw: Any
+    ) -> None:
+        try:
+            result = func(*args, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class InlineReactor(Clock):
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        f(*args, **kw)
+
+
+def make_store(path: Path, **kw: Any) -> FlatFileTaskStore:
+    return FlatFileTaskStore(str(path), UTC, InlinePool(), InlineReactor(), **kw)  # type: ignore[arg-type]
+
+
+def make_state(path: Path, now: float = 0.0, **kw: Any) -> TaskState:
+    store = make_store(path, **kw)
+    book = TaskBook.from_records(UTC, store.load_now())
+    return TaskState(book, store, CronEngine(now))
+
+
+def result_of(deferred: Deferred[Any]) -> Any:
+    out: list[Any] = []
+    deferred.addBoth(out.append)
+    assert out, "deferred did not fire"
+    return out[0]

@@ -1,0 +1,124 @@
+"""The real ``twistd -n scheduler`` on loopback, driven as a user would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import TWISTD, scheduler
+
+ROOT = Path(__file__).resolve().parent.parent
+NC = shutil.which("nc")
+
+
+def nc(port: int, text: str, *flags: str) -> tuple[str, float]:
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run(
+        ["nc", *flags, "localhost", str(port)],
+        input=text.encode(),
+        capture_output=True,
+        timeout=20,
+        check=True,
+    )
+    return done.stdout.decode(), time.monotonic() - started
+
+
+@pytest.mark.skipif(NC is None, reason="make test installs netcat-openbsd")
+def test_seed_one_liners_with_real_nc(tmp_path: Path) -> None:
+    with scheduler(tmp_path) as running:
+        out, took = nc(running.tcp, "PING\n")
+        assert out == "PONG\n"
+        assert took < 5  # returns because the server closes, not by nc's timeout
+        out, _ = nc(running.tcp, "ADD * * * * * echo Hello every minute!\n")
+        assert out.startswith("OK id=1 jobName=task_1 next=")
+        out, _ = nc(running.tcp, "ADD */5 * * * * date\nLIST\nSTATUS\n")
+        lines = out.splitlines()
+        assert lines[0].startswith("OK id=2 jobName=task_2")
+        assert lines[1].endswith("\techo Hello every minute!")
+        assert lines[3] == "OK 2 tasks"
+        assert lines[4].startswith("OK tasks=2")
+        out, _ = nc(running.tcp, "REMOVE 2\n", "-N")
+        assert out == "OK removed id=2 jobName=task_2\n"
+        assert nc(running.tcp, "SAVE\n")[0] == "OK saved 1 task\n"
+        assert (tmp_path / "tasks.db").read_text() == (
+            '{"schedule": "* * * * *", "command": "echo Hello every minute!", "jobName": "task_1"}\n'
+        )
+        assert nc(running.tcp, "CLEAR\nLOAD\n")[0] == "OK cleared 1 task\nOK loaded 0 tasks\n"
+
+
+def test_tasks_survive_restart_with_their_ids(tmp_path: Path) -> None:
+    (tmp_path / "tasks.db").write_text(
+        '{"schedule": "@daily", "command": "echo a", "jobName": "task_12"}\n'
+    )
+    with scheduler(tmp_path) as running:
+        assert running.command("ADD @hourly echo b\n")[0].startswith("OK id=13 ")
+    assert "loaded 1 tasks from" in (tmp_path / "scheduler.log").read_text()
+    with scheduler(tmp_path) as running:
+        removed, listed, end = running.command("REMOVE 12\nLIST\n")
+        assert removed == "OK removed id=12 jobName=task_12"
+        assert listed.startswith("13\ttask_13\t@hourly\t")
+        assert end == "OK 1 task"
+
+
+def test_broken_tasks_file_stops_startup_and_is_left_alone(tmp_path: Path) -> None:
+    content = b'{"schedule": "* * * * *", "command": "ok", "jobName": "task_1"}\n{"schedule": "* *\n'
+    (tmp_path / "tasks.db").write_bytes(content)
+    done = subprocess.run(
+        [*TWISTD, "--pidfile=", "-n", "scheduler", "--tcp", "tcp:0", "--http", "tcp:0"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    message = done.stderr.decode() + done.stdout.decode()
+    assert "tasks.db, line 2: not valid JSON" in message
+    assert "Traceback" not in message
+    assert (tmp_path / "tasks.db").read_bytes() == content
+
+
+def test_plugins_listed_after_plain_pip_install(tmp_path: Path) -> None:
+    """A fresh virtualenv, ``pip install .``, ``twistd --help`` from elsewhere."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    # Build from a copy so the repository's own build/ folder plays no part.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", "build", "*.egg-info", ".git", "__pycache__"))
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(source)],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [str(env_dir / "bin" / "twistd"), "--help"],
+        cwd=elsewhere,
+        capture_output=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    commands = done.stdout.decode()
+    assert "    scheduler " in commands
+    assert "    worker " in commands
+    # And the dashboard ships inside the package.
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.resources as r; print(r.files('scheduler.static').joinpath('index.html').is_file())"],
+        cwd=elsewhere,
+        capture_output=True,
+        timeout=60,
+    )
+    assert probe.stdout.decode().strip() == "True", probe.stderr.decode()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))

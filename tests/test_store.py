@@ -1,0 +1,134 @@
+"""tasks.db: the seed's format, ids through jobNames, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from scheduler.store import LoadError, StoreError, parse_lines
+from scheduler.taskbook import TaskBook, TaskNotFound
+from scheduler.tasks import TaskError, TaskOptions
+from tests.helpers import make_state, make_store, result_of
+
+UTC = UTC
+SEED = b'{"schedule": "* * * * *", "command": "echo Hello", "jobName": "task_1"}\n'
+
+
+def test_seed_file_round_trips_byte_for_byte(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    path.write_bytes(SEED)
+    store = make_store(path)
+    book = TaskBook.from_records(UTC, store.load_now())
+    store.write_now([task.line for task in book])
+    assert path.read_bytes() == SEED
+    assert book.find("1").job_name == "task_1"
+
+
+def test_ids_come_from_job_names_and_are_not_reused() -> None:
+    data = (
+        b'{"schedule": "@daily", "command": "a", "jobName": "task_12"}\n'
+        b'{"schedule": "@daily", "command": "b", "jobName": "backup"}\n'
+        b'{"schedule": "@daily", "command": "c", "jobName": "task_3", "owner": "ops"}\n'
+    )
+    book = TaskBook.from_records(UTC, parse_lines(data, "tasks.db", UTC))
+    assert sorted(t.id for t in book) == [3, 12, 13]
+    assert book.find("backup").id == 13
+    assert book.add("@hourly", "d").id == 14
+    # Unknown keys are kept, and custom names remember their id.
+    assert json.loads(book.find("3").line)["owner"] == "ops"
+    assert json.loads(book.find("backup").line)["id"] == 13
+
+
+def test_duplicate_job_names_get_fresh_ids_and_need_the_id() -> None:
+    data = SEED + SEED
+    book = TaskBook.from_records(UTC, parse_lines(data, "tasks.db", UTC))
+    assert sorted(t.id for t in book) == [1, 2]
+    with pytest.raises(TaskError, match="ambiguous"):
+        book.find("task_1")
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "reason"),
+    [
+        (SEED + b'{"schedule": "* * * * *", "comm', 2, "not valid JSON"),
+        (SEED + b'{"schedule": "61 * * * *", "command": "x", "jobName": "a"}\n', 2, "minute must be 0-59"),
+        (b"\n" + SEED + b'{"schedule": "* * * * *", "jobName": "a"}\n', 3, "missing key 'command'"),
+        (b"[1, 2]\n", 1, "expected a JSON object"),
+        (b'{"schedule": "* * * * *", "command": "\xff", "jobName": "a"}\n', 1, "not UTF-8"),
+        (b'{"schedule": "* * * * *", "command": "x", "jobName": "a", "retries": -1}\n', 1, "retries"),
+    ],
+)
+def test_bad_lines_are_named(data: bytes, line: int, reason: str) -> None:
+    with pytest.raises(LoadError) as caught:
+        parse_lines(data, "tasks.db", UTC)
+    assert caught.value.line == line
+    assert reason in str(caught.value)
+    assert str(caught.value).startswith(f"tasks.db, line {line}: ")
+
+
+def test_failed_fsync_or_rename_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    path.write_bytes(SEED)
+
+    def broken(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    for store in (make_store(path, fsync=broken), make_store(path, replace=broken)):
+        with pytest.raises(StoreError, match="No space left"):
+            store.write_now(["{}"])
+        assert path.read_bytes() == SEED
+        assert os.listdir(tmp_path) == ["tasks.db"]
+
+
+def test_changes_are_on_disk_before_they_are_acknowledged(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    state = make_state(path)
+    task = result_of(state.edit(lambda book: book.add("* * * * *", "echo Hello")))
+    assert path.read_bytes() == SEED
+    assert task.id == 1
+    result_of(state.edit(lambda book: book.remove(1)))
+    assert path.read_bytes() == b""
+
+
+def test_a_failed_write_changes_nothing_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    path.write_bytes(SEED)
+    fail = [True]
+
+    def fsync(fd: int) -> None:
+        if fail[0]:
+            raise OSError(5, "Input/output error")
+
+    state = make_state(path, fsync=fsync)
+    outcome = result_of(state.edit(lambda book: book.add("@daily", "x")))
+    assert isinstance(outcome.value, StoreError)
+    assert [t.id for t in state.book] == [1]
+    assert path.read_bytes() == SEED
+    fail[0] = False
+    # Task 2 was never acknowledged, so its id is free again.
+    assert result_of(state.edit(lambda book: book.add("@daily", "x"))).id == 2
+
+
+def test_load_is_all_or_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    state = make_state(path)
+    result_of(state.edit(lambda book: book.add("@daily", "keep me")))
+    path.write_bytes(SEED + b"not json\n")
+    outcome = result_of(state.load())
+    assert "line 2" in str(outcome.value)
+    assert [t.command for t in state.book] == ["keep me"]
+    path.write_bytes(SEED)
+    assert result_of(state.load()) == 1
+    assert [t.command for t in state.book] == ["echo Hello"]
+
+
+def test_invalid_changes_fail_alone(tmp_path: Path) -> None:
+    state = make_state(tmp_path / "tasks.db")
+    bad = result_of(state.edit(lambda book: book.remove(99)))
+    assert isinstance(bad.value, TaskNotFound)
+    with pytest.raises(TaskError, match="target"):
+        TaskOptions.from_mapping({"target": "nowhere"})

@@ -1,0 +1,173 @@
+"""The port-5050 protocol, in memory: replies, order, errors, closing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from scheduler.state import TaskState
+from scheduler.tasks import TaskError
+from scheduler.tcp_commands import CommandFactory, TcpCommands, split_add
+from tests.helpers import make_state
+
+
+class Client:
+    def __init__(self, state: TaskState, clock: Clock, **kw: object) -> None:
+        commands = TcpCommands(state, state._engine.next_run, lambda: {"tasks": len(state.book)})
+        factory = CommandFactory(commands, clock, **kw)  # type: ignore[arg-type]
+        self.protocol = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> list[str]:
+        self.protocol.dataReceived(data)
+        return self.lines()
+
+    def lines(self) -> list[str]:
+        return self.transport.value().decode().splitlines()
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> TaskState:
+    return make_state(tmp_path / "tasks.db")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_ping(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock)
+    assert client.send(b"PING\n") == ["PONG"]
+
+
+def test_one_shot_connection_closes_after_linger(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock, linger=0.3)
+    client.send(b"PING\n")
+    assert not client.closed
+    clock.advance(0.29)
+    assert not client.closed
+    clock.advance(0.02)
+    assert client.closed
+
+
+def test_half_close_answers_then_closes_at_once(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock)
+    client.protocol.dataReceived(b"PING\nSTATUS")
+    client.protocol.readConnectionLost()
+    assert client.lines() == ["PONG", "OK tasks=0"]
+    assert client.closed
+
+
+def test_pipelined_commands_answer_in_order(state: TaskState, clock: Clock, tmp_path: Path) -> None:
+    client = Client(state, clock)
+    lines = client.send(b"ADD * * * * * echo Hello every minute!\r\nadd @daily   echo  two  spaces\nLIST\nPING\n")
+    assert lines[0].startswith("OK id=1 jobName=task_1 next=")
+    assert lines[1].startswith("OK id=2 jobName=task_2 next=")
+    assert lines[2].split("\t")[:3] == ["1", "task_1", "* * * * *"]
+    assert lines[2].split("\t")[4] == "echo Hello every minute!"
+    assert lines[3].split("\t")[4] == "echo  two  spaces"
+    assert lines[4:] == ["OK 2 tasks", "PONG"]
+    assert (tmp_path / "tasks.db").read_text().count("\n") == 2
+
+
+def test_remove_by_id_or_job_name_and_clear(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock)
+    client.send(b"ADD @hourly a\nADD @hourly b\nADD @hourly c\n")
+    out = client.send(b"REMOVE 2\nREMOVE task_3\nREMOVE 2\nREMOVE\nCLEAR\nSTATUS\n")
+    assert out[3:] == [
+        "OK removed id=2 jobName=task_2",
+        "OK removed id=3 jobName=task_3",
+        "ERR no task with id or jobName '2'",
+        "ERR REMOVE needs a task id or jobName, e.g. REMOVE 2",
+        "OK cleared 1 task",
+        "OK tasks=0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "reply"),
+    [
+        (b"ADD 61 * * * * echo x", "ERR invalid schedule '61 * * * *': minute must be 0-59"),
+        (b"ADD * * * * *", "ERR ADD needs a schedule and a command"),
+        (b"ADD", "ERR ADD needs a schedule and a command"),
+        (b"FROB", "ERR unknown command 'FROB' (try HELP)"),
+        (b"", "ERR empty line"),
+        (b"   ", "ERR empty line"),
+        (b"\xff\xfe", "ERR line is not valid UTF-8"),
+        (b"PING\x00", "ERR line contains a NUL byte"),
+        (b"SAVE /etc/passwd", "ERR SAVE takes no argument"),
+        (b"LOAD /etc/passwd", "ERR LOAD takes no argument"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(state: TaskState, clock: Clock, line: bytes, reply: str) -> None:
+    client = Client(state, clock)
+    out = client.send(line + b"\nPING\n")
+    assert out[0].startswith(reply)
+    assert out[1] == "PONG"  # and the connection carries on
+    assert len(state.book) == 0
+
+
+def test_overlong_line_resynchronises(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock, max_line=100)
+    out = client.send(b"ADD * * * * * " + b"x" * 500)
+    assert out == ["ERR line longer than 100 bytes (ignored up to the next newline)"]
+    out = client.send(b"y" * 500 + b"\nPING\n")
+    assert out[1:] == ["PONG"]
+    assert len(state.book) == 0
+
+
+def test_http_is_closed_before_anything_runs(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock)
+    out = client.send(b"POST / HTTP/1.1\r\nHost: localhost:5050\r\n\r\nADD * * * * * touch /tmp/pwned\n")
+    assert out == []
+    assert client.closed
+    assert len(state.book) == 0
+
+
+def test_session_stays_open_until_quit_or_idle(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock, linger=0.3, idle_timeout=60)
+    client.send(b"session\n")
+    clock.advance(10)
+    assert client.send(b"PING\n")[-1] == "PONG"
+    clock.advance(59)
+    assert not client.closed
+    assert client.send(b"QUIT\n")[-1] == "OK bye"
+    assert client.closed
+    other = Client(state, clock, idle_timeout=60)
+    other.send(b"SESSION\n")
+    clock.advance(61)
+    assert other.closed
+
+
+def test_help_lists_every_command(state: TaskState, clock: Clock) -> None:
+    out = Client(state, clock).send(b"HELP\n")
+    for verb in ("ADD", "LIST", "REMOVE", "CLEAR", "STATUS", "SAVE", "LOAD", "PING"):
+        assert any(line.startswith(verb) for line in out)
+    assert out[-1] == "OK"
+
+
+@pytest.mark.parametrize(
+    ("argument", "schedule", "command"),
+    [
+        ("* * * * * echo hi", "* * * * *", "echo hi"),
+        ("@daily   backup.sh  --all", "@daily", "backup.sh  --all"),
+        ("*/10 * * * * 30 echo half", "*/10 * * * * 30", "echo half"),
+        ("0 0 * * * 7z a x.7z", "0 0 * * *", "7z a x.7z"),
+    ],
+)
+def test_split_add(argument: str, schedule: str, command: str) -> None:
+    assert split_add(argument) == (schedule, command)
+
+
+def test_split_add_needs_a_command() -> None:
+    with pytest.raises(TaskError):
+        split_add("*/10 * * * * 30")
