@@ -179,6 +179,11 @@ class Schedule:
         start = datetime.fromtimestamp(after, self.tz)
         return croniter(self._cron, start, ret_type=float, day_or=self._day_or)
 
+    def backwards(self, before: float) -> croniter:
+        """A croniter whose get_prev yields fire times before *before*."""
+        start = datetime.fromtimestamp(before, self.tz)
+        return croniter(self._cron, start, ret_type=float, day_or=self._day_or)
+
     def next_after(self, after: float) -> float:
         """The first fire time strictly after *after* (epoch seconds)."""
         return float(self.iterator(after).get_next(float))
@@ -231,3 +236,89 @@ def local_zone() -> tzinfo:
     zone = datetime.now().astimezone().tzinfo
     assert zone is not None
     return zone
+
+
+_MACRO_WORDS = {
+    "@yearly": "once a year, at midnight on 1 January",
+    "@annually": "once a year, at midnight on 1 January",
+    "@monthly": "at midnight on the first of every month",
+    "@weekly": "at midnight every Sunday",
+    "@daily": "every day at midnight",
+    "@midnight": "every day at midnight",
+    "@hourly": "at the start of every hour",
+}
+_DAY_NAMES = "Sunday Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_MONTH_NAMES = "January February March April May June July August September October November December".split()
+
+
+def _words(spec: _Field, text: str, names: list[str] | None = None) -> str:
+    def one(token: str) -> str:
+        value = _value(spec, token)
+        if value is None:
+            return token
+        if names is not None:
+            return names[value - (1 if spec.name == "month" else 0)]
+        return str(value)
+
+    parts = []
+    for part in text.lower().split(","):
+        match = _ATOM.match(part)
+        if match is None:
+            parts.append(part)
+            continue
+        start, end, step = match.groups()
+        if start == "*":
+            body = f"every {_ordinal(int(step))} {spec.name}".replace("  ", " ") if step else f"every {spec.name}"
+        elif end is not None:
+            body = f"{one(start)} to {one(end)}" + (f" every {step}" if step else "")
+        else:
+            body = one(start) + (f" onwards every {step}" if step else "")
+        parts.append(body)
+    return ", ".join(parts)
+
+
+def _ordinal(number: int) -> str:
+    if number == 1:
+        return ""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def describe(schedule: Schedule) -> str:
+    """The schedule in plain words, for the dashboard."""
+    text = schedule.expression.strip()
+    if text.startswith("@"):
+        return _MACRO_WORDS[text.lower()]
+    fields = text.split()
+    minute, hour, dom, month, dow = fields[:5]
+    second = fields[5] if len(fields) == 6 else None
+    if minute.isdigit() and hour.isdigit():
+        when = f"at {int(hour):02d}:{int(minute):02d}"
+    elif minute == "*" and hour == "*":
+        when = "every minute"
+    elif minute.isdigit() and hour == "*":
+        when = f"at minute {int(minute)} of every hour"
+    elif minute.startswith("*/") and minute[2:].isdigit() and hour == "*":
+        when = f"every {int(minute[2:])} minutes"
+    elif minute.isdigit():
+        when = f"at minute {int(minute)} of hour {_words(_FIELDS[1], hour)}"
+    elif hour == "*":
+        when = f"minute {_words(_FIELDS[0], minute)} of every hour"
+    else:
+        when = f"minute {_words(_FIELDS[0], minute)} past hour {_words(_FIELDS[1], hour)}"
+    if second is not None:
+        when = f"second {_words(_SECOND, second)} of {when}" if second != "*" else f"every second of {when}"
+    if dom == "*" and dow == "*":
+        days = "every day"
+    elif dom == "*" or (dom.startswith("*") and dow != "*"):
+        days = f"on {_words(_FIELDS[4], dow, _DAY_NAMES)}"
+        if dom != "*":
+            days += f", only on {_words(_FIELDS[2], dom)} of the month"
+    elif dow == "*" or dow.startswith("*"):
+        days = f"on day {_words(_FIELDS[2], dom)} of the month"
+        if dow != "*":
+            days += f" if it is {_words(_FIELDS[4], dow, _DAY_NAMES)}"
+    else:
+        days = f"on day {_words(_FIELDS[2], dom)} of the month or on {_words(_FIELDS[4], dow, _DAY_NAMES)}"
+    months = "" if month == "*" else f", in {_words(_FIELDS[3], month, _MONTH_NAMES)}"
+    return f"{when}, {days}{months}"

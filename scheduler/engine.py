@@ -165,3 +165,24 @@ class CronEngine:
             if group is not None and group.token == token:
                 return
             heapq.heappop(heap)
+
+
+def missed_times(schedule: Schedule, last: float, now: float, policy: str, cap: int) -> list[float]:
+    """Fire times in (last, now] to run after downtime, per the missed policy.
+
+    ``skip`` runs none (cron's way); ``once`` the latest; ``all`` up to *cap*
+    of the latest, oldest first.  Walks backwards from *now*, so a long
+    downtime costs at most *cap* steps.
+    """
+    if policy == "skip" or now <= last:
+        return []
+    wanted = 1 if policy == "once" else cap
+    iterator = schedule.backwards(now + 1)
+    times: list[float] = []
+    while len(times) < wanted:
+        previous = float(iterator.get_prev(float))
+        if previous <= last:
+            break
+        if previous <= now:
+            times.append(previous)
+    return sorted(times)

@@ -1,33 +1,467 @@
-"""The HTTP side on port 3000: REST API, dashboard and the workers' WebSocket."""
+"""The HTTP side on port 3000: REST API, live feed, dashboard, /ws/worker.
+
+Routes translate JSON to calls on the task state and the dispatcher and
+back; they hold no state of their own.  Every error is JSON,
+``{"error": "<what and why>"}``, with a fitting status.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import datetime, tzinfo
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
 from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.static import File
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from scheduler import __version__
+from scheduler import __version__, cron
+from scheduler.dispatch import Dispatcher, JobConflict, JobNotFound, QueueFull
+from scheduler.feed import EventHub
+from scheduler.jobs import Job, JobStatus
+from scheduler.jobstore import JobStore
+from scheduler.metrics import SchedulerMetrics
 from scheduler.state import TaskState
+from scheduler.taskbook import TaskBook, TaskNotFound
+from scheduler.tasks import Task, TaskError, TaskOptions, check_command
+from scheduler.worker_protocol import WorkerServerFactory
+from scheduler.workers import WorkerRegistry
+
+MAX_BODY = 1024 * 1024
+MAX_LIMIT = 1000
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def static_root() -> Path:
+    """The dashboard files: inside the installed package, or the source tree."""
+    try:
+        packaged = Path(str(resources.files("scheduler.static")))
+        if (packaged / "index.html").is_file():
+            return packaged
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "static"
 
 
 def _json(request: IRequest, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps(body).encode("utf-8")
+
+
+def _iso(timestamp: float | None, tz: tzinfo) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz).isoformat(timespec="milliseconds")
+
+
+def _body(request: IRequest, max_body: int) -> dict[str, Any]:
+    length = request.getHeader(b"content-length")
+    if length is not None and length.isdigit() and int(length) > max_body:
+        raise ApiError(413, f"request body is larger than {max_body} bytes")
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type != b"application/json":
+        raise ApiError(415, "send a JSON body with Content-Type: application/json")
+    assert request.content is not None
+    raw = request.content.read(max_body + 1)
+    if len(raw) > max_body:
+        raise ApiError(413, f"request body is larger than {max_body} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ApiError(400, f"malformed JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
+
+
+def _int_arg(request: IRequest, name: str, default: int | None, low: int, high: int) -> int | None:
+    values = request.args.get(name.encode())
+    if not values:
+        return default
+    text = values[0].decode("utf-8", "replace")
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ApiError(400, f"query parameter '{name}' must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _str_arg(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _path_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError(404, f"no such id '{text[:40]}'")
+    return int(text)
+
+
+def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _check_env(env: Any) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) and key and "=" not in key and "\0" not in key + value
+        for key, value in env.items()
+    ):
+        raise ApiError(400, "env must be an object of string names (without '=') to string values")
+    return env
 
 
 class SchedulerHTTP:
     app = Klein()
 
-    def __init__(self, state: TaskState) -> None:
+    def __init__(
+        self,
+        state: TaskState,
+        worker_factory: WorkerServerFactory,
+        *,
+        dispatcher: Dispatcher,
+        job_store: JobStore,
+        workers: WorkerRegistry,
+        next_run: Callable[[int], float | None],
+        metrics: SchedulerMetrics,
+        feed: EventHub,
+        max_body: int = MAX_BODY,
+    ) -> None:
         self._state = state
+        self._dispatcher = dispatcher
+        self._job_store = job_store
+        self._workers = workers
+        self._next_run = next_run
+        self._metrics = metrics
+        self._feed = feed
+        self._max_body = max_body
+        self._workers_ws = WebSocketResource(worker_factory)
+        root = static_root()
+        self._static = File(str(root))
+        self._index = File(str(root / "index.html"))
+
+    @property
+    def _tz(self) -> tzinfo:
+        return self._state.book.tz
+
+    # -- errors ----------------------------------------------------------
+
+    @app.handle_errors(ApiError)
+    def api_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, ApiError)
+        return _json(request, error.status, {"error": error.message})
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return _json(request, 404, {"error": f"no such resource: {request.path.decode('utf-8', 'replace')[:200]}"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        allowed = ", ".join(getattr(error, "valid_methods", None) or [])
+        if allowed:
+            request.setHeader(b"Allow", allowed.encode())
+        method = request.method.decode("ascii", "replace")
+        return _json(request, 405, {"error": f"method {method} is not allowed here (allowed: {allowed})"})
+
+    # -- presenters --------------------------------------------------------
+
+    def task_json(self, task: Task) -> dict[str, Any]:
+        return {
+            "id": task.id,
+            "jobName": task.job_name,
+            "schedule": task.schedule.expression,
+            "description": cron.describe(task.schedule),
+            "command": task.command,
+            "nextRun": _iso(self._next_run(task.id), self._tz),
+            **task.options.as_dict(),
+        }
+
+    def job_json(self, job: Job) -> dict[str, Any]:
+        duration = None
+        if job.started_at is not None and job.finished_at is not None:
+            duration = round(job.finished_at - job.started_at, 3)
+        return {
+            "id": job.id,
+            "taskId": job.task_id,
+            "command": job.command,
+            "status": job.status.value,
+            "worker": job.worker,
+            "exitCode": job.exit_code,
+            "signal": job.signal,
+            "target": job.target,
+            "timeout": job.timeout,
+            "cwd": job.cwd,
+            "attempt": job.attempt,
+            "reason": job.reason,
+            "createdAt": _iso(job.created_at, self._tz),
+            "scheduledAt": _iso(job.scheduled_at, self._tz),
+            "startedAt": _iso(job.started_at, self._tz),
+            "finishedAt": _iso(job.finished_at, self._tz),
+            "duration": duration,
+        }
+
+    # -- health, metrics, contract ---------------------------------------
 
     @app.route("/api/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
         return _json(
             request,
             200,
-            {"status": "ok", "version": __version__, "tasks": len(self._state.book)},
+            {
+                "status": "ok",
+                "version": __version__,
+                "tasks": len(self._state.book),
+                "workers": len(self._workers),
+                "queued": self._dispatcher.queued,
+            },
         )
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self._metrics.render()
+
+    @app.route("/api/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        from scheduler.openapi import OPENAPI
+
+        return _json(request, 200, OPENAPI)
+
+    # -- tasks ---------------------------------------------------------------
+
+    @app.route("/api/tasks", methods=["GET"])
+    def list_tasks(self, request: IRequest) -> bytes:
+        return _json(request, 200, [self.task_json(task) for task in self._state.book])
+
+    @app.route("/api/tasks", methods=["POST"])
+    async def add_task(self, request: IRequest) -> bytes:
+        data = _body(request, self._max_body)
+        _check_fields(data, {"schedule", "command", "jobName", *TaskOptions().as_dict()})
+        schedule = data.get("schedule")
+        if not isinstance(schedule, str):
+            raise ApiError(400, "field 'schedule' is required and must be a string")
+        job_name = data.get("jobName")
+        if job_name is not None and not isinstance(job_name, str):
+            raise ApiError(400, "field 'jobName' must be a string")
+        try:
+            command = check_command(data.get("command"))
+            options = TaskOptions.from_mapping(data)
+            cron.parse(schedule, self._tz)
+        except (TaskError, cron.InvalidSchedule) as error:
+            raise ApiError(400, str(error)) from None
+
+        def add(book: TaskBook) -> Task:
+            return book.add(schedule, command, options, job_name)
+
+        task = await self._edit(add)
+        request.setHeader(b"Location", f"/api/tasks/{task.id}".encode())
+        return _json(request, 201, self.task_json(task))
+
+    @app.route("/api/tasks/<task_id>", methods=["GET"])
+    def get_task(self, request: IRequest, task_id: str) -> bytes:
+        return _json(request, 200, self.task_json(self._find_task(task_id)))
+
+    @app.route("/api/tasks/<task_id>", methods=["DELETE"])
+    async def delete_task(self, request: IRequest, task_id: str) -> bytes:
+        wanted = self._find_task(task_id).id
+        await self._edit(lambda book: book.remove(wanted))
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/api/tasks/<task_id>/run", methods=["POST"])
+    def run_task(self, request: IRequest, task_id: str) -> bytes:
+        task = self._find_task(task_id)
+        jobs = self._run(
+            task.command,
+            target=task.options.target,
+            timeout=task.options.timeout,
+            task_id=task.id,
+        )
+        return _json(request, 202, self.job_json(jobs[0]) if len(jobs) == 1 else [self.job_json(j) for j in jobs])
+
+    @app.route("/api/schedules/check", methods=["GET"])
+    def check_schedule(self, request: IRequest) -> bytes:
+        expression = _str_arg(request, "expr")
+        if expression is None:
+            raise ApiError(400, "query parameter 'expr' is required")
+        try:
+            schedule = cron.parse(expression, self._tz)
+        except cron.InvalidSchedule as error:
+            return _json(request, 200, {"valid": False, "error": str(error)})
+        now = self._state_now()
+        upcoming = []
+        iterator = schedule.iterator(now)
+        for _ in range(3):
+            upcoming.append(_iso(iterator.get_next(float), self._tz))
+        return _json(
+            request,
+            200,
+            {"valid": True, "description": cron.describe(schedule), "next": upcoming},
+        )
+
+    def _state_now(self) -> float:
+        return datetime.now(self._tz).timestamp()
+
+    def _find_task(self, task_id: str) -> Task:
+        task = self._state.book.get(_path_id(task_id))
+        if task is None:
+            raise ApiError(404, f"no task with id {task_id}")
+        return task
+
+    async def _edit(self, change: Callable[[TaskBook], Any]) -> Any:
+        try:
+            return await self._state.edit(change)
+        except TaskNotFound as error:
+            raise ApiError(404, str(error.args[0])) from None
+        except TaskError as error:
+            raise ApiError(400, str(error)) from None
+        except Exception as error:
+            raise ApiError(503, f"could not save the tasks: {error}") from None
+
+    # -- jobs ------------------------------------------------------------------
+
+    @app.route("/api/jobs", methods=["POST"])
+    def run_command(self, request: IRequest) -> bytes:
+        data = _body(request, self._max_body)
+        _check_fields(data, {"command", "target", "timeout", "env", "cwd"})
+        try:
+            command = check_command(data.get("command"))
+            options = TaskOptions.from_mapping(
+                {key: data[key] for key in ("target", "timeout") if key in data and data[key] is not None}
+            )
+        except TaskError as error:
+            raise ApiError(400, str(error)) from None
+        cwd = data.get("cwd")
+        if cwd is not None and (not isinstance(cwd, str) or not cwd or "\0" in cwd):
+            raise ApiError(400, "cwd must be a non-empty path string")
+        jobs = self._run(
+            command,
+            target=options.target,
+            timeout=options.timeout,
+            env=_check_env(data.get("env")),
+            cwd=cwd,
+        )
+        if len(jobs) == 1:
+            request.setHeader(b"Location", f"/api/jobs/{jobs[0].id}".encode())
+            return _json(request, 202, self.job_json(jobs[0]))
+        return _json(request, 202, [self.job_json(job) for job in jobs])
+
+    def _run(self, command: str, **options: Any) -> list[Job]:
+        try:
+            return self._dispatcher.run_now(command, **options)
+        except QueueFull as error:
+            raise ApiError(503, str(error)) from None
+
+    @app.route("/api/jobs", methods=["GET"])
+    async def list_jobs(self, request: IRequest) -> bytes:
+        status = _str_arg(request, "status")
+        if status is not None and status not in {s.value for s in JobStatus}:
+            raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}")
+        task = _int_arg(request, "task", None, 1, 10**18)
+        worker = _str_arg(request, "worker")
+        limit = _int_arg(request, "limit", 100, 1, MAX_LIMIT) or 100
+        before = _int_arg(request, "before", None, 1, 10**18)
+        stored = await self._job_store.query(
+            status=status, task_id=task, worker=worker, limit=limit, before_id=before
+        )
+        # The live record of an active job is fresher than its stored row.
+        jobs = [self._dispatcher.jobs.get(job.id) or job for job in stored]
+        if status is not None:
+            jobs = [job for job in jobs if job.status.value == status]
+        return _json(request, 200, [self.job_json(job) for job in jobs])
+
+    @app.route("/api/jobs/<job_id>", methods=["GET"])
+    async def get_job(self, request: IRequest, job_id: str) -> bytes:
+        return _json(request, 200, self.job_json(await self._find_job(job_id)))
+
+    @app.route("/api/jobs/<job_id>/log", methods=["GET"])
+    async def job_log(self, request: IRequest, job_id: str) -> bytes:
+        number = _path_id(job_id)
+        text = self._dispatcher.live_output(number)
+        if text is not None:
+            # Lets the page skip feed chunks the log already holds.
+            request.setHeader(b"X-Output-Seq", str(self._dispatcher.last_seq(number)).encode())
+        else:
+            text = await self._job_store.output(number)
+        if text is None:
+            raise ApiError(404, f"no job with id {job_id}")
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return text.encode("utf-8")
+
+    @app.route("/api/jobs/<job_id>/cancel", methods=["POST"])
+    async def cancel_job(self, request: IRequest, job_id: str) -> bytes:
+        job = await self._find_job(job_id)
+        if job.status.final:
+            raise ApiError(409, f"job {job.id} has already finished ({job.status.value})")
+        try:
+            job = self._dispatcher.cancel(job.id)
+        except JobConflict as error:
+            raise ApiError(409, str(error)) from None
+        except JobNotFound:
+            raise ApiError(409, f"job {job.id} has already finished") from None
+        return _json(request, 202, self.job_json(job))
+
+    async def _find_job(self, job_id: str) -> Job:
+        number = _path_id(job_id)
+        job = self._dispatcher.jobs.get(number) or await self._job_store.get(number)
+        if job is None:
+            raise ApiError(404, f"no job with id {job_id}")
+        return job
+
+    # -- workers, feed -----------------------------------------------------------
+
+    @app.route("/api/workers", methods=["GET"])
+    def list_workers(self, request: IRequest) -> bytes:
+        workers = []
+        for worker in sorted(self._workers, key=lambda w: w.name):
+            described = worker.describe()
+            described["connectedAt"] = _iso(worker.connected_at, self._tz)
+            workers.append(described)
+        return _json(request, 200, workers)
+
+    @app.route("/api/events", methods=["GET"])
+    def events(self, request: IRequest) -> Any:
+        job = _int_arg(request, "job", None, 1, 10**18)
+        if not self._feed.subscribe(request, job):  # type: ignore[arg-type]
+            raise ApiError(503, "too many live-feed clients")
+        # Klein finishes the response for any plain result; a Deferred that
+        # never fires keeps the stream open (Klein cancels it on disconnect,
+        # the hub finishes it on stop).
+        return Deferred()
+
+    # -- the workers' socket and the dashboard ----------------------------------
+
+    @app.route("/ws/worker", branch=False, methods=["GET"])
+    def worker_socket(self, request: IRequest) -> IResource:
+        return self._workers_ws
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def dashboard(self, request: IRequest) -> IResource:
+        request.postpath = []  # type: ignore[attr-defined]  # "/" leaves [""], which a plain-file File 404s
+        return self._index
+
+    @app.route("/static/", branch=True, methods=["GET", "HEAD"])
+    def static(self, request: IRequest) -> IResource:
+        return self._static
+

@@ -1,8 +1,8 @@
-"""Job records in memory: the live ones, and the idempotency keys of fires."""
+"""The jobs still in play (queued or running), and the fires already seen."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -12,8 +12,9 @@ JobListener = Callable[[Job], None]
 
 
 class JobBook:
-    """Every job the scheduler knows of, by id.
+    """Active jobs by id, plus the idempotency keys of every recent fire.
 
+    Finished jobs leave the book once recorded (the job store keeps them);
     ``fire`` refuses a second job for a (task, scheduled time) it has seen,
     which is what makes each scheduled time run at most once.
     """
@@ -40,13 +41,13 @@ class JobBook:
     def seen(self, key: str) -> bool:
         return key in self._keys
 
-    def fire(self, task_id: int, scheduled: float, command: str, **options: object) -> Job | None:
+    def fire(self, task_id: int, scheduled: float, command: str, **fields: object) -> Job | None:
         """A queued job for a cron fire, or None if that fire already ran."""
         key = fire_key(task_id, scheduled)
         if key in self._keys:
             return None
         self._keys.add(key)
-        return self.create(command, task_id=task_id, key=key, scheduled_at=scheduled, **options)
+        return self.create(command, task_id=task_id, key=key, scheduled_at=scheduled, **fields)
 
     def create(self, command: str, **fields: object) -> Job:
         job = Job(id=self._next_id, command=command, created_at=self._clock.seconds(), **fields)  # type: ignore[arg-type]
@@ -55,17 +56,22 @@ class JobBook:
         return job
 
     def put(self, job: Job) -> None:
-        self._jobs[job.id] = job
+        """Record a new state of *job*; a final one leaves the book."""
+        if job.status.final:
+            self._jobs.pop(job.id, None)
+        else:
+            self._jobs[job.id] = job
         for listener in self.listeners:
             listener(job)
 
-    def update(self, job_id: int, **changes: object) -> Job:
-        job = self._jobs[job_id].evolve(**changes)
-        self.put(job)
-        return job
+    def update(self, job: Job, **changes: object) -> Job:
+        changed = job.evolve(**changes)
+        self.put(changed)
+        return changed
 
-    def restore(self, jobs: Mapping[int, Job], keys: set[str]) -> None:
-        self._jobs.update(jobs)
+    def restore(self, jobs: Iterable[Job], keys: set[str], max_id: int) -> None:
+        """Pick up where the last run of the scheduler left off."""
+        for job in jobs:
+            self._jobs[job.id] = job
         self._keys |= keys
-        if jobs:
-            self._next_id = max(self._next_id, max(jobs) + 1)
+        self._next_id = max(self._next_id, max_id + 1)

@@ -53,6 +53,12 @@ class Options(usage.Options):
         ["tcp-linger", None, 0.3, "Seconds a one-shot TCP connection waits for more lines before it is closed.", _positive],
         ["tcp-idle-timeout", None, 300.0, "Seconds an idle TCP SESSION connection stays open.", _positive],
         ["tcp-max-line", None, 32768, "Longest TCP command line, in bytes.", _positive_int],
+        ["jobs-db", None, None, "SQLite database of job history (default: jobs.sqlite beside the tasks file)."],
+        ["lost-after", None, 90.0, "Seconds a disconnected worker has to come back before its jobs are lost.", _positive],
+        ["queue-limit", None, 10000, "Most jobs waiting for a worker; more are refused with an error.", _positive_int],
+        ["output-cap", None, 1048576, "Bytes of output kept per job (the oldest are dropped first).", _positive_int],
+        ["keep-jobs", None, 100, "Finished jobs kept per task in the history.", _positive_int],
+        ["keep-days", None, 7.0, "Days finished jobs are kept in the history.", _positive],
     ]
 
     def postOptions(self) -> None:

@@ -63,7 +63,7 @@ class Scheduler:
 
 def start_scheduler(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> Scheduler:
     tcp, http = free_port(), free_port()
-    log = open(workdir / "scheduler.log", "ab")  # noqa: SIM115 - owned by the process
+    log = open(workdir / "scheduler.log", "ab")  # closed when the process exits
     process = subprocess.Popen(
         [
             *TWISTD,

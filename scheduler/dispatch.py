@@ -1,0 +1,493 @@
+"""Dispatch: jobs from fires and requests, onto workers, to a recorded end.
+
+The :class:`Dispatcher` is the domain of the worker side.  The WebSocket
+protocol calls it with what workers say; it decides placement, queueing,
+retries and "lost", keeps the live job records in the :class:`JobBook` and
+writes every change to the job store.  A job is recorded before it is sent
+to a worker, so a scheduler that dies right after dispatching still knows
+the job when the worker reports on it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from scheduler.jobbook import JobBook
+from scheduler.jobs import Job, JobStatus, fire_key
+from scheduler.tasks import Task
+from scheduler.workers import Worker, WorkerRegistry
+
+log = Logger()
+
+PROTOCOL_VERSION = 1
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobConflict(Exception):
+    """The job is in a state that does not allow the request."""
+
+
+class QueueFull(Exception):
+    pass
+
+
+class JobRecorder(Protocol):
+    """The part of the job store the dispatcher writes to."""
+
+    def put(self, job: Job) -> Deferred[None]: ...
+
+    def append_output(self, job_id: int, seq: int, stream: str, data: str) -> None: ...
+
+
+class NoRecorder:
+    """Keeps nothing: for tests and for running without a job database."""
+
+    def put(self, job: Job) -> Deferred[None]:
+        return succeed(None)
+
+    def append_output(self, job_id: int, seq: int, stream: str, data: str) -> None:
+        pass
+
+
+@dataclass
+class _Tail:
+    """The kept end of one active job's output, for the API and the feed."""
+
+    chunks: deque[tuple[int, str, str]]
+    size: int = 0
+    dropped: int = 0
+    last_seq: int = 0
+
+
+OutputListener = Callable[[int, int, str, str], None]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        jobs: JobBook,
+        workers: WorkerRegistry,
+        recorder: JobRecorder,
+        tasks: Callable[[int], Task | None],
+        *,
+        lost_after: float = 90.0,
+        queue_limit: int = 10_000,
+        output_cap: int = 1024 * 1024,
+    ) -> None:
+        self._clock = clock
+        self.jobs = jobs
+        self.workers = workers
+        self._recorder = recorder
+        self._task = tasks
+        self.lost_after = lost_after
+        self.queue_limit = queue_limit
+        self.output_cap = output_cap
+        self._queue: deque[int] = deque()
+        self._lost_timers: dict[int, IDelayedCall] = {}
+        self._retry_timers: dict[int, IDelayedCall] = {}
+        self._tails: dict[int, _Tail] = {}
+        self.output_listeners: list[OutputListener] = []
+        # Feeds the metrics: how late jobs start, and how they end.
+        self.started_listeners: list[Callable[[Job, float], None]] = []
+
+    # -- submitting ----------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def fire(self, task: Task, scheduled: float) -> list[Job]:
+        """Jobs for one cron fire of *task* (none if skipped or already run)."""
+        if self.jobs.seen(fire_key(task.id, scheduled)):
+            return []
+        if task.options.overlap == "skip" and self._active_for(task.id):
+            self.jobs.fire(task.id, scheduled, task.command)  # mark the time as handled
+            log.info(
+                "{job_name}: previous run still going, skipping the run due at {when}",
+                job_name=task.job_name,
+                when=_iso(scheduled),
+            )
+            return []
+        options = task.options
+        fields: dict[str, Any] = {"timeout": options.timeout}
+        if options.target != "all":
+            job = self.jobs.fire(task.id, scheduled, task.command, target=options.target, **fields)
+            return [self._submit(job)] if job is not None else []
+        targets = [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
+        first = self.jobs.fire(task.id, scheduled, task.command, target=targets[0], **fields)
+        if first is None:
+            return []
+        created = [first] + [
+            self.jobs.create(
+                task.command,
+                task_id=task.id,
+                key=f"{first.key}/{target.split(':', 1)[1]}",
+                scheduled_at=scheduled,
+                target=target,
+                **fields,
+            )
+            for target in targets[1:]
+        ]
+        return [self._submit(job) for job in created]
+
+    def run_now(
+        self,
+        command: str,
+        *,
+        target: str = "any",
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        task_id: int | None = None,
+    ) -> list[Job]:
+        """Jobs to run *command* now (one per worker for target ``all``)."""
+        if target == "all":
+            targets = [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
+        else:
+            targets = [target]
+        if len(self._queue) + len(targets) > self.queue_limit:
+            raise QueueFull(
+                f"the job queue is full ({len(self._queue)} queued, limit {self.queue_limit}); try again later"
+            )
+        fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id}
+        return [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
+
+    def _submit(self, job: Job) -> Job:
+        if len(self._queue) >= self.queue_limit:
+            # Never drop what is queued; the new job is refused, on the record.
+            return self._finish(job, JobStatus.FAILED, reason="the job queue is full")
+        self._tails[job.id] = _Tail(deque())
+        self._recorder.put(job).addCallbacks(
+            lambda _: self._enqueue(job.id),
+            lambda failure: self._not_recorded(job, failure),
+        )
+        return job
+
+    def _not_recorded(self, job: Job, failure: Any) -> None:
+        log.error("could not record job {job_id}: {error}", job_id=job.id, error=failure.getErrorMessage())
+        current = self.jobs.get(job.id)
+        if current is not None:
+            self.jobs.put(current.evolve(status=JobStatus.FAILED, reason="could not be recorded"))
+
+    def _enqueue(self, job_id: int) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.QUEUED:
+            return  # cancelled while being recorded
+        self._queue.append(job_id)
+        self.pump()
+
+    # -- placing -------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send queued jobs, oldest first, to every worker with room."""
+        if not self._queue or not self.workers.has_free_slot():
+            return
+        waiting: deque[int] = deque()
+        while self._queue:
+            job_id = self._queue.popleft()
+            job = self.jobs.get(job_id)
+            if job is None or job.status is not JobStatus.QUEUED:
+                continue
+            worker = None if self._must_wait(job) else self._place(job.target)
+            if worker is None:
+                waiting.append(job_id)
+                if not self.workers.has_free_slot():
+                    break
+                continue
+            self._dispatch(job, worker)
+        waiting.extend(self._queue)
+        self._queue = waiting
+
+    def _place(self, target: str) -> Worker | None:
+        if target.startswith("worker:"):
+            worker = self.workers.get(target[7:])
+            return worker if worker is not None and worker.free > 0 else None
+        return self.workers.place(target)
+
+    def _must_wait(self, job: Job) -> bool:
+        if job.task_id is None:
+            return False
+        task = self._task(job.task_id)
+        if task is None or task.options.overlap != "queue":
+            return False
+        return any(
+            other.task_id == job.task_id and other.status is JobStatus.RUNNING
+            for other in self.jobs
+        )
+
+    def _dispatch(self, job: Job, worker: Worker) -> None:
+        worker.running.add(job.id)
+        job = self.jobs.update(job, status=JobStatus.RUNNING, worker=worker.name)
+        self._recorder.put(job)
+        worker.link.send(
+            "run",
+            job=job.id,
+            command=job.command,
+            env=dict(job.env),
+            cwd=job.cwd,
+            timeout=job.timeout,
+        )
+        self.workers.changed(worker)
+
+    # -- what workers say ----------------------------------------------
+
+    def hello(self, worker: Worker, reported: Mapping[int, tuple[str, int]]) -> dict[str, Any]:
+        """Reconcile a (re)connecting worker; returns the welcome's fields.
+
+        *reported* maps job id to (state, last seq) from the worker's hello.
+        """
+        stale = self.workers.add(worker)
+        if stale is not None and stale.link is not worker.link:
+            stale.link.close("replaced by a new connection from the same worker")
+        resume: dict[str, int] = {}
+        drop: list[int] = []
+        for job_id, (_state, _seq) in reported.items():
+            job = self.jobs.get(job_id)
+            if job is None or job.worker != worker.name or job.status.final:
+                drop.append(job_id)
+                worker.running.discard(job_id)
+                continue
+            self._cancel_lost_timer(job_id)
+            worker.running.add(job_id)
+            resume[str(job_id)] = self._tail(job_id).last_seq
+        # Jobs placed on this worker that it does not know of died with it
+        # (the worker restarted, or the run never reached it).
+        for job in list(self.jobs):
+            if job.worker == worker.name and job.status is JobStatus.RUNNING and job.id not in reported:
+                worker.running.discard(job.id)
+                self._lose(job, f"worker {worker.name} reconnected without it")
+        self.workers.changed(worker)
+        self._clock.callLater(0, self.pump)
+        return {"protocol": PROTOCOL_VERSION, "name": worker.name, "resume": resume, "drop": drop}
+
+    def disconnected(self, worker: Worker) -> None:
+        if not self.workers.remove(worker):
+            return  # already replaced by a newer connection
+        for job_id in worker.running:
+            if job_id not in self._lost_timers:
+                self._lost_timers[job_id] = self._clock.callLater(
+                    self.lost_after, self._lost_timeout, job_id, worker.name
+                )
+
+    def _lost_timeout(self, job_id: int, name: str) -> None:
+        self._lost_timers.pop(job_id, None)
+        job = self.jobs.get(job_id)
+        if job is None or job.worker != name or job.status.final:
+            return
+        current = self.workers.get(name)
+        if current is not None:
+            current.running.discard(job_id)
+        self._lose(job, f"worker {name} went away and did not come back within {self.lost_after:g}s")
+
+    def _cancel_lost_timer(self, job_id: int) -> None:
+        timer = self._lost_timers.pop(job_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _lose(self, job: Job, reason: str) -> None:
+        log.warn("job {job_id} lost: {reason}", job_id=job.id, reason=reason)
+        self._finish(job, JobStatus.LOST, reason=reason)
+
+    def _assigned(self, worker: Worker, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None or job.worker != worker.name or job_id not in worker.running:
+            raise JobNotFound(f"job {job_id} is not assigned to worker {worker.name}")
+        return job
+
+    def started(self, worker: Worker, job_id: int, at: float) -> None:
+        job = self._assigned(worker, job_id)
+        if job.started_at is not None:
+            return
+        job = self.jobs.update(job, started_at=at)
+        self._recorder.put(job)
+        due = job.scheduled_at if job.scheduled_at is not None else job.created_at
+        for listener in self.started_listeners:
+            listener(job, max(0.0, self._clock.seconds() - due))
+
+    def output(self, worker: Worker, job_id: int, seq: int, stream: str, data: str) -> None:
+        self._assigned(worker, job_id)
+        tail = self._tail(job_id)
+        if seq <= tail.last_seq:
+            return  # a resend of what we have
+        tail.last_seq = seq
+        tail.chunks.append((seq, stream, data))
+        tail.size += len(data)
+        while tail.size > self.output_cap and len(tail.chunks) > 1:
+            _, _, old = tail.chunks.popleft()
+            tail.size -= len(old)
+            tail.dropped += len(old)
+        self._recorder.append_output(job_id, seq, stream, data)
+        for listener in self.output_listeners:
+            listener(job_id, seq, stream, data)
+
+    def finished(
+        self,
+        worker: Worker,
+        job_id: int,
+        *,
+        exit_code: int | None,
+        signal: int | None,
+        timed_out: bool,
+        cancelled: bool,
+        started_at: float | None,
+        finished_at: float | None,
+    ) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            # Already recorded (or never ours): acknowledge so it is forgotten.
+            worker.link.send("ack", job=job_id)
+            return
+        job = self._assigned(worker, job_id)
+        if cancelled:
+            status = JobStatus.CANCELLED
+        elif timed_out:
+            status = JobStatus.TIMED_OUT
+        elif exit_code == 0:
+            status = JobStatus.SUCCEEDED
+        else:
+            status = JobStatus.FAILED
+        worker.running.discard(job_id)
+        now = self._clock.seconds()
+        self._finish(
+            job,
+            status,
+            exit_code=exit_code,
+            signal=signal,
+            started_at=job.started_at or started_at,
+            finished_at=finished_at or now,
+        )
+        worker.link.send("ack", job=job_id)
+        self.workers.changed(worker)
+        self.pump()
+
+    def rejected(self, worker: Worker, job_id: int, reason: str) -> None:
+        job = self._assigned(worker, job_id)
+        worker.running.discard(job_id)
+        job = self.jobs.update(job, status=JobStatus.QUEUED, worker=None)
+        self._recorder.put(job)
+        log.info("worker {name} rejected job {job_id}: {reason}", name=worker.name, job_id=job_id, reason=reason)
+        self._queue.appendleft(job_id)
+        self._clock.callLater(1.0, self.pump)
+
+    # -- ending --------------------------------------------------------
+
+    def cancel(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no active job {job_id}")
+        if job.status is JobStatus.QUEUED:
+            return self._finish(job, JobStatus.CANCELLED, reason="cancelled before it started")
+        worker = self.workers.get(job.worker or "")
+        if worker is None:
+            raise JobConflict(f"job {job_id} runs on {job.worker}, which is not connected now")
+        worker.link.send("cancel", job=job_id)
+        return job
+
+    def _finish(self, job: Job, status: JobStatus, **changes: Any) -> Job:
+        self._cancel_lost_timer(job.id)
+        if "finished_at" not in changes:
+            changes["finished_at"] = self._clock.seconds()
+        done = self.jobs.update(job, status=status, **changes)
+        self._recorder.put(done)
+        self._tails.pop(job.id, None)
+        self._maybe_retry(done)
+        return done
+
+    def _maybe_retry(self, job: Job) -> None:
+        if job.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.LOST) or job.task_id is None:
+            return
+        task = self._task(job.task_id)
+        if task is None or job.attempt > task.options.retries:
+            return
+        delay = task.options.retryDelay * 2 ** (job.attempt - 1)
+        log.info(
+            "job {job_id} {status}: retry {attempt} of {retries} for {job_name} in {delay:g}s",
+            job_id=job.id,
+            status=job.status.value,
+            attempt=job.attempt,
+            retries=task.options.retries,
+            job_name=task.job_name,
+            delay=delay,
+        )
+
+        def retry() -> None:
+            self._retry_timers.pop(job.id, None)
+            # The task may have been removed in the meantime.
+            if self._task(task.id) is None:
+                return
+            retry_job = self.jobs.create(
+                job.command,
+                task_id=job.task_id,
+                key=f"{job.key or job.id}#{job.attempt + 1}",
+                scheduled_at=job.scheduled_at,
+                target=job.target,
+                timeout=job.timeout,
+                env=dict(job.env),
+                cwd=job.cwd,
+                attempt=job.attempt + 1,
+            )
+            self._submit(retry_job)
+
+        self._retry_timers[job.id] = self._clock.callLater(delay, retry)
+
+    def _tail(self, job_id: int) -> _Tail:
+        tail = self._tails.get(job_id)
+        if tail is None:
+            tail = self._tails[job_id] = _Tail(deque())
+        return tail
+
+    def restore(self, jobs: list[tuple[Job, int]]) -> None:
+        """Take up the active jobs of the previous run (with their last seq).
+
+        Queued jobs queue again in their order; running ones wait for their
+        worker to say hello, and are lost if it does not within lost_after.
+        """
+        for job, last_seq in sorted(jobs, key=lambda pair: pair[0].id):
+            self._tail(job.id).last_seq = last_seq
+            if job.status is JobStatus.QUEUED:
+                self._queue.append(job.id)
+            elif job.worker is not None:
+                self._lost_timers[job.id] = self._clock.callLater(
+                    self.lost_after, self._lost_timeout, job.id, job.worker
+                )
+
+    def live_output(self, job_id: int) -> str | None:
+        """Kept output of an active job, or None if it is not active."""
+        tail = self._tails.get(job_id)
+        if tail is None or self.jobs.get(job_id) is None:
+            return None
+        text = "".join(data for _, _, data in tail.chunks)
+        if tail.dropped:
+            text = f"[... {tail.dropped} bytes of earlier output dropped ...]\n" + text
+        return text
+
+    def last_seq(self, job_id: int) -> int:
+        tail = self._tails.get(job_id)
+        return 0 if tail is None else tail.last_seq
+
+    def _active_for(self, task_id: int) -> bool:
+        return any(job.task_id == task_id for job in self.jobs)
+
+    def stop(self) -> None:
+        for timer in [*self._lost_timers.values(), *self._retry_timers.values()]:
+            if timer.active():
+                timer.cancel()
+        self._lost_timers.clear()
+        self._retry_timers.clear()
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+

@@ -1,0 +1,224 @@
+"""The REST contract as OpenAPI 3.1, served at /api/openapi.json.
+
+tests/test_http_api.py checks that every route of the Klein app is here,
+so the document cannot silently fall behind the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_OPTIONS: dict[str, Any] = {
+    "target": {"type": "string", "description": "any, all, worker:<name> or label:<label>", "default": "any"},
+    "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 604800},
+    "retries": {"type": "integer", "minimum": 0, "maximum": 100, "default": 0},
+    "retryDelay": {"type": "number", "minimum": 0, "maximum": 86400, "default": 10},
+    "overlap": {"enum": ["allow", "skip", "queue"], "default": "allow"},
+    "missed": {"enum": ["skip", "once", "all"], "default": "skip"},
+    "missedCap": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+}
+_COMMON_ERRORS = {
+    "400": _error("Malformed JSON, a missing or mistyped field, or an invalid schedule"),
+    "401": _error("Missing or wrong bearer token (when an API token is configured)"),
+    "413": _error("Body larger than the limit (1 MiB by default)"),
+    "415": _error("Body is not JSON"),
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Job scheduler API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "NewTask": {
+                "type": "object",
+                "required": ["schedule", "command"],
+                "additionalProperties": False,
+                "properties": {
+                    "schedule": {"type": "string", "examples": ["*/5 * * * *", "@daily", "0 9 * * MON-FRI"]},
+                    "command": {"type": "string"},
+                    "jobName": {"type": "string"},
+                    **_OPTIONS,
+                },
+            },
+            "Task": {
+                "type": "object",
+                "required": ["id", "jobName", "schedule", "command", "nextRun"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "jobName": {"type": "string"},
+                    "schedule": {"type": "string"},
+                    "description": {"type": "string"},
+                    "command": {"type": "string"},
+                    "nextRun": _TIME,
+                    **_OPTIONS,
+                },
+            },
+            "NewJob": {
+                "type": "object",
+                "required": ["command"],
+                "additionalProperties": False,
+                "properties": {
+                    "command": {"type": "string"},
+                    "target": _OPTIONS["target"],
+                    "timeout": _OPTIONS["timeout"],
+                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "cwd": {"type": ["string", "null"]},
+                },
+            },
+            "Job": {
+                "type": "object",
+                "required": ["id", "taskId", "command", "status", "worker", "exitCode", "createdAt", "startedAt", "finishedAt"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "taskId": {"type": ["integer", "null"]},
+                    "command": {"type": "string"},
+                    "status": {"enum": ["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "lost"]},
+                    "worker": {"type": ["string", "null"]},
+                    "exitCode": {"type": ["integer", "null"]},
+                    "signal": {"type": ["integer", "null"]},
+                    "target": {"type": "string"},
+                    "timeout": {"type": ["number", "null"]},
+                    "cwd": {"type": ["string", "null"]},
+                    "attempt": {"type": "integer"},
+                    "reason": {"type": ["string", "null"]},
+                    "createdAt": _TIME,
+                    "scheduledAt": _TIME,
+                    "startedAt": _TIME,
+                    "finishedAt": _TIME,
+                    "duration": {"type": ["number", "null"]},
+                },
+            },
+            "Worker": {
+                "type": "object",
+                "required": ["name", "labels", "slots", "running", "connectedAt"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "labels": {"type": "array", "items": {"type": "string"}},
+                    "slots": {"type": "integer"},
+                    "running": {"type": "integer"},
+                    "jobs": {"type": "array", "items": {"type": "integer"}},
+                    "connectedAt": _TIME,
+                },
+            },
+        },
+    },
+    "security": [{"bearer": []}, {}],
+    "paths": {
+        "/api/health": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Up")}}},
+        "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/api/tasks": {
+            "get": {"summary": "All tasks", "responses": {"200": _json({"type": "array", "items": _ref("Task")}, "Tasks")}},
+            "post": {
+                "summary": "Add a task",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("NewTask")}}},
+                "responses": {"201": _json(_ref("Task"), "Added"), **_COMMON_ERRORS, "503": _error("tasks file could not be written")},
+            },
+        },
+        "/api/tasks/{id}": {
+            "parameters": [_ID],
+            "get": {"summary": "One task", "responses": {"200": _json(_ref("Task"), "The task"), "404": _error("No such task")}},
+            "delete": {"summary": "Remove a task", "responses": {"204": {"description": "Removed"}, "404": _error("No such task")}},
+        },
+        "/api/tasks/{id}/run": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "Run a task now",
+                "responses": {"202": _json(_ref("Job"), "The job (a list for target all)"), "404": _error("No such task")},
+            },
+        },
+        "/api/schedules/check": {
+            "get": {
+                "summary": "Validate and describe a schedule",
+                "parameters": [{"name": "expr", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json({"type": "object"}, "valid, error or description and next times"), "400": _error("No expr")},
+            }
+        },
+        "/api/jobs": {
+            "get": {
+                "summary": "Jobs, newest first",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"type": "string"}},
+                    {"name": "task", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "worker", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "only ids below this (paging)"},
+                ],
+                "responses": {"200": _json({"type": "array", "items": _ref("Job")}, "Jobs"), "400": _error("Bad filter")},
+            },
+            "post": {
+                "summary": "Run a command now",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("NewJob")}}},
+                "responses": {"202": _json(_ref("Job"), "The job (a list for target all)"), **_COMMON_ERRORS, "503": _error("Queue full")},
+            },
+        },
+        "/api/jobs/{id}": {
+            "parameters": [_ID],
+            "get": {"summary": "One job", "responses": {"200": _json(_ref("Job"), "The job"), "404": _error("No such job")}},
+        },
+        "/api/jobs/{id}/log": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "Output so far",
+                "responses": {
+                    "200": {"description": "Output", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "404": _error("No such job"),
+                },
+            },
+        },
+        "/api/jobs/{id}/cancel": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "Stop a job",
+                "responses": {
+                    "202": _json(_ref("Job"), "Cancel sent (or a queued job cancelled)"),
+                    "404": _error("No such job"),
+                    "409": _error("Already finished, or its worker is not connected"),
+                },
+            },
+        },
+        "/api/workers": {
+            "get": {"summary": "Connected workers", "responses": {"200": _json({"type": "array", "items": _ref("Worker")}, "Workers")}}
+        },
+        "/api/events": {
+            "get": {
+                "summary": "Live feed (Server-Sent Events): task, job, worker and output events",
+                "parameters": [{"name": "job", "in": "query", "schema": {"type": "integer"}, "description": "also stream this job's output"}],
+                "responses": {"200": {"description": "Event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/ws/worker": {
+            "get": {
+                "summary": "Worker WebSocket (see docs/protocol.md)",
+                "responses": {"101": {"description": "Switching protocols"}, "401": {"description": "Bad or missing worker token"}},
+            }
+        },
+        "/": {"get": {"summary": "The dashboard", "responses": {"200": {"description": "HTML"}}}},
+        "/static/{path}": {
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {"summary": "Dashboard files", "responses": {"200": {"description": "A file"}, "404": {"description": "No such file"}}},
+        },
+    },
+}

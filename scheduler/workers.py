@@ -1,0 +1,115 @@
+"""Connected workers: who is online, what they can take, and placement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class WorkerLink(Protocol):
+    """What the dispatcher needs of a worker's connection."""
+
+    def send(self, type: str, **fields: Any) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Worker:
+    name: str
+    labels: frozenset[str]
+    slots: int
+    link: WorkerLink
+    connected_at: float
+    # Jobs placed on this worker and not yet finished (started or not).
+    running: set[int] = field(default_factory=set)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    def accepts(self, target: str) -> bool:
+        if target in ("any", "all"):
+            return True
+        kind, _, value = target.partition(":")
+        if kind == "worker":
+            return value == self.name
+        if kind == "label":
+            return value in self.labels
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "labels": sorted(self.labels),
+            "slots": self.slots,
+            "running": len(self.running),
+            "jobs": sorted(self.running),
+            "connectedAt": self.connected_at,
+        }
+
+
+WorkerListener = Callable[[str, Worker], None]
+
+
+class WorkerRegistry:
+    """Workers by name.  A second connection under a name replaces the first."""
+
+    def __init__(self) -> None:
+        self._workers: dict[str, Worker] = {}
+        self.listeners: list[WorkerListener] = []
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self._workers.values())
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def get(self, name: str) -> Worker | None:
+        return self._workers.get(name)
+
+    def add(self, worker: Worker) -> Worker | None:
+        """Register *worker*; returns the stale worker it replaced, if any."""
+        stale = self._workers.get(worker.name)
+        if stale is not None:
+            # The jobs belong to the name, not the connection.
+            worker.running |= stale.running
+        self._workers[worker.name] = worker
+        self._notify("connected", worker)
+        return stale
+
+    def remove(self, worker: Worker) -> bool:
+        """Forget *worker* if it is still the current one under its name."""
+        if self._workers.get(worker.name) is not worker:
+            return False
+        del self._workers[worker.name]
+        self._notify("disconnected", worker)
+        return True
+
+    def place(self, target: str) -> Worker | None:
+        """The least-loaded worker that accepts *target* and has a free slot."""
+        best: Worker | None = None
+        for worker in self._workers.values():
+            if worker.free <= 0 or not worker.accepts(target):
+                continue
+            if best is None or (len(worker.running), -worker.free, worker.name) < (
+                len(best.running),
+                -best.free,
+                best.name,
+            ):
+                best = worker
+        return best
+
+    def eligible(self, target: str) -> list[Worker]:
+        return [worker for worker in self._workers.values() if worker.accepts(target)]
+
+    def has_free_slot(self) -> bool:
+        return any(worker.free > 0 for worker in self._workers.values())
+
+    def changed(self, worker: Worker) -> None:
+        self._notify("changed", worker)
+
+    def _notify(self, event: str, worker: Worker) -> None:
+        for listener in self.listeners:
+            listener(event, worker)

@@ -1,0 +1,281 @@
+"""Dispatch in memory: placement, targets, queueing, loss, retries, policies."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from scheduler import cron
+from scheduler.dispatch import Dispatcher, JobConflict, JobNotFound, NoRecorder, QueueFull
+from scheduler.jobbook import JobBook
+from scheduler.jobs import JobStatus
+from scheduler.tasks import Task, TaskOptions
+from scheduler.workers import Worker, WorkerRegistry
+
+UTC = UTC
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closed: str | None = None
+
+    def send(self, type: str, **fields: Any) -> None:
+        self.sent.append({"type": type, **fields})
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+
+    def runs(self) -> list[int]:
+        return [m["job"] for m in self.sent if m["type"] == "run"]
+
+
+class World:
+    def __init__(self, **kw: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.tasks: dict[int, Task] = {}
+        self.jobs = JobBook(self.clock)
+        self.workers = WorkerRegistry()
+        self.dispatcher = Dispatcher(
+            self.clock, self.jobs, self.workers, NoRecorder(), self.tasks.get, **kw
+        )
+        self.ended: list[Any] = []
+        self.jobs.listeners.append(lambda job: job.status.final and self.ended.append(job))
+
+    def connect(self, name: str, slots: int = 1, labels: tuple[str, ...] = (), jobs: dict[int, tuple[str, int]] | None = None) -> tuple[Worker, FakeLink]:
+        link = FakeLink()
+        worker = Worker(name, frozenset(labels), slots, link, self.clock.seconds())
+        welcome = self.dispatcher.hello(worker, jobs or {})
+        link.sent.append({"type": "welcome", **welcome})
+        self.clock.advance(0)
+        return worker, link
+
+    def task(self, task_id: int = 1, **options: Any) -> Task:
+        task = Task(task_id, f"task_{task_id}", cron.parse("* * * * *", UTC), "echo hi", TaskOptions(**options))
+        self.tasks[task_id] = task
+        return task
+
+    def finish(self, worker: Worker, job_id: int, exit_code: int = 0, **kw: Any) -> None:
+        self.dispatcher.finished(
+            worker, job_id, exit_code=exit_code, signal=None, timed_out=kw.get("timed_out", False),
+            cancelled=kw.get("cancelled", False), started_at=None, finished_at=None,
+        )
+
+
+def test_least_loaded_worker_with_a_free_slot() -> None:
+    world = World()
+    _a, link_a = world.connect("a", slots=2)
+    b, link_b = world.connect("b", slots=2)
+    jobs = [world.dispatcher.run_now("true")[0] for _ in range(4)]
+    assert sorted(link_a.runs() + link_b.runs()) == [job.id for job in jobs]
+    assert len(link_a.runs()) == len(link_b.runs()) == 2
+    fifth = world.dispatcher.run_now("true")[0]
+    assert world.dispatcher.queued == 1
+    world.finish(b, link_b.runs()[0])
+    assert link_b.runs()[-1] == fifth.id
+    assert world.dispatcher.queued == 0
+
+
+def test_targets() -> None:
+    world = World()
+    _, link_a = world.connect("a", slots=5, labels=("gpu",))
+    _, link_b = world.connect("b", slots=5)
+    world.dispatcher.run_now("x", target="worker:b")
+    world.dispatcher.run_now("x", target="label:gpu")
+    everywhere = world.dispatcher.run_now("x", target="all")
+    assert len(everywhere) == 2
+    assert {job.target for job in everywhere} == {"worker:a", "worker:b"}
+    assert len(link_a.runs()) == 2 and len(link_b.runs()) == 2
+    waiting = world.dispatcher.run_now("x", target="label:arm")[0]
+    assert world.jobs.get(waiting.id).status is JobStatus.QUEUED  # type: ignore[union-attr]
+    _, link_c = world.connect("c", labels=("arm",))
+    assert link_c.runs() == [waiting.id]
+
+
+def test_fifo_queue_waits_for_a_worker() -> None:
+    world = World()
+    first = world.dispatcher.run_now("1")[0]
+    second = world.dispatcher.run_now("2")[0]
+    worker, link = world.connect("a", slots=1)
+    assert link.runs() == [first.id]
+    world.finish(worker, first.id)
+    assert link.runs() == [first.id, second.id]
+    assert world.ended[0].status is JobStatus.SUCCEEDED
+
+
+def test_full_queue_refuses_new_jobs_and_keeps_old_ones() -> None:
+    world = World(queue_limit=2)
+    world.dispatcher.run_now("1")
+    world.dispatcher.run_now("2")
+    with pytest.raises(QueueFull, match="queue is full"):
+        world.dispatcher.run_now("3")
+    assert world.dispatcher.queued == 2
+
+
+def test_statuses_from_finished() -> None:
+    world = World()
+    worker, link = world.connect("a", slots=4)
+    ids = [world.dispatcher.run_now("x")[0].id for _ in range(4)]
+    world.finish(worker, ids[0], exit_code=0)
+    world.finish(worker, ids[1], exit_code=2)
+    world.finish(worker, ids[2], exit_code=None, timed_out=True)
+    world.finish(worker, ids[3], exit_code=None, cancelled=True)
+    assert [job.status for job in world.ended] == [
+        JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED,
+    ]
+    assert [m["job"] for m in link.sent if m["type"] == "ack"] == ids
+
+
+def test_a_worker_may_only_report_its_own_jobs() -> None:
+    world = World()
+    a, _ = world.connect("a")
+    b, _ = world.connect("b")
+    job = world.dispatcher.run_now("x", target="worker:a")[0]
+    with pytest.raises(JobNotFound):
+        world.dispatcher.output(b, job.id, 1, "stdout", "forged")
+    with pytest.raises(JobNotFound):
+        world.finish(b, job.id)
+    assert world.jobs.get(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    world.finish(a, job.id)
+    assert world.ended[-1].worker == "a"
+
+
+def test_output_is_deduplicated_and_capped() -> None:
+    world = World(output_cap=10)
+    worker, _ = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.output(worker, job.id, 1, "stdout", "12345")
+    world.dispatcher.output(worker, job.id, 1, "stdout", "12345")  # a resend
+    world.dispatcher.output(worker, job.id, 2, "stderr", "678")
+    assert world.dispatcher.live_output(job.id) == "12345678"
+    world.dispatcher.output(worker, job.id, 3, "stdout", "abcdef")
+    assert world.dispatcher.live_output(job.id) == "[... 5 bytes of earlier output dropped ...]\n678abcdef"
+
+
+def test_disconnect_then_lost_then_retry_elsewhere() -> None:
+    world = World(lost_after=30)
+    task = world.task(retries=1, retryDelay=5)
+    a, link_a = world.connect("a")
+    job = world.dispatcher.fire(task, 1_000_060.0)[0]
+    assert link_a.runs() == [job.id]
+    world.dispatcher.disconnected(a)
+    world.clock.advance(29)
+    assert not world.ended
+    _, link_b = world.connect("b")
+    world.clock.advance(1)
+    assert world.ended[-1].status is JobStatus.LOST
+    assert "did not come back within 30s" in world.ended[-1].reason
+    world.clock.advance(5)
+    retry = world.jobs.get(link_b.runs()[0])
+    assert retry is not None and retry.attempt == 2 and retry.task_id == task.id
+
+
+def test_reconnect_in_time_resumes_and_result_counts_once() -> None:
+    world = World(lost_after=30)
+    a, _ = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.output(a, job.id, 1, "stdout", "one ")
+    world.dispatcher.disconnected(a)
+    world.clock.advance(10)
+    again, link = world.connect("a", jobs={job.id: ("finished", 2)})
+    assert link.sent[-1]["resume"] == {str(job.id): 1}
+    world.dispatcher.output(again, job.id, 1, "stdout", "one ")
+    world.dispatcher.output(again, job.id, 2, "stdout", "two")
+    assert world.dispatcher.live_output(job.id) == "one two"
+    world.finish(again, job.id)
+    world.finish(again, job.id)  # resent before the ack arrived
+    assert len(world.ended) == 1
+    assert [m["type"] for m in link.sent[-2:]] == ["ack", "ack"]
+    world.clock.advance(60)
+    assert len(world.ended) == 1
+
+
+def test_lost_job_is_dropped_when_the_worker_returns() -> None:
+    world = World(lost_after=30)
+    a, _ = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.disconnected(a)
+    world.clock.advance(31)
+    assert world.ended[-1].status is JobStatus.LOST
+    resumed, link = world.connect("a", jobs={job.id: ("finished", 0)})
+    assert link.sent[-1]["drop"] == [job.id]
+    world.finish(resumed, job.id)  # a late report changes nothing
+    assert len(world.ended) == 1
+
+
+def test_worker_back_without_its_job_loses_it() -> None:
+    world = World()
+    a, _ = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.disconnected(a)
+    world.connect("a")  # restarted: reports nothing
+    assert world.ended[-1].id == job.id and world.ended[-1].status is JobStatus.LOST
+
+
+def test_second_connection_replaces_the_stale_one() -> None:
+    world = World()
+    old, old_link = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    new, _ = world.connect("a", jobs={job.id: ("running", 0)})
+    assert old_link.closed is not None
+    world.dispatcher.disconnected(old)  # the stale socket closing later
+    assert world.workers.get("a") is new
+    world.finish(new, job.id)
+    assert world.ended[-1].status is JobStatus.SUCCEEDED
+
+
+def test_each_scheduled_time_once() -> None:
+    world = World()
+    task = world.task()
+    assert len(world.dispatcher.fire(task, 1_000_060.0)) == 1
+    assert world.dispatcher.fire(task, 1_000_060.0) == []
+
+
+def test_overlap_skip_and_queue() -> None:
+    world = World()
+    skip = world.task(1, overlap="skip")
+    queue = world.task(2, overlap="queue")
+    worker, link = world.connect("a", slots=10)
+    first = world.dispatcher.fire(skip, 1_000_060.0)[0]
+    assert world.dispatcher.fire(skip, 1_000_120.0) == []
+    q1 = world.dispatcher.fire(queue, 1_000_060.0)[0]
+    q2 = world.dispatcher.fire(queue, 1_000_120.0)[0]
+    assert q2.id not in link.runs()
+    world.finish(worker, q1.id)
+    assert link.runs()[-1] == q2.id
+    assert first.id in link.runs()
+
+
+def test_cancel() -> None:
+    world = World()
+    queued = world.dispatcher.run_now("x", target="worker:nobody")[0]
+    assert world.dispatcher.cancel(queued.id).status is JobStatus.CANCELLED
+    _, link = world.connect("a")
+    running = world.dispatcher.run_now("x")[0]
+    world.dispatcher.cancel(running.id)
+    assert link.sent[-1] == {"type": "cancel", "job": running.id}
+    with pytest.raises(JobNotFound):
+        world.dispatcher.cancel(queued.id)
+
+
+def test_cancel_on_a_disconnected_worker_is_a_conflict() -> None:
+    world = World()
+    a, _ = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.disconnected(a)
+    with pytest.raises(JobConflict):
+        world.dispatcher.cancel(job.id)
+
+
+def test_rejected_job_goes_back_to_the_front() -> None:
+    world = World()
+    a, link = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.rejected(a, job.id, "no free slot")
+    assert world.jobs.get(job.id).status is JobStatus.QUEUED  # type: ignore[union-attr]
+    world.clock.advance(1)
+    assert link.runs() == [job.id, job.id]

@@ -1,0 +1,262 @@
+"""Every REST route in memory (StubTreq), with its error cases."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from scheduler.jobs import JobStatus
+from scheduler.openapi import OPENAPI
+from scheduler.service import SchedulerService
+from scheduler.workers import Worker
+from tests.helpers import UTC
+
+
+class Link:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, type: str, **fields: Any) -> None:
+        self.sent.append({"type": type, **fields})
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+class Api:
+    def __init__(self, service: SchedulerService) -> None:
+        self.service = service
+        self.treq = StubTreq(service.http.app.resource())
+
+    async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None, **kw: Any) -> tuple[int, Any]:
+        headers = kw.pop("headers", {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers.setdefault(b"Content-Type", [b"application/json"])
+        response = await self._settled(
+            self.treq.request(method, "http://localhost" + path, data=data, headers=headers, **kw)
+        )
+        content = await self._settled(response.content())
+        kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        if kind.startswith(b"application/json"):
+            return response.code, json.loads(content)
+        return response.code, content.decode()
+
+    async def _settled(self, deferred: Deferred[Any]) -> Any:
+        """Pump StubTreq's in-memory connection until *deferred* fires.
+
+        Routes that await the thread pool answer after the request returns,
+        and StubTreq only delivers such late bytes when flushed; each turn
+        yields to the reactor so the thread results can arrive.
+        """
+        from twisted.internet import reactor
+
+        outcome: list[Any] = []
+        deferred.addBoth(outcome.append)
+        # `called` is not enough: a Deferred waiting on a chained one is "called".
+        while not outcome:
+            self.treq.flush()
+            await deferLater(reactor, 0, lambda: None)
+        result = outcome[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+
+    def connect_worker(self, name: str = "w1", slots: int = 2) -> tuple[Worker, Link]:
+        link = Link()
+        worker = Worker(name, frozenset({"linux"}), slots, link, 0.0)
+        self.service.dispatcher.hello(worker, {})
+        return worker, link
+
+
+@pytest_twisted.async_yield_fixture
+async def api(tmp_path: Path, reactor: Any) -> AsyncIterator[Api]:
+    service = SchedulerService(reactor, UTC, str(tmp_path / "tasks.db"), "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")
+    yield Api(service)
+    service.dispatcher.stop()
+    await service.job_store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_and_metrics(api: Api) -> None:
+    code, body = await api.call("GET", "/api/health")
+    assert code == 200 and body["status"] == "ok"
+    code, text = await api.call("GET", "/metrics")
+    assert code == 200
+    for name in (
+        "scheduler_jobs_finished",
+        "scheduler_jobs_queued",
+        "scheduler_jobs_running",
+        "scheduler_workers_connected",
+        "scheduler_tasks_loaded",
+        "scheduler_dispatch_latency_seconds",
+        "scheduler_cron_tick_lag_seconds",
+    ):
+        assert name in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_task_lifecycle(api: Api, tmp_path: Path) -> None:
+    code, task = await api.call("POST", "/api/tasks", {"schedule": "*/5 * * * *", "command": "echo hi", "retries": 2})
+    assert code == 201
+    assert task["id"] == 1 and task["jobName"] == "task_1" and task["retries"] == 2
+    assert task["nextRun"].endswith("+00:00")
+    assert task["description"] == "every 5 minutes, every day"
+    assert '"retries": 2' in (tmp_path / "tasks.db").read_text()
+    assert (await api.call("GET", "/api/tasks"))[1] == [task]
+    assert (await api.call("GET", "/api/tasks/1"))[1] == task
+    code, job = await api.call("POST", "/api/tasks/1/run")
+    assert code == 202 and job["taskId"] == 1 and job["status"] == "queued"
+    assert (await api.call("DELETE", "/api/tasks/1"))[0] == 204
+    assert (await api.call("GET", "/api/tasks/1"))[0] == 404
+    assert (await api.call("DELETE", "/api/tasks/1"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_tasks_from_tcp_and_rest_are_the_same(api: Api) -> None:
+    await api.service.state.edit(lambda book: book.add("@daily", "from tcp"))
+    _code, tasks = await api.call("GET", "/api/tasks")
+    assert [t["command"] for t in tasks] == ["from tcp"]
+
+
+@pytest.mark.parametrize(
+    ("body", "raw", "headers", "status", "message"),
+    [
+        (None, b"{not json", {b"Content-Type": [b"application/json"]}, 400, "malformed JSON"),
+        (None, b"[1]", {b"Content-Type": [b"application/json"]}, 400, "must be a JSON object"),
+        ({"command": "x"}, None, {}, 400, "'schedule' is required"),
+        ({"schedule": "* * * * *"}, None, {}, 400, "command must be a string"),
+        ({"schedule": 5, "command": "x"}, None, {}, 400, "'schedule' is required and must be a string"),
+        ({"schedule": "61 * * * *", "command": "x"}, None, {}, 400, "minute must be 0-59"),
+        ({"schedule": "* * * * *", "command": "x", "retries": "3"}, None, {}, 400, "retries must be an integer"),
+        ({"schedule": "* * * * *", "command": "x", "colour": "red"}, None, {}, 400, "unknown field(s): colour"),
+        (None, b'{"a": 1}', {b"Content-Type": [b"text/plain"]}, 415, "Content-Type: application/json"),
+        (None, b"x" * (1024 * 1024 + 10), {b"Content-Type": [b"application/json"]}, 413, "larger than"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_add_task_errors(api: Api, body: Any, raw: bytes | None, headers: dict[bytes, list[bytes]], status: int, message: str) -> None:
+    code, error = await api.call("POST", "/api/tasks", body, raw=raw, headers=headers)
+    assert code == status
+    assert message in error["error"]
+    assert len(api.service.state.book) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_found_and_method_not_allowed_are_json(api: Api) -> None:
+    code, body = await api.call("GET", "/api/nothing")
+    assert code == 404 and "no such resource" in body["error"]
+    code, body = await api.call("PUT", "/api/tasks")
+    assert code == 405 and "PUT" in body["error"]
+    code, body = await api.call("GET", "/api/tasks/abc")
+    assert code == 404
+    code, body = await api.call("GET", "/api/jobs/99")
+    assert code == 404 and "no job with id 99" in body["error"]
+    assert (await api.call("GET", "/api/jobs/99/log"))[0] == 404
+    assert (await api.call("POST", "/api/jobs/99/cancel"))[0] == 404
+    assert (await api.call("POST", "/api/tasks/99/run"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_run_a_command_and_follow_it(api: Api) -> None:
+    worker, link = api.connect_worker()
+    code, job = await api.call("POST", "/api/jobs", {"command": "echo hi", "env": {"A": "1"}, "timeout": 5})
+    assert code == 202 and job["status"] == "queued"
+    await api.service.job_store.get(job["id"])  # let the record land
+    run = [m for m in link.sent if m["type"] == "run"]
+    assert run == [{"type": "run", "job": job["id"], "command": "echo hi", "env": {"A": "1"}, "cwd": None, "timeout": 5.0}]
+    dispatcher = api.service.dispatcher
+    dispatcher.started(worker, job["id"], 1.0)
+    dispatcher.output(worker, job["id"], 1, "stdout", "hi\n")
+    assert (await api.call("GET", f"/api/jobs/{job['id']}/log"))[1] == "hi\n"
+    code, running = await api.call("GET", f"/api/jobs/{job['id']}")
+    assert running["status"] == "running" and running["worker"] == "w1"
+    code, workers = await api.call("GET", "/api/workers")
+    assert workers[0]["name"] == "w1" and workers[0]["running"] == 1 and workers[0]["slots"] == 2
+    dispatcher.finished(worker, job["id"], exit_code=0, signal=None, timed_out=False, cancelled=False, started_at=1.0, finished_at=2.0)
+    code, done = await api.call("GET", f"/api/jobs/{job['id']}")
+    assert done["status"] == "succeeded" and done["exitCode"] == 0
+    assert (await api.call("GET", f"/api/jobs/{job['id']}/log"))[1] == "hi\n"
+    code, error = await api.call("POST", f"/api/jobs/{job['id']}/cancel")
+    assert code == 409 and "already finished" in error["error"]
+    code, listed = await api.call("GET", "/api/jobs?status=succeeded")
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert (await api.call("GET", "/api/jobs?status=running"))[1] == []
+    assert (await api.call("GET", "/api/jobs?worker=w1&limit=1"))[1][0]["id"] == job["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_a_queued_job(api: Api) -> None:
+    code, job = await api.call("POST", "/api/jobs", {"command": "sleep 1", "target": "worker:nobody"})
+    code, cancelled = await api.call("POST", f"/api/jobs/{job['id']}/cancel")
+    assert code == 202 and cancelled["status"] == JobStatus.CANCELLED.value
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "command must be a string"),
+        ({"command": ""}, "command is empty"),
+        ({"command": "x", "target": "somewhere"}, "target must be"),
+        ({"command": "x", "timeout": -1}, "timeout must be"),
+        ({"command": "x", "env": {"A": 1}}, "env must be"),
+        ({"command": "x", "cwd": 7}, "cwd must be"),
+        ({"command": "x", "retries": 1}, "unknown field(s): retries"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_run_command_errors(api: Api, body: dict[str, Any], message: str) -> None:
+    code, error = await api.call("POST", "/api/jobs", body)
+    assert code == 400 and message in error["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_filters_are_checked(api: Api) -> None:
+    assert (await api.call("GET", "/api/jobs?status=weird"))[0] == 400
+    assert (await api.call("GET", "/api/jobs?limit=0"))[0] == 400
+    assert (await api.call("GET", "/api/jobs?task=x"))[0] == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_schedule_check(api: Api) -> None:
+    code, body = await api.call("GET", "/api/schedules/check?expr=61+*+*+*+*")
+    assert code == 200 and body == {"valid": False, "error": "invalid schedule '61 * * * *': minute must be 0-59"}
+    _code, body = await api.call("GET", "/api/schedules/check?expr=@hourly")
+    assert body["valid"] and len(body["next"]) == 3
+
+
+def _klein_routes() -> set[tuple[str, str]]:
+    from scheduler.http_api import SchedulerHTTP
+
+    routes = set()
+    for rule in SchedulerHTTP.app.url_map.iter_rules():
+        path = rule.rule.replace("<task_id>", "{id}").replace("<job_id>", "{id}")
+        if rule.rule.startswith("/static/"):
+            path = "/static/{path}"
+        for method in rule.methods or ():
+            if method not in ("HEAD", "OPTIONS"):
+                routes.add((path, method.lower()))
+    return routes
+
+
+def test_openapi_lists_every_route() -> None:
+    documented = {(path, method) for path, item in OPENAPI["paths"].items() for method in item if method != "parameters"}
+    missing = _klein_routes() - documented
+    assert not missing, f"routes missing from openapi.py: {sorted(missing)}"
+    assert not documented - _klein_routes(), "openapi.py documents routes that do not exist"
+
+
+@pytest_twisted.ensureDeferred
+async def test_openapi_is_served(api: Api) -> None:
+    code, body = await api.call("GET", "/api/openapi.json")
+    assert code == 200 and body["openapi"].startswith("3.")

@@ -1,0 +1,485 @@
+"""scheduler.jobstore: SQLite job history, batched off the reactor thread.
+
+Everything runs on the real reactor and the store's real thread.  Failures
+and stalls are injected through the store's ``connect`` hook, with a
+connection whose ``execute`` can be made to fail or to wait on an event.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted  # type: ignore[import-untyped]
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+
+from scheduler.jobs import Job, JobStatus
+from scheduler.jobstore import SCHEMA_VERSION, JobStore, JobStoreClosed, JobStoreError
+
+# Upper bound for a stalled database thread: a bug must fail the test, not hang it.
+SAFETY_TIMEOUT = 10.0
+
+
+class FlakyConnection(sqlite3.Connection):
+    """A connection whose statements can be made to fail or to wait."""
+
+    fail_when: Callable[[str], bool] | None = None
+    gate: threading.Event | None = None
+    statements: list[str]
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        self.statements.append(sql)
+        if self.gate is not None and sql.startswith("BEGIN"):
+            assert self.gate.wait(SAFETY_TIMEOUT), "gate never opened"
+        if self.fail_when is not None and self.fail_when(sql):
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().execute(sql, parameters)
+
+
+Opener = Callable[..., JobStore]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "jobs.sqlite")
+
+
+@pytest_twisted.async_yield_fixture
+async def stores(path: str) -> AsyncIterator[Opener]:
+    """Opens stores on *path*; whatever a test leaves open is closed after it."""
+    opened: list[JobStore] = []
+
+    def open_store(**kw: Any) -> JobStore:
+        store = JobStore(path, reactor, **kw)
+        store.open()
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
+def flaky(connections: list[FlakyConnection]) -> Callable[..., sqlite3.Connection]:
+    def connect(*args: Any, **kw: Any) -> sqlite3.Connection:
+        conn = sqlite3.connect(*args, factory=FlakyConnection, **kw)
+        assert isinstance(conn, FlakyConnection)
+        conn.statements = []
+        connections.append(conn)
+        return conn
+
+    return connect
+
+
+async def next_turn() -> None:
+    await deferLater(reactor, 0, lambda: None)
+
+
+def job(job_id: int, **kw: Any) -> Job:
+    kw.setdefault("command", f"echo {job_id}")
+    kw.setdefault("created_at", 1000.0 + job_id)
+    return Job(id=job_id, **kw)
+
+
+def finished(job_id: int, at: float, **kw: Any) -> Job:
+    kw.setdefault("status", JobStatus.SUCCEEDED)
+    return job(job_id, started_at=at - 1, finished_at=at, exit_code=0, **kw)
+
+
+def full_job() -> Job:
+    return Job(
+        id=7,
+        command="printf '%s' \"$GREETING\" | tr a-z A-Z",
+        created_at=1700000000.125,
+        task_id=3,
+        key="3@1700000000",
+        scheduled_at=1700000000.0,
+        target="worker-b",
+        timeout=12.5,
+        env={"GREETING": "héllo wörld", "EMPTY": ""},
+        cwd="/srv/app",
+        attempt=2,
+        status=JobStatus.TIMED_OUT,
+        worker="worker-b",
+        exit_code=None,
+        signal=9,
+        started_at=1700000001.5,
+        finished_at=1700000013.75,
+        reason="timed out after 12.5s",
+    )
+
+
+# -- records --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_then_get_round_trips_every_field(stores: Opener, path: str) -> None:
+    store = stores()
+    full = full_job()
+    bare = Job(id=8, command="true", created_at=5.0)
+    await gatherResults([store.put(full), store.put(bare)])
+
+    assert await store.get(7) == full
+    got = await store.get(8)
+    assert got == bare
+    assert got is not None and got.status is JobStatus.QUEUED and got.env == {}
+    assert await store.get(9) is None
+
+    # Every Job field has its own column, so nothing is silently left out.
+    with sqlite3.connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {f.name for f in fields(Job)} | {"output_dropped"} == columns
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_replaces_the_record_and_reads_see_queued_writes(stores: Opener) -> None:
+    store = stores()
+    queued = job(1, task_id=1)
+    store.put(queued)
+    running = queued.evolve(status=JobStatus.RUNNING, worker="w1", started_at=2000.0)
+    store.put(running)
+    store.append_output(1, 1, "stdout", "hi\n")
+    # Asked for in the same turn as the writes, before any was committed.
+    assert await store.get(1) == running
+    assert await store.output(1) == "hi\n"
+    assert [j.id for j in await store.query(status="running")] == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_survives_close_and_reopen(stores: Opener) -> None:
+    first = stores()
+    jobs = [
+        finished(1, 1100.0, task_id=1, key="1@1000", scheduled_at=1000.0),
+        job(2, task_id=1, key="1@1060", scheduled_at=1060.0, status=JobStatus.RUNNING, worker="w1"),
+        job(3, task_id=2, key="2@1030", scheduled_at=1030.0),
+        job(4, command="adhoc"),
+    ]
+    for each in jobs:
+        first.put(each)
+    for seq in (1, 2, 3):
+        first.append_output(2, seq, "stdout", f"line {seq}\n")
+    await first.close()
+
+    second = stores()
+    assert second.load_active() == [(jobs[1], 3), (jobs[2], 0), (jobs[3], 0)]
+    assert second.recent_keys(1030.0) == {"1@1060", "2@1030"}
+    assert second.recent_keys(0.0) == {"1@1000", "1@1060", "2@1030"}
+    assert second.last_scheduled() == {1: 1060.0, 2: 1030.0}
+    assert second.max_job_id() == 4
+    assert await second.output(2) == "line 1\nline 2\nline 3\n"
+    assert await second.get(1) == jobs[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_store_and_pruned_ids_are_not_reused(stores: Opener) -> None:
+    store = stores(keep_seconds=10.0)
+    assert store.load_active() == []
+    assert store.recent_keys(0.0) == set()
+    assert store.last_scheduled() == {}
+    assert store.max_job_id() == 0
+    await store.put(finished(41, 100.0))
+    assert await store.prune(1000.0) == 1
+    await store.close()
+    # The newest job is gone, but its id must not be handed out again.
+    assert stores().max_job_id() == 41
+
+
+def test_newer_schema_is_refused(path: str) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    store = JobStore(path, reactor)
+    with pytest.raises(JobStoreError, match="schema version 99"):
+        store.open()
+
+
+# -- batching -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_reactor_turn_is_one_transaction(stores: Opener) -> None:
+    store = stores()
+    puts = [store.put(job(i, task_id=i % 3)) for i in range(1, 51)]
+    for i in range(1, 51):
+        store.append_output(i, 1, "stdout", "x")
+    await gatherResults(puts)
+    assert store.transactions == 1
+    assert len(await store.query(limit=1000)) == 50
+
+    await store.put(job(51))
+    assert store.transactions == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_during_a_transaction_wait_for_the_next_one(path: str) -> None:
+    connections: list[FlakyConnection] = []
+    store = JobStore(path, reactor, connect=flaky(connections))
+    store.open()
+    gate = threading.Event()
+    connections[0].gate = gate
+    try:
+        first = store.put(job(1))
+        await next_turn()
+        # The first batch is now on the thread, held at BEGIN.
+        second = store.put(job(2))
+        await next_turn()
+        third = store.put(job(3))
+        store.append_output(3, 1, "stdout", "late")
+        await next_turn()
+        assert not (first.called or second.called or third.called)
+        gate.set()
+        await gatherResults([first, second, third])
+        assert store.transactions == 2
+        # One BEGIN for the schema at open(), then one per batch.
+        assert connections[0].statements.count("BEGIN IMMEDIATE") == 3
+        assert await store.output(3) == "late"
+    finally:
+        gate.set()
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_fires_only_after_commit(stores: Opener, path: str) -> None:
+    store = stores()
+    seen: list[object] = []
+
+    def look(_: None) -> None:
+        # Another connection sees only committed data.
+        with sqlite3.connect(path) as other:
+            seen.append(other.execute("SELECT command FROM jobs WHERE id = 1").fetchone())
+
+    put = store.put(job(1, command="committed"))
+    put.addCallback(look)
+    assert not put.called
+    await put
+    assert seen == [("committed",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_writes_what_is_queued_and_then_refuses(stores: Opener) -> None:
+    store = stores()
+    put = store.put(job(1))
+    store.append_output(1, 1, "stdout", "bye")
+    await store.close()
+    assert put.called
+    assert await store.close() is None
+    with pytest.raises(JobStoreClosed):
+        await store.put(job(2))
+    with pytest.raises(JobStoreClosed):
+        await store.get(1)
+
+    again = stores()
+    assert again.max_job_id() == 1
+    assert await again.output(1) == "bye"
+
+
+# -- queries --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_query_filters_order_limit_and_before_id(stores: Opener) -> None:
+    store = stores()
+    for i in range(1, 11):
+        status = JobStatus.RUNNING if i % 2 else JobStatus.SUCCEEDED
+        store.put(job(i, task_id=1 if i <= 5 else 2, worker=f"w{i % 3}", status=status))
+
+    def ids(found: list[Job]) -> list[int]:
+        return [j.id for j in found]
+
+    assert ids(await store.query()) == list(range(10, 0, -1))
+    assert ids(await store.query(status="running")) == [9, 7, 5, 3, 1]
+    assert ids(await store.query(status=JobStatus.SUCCEEDED)) == [10, 8, 6, 4, 2]
+    assert ids(await store.query(task_id=1)) == [5, 4, 3, 2, 1]
+    assert ids(await store.query(worker="w1")) == [10, 7, 4, 1]
+    assert ids(await store.query(task_id=2, status="running", worker="w0")) == [9]
+    assert ids(await store.query(status="lost")) == []
+    assert ids(await store.query(limit=3)) == [10, 9, 8]
+    assert ids(await store.query(limit=3, before_id=8)) == [7, 6, 5]
+    assert ids(await store.query(task_id=2, limit=2, before_id=9)) == [8, 7]
+    assert ids(await store.query(limit=0)) == []
+
+
+# -- output ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_in_seq_order_duplicates_ignored(stores: Opener) -> None:
+    store = stores()
+    store.put(job(1))
+    store.put(job(2))
+    store.append_output(1, 3, "stdout", "c")
+    store.append_output(1, 1, "stdout", "a")
+    await next_turn()
+    store.append_output(1, 2, "stderr", "b")
+    store.append_output(1, 2, "stdout", "B!")
+    await store.get(1)
+    store.append_output(1, 1, "stdout", "A!")
+
+    assert await store.output(1) == "abc"
+    assert await store.output(2) == ""
+    assert await store.output(3) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_cap_drops_oldest_with_a_marker(stores: Opener) -> None:
+    store = stores(output_cap=10)
+    store.put(job(1))
+    for seq, chunk in enumerate(["aaaa", "bbbb", "cccc", "dddd", "eeee"], start=1):
+        store.append_output(1, seq, "stdout", chunk)
+        if seq == 3:
+            await next_turn()
+    assert await store.output(1) == "[... 12 bytes of earlier output dropped ...]\nddddeeee"
+
+    # A re-sent chunk the cap already dropped stays dropped.
+    store.append_output(1, 2, "stdout", "bbbb")
+    # UTF-8 bytes count, not characters: "é" is two bytes.
+    store.append_output(1, 6, "stdout", "éé")
+    assert await store.output(1) == "[... 16 bytes of earlier output dropped ...]\neeeeéé"
+
+    # One chunk bigger than the cap keeps its tail, never half a character.
+    store.put(job(2))
+    store.append_output(2, 1, "stdout", "aé123456789")
+    assert await store.output(2) == "[... 3 bytes of earlier output dropped ...]\n123456789"
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_before_the_job_and_cap_state_after_reopen(stores: Opener) -> None:
+    store = stores(output_cap=6)
+    # Output may land before the job's first put; the drop count is kept.
+    store.append_output(1, 1, "stdout", "1111")
+    store.append_output(1, 2, "stdout", "2222")
+    await next_turn()
+    await store.put(job(1, status=JobStatus.RUNNING))
+    store.append_output(1, 3, "stdout", "33")
+    assert await store.output(1) == "[... 4 bytes of earlier output dropped ...]\n222233"
+    await store.close()
+
+    # A new store learns the kept size and drop count from the database.
+    again = stores(output_cap=6)
+    assert again.load_active()[0][1] == 3
+    again.append_output(1, 1, "stdout", "1111")
+    again.append_output(1, 4, "stdout", "44")
+    assert await again.output(1) == "[... 8 bytes of earlier output dropped ...]\n3344"
+
+
+@pytest_twisted.ensureDeferred
+async def test_undecodable_output_does_not_poison_the_batch(stores: Opener) -> None:
+    store = stores()
+    put = store.put(job(1))
+    store.append_output(1, 1, "stdout", b"bad \xff byte".decode("utf-8", "surrogateescape"))
+    await put
+    assert await store.output(1) == "bad \\udcff byte"
+
+
+# -- retention ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_prune_by_age_and_per_task_count_never_touches_active_jobs(stores: Opener) -> None:
+    now = 100_000.0
+    store = stores(keep_seconds=1000.0, keep_per_task=2)
+    old = now - 5000
+    jobs = [
+        # Task 1: four recent finished jobs; only the newest two stay.
+        finished(1, now - 40, task_id=1),
+        finished(2, now - 30, task_id=1),
+        finished(3, now - 20, task_id=1, status=JobStatus.FAILED),
+        finished(4, now - 10, task_id=1),
+        # Task 2: old finished jobs go; old active ones stay.
+        finished(5, old, task_id=2),
+        job(6, task_id=2, status=JobStatus.RUNNING, started_at=old, created_at=old),
+        job(7, task_id=2, created_at=old),
+        # No finish time: ages from its creation.
+        job(8, task_id=3, status=JobStatus.CANCELLED, created_at=old),
+        finished(9, now - 1, task_id=3),
+    ]
+    for each in jobs:
+        store.put(each)
+        store.append_output(each.id, 1, "stdout", f"out {each.id}")
+
+    assert await store.prune(now) == 4
+    assert sorted(j.id for j in await store.query()) == [3, 4, 6, 7, 9]
+    assert await store.output(1) is None
+    assert await store.output(5) is None
+    assert await store.output(6) == "out 6"
+    assert await store.prune(now) == 0
+    # Only the first prune touched anything: active jobs stay however old.
+    assert await store.prune(now + 10**9) == 3
+    assert sorted(j.id for j in await store.query()) == [6, 7]
+
+
+# -- failures -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_transaction_errbacks_its_puts_and_the_store_recovers(path: str) -> None:
+    connections: list[FlakyConnection] = []
+    store = JobStore(path, reactor, output_cap=8, connect=flaky(connections))
+    store.open()
+    conn = connections[0]
+    try:
+        await store.put(job(1))
+        store.append_output(1, 1, "stdout", "aaaa")
+        await store.get(1)
+
+        committed = store.transactions
+        conn.fail_when = lambda sql: sql == "COMMIT"
+        doomed = [store.put(job(2)), store.put(job(1, command="changed"))]
+        store.append_output(1, 2, "stdout", "bbbb")
+        results = await gatherResults([d.addErrback(lambda f: f.value) for d in doomed])
+        assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+        assert store.transactions == committed
+        conn.fail_when = None
+
+        # Nothing of the failed batch is stored, and the next batch works.
+        assert await store.get(2) is None
+        assert (await store.get(1)) == job(1)
+        await gatherResults([store.put(job(2)), store.put(job(3))])
+        assert store.transactions == committed + 1
+        assert [j.id for j in await store.query()] == [3, 2, 1]
+        # The lost chunk's bytes were not counted against the cap.
+        store.append_output(1, 3, "stdout", "cccc")
+        assert await store.output(1) == "aaaacccc"
+    finally:
+        conn.fail_when = None
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_disk_full_fails_the_batch_and_the_store_recovers(stores: Opener) -> None:
+    store = stores()
+    await store.put(job(1))
+    conn = store._conn
+    assert conn is not None
+    # SQLite's own SQLITE_FULL: the database may not grow by another page.
+    with store._lock:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = store.put(job(2, command="x" * 100_000))
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        await big
+    with store._lock:
+        conn.execute("PRAGMA max_page_count = 1073741823")
+    await store.put(job(3))
+    assert [j.id for j in await store.query()] == [3, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_record_fails_only_its_own_put(stores: Opener) -> None:
+    store = stores()
+    good = store.put(job(1, key="1@60"))
+    clash = store.put(job(2, key="1@60"))
+    also_good = store.put(job(3))
+    await gatherResults([good, also_good])
+    with pytest.raises(sqlite3.IntegrityError):
+        await clash
+    assert store.transactions == 1
+    assert [j.id for j in await store.query()] == [3, 1]
