@@ -27,8 +27,12 @@ debian-deps:
 test-install: $(BIN)/python debian-deps
 	$(BIN)/pip install --quiet '.[test]'
 
+# The scheduler in the foreground, with one local worker beside it (its log
+# in worker.log); Ctrl-C stops both.
 run: install
 	@echo "scheduler: TCP commands on 127.0.0.1:5050, dashboard on http://127.0.0.1:3000"
+	@trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/twistd --pidfile= --logfile=worker.log -n worker --name local & worker=$$!; \
 	$(BIN)/twistd --pidfile= -n scheduler
 
 lint: test-install

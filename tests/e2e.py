@@ -7,10 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # The twistd of the interpreter running the tests (the project venv).
 TWISTD = [str(Path(sys.executable).with_name("twistd"))]
@@ -61,8 +65,10 @@ class Scheduler:
         return data.decode().splitlines()
 
 
-def start_scheduler(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> Scheduler:
-    tcp, http = free_port(), free_port()
+def start_scheduler(
+    workdir: Path, *extra: str, env: dict[str, str] | None = None, ports: tuple[int, int] | None = None
+) -> Scheduler:
+    tcp, http = ports or (free_port(), free_port())
     log = open(workdir / "scheduler.log", "ab")  # closed when the process exits
     process = subprocess.Popen(
         [
@@ -103,3 +109,129 @@ def scheduler(workdir: Path, *extra: str) -> Iterator[Scheduler]:
         yield running
     finally:
         stop(running.process)
+
+
+def start_worker(
+    scheduler_http: int, name: str, *extra: str, workdir: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    log = open(workdir / f"worker-{name}.log", "ab")  # closed when the process exits
+    return subprocess.Popen(
+        [
+            *TWISTD,
+            "--pidfile=",
+            "-n",
+            "worker",
+            "--url",
+            f"ws://127.0.0.1:{scheduler_http}/ws/worker",
+            "--name",
+            name,
+            "--workdir",
+            str(workdir),
+            *extra,
+        ],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def http_json(method: str, url: str, body: object = None, token: str | None = None) -> tuple[int, object]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            kind = response.headers.get("Content-Type", "")
+            return response.status, json.loads(raw) if "json" in kind else raw.decode()
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        try:
+            return error.code, json.loads(raw)
+        except ValueError:
+            return error.code, raw.decode(errors="replace")
+
+
+def wait_until(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll *check* until it returns something truthy (an observed event)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Proxy:
+    """A TCP relay that a test can cut, to drop a worker's connection for real."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.accepting = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.accepting:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for each in (source, sink):
+                try:
+                    each.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Drop every relayed connection and refuse new ones."""
+        self.accepting = False
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for each in sockets:
+            try:
+                each.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            each.close()
+
+    def resume(self) -> None:
+        self.accepting = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()

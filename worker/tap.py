@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
+from autobahn.websocket.util import parse_url
+from twisted.application.internet import ClientService
 from twisted.application.service import IService
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.python import usage
+
+from worker.agent import (
+    DEFAULT_OUTPUT_BUFFER,
+    Backoff,
+    WorkerAgent,
+    WorkerClientFactory,
+    WorkerService,
+    job_runs,
+)
+from worker.runner import RunnerReactor
+
+__all__ = ["Options", "endpoint_for", "makeService"]
 
 
 class Options(usage.Options):
@@ -23,8 +41,99 @@ class Options(usage.Options):
         ["slots", None, os.cpu_count() or 1, "Jobs run at once.", int],
         ["token-file", None, None, "File holding the worker token (or set WORKER_TOKEN)."],
         ["workdir", None, ".", "Working directory of jobs that do not set cwd."],
+        [
+            "output-buffer",
+            None,
+            DEFAULT_OUTPUT_BUFFER,
+            "Bytes of unacknowledged output kept per job for resending after a reconnect; "
+            "beyond it the oldest output is dropped (and a marker says how much).",
+            int,
+        ],
+        ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL on timeout, cancel or stop.", float],
     ]
+
+    def postOptions(self) -> None:
+        try:
+            secure, host, port, _, _, _ = parse_url(self["url"])
+        except Exception as e:  # parse_url raises ValueError, urlparse others
+            raise usage.UsageError(f"--url: {e}") from None
+        if not isinstance(port, int):
+            raise usage.UsageError("--url: Unix socket URLs are not supported")
+        self["secure"], self["host"], self["port"] = secure, host, port
+
+        self["name"] = self["name"].strip()
+        if not self["name"]:
+            raise usage.UsageError("--name must not be empty")
+        self["labels"] = [label.strip() for label in self["labels"].split(",") if label.strip()]
+        if self["slots"] < 1:
+            raise usage.UsageError(f"--slots must be at least 1, got {self['slots']}")
+        if self["output-buffer"] < 0:
+            raise usage.UsageError(f"--output-buffer must be >= 0, got {self['output-buffer']}")
+        if not math.isfinite(self["kill-grace"]) or self["kill-grace"] < 0:
+            raise usage.UsageError(f"--kill-grace must be a number >= 0, got {self['kill-grace']}")
+
+        workdir = os.path.abspath(self["workdir"])
+        if not os.path.isdir(workdir):
+            raise usage.UsageError(f"--workdir {workdir} is not a directory")
+        self["workdir"] = workdir
+
+        self["token"] = self._token()
+
+    def _token(self) -> str | None:
+        # Messages here never include the token itself, only where it came from.
+        path = self["token-file"]
+        if path is not None:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise usage.UsageError(f"--token-file {path}: {e.strerror or e}") from None
+            except UnicodeDecodeError:
+                raise usage.UsageError(f"--token-file {path}: not UTF-8 text") from None
+            source = f"--token-file {path}"
+            if not token:
+                raise usage.UsageError(f"{source} is empty")
+        else:
+            token = os.environ.get("WORKER_TOKEN", "").strip()
+            source = "WORKER_TOKEN"
+            if not token:
+                return None
+        # It goes into an HTTP header line verbatim.
+        if any(c.isspace() or not c.isprintable() for c in token):
+            raise usage.UsageError(f"the token in {source} contains whitespace or control characters")
+        return token
+
+
+def endpoint_for(reactor: Any, *, secure: bool, host: str, port: int) -> IStreamClientEndpoint:
+    """Where ``ws://``/``wss://`` URLs connect.
+
+    HostnameEndpoint rather than ``tcp:host:port``: it resolves names to
+    IPv6 as well as IPv4 and needs no escaping of IPv6 literals.
+    """
+    tcp = HostnameEndpoint(reactor, host, port)
+    if not secure:
+        return tcp
+    return wrapClientTLS(optionsForClientTLS(host), tcp)
 
 
 def makeService(options: Options) -> IService:
-    raise SystemExit("worker: the agent is not built yet")
+    from twisted.internet import reactor
+
+    backoff = Backoff()
+    agent = WorkerAgent(
+        reactor,
+        job_runs(cast(RunnerReactor, reactor)),
+        name=options["name"],
+        labels=options["labels"],
+        slots=options["slots"],
+        workdir=options["workdir"],
+        kill_grace=options["kill-grace"],
+        output_buffer=options["output-buffer"],
+        # Reset only once the scheduler has accepted us, not on mere TCP
+        # connect (see Backoff).
+        on_welcome=backoff.reset,
+    )
+    factory = WorkerClientFactory(agent, options["url"], token=options["token"], reactor=reactor)
+    endpoint = endpoint_for(reactor, secure=options["secure"], host=options["host"], port=options["port"])
+    connection = ClientService(endpoint, factory, retryPolicy=backoff, clock=reactor)
+    return WorkerService(agent, connection)

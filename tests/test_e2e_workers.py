@@ -1,0 +1,198 @@
+"""The real scheduler and real workers on loopback: jobs end to end.
+
+Each test starts ``twistd -n scheduler`` and one or two ``twistd -n worker``
+processes, then drives them through the REST API and the command port.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import Proxy, Scheduler, http_json, start_scheduler, start_worker, stop, wait_until
+
+
+class Cluster:
+    def __init__(self, workdir: Path, *scheduler_args: str) -> None:
+        self.workdir = workdir
+        self.scheduler_args = scheduler_args
+        self.scheduler: Scheduler = start_scheduler(workdir, *scheduler_args)
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def worker(self, name: str, *extra: str, port: int | None = None) -> subprocess.Popen[bytes]:
+        process = start_worker(port or self.scheduler.http, name, *extra, workdir=self.workdir)
+        self.workers[name] = process
+        wait_until(lambda: name in self.online(), what=f"worker {name} to connect")
+        return process
+
+    def online(self) -> list[str]:
+        _, workers = http_json("GET", self.scheduler.url + "/api/workers")
+        assert isinstance(workers, list)
+        return [w["name"] for w in workers]
+
+    def run(self, command: str, **fields: Any) -> dict[str, Any]:
+        code, job = http_json("POST", self.scheduler.url + "/api/jobs", {"command": command, **fields})
+        assert code == 202, job
+        assert isinstance(job, dict)
+        return job
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        code, job = http_json("GET", f"{self.scheduler.url}/api/jobs/{job_id}")
+        assert code == 200, job
+        assert isinstance(job, dict)
+        return job
+
+    def jobs(self, **filters: Any) -> list[dict[str, Any]]:
+        query = "&".join(f"{key}={value}" for key, value in filters.items())
+        _, jobs = http_json("GET", f"{self.scheduler.url}/api/jobs?{query}")
+        assert isinstance(jobs, list)
+        return jobs
+
+    def wait_final(self, job_id: int, timeout: float = 30.0) -> dict[str, Any]:
+        def final() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["status"] not in ("queued", "running") else None
+
+        return wait_until(final, timeout, f"job {job_id} to finish")
+
+    def log(self, job_id: int) -> str:
+        _, text = http_json("GET", f"{self.scheduler.url}/api/jobs/{job_id}/log")
+        assert isinstance(text, str)
+        return text
+
+    def restart_scheduler(self) -> None:
+        stop(self.scheduler.process)
+        self.scheduler = start_scheduler(
+            self.workdir,
+            *self.scheduler_args,
+            ports=(self.scheduler.tcp, self.scheduler.http),
+        )
+
+    def close(self) -> None:
+        for process in self.workers.values():
+            stop(process)
+        stop(self.scheduler.process)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    made: list[Cluster] = []
+
+    def make(*args: str) -> Cluster:
+        made.append(Cluster(tmp_path, *args))
+        return made[-1]
+
+    yield make  # type: ignore[misc]
+    for each in made:
+        each.close()
+
+
+def test_a_task_fires_and_its_output_streams(cluster: Any) -> None:
+    c: Cluster = cluster()
+    c.worker("w1")
+    reply = c.scheduler.command("ADD * * * * * * echo tick-$((1+1))\n")
+    assert reply[0].startswith("OK id=1 ")
+    job = wait_until(lambda: c.jobs(task=1, status="succeeded"), what="the task to run")[0]
+    assert job["worker"] == "w1" and job["exitCode"] == 0
+    assert c.log(job["id"]) == "tick-2\n"
+    c.scheduler.command("REMOVE 1\n")
+    # Live output: a line arrives while the command is still running.
+    running = c.run("echo first; sleep 2; echo second")
+    wait_until(lambda: "first" in c.log(running["id"]), what="the first line")
+    assert c.job(running["id"])["status"] == "running"
+    assert c.wait_final(running["id"])["status"] == "succeeded"
+    assert c.log(running["id"]) == "first\nsecond\n"
+
+
+def test_targets(cluster: Any) -> None:
+    c: Cluster = cluster()
+    c.worker("w1", "--labels", "gpu,linux")
+    c.worker("w2", "--labels", "linux")
+    assert c.wait_final(c.run("hostname", target="worker:w2")["id"])["worker"] == "w2"
+    assert c.wait_final(c.run("true", target="label:gpu")["id"])["worker"] == "w1"
+    code, jobs = http_json("POST", c.scheduler.url + "/api/jobs", {"command": "echo $0", "target": "all"})
+    assert code == 202 and isinstance(jobs, list)
+    assert sorted(c.wait_final(j["id"])["worker"] for j in jobs) == ["w1", "w2"]
+    failing = c.wait_final(c.run("echo oops >&2; exit 3")["id"])
+    assert failing["status"] == "failed" and failing["exitCode"] == 3
+    assert c.log(failing["id"]) == "oops\n"
+
+
+def test_timeout_kills_the_whole_tree(cluster: Any, tmp_path: Path) -> None:
+    c: Cluster = cluster()
+    c.worker("w1")
+    marker = tmp_path / "pids"
+    job = c.run(f"sleep 100 & echo $! > {marker}; sleep 100", timeout=1)
+    done = c.wait_final(job["id"])
+    assert done["status"] == "timed_out"
+    background = int(marker.read_text())
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{background}/stat") as handle:
+                return handle.read().split(") ", 1)[1].startswith("Z")
+        except FileNotFoundError:
+            return True
+
+    wait_until(gone, 10, "the background sleep to die")
+
+
+def test_killed_worker_loses_the_job_and_it_is_retried_elsewhere(cluster: Any) -> None:
+    c: Cluster = cluster("--lost-after", "2")
+    victim = c.worker("w1")
+    # Retries are a task option, set through the REST API.
+    code, task = http_json(
+        "POST",
+        c.scheduler.url + "/api/tasks",
+        {"schedule": "@yearly", "command": "sleep 3; echo done", "retries": 1, "retryDelay": 0},
+    )
+    assert code == 201 and isinstance(task, dict)
+    code, first = http_json("POST", f"{c.scheduler.url}/api/tasks/{task['id']}/run")
+    assert isinstance(first, dict)
+    wait_until(lambda: c.job(first["id"])["worker"] == "w1", what="the job to reach w1")
+    c.worker("w2")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    lost = c.wait_final(first["id"])
+    assert lost["status"] == "lost"
+    retry = wait_until(lambda: [j for j in c.jobs(task=task["id"]) if j["attempt"] == 2], what="the retry")[0]
+    retried = c.wait_final(retry["id"])
+    assert retried["status"] == "succeeded" and retried["worker"] == "w2"
+    assert c.log(retry["id"]) == "done\n"
+
+
+def test_dropped_connection_delivers_the_buffered_result_once(cluster: Any) -> None:
+    c: Cluster = cluster()
+    proxy = Proxy(c.scheduler.http)
+    try:
+        c.worker("w1", port=proxy.port)
+        job = c.run("echo before; sleep 2; echo after; exit 4")
+        wait_until(lambda: "before" in c.log(job["id"]), what="the first line")
+        proxy.cut()
+        wait_until(lambda: "w1" not in c.online(), what="the scheduler to notice")
+        assert c.job(job["id"])["status"] == "running"
+        proxy.resume()
+        done = c.wait_final(job["id"])
+        assert done["status"] == "failed" and done["exitCode"] == 4
+        assert c.log(job["id"]) == "before\nafter\n"
+        assert len(c.jobs()) == 1
+    finally:
+        proxy.close()
+
+
+def test_scheduler_restart_mid_job_reconciles(cluster: Any) -> None:
+    c: Cluster = cluster()
+    c.worker("w1")
+    job = c.run("echo one; sleep 3; echo two")
+    wait_until(lambda: "one" in c.log(job["id"]), what="the first line")
+    c.restart_scheduler()
+    done = c.wait_final(job["id"])
+    assert done["status"] == "succeeded"
+    assert c.log(job["id"]) == "one\ntwo\n"
+    finished = [line for line in (c.workdir / "scheduler.log").read_text().splitlines() if "job 1 " in line]
+    assert not any("lost" in line for line in finished)

@@ -1,0 +1,851 @@
+"""The worker agent: the worker side of docs/protocol.md.
+
+Three layers, kept apart so the interesting part is testable without sockets:
+
+- ``WorkerAgent`` holds the jobs, their output buffers and the slots.  It
+  sees the connection only as a ``Link`` (``send(type, **fields)`` and
+  ``close(reason)``) and gets messages as text, so tests drive it
+  synchronously with a fake link, a fake JobRun factory and ``task.Clock``.
+- ``WorkerProtocol``/``WorkerClientFactory`` are the thin Autobahn wire:
+  frames in, JSON text to the agent; ``send`` encodes JSON out.
+- ``Backoff`` is the reconnect policy for ``ClientService`` and
+  ``WorkerService`` orders shutdown (jobs first, then the connection).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os.path
+import random
+import re
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from worker.runner import JobRun, OutputSink, RunnerReactor, RunResult
+
+__all__ = [
+    "DEFAULT_OUTPUT_BUFFER",
+    "MAX_MESSAGE_SIZE",
+    "PROTOCOL_VERSION",
+    "Backoff",
+    "Chunk",
+    "Link",
+    "OutputBuffer",
+    "RunFactory",
+    "RunHandle",
+    "WorkerAgent",
+    "WorkerClientFactory",
+    "WorkerProtocol",
+    "WorkerService",
+    "encode",
+    "job_runs",
+]
+
+# Autobahn owns ``self.log`` on protocols; this one is ours.
+_agent_log = Logger(namespace="worker.agent")
+
+PROTOCOL_VERSION = 1
+
+DEFAULT_OUTPUT_BUFFER = 1024 * 1024
+
+# Scheduler-to-worker messages are small (a command line and its env), so a
+# few MiB is generous; the limit only stops a broken peer from making us
+# buffer without bound.
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+
+# Until the welcome, the protocol allows the worker to send nothing but its
+# hello, so these are the only messages it acts on before then.
+_HANDSHAKE_TYPES = frozenset({"welcome", "refused"})
+
+_INTEGER_KEY = re.compile(r"-?[0-9]+")
+
+
+# -- collaborators ------------------------------------------------------------
+
+
+class Link(Protocol):
+    """The agent's view of one connection to the scheduler."""
+
+    def send(self, type: str, /, **fields: object) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+class RunHandle(Protocol):
+    """What the agent uses of a JobRun (so tests can hand it a fake)."""
+
+    finished: Deferred[RunResult]
+    pid: int | None
+
+    def start(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+class RunFactory(Protocol):
+    def __call__(
+        self,
+        command: str,
+        on_output: OutputSink,
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        timeout: float | None,
+        kill_grace: float,
+    ) -> RunHandle: ...
+
+
+def job_runs(reactor: RunnerReactor) -> RunFactory:
+    """The production RunFactory: real JobRuns on ``reactor``."""
+
+    def make(
+        command: str,
+        on_output: OutputSink,
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        timeout: float | None,
+        kill_grace: float,
+    ) -> RunHandle:
+        return JobRun(
+            reactor, command, on_output, env=env, cwd=cwd, timeout=timeout, kill_grace=kill_grace
+        )
+
+    return make
+
+
+# -- reconnect policy ---------------------------------------------------------
+
+
+class Backoff:
+    """ClientService retry policy: capped exponential backoff, full jitter.
+
+    The n-th retry since the last welcome waits ``uniform(0, min(cap, base *
+    2**n))`` (n from 0).  ClientService passes the number of failures since
+    the last *TCP connection*, which is the wrong count here: a scheduler
+    that accepts the connection and then answers 401 or ``refused`` would be
+    retried at the shortest delay forever.  So the argument is ignored and
+    the policy keeps its own count: ClientService calls it exactly once per
+    connection attempt that failed or connection that ended, each call
+    counts one, and only ``reset()`` -- called by the agent on ``welcome``
+    -- starts again from zero.
+    """
+
+    # 2**64 seconds is beyond any cap; stopping there keeps the float
+    # arithmetic from overflowing after a very long outage.
+    _MAX_EXPONENT = 64
+
+    def __init__(
+        self,
+        *,
+        base: float = 1.0,
+        cap: float = 60.0,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        if not base > 0:
+            raise ValueError(f"base must be > 0, got {base}")
+        if not cap >= base:
+            raise ValueError(f"cap must be >= base, got {cap}")
+        self._base = base
+        self._cap = cap
+        self._uniform = uniform
+        self._attempt = 0
+
+    @property
+    def attempt(self) -> int:
+        """Retries scheduled since the last welcome."""
+        return self._attempt
+
+    def ceiling(self, attempt: int) -> float:
+        return min(self._cap, self._base * 2.0 ** min(attempt, self._MAX_EXPONENT))
+
+    def __call__(self, failed_attempts: int) -> float:
+        delay = self._uniform(0.0, self.ceiling(self._attempt))
+        self._attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+# -- per-job state --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    seq: int
+    stream: str
+    data: str
+
+
+class OutputBuffer:
+    """A job's output chunks, kept for resending after a reconnect.
+
+    Protocol 1 acknowledges output only with the job's ``ack``, so every
+    chunk counts as unacknowledged until then, whether or not it was sent.
+    The cap therefore applies all the time (a chatty job on a good
+    connection must not grow without bound either); it only matters when a
+    reconnect resumes from a seq whose chunks have already been dropped.
+    Dropped chunks are replaced by one marker chunk that takes the seq of
+    the last chunk dropped, so the scheduler's seq bookkeeping still lines
+    up and a reader of the log sees that something is missing.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._chunks: deque[tuple[Chunk, int]] = deque()  # (chunk, UTF-8 size)
+        self._size = 0
+        self._dropped_bytes = 0
+        self._dropped_through = 0  # seq of the newest dropped chunk, 0: none
+
+    @property
+    def size(self) -> int:
+        """Bytes of output held (the marker not counted)."""
+        return self._size
+
+    def append(self, chunk: Chunk) -> None:
+        size = len(chunk.data.encode("utf-8", "surrogatepass"))
+        self._chunks.append((chunk, size))
+        self._size += size
+        # Oldest first: the scheduler is far likelier to have them already.
+        while self._size > self._cap and self._chunks:
+            old, old_size = self._chunks.popleft()
+            self._size -= old_size
+            self._dropped_bytes += old_size
+            self._dropped_through = old.seq
+
+    def after(self, seq: int) -> list[Chunk]:
+        """What to resend to a scheduler that has everything up to ``seq``."""
+        out: list[Chunk] = []
+        if self._dropped_through > seq:
+            out.append(self._marker())
+        out.extend(chunk for chunk, _ in self._chunks if chunk.seq > seq)
+        return out
+
+    def _marker(self) -> Chunk:
+        return Chunk(
+            seq=self._dropped_through,
+            stream="stderr",
+            data=(
+                f"[worker: output buffer full; {self._dropped_bytes} bytes of output "
+                f"(chunks 1-{self._dropped_through}) were dropped before they could be resent]\n"
+            ),
+        )
+
+
+@dataclass(eq=False)
+class _Job:
+    id: int
+    output: OutputBuffer
+    run: RunHandle | None = None
+    seq: int = 0  # last output chunk produced
+    result: RunResult | None = None
+    # Whether the scheduler on the current connection wants to hear about
+    # this job; otherwise sends for it only go to the buffer.
+    live: bool = False
+    # Dropped by the scheduler while its process still runs: it keeps its
+    # slot until it exits, but nothing about it is kept or sent.
+    forgotten: bool = False
+
+
+# -- message validation ---------------------------------------------------------
+
+
+class _Malformed(Exception):
+    """A message with a missing or mistyped field; str() is the reason."""
+
+
+_MISSING = object()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_field(message: Mapping[str, Any], name: str) -> int:
+    value = message.get(name, _MISSING)
+    if value is _MISSING:
+        raise _Malformed(f"missing field {name!r}")
+    if not _is_int(value):
+        raise _Malformed(f"field {name!r} must be an integer")
+    assert isinstance(value, int)
+    return value
+
+
+def _str_field(message: Mapping[str, Any], name: str) -> str:
+    value = message.get(name, _MISSING)
+    if value is _MISSING:
+        raise _Malformed(f"missing field {name!r}")
+    if not isinstance(value, str):
+        raise _Malformed(f"field {name!r} must be a string")
+    return value
+
+
+def _optional_str(message: Mapping[str, Any], name: str) -> str | None:
+    value = message.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _Malformed(f"field {name!r} must be a string or null")
+    return value
+
+
+def _optional_duration(message: Mapping[str, Any], name: str) -> float | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    # json.loads accepts NaN and Infinity, which no timer can use.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise _Malformed(f"field {name!r} must be a non-negative number or null")
+    return float(value)
+
+
+def _optional_env(message: Mapping[str, Any], name: str) -> dict[str, str] | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _Malformed(f"field {name!r} must be an object of strings or null")
+    return value
+
+
+def _int_list(message: Mapping[str, Any], name: str) -> list[int]:
+    value = message.get(name, [])
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
+        raise _Malformed(f"field {name!r} must be a list of integers")
+    return value
+
+
+def _seq_map(message: Mapping[str, Any], name: str) -> dict[int, int]:
+    value = message.get(name, {})
+    problem = _Malformed(f"field {name!r} must map job ids to integer seqs")
+    if not isinstance(value, dict):
+        raise problem
+    out: dict[int, int] = {}
+    for key, seq in value.items():
+        # JSON object keys are strings; int() alone would also take " 17"
+        # and "1_7", which no scheduler means.
+        if not _INTEGER_KEY.fullmatch(key) or not _is_int(seq):
+            raise problem
+        out[int(key)] = seq
+    return out
+
+
+# -- the domain object ----------------------------------------------------------
+
+
+class WorkerAgent:
+    """Runs the scheduler's jobs and keeps what it owes the scheduler.
+
+    Knows nothing of WebSockets: the wire layer calls ``connected``,
+    ``receive``/``malformed`` and ``disconnected``, and the agent answers
+    through the ``Link`` it was given.  Jobs outlive connections; anything
+    sent for a job stays in its buffer until the scheduler's ``ack``.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        runs: RunFactory,
+        *,
+        name: str,
+        labels: Sequence[str] = (),
+        slots: int,
+        workdir: str,
+        kill_grace: float = 5.0,
+        output_buffer: int = DEFAULT_OUTPUT_BUFFER,
+        welcome_timeout: float = 30.0,
+        on_welcome: Callable[[], object] = lambda: None,
+    ) -> None:
+        self._clock = clock
+        self._runs = runs
+        self._name = name
+        self._labels = list(labels)
+        self._slots = slots
+        self._workdir = workdir
+        self._kill_grace = kill_grace
+        self._output_buffer = output_buffer
+        self._welcome_timeout = welcome_timeout
+        self._on_welcome = on_welcome
+
+        self._jobs: dict[int, _Job] = {}
+        self._running: set[_Job] = set()  # includes forgotten jobs still alive
+        self._link: Link | None = None
+        self._welcomed = False
+        self._welcome_call: IDelayedCall | None = None
+        self._stopping = False
+        self._idle_waiters: list[Deferred[None]] = []
+        self._give_up_call: IDelayedCall | None = None
+
+        self._handlers: Mapping[str, Callable[[dict[str, Any]], None]] = {
+            "welcome": self._on_welcome_message,
+            "refused": self._on_refused,
+            "run": self._on_run,
+            "cancel": self._on_cancel,
+            "ack": self._on_ack,
+            "error": self._on_error,
+        }
+
+    # -- introspection (tests, logs) ----------------------------------------
+
+    @property
+    def running(self) -> int:
+        """Slots in use: JobRuns whose process has not ended."""
+        return len(self._running)
+
+    @property
+    def welcomed(self) -> bool:
+        return self._welcomed
+
+    def job_ids(self) -> list[int]:
+        """Jobs the agent still runs or holds a result for."""
+        return sorted(self._jobs)
+
+    # -- connection events ----------------------------------------------------
+
+    def connected(self, link: Link) -> None:
+        """A connection is open: introduce ourselves and wait for the welcome."""
+        self._end_session()
+        self._link = link
+        link.send(
+            "hello",
+            protocol=PROTOCOL_VERSION,
+            name=self._name,
+            labels=list(self._labels),
+            slots=self._slots,
+            jobs=[
+                {"job": job.id, "state": "running" if job.result is None else "finished", "seq": job.seq}
+                for job in sorted(self._jobs.values(), key=lambda j: j.id)
+            ],
+        )
+        self._welcome_call = self._clock.callLater(self._welcome_timeout, self._welcome_overdue)
+
+    def disconnected(self, link: Link) -> None:
+        # A late notice from an older connection must not end the current one.
+        if link is self._link:
+            self._end_session()
+
+    def receive(self, text: str) -> None:
+        """One text frame from the scheduler.  Never raises."""
+        try:
+            message = json.loads(text)
+        # Deep nesting raises RecursionError rather than ValueError.
+        except (ValueError, RecursionError) as e:
+            self.malformed(f"not JSON: {e}")
+            return
+        if not isinstance(message, dict):
+            self.malformed("a message must be a JSON object")
+            return
+        kind = message.get("type", _MISSING)
+        if kind is _MISSING:
+            self.malformed("missing field 'type'", message)
+            return
+        if not isinstance(kind, str):
+            self.malformed("field 'type' must be a string", message)
+            return
+        if not self._welcomed and kind not in _HANDSHAKE_TYPES:
+            _agent_log.warn("ignoring {type!r} from the scheduler before its welcome", type=kind)
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            _agent_log.info("ignoring unknown message type {type!r} from the scheduler", type=kind)
+            return
+        try:
+            handler(message)
+        except _Malformed as e:
+            self.malformed(str(e), message)
+        except Exception:  # logged with its traceback; one message must not end the agent
+            _agent_log.failure("handling {type!r} from the scheduler failed", type=kind)
+
+    def malformed(self, reason: str, message: dict[str, Any] | None = None) -> None:
+        """Answer a message we cannot use with ``error``."""
+        _agent_log.warn("malformed message from the scheduler: {reason}", reason=reason)
+        if self._link is None or not self._welcomed:
+            # Until the welcome the worker may send nothing but its hello.
+            return
+        if message is None:
+            self._link.send("error", reason=reason)
+        else:
+            self._link.send("error", reason=reason, message=message)
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def stop(self) -> Deferred[None]:
+        """Cancel every running job; fire when they ended or after kill_grace + 1 s.
+
+        New runs are rejected from now on.  The wait is bounded because a
+        process stuck in uninterruptible sleep ignores even SIGKILL, and the
+        worker must still be able to exit.
+        """
+        self._stopping = True
+        for job in list(self._running):
+            if job.run is not None:
+                job.run.cancel()
+        if not self._running:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        if self._give_up_call is None:
+            self._give_up_call = self._clock.callLater(self._kill_grace + 1.0, self._give_up_waiting)
+        return waiter
+
+    def close_connection(self, reason: str) -> None:
+        """Start a clean WebSocket close, so the scheduler sees a goodbye."""
+        if self._link is not None:
+            self._link.close(reason)
+
+    # -- message handlers -------------------------------------------------------
+
+    def _on_welcome_message(self, message: dict[str, Any]) -> None:
+        link = self._link
+        if link is None:
+            return
+        if self._welcomed:
+            _agent_log.warn("ignoring a second welcome on one connection")
+            return
+        try:
+            resume = _seq_map(message, "resume")
+            drop = _int_list(message, "drop")
+        except _Malformed as e:
+            # Without a usable welcome the session cannot start; reconnecting
+            # (with backoff) is the only way forward.
+            _agent_log.error("malformed welcome from the scheduler: {reason}", reason=str(e))
+            link.send("error", reason=str(e), message=message)
+            link.close("malformed welcome")
+            return
+        self._welcomed = True
+        self._cancel_welcome_call()
+        self._on_welcome()
+        _agent_log.info(
+            "welcomed by the scheduler: resuming {resume} job(s), dropping {drop}",
+            resume=len(resume),
+            drop=len(drop),
+        )
+        # Drop first: a job in both lists is one the scheduler has no use for.
+        for job_id in drop:
+            self._forget(job_id)
+        for job_id, seq in sorted(resume.items()):
+            job = self._jobs.get(job_id)
+            if job is None:
+                _agent_log.warn("welcome resumes job {job}, which this worker does not have", job=job_id)
+                continue
+            job.live = True
+            for chunk in job.output.after(seq):
+                link.send("output", job=job.id, stream=chunk.stream, seq=chunk.seq, data=chunk.data)
+            if job.result is not None:
+                link.send("finished", **self._finished_fields(job))
+        for job in self._jobs.values():
+            if not job.live:
+                # Neither resumed nor dropped: keep it and ask again in the
+                # next hello rather than guess what the scheduler wants.
+                _agent_log.warn("welcome neither resumes nor drops job {job}; holding it", job=job.id)
+
+    def _on_refused(self, message: dict[str, Any]) -> None:
+        reason = message.get("reason")
+        # Error level: a refused worker does no work until someone acts.  We
+        # keep retrying (with growing backoff, as no welcome resets it)
+        # because a scheduler upgrade may fix it.
+        _agent_log.error(
+            "the scheduler refused this worker: {reason}",
+            reason=reason if isinstance(reason, str) else repr(reason),
+        )
+        if self._link is not None:
+            self._link.close("refused")
+
+    def _on_run(self, message: dict[str, Any]) -> None:
+        job_id = _int_field(message, "job")
+        command = _str_field(message, "command")
+        env = _optional_env(message, "env")
+        cwd = _optional_str(message, "cwd")
+        timeout = _optional_duration(message, "timeout")
+        if job_id in self._jobs:
+            _agent_log.warn("ignoring run for job {job}: this worker already has it", job=job_id)
+            return
+        if self._stopping:
+            self._send("rejected", job=job_id, reason="worker is shutting down")
+            return
+        if len(self._running) >= self._slots:
+            self._send("rejected", job=job_id, reason="no free slot")
+            return
+
+        job = _Job(job_id, OutputBuffer(self._output_buffer), live=True)
+        # A relative cwd is relative to --workdir, not to wherever twistd
+        # happened to be started.
+        directory = self._workdir if cwd is None else os.path.join(self._workdir, cwd)
+        run = self._runs(
+            command,
+            lambda stream, text: self._on_output(job, stream, text),
+            env=env,
+            cwd=directory,
+            timeout=timeout,
+            kill_grace=self._kill_grace,
+        )
+        job.run = run
+        self._jobs[job_id] = job
+        self._running.add(job)
+        run.finished.addCallback(self._on_run_ended, job).addErrback(self._on_run_failed, job)
+        run.start()
+        # A command that could not even be spawned has already finished
+        # (exit 127, reason on stderr): the protocol sends no started then.
+        if job.result is None and job in self._running:
+            _agent_log.info("job {job} started, pid {pid}", job=job_id, pid=run.pid)
+            self._send_for(job, "started", job=job_id, pid=run.pid, at=self._clock.seconds())
+
+    def _on_cancel(self, message: dict[str, Any]) -> None:
+        job = self._jobs.get(_int_field(message, "job"))
+        if job is not None and job.result is None and job.run is not None:
+            _agent_log.info("cancelling job {job}", job=job.id)
+            job.run.cancel()
+
+    def _on_ack(self, message: dict[str, Any]) -> None:
+        job_id = _int_field(message, "job")
+        job = self._jobs.get(job_id)
+        if job is None:
+            return  # a repeated ack: nothing left to forget
+        if job.result is None:
+            _agent_log.warn("ignoring ack for job {job}, which is still running", job=job_id)
+            return
+        del self._jobs[job_id]
+
+    def _on_error(self, message: dict[str, Any]) -> None:
+        _agent_log.warn(
+            "the scheduler reported an error: {reason} (about {message})",
+            reason=message.get("reason"),
+            message=message.get("message"),
+        )
+
+    # -- job events ---------------------------------------------------------------
+
+    def _on_output(self, job: _Job, stream: str, text: str) -> None:
+        if job.forgotten:
+            return
+        job.seq += 1
+        chunk = Chunk(job.seq, stream, text)
+        job.output.append(chunk)
+        self._send_for(job, "output", job=job.id, stream=stream, seq=chunk.seq, data=text)
+
+    def _on_run_ended(self, result: RunResult, job: _Job) -> None:
+        self._running.discard(job)
+        if not job.forgotten:
+            job.result = result
+            _agent_log.info(
+                "job {job} finished: exit code {code}, signal {signal}, timed out {timed_out}, cancelled {cancelled}",
+                job=job.id,
+                code=result.exit_code,
+                signal=result.signal,
+                timed_out=result.timed_out,
+                cancelled=result.cancelled,
+            )
+            self._send_for(job, "finished", **self._finished_fields(job))
+        self._check_idle()
+
+    def _on_run_failed(self, failure: Failure, job: _Job) -> None:
+        # JobRun never errbacks; should that break, free the slot rather
+        # than leak it, and say why.
+        _agent_log.failure("job {job}: run ended abnormally", failure, job=job.id)
+        self._running.discard(job)
+        self._check_idle()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _finished_fields(self, job: _Job) -> dict[str, object]:
+        result = job.result
+        assert result is not None
+        return {
+            "job": job.id,
+            "exitCode": result.exit_code,
+            "signal": result.signal,
+            "timedOut": result.timed_out,
+            "cancelled": result.cancelled,
+            "seq": job.seq,
+            "startedAt": result.started_at,
+            "finishedAt": result.finished_at,
+        }
+
+    def _send(self, type: str, /, **fields: object) -> None:
+        if self._link is not None and self._welcomed:
+            self._link.send(type, **fields)
+
+    def _send_for(self, job: _Job, type: str, /, **fields: object) -> None:
+        # Output and results are already in the job's buffer; a job the
+        # current scheduler has not resumed gets them after a later welcome.
+        if job.live:
+            self._send(type, **fields)
+
+    def _forget(self, job_id: int) -> None:
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        job.forgotten = True
+        if job.result is None and job.run is not None:
+            _agent_log.info("scheduler dropped running job {job}: cancelling it", job=job_id)
+            job.run.cancel()
+
+    def _end_session(self) -> None:
+        self._cancel_welcome_call()
+        self._link = None
+        self._welcomed = False
+        for job in self._jobs.values():
+            job.live = False
+
+    def _welcome_overdue(self) -> None:
+        self._welcome_call = None
+        if self._link is not None and not self._welcomed:
+            _agent_log.warn(
+                "no welcome within {timeout} s of the hello; reconnecting", timeout=self._welcome_timeout
+            )
+            self._link.close("no welcome")
+
+    def _cancel_welcome_call(self) -> None:
+        if self._welcome_call is not None and self._welcome_call.active():
+            self._welcome_call.cancel()
+        self._welcome_call = None
+
+    def _check_idle(self) -> None:
+        if self._running or not self._idle_waiters:
+            return
+        if self._give_up_call is not None and self._give_up_call.active():
+            self._give_up_call.cancel()
+        self._give_up_call = None
+        self._fire_idle_waiters()
+
+    def _give_up_waiting(self) -> None:
+        self._give_up_call = None
+        _agent_log.warn(
+            "{n} job(s) still running {grace} s after cancelling; stopping anyway",
+            n=len(self._running),
+            grace=self._kill_grace + 1.0,
+        )
+        self._fire_idle_waiters()
+
+    def _fire_idle_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+# -- the wire -------------------------------------------------------------------------
+
+
+def encode(type: str, /, **fields: object) -> bytes:
+    message = {"type": type, **fields}
+    try:
+        # Readable UTF-8 when possible: job output is often not ASCII.
+        return json.dumps(message, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (possible in an echoed message) has no UTF-8
+        # form; JSON's \u escapes can still carry it.
+        return json.dumps(message).encode("ascii")
+
+
+class WorkerProtocol(WebSocketClientProtocol):
+    """Frames in and out; everything else is the agent's business."""
+
+    def _agent(self) -> WorkerAgent:
+        agent: WorkerAgent = self.factory.agent
+        return agent
+
+    def onOpen(self) -> None:
+        # Autobahn swallows exceptions raised here, so log them ourselves and
+        # drop the connection rather than sit on a half-started session.
+        try:
+            self._agent().connected(self)
+        except Exception:
+            _agent_log.failure("starting the session with the scheduler failed")
+            self.dropConnection(abort=True)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            if isBinary:
+                self._agent().malformed("binary frames are not part of the protocol")
+            else:
+                # Autobahn has already rejected text frames that are not UTF-8.
+                self._agent().receive(payload.decode("utf-8"))
+        except Exception:
+            _agent_log.failure("handling a message from the scheduler failed")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        try:
+            agent = self._agent()
+            # Before the welcome, a close usually means the scheduler would
+            # not have us (bad token, wrong URL): worth more than info.
+            level = _agent_log.info if agent.welcomed else _agent_log.warn
+            level("connection to the scheduler closed ({code}: {reason})", code=code, reason=reason)
+            agent.disconnected(self)
+        except Exception:
+            _agent_log.failure("handling the end of the connection failed")
+
+    def send(self, type: str, /, **fields: object) -> None:
+        # Anything unsent is in the job buffers already; the next welcome
+        # asks for it again.
+        if self.state == WebSocketClientProtocol.STATE_OPEN:
+            self.sendMessage(encode(type, **fields), isBinary=False)
+
+    def close(self, reason: str) -> None:
+        if self.state == WebSocketClientProtocol.STATE_OPEN:
+            self.sendClose(code=1000, reason=reason)
+
+
+class WorkerClientFactory(WebSocketClientFactory):
+    protocol = WorkerProtocol
+    # ClientService reconnects through the same factory; its own retry
+    # lines say enough without a start/stop pair per attempt.
+    noisy = False
+
+    def __init__(
+        self, agent: WorkerAgent, url: str, *, token: str | None = None, reactor: Any = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        super().__init__(url, headers=headers, reactor=reactor)
+        self.agent = agent
+        # Pings both ways (docs/protocol.md) so a dead NAT mapping is noticed
+        # within a minute instead of at the next TCP timeout.
+        self.setProtocolOptions(
+            autoPingInterval=20,
+            autoPingTimeout=20,
+            maxMessagePayloadSize=MAX_MESSAGE_SIZE,
+            maxFramePayloadSize=MAX_MESSAGE_SIZE,
+            openHandshakeTimeout=30,
+            closeHandshakeTimeout=5,
+        )
+
+
+# -- the service ------------------------------------------------------------------------
+
+
+class WorkerService(MultiService):
+    """The agent plus its connection service.
+
+    Stopping cancels the jobs first and only then closes the connection, so
+    their (cancelled) results can still reach the scheduler.  MultiService
+    alone would stop both at once.
+    """
+
+    def __init__(self, agent: WorkerAgent, connection: IService) -> None:
+        super().__init__()
+        self.agent = agent
+        connection.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        stopping = self.agent.stop()
+
+        def then_disconnect(_: object) -> Deferred[Any]:
+            # The close frame is queued before ClientService drops the TCP
+            # connection (which flushes writes first), so the scheduler gets
+            # a clean close rather than a vanished peer.
+            self.agent.close_connection("worker stopping")
+            children: Deferred[Any] = MultiService.stopService(self)
+            return children
+
+        def done(_: object) -> None:
+            return None
+
+        return stopping.addCallback(then_disconnect).addCallback(done)
