@@ -36,7 +36,7 @@ run: install
 	$(BIN)/twistd --pidfile= -n scheduler
 
 lint: test-install
-	$(BIN)/ruff check scheduler worker plugins tests bench
+	$(BIN)/ruff check .
 
 typecheck: test-install
 	$(BIN)/mypy
@@ -45,7 +45,7 @@ unit: test-install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test: test-install
-	$(BIN)/ruff check scheduler worker plugins tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 

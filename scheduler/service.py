@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, tzinfo
+from datetime import datetime
 from typing import Any
 
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -14,14 +15,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
 from scheduler.dispatch import Dispatcher
 from scheduler.engine import CronEngine, Fire, missed_times
 from scheduler.feed import EventHub
 from scheduler.http_api import SchedulerHTTP
+from scheduler.http_guard import Guard, limited_requests
 from scheduler.jobbook import JobBook
 from scheduler.jobs import JobStatus
 from scheduler.jobstore import JobStore
+from scheduler.limits import ConnectionLimits
 from scheduler.metrics import SchedulerMetrics
+from scheduler.settings import Settings
 from scheduler.state import TaskState
 from scheduler.store import FlatFileTaskStore, LoadError
 from scheduler.taskbook import TaskBook
@@ -38,45 +43,38 @@ class StartupError(Exception):
 
 
 class SchedulerService(MultiService):
-    def __init__(
-        self,
-        reactor: Any,
-        tz: tzinfo,
-        tasks_file: str,
-        tcp: str,
-        http: str,
-        *,
-        tcp_linger: float = 0.3,
-        tcp_idle_timeout: float = 300.0,
-        tcp_max_line: int = 32768,
-        jobs_db: str | None = None,
-        lost_after: float = 90.0,
-        queue_limit: int = 10_000,
-        output_cap: int = 1024 * 1024,
-        keep_jobs: int = 100,
-        keep_days: float = 7.0,
-    ) -> None:
+    def __init__(self, reactor: Any, settings: Settings) -> None:
         super().__init__()
         self.reactor = reactor
+        self.settings = settings
         clock: IReactorTime = reactor
-        self.store = FlatFileTaskStore(tasks_file, tz, reactor.getThreadPool(), reactor)
+        try:
+            check_protected(
+                tcp=settings.tcp,
+                http=settings.http,
+                tcp_token=settings.tcp_token,
+                api_token=settings.api_token,
+                workers=settings.worker_tokens,
+            )
+        except AccessError as error:
+            raise StartupError(str(error)) from None
+        self.store = FlatFileTaskStore(settings.tasks_file, settings.tz, reactor.getThreadPool(), reactor)
         try:
             records = self.store.load_now()
         except LoadError as error:
             raise StartupError(f"{error} (the file was left as it is)") from None
         self.loaded_at_start = len(records)
-        book = TaskBook.from_records(tz, records)
+        book = TaskBook.from_records(settings.tz, records)
         self.engine = CronEngine(clock.seconds())
         self.state = TaskState(book, self.store, self.engine)
 
-        if jobs_db is None:
-            jobs_db = os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")
+        jobs_db = settings.jobs_db or os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")
         self.job_store = JobStore(
             jobs_db,
             reactor,
-            output_cap=output_cap,
-            keep_per_task=keep_jobs,
-            keep_seconds=keep_days * 86400,
+            output_cap=settings.output_cap,
+            keep_per_task=settings.keep_jobs,
+            keep_seconds=settings.keep_days * 86400,
         )
         try:
             self.job_store.open()
@@ -96,9 +94,9 @@ class SchedulerService(MultiService):
             self.workers,
             self.job_store,
             lambda task_id: self.state.book.get(task_id),
-            lost_after=lost_after,
-            queue_limit=queue_limit,
-            output_cap=output_cap,
+            lost_after=settings.lost_after,
+            queue_limit=settings.queue_limit,
+            output_cap=settings.output_cap,
         )
         self.dispatcher.restore(active)
         self.ticker = CronTicker(clock, self.engine, self.on_fires)
@@ -106,7 +104,21 @@ class SchedulerService(MultiService):
         self.pruner = TimerService(3600, self._prune)
         self.pruner.clock = clock
         self.pruner.setServiceParent(self)
-        self.worker_factory = WorkerServerFactory(self.dispatcher, clock)
+        if settings.worker_tokens.path is not None:
+            # Removing a line from the file revokes that worker within seconds.
+            self.token_watch = TimerService(5, self._reload_worker_tokens)
+            self.token_watch.clock = clock
+            self.token_watch.setServiceParent(self)
+        self.worker_factory = WorkerServerFactory(
+            self.dispatcher,
+            clock,
+            check_handshake=self._check_worker_handshake,
+            hello_timeout=settings.handshake_timeout,
+            handshake_timeout=settings.handshake_timeout,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            max_message=settings.ws_max_message,
+        )
 
         self.metrics = SchedulerMetrics(
             queued=lambda: self.dispatcher.queued,
@@ -121,14 +133,21 @@ class SchedulerService(MultiService):
         self._connect_feed()
 
         commands = TcpCommands(self.state, self.engine.next_run, self.status)
-        factory = CommandFactory(
+        tcp_factory = CommandFactory(
             commands,
             clock,
-            max_line=tcp_max_line,
-            linger=tcp_linger,
-            idle_timeout=tcp_idle_timeout,
+            max_line=settings.tcp_max_line,
+            linger=settings.tcp_linger,
+            idle_timeout=settings.tcp_idle_timeout,
+            token=settings.tcp_token,
         )
-        self.tcp_service = StreamServerEndpointService(serverFromString(reactor, tcp), factory)
+        self.tcp_limits = ConnectionLimits(
+            tcp_factory,
+            total=settings.tcp_max_connections,
+            per_peer=settings.tcp_max_per_peer,
+            refusal=b"ERR too many connections; try again later\n",
+        )
+        self.tcp_service = StreamServerEndpointService(serverFromString(reactor, settings.tcp), self.tcp_limits)
         self.tcp_service.setServiceParent(self)
 
         self.http = SchedulerHTTP(
@@ -140,31 +159,63 @@ class SchedulerService(MultiService):
             next_run=self.engine.next_run,
             metrics=self.metrics,
             feed=self.feed,
+            max_body=settings.http_max_body,
         )
-        site = Site(self.http.app.resource())
-        self.http_service = StreamServerEndpointService(serverFromString(reactor, http), site)
+        self.guard = Guard(
+            self.http.app.resource(),
+            allowed_hosts=default_allowed_hosts(settings.http) | settings.allowed_hosts,
+            api_token=settings.api_token,
+            max_body=settings.http_max_body,
+        )
+        site = Site(self.guard)
+        site.noisy = False
+        site.requestFactory = limited_requests(settings.http_max_body)
+        self.http_limits = ConnectionLimits(
+            site, total=settings.http_max_connections, per_peer=settings.http_max_per_peer
+        )
+        self.http_service = StreamServerEndpointService(serverFromString(reactor, settings.http), self.http_limits)
         self.http_service.setServiceParent(self)
 
     @classmethod
     def from_options(cls, options: Any) -> SchedulerService:
         from twisted.internet import reactor
 
-        return cls(
-            reactor,
-            options["tz"],
-            options["tasks-file"],
-            options["tcp"],
-            options["http"],
-            tcp_linger=options["tcp-linger"],
-            tcp_idle_timeout=options["tcp-idle-timeout"],
-            tcp_max_line=options["tcp-max-line"],
-            jobs_db=options["jobs-db"],
-            lost_after=options["lost-after"],
-            queue_limit=options["queue-limit"],
-            output_cap=options["output-cap"],
-            keep_jobs=options["keep-jobs"],
-            keep_days=options["keep-days"],
-        )
+        try:
+            settings = Settings.from_options(options)
+        except AccessError as error:
+            raise StartupError(str(error)) from None
+        return cls(reactor, settings)
+
+    def _check_worker_handshake(self, request: ConnectionRequest) -> str | None:
+        """Refuse browsers and bad tokens; returns the name a token is bound to."""
+        peer = request.peer
+        if "origin" in request.headers:
+            # Workers never send Origin; browsers always do on WebSockets.
+            log.warn("refused a browser WebSocket to /ws/worker from {peer}", peer=peer)
+            raise ConnectionDeny(403, "browsers may not connect to the worker endpoint")
+        tokens = self.settings.worker_tokens
+        if not tokens.configured:
+            return None
+        name = tokens.identify(bearer(request.headers.get("authorization")))
+        if name is None:
+            log.warn("refused a worker from {peer}: missing or wrong worker token", peer=peer)
+            raise ConnectionDeny(401, "missing or wrong worker token")
+        return name or None
+
+    def _reload_worker_tokens(self) -> None:
+        tokens = self.settings.worker_tokens
+        try:
+            if not tokens.load():
+                return
+        except AccessError as error:
+            log.error("keeping the previous worker tokens: {error}", error=str(error))
+            return
+        log.info("reloaded {count} worker tokens from {path}", count=len(tokens.per_worker), path=tokens.path)
+        for worker in list(self.workers):
+            bound = getattr(worker.link, "token_name", None)
+            if bound is not None and not tokens.still_valid(worker.name, bound):
+                log.warn("worker {name}: its token was revoked; disconnecting", name=worker.name)
+                worker.link.close("token revoked")
 
     def startService(self) -> None:
         log.info(

@@ -59,10 +59,28 @@ class Options(usage.Options):
         ["output-cap", None, 1048576, "Bytes of output kept per job (the oldest are dropped first).", _positive_int],
         ["keep-jobs", None, 100, "Finished jobs kept per task in the history.", _positive_int],
         ["keep-days", None, 7.0, "Days finished jobs are kept in the history.", _positive],
+        # Access.  Tokens only ever come from files or the environment.
+        ["worker-token-file", None, None, "File with the token every worker must send (or set SCHEDULER_WORKER_TOKEN)."],
+        ["worker-tokens-file", None, None, "File of '<worker name> <token>' lines; re-read when it changes, removed names are disconnected."],
+        ["api-token-file", None, None, "File with the bearer token for /api and /metrics (or set SCHEDULER_API_TOKEN)."],
+        ["tcp-token-file", None, None, "File with the token for AUTH on the command port (or set SCHEDULER_TCP_TOKEN)."],
+        ["allowed-hosts", None, None, "Comma-separated extra Host names the HTTP port answers to ('*' for any); localhost and this machine's names are always allowed."],
+        # Bounds.
+        ["tcp-max-connections", None, 64, "Most open connections on the command port.", _positive_int],
+        ["tcp-max-per-peer", None, 16, "Most open command-port connections from one address.", _positive_int],
+        ["http-max-connections", None, 20000, "Most open connections on the HTTP port (workers included).", _positive_int],
+        ["http-max-per-peer", None, 10000, "Most open HTTP connections from one address (workers behind one NAT share it).", _positive_int],
+        ["http-max-body", None, 1048576, "Largest HTTP request body in bytes (larger ones get 413).", _positive_int],
+        ["ws-max-message", None, 2097152, "Largest worker WebSocket message in bytes.", _positive_int],
+        ["handshake-timeout", None, 10.0, "Seconds a worker has for the WebSocket handshake and its hello.", _positive],
+        ["ping-interval", None, 20.0, "Seconds between WebSocket pings to each worker.", _positive],
+        ["ping-timeout", None, 20.0, "Seconds without a pong before a worker is dropped.", _positive],
     ]
 
     def postOptions(self) -> None:
         self["tz"] = _zone(self["timezone"]) if self["timezone"] else local_zone()
+        extra = {name.strip().lower() for name in (self["allowed-hosts"] or "").split(",") if name.strip()}
+        self["allowed-hosts-set"] = extra
 
 
 def makeService(options: Options) -> IService:

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from scheduler.access import same
 from scheduler.state import TaskState
 from scheduler.store import LoadError, StoreError
 from scheduler.taskbook import TaskBook, TaskNotFound
@@ -52,8 +53,12 @@ STATUS                     counts of tasks, workers and jobs
 SAVE                       write the tasks to the tasks file
 LOAD                       replace the tasks with the tasks file's
 PING                       answers PONG
+AUTH <token>               authenticate (needed first when the scheduler has a TCP token)
 SESSION                    keep this connection open (for typing); QUIT closes it
 QUIT                       close the connection"""
+
+# What an unauthenticated connection may still do.
+_OPEN_VERBS = frozenset({"PING", "HELP", "QUIT", "SESSION"})
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
 _HTTP_START = re.compile(
@@ -211,8 +216,12 @@ class CommandLineProtocol(Protocol):
         max_line: int,
         linger: float,
         idle_timeout: float,
+        token: str | None = None,
     ) -> None:
         self._commands = commands
+        self._token = token
+        self._authenticated = token is None
+        self._failed_auth = 0
         self._clock = clock
         self._max_line = max_line
         self._linger = linger
@@ -320,7 +329,12 @@ class CommandLineProtocol(Protocol):
             log.warn("closing a connection that speaks HTTP to the command port")
             self._close()
             return ""
-        verb = line.strip().split(" ", 1)[0].upper()
+        verb, _, argument = line.strip().partition(" ")
+        verb = verb.upper()
+        if verb == "AUTH":
+            return self._auth(argument.strip())
+        if not self._authenticated and verb not in _OPEN_VERBS:
+            return "ERR authentication required: send AUTH <token> first"
         if verb == "SESSION":
             self._session = True
             return "OK session: the connection stays open; QUIT closes it"
@@ -335,6 +349,24 @@ class CommandLineProtocol(Protocol):
         except Exception:
             log.failure("command {line!r} failed", line=line[:200])
             return "ERR internal error (logged on the scheduler)"
+
+    def _auth(self, given: str) -> str:
+        if self._token is None:
+            return "OK no token is needed here"
+        if given and same(given, self._token):
+            self._authenticated = True
+            return "OK authenticated"
+        self._failed_auth += 1
+        log.warn(
+            "wrong TCP token from {peer} (attempt {count})",
+            peer=getattr(self.transport.getPeer(), "host", "?"),
+            count=self._failed_auth,
+        )
+        if self._failed_auth >= 3:
+            self._send("ERR wrong token; closing after 3 attempts")
+            self._close()
+            return ""
+        return "ERR wrong token"
 
     def _send(self, reply: str) -> None:
         if reply and not self._closing:
@@ -361,6 +393,7 @@ class CommandLineProtocol(Protocol):
 
 
 class CommandFactory(Factory):
+    noisy = False
     def __init__(
         self,
         commands: TcpCommands,
@@ -369,8 +402,10 @@ class CommandFactory(Factory):
         max_line: int = 32 * 1024,
         linger: float = 0.3,
         idle_timeout: float = 300.0,
+        token: str | None = None,
     ) -> None:
         self.commands = commands
+        self.token = token
         self.clock = clock
         self.max_line = max_line
         self.linger = linger
@@ -383,6 +418,7 @@ class CommandFactory(Factory):
             max_line=self.max_line,
             linger=self.linger,
             idle_timeout=self.idle_timeout,
+            token=self.token,
         )
         protocol.factory = self
         return protocol

@@ -90,6 +90,11 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         # Set by a per-worker token: the only name this connection may use.
         self._allowed_name: str | None = None
 
+    @property
+    def token_name(self) -> str | None:
+        """The worker name a per-worker token bound this connection to."""
+        return self._allowed_name
+
     # -- the link the dispatcher sends through ------------------------
 
     def send(self, type: str, **fields: Any) -> None:

@@ -91,9 +91,10 @@ export async function request(method, path, {body, headers = {}, signal} = {}) {
       signal,
       headers: {Accept: 'application/json', ...headers, ...authHeaders()},
     };
-    if (body !== undefined) {
+    // The server takes POSTs only as JSON (its CSRF defence), body or not.
+    if (body !== undefined || method === 'POST') {
       init.headers['Content-Type'] = 'application/json';
-      init.body = JSON.stringify(body);
+      init.body = JSON.stringify(body ?? {});
     }
     let response;
     try {

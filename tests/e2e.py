@@ -66,7 +66,11 @@ class Scheduler:
 
 
 def start_scheduler(
-    workdir: Path, *extra: str, env: dict[str, str] | None = None, ports: tuple[int, int] | None = None
+    workdir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
+    interface: str = "127.0.0.1",
 ) -> Scheduler:
     tcp, http = ports or (free_port(), free_port())
     log = open(workdir / "scheduler.log", "ab")  # closed when the process exits
@@ -77,9 +81,9 @@ def start_scheduler(
             "-n",
             "scheduler",
             "--tcp",
-            f"tcp:{tcp}:interface=127.0.0.1",
+            f"tcp:{tcp}:interface={interface}",
             "--http",
-            f"tcp:{http}:interface=127.0.0.1",
+            f"tcp:{http}:interface={interface}",
             *extra,
         ],
         cwd=workdir,
@@ -141,6 +145,9 @@ def http_json(method: str, url: str, body: object = None, token: str | None = No
     import urllib.error
     import urllib.request
 
+    # POSTs always carry JSON, as the server requires (its CSRF defence).
+    if body is None and method == "POST":
+        body = {}
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:

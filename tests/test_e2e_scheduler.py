@@ -72,7 +72,7 @@ def test_broken_tasks_file_stops_startup_and_is_left_alone(tmp_path: Path) -> No
     content = b'{"schedule": "* * * * *", "command": "ok", "jobName": "task_1"}\n{"schedule": "* *\n'
     (tmp_path / "tasks.db").write_bytes(content)
     done = subprocess.run(
-        [*TWISTD, "--pidfile=", "-n", "scheduler", "--tcp", "tcp:0", "--http", "tcp:0"],
+        [*TWISTD, "--pidfile=", "-n", "scheduler", "--tcp", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1"],
         cwd=tmp_path,
         capture_output=True,
         timeout=60,

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from scheduler.jobs import JobStatus
 from scheduler.openapi import OPENAPI
 from scheduler.service import SchedulerService
+from scheduler.settings import Settings
 from scheduler.workers import Worker
 from tests.helpers import UTC
 
@@ -35,13 +36,14 @@ class Link:
 class Api:
     def __init__(self, service: SchedulerService) -> None:
         self.service = service
-        self.treq = StubTreq(service.http.app.resource())
+        # Through the guard, as the real site does: Host, Origin, token checks.
+        self.treq = StubTreq(service.guard)
 
     async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None, **kw: Any) -> tuple[int, Any]:
         headers = kw.pop("headers", {})
         data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
+        if body is not None or (method == "POST" and raw is None):
+            data = json.dumps(body if body is not None else {}).encode()
             headers.setdefault(b"Content-Type", [b"application/json"])
         response = await self._settled(
             self.treq.request(method, "http://localhost" + path, data=data, headers=headers, **kw)
@@ -79,12 +81,70 @@ class Api:
         return worker, link
 
 
+async def make_api(tmp_path: Path, reactor: Any, **settings: Any) -> Api:
+    chosen = Settings(
+        tasks_file=str(tmp_path / "tasks.db"),
+        tcp="tcp:0:interface=127.0.0.1",
+        http="tcp:0:interface=127.0.0.1",
+        tz=UTC,
+        **settings,
+    )
+    return Api(SchedulerService(reactor, chosen))
+
+
+async def close_api(api: Api) -> None:
+    api.service.dispatcher.stop()
+    await api.service.job_store.close()
+
+
 @pytest_twisted.async_yield_fixture
 async def api(tmp_path: Path, reactor: Any) -> AsyncIterator[Api]:
-    service = SchedulerService(reactor, UTC, str(tmp_path / "tasks.db"), "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")
-    yield Api(service)
-    service.dispatcher.stop()
-    await service.job_store.close()
+    made = await make_api(tmp_path, reactor)
+    yield made
+    await close_api(made)
+
+
+TOKEN = "s3cret-api-token-0123456789"
+
+
+@pytest_twisted.async_yield_fixture
+async def locked(tmp_path: Path, reactor: Any) -> AsyncIterator[Api]:
+    made = await make_api(tmp_path, reactor, api_token=TOKEN)
+    yield made
+    await close_api(made)
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_token_is_required_everywhere_but_bare_health(locked: Api) -> None:
+    for method, path in [("GET", "/api/tasks"), ("POST", "/api/jobs"), ("GET", "/api/jobs"), ("GET", "/metrics"), ("GET", "/api/events")]:
+        code, body = await locked.call(method, path)
+        assert code == 401, (method, path)
+        assert "API token" in body["error"]
+        assert TOKEN not in json.dumps(body)
+    code, body = await locked.call("GET", "/api/tasks", headers={b"Authorization": [b"Bearer wrong-token-0123456789"]})
+    assert code == 401
+    code, body = await locked.call("GET", "/api/tasks", headers={b"Authorization": [f"Bearer {TOKEN}".encode()]})
+    assert code == 200 and body == []
+    assert (await locked.call("GET", "/api/health")) == (200, {"status": "ok"})
+    code, body = await locked.call("GET", "/api/health", headers={b"Authorization": [f"Bearer {TOKEN}".encode()]})
+    assert "tasks" in body
+    code, _page = await locked.call("GET", "/")
+    assert code == 200  # the dashboard itself is public; it asks for the token
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_origin_and_content_type_checks(api: Api) -> None:
+    code, body = await api.call("GET", "/api/tasks", headers={b"Host": [b"evil.example:3000"]})
+    assert code == 403 and "--allowed-hosts" in body["error"]
+    code, body = await api.call(
+        "POST", "/api/jobs", {"command": "id"}, headers={b"Origin": [b"http://evil.example"]}
+    )
+    assert code == 403 and "cross-origin" in body["error"]
+    code, body = await api.call("POST", "/api/tasks/1/run", raw=b"schedule=x", headers={b"Content-Type": [b"text/plain"]})
+    assert code == 415
+    code, body = await api.call("POST", "/api/jobs", {"command": "true"}, headers={b"Origin": [b"http://localhost:3000"]})
+    assert code == 202
+    assert len(api.service.jobs) == 1  # only the same-origin request made a job
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,204 @@
+"""Who may do what: tokens, the Host allowlist, and protected-by-default.
+
+Tokens come from files or environment variables only, never from the
+command line (``ps`` shows it to every local user).  They are compared in
+constant time and never logged.  See SECURITY.md for the threat model.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class AccessError(Exception):
+    """A configuration that cannot be used; the message says what to do."""
+
+
+def read_token(path: str | None, env: Mapping[str, str], variable: str, what: str) -> str | None:
+    """The token from *path* if given, else from ``$variable``, else None."""
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise AccessError(f"cannot read the {what} file {path}: {error.strerror or error}") from None
+        if not token:
+            raise AccessError(f"the {what} file {path} is empty")
+    else:
+        token = env.get(variable, "").strip()
+        if not token:
+            return None
+    if any(ch.isspace() for ch in token):
+        raise AccessError(f"the {what} must not contain spaces or line breaks")
+    if len(token) < 16:
+        raise AccessError(f"the {what} is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return token
+
+
+def same(given: str, expected: str) -> bool:
+    """Constant-time comparison, so timing does not reveal the token."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer(header: str | bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    if header is None:
+        return None
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+ANY_NAME = ""
+
+
+@dataclass
+class WorkerTokens:
+    """The shared worker token and the per-worker ``name token`` file."""
+
+    shared: str | None = None
+    path: str | None = None
+    per_worker: dict[str, str] = field(default_factory=dict)
+    _mtime: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.shared is not None or self.path is not None
+
+    def load(self) -> bool:
+        """(Re)read the per-worker file; True if it changed."""
+        if self.path is None:
+            return False
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except OSError as error:
+            raise AccessError(f"cannot read the worker tokens file {self.path}: {error.strerror}") from None
+        if mtime == self._mtime:
+            return False
+        tokens: dict[str, str] = {}
+        text = Path(self.path).read_text(encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise AccessError(f"{self.path}, line {number}: expected '<worker name> <token>'")
+            name, token = parts
+            if len(token) < 16:
+                raise AccessError(f"{self.path}, line {number}: the token is shorter than 16 characters")
+            tokens[name] = token
+        self.per_worker = tokens
+        self._mtime = mtime
+        return True
+
+    def identify(self, token: str | None) -> str | None:
+        """The name this token may use (ANY_NAME for the shared token), or None."""
+        if token is None:
+            return None
+        found: str | None = None
+        # Check every entry, so the time taken does not say which one matched.
+        for name, expected in self.per_worker.items():
+            if same(token, expected):
+                found = name
+        if self.shared is not None and same(token, self.shared):
+            found = ANY_NAME if found is None else found
+        return found
+
+    def still_valid(self, name: str, token_name: str) -> bool:
+        """After a reload: may a worker connected under *token_name* stay?"""
+        return token_name == ANY_NAME or token_name in self.per_worker
+
+
+# -- where listeners listen ----------------------------------------------
+
+
+def _interface(endpoint: str) -> str | None:
+    """The interface of a tcp/ssl endpoint string; '' means every interface."""
+    parts = re.split(r"(?<!\\):", endpoint)
+    kind = parts[0].lower()
+    if kind in ("unix", "systemd"):
+        return None  # not reachable over the network by itself
+    for part in parts[1:]:
+        key, _, value = part.partition("=")
+        if key == "interface":
+            return value.replace("\\:", ":")
+    return ""
+
+
+def is_loopback(endpoint: str) -> bool:
+    interface = _interface(endpoint)
+    if interface is None:
+        return True
+    if interface == "":
+        return False
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_protected(
+    *, tcp: str, http: str, tcp_token: str | None, api_token: str | None, workers: WorkerTokens
+) -> None:
+    """Refuse a listener open to the network without the tokens guarding it."""
+    problems = []
+    if not is_loopback(tcp) and tcp_token is None:
+        problems.append(f"--tcp {tcp} is not loopback-only but no TCP token is set (--tcp-token-file or SCHEDULER_TCP_TOKEN)")
+    if not is_loopback(http):
+        if api_token is None:
+            problems.append(f"--http {http} is not loopback-only but no API token is set (--api-token-file or SCHEDULER_API_TOKEN)")
+        if not workers.configured:
+            problems.append(
+                f"--http {http} is not loopback-only but no worker token is set "
+                "(--worker-token-file, --worker-tokens-file or SCHEDULER_WORKER_TOKEN)"
+            )
+    if problems:
+        raise AccessError(
+            "refusing to accept commands from the network without tokens:\n  - "
+            + "\n  - ".join(problems)
+            + "\nCreate a token with `openssl rand -hex 32 > api.token` and pass the file, "
+            "or bind to 127.0.0.1 (the default)."
+        )
+
+
+def default_allowed_hosts(http: str) -> set[str]:
+    hosts = {"localhost", "127.0.0.1", "::1", "[::1]"}
+    try:
+        hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    except OSError:
+        pass
+    interface = _interface(http)
+    if interface:
+        hosts.add(interface.lower())
+    return hosts
+
+
+def host_allowed(host_header: bytes | str | None, allowed: set[str]) -> bool:
+    """Is the Host header one of the allowed names (any port)?"""
+    if "*" in allowed:
+        return True
+    if host_header is None:
+        return False
+    host = host_header.decode("latin-1") if isinstance(host_header, bytes) else host_header
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[: host.find("]") + 1]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name in allowed or name.strip("[]") in allowed

@@ -1,0 +1,82 @@
+"""Everything ``twistd scheduler`` can be told, with the defaults in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from typing import Any
+
+from scheduler.access import WorkerTokens, read_token
+
+
+@dataclass
+class Settings:
+    tasks_file: str = "tasks.db"
+    tcp: str = "tcp:5050:interface=127.0.0.1"
+    http: str = "tcp:3000:interface=127.0.0.1"
+    tz: tzinfo = UTC
+    jobs_db: str | None = None
+    # The command port.
+    tcp_linger: float = 0.3
+    tcp_idle_timeout: float = 300.0
+    tcp_max_line: int = 32768
+    tcp_max_connections: int = 64
+    tcp_max_per_peer: int = 16
+    # HTTP and the workers' WebSocket.
+    http_max_connections: int = 20000
+    http_max_per_peer: int = 10000
+    http_max_body: int = 1024 * 1024
+    ws_max_message: int = 2 * 1024 * 1024
+    handshake_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    allowed_hosts: set[str] = field(default_factory=set)
+    # Jobs.
+    lost_after: float = 90.0
+    queue_limit: int = 10_000
+    output_cap: int = 1024 * 1024
+    keep_jobs: int = 100
+    keep_days: float = 7.0
+    # Access (see SECURITY.md); never from the command line.
+    tcp_token: str | None = None
+    api_token: str | None = None
+    worker_tokens: WorkerTokens = field(default_factory=WorkerTokens)
+
+    @classmethod
+    def from_options(cls, options: Any, env: Mapping[str, str] = os.environ) -> Settings:
+        """From parsed ``twistd scheduler`` options; raises AccessError."""
+        workers = WorkerTokens(
+            shared=read_token(options["worker-token-file"], env, "SCHEDULER_WORKER_TOKEN", "worker token"),
+            path=options["worker-tokens-file"],
+        )
+        workers.load()
+        return cls(
+            tasks_file=options["tasks-file"],
+            tcp=options["tcp"],
+            http=options["http"],
+            tz=options["tz"],
+            jobs_db=options["jobs-db"],
+            tcp_linger=options["tcp-linger"],
+            tcp_idle_timeout=options["tcp-idle-timeout"],
+            tcp_max_line=options["tcp-max-line"],
+            tcp_max_connections=options["tcp-max-connections"],
+            tcp_max_per_peer=options["tcp-max-per-peer"],
+            http_max_connections=options["http-max-connections"],
+            http_max_per_peer=options["http-max-per-peer"],
+            http_max_body=options["http-max-body"],
+            ws_max_message=options["ws-max-message"],
+            handshake_timeout=options["handshake-timeout"],
+            ping_interval=options["ping-interval"],
+            ping_timeout=options["ping-timeout"],
+            allowed_hosts=options["allowed-hosts-set"],
+            lost_after=options["lost-after"],
+            queue_limit=options["queue-limit"],
+            output_cap=options["output-cap"],
+            keep_jobs=options["keep-jobs"],
+            keep_days=options["keep-days"],
+            tcp_token=read_token(options["tcp-token-file"], env, "SCHEDULER_TCP_TOKEN", "TCP token"),
+            api_token=read_token(options["api-token-file"], env, "SCHEDULER_API_TOKEN", "API token"),
+            worker_tokens=workers,
+        )
