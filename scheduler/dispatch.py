@@ -113,7 +113,7 @@ class Dispatcher:
         if self.jobs.seen(fire_key(task.id, scheduled)):
             return []
         if task.options.overlap == "skip" and self._active_for(task.id):
-            self.jobs.fire(task.id, scheduled, task.command)  # mark the time as handled
+            self.jobs.mark_fired(task.id, scheduled)
             log.info(
                 "{job_name}: previous run still going, skipping the run due at {when}",
                 job_name=task.job_name,

@@ -41,6 +41,10 @@ class JobBook:
     def seen(self, key: str) -> bool:
         return key in self._keys
 
+    def mark_fired(self, task_id: int, scheduled: float) -> None:
+        """Record that a fire was handled without a job (e.g. skipped)."""
+        self._keys.add(fire_key(task_id, scheduled))
+
     def fire(self, task_id: int, scheduled: float, command: str, **fields: object) -> Job | None:
         """A queued job for a cron fire, or None if that fire already ran."""
         key = fire_key(task_id, scheduled)

@@ -242,6 +242,7 @@ def test_overlap_skip_and_queue() -> None:
     worker, link = world.connect("a", slots=10)
     first = world.dispatcher.fire(skip, 1_000_060.0)[0]
     assert world.dispatcher.fire(skip, 1_000_120.0) == []
+    assert [job.id for job in world.jobs if job.task_id == skip.id] == [first.id]
     q1 = world.dispatcher.fire(queue, 1_000_060.0)[0]
     q2 = world.dispatcher.fire(queue, 1_000_120.0)[0]
     assert q2.id not in link.runs()
