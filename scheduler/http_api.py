@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime, tzinfo
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +46,17 @@ class ApiError(Exception):
 
 
 def static_root() -> Path:
-    """The dashboard files: inside the installed package, or the source tree."""
-    try:
-        packaged = Path(str(resources.files("scheduler.static")))
-        if (packaged / "index.html").is_file():
-            return packaged
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "static"
+    """The dashboard files: inside the installed package, or the source tree.
+
+    setup.cfg installs the top-level static/ as scheduler/static/.  (Not
+    importlib.resources: static/ has no __init__.py, and a namespace
+    package's files() is a MultiplexedPath, whose str() is no path.)
+    """
+    here = Path(__file__).resolve().parent
+    installed = here / "static"
+    if (installed / "index.html").is_file():
+        return installed
+    return here.parent / "static"
 
 
 def _json(request: IRequest, status: int, body: Any) -> bytes:

@@ -71,12 +71,13 @@ def start_scheduler(
     env: dict[str, str] | None = None,
     ports: tuple[int, int] | None = None,
     interface: str = "127.0.0.1",
+    twistd: list[str] | None = None,
 ) -> Scheduler:
     tcp, http = ports or (free_port(), free_port())
     log = open(workdir / "scheduler.log", "ab")  # closed when the process exits
     process = subprocess.Popen(
         [
-            *TWISTD,
+            *(twistd or TWISTD),
             "--pidfile=",
             "-n",
             "scheduler",
