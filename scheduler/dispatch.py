@@ -98,6 +98,8 @@ class Dispatcher:
         self._lost_timers: dict[int, IDelayedCall] = {}
         self._retry_timers: dict[int, IDelayedCall] = {}
         self._tails: dict[int, _Tail] = {}
+        # Placed on a worker, waiting for the record to commit before `run`.
+        self._unsent: set[int] = set()
         self.output_listeners: list[OutputListener] = []
         # Feeds the metrics: how late jobs start, and how they end.
         self.started_listeners: list[Callable[[Job, float], None]] = []
@@ -169,24 +171,24 @@ class Dispatcher:
             # Never drop what is queued; the new job is refused, on the record.
             return self._finish(job, JobStatus.FAILED, reason="the job queue is full")
         self._tails[job.id] = _Tail(deque())
-        self._recorder.put(job).addCallbacks(
-            lambda _: self._enqueue(job.id),
-            lambda failure: self._not_recorded(job, failure),
-        )
+        # Queued at once: _dispatch sends `run` only after a later write has
+        # committed, and the job store commits in order, so this record is
+        # on disk before any worker hears of the job.
+        self._recorder.put(job).addErrback(lambda failure: self._not_recorded(job.id, failure))
+        self._queue.append(job.id)
+        self.pump()
         return job
 
-    def _not_recorded(self, job: Job, failure: Any) -> None:
-        log.error("could not record job {job_id}: {error}", job_id=job.id, error=failure.getErrorMessage())
-        current = self.jobs.get(job.id)
-        if current is not None:
-            self.jobs.put(current.evolve(status=JobStatus.FAILED, reason="could not be recorded"))
-
-    def _enqueue(self, job_id: int) -> None:
-        job = self.jobs.get(job_id)
-        if job is None or job.status is not JobStatus.QUEUED:
-            return  # cancelled while being recorded
-        self._queue.append(job_id)
-        self.pump()
+    def _not_recorded(self, job_id: int, failure: Any) -> None:
+        log.error("could not record job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
+        current = self.jobs.get(job_id)
+        if current is None:
+            return
+        self._unsent.discard(job_id)
+        worker = self.workers.get(current.worker or "")
+        if worker is not None:
+            worker.running.discard(job_id)
+        self._finish(current, JobStatus.FAILED, reason="could not be recorded in the job database")
 
     # -- placing -------------------------------------------------------
 
@@ -230,16 +232,24 @@ class Dispatcher:
     def _dispatch(self, job: Job, worker: Worker) -> None:
         worker.running.add(job.id)
         job = self.jobs.update(job, status=JobStatus.RUNNING, worker=worker.name)
-        self._recorder.put(job)
-        worker.link.send(
-            "run",
-            job=job.id,
-            command=job.command,
-            env=dict(job.env),
-            cwd=job.cwd,
-            timeout=job.timeout,
-        )
         self.workers.changed(worker)
+        self._unsent.add(job.id)
+
+        def send(_: object) -> None:
+            # After the commit: a scheduler that dies now still knows the job.
+            if job.id not in self._unsent:
+                return  # cancelled, lost or failed in the meantime
+            self._unsent.discard(job.id)
+            worker.link.send(
+                "run",
+                job=job.id,
+                command=job.command,
+                env=dict(job.env),
+                cwd=job.cwd,
+                timeout=job.timeout,
+            )
+
+        self._recorder.put(job).addCallbacks(send, lambda failure: self._not_recorded(job.id, failure))
 
     # -- what workers say ----------------------------------------------
 
@@ -363,12 +373,12 @@ class Dispatcher:
         self._finish(
             job,
             status,
+            on_recorded=lambda: worker.link.send("ack", job=job_id),
             exit_code=exit_code,
             signal=signal,
             started_at=job.started_at or started_at,
             finished_at=finished_at or now,
         )
-        worker.link.send("ack", job=job_id)
         self.workers.changed(worker)
         self.pump()
 
@@ -387,7 +397,11 @@ class Dispatcher:
         job = self.jobs.get(job_id)
         if job is None:
             raise JobNotFound(f"no active job {job_id}")
-        if job.status is JobStatus.QUEUED:
+        if job.status is JobStatus.QUEUED or job.id in self._unsent:
+            self._unsent.discard(job.id)
+            worker = self.workers.get(job.worker or "")
+            if worker is not None:
+                worker.running.discard(job.id)
             return self._finish(job, JobStatus.CANCELLED, reason="cancelled before it started")
         worker = self.workers.get(job.worker or "")
         if worker is None:
@@ -395,12 +409,27 @@ class Dispatcher:
         worker.link.send("cancel", job=job_id)
         return job
 
-    def _finish(self, job: Job, status: JobStatus, **changes: Any) -> Job:
+    def _finish(
+        self, job: Job, status: JobStatus, *, on_recorded: Callable[[], None] | None = None, **changes: Any
+    ) -> Job:
+        """Record *job*'s end; ``on_recorded`` runs once that is on disk.
+
+        The worker's ``ack`` waits for that: a worker forgets a result only
+        when a crash can no longer lose it.
+        """
         self._cancel_lost_timer(job.id)
+        self._unsent.discard(job.id)
         if "finished_at" not in changes:
             changes["finished_at"] = self._clock.seconds()
         done = self.jobs.update(job, status=status, **changes)
-        self._recorder.put(done)
+        recorded = self._recorder.put(done)
+        if on_recorded is not None:
+            recorded.addCallback(lambda _: on_recorded())
+        recorded.addErrback(
+            lambda failure: log.error(
+                "could not record the end of job {job_id}: {error}", job_id=job.id, error=failure.getErrorMessage()
+            )
+        )
         self._tails.pop(job.id, None)
         self._maybe_retry(done)
         return done

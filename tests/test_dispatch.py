@@ -6,6 +6,7 @@ from datetime import UTC
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from scheduler import cron
@@ -280,3 +281,49 @@ def test_rejected_job_goes_back_to_the_front() -> None:
     assert world.jobs.get(job.id).status is JobStatus.QUEUED  # type: ignore[union-attr]
     world.clock.advance(1)
     assert link.runs() == [job.id, job.id]
+
+
+class SlowRecorder:
+    """A job store whose writes commit only when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[None]] = []
+
+    def put(self, job: Any) -> Deferred[None]:
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+    def append_output(self, job_id: int, seq: int, stream: str, data: str) -> None:
+        pass
+
+    def commit(self) -> None:
+        pending, self.pending = self.pending, []
+        for each in pending:
+            each.callback(None)
+
+
+def test_run_and_ack_wait_for_the_record() -> None:
+    world = World()
+    recorder = SlowRecorder()
+    world.dispatcher._recorder = recorder
+    worker, link = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    assert world.jobs.get(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert link.runs() == []  # placed, but not sent before the write commits
+    recorder.commit()
+    assert link.runs() == [job.id]
+    world.finish(worker, job.id)
+    assert not [m for m in link.sent if m["type"] == "ack"]
+    recorder.commit()
+    assert [m["job"] for m in link.sent if m["type"] == "ack"] == [job.id]
+
+
+def test_cancel_before_run_is_sent_never_sends_it() -> None:
+    world = World()
+    recorder = SlowRecorder()
+    world.dispatcher._recorder = recorder
+    worker, link = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    assert world.dispatcher.cancel(job.id).status is JobStatus.CANCELLED
+    recorder.commit()
+    assert link.runs() == [] and worker.free == 1
