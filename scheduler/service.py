@@ -22,7 +22,7 @@ from scheduler.feed import EventHub
 from scheduler.http_api import SchedulerHTTP
 from scheduler.http_guard import Guard, limited_requests
 from scheduler.jobbook import JobBook
-from scheduler.jobs import JobStatus
+from scheduler.jobs import Job, JobStatus
 from scheduler.jobstore import JobStore
 from scheduler.limits import ConnectionLimits
 from scheduler.metrics import SchedulerMetrics
@@ -30,10 +30,11 @@ from scheduler.settings import Settings
 from scheduler.state import TaskState
 from scheduler.store import FlatFileTaskStore, LoadError
 from scheduler.taskbook import TaskBook
+from scheduler.tasks import Task
 from scheduler.tcp_commands import CommandFactory, TcpCommands
 from scheduler.ticker import CronTicker
 from scheduler.worker_protocol import WorkerServerFactory
-from scheduler.workers import WorkerRegistry
+from scheduler.workers import Worker, WorkerRegistry
 
 log = Logger()
 
@@ -240,25 +241,33 @@ class SchedulerService(MultiService):
         return Deferred.fromCoroutine(close())
 
     def _connect_feed(self) -> None:
-        """Push task, job, worker and output changes to the dashboard."""
-        feed, http = self.feed, lambda: self.http
+        """Push task, job, worker and output changes to the dashboard.
 
-        self.state.listeners.append(
-            lambda change, task: feed.publish(
-                "task", {"change": change, "task": http().task_json(task)}
-            )
-        )
-        self.jobs.listeners.append(lambda job: feed.publish("job", http().job_json(job)))
-        self.workers.listeners.append(
-            lambda change, worker: feed.publish(
-                "worker", {"change": change, "name": worker.name, "running": len(worker.running)}
-            )
-        )
-        self.dispatcher.output_listeners.append(
-            lambda job_id, seq, stream, data: feed.publish(
-                "output", {"job": job_id, "seq": seq, "stream": stream, "data": data}, job=job_id
-            )
-        )
+        Each listener checks for subscribers first: encoding every job
+        change for nobody would sit on the hot path of every job.
+        """
+        feed = self.feed
+
+        def task_changed(change: str, task: Task) -> None:
+            if feed:
+                feed.publish("task", {"change": change, "task": self.http.task_json(task)})
+
+        def job_changed(job: Job) -> None:
+            if feed:
+                feed.publish("job", self.http.job_json(job))
+
+        def worker_changed(change: str, worker: Worker) -> None:
+            if feed:
+                feed.publish("worker", {"change": change, "name": worker.name, "running": len(worker.running)})
+
+        def output(job_id: int, seq: int, stream: str, data: str) -> None:
+            if feed:
+                feed.publish("output", {"job": job_id, "seq": seq, "stream": stream, "data": data}, job=job_id)
+
+        self.state.listeners.append(task_changed)
+        self.jobs.listeners.append(job_changed)
+        self.workers.listeners.append(worker_changed)
+        self.dispatcher.output_listeners.append(output)
 
     def _run_missed(self) -> None:
         """Apply each task's missed-run policy to the downtime just ended."""
