@@ -70,7 +70,9 @@ class InvalidSchedule(ValueError):
 
 def _value(spec: _Field, token: str) -> int | None:
     if token.isdigit():
-        return int(token)
+        # Past four digits every field is out of range anyway, and int()
+        # refuses numbers of thousands of digits outright.
+        return int(token) if len(token) <= 4 else 10_000
     if token in spec.names:
         return spec.names.index(token) + (1 if spec.name == "month" else 0)
     return None
@@ -87,6 +89,8 @@ def _check_field(spec: _Field, text: str) -> str | None:
         if match is None:
             return f"{spec.name} field '{text}' is not understood"
         start, end, step = match.groups()
+        if step is not None and len(step) > 4:
+            return f"{spec.name} step must be at most {spec.high - spec.low + 1}"
         if step is not None and int(step) == 0:
             return f"{spec.name} step must be at least 1"
         for token in (start, end):

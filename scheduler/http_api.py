@@ -69,12 +69,15 @@ def _json(request: IRequest, status: int, body: Any) -> bytes:
 def _iso(timestamp: float | None, tz: tzinfo) -> str | None:
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, tz).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(timestamp, tz).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return None  # not a time any record should hold; never a 500 for it
 
 
 def _body(request: IRequest, max_body: int) -> dict[str, Any]:
     length = request.getHeader(b"content-length")
-    if length is not None and length.isdigit() and int(length) > max_body:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > max_body:
         raise ApiError(413, f"request body is larger than {max_body} bytes")
     content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if content_type != b"application/json":
@@ -87,6 +90,8 @@ def _body(request: IRequest, max_body: int) -> dict[str, Any]:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise ApiError(400, f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     return data
@@ -97,7 +102,7 @@ def _int_arg(request: IRequest, name: str, default: int | None, low: int, high: 
     if not values:
         return default
     text = values[0].decode("utf-8", "replace")
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit() and len(text) <= 18) or not low <= int(text) <= high:
         raise ApiError(400, f"query parameter '{name}' must be an integer from {low} to {high}")
     return int(text)
 
@@ -108,7 +113,7 @@ def _str_arg(request: IRequest, name: str) -> str | None:
 
 
 def _path_id(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise ApiError(404, f"no such id '{text[:40]}'")
     return int(text)
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from scheduler.jobs import Job, JobStatus, fire_key
+
+log = Logger()
 
 JobListener = Callable[[Job], None]
 
@@ -66,7 +69,11 @@ class JobBook:
         else:
             self._jobs[job.id] = job
         for listener in self.listeners:
-            listener(job)
+            # A failing observer (feed, metrics) must not stop a job's record.
+            try:
+                listener(job)
+            except Exception:
+                log.failure("job listener {listener!r} failed", listener=listener)
 
     def update(self, job: Job, **changes: object) -> Job:
         changed = job.evolve(**changes)

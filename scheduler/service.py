@@ -60,6 +60,8 @@ class SchedulerService(MultiService):
         except AccessError as error:
             raise StartupError(str(error)) from None
         self.store = FlatFileTaskStore(settings.tasks_file, settings.tz, reactor.getThreadPool(), reactor)
+        for stale in self.store.remove_stale_temps():
+            log.info("removed {path}, left by a write that was interrupted", path=stale)
         try:
             records = self.store.load_now()
         except LoadError as error:

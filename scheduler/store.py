@@ -13,6 +13,7 @@ two calls.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -67,6 +68,8 @@ def parse_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:
             decoded = json.loads(text)
         except json.JSONDecodeError as error:
             raise LoadError(path, number, f"not valid JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise LoadError(path, number, "not valid JSON (nested too deeply)") from None
         try:
             records.append(parse_record(decoded, tz))
         except TaskError as error:
@@ -112,13 +115,33 @@ class FlatFileTaskStore:
         return deferToThreadPool(self._reactor, self._pool, self.load_now)  # type: ignore[arg-type]
 
     def save(self, tasks: Sequence[Task]) -> Deferred[None]:
-        # Snapshot the lines here, on the reactor thread; the thread only joins and writes.
-        lines = [task.line for task in tasks]
-        return deferToThreadPool(self._reactor, self._pool, self.write_now, lines)  # type: ignore[arg-type]
+        # The snapshot is taken here; formatting 100,000 lines the first time
+        # (Task.line is computed once, then cached) happens in the thread.
+        snapshot = list(tasks)
+        return deferToThreadPool(self._reactor, self._pool, self._write_tasks, snapshot)  # type: ignore[arg-type]
+
+    def _write_tasks(self, tasks: Sequence[Task]) -> None:
+        self.write_now([task.line for task in tasks])
+
+    def _temp_name(self) -> str:
+        folder, name = os.path.split(self.path)
+        return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+
+    def remove_stale_temps(self) -> list[str]:
+        """Delete temp files a killed writer left behind (never the real file)."""
+        folder, name = os.path.split(self.path)
+        removed = []
+        for stale in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            try:
+                stale.unlink()
+                removed.append(str(stale))
+            except OSError:
+                pass
+        return removed
 
     def write_now(self, lines: Sequence[str]) -> None:
         folder = os.path.dirname(self.path)
-        temp = os.path.join(folder, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
+        temp = self._temp_name()
         payload = "".join(line + "\n" for line in lines).encode("utf-8")
         try:
             with open(temp, "wb") as handle:

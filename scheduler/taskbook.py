@@ -75,7 +75,8 @@ class TaskBook:
     def find(self, key: str) -> Task:
         """A task by id (``12``) or jobName (``task_12``, ``backup``)."""
         key = key.strip()
-        if key.isdigit():
+        # isdigit() would admit '²', which int() refuses.
+        if key.isascii() and key.isdigit() and len(key) <= 18:
             task = self._tasks.get(int(key))
             if task is not None:
                 return task

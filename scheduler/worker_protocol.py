@@ -28,19 +28,26 @@ class BadMessage(ValueError):
     pass
 
 
-def _int(message: dict[str, Any], name: str, *, low: int = 0) -> int:
+# Ids and sequence numbers stay exact in JSON and fit SQLite's integers.
+MAX_INT = 2**53
+# Unix times up to the year 9999: anything else is a unit mistake.
+MAX_TIME = 253402300799.0
+
+
+def _int(message: dict[str, Any], name: str, *, low: int = 0, high: int = MAX_INT) -> int:
     value = message.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise BadMessage(f"field '{name}' must be an integer >= {low}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadMessage(f"field '{name}' must be an integer from {low} to {high}")
     return value
 
 
 def _number(message: dict[str, Any], name: str, *, optional: bool = False) -> float | None:
+    """A Unix time in seconds."""
     value = message.get(name)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadMessage(f"field '{name}' must be a number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_TIME:
+        raise BadMessage(f"field '{name}' must be a Unix time in seconds")
     return float(value)
 
 
@@ -65,7 +72,7 @@ def parse_hello(message: dict[str, Any]) -> tuple[str, frozenset[str], int, dict
     labels = message.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(label, str) and 0 < len(label) <= MAX_NAME for label in labels):
         raise BadMessage("field 'labels' must be a list of short strings")
-    slots = _int(message, "slots", low=1)
+    slots = _int(message, "slots", low=1, high=10_000)
     jobs = message.get("jobs", [])
     if not isinstance(jobs, list):
         raise BadMessage("field 'jobs' must be a list")
@@ -136,7 +143,7 @@ class WorkerServerProtocol(WebSocketServerProtocol):
                 raise BadMessage("messages must be JSON text frames")
             try:
                 message = json.loads(payload.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 raise BadMessage("not valid JSON") from None
             if not isinstance(message, dict):
                 raise BadMessage("a message must be a JSON object")
@@ -175,8 +182,10 @@ class WorkerServerProtocol(WebSocketServerProtocol):
             exit_code = message.get("exitCode")
             signal = message.get("signal")
             for name, value in (("exitCode", exit_code), ("signal", signal)):
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                    raise BadMessage(f"field '{name}' must be an integer or null")
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31
+                ):
+                    raise BadMessage(f"field '{name}' must be a 32-bit integer or null")
             dispatcher.finished(
                 worker,
                 _int(message, "job", low=1),
@@ -197,7 +206,7 @@ class WorkerServerProtocol(WebSocketServerProtocol):
 
     def _hello(self, message: dict[str, Any]) -> None:
         protocol = message.get("protocol")
-        if protocol != PROTOCOL_VERSION:
+        if isinstance(protocol, bool) or protocol != PROTOCOL_VERSION:
             self.send(
                 "refused",
                 reason=f"protocol {protocol!r} is not supported (this scheduler speaks {PROTOCOL_VERSION})",
