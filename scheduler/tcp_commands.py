@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
@@ -202,6 +203,20 @@ def _error(failure: Failure) -> str:
     return "ERR internal error (logged on the scheduler)"
 
 
+# Commands that go through the task state's queue, which keeps their order:
+# a run of them can be in flight together.
+_QUEUED_VERBS = frozenset({b"ADD", b"REMOVE", b"CLEAR", b"SAVE", b"LOAD"})
+
+
+def _joins_the_queue(raw: bytes | None) -> bool:
+    return raw is not None and raw.strip().split(b" ", 1)[0].upper() in _QUEUED_VERBS
+
+
+@dataclass
+class _Slot:
+    text: str | None = None
+
+
 @implementer(IHalfCloseableProtocol)
 class CommandLineProtocol(Protocol):
     """Frames lines, answers them in order, and decides when to close."""
@@ -230,7 +245,10 @@ class CommandLineProtocol(Protocol):
         self._discarding = False
         # None stands for a line that was too long.
         self._lines: deque[bytes | None] = deque()
-        self._busy = False
+        # Replies owed, oldest first.  Changes (ADD, REMOVE, ...) piped in one
+        # go are all handed to the task state at once, so it writes the file
+        # once for the lot rather than once per line.
+        self._waiting: deque[_Slot] = deque()
         self._session = False
         self._input_closed = False
         self._closing = False
@@ -290,18 +308,24 @@ class CommandLineProtocol(Protocol):
     # -- answering -----------------------------------------------------
 
     def _process(self) -> None:
-        while self._lines and not self._busy and not self._closing:
-            raw = self._lines.popleft()
+        while self._lines and not self._closing:
+            self._flush()
+            raw = self._lines[0]
+            if self._waiting and not _joins_the_queue(raw):
+                break  # anything else must see the pending changes first
+            self._lines.popleft()
+            slot = _Slot()
+            self._waiting.append(slot)
             reply = self._answer(raw)
             if isinstance(reply, Deferred):
-                self._busy = True
-                reply.addCallback(self._replied)
-                return
-            self._send(reply)
+                reply.addCallback(self._replied, slot)
+            else:
+                slot.text = reply
+        self._flush()
         if self._paused and len(self._lines) < 100 and not self._closing:
             self._paused = False
             cast(IPushProducer, self.transport).resumeProducing()
-        if self._lines or self._busy or self._closing:
+        if self._lines or self._waiting or self._closing:
             return
         if self._input_closed:
             self._close()
@@ -310,11 +334,16 @@ class CommandLineProtocol(Protocol):
         else:
             self._arm(self._linger)
 
-    def _replied(self, reply: str) -> None:
-        self._busy = False
-        if not self._closing:
-            self._send(reply)
+    def _replied(self, reply: str, slot: _Slot) -> None:
+        slot.text = reply
         self._process()
+
+    def _flush(self) -> None:
+        """Send the replies that are ready, in the order of their lines."""
+        while self._waiting and self._waiting[0].text is not None:
+            text = self._waiting.popleft().text
+            assert text is not None
+            self._send(text)
 
     def _answer(self, raw: bytes | None) -> Reply:
         first, self._first = self._first, False

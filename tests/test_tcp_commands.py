@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from scheduler.engine import CronEngine
 from scheduler.state import TaskState
+from scheduler.store import FlatFileTaskStore
+from scheduler.taskbook import TaskBook
 from scheduler.tasks import TaskError
 from scheduler.tcp_commands import CommandFactory, TcpCommands, split_add
-from tests.helpers import make_state
+from tests.helpers import UTC, InlineReactor, make_state
 
 
 class Client:
@@ -171,3 +175,42 @@ def test_split_add(argument: str, schedule: str, command: str) -> None:
 def test_split_add_needs_a_command() -> None:
     with pytest.raises(TaskError):
         split_add("*/10 * * * * 30")
+
+
+class ManualPool:
+    """A thread pool whose work runs only when the test says so."""
+
+    def __init__(self) -> None:
+        self.work: list[tuple[Any, Any, tuple[Any, ...]]] = []
+
+    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any) -> None:
+        self.work.append((onResult, func, args))
+
+    def run_all(self) -> int:
+        count = 0
+        while self.work:
+            onResult, func, args = self.work.pop(0)
+            onResult(True, func(*args))
+            count += 1
+        return count
+
+
+def test_piped_changes_share_one_write_and_answer_in_order(tmp_path: Path) -> None:
+    pool = ManualPool()
+    store = FlatFileTaskStore(str(tmp_path / "tasks.db"), UTC, pool, InlineReactor())  # type: ignore[arg-type]
+    state = TaskState(TaskBook(UTC), store, CronEngine(0))
+    client = Client(state, Clock())
+    client.protocol.dataReceived(b"ADD @daily a\nADD @daily b\nREMOVE 1\nADD @daily c\nLIST\nPING\n")
+    assert client.lines() == []  # nothing is acknowledged before it is written
+    writes = pool.run_all()
+    lines = client.lines()
+    assert writes == 2  # the first ADD alone, then the rest together
+    assert [line.split(" next=")[0] for line in lines[:4]] == [
+        "OK id=1 jobName=task_1",
+        "OK id=2 jobName=task_2",
+        "OK removed id=1 jobName=task_1",
+        "OK id=3 jobName=task_3",
+    ]
+    assert [line.split("\t")[0] for line in lines[4:6]] == ["2", "3"]
+    assert lines[6:] == ["OK 2 tasks", "PONG"]
+    assert (tmp_path / "tasks.db").read_text().count("\n") == 2
