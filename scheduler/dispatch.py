@@ -194,7 +194,11 @@ class Dispatcher:
 
     def pump(self) -> None:
         """Send queued jobs, oldest first, to every worker with room."""
-        if not self._queue or not self.workers.has_free_slot():
+        # No has_free_slot() up front: it scans the workers, and pump runs
+        # once per job (1,000 times for a target=all job on 1,000 workers,
+        # each scan longer than the last).  A first job that finds no worker
+        # asks it below, which ends the pass just as early.
+        if not self._queue:
             return
         waiting: deque[int] = deque()
         while self._queue:

@@ -304,15 +304,35 @@ class SchedulerService(MultiService):
             "running": self.jobs.count(JobStatus.RUNNING),
         }
 
+    # A tick with more fires than this logs one summary line, not one line
+    # per job: at thousands of tasks on one minute, formatting and writing
+    # a line per job would delay the dispatch of every job behind it.
+    LOG_EACH_FIRE_UP_TO = 10
+
     def on_fires(self, fires: list[Fire]) -> None:
+        queued: list[tuple[Task, float, int]] = []
         for fire in fires:
             task = self.state.book.get(fire.task_id)
             if task is None:
                 continue
-            for job in self.dispatcher.fire(task, fire.scheduled):
+            queued.extend((task, fire.scheduled, job.id) for job in self.dispatcher.fire(task, fire.scheduled))
+        if len(queued) <= self.LOG_EACH_FIRE_UP_TO:
+            for task, scheduled, job_id in queued:
                 log.info(
                     "{job_name} due at {when}: job {job_id} queued",
                     job_name=task.job_name,
-                    when=self._iso(fire.scheduled),
-                    job_id=job.id,
+                    when=self._iso(scheduled),
+                    job_id=job_id,
                 )
+            return
+        first, last = queued[0], queued[-1]
+        log.info(
+            "{count} jobs queued for {tasks} tasks due from {first} to {last} "
+            "(jobs {first_job}-{last_job}; the job history has each one)",
+            count=len(queued),
+            tasks=len({task.id for task, _, _ in queued}),
+            first=self._iso(first[1]),
+            last=self._iso(last[1]),
+            first_job=first[2],
+            last_job=last[2],
+        )

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from scheduler.engine import CronEngine
-from scheduler.store import TaskStore
+from scheduler.store import TaskStore, paused_gc
 from scheduler.taskbook import TaskBook
 from scheduler.tasks import Task
 
@@ -100,12 +100,15 @@ class TaskState:
     async def _load(self, change: _Change[Any]) -> None:
         try:
             records = await maybeDeferred(self._store.load)
-            book = TaskBook.from_records(self._book.tz, records, self._book.high_water)
+            with paused_gc():
+                book = TaskBook.from_records(self._book.tz, records, self._book.high_water, reuse=self._book)
         except Exception as error:
             change.done.errback(Failure(error))
             return
+        del records
         # The store already holds exactly this, so nothing is written.
-        self._commit(book)
+        with paused_gc():
+            self._commit(book)
         change.done.callback(len(book))
 
     async def _write(self, batch: list[_Change[Any]]) -> None:
@@ -136,8 +139,13 @@ class TaskState:
     def _commit(self, book: TaskBook) -> None:
         old = self._book
         self._book = book
-        removed = [task for task in old if book.get(task.id) is not task]
-        added = [task for task in book if old.get(task.id) is not task]
+        # By value, not identity: a LOAD builds a new Task for every line,
+        # and re-adding 100,000 unchanged tasks to the engine (new date
+        # iterators for every schedule) and announcing each as removed and
+        # added would cost seconds for no change at all.
+        added = [task for task in book if not _same(task, old.get(task.id))]
+        replaced = {task.id for task in added}
+        removed = [task for task in old if task.id in replaced or book.get(task.id) is None]
         for task in removed:
             self._engine.remove(task.id)
         self._engine.add_many((task.id, task.schedule) for task in added)
@@ -149,3 +157,7 @@ class TaskState:
                     listener("added", task)
             except Exception:
                 log.failure("task listener {listener!r} failed", listener=listener)
+
+
+def _same(task: Task, other: Task | None) -> bool:
+    return other is task or (other is not None and other == task)

@@ -13,10 +13,12 @@ two calls.
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import tzinfo
 from pathlib import Path
 from typing import Protocol
@@ -54,8 +56,31 @@ class TaskStore(Protocol):
         """Make *tasks* the stored state, all or nothing.  Fails with StoreError."""
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside the block.
+
+    Loading tasks allocates several objects per task and frees few, so the
+    collector would run again and again, each time through every object the
+    scheduler holds, for nothing: a third of the time of loading 100,000
+    tasks.  Tasks, records and books hold no reference cycles.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def parse_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:
     """Parse a whole tasks file; the first bad line raises LoadError."""
+    with paused_gc():
+        return _parse_lines(data, path, tz)
+
+
+def _parse_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:
     records = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():

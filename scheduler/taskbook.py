@@ -35,22 +35,34 @@ class TaskBook:
 
     @classmethod
     def from_records(
-        cls, tz: tzinfo, records: Iterable[TaskRecord], high_water: int = 0
+        cls,
+        tz: tzinfo,
+        records: Iterable[TaskRecord],
+        high_water: int = 0,
+        reuse: TaskBook | None = None,
     ) -> TaskBook:
         """Build a book from a loaded file.
 
         A record keeps the id in its jobName unless it is not of the form
         ``task_<n>`` or that id is already taken; those get fresh ids after
-        every named one is placed.
+        every named one is placed.  A record equal to the task of its id in
+        *reuse* (the book being replaced) keeps that Task object, so a LOAD
+        of a mostly unchanged file holds one copy of each task, not two.
         """
         book = cls(tz, high_water=high_water)
+        tasks = book._tasks
+        previous = reuse._tasks if reuse is not None else {}
         fresh: list[TaskRecord] = []
         for record in records:
             task_id = record.id
-            if task_id is None or task_id in book._tasks:
+            if task_id is None or task_id in tasks:
                 fresh.append(record)
                 continue
-            book._put(Task(task_id, record.job_name, record.schedule, record.command, record.options, record.extra))
+            old = previous.get(task_id)
+            if old is not None and _matches(old, record):
+                book._put(old)
+            else:
+                book._put(Task(task_id, record.job_name, record.schedule, record.command, record.options, record.extra))
         for record in fresh:
             book._put(Task(book._next_id(), record.job_name, record.schedule, record.command, record.options, record.extra))
         return book
@@ -138,4 +150,15 @@ class TaskBook:
 
     def _put(self, task: Task) -> None:
         self._tasks[task.id] = task
-        self._high_water = max(self._high_water, task.id)
+        if task.id > self._high_water:
+            self._high_water = task.id
+
+
+def _matches(task: Task, record: TaskRecord) -> bool:
+    return (
+        task.command == record.command
+        and task.job_name == record.job_name
+        and task.schedule == record.schedule
+        and task.options == record.options
+        and task.extra == record.extra
+    )

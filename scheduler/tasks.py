@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 from scheduler import cron
@@ -97,6 +98,10 @@ class TaskOptions:
 
 
 OPTION_KEYS = frozenset(vars(TaskOptions()))
+# Shared by every task that sets no options and no extra keys (almost all of
+# them): 100,000 tasks would otherwise hold 100,000 equal copies of each.
+DEFAULT_OPTIONS = TaskOptions()
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 KNOWN_KEYS = frozenset({"schedule", "command", "jobName", "id"}) | OPTION_KEYS
 
 
@@ -143,7 +148,7 @@ def id_from_job_name(job_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     """A parsed tasks.db line whose id is not yet decided."""
 
@@ -175,14 +180,14 @@ def parse_record(data: object, tz: tzinfo) -> TaskRecord:
     options = (
         TaskOptions.from_mapping(data)
         if not OPTION_KEYS.isdisjoint(data)
-        else TaskOptions()
+        else DEFAULT_OPTIONS
     )
     task_id = data.get("id", id_from_job_name(job_name))
     if task_id is not None and (
         isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 1
     ):
         raise TaskError("id must be a positive integer")
-    extra = {key: value for key, value in data.items() if key not in KNOWN_KEYS}
+    extra = {key: value for key, value in data.items() if key not in KNOWN_KEYS} or NO_EXTRA
     return TaskRecord(
         job_name, schedule, check_command(data["command"]), options, extra, task_id
     )

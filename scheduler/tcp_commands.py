@@ -150,9 +150,19 @@ class TcpCommands:
 
     def do_LIST(self, argument: str) -> Reply:
         book = self._state.book
+        # Tasks on one schedule share their next run, and formatting a time
+        # costs more than the rest of a line: format each time once.
+        formatted: dict[float | None, str] = {}
+
+        def when(task_id: int) -> str:
+            timestamp = self._next_run(task_id)
+            text = formatted.get(timestamp)
+            if text is None:
+                text = formatted[timestamp] = _iso(timestamp, book)
+            return text
+
         lines = [
-            f"{task.id}\t{task.job_name}\t{task.schedule.expression}\t"
-            f"{_iso(self._next_run(task.id), book)}\t{task.command}"
+            f"{task.id}\t{task.job_name}\t{task.schedule.expression}\t{when(task.id)}\t{task.command}"
             for task in book
         ]
         lines.append(f"OK {len(book)} task{'' if len(book) == 1 else 's'}")

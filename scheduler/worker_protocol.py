@@ -123,6 +123,18 @@ class WorkerServerProtocol(WebSocketServerProtocol):
             _log.failure("worker handshake check failed")
             raise ConnectionDeny(500, "internal error") from None
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Autobahn tries to set TCP_NODELAY before it has copied its options
+        # onto the protocol, so it never does; without it a small frame sent
+        # right after another waits for the worker's delayed ACK (40 ms).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # not a TCP socket
+
     def onOpen(self) -> None:
         try:
             self._hello_timer = self.factory.clock.callLater(

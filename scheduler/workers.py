@@ -88,17 +88,29 @@ class WorkerRegistry:
         return True
 
     def place(self, target: str) -> Worker | None:
-        """The least-loaded worker that accepts *target* and has a free slot."""
+        """The least-loaded worker that accepts *target* and has a free slot.
+
+        Least loaded means fewest running jobs, then most free slots, then
+        the lowest name.  This runs once per job over every worker, so the
+        loop compares plain ints and checks the target only for a worker
+        that would win.
+        """
         best: Worker | None = None
+        best_running = best_free = 0
+        anyone = target in ("any", "all")
         for worker in self._workers.values():
-            if worker.free <= 0 or not worker.accepts(target):
+            running = len(worker.running)
+            free = worker.slots - running
+            if free <= 0:
                 continue
-            if best is None or (len(worker.running), -worker.free, worker.name) < (
-                len(best.running),
-                -best.free,
-                best.name,
+            if best is not None and (
+                running > best_running
+                or (running == best_running and (free < best_free or (free == best_free and worker.name > best.name)))
             ):
-                best = worker
+                continue
+            if not anyone and not worker.accepts(target):
+                continue
+            best, best_running, best_free = worker, running, free
         return best
 
     def eligible(self, target: str) -> list[Worker]:
