@@ -49,5 +49,10 @@ test: test-install
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# Benchmarks against Celery, APScheduler and the machine's ceiling; peers go
+# into bench/.venv-peers, redis-server from Debian when missing.
+bench: test-install
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info

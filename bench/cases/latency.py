@@ -1,0 +1,116 @@
+"""Case 2, dispatch latency: cron fires every second onto 100 connected workers.
+
+100 simulated workers (one process, the real protocol) and 50 tasks on the
+six-field schedule ``* * * * * *``, so 50 jobs are due at every second.
+For each job, latency runs from its scheduled second to the moment the
+worker sent ``started`` (the simulated worker timestamps it; the scheduled
+time comes from ``GET /api/jobs``).  The scheduler's own
+``scheduler_dispatch_latency_seconds`` histogram (scheduled time to
+``started`` received) is read from /metrics over the same window, as a
+cross-check; its buckets give an upper bound, not an exact percentile.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from bench.common import (
+    CaseResult,
+    Figure,
+    Runtime,
+    Scheduler,
+    SimWorkers,
+    histogram,
+    histogram_delta,
+    histogram_quantile,
+    percentile,
+    tcp_command,
+)
+
+NAME = "latency"
+METRIC = "scheduler_dispatch_latency_seconds"
+
+
+def scheduled_times(scheduler: Scheduler, since_id: int) -> dict[int, float]:
+    """Job id to scheduled time, for every job newer than *since_id*."""
+    found: dict[int, float] = {}
+    before: int | None = None
+    while True:
+        path = "/api/jobs?limit=1000" + (f"&before={before}" if before else "")
+        page = scheduler.http.json("GET", path)
+        for job in page:
+            if job["scheduledAt"] is not None:
+                found[job["id"]] = datetime.fromisoformat(job["scheduledAt"]).timestamp()
+        if not page or page[-1]["id"] <= since_id:
+            return found
+        before = page[-1]["id"]
+
+
+def run(runtime: Runtime) -> CaseResult:
+    result = CaseResult(NAME)
+    workers = 5 if runtime.quick else 100
+    tasks = 3 if runtime.quick else 50
+    window = 3.0 if runtime.quick else 22.0
+    result.details.update(workers=workers, tasks=tasks, schedule="* * * * * *", window_seconds=window)
+    scheduler = Scheduler(runtime, runtime.scratch(NAME))
+    sim = None
+    try:
+        sim = SimWorkers(runtime, scheduler.ws_url, workers, hold=0.05)
+        scheduler.wait_workers(workers)
+        lines, _ = tcp_command(scheduler.tcp, "ADD * * * * * * true\n" * tasks)
+        if len(lines) != tasks or not all(line.startswith("OK") for line in lines):
+            raise RuntimeError(f"ADD answered {lines[:3]}")
+        # Let the first fires through, then measure whole seconds only.
+        time.sleep(2.2)
+        start = float(int(time.time()) + 1)
+        time.sleep(start - time.time())
+        before = histogram(scheduler.http.metrics(), METRIC)
+        scheduler.profile(NAME)
+        cpu_before = scheduler.cpu_seconds()
+        time.sleep(window)
+        end = float(int(time.time()))
+        scheduler_cpu = (scheduler.cpu_seconds() - cpu_before) / window
+        scheduler.end_profile()
+        time.sleep(0.5)  # the last second's jobs report in
+        after = histogram(scheduler.http.metrics(), METRIC)
+        tcp_command(scheduler.tcp, "CLEAR\n")
+        events = sim.snapshot()
+        scheduled = scheduled_times(scheduler, min((event.job for event in events), default=0) - 1)
+    finally:
+        if sim is not None:
+            sim.stop()
+        scheduler.stop()
+
+    started_ms: list[float] = []
+    run_ms: list[float] = []
+    for event in events:
+        due = scheduled.get(event.job)
+        if due is None or not start <= due < end:
+            continue
+        started_ms.append((event.started_at - due) * 1000)
+        run_ms.append((event.run_at - due) * 1000)
+    expected = int(end - start) * tasks
+    # A sanity check on the full run; the quick one (a smoke test on
+    # whatever machine) only needs some fires to report.
+    if not started_ms or (not runtime.quick and len(started_ms) < expected * 0.95):
+        raise RuntimeError(f"only {len(started_ms)} of {expected} fires reported started")
+    delta = histogram_delta(after, before)
+    p50 = percentile(started_ms, 50)
+    p99 = percentile(started_ms, 99)
+    assert p50 is not None and p99 is not None
+    result.add(Figure("fires measured", float(len(started_ms)), "jobs"))
+    result.add(Figure("scheduled second to started, p50", p50, "ms"))
+    result.add(Figure("scheduled second to started, p99", p99, "ms", target="p99 < 20 ms", met=p99 < 20))
+    bound = histogram_quantile(delta, 0.99)
+    result.details.update(
+        run_arrival_ms_p50=percentile(run_ms, 50),
+        run_arrival_ms_p99=percentile(run_ms, 99),
+        started_ms_max=max(started_ms),
+        scheduler_cpu_share=scheduler_cpu,
+        histogram_count=delta[-1][1] if delta else 0,
+        histogram_p50_at_most_ms=None if (b := histogram_quantile(delta, 0.5)) is None else b * 1000,
+        histogram_p99_at_most_ms=None if bound is None else bound * 1000,
+        histogram_buckets_ms={str(bucket * 1000): count for bucket, count in delta},
+    )
+    return result

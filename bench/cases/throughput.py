@@ -1,0 +1,271 @@
+"""Case 1, throughput: many ``true`` jobs through the REST API onto real local workers.
+
+Ours: a real ``twistd scheduler`` and four real ``twistd worker`` agents,
+jobs submitted with ``POST /api/jobs`` from a pool of keep-alive HTTP
+clients, timed from the first request until the scheduler's
+``scheduler_jobs_finished_total`` metric has recorded every one.
+
+Beside it: the machine's ceiling for the same commands
+(``xargs -P 4 -n 1 sh -c``), and Celery 5 on a local Redis with four
+prefork processes running the command through ``subprocess``.  The three
+alternate, round after round, and the medians are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import (
+    BENCH,
+    CaseResult,
+    Figure,
+    Http,
+    RealWorkers,
+    Runtime,
+    Scheduler,
+    cpu_seconds,
+    log,
+    median,
+    stop_process,
+    wait_until,
+)
+from bench.peers import RedisServer
+
+NAME = "throughput"
+WORKERS = 4
+CONCURRENCY = 4  # the ceiling's xargs -P and Celery's prefork processes
+COMMAND = "true"
+
+
+def _submit(port: int, count: int, clients: int, errors: list[str]) -> None:
+    """POST *count* jobs from *clients* threads, each on one keep-alive connection."""
+    lock = threading.Lock()
+    remaining = [count]
+
+    def client() -> None:
+        http = Http(port)
+        try:
+            while True:
+                with lock:
+                    if remaining[0] <= 0:
+                        return
+                    remaining[0] -= 1
+                status, body = http.request("POST", "/api/jobs", {"command": COMMAND})
+                if status != 202:
+                    errors.append(f"HTTP {status}: {body[:200]!r}")
+                    return
+        finally:
+            http.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@dataclass
+class Batch:
+    rate: float  # jobs per second
+    scheduler_cpu: float  # CPU seconds per job, the scheduler process
+    workers_cpu: float  # CPU seconds per job, all worker agents together (not their children)
+
+
+def run_ours(scheduler: Scheduler, jobs: int, clients: int, workers: RealWorkers | None = None) -> Batch:
+    """One batch of *jobs*, timed from the first request to the last recorded end."""
+    pids = [process.pid for process in workers.processes] if workers is not None else []
+    scheduler_before = scheduler.cpu_seconds()
+    workers_before = sum(cpu_seconds(pid) for pid in pids)
+    before = _finished_all(scheduler.http)
+    errors: list[str] = []
+    started = time.perf_counter()
+    submitter = threading.Thread(target=_submit, args=(scheduler.http_port, jobs, clients, errors), daemon=True)
+    submitter.start()
+    poll = Http(scheduler.http_port)
+    try:
+        wait_until(
+            lambda: errors or _finished_all(poll) >= before + jobs,
+            timeout=max(60.0, jobs / 20),
+            what=f"{jobs} jobs to finish",
+            # Each poll renders /metrics on the scheduler (its CPU counts in
+            # the figures): often enough to time well, rarely enough to cost little.
+            interval=0.05,
+        )
+    finally:
+        poll.close()
+    elapsed = time.perf_counter() - started
+    submitter.join()
+    if errors:
+        raise RuntimeError(f"submitting failed: {errors[0]}")
+    scheduler_cpu = scheduler.cpu_seconds() - scheduler_before
+    workers_cpu = sum(cpu_seconds(pid) for pid in pids) - workers_before
+    failed = _finished_all(scheduler.http) - scheduler.finished("succeeded")
+    if failed:
+        raise RuntimeError(f"{failed:g} jobs did not succeed")
+    return Batch(jobs / elapsed, scheduler_cpu / jobs, workers_cpu / jobs)
+
+
+def _finished_all(http: Http) -> float:
+    """Jobs the scheduler has recorded as ended, whatever their status."""
+    metrics = http.metrics()
+    return sum(value for key, value in metrics.items() if key.startswith("scheduler_jobs_finished_total{"))
+
+
+def run_ceiling(jobs: int) -> float:
+    lines = (COMMAND + "\n") * jobs
+    started = time.perf_counter()
+    subprocess.run(
+        ["xargs", "-P", str(CONCURRENCY), "-n", "1", "sh", "-c"],
+        input=lines.encode(),
+        check=True,
+    )
+    return jobs / (time.perf_counter() - started)
+
+
+class CeleryPeer:
+    """Redis plus a Celery prefork worker, kept up across rounds."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        assert runtime.peer_python is not None and runtime.redis_server is not None
+        self.runtime = runtime
+        folder = runtime.scratch("throughput-celery")
+        self.redis = RedisServer(runtime.redis_server, folder)
+        self.env: dict[str, Any] = {"BENCH_REDIS_URL": self.redis.url, "PATH": "/usr/bin:/bin"}
+        self._log = open(folder / "celery-worker.log", "ab")
+        self.worker = subprocess.Popen(
+            [
+                str(runtime.peer_python),
+                "-m",
+                "celery",
+                "-A",
+                "peer_celery",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(CONCURRENCY),
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-Q",
+                "bench",
+            ],
+            cwd=BENCH,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def run(self, jobs: int) -> float:
+        assert self.runtime.peer_python is not None
+        output = subprocess.run(
+            [str(self.runtime.peer_python), str(BENCH / "peer_celery.py"), "--jobs", str(jobs), "--command", COMMAND],
+            cwd=BENCH,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=900,
+        ).stdout
+        result = json.loads(output.decode().strip().splitlines()[-1])
+        if result["failed"]:
+            raise RuntimeError(f"{result['failed']} Celery tasks failed")
+        return float(result["jobs"]) / float(result["seconds"])
+
+    def stop(self) -> None:
+        stop_process(self.worker)
+        self._log.close()
+        self.redis.stop()
+
+
+def run(runtime: Runtime) -> CaseResult:
+    result = CaseResult(NAME)
+    jobs = 20 if runtime.quick else 2000
+    rounds = 1 if runtime.quick else 3
+    # One slot per worker: four jobs at a time, as xargs -P 4 and Celery's
+    # four prefork processes run (two or four slots measured the same here).
+    slots = 1
+    clients = 4
+    result.details.update(
+        jobs=jobs, rounds=rounds, workers=WORKERS, slots_per_worker=slots, http_clients=clients, command=COMMAND
+    )
+    ours: list[float] = []
+    ceiling: list[float] = []
+    celery: list[float] = []
+    scheduler_cpu: list[float] = []
+    workers_cpu: list[float] = []
+    scheduler = Scheduler(runtime, runtime.scratch("throughput"))
+    workers = RealWorkers(runtime, scheduler, WORKERS, slots=slots)
+    peer = CeleryPeer(runtime) if runtime.peers else None
+    try:
+        scheduler.wait_workers(WORKERS)
+        run_ours(scheduler, min(jobs, 40), clients)  # warm-up
+        for number in range(1, rounds + 1):
+            scheduler.profile(f"{NAME}-{number}")
+            batch = run_ours(scheduler, jobs, clients, workers)
+            scheduler.end_profile()
+            ours.append(batch.rate)
+            scheduler_cpu.append(batch.scheduler_cpu * 1e6)
+            workers_cpu.append(batch.workers_cpu * 1e6)
+            ceiling.append(run_ceiling(jobs))
+            if peer is not None:
+                celery.append(peer.run(jobs))
+            log(
+                f"throughput round {number}: ours {ours[-1]:.0f}/s, ceiling {ceiling[-1]:.0f}/s"
+                + (f", Celery {celery[-1]:.0f}/s" if celery else "")
+            )
+    finally:
+        if peer is not None:
+            peer.stop()
+        workers.stop()
+        scheduler.stop()
+
+    ours_median = median(ours)
+    ceiling_median = median(ceiling)
+    celery_median = median(celery)
+    assert ours_median is not None and ceiling_median is not None
+    fraction = ours_median / ceiling_median
+    if celery_median is not None:
+        result.add(
+            Figure(
+                "jobs per second",
+                ours_median,
+                "jobs/s",
+                peer="Celery 5 + Redis, 4 prefork",
+                peer_value=celery_median,
+                ratio=ours_median / celery_median,
+                target=">= 2x Celery",
+                met=ours_median >= 2 * celery_median,
+                samples=ours,
+            )
+        )
+    else:
+        result.add(Figure("jobs per second", ours_median, "jobs/s", samples=ours))
+    result.add(
+        Figure(
+            "share of the machine's ceiling",
+            fraction * 100,
+            "%",
+            peer="xargs -P 4 -n 1 sh -c",
+            peer_value=ceiling_median,
+            peer_unit="jobs/s",
+            ratio=fraction,
+            target=">= 60% of ceiling",
+            met=fraction >= 0.6,
+            samples=ceiling,
+        )
+    )
+    result.details.update(
+        ours=ours,
+        ceiling=ceiling,
+        celery=celery,
+        scheduler_cpu_us_per_job=median(scheduler_cpu),
+        workers_cpu_us_per_job=median(workers_cpu),
+    )
+    return result

@@ -1,0 +1,587 @@
+"""Shared plumbing for the benchmark cases.
+
+Processes (a real ``twistd scheduler``, real ``twistd worker`` agents, the
+simulated-worker process), small HTTP and TCP clients, readers for
+``/proc`` and the Prometheus text format, statistics, and the record a case
+hands back.  The benchmark process itself never imports the scheduler: it
+measures the real thing over its real ports.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+
+BENCH = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# -- what a case reports ------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One line of the results table."""
+
+    name: str
+    value: float | None
+    unit: str
+    # The comparison, when there is one: what it is, its value, and how many
+    # times better ours is (above 1: ours is better).
+    peer: str | None = None
+    peer_value: float | None = None
+    # The peer's unit, when it differs from ours.
+    peer_unit: str | None = None
+    ratio: float | None = None
+    target: str | None = None
+    met: bool | None = None
+    # Every sample behind a median, for the JSON.
+    samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class CaseResult:
+    case: str
+    figures: list[Figure] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def add(self, figure: Figure) -> Figure:
+        self.figures.append(figure)
+        return figure
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Runtime:
+    """How a case runs: sizes, the interpreter and code under test, where files go."""
+
+    python: str
+    workdir: Path
+    quick: bool = False
+    peers: bool = True
+    # A source tree to run instead of the installed package (PYTHONPATH).
+    tree: Path | None = None
+    peer_python: Path | None = None
+    redis_server: str | None = None
+    profile_dir: Path | None = None
+    profile_format: str = "flamegraph"
+    py_spy: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.tree is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(self.tree), *filter(None, [env.get("PYTHONPATH")])]
+            )
+        return env
+
+    @property
+    def twistd(self) -> str:
+        return str(Path(self.python).with_name("twistd"))
+
+    def scratch(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+# -- sockets and waiting ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any] | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll *check* until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit (children inherit it); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, wanted)
+    if hard != resource.RLIM_INFINITY and target > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return target
+        except (ValueError, OSError):
+            target = hard
+    if target != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def tcp_command(port: int, text: str, timeout: float = 120.0) -> tuple[list[str], float]:
+    """Send lines to the command port, half-close, read to the end: (lines, seconds)."""
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(text.encode())
+        sock.shutdown(socket.SHUT_WR)
+        chunks: list[bytes] = []
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    elapsed = time.perf_counter() - started
+    return b"".join(chunks).decode().splitlines(), elapsed
+
+
+class Http:
+    """A keep-alive HTTP/1.1 client for one host; reconnects when the server closes."""
+
+    def __init__(self, port: int, timeout: float = 60.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            try:
+                self._conn.request(method, path, body=payload, headers=headers)
+                response = self._conn.getresponse()
+                data = response.read()
+                if response.will_close:
+                    self.close()
+                return response.status, data
+            except (http.client.HTTPException, ConnectionError):
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, path: str, body: Any = None, expect: Iterable[int] = (200, 201, 202)) -> Any:
+        status, data = self.request(method, path, body)
+        if status not in tuple(expect):
+            raise RuntimeError(f"{method} {path}: HTTP {status}: {data[:300]!r}")
+        return json.loads(data)
+
+    def metrics(self) -> dict[str, float]:
+        status, data = self.request("GET", "/metrics")
+        if status != 200:
+            raise RuntimeError(f"GET /metrics: HTTP {status}")
+        return parse_metrics(data.decode())
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format to {'name{labels}': value}."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            continue
+    return values
+
+
+def histogram(metrics: dict[str, float], name: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) buckets of a histogram, +Inf last."""
+    prefix = f"{name}_bucket{{le=\""
+    buckets = []
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            bound = key[len(prefix) :].split('"', 1)[0]
+            buckets.append((math.inf if bound == "+Inf" else float(bound), value))
+    return sorted(buckets)
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The upper bound of the bucket holding the q-quantile (a ceiling, not an estimate)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    for bound, count in buckets:
+        if count >= rank:
+            return bound
+    return math.inf
+
+
+def histogram_delta(after: list[tuple[float, float]], before: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    earlier = dict(before)
+    return [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
+
+
+# -- /proc ------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may hold spaces; fields resume after its ')'.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as meminfo:
+        total_kib = int(meminfo.readline().split()[1])
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(total_kib / 1024 / 1024, 1),
+        "python": sys.version.split()[0],
+        "kernel": os.uname().release,
+    }
+
+
+# -- statistics -------------------------------------------------------------------
+
+
+def median(values: Iterable[float]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """Nearest-rank percentile, q in [0, 100]."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+# -- processes --------------------------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Scheduler:
+    """A real ``twistd -n scheduler`` on free loopback ports, in its own folder."""
+
+    def __init__(self, runtime: Runtime, workdir: Path, *extra: str, backlog: int = 1024) -> None:
+        self.runtime = runtime
+        self.workdir = workdir
+        self.tcp = free_port()
+        self.http_port = free_port()
+        self.log_path = workdir / "scheduler.log"
+        self._log = open(self.log_path, "ab")
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [
+                runtime.twistd,
+                "--pidfile=",
+                "-n",
+                "scheduler",
+                "--tcp",
+                f"tcp:{self.tcp}:interface=127.0.0.1",
+                "--http",
+                f"tcp:{self.http_port}:interface=127.0.0.1:backlog={backlog}",
+                "--tasks-file",
+                str(workdir / "tasks.db"),
+                "--jobs-db",
+                str(workdir / "jobs.sqlite"),
+                "--timezone",
+                "UTC",
+                *extra,
+            ],
+            cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=runtime.env(),
+        )
+        wait_for_port(self.tcp, self.process, timeout=120)
+        wait_for_port(self.http_port, self.process, timeout=120)
+        self.startup_seconds = time.perf_counter() - started
+        self.http = Http(self.http_port)
+        self._profiler: subprocess.Popen[Any] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/ws/worker"
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def workers(self) -> int:
+        return int(self.http.json("GET", "/api/health")["workers"])
+
+    def wait_workers(self, count: int, timeout: float = 120.0) -> None:
+        wait_until(lambda: self.workers() >= count, timeout, f"{count} workers to connect", interval=0.1)
+
+    def finished(self, status: str = "succeeded") -> float:
+        return self.http.metrics().get(f'scheduler_jobs_finished_total{{status="{status}"}}', 0.0)
+
+    def running(self) -> float:
+        return self.http.metrics().get("scheduler_jobs_running", 0.0)
+
+    def profile(self, name: str) -> None:
+        """Start py-spy on the scheduler, if profiling was asked for."""
+        if self.runtime.py_spy is None or self.runtime.profile_dir is None:
+            return
+        self.runtime.profile_dir.mkdir(parents=True, exist_ok=True)
+        fmt = self.runtime.profile_format
+        out = self.runtime.profile_dir / f"{name}.{ {'raw': 'txt', 'speedscope': 'json'}.get(fmt, 'svg') }"
+        self._profiler = subprocess.Popen(
+            [str(self.runtime.py_spy), "record", "--pid", str(self.pid), "--rate", "250", "--format", fmt, "--output", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # attaching takes a moment
+
+    def end_profile(self) -> None:
+        if self._profiler is not None:
+            self._profiler.send_signal(signal.SIGINT)
+            try:
+                self._profiler.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._profiler.kill()
+                self._profiler.wait()
+            self._profiler = None
+
+    def stop(self) -> None:
+        self.end_profile()
+        self.http.close()
+        stop_process(self.process)
+        self._log.close()
+
+
+class RealWorkers:
+    """Real ``twistd -n worker`` agents running real shell commands."""
+
+    def __init__(self, runtime: Runtime, scheduler: Scheduler, count: int, *, slots: int, prefix: str = "w") -> None:
+        self.processes: list[subprocess.Popen[Any]] = []
+        self._logs: list[IO[bytes]] = []
+        folder = scheduler.workdir
+        for index in range(count):
+            log_file = open(folder / f"worker-{prefix}{index}.log", "ab")
+            self._logs.append(log_file)
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        runtime.twistd,
+                        "--pidfile=",
+                        "-n",
+                        "worker",
+                        "--url",
+                        scheduler.ws_url,
+                        "--name",
+                        f"{prefix}{index}",
+                        "--slots",
+                        str(slots),
+                        "--workdir",
+                        str(folder),
+                    ],
+                    cwd=folder,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=runtime.env(),
+                )
+            )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            stop_process(process)
+        for log_file in self._logs:
+            log_file.close()
+
+
+@dataclass
+class Started:
+    """A simulated worker's report of one job: when ``run`` came, when ``started`` went."""
+
+    job: int
+    worker: str
+    run_at: float
+    started_at: float
+
+
+class SimWorkers:
+    """``bench/simworkers.py`` in a process of its own: many workers on the real protocol."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        url: str,
+        count: int,
+        *,
+        prefix: str = "sim",
+        hold: float = 0.02,
+        slots: int = 1,
+        in_flight: int = 50,
+        ready_timeout: float = 300.0,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.count = count
+        self.prefix = prefix
+        self.started: dict[int, Started] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.ready_seconds: float | None = None
+        self.problems: list[str] = []
+        self._log = open((log_dir or runtime.workdir) / f"simworkers-{prefix}.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                runtime.python,
+                str(BENCH / "simworkers.py"),
+                "--url", url,
+                "--count", str(count),
+                "--prefix", prefix,
+                "--hold", str(hold),
+                "--slots", str(slots),
+                "--in-flight", str(in_flight),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=runtime.env(),
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        with self._changed:
+            ready = self._changed.wait_for(
+                lambda: self.ready_seconds is not None or self.process.poll() is not None, ready_timeout
+            )
+        if not ready or self.ready_seconds is None:
+            self.stop()
+            raise RuntimeError(f"simulated workers did not all connect: {self.problems[-5:]}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def name(self, index: int) -> str:
+        return f"{self.prefix}-{index}"
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            with self._changed:
+                kind = event.get("event")
+                if kind == "started":
+                    self.started[event["job"]] = Started(
+                        event["job"], event["worker"], event["run_at"], event["started_at"]
+                    )
+                elif kind == "ready":
+                    self.ready_seconds = float(event["seconds"])
+                elif kind == "problem":
+                    self.problems.append(str(event.get("what")))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_started(self, jobs: Iterable[int], timeout: float = 60.0) -> list[Started]:
+        wanted = list(jobs)
+        with self._changed:
+            done = self._changed.wait_for(lambda: all(job in self.started for job in wanted), timeout)
+            if not done:
+                missing = [job for job in wanted if job not in self.started]
+                raise TimeoutError(f"{len(missing)} of {len(wanted)} jobs never reported started")
+            return [self.started[job] for job in wanted]
+
+    def snapshot(self) -> list[Started]:
+        with self._lock:
+            return list(self.started.values())
+
+    def stop(self) -> None:
+        if self.process.poll() is None and self.process.stdin is not None:
+            try:
+                self.process.stdin.write(b"quit\n")
+                self.process.stdin.flush()
+                self.process.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        stop_process(self.process)
+        self._reader.join(timeout=5)
+        self._log.close()
