@@ -72,6 +72,8 @@ class WorkerTokens:
     shared: str | None = None
     path: str | None = None
     per_worker: dict[str, str] = field(default_factory=dict)
+    #: Names whose token the last reload removed or changed.
+    revoked: set[str] = field(default_factory=set)
     _mtime: float | None = None
 
     @property
@@ -101,6 +103,7 @@ class WorkerTokens:
             if len(token) < 16:
                 raise AccessError(f"{self.path}, line {number}: the token is shorter than 16 characters")
             tokens[name] = token
+        self.revoked = {name for name, token in self.per_worker.items() if tokens.get(name) != token}
         self.per_worker = tokens
         self._mtime = mtime
         return True
@@ -118,9 +121,13 @@ class WorkerTokens:
             found = ANY_NAME if found is None else found
         return found
 
-    def still_valid(self, name: str, token_name: str) -> bool:
-        """After a reload: may a worker connected under *token_name* stay?"""
-        return token_name == ANY_NAME or token_name in self.per_worker
+    def still_valid(self, token_name: str) -> bool:
+        """After a reload: may a worker connected with *token_name*'s token stay?
+
+        Not if its line was removed, nor if its token was changed (the
+        connection was made with the old one).
+        """
+        return token_name == ANY_NAME or (token_name in self.per_worker and token_name not in self.revoked)
 
 
 # -- where listeners listen ----------------------------------------------

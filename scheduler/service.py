@@ -216,7 +216,7 @@ class SchedulerService(MultiService):
         log.info("reloaded {count} worker tokens from {path}", count=len(tokens.per_worker), path=tokens.path)
         for worker in list(self.workers):
             bound = getattr(worker.link, "token_name", None)
-            if bound is not None and not tokens.still_valid(worker.name, bound):
+            if bound is not None and not tokens.still_valid(bound):
                 log.warn("worker {name}: its token was revoked; disconnecting", name=worker.name)
                 worker.link.close("token revoked")
 

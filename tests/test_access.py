@@ -87,13 +87,18 @@ def test_worker_tokens_shared_and_per_worker(tmp_path: Path) -> None:
     assert tokens.identify("nope-nope-nope-nope") is None
     assert tokens.identify(None) is None
     assert not tokens.load()  # unchanged file, nothing to do
-    path.write_text("build-2 bbbbbbbbbbbbbbbbbbbb\n")
+    path.write_text("build-2 bbbbbbbbbbbbbbbbbbbb\nbuild-3 cccccccccccccccccccc\n")
     os.utime(path, (1, 1))
     assert tokens.load()
-    assert not tokens.still_valid("build-1", "build-1")
-    assert tokens.still_valid("build-2", "build-2")
-    path.write_text("just-one-word\n")
+    assert not tokens.still_valid("build-1")  # removed
+    assert tokens.still_valid("build-2")
+    path.write_text("build-2 dddddddddddddddddddd\nbuild-3 cccccccccccccccccccc\n")
     os.utime(path, (2, 2))
+    assert tokens.load()
+    assert not tokens.still_valid("build-2")  # its token changed
+    assert tokens.still_valid("build-3")
+    path.write_text("just-one-word\n")
+    os.utime(path, (3, 3))
     with pytest.raises(AccessError, match="line 1"):
         tokens.load()
 
