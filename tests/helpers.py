@@ -53,3 +53,25 @@ def result_of(deferred: Deferred[Any]) -> Any:
     deferred.addBoth(out.append)
     assert out, "deferred did not fire"
     return out[0]
+
+
+async def settled(treq: Any, deferred: Deferred[Any]) -> Any:
+    """Pump StubTreq's in-memory connection until *deferred* fires.
+
+    Routes that await the thread pool answer after the request returns,
+    and StubTreq only delivers such late bytes when flushed; each turn
+    yields to the reactor so the thread results can arrive.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    outcome: list[Any] = []
+    deferred.addBoth(outcome.append)
+    # `called` is not enough: a Deferred waiting on a chained one is "called".
+    while not outcome:
+        treq.flush()
+        await deferLater(reactor, 0, lambda: None)
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result

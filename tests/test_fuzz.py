@@ -41,9 +41,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 
 from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
@@ -51,7 +50,7 @@ from scheduler.settings import Settings
 from scheduler.state import TaskState
 from scheduler.tcp_commands import CommandFactory, TcpCommands
 from scheduler.worker_protocol import WorkerServerProtocol
-from tests.helpers import UTC, make_state
+from tests.helpers import UTC, make_state, settled
 
 FUZZ = settings(
     deadline=None,
@@ -60,7 +59,20 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
 
-VERBS = {"ADD", "LIST", "REMOVE", "CLEAR", "STATUS", "SAVE", "LOAD", "PING", "HELP", "SESSION", "QUIT", "AUTH"}
+VERBS = {
+    "ADD",
+    "LIST",
+    "REMOVE",
+    "CLEAR",
+    "STATUS",
+    "SAVE",
+    "LOAD",
+    "PING",
+    "HELP",
+    "SESSION",
+    "QUIT",
+    "AUTH",
+}
 MAX_LINE = 512
 
 
@@ -314,7 +326,8 @@ class TcpMachine(RuleBasedStateMachine):
         # str.splitlines() would cut at U+2028 inside a command; JSON lines end at "\n".
         stored = [json.loads(line) for line in data.split(b"\n") if line]
         assert stored == [
-            {"schedule": sched, "command": cmd, "jobName": f"task_{tid}"} for tid, (sched, cmd) in self.model.items()
+            {"schedule": sched, "command": cmd, "jobName": f"task_{tid}"}
+            for tid, (sched, cmd) in self.model.items()
         ]
 
 
@@ -327,7 +340,11 @@ def _fresh_state() -> Iterator[TaskState]:
     folder = Path(tempfile.mkdtemp(prefix="fuzz-bytes-"))
     try:
         state = make_state(folder / "tasks.db")
-        for schedule, command in (("@daily", "echo one"), ("*/5 * * * *", "echo two"), ("0 9 * * MON-FRI", "echo 3")):
+        for schedule, command in (
+            ("@daily", "echo one"),
+            ("*/5 * * * *", "echo two"),
+            ("0 9 * * MON-FRI", "echo 3"),
+        ):
             state.edit(lambda book, s=schedule, c=command: book.add(s, c))
         yield state
     finally:
@@ -340,7 +357,9 @@ raw_lines = st.one_of(
     st.tuples(
         st.sampled_from([*sorted(VERBS - {"QUIT"}), "add", "remove", "Ping"]),
         st.sampled_from([" ", "  ", "\t", ""]),
-        st.one_of(st.text(max_size=40), st.sampled_from(["1", "task_2", "3", "99", "٣", "-1", "* * * * * x"])),
+        st.one_of(
+            st.text(max_size=40), st.sampled_from(["1", "task_2", "3", "99", "٣", "-1", "* * * * * x"])
+        ),
         st.sampled_from(["", "\r", " ", "\r\r"]),
     ).map(lambda parts: "".join(parts).encode("utf-8", "surrogatepass")),
     st.binary(min_size=MAX_LINE - 2, max_size=MAX_LINE + 3),
@@ -350,7 +369,9 @@ HTTP_START = re.compile(r"^(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE
 
 
 @settings(FUZZ, max_examples=150)
-@given(lines=st.lists(raw_lines, max_size=12), cuts=st.lists(st.integers(min_value=1, max_value=50), max_size=20))
+@given(
+    lines=st.lists(raw_lines, max_size=12), cuts=st.lists(st.integers(min_value=1, max_value=50), max_size=20)
+)
 @example(lines=[b"GET / HTTP/1.1", b"CLEAR"], cuts=[3])
 @example(lines=[b"PING", b"host: x", b"CLEAR"], cuts=[])
 @example(lines=[b"x" * (MAX_LINE + 1), b"PING"], cuts=[MAX_LINE, 2])
@@ -399,7 +420,10 @@ def test_random_bytes_into_the_command_port(lines: list[bytes], cuts: list[int])
                 assert reply[0] == "PONG" or reply[0].startswith(("OK", "ERR ")), (line, reply)
             assert "internal error" not in reply[-1], (line, reply)
             if after != before:
-                assert verb in ("ADD", "REMOVE", "CLEAR", "LOAD") and reply[0].startswith("OK "), (line, reply)
+                assert verb in ("ADD", "REMOVE", "CLEAR", "LOAD") and reply[0].startswith("OK "), (
+                    line,
+                    reply,
+                )
             if reply[0].startswith("ERR"):
                 assert after == before
 
@@ -426,7 +450,9 @@ def test_remove_with_a_non_ascii_digit_is_a_clean_error(tmp_path: Path) -> None:
 def test_a_huge_number_in_a_schedule_is_a_clean_error(tmp_path: Path) -> None:
     wire = Wire(make_state(tmp_path / "tasks.db"), Clock(), max_line=32768)
     reply = wire.feed(b"ADD " + b"7" * 5000 + b" * * * * echo x\n")
-    assert len(reply) == 1 and reply[0].startswith("ERR invalid schedule") and "minute must be 0-59" in reply[0]
+    assert (
+        len(reply) == 1 and reply[0].startswith("ERR invalid schedule") and "minute must be 0-59" in reply[0]
+    )
 
 
 # -- the REST API -----------------------------------------------------------------
@@ -458,7 +484,9 @@ class Api:
         # Through the guard, as the real site does (Host, Origin, token checks).
         self.treq = StubTreq(service.guard)
 
-    def post(self, path: str, raw: bytes, content_type: bytes = b"application/json") -> tuple[int, bytes, bytes]:
+    def post(
+        self, path: str, raw: bytes, content_type: bytes = b"application/json"
+    ) -> tuple[int, bytes, bytes]:
         """From a thread (Hypothesis'): one request, answered on the reactor."""
         return self.request("POST", path, raw, content_type)
 
@@ -467,28 +495,14 @@ class Api:
     ) -> tuple[int, bytes, bytes]:
         async def call() -> tuple[int, bytes, bytes]:
             headers = {b"Content-Type": [content_type]} if raw is not None else {}
-            response = await self._settled(
-                self.treq.request(method, "http://localhost" + path, data=raw, headers=headers)
+            response = await settled(
+                self.treq, self.treq.request(method, "http://localhost" + path, data=raw, headers=headers)
             )
-            content = await self._settled(response.content())
+            content = await settled(self.treq, response.content())
             kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
             return response.code, kind, content
 
         result: tuple[int, bytes, bytes] = _on_reactor(lambda: Deferred.fromCoroutine(call()))
-        return result
-
-    async def _settled(self, deferred: Deferred[Any]) -> Any:
-        """Pump StubTreq's in-memory connection until *deferred* fires."""
-        from twisted.internet import reactor
-
-        outcome: list[Any] = []
-        deferred.addBoth(outcome.append)
-        while not outcome:
-            self.treq.flush()
-            await deferLater(reactor, 0, lambda: None)
-        result = outcome[0]
-        if isinstance(result, Failure):
-            result.raiseException()
         return result
 
 
@@ -496,7 +510,10 @@ def _make_service(folder: Path) -> SchedulerService:
     from twisted.internet import reactor
 
     settings = Settings(
-        tasks_file=str(folder / "tasks.db"), tcp="tcp:0:interface=127.0.0.1", http="tcp:0:interface=127.0.0.1", tz=UTC
+        tasks_file=str(folder / "tasks.db"),
+        tcp="tcp:0:interface=127.0.0.1",
+        http="tcp:0:interface=127.0.0.1",
+        tz=UTC,
     )
     return SchedulerService(reactor, settings)
 
@@ -505,9 +522,12 @@ async def _close(service: SchedulerService) -> None:
     service.dispatcher.stop()
     await service.job_store.close()
 
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=8,
 )
 odd_schedules = st.sampled_from(
@@ -542,8 +562,12 @@ task_bodies = st.fixed_dictionaries(
     optional={
         "schedule": schedule_values,
         "command": st.one_of(commands, st.text(max_size=20), json_values),
-        "jobName": st.one_of(st.text(max_size=12), st.sampled_from(["task_1", "task_999", "backup", "a b"]), json_values),
-        "target": st.one_of(st.sampled_from(["any", "all", "worker:w1", "label:gpu", "worker:", "nowhere"]), json_values),
+        "jobName": st.one_of(
+            st.text(max_size=12), st.sampled_from(["task_1", "task_999", "backup", "a b"]), json_values
+        ),
+        "target": st.one_of(
+            st.sampled_from(["any", "all", "worker:w1", "label:gpu", "worker:", "nowhere"]), json_values
+        ),
         "timeout": st.one_of(st.floats(), st.integers(), json_values),
         "retries": st.one_of(st.integers(min_value=-2, max_value=102), json_values),
         "retryDelay": st.one_of(st.floats(), st.integers(), json_values),
@@ -557,7 +581,9 @@ job_bodies = st.fixed_dictionaries(
     {},
     optional={
         "command": st.one_of(commands, st.text(max_size=20), json_values),
-        "target": st.one_of(st.sampled_from(["any", "all", "worker:nobody", "label:x", "label:"]), json_values),
+        "target": st.one_of(
+            st.sampled_from(["any", "all", "worker:nobody", "label:x", "label:"]), json_values
+        ),
         "timeout": st.one_of(st.floats(), st.integers(), st.none(), json_values),
         "env": st.one_of(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3), json_values),
         "cwd": st.one_of(st.text(max_size=10), st.none(), json_values),
@@ -582,7 +608,9 @@ plausible_job_bodies = st.fixed_dictionaries(
     optional={
         "target": st.sampled_from(["any", "all", "worker:nobody", "label:x"]),
         "timeout": st.one_of(st.none(), st.floats(0.001, 604800), st.integers(1, 604800)),
-        "env": st.dictionaries(st.from_regex(r"[A-Z_]{1,5}", fullmatch=True), st.text(max_size=5), max_size=3),
+        "env": st.dictionaries(
+            st.from_regex(r"[A-Z_]{1,5}", fullmatch=True), st.text(max_size=5), max_size=3
+        ),
         "cwd": st.one_of(st.none(), st.from_regex(r"[a-z/]{1,10}", fullmatch=True)),
     },
 )
@@ -638,9 +666,13 @@ def _encoded(bodies: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
         [b"application/json", b"application/json", b"application/json; charset=utf-8", b"text/plain", b""]
     ),
 )
-@example(request=("/api/tasks", b'{"schedule": "@daily", "command": "echo hi"}'), content_type=b"application/json")
+@example(
+    request=("/api/tasks", b'{"schedule": "@daily", "command": "echo hi"}'), content_type=b"application/json"
+)
 @example(request=("/api/jobs", b'{"command": "echo hi", "timeout": NaN}'), content_type=b"application/json")
-@example(request=("/api/tasks", b'{"schedule": "0 0 L * *", "command": "x"}'), content_type=b"application/json")
+@example(
+    request=("/api/tasks", b'{"schedule": "0 0 L * *", "command": "x"}'), content_type=b"application/json"
+)
 @example(request=("/api/jobs", b'{"command": "echo hi", "target": "all"}'), content_type=b"application/json")
 def _random_bodies(api: Api, request: tuple[str, bytes], content_type: bytes) -> None:
     path, body = request
@@ -754,18 +786,26 @@ def _report_is_malformed(message: dict[str, Any]) -> bool:
     if kind == "finished":
         return (
             any(
-                message.get(name) is not None and not (_is_int(message[name]) and -(2**31) <= message[name] < 2**31)
+                message.get(name) is not None
+                and not (_is_int(message[name]) and -(2**31) <= message[name] < 2**31)
                 for name in ("exitCode", "signal")
             )
             or any(not isinstance(message.get(name, False), bool) for name in ("timedOut", "cancelled"))
-            or any(message.get(name) is not None and not _is_number(message[name]) for name in ("startedAt", "finishedAt"))
+            or any(
+                message.get(name) is not None and not _is_number(message[name])
+                for name in ("startedAt", "finishedAt")
+            )
         )
     return False
 
 
 def _hello_is_malformed(message: dict[str, Any]) -> bool:
     name, labels, slots, jobs = (message.get(key) for key in ("name", "labels", "slots", "jobs"))
-    if not isinstance(name, str) or not 0 < len(name) <= 100 or any(ch.isspace() or ch in ",:" for ch in name):
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= 100
+        or any(ch.isspace() or ch in ",:" for ch in name)
+    ):
         return True
     if labels is not None and not (
         isinstance(labels, list) and all(isinstance(label, str) and 0 < len(label) <= 100 for label in labels)
@@ -829,7 +869,9 @@ class Workers:
     async def start(self) -> None:
         self.alice.hello("alice")
         self.bob.hello("bob")
-        self.alice_jobs = [job.id for _ in range(3) for job in self.dispatcher.run_now("sleep 9", target="worker:alice")]
+        self.alice_jobs = [
+            job.id for _ in range(3) for job in self.dispatcher.run_now("sleep 9", target="worker:alice")
+        ]
         await self.top_up()
         runs = [message["job"] for message in self.alice.sent if message["type"] == "run"]
         assert runs == self.alice_jobs
@@ -847,7 +889,11 @@ class Workers:
 
     async def top_up(self) -> None:
         """Keep a few jobs running on bob (the fuzzer finishes them)."""
-        made = [job.id for _ in range(max(0, 3 - len(self.bob_jobs()))) for job in self.dispatcher.run_now("sleep 9", target="worker:bob")]
+        made = [
+            job.id
+            for _ in range(max(0, 3 - len(self.bob_jobs())))
+            for job in self.dispatcher.run_now("sleep 9", target="worker:bob")
+        ]
         # A read queues behind the writes: once it answers, the jobs are recorded and sent.
         await self.service.job_store.get(max(made or self.alice_jobs))
         assert set(made) <= set(self.bob_jobs())
@@ -911,7 +957,9 @@ def _reports() -> st.SearchStrategy[dict[str, Any]]:
     job = _job_values()
     number = st.one_of(st.floats(), st.integers(min_value=-(2**70), max_value=2**70))
     well_formed = st.one_of(
-        st.fixed_dictionaries({"type": st.just("started"), "job": job, "pid": st.integers(1, 99999), "at": number}),
+        st.fixed_dictionaries(
+            {"type": st.just("started"), "job": job, "pid": st.integers(1, 99999), "at": number}
+        ),
         st.fixed_dictionaries(
             {
                 "type": st.just("output"),
@@ -940,16 +988,35 @@ def _reports() -> st.SearchStrategy[dict[str, Any]]:
         optional={
             name: st.one_of(job, json_values)
             for name in (
-                "job", "at", "pid", "stream", "seq", "data", "exitCode", "signal",
-                "timedOut", "cancelled", "startedAt", "finishedAt", "reason", "protocol",
+                "job",
+                "at",
+                "pid",
+                "stream",
+                "seq",
+                "data",
+                "exitCode",
+                "signal",
+                "timedOut",
+                "cancelled",
+                "startedAt",
+                "finishedAt",
+                "reason",
+                "protocol",
             )
         },
     )
     # A valid report with one field dropped or given a value of a random type.
-    broken = st.tuples(well_formed, st.sampled_from(["job", "at", "stream", "seq", "data", "exitCode", "timedOut"]), st.one_of(st.just(None), json_values), st.booleans()).map(
-        lambda parts: {key: value for key, value in parts[0].items() if key != parts[1]}
-        if parts[3]
-        else {**parts[0], parts[1]: parts[2]}
+    broken = st.tuples(
+        well_formed,
+        st.sampled_from(["job", "at", "stream", "seq", "data", "exitCode", "timedOut"]),
+        st.one_of(st.just(None), json_values),
+        st.booleans(),
+    ).map(
+        lambda parts: (
+            {key: value for key, value in parts[0].items() if key != parts[1]}
+            if parts[3]
+            else {**parts[0], parts[1]: parts[2]}
+        )
     )
     return st.one_of(well_formed, any_field, broken)
 
@@ -968,7 +1035,9 @@ def _frames() -> st.SearchStrategy[Frame]:
         st.tuples(json_values.map(lambda value: json.dumps(value).encode()), st.just(False)),
         st.tuples(st.binary(max_size=40), st.booleans()),
         st.tuples(
-            st.sampled_from([b"", b"{}", b"[]", b'{"type": null}', b'{"type": 7}', b'"started"', b"\xff", b"{"]),
+            st.sampled_from(
+                [b"", b"{}", b"[]", b'{"type": null}', b'{"type": 7}', b'"started"', b"\xff", b"{"]
+            ),
             st.just(False),
         ),
     )
@@ -1012,7 +1081,10 @@ def _worker_messages(world: Workers, frames: list[Frame]) -> None:
         # Nothing bob says touches alice, her jobs or her connection; bob stays connected.
         assert alice_after == alice_before, message
         assert outcome["bob_connected"]
-        assert all(reply.get("reason") != "internal error on the scheduler (logged)" for reply in replies), (message, replies)
+        assert all(reply.get("reason") != "internal error on the scheduler (logged)" for reply in replies), (
+            message,
+            replies,
+        )
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             assert kinds == ["error"], (payload, binary, replies)
             if isinstance(message, dict):
@@ -1036,21 +1108,34 @@ def _worker_messages(world: Workers, frames: list[Frame]) -> None:
             assert kinds in ([], ["ack"]), (message, replies)
             _on_reactor(lambda: Deferred.fromCoroutine(world.settle()))
             later = _on_reactor(lambda index=outcome["index"]: world.bob.sent[index:])
-            assert [reply for reply in later if reply["type"] == "ack"] == [{"type": "ack", "job": job}], later
+            assert [reply for reply in later if reply["type"] == "ack"] == [{"type": "ack", "job": job}], (
+                later
+            )
         else:
             assert kinds == [], (message, replies)
 
 
 def _first_messages_strategy() -> st.SearchStrategy[Frame]:
-    names = st.one_of(st.from_regex(r"[a-z][a-z0-9._-]{0,12}", fullmatch=True), st.text(max_size=8), json_values)
+    names = st.one_of(
+        st.from_regex(r"[a-z][a-z0-9._-]{0,12}", fullmatch=True), st.text(max_size=8), json_values
+    )
     entries = st.one_of(
         st.fixed_dictionaries(
-            {"job": st.integers(-1, 20), "state": st.sampled_from(["running", "finished", "lost"]), "seq": st.integers(-1, 5)}
+            {
+                "job": st.integers(-1, 20),
+                "state": st.sampled_from(["running", "finished", "lost"]),
+                "seq": st.integers(-1, 5),
+            }
         ),
         json_values,
     )
     hellos = st.fixed_dictionaries(
-        {"type": st.just("hello"), "protocol": st.one_of(st.just(1), json_values), "name": names, "slots": st.one_of(st.integers(-1, 8), json_values)},
+        {
+            "type": st.just("hello"),
+            "protocol": st.one_of(st.just(1), json_values),
+            "name": names,
+            "slots": st.one_of(st.integers(-1, 8), json_values),
+        },
         optional={
             "labels": st.one_of(st.lists(st.text(max_size=5), max_size=3), json_values),
             "jobs": st.one_of(st.lists(entries, max_size=3), json_values),
@@ -1061,7 +1146,18 @@ def _first_messages_strategy() -> st.SearchStrategy[Frame]:
 
 @settings(FUZZ, max_examples=120)
 @given(first=_first_messages_strategy())
-@example(first=({"type": "hello", "protocol": 1, "name": "mallory", "slots": 1, "jobs": [{"job": 1, "state": "running", "seq": 0}]}, False))
+@example(
+    first=(
+        {
+            "type": "hello",
+            "protocol": 1,
+            "name": "mallory",
+            "slots": 1,
+            "jobs": [{"job": 1, "state": "running", "seq": 0}],
+        },
+        False,
+    )
+)
 @example(first=({"type": "hello", "protocol": 2, "name": "w", "slots": 1}, False))
 def _first_messages(world: Workers, first: Frame) -> None:
     payload, binary, message = _payload(first, world.alice_jobs, [])
@@ -1080,8 +1176,15 @@ def _first_messages(world: Workers, first: Frame) -> None:
     replies, closes, before, after = _on_reactor(exchange)
     kinds = [reply["type"] for reply in replies]
     assert after == before, message
-    assert all(reply.get("reason") != "internal error on the scheduler (logged)" for reply in replies), (message, replies)
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str) or message["type"] != "hello":
+    assert all(reply.get("reason") != "internal error on the scheduler (logged)" for reply in replies), (
+        message,
+        replies,
+    )
+    if (
+        not isinstance(message, dict)
+        or not isinstance(message.get("type"), str)
+        or message["type"] != "hello"
+    ):
         assert kinds == ["error"] and not closes, (payload, binary, replies)
     elif message.get("protocol") != 1:
         assert kinds == ["refused"] and closes, replies
@@ -1136,7 +1239,9 @@ async def test_a_worker_time_beyond_year_9999_does_not_break_the_jobs_api(tmp_pa
         job = world.bob_jobs()[0]
         # Milliseconds where seconds belong: a plausible worker bug.
         replies = world.bob.say(json.dumps({"type": "started", "job": job, "pid": 1, "at": 1.8e12}).encode())
-        assert all(reply.get("reason") != "internal error on the scheduler (logged)" for reply in replies), replies
+        assert all(reply.get("reason") != "internal error on the scheduler (logged)" for reply in replies), (
+            replies
+        )
         await world.settle()
         api = Api(service)
         for path in (f"/api/jobs/{job}", "/api/jobs"):
@@ -1155,8 +1260,24 @@ async def test_one_workers_huge_seq_does_not_lose_another_workers_result(tmp_pat
         alice_job = world.alice_jobs[0]
         bob_job = world.bob_jobs()[0]
         # In one reactor turn, so both land in the same write batch.
-        world.bob.say(json.dumps({"type": "output", "job": bob_job, "stream": "stdout", "seq": 2**63, "data": "x"}).encode())
-        world.alice.say(json.dumps({"type": "finished", "job": alice_job, "exitCode": 0, "signal": None, "timedOut": False, "cancelled": False, "seq": 1}).encode())
+        world.bob.say(
+            json.dumps(
+                {"type": "output", "job": bob_job, "stream": "stdout", "seq": 2**63, "data": "x"}
+            ).encode()
+        )
+        world.alice.say(
+            json.dumps(
+                {
+                    "type": "finished",
+                    "job": alice_job,
+                    "exitCode": 0,
+                    "signal": None,
+                    "timedOut": False,
+                    "cancelled": False,
+                    "seq": 1,
+                }
+            ).encode()
+        )
         stored = await service.job_store.get(alice_job)
         assert stored is not None and stored.status is JobStatus.SUCCEEDED, stored
     finally:

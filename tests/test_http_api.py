@@ -10,16 +10,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 
 from scheduler.jobs import JobStatus
 from scheduler.openapi import OPENAPI
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
 from scheduler.workers import Worker
-from tests.helpers import UTC
+from tests.helpers import UTC, settled
 
 
 class Link:
@@ -39,40 +36,22 @@ class Api:
         # Through the guard, as the real site does: Host, Origin, token checks.
         self.treq = StubTreq(service.guard)
 
-    async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None, **kw: Any) -> tuple[int, Any]:
+    async def call(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None, **kw: Any
+    ) -> tuple[int, Any]:
         headers = kw.pop("headers", {})
         data = raw
         if body is not None or (method == "POST" and raw is None):
             data = json.dumps(body if body is not None else {}).encode()
             headers.setdefault(b"Content-Type", [b"application/json"])
-        response = await self._settled(
-            self.treq.request(method, "http://localhost" + path, data=data, headers=headers, **kw)
+        response = await settled(
+            self.treq, self.treq.request(method, "http://localhost" + path, data=data, headers=headers, **kw)
         )
-        content = await self._settled(response.content())
+        content = await settled(self.treq, response.content())
         kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
         if kind.startswith(b"application/json"):
             return response.code, json.loads(content)
         return response.code, content.decode()
-
-    async def _settled(self, deferred: Deferred[Any]) -> Any:
-        """Pump StubTreq's in-memory connection until *deferred* fires.
-
-        Routes that await the thread pool answer after the request returns,
-        and StubTreq only delivers such late bytes when flushed; each turn
-        yields to the reactor so the thread results can arrive.
-        """
-        from twisted.internet import reactor
-
-        outcome: list[Any] = []
-        deferred.addBoth(outcome.append)
-        # `called` is not enough: a Deferred waiting on a chained one is "called".
-        while not outcome:
-            self.treq.flush()
-            await deferLater(reactor, 0, lambda: None)
-        result = outcome[0]
-        if isinstance(result, Failure):
-            result.raiseException()
-        return result
 
     def connect_worker(self, name: str = "w1", slots: int = 2) -> tuple[Worker, Link]:
         link = Link()
@@ -116,17 +95,29 @@ async def locked(tmp_path: Path, reactor: Any) -> AsyncIterator[Api]:
 
 @pytest_twisted.ensureDeferred
 async def test_api_token_is_required_everywhere_but_bare_health(locked: Api) -> None:
-    for method, path in [("GET", "/api/tasks"), ("POST", "/api/jobs"), ("GET", "/api/jobs"), ("GET", "/metrics"), ("GET", "/api/events")]:
+    for method, path in [
+        ("GET", "/api/tasks"),
+        ("POST", "/api/jobs"),
+        ("GET", "/api/jobs"),
+        ("GET", "/metrics"),
+        ("GET", "/api/events"),
+    ]:
         code, body = await locked.call(method, path)
         assert code == 401, (method, path)
         assert "API token" in body["error"]
         assert TOKEN not in json.dumps(body)
-    code, body = await locked.call("GET", "/api/tasks", headers={b"Authorization": [b"Bearer wrong-token-0123456789"]})
+    code, body = await locked.call(
+        "GET", "/api/tasks", headers={b"Authorization": [b"Bearer wrong-token-0123456789"]}
+    )
     assert code == 401
-    code, body = await locked.call("GET", "/api/tasks", headers={b"Authorization": [f"Bearer {TOKEN}".encode()]})
+    code, body = await locked.call(
+        "GET", "/api/tasks", headers={b"Authorization": [f"Bearer {TOKEN}".encode()]}
+    )
     assert code == 200 and body == []
     assert (await locked.call("GET", "/api/health")) == (200, {"status": "ok"})
-    code, body = await locked.call("GET", "/api/health", headers={b"Authorization": [f"Bearer {TOKEN}".encode()]})
+    code, body = await locked.call(
+        "GET", "/api/health", headers={b"Authorization": [f"Bearer {TOKEN}".encode()]}
+    )
     assert "tasks" in body
     code, _page = await locked.call("GET", "/")
     assert code == 200  # the dashboard itself is public; it asks for the token
@@ -140,9 +131,13 @@ async def test_host_origin_and_content_type_checks(api: Api) -> None:
         "POST", "/api/jobs", {"command": "id"}, headers={b"Origin": [b"http://evil.example"]}
     )
     assert code == 403 and "cross-origin" in body["error"]
-    code, body = await api.call("POST", "/api/tasks/1/run", raw=b"schedule=x", headers={b"Content-Type": [b"text/plain"]})
+    code, body = await api.call(
+        "POST", "/api/tasks/1/run", raw=b"schedule=x", headers={b"Content-Type": [b"text/plain"]}
+    )
     assert code == 415
-    code, body = await api.call("POST", "/api/jobs", {"command": "true"}, headers={b"Origin": [b"http://localhost:3000"]})
+    code, body = await api.call(
+        "POST", "/api/jobs", {"command": "true"}, headers={b"Origin": [b"http://localhost:3000"]}
+    )
     assert code == 202
     assert len(api.service.jobs) == 1  # only the same-origin request made a job
 
@@ -167,7 +162,9 @@ async def test_health_and_metrics(api: Api) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_task_lifecycle(api: Api, tmp_path: Path) -> None:
-    code, task = await api.call("POST", "/api/tasks", {"schedule": "*/5 * * * *", "command": "echo hi", "retries": 2})
+    code, task = await api.call(
+        "POST", "/api/tasks", {"schedule": "*/5 * * * *", "command": "echo hi", "retries": 2}
+    )
     assert code == 201
     assert task["id"] == 1 and task["jobName"] == "task_1" and task["retries"] == 2
     assert task["nextRun"].endswith("+00:00")
@@ -198,14 +195,28 @@ async def test_tasks_from_tcp_and_rest_are_the_same(api: Api) -> None:
         ({"schedule": "* * * * *"}, None, {}, 400, "command must be a string"),
         ({"schedule": 5, "command": "x"}, None, {}, 400, "'schedule' is required and must be a string"),
         ({"schedule": "61 * * * *", "command": "x"}, None, {}, 400, "minute must be 0-59"),
-        ({"schedule": "* * * * *", "command": "x", "retries": "3"}, None, {}, 400, "retries must be an integer"),
-        ({"schedule": "* * * * *", "command": "x", "colour": "red"}, None, {}, 400, "unknown field(s): colour"),
+        (
+            {"schedule": "* * * * *", "command": "x", "retries": "3"},
+            None,
+            {},
+            400,
+            "retries must be an integer",
+        ),
+        (
+            {"schedule": "* * * * *", "command": "x", "colour": "red"},
+            None,
+            {},
+            400,
+            "unknown field(s): colour",
+        ),
         (None, b'{"a": 1}', {b"Content-Type": [b"text/plain"]}, 415, "Content-Type: application/json"),
         (None, b"x" * (1024 * 1024 + 10), {b"Content-Type": [b"application/json"]}, 413, "larger than"),
     ],
 )
 @pytest_twisted.ensureDeferred
-async def test_add_task_errors(api: Api, body: Any, raw: bytes | None, headers: dict[bytes, list[bytes]], status: int, message: str) -> None:
+async def test_add_task_errors(
+    api: Api, body: Any, raw: bytes | None, headers: dict[bytes, list[bytes]], status: int, message: str
+) -> None:
     code, error = await api.call("POST", "/api/tasks", body, raw=raw, headers=headers)
     assert code == status
     assert message in error["error"]
@@ -234,7 +245,16 @@ async def test_run_a_command_and_follow_it(api: Api) -> None:
     assert code == 202 and job["status"] == "queued"
     await api.service.job_store.get(job["id"])  # let the record land
     run = [m for m in link.sent if m["type"] == "run"]
-    assert run == [{"type": "run", "job": job["id"], "command": "echo hi", "env": {"A": "1"}, "cwd": None, "timeout": 5.0}]
+    assert run == [
+        {
+            "type": "run",
+            "job": job["id"],
+            "command": "echo hi",
+            "env": {"A": "1"},
+            "cwd": None,
+            "timeout": 5.0,
+        }
+    ]
     dispatcher = api.service.dispatcher
     dispatcher.started(worker, job["id"], 1.0)
     dispatcher.output(worker, job["id"], 1, "stdout", "hi\n")
@@ -243,7 +263,16 @@ async def test_run_a_command_and_follow_it(api: Api) -> None:
     assert running["status"] == "running" and running["worker"] == "w1"
     code, workers = await api.call("GET", "/api/workers")
     assert workers[0]["name"] == "w1" and workers[0]["running"] == 1 and workers[0]["slots"] == 2
-    dispatcher.finished(worker, job["id"], exit_code=0, signal=None, timed_out=False, cancelled=False, started_at=1.0, finished_at=2.0)
+    dispatcher.finished(
+        worker,
+        job["id"],
+        exit_code=0,
+        signal=None,
+        timed_out=False,
+        cancelled=False,
+        started_at=1.0,
+        finished_at=2.0,
+    )
     code, done = await api.call("GET", f"/api/jobs/{job['id']}")
     assert done["status"] == "succeeded" and done["exitCode"] == 0
     assert (await api.call("GET", f"/api/jobs/{job['id']}/log"))[1] == "hi\n"
@@ -290,7 +319,10 @@ async def test_job_filters_are_checked(api: Api) -> None:
 @pytest_twisted.ensureDeferred
 async def test_schedule_check(api: Api) -> None:
     code, body = await api.call("GET", "/api/schedules/check?expr=61+*+*+*+*")
-    assert code == 200 and body == {"valid": False, "error": "invalid schedule '61 * * * *': minute must be 0-59"}
+    assert code == 200 and body == {
+        "valid": False,
+        "error": "invalid schedule '61 * * * *': minute must be 0-59",
+    }
     _code, body = await api.call("GET", "/api/schedules/check?expr=@hourly")
     assert body["valid"] and len(body["next"]) == 3
 
@@ -310,7 +342,9 @@ def _klein_routes() -> set[tuple[str, str]]:
 
 
 def test_openapi_lists_every_route() -> None:
-    documented = {(path, method) for path, item in OPENAPI["paths"].items() for method in item if method != "parameters"}
+    documented = {
+        (path, method) for path, item in OPENAPI["paths"].items() for method in item if method != "parameters"
+    }
     missing = _klein_routes() - documented
     assert not missing, f"routes missing from openapi.py: {sorted(missing)}"
     assert not documented - _klein_routes(), "openapi.py documents routes that do not exist"
