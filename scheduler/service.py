@@ -25,6 +25,7 @@ from scheduler.jobbook import JobBook
 from scheduler.jobs import Job, JobStatus
 from scheduler.jobstore import JobStore
 from scheduler.limits import ConnectionLimits
+from scheduler.memory import release_free_memory
 from scheduler.metrics import SchedulerMetrics
 from scheduler.settings import Settings
 from scheduler.state import TaskState
@@ -68,8 +69,10 @@ class SchedulerService(MultiService):
             raise StartupError(f"{error} (the file was left as it is)") from None
         self.loaded_at_start = len(records)
         book = TaskBook.from_records(settings.tz, records)
+        del records
         self.engine = CronEngine(clock.seconds())
         self.state = TaskState(book, self.store, self.engine)
+        release_free_memory()
 
         jobs_db = settings.jobs_db or os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")
         self.job_store = JobStore(

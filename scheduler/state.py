@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from scheduler.engine import CronEngine
+from scheduler.memory import release_free_memory
 from scheduler.store import TaskStore, paused_gc
 from scheduler.taskbook import TaskBook
 from scheduler.tasks import Task
@@ -109,6 +110,7 @@ class TaskState:
         # The store already holds exactly this, so nothing is written.
         with paused_gc():
             self._commit(book)
+        release_free_memory()
         change.done.callback(len(book))
 
     async def _write(self, batch: list[_Change[Any]]) -> None:
