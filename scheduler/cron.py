@@ -214,6 +214,20 @@ def parse(expression: str, tz: tzinfo) -> Schedule:
     return Schedule(expression.strip(), tz, cron, day_or)
 
 
+def iso(timestamp: float | None, tz: tzinfo, timespec: str = "seconds") -> str | None:
+    """A Unix time as ISO 8601 with its offset in *tz*; None for none.
+
+    A time no record should hold (out of range) also gives None, so a bad
+    value can never turn a listing into an error.
+    """
+    if timestamp is None:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp, tz).isoformat(timespec=timespec)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def local_zone() -> tzinfo:
     """The machine's zone, by name where it can be found (so DST works)."""
     import os

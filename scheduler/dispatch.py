@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from scheduler.cron import iso
 from scheduler.jobbook import JobBook
 from scheduler.jobs import Job, JobStatus, fire_key
 from scheduler.tasks import Task
@@ -119,7 +119,7 @@ class Dispatcher:
             log.info(
                 "{job_name}: previous run still going, skipping the run due at {when}",
                 job_name=task.job_name,
-                when=_iso(scheduled),
+                when=iso(scheduled, task.schedule.tz),
             )
             return []
         options = task.options
@@ -520,7 +520,4 @@ class Dispatcher:
         self._lost_timers.clear()
         self._retry_timers.clear()
 
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 

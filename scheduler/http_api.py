@@ -67,12 +67,7 @@ def _json(request: IRequest, status: int, body: Any) -> bytes:
 
 
 def _iso(timestamp: float | None, tz: tzinfo) -> str | None:
-    if timestamp is None:
-        return None
-    try:
-        return datetime.fromtimestamp(timestamp, tz).isoformat(timespec="milliseconds")
-    except (OverflowError, ValueError, OSError):
-        return None  # not a time any record should hold; never a 500 for it
+    return cron.iso(timestamp, tz, "milliseconds")
 
 
 def _body(request: IRequest, max_body: int) -> dict[str, Any]:

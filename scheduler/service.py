@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -16,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
+from scheduler.cron import iso
 from scheduler.dispatch import Dispatcher
 from scheduler.engine import CronEngine, Fire, missed_times
 from scheduler.feed import EventHub
@@ -296,8 +296,8 @@ class SchedulerService(MultiService):
             lambda failure: log.failure("pruning job history failed", failure)
         )
 
-    def _iso(self, timestamp: float) -> str:
-        return datetime.fromtimestamp(timestamp, self.state.book.tz).isoformat()
+    def _iso(self, timestamp: float) -> str | None:
+        return iso(timestamp, self.state.book.tz)
 
     def status(self) -> dict[str, int]:
         return {

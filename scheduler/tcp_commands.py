@@ -19,7 +19,6 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import cast
 
 from twisted.internet.defer import Deferred
@@ -36,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from scheduler.access import same
+from scheduler.cron import iso
 from scheduler.state import TaskState
 from scheduler.store import LoadError, StoreError
 from scheduler.taskbook import TaskBook, TaskNotFound
@@ -95,9 +95,7 @@ def split_add(argument: str) -> tuple[str, str]:
 
 
 def _iso(timestamp: float | None, book: TaskBook) -> str:
-    if timestamp is None:
-        return "-"
-    return datetime.fromtimestamp(timestamp, book.tz).isoformat(timespec="seconds")
+    return iso(timestamp, book.tz) or "-"
 
 
 class TcpCommands:
