@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -64,7 +64,7 @@ class NoRecorder:
 class _Tail:
     """The kept end of one active job's output, for the API and the feed."""
 
-    chunks: deque[tuple[int, str, str]]
+    chunks: deque[tuple[int, str, str]] = field(default_factory=deque)
     size: int = 0
     dropped: int = 0
     last_seq: int = 0
@@ -170,7 +170,7 @@ class Dispatcher:
         if len(self._queue) >= self.queue_limit:
             # Never drop what is queued; the new job is refused, on the record.
             return self._finish(job, JobStatus.FAILED, reason="the job queue is full")
-        self._tails[job.id] = _Tail(deque())
+        self._tail(job.id)
         # Queued at once: _dispatch sends `run` only after a later write has
         # committed, and the job store commits in order, so this record is
         # on disk before any worker hears of the job.
@@ -478,7 +478,7 @@ class Dispatcher:
     def _tail(self, job_id: int) -> _Tail:
         tail = self._tails.get(job_id)
         if tail is None:
-            tail = self._tails[job_id] = _Tail(deque())
+            tail = self._tails[job_id] = _Tail()
         return tail
 
     def restore(self, jobs: list[tuple[Job, int]]) -> None:
