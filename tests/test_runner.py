@@ -23,7 +23,7 @@ from twisted.internet import task
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 
-from worker import runner
+from worker import runner, spawn
 from worker.runner import JobRun, RunnerReactor, RunResult
 
 # The reactor module is not statically typed as a reactor.
@@ -145,18 +145,24 @@ async def test_signal_reported() -> None:
     assert not result.timed_out and not result.cancelled
 
 
-@pytest.mark.parametrize("launcher", ["setsid", "python-fallback"])
+@pytest.mark.parametrize("launcher", ["posix_spawn", "setsid", "python-fallback"])
 @pytest_twisted.ensureDeferred
 async def test_pid_is_process_group_and_session_leader(
     launcher: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if launcher == "posix_spawn":
+        assert spawn._DIRECT, "this Twisted lacks the helpers _SessionProcess uses"
+        # With no fallback launcher, only _SessionProcess can start it.
+        monkeypatch.setattr(spawn, "_LAUNCH_PREFIX", ())
+    else:
+        monkeypatch.setattr(spawn, "_DIRECT", False)
     if launcher == "setsid":
         if shutil.which("setsid") is None:
             pytest.skip("util-linux setsid not installed")
-        assert runner._LAUNCH_PREFIX == (shutil.which("setsid"),)
-    else:
+        assert spawn._LAUNCH_PREFIX == (shutil.which("setsid"),)
+    elif launcher == "python-fallback":
         monkeypatch.setattr(
-            runner, "_LAUNCH_PREFIX", runner._launch_prefix(None, sys.executable)
+            spawn, "_LAUNCH_PREFIX", spawn._launch_prefix(None, sys.executable)
         )
 
     seen: list[tuple[int, int, int]] = []
@@ -321,8 +327,9 @@ async def test_unspawnable_command_exits_127() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_no_launcher_exits_127(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert runner._launch_prefix(None, None) == ()
-    monkeypatch.setattr(runner, "_LAUNCH_PREFIX", ())
+    assert spawn._launch_prefix(None, None) == ()
+    monkeypatch.setattr(spawn, "_DIRECT", False)
+    monkeypatch.setattr(spawn, "_LAUNCH_PREFIX", ())
     result, out, _ = await run_job("echo hi")
     assert result.exit_code == 127
     assert "setsid" in out.text("stderr")
@@ -532,17 +539,33 @@ def test_spawn_arguments() -> None:
     clock = _SpawnClock()
     run = JobRun(cast(RunnerReactor, clock), "echo hi", Output(), env={"A": "1"})
     run.start()
-    (spawn,) = clock.spawned
-    assert spawn["args"] == [*runner._LAUNCH_PREFIX, "/bin/sh", "-c", "echo hi"]
-    assert spawn["executable"] == spawn["args"][0]
-    assert spawn["childFDs"] == {0: "w", 1: "r", 2: "r"}
-    assert spawn["path"] is None  # cwd goes through the shell, keeping posix_spawn
-    assert spawn["env"]["A"] == "1"
-    assert spawn["env"]["PATH"] == os.environ["PATH"]
+    (call,) = clock.spawned
+    # Not a POSIX reactor, so the launcher-prefix fallback.
+    assert call["args"] == [*spawn._LAUNCH_PREFIX, "/bin/sh", "-c", "echo hi"]
+    assert call["executable"] == call["args"][0]
+    assert call["childFDs"] == {0: "w", 1: "r", 2: "r"}
+    assert call["path"] is None  # cwd goes through the shell, keeping posix_spawn
+    assert call["env"]["A"] == "1"
+    assert call["env"]["PATH"] == os.environ["PATH"]
     assert clock.transport.stdin_closed
     assert run.pid == 4242
     assert clock.getDelayedCalls() == []  # no timeout requested, no timer
 
+
+
+@pytest.mark.parametrize("cwd", [None, ".", os.getcwd()])
+def test_job_in_own_directory_needs_no_cd(cwd: str | None) -> None:
+    clock = _SpawnClock()
+    JobRun(cast(RunnerReactor, clock), "echo hi", Output(), cwd=cwd).start()
+    (call,) = clock.spawned
+    assert call["args"][-3:] == ["/bin/sh", "-c", "echo hi"]
+
+
+def test_job_elsewhere_gets_cd_wrapper(tmp_path: Path) -> None:
+    clock = _SpawnClock()
+    JobRun(cast(RunnerReactor, clock), "echo hi", Output(), cwd=str(tmp_path)).start()
+    (call,) = clock.spawned
+    assert call["args"][-6:] == ["/bin/sh", "-c", runner._CD_THEN_RUN, "/bin/sh", str(tmp_path), "echo hi"]
 
 def test_timeout_sends_sigterm_then_sigkill(
     signals: list[tuple[str, int, int]],

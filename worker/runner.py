@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import codecs
 import os
-import shutil
 import signal
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -23,6 +21,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from worker.spawn import spawn_in_session
 
 __all__ = ["EXIT_SPAWN_FAILED", "JobRun", "OutputSink", "RunResult", "RunnerReactor"]
 
@@ -41,38 +41,13 @@ _STREAMS: Mapping[int, str] = {1: "stdout", 2: "stderr"}
 # a smaller max_chunk could leave no room to make progress.
 _MIN_CHUNK = 4
 
-# Run by the fallback launcher when util-linux setsid is missing.  -I -S keeps
-# the interpreter start as cheap as it can be; os and sys need no imports from
-# site-packages.
-_SETSID_SHIM = "import os,sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
-
-# cwd is applied by the shell rather than by spawnProcess(path=...): Twisted
-# only uses posix_spawnp when no cwd is given and otherwise forks the whole
-# worker interpreter, which is far more expensive per job.  The user command
-# then gets a pristine `sh -c` of its own, and exec keeps the pid (= pgid).
+# cwd is applied by the shell rather than by spawnProcess(path=...): the
+# child is started with posix_spawn, which cannot change directory (and
+# Twisted would otherwise fork the whole worker interpreter).  The user
+# command then gets a pristine `sh -c` of its own, and exec keeps the pid
+# (= pgid).  A job running in the agent's own directory, the usual case,
+# needs neither the cd nor the second exec.
 _CD_THEN_RUN = 'cd -- "$1" || exit 127; exec /bin/sh -c "$2"'
-
-
-def _launch_prefix(setsid_path: str | None, python: str | None) -> tuple[str, ...]:
-    """Argv prefix that makes the spawned child a session (and group) leader.
-
-    util-linux ``setsid`` calls setsid() and execs in place -- the pid does not
-    change -- provided the child is not already a group leader, which holds
-    for Twisted's children (neither posix_spawnp nor its fork path calls
-    setpgid).  Were it a leader, setsid would fork and our pid would be wrong.
-    """
-    if setsid_path:
-        return (setsid_path,)
-    if python:
-        return (python, "-I", "-S", "-c", _SETSID_SHIM)
-    return ()
-
-
-# Looked up once: PATH lookups per job would be wasted work, and the answer
-# does not change while the worker runs.
-_LAUNCH_PREFIX: tuple[str, ...] = _launch_prefix(
-    shutil.which("setsid"), sys.executable or None
-)
 
 
 class _Timer(Protocol):
@@ -202,11 +177,8 @@ class JobRun(ProcessProtocol):
         self._started = True
         self._started_at = self._reactor.seconds()
 
-        if not _LAUNCH_PREFIX:
-            self._fail_to_spawn("neither setsid nor a Python interpreter is available")
-            return
         cwd = self._cwd
-        if cwd is not None:
+        if cwd is not None and os.path.abspath(cwd) != os.getcwd():
             # Absolute so CDPATH in the job's environment cannot redirect `cd`.
             cwd = os.path.abspath(cwd)
             # Checked here for a clear message; the shell's `cd` still backs
@@ -220,15 +192,12 @@ class JobRun(ProcessProtocol):
             shell = ["/bin/sh", "-c", _CD_THEN_RUN, "/bin/sh", cwd, self._command]
         else:
             shell = ["/bin/sh", "-c", self._command]
-        argv = [*_LAUNCH_PREFIX, *shell]
         env = dict(os.environ)
         if self._env:
             env.update(self._env)
 
         try:
-            self._reactor.spawnProcess(
-                self, argv[0], argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
-            )
+            spawn_in_session(self._reactor, self, shell, env)
         # Whatever goes wrong (ENOENT, E2BIG, a NUL in the command...) is the
         # job's failure, reported through the result, never the agent's.
         except Exception as e:
