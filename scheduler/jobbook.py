@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from scheduler.jobs import Job, JobStatus, fire_key
+from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus, fire_key
 
 log = Logger()
 
@@ -76,6 +76,9 @@ class JobBook:
                 log.failure("job listener {listener!r} failed", listener=listener)
 
     def update(self, job: Job, **changes: object) -> Job:
+        fixed = changes.keys() - MUTABLE_FIELDS
+        if fixed:
+            raise ValueError(f"job {job.id}: {', '.join(sorted(fixed))} cannot change once a job exists")
         changed = job.evolve(**changes)
         self.put(changed)
         return changed

@@ -22,6 +22,12 @@ class JobStatus(StrEnum):
         return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+# What may change once a job exists; everything else is fixed when it is
+# created.  The job store rewrites only these columns (and only the indexes
+# over them) when a job's state changes.
+MUTABLE_FIELDS = frozenset({"status", "worker", "exit_code", "signal", "started_at", "finished_at", "reason"})
+
+
 @dataclass(frozen=True)
 class Job:
     id: int

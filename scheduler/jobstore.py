@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from scheduler.jobs import Job, JobStatus
+from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus
 
 log = Logger()
 
@@ -103,10 +103,13 @@ _SCHEMA = (
 )
 
 # output_dropped is only set when the row is created: a put carries the Job,
-# and must not reset what the output cap has counted for it.
+# and must not reset what the output cap has counted for it.  An update sets
+# only the fields that can change, so SQLite leaves the indexes over the
+# others (key, task, scheduled time) alone: fewer pages per commit.
 _UPSERT = (
     f'INSERT INTO jobs ({_COLUMNS}, "output_dropped") VALUES ({", ".join("?" * (len(_FIELDS) + 1))}) '
-    f'ON CONFLICT ("id") DO UPDATE SET ' + ", ".join(f'"{name}" = excluded."{name}"' for name in _FIELDS[1:])
+    f'ON CONFLICT ("id") DO UPDATE SET '
+    + ", ".join(f'"{name}" = excluded."{name}"' for name in _FIELDS if name in MUTABLE_FIELDS)
 )
 
 _ACTIVE = tuple(status.value for status in JobStatus if not status.final)
@@ -141,6 +144,28 @@ class _Chunk:
     seq: int
     stream: str
     data: str
+
+
+def _superseded(ops: Sequence[_Put | _Chunk]) -> dict[int, int]:
+    """Puts a later put of the same job in the batch replaces: index -> that put's index.
+
+    A job is usually put two to four times within one batch when jobs are
+    short (queued, sent, started, ended), and every put writes the whole
+    row, so only the last needs writing.  A put is still written if an
+    output chunk of its job comes between it and the later put: the chunk's
+    accounting reads the stored row.
+    """
+    last: dict[int, int] = {}  # job id -> index of the put that is written
+    replaced: dict[int, int] = {}
+    for index in range(len(ops) - 1, -1, -1):
+        op = ops[index]
+        if isinstance(op, _Chunk):
+            last.pop(op.job_id, None)
+        elif op.job_id in last:
+            replaced[index] = last[op.job_id]
+        else:
+            last[op.job_id] = index
+    return replaced
 
 
 @dataclass(slots=True)
@@ -513,18 +538,22 @@ class JobStore:
     def _write(self, ops: list[_Put | _Chunk]) -> list[Exception | None]:
         """One transaction for a batch; per put, None or the error that refused it."""
         conn = self._open_conn()
-        outcomes: list[Exception | None] = []
         try:
             if conn.in_transaction:
                 # A failed ROLLBACK last time must not wedge every later batch.
                 conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
-            for op in ops:
-                if isinstance(op, _Put):
-                    outcomes.append(self._upsert(conn, op))
-                else:
+            replaced_by = _superseded(ops)
+            written: dict[int, Exception | None] = {}
+            for index, op in enumerate(ops):
+                if isinstance(op, _Chunk):
                     self._append(conn, op)
+                elif index not in replaced_by:
+                    written[index] = self._upsert(conn, op)
             conn.execute("COMMIT")
+            outcomes = [
+                written[replaced_by.get(index, index)] for index, op in enumerate(ops) if isinstance(op, _Put)
+            ]
         except BaseException:
             # The rollback undoes appends that the tallies have counted.
             self._tallies.clear()

@@ -327,3 +327,13 @@ def test_cancel_before_run_is_sent_never_sends_it() -> None:
     assert world.dispatcher.cancel(job.id).status is JobStatus.CANCELLED
     recorder.commit()
     assert link.runs() == [] and worker.free == 1
+
+
+def test_a_job_keeps_what_it_was_created_with() -> None:
+    # The job store rewrites only the mutable columns on an update, so the
+    # book must refuse to change any other field rather than let it be lost.
+    book = JobBook(Clock())
+    job = book.create("echo hi", target="any")
+    with pytest.raises(ValueError, match="command cannot change"):
+        book.update(job, command="echo bye")
+    assert book.update(job, status=JobStatus.RUNNING, worker="w1").worker == "w1"

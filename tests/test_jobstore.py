@@ -219,6 +219,38 @@ async def test_one_reactor_turn_is_one_transaction(stores: Opener) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_job_put_twice_in_a_batch_is_written_once(path: str) -> None:
+    connections: list[FlakyConnection] = []
+    store = JobStore(path, reactor, connect=flaky(connections))
+    store.open()
+    try:
+        upserts = connections[0].statements
+        upserts.clear()
+        puts = [
+            store.put(job(1)),
+            store.put(job(2)),
+            store.put(job(1, status=JobStatus.RUNNING, worker="w1")),
+            store.put(finished(1, 2000.0, worker="w1")),
+        ]
+        await gatherResults(puts)
+        assert sum(sql.startswith("INSERT INTO jobs") for sql in upserts) == 2
+        stored = await store.get(1)
+        assert stored is not None
+        assert (stored.status, stored.worker, stored.exit_code) == (JobStatus.SUCCEEDED, "w1", 0)
+
+        # Output between two puts needs the first one's row: both are written.
+        upserts.clear()
+        first = store.put(job(3))
+        store.append_output(3, 1, "stdout", "x")
+        second = store.put(finished(3, 2000.0))
+        await gatherResults([first, second])
+        assert sum(sql.startswith("INSERT INTO jobs") for sql in upserts) == 2
+        assert await store.output(3) == "x"
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_writes_during_a_transaction_wait_for_the_next_one(path: str) -> None:
     connections: list[FlakyConnection] = []
     store = JobStore(path, reactor, connect=flaky(connections))

@@ -59,8 +59,6 @@ class _Timer(Protocol):
 class _ProcessTransport(Protocol):
     pid: int | None
 
-    def closeStdin(self) -> None: ...
-
 
 class RunnerReactor(Protocol):
     """The reactor features JobRun needs (IReactorTime + IReactorProcess).
@@ -227,9 +225,7 @@ class JobRun(ProcessProtocol):
     def connectionMade(self) -> None:
         # Captured here, not after spawnProcess returns: Twisted may reap a
         # very short-lived child inside spawnProcess and clear transport.pid.
-        transport = cast(_ProcessTransport, self.transport)
-        self.pid = transport.pid
-        transport.closeStdin()
+        self.pid = cast(_ProcessTransport, self.transport).pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD not in _STREAMS or self._done:

@@ -32,7 +32,21 @@ from twisted.internet.protocol import ProcessProtocol
 
 __all__ = ["NoLauncher", "spawn_in_session"]
 
-CHILD_FDS: Mapping[int, str] = {0: "w", 1: "r", 2: "r"}
+_null_input: int | None = None
+
+
+def _child_fds() -> dict[int, str | int]:
+    """stdout and stderr are pipes; stdin is /dev/null.
+
+    Jobs get no input, and a pipe the agent closes at once would cost a
+    pipe, a writer and two epoll changes per job for the same end of file.
+    Opened once (close-on-exec, as Python opens everything) and kept.
+    """
+    global _null_input
+    if _null_input is None:
+        _null_input = os.open(os.devnull, os.O_RDONLY)
+    return {0: _null_input, 1: "r", 2: "r"}
+
 
 # Run by the last-resort launcher when util-linux setsid is missing.  -I -S
 # keeps the interpreter start as cheap as it can be; os and sys need no
@@ -46,6 +60,12 @@ _TWISTED_HELPERS = ("_listOpenFDs", "_getFileActions", "_PS_CLOSE", "_PS_DUP2")
 _DIRECT: bool = hasattr(os, "posix_spawn") and all(
     hasattr(_process, name) for name in _TWISTED_HELPERS
 )
+
+
+# Python ignores SIGPIPE (and perhaps more); the shell must start with every
+# signal at its default.  Twisted asks signal.getsignal() about each of the
+# 64 signals per spawn; resetting all of them costs nothing in the child.
+_DEFAULT_SIGNALS = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
 
 class NoLauncher(Exception):
@@ -101,8 +121,7 @@ class _SessionProcess(_process.Process):  # type: ignore[misc]
             file_actions=_process._getFileActions(
                 fd_state, kwargs["fdmap"], doClose=_process._PS_CLOSE, doDup2=_process._PS_DUP2
             ),
-            # Python ignores SIGPIPE (and maybe others); the shell must not.
-            setsigdef=[n for n in range(1, signal.NSIG) if signal.getsignal(n) == signal.SIG_IGN],
+            setsigdef=_DEFAULT_SIGNALS,
             setsid=True,
         )
         self.status = -1
@@ -114,14 +133,14 @@ def spawn_in_session(
 ) -> None:
     """Run *argv* (an absolute path first) as a new session's leader.
 
-    The child's stdin, stdout and stderr are pipes to *protocol*, as with
-    ``spawnProcess(childFDs={0: "w", 1: "r", 2: "r"})``.  Raises what
+    The child's stdout and stderr are pipes to *protocol*, and its stdin
+    reads /dev/null.  Raises what
     spawning raises (ENOENT, a NUL in an argument...), or NoLauncher.
     """
     if _DIRECT and isinstance(reactor, PosixReactorBase):
-        _SessionProcess(reactor, argv[0], list(argv), dict(env), None, protocol, None, None, dict(CHILD_FDS))
+        _SessionProcess(reactor, argv[0], list(argv), dict(env), None, protocol, None, None, _child_fds())
         return
     if not _LAUNCH_PREFIX:
         raise NoLauncher("neither setsid nor a Python interpreter is available")
     full = [*_LAUNCH_PREFIX, *argv]
-    reactor.spawnProcess(protocol, full[0], full, env=env, childFDs=dict(CHILD_FDS))
+    reactor.spawnProcess(protocol, full[0], full, env=env, childFDs=_child_fds())
