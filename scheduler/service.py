@@ -173,7 +173,10 @@ class SchedulerService(MultiService):
             api_token=settings.api_token,
             max_body=settings.http_max_body,
         )
-        site = Site(self.guard)
+        # The API takes JSON only.  Without this, Twisted parses every POST's
+        # Content-Type with the email package, looking for a form to decode
+        # into request.args: 7 % of the scheduler's CPU per submitted job.
+        site = Site(self.guard, parsePOSTFormSubmission=False)
         site.noisy = False
         site.requestFactory = limited_requests(settings.http_max_body)
         self.http_limits = ConnectionLimits(
