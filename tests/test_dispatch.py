@@ -161,7 +161,7 @@ def test_disconnect_then_lost_then_retry_elsewhere() -> None:
     world = World(lost_after=30)
     task = world.task(retries=1, retryDelay=5)
     a, link_a = world.connect("a")
-    job = world.dispatcher.fire(task, 1_000_060.0)[0]
+    job = world.dispatcher.fire(task, 999_880.0)[0]
     assert link_a.runs() == [job.id]
     world.dispatcher.disconnected(a)
     world.clock.advance(29)
@@ -232,8 +232,8 @@ def test_second_connection_replaces_the_stale_one() -> None:
 def test_each_scheduled_time_once() -> None:
     world = World()
     task = world.task()
-    assert len(world.dispatcher.fire(task, 1_000_060.0)) == 1
-    assert world.dispatcher.fire(task, 1_000_060.0) == []
+    assert len(world.dispatcher.fire(task, 999_880.0)) == 1
+    assert world.dispatcher.fire(task, 999_880.0) == []
 
 
 def test_overlap_skip_and_queue() -> None:
@@ -241,11 +241,11 @@ def test_overlap_skip_and_queue() -> None:
     skip = world.task(1, overlap="skip")
     queue = world.task(2, overlap="queue")
     worker, link = world.connect("a", slots=10)
-    first = world.dispatcher.fire(skip, 1_000_060.0)[0]
-    assert world.dispatcher.fire(skip, 1_000_120.0) == []
+    first = world.dispatcher.fire(skip, 999_880.0)[0]
+    assert world.dispatcher.fire(skip, 999_940.0) == []
     assert [job.id for job in world.jobs if job.task_id == skip.id] == [first.id]
-    q1 = world.dispatcher.fire(queue, 1_000_060.0)[0]
-    q2 = world.dispatcher.fire(queue, 1_000_120.0)[0]
+    q1 = world.dispatcher.fire(queue, 999_880.0)[0]
+    q2 = world.dispatcher.fire(queue, 999_940.0)[0]
     assert q2.id not in link.runs()
     world.finish(worker, q1.id)
     assert link.runs()[-1] == q2.id
@@ -337,3 +337,31 @@ def test_a_job_keeps_what_it_was_created_with() -> None:
     with pytest.raises(ValueError, match="command cannot change"):
         book.update(job, command="echo bye")
     assert book.update(job, status=JobStatus.RUNNING, worker="w1").worker == "w1"
+
+
+def test_a_fire_ahead_of_its_second_is_placed_now_and_sent_on_the_second() -> None:
+    world = World()
+    _, link = world.connect("w1")
+    task = world.task()
+    second = world.clock.seconds() + 0.05
+    (job,) = world.dispatcher.fire(task, second)
+    world.clock.advance(0)  # the record commits
+    assert world.jobs.get(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert link.runs() == []
+    world.clock.advance(0.049)
+    assert link.runs() == []
+    world.clock.advance(0.001)
+    assert link.runs() == [job.id]
+
+
+def test_a_held_run_is_not_sent_once_cancelled() -> None:
+    world = World()
+    _, link = world.connect("w1")
+    (job,) = world.dispatcher.fire(world.task(), world.clock.seconds() + 0.05)
+    world.clock.advance(0)
+    world.dispatcher.cancel(job.id)
+    world.clock.advance(1)
+    assert link.runs() == []
+    assert world.ended[-1].status is JobStatus.CANCELLED
+    world.dispatcher.stop()
+    assert world.clock.getDelayedCalls() == []

@@ -1,0 +1,108 @@
+"""scheduler.ticker: ticks aimed at whole seconds, driven by task.Clock."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import pytest
+from twisted.internet.task import Clock
+
+from scheduler import cron
+from scheduler.engine import CronEngine, Fire
+from scheduler.ticker import CronTicker
+
+UTC = ZoneInfo("UTC")
+
+
+def every_second_engine(clock: Clock) -> CronEngine:
+    engine = CronEngine(clock.seconds())
+    engine.add(1, cron.parse("* * * * * *", UTC))
+    return engine
+
+
+def started(clock: Clock, seen: list[list[Fire]], lead: float = 0.0) -> CronTicker:
+    ticker = CronTicker(clock, every_second_engine(clock), seen.append, lead=lead)
+    ticker.startService()
+    return ticker
+
+
+def planned(clock: Clock) -> list[float]:
+    return [round(call.getTime(), 6) for call in clock.getDelayedCalls()]
+
+
+def scheduled(seen: list[list[Fire]]) -> list[list[float]]:
+    return [[fire.scheduled for fire in fires] for fires in seen]
+
+
+def test_ticks_land_on_whole_seconds_however_late_each_runs() -> None:
+    clock = Clock()
+    clock.advance(1000.25)
+    seen: list[list[Fire]] = []
+    ticker = started(clock, seen)
+    assert planned(clock) == [1001.0]
+    # Each tick runs 2 ms late; the next one is still aimed at the second.
+    for second in (1001, 1002, 1003):
+        clock.advance(second + 0.002 - clock.seconds())
+        assert ticker.lag == pytest.approx(0.002)
+        assert planned(clock) == [second + 1.0]
+    assert scheduled(seen) == [[1001.0], [1002.0], [1003.0]]
+    assert ticker.ticks == 3
+
+
+def test_lead_hands_on_a_second_ahead_of_it() -> None:
+    clock = Clock()
+    clock.advance(1000.25)
+    seen: list[list[Fire]] = []
+    ticker = started(clock, seen, lead=0.05)
+    assert planned(clock) == [1000.95]
+    clock.advance(0.7)
+    assert scheduled(seen) == [[1001.0]]
+    assert ticker.lag == 0.0
+    assert planned(clock) == [1001.95]
+
+
+def test_a_start_inside_the_lead_serves_the_second_after() -> None:
+    clock = Clock()
+    clock.advance(1000.97)
+    started(clock, [], lead=0.05)
+    assert planned(clock) == [1001.95]
+
+
+def test_a_stall_becomes_one_catch_up_tick() -> None:
+    clock = Clock()
+    clock.advance(1000.5)
+    seen: list[list[Fire]] = []
+    ticker = started(clock, seen)
+    clock.advance(3.7)  # the reactor was blocked from 1000.5 to 1004.2
+    assert scheduled(seen) == [[1001.0, 1002.0, 1003.0, 1004.0]]
+    assert ticker.lag == pytest.approx(3.2)
+    assert planned(clock) == [1005.0]  # on time again, no burst of ticks
+    clock.advance(0.8)
+    assert scheduled(seen)[1:] == [[1005.0]]
+
+
+def test_a_failing_handler_does_not_stop_the_ticks() -> None:
+    clock = Clock()
+    calls: list[float] = []
+
+    def broken(fires: list[Fire]) -> None:
+        calls.append(clock.seconds())
+        raise RuntimeError("boom")
+
+    ticker = CronTicker(clock, every_second_engine(clock), broken)
+    ticker.startService()
+    clock.pump([1.0] * 3)
+    assert calls == [1.0, 2.0, 3.0]
+    assert ticker.running
+
+
+def test_stop_cancels_the_next_tick() -> None:
+    clock = Clock()
+    ticker = started(clock, [])
+    ticker.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_lead_must_be_shorter_than_the_interval() -> None:
+    with pytest.raises(ValueError, match="lead"):
+        CronTicker(Clock(), CronEngine(0.0), lambda fires: None, lead=1.0)
