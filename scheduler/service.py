@@ -12,7 +12,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
 from scheduler.cron import iso
@@ -21,6 +20,7 @@ from scheduler.engine import CronEngine, Fire, missed_times
 from scheduler.feed import EventHub
 from scheduler.http_api import SchedulerHTTP
 from scheduler.http_guard import Guard, limited_requests
+from scheduler.http_log import LoggingSite
 from scheduler.jobbook import JobBook
 from scheduler.jobs import Job, JobStatus
 from scheduler.jobstore import JobStore
@@ -176,7 +176,7 @@ class SchedulerService(MultiService):
         # The API takes JSON only.  Without this, Twisted parses every POST's
         # Content-Type with the email package, looking for a form to decode
         # into request.args: 7 % of the scheduler's CPU per submitted job.
-        site = Site(self.guard, parsePOSTFormSubmission=False)
+        site = LoggingSite(self.guard, target=settings.access_log, parsePOSTFormSubmission=False)
         site.noisy = False
         site.requestFactory = limited_requests(settings.http_max_body)
         self.http_limits = ConnectionLimits(

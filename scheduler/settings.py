@@ -33,6 +33,7 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     allowed_hosts: set[str] = field(default_factory=set)
+    access_log: str = "-"  # the main log; "none", or a file of its own
     # Jobs.
     lost_after: float = 90.0
     queue_limit: int = 10_000
@@ -71,6 +72,7 @@ class Settings:
             ping_interval=options["ping-interval"],
             ping_timeout=options["ping-timeout"],
             allowed_hosts=options["allowed-hosts-set"],
+            access_log=options["access-log"],
             lost_after=options["lost-after"],
             queue_limit=options["queue-limit"],
             output_cap=options["output-cap"],

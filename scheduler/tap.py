@@ -11,6 +11,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from scheduler.cron import local_zone
+from scheduler.http_log import check_target
 
 
 def _zone(name: str) -> tzinfo:
@@ -54,6 +55,7 @@ class Options(usage.Options):
         ["tcp-idle-timeout", None, 300.0, "Seconds an idle TCP SESSION connection stays open.", _positive],
         ["tcp-max-line", None, 32768, "Longest TCP command line, in bytes.", _positive_int],
         ["jobs-db", None, None, "SQLite database of job history (default: jobs.sqlite beside the tasks file)."],
+        ["access-log", None, "-", "HTTP access log: '-' for the main log, 'none', or a file of its own (rotated at 10 MB, 5 kept)."],
         ["lost-after", None, 90.0, "Seconds a disconnected worker has to come back before its jobs are lost.", _positive],
         ["queue-limit", None, 10000, "Most jobs waiting for a worker; more are refused with an error.", _positive_int],
         ["output-cap", None, 1048576, "Bytes of output kept per job (the oldest are dropped first).", _positive_int],
@@ -79,6 +81,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["tz"] = _zone(self["timezone"]) if self["timezone"] else local_zone()
+        try:
+            check_target(self["access-log"])
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
         extra = {name.strip().lower() for name in (self["allowed-hosts"] or "").split(",") if name.strip()}
         self["allowed-hosts-set"] = extra
 

@@ -1,0 +1,67 @@
+"""Where the HTTP access log goes: one combined-log-format line per request.
+
+Twisted's ``Site`` writes its access log into the main log through the
+legacy ``log.logfile`` file object, so each line carried a second timestamp
+and the system ``twisted.python.log``.  Here the line is an ordinary event
+of the ``scheduler.http`` namespace, or goes to a file of its own (busy API
+users may want it apart from the scheduler's own log), or nowhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.logfile import LogFile
+from twisted.web.http import combinedLogFormatter
+from twisted.web.server import Site
+
+__all__ = ["MAIN_LOG", "NO_LOG", "LoggingSite", "check_target"]
+
+MAIN_LOG = "-"
+NO_LOG = "none"
+
+# A file of its own rotates at this size, keeping this many old files.
+ROTATE_BYTES = 10 * 1024 * 1024
+KEEP_FILES = 5
+
+_log = Logger(namespace="scheduler.http")
+
+
+def check_target(target: str) -> str:
+    """The ``--access-log`` value, or ValueError saying why it cannot be used."""
+    if target in (MAIN_LOG, NO_LOG):
+        return target
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--access-log {target}: the folder {folder} does not exist")
+    return target
+
+
+class LoggingSite(Site):  # type: ignore[misc]
+    """A ``Site`` whose access log goes where ``--access-log`` says.
+
+    *target* is ``"-"`` for the main log, ``"none"`` for no access log, or
+    the path of a file of its own, rotated at 10 MB with 5 old files kept.
+    """
+
+    def __init__(self, resource: Any, *, target: str = MAIN_LOG, **kwargs: Any) -> None:
+        path = None if target in (MAIN_LOG, NO_LOG) else target
+        super().__init__(resource, logPath=path, **kwargs)
+        self._target = target
+
+    def _openLogFile(self, path: str | bytes) -> LogFile:
+        # HTTPFactory's hook for this; its default file never rotates.
+        name = os.fsdecode(path)
+        return LogFile(
+            os.path.basename(name), os.path.dirname(name), rotateLength=ROTATE_BYTES, maxRotatedFiles=KEEP_FILES
+        )
+
+    def log(self, request: Any) -> None:
+        if self._target == NO_LOG:
+            return
+        if self._target == MAIN_LOG:
+            _log.info("{line}", line=combinedLogFormatter(self._logDateTime, request))
+            return
+        super().log(request)
