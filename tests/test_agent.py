@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -387,6 +388,20 @@ def test_run_streams_started_output_and_finished(h: Harness) -> None:
         output_msg(18, 1, "hello\n"),
         output_msg(18, 2, "oops\n", "stderr"),
         finished_msg(18, 2),
+    ]
+
+
+def test_one_log_line_per_job_says_how_it_ended(h: Harness, logged: list[dict[str, Any]]) -> None:
+    h.connect()
+    logged.clear()
+    h.run(18)
+    assert agent_events(logged, LogLevel.info) == []
+    h.runs.last.end(0)
+    h.run(19)
+    h.runs.last.end(None, signal=signal.SIGKILL, cancelled=True)
+    assert agent_events(logged, LogLevel.info) == [
+        "job 18 (pid 4000) ended after 1.500 s: exit code 0",
+        "job 19 (pid 4001) ended after 1.500 s: cancelled (killed by SIGKILL)",
     ]
 
 
