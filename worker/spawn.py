@@ -10,8 +10,8 @@ against 0.8 ms of CPU for a ``true`` job run by ``xargs``).
 So on a POSIX reactor the child is started with ``posix_spawn(...,
 setsid=True)``: one exec, and the session exists before the shell runs.
 Twisted already uses ``posix_spawnp`` for plain children; ``_SessionProcess``
-repeats that path with ``setsid=True`` added.  It leans on three private
-helpers of ``twisted.internet.process``; should a Twisted release drop them,
+repeats that path with ``setsid=True`` added.  It leans on four private
+names in ``twisted.internet.process``; should a Twisted release drop them,
 or the reactor not be a POSIX one (a test's fake), the ``setsid`` binary is
 used, then a tiny Python shim, as before.
 """
@@ -134,8 +134,8 @@ def spawn_in_session(
     """Run *argv* (an absolute path first) as a new session's leader.
 
     The child's stdout and stderr are pipes to *protocol*, and its stdin
-    reads /dev/null.  Raises what
-    spawning raises (ENOENT, a NUL in an argument...), or NoLauncher.
+    reads /dev/null.  Raises what spawning raises (ENOENT, a NUL in an
+    argument...), or NoLauncher.
     """
     if _DIRECT and isinstance(reactor, PosixReactorBase):
         _SessionProcess(reactor, argv[0], list(argv), dict(env), None, protocol, None, None, _child_fds())
