@@ -100,9 +100,6 @@ class Dispatcher:
         self._tails: dict[int, _Tail] = {}
         # Placed on a worker, waiting for the record to commit before `run`.
         self._unsent: set[int] = set()
-        # Of those, the ones committed before their scheduled time: the
-        # timer that sends `run` on the second.
-        self._held: dict[int, IDelayedCall] = {}
         self.output_listeners: list[OutputListener] = []
         # Feeds the metrics: how late jobs start, and how they end.
         self.started_listeners: list[Callable[[Job, float], None]] = []
@@ -244,24 +241,23 @@ class Dispatcher:
 
         def send(_: object) -> None:
             # After the commit: a scheduler that dies now still knows the job.
-            self._held.pop(job.id, None)
             if job.id not in self._unsent:
                 return  # cancelled, lost or failed in the meantime
+            self._unsent.discard(job.id)
+            fields: dict[str, Any] = {
+                "job": job.id,
+                "command": job.command,
+                "env": dict(job.env),
+                "cwd": job.cwd,
+                "timeout": job.timeout,
+            }
             early = (job.scheduled_at or 0.0) - self._clock.seconds()
             if early > 0:
-                # Fired ahead of its time (see CronTicker's lead): recorded
-                # and placed already, it goes out on its second, not before.
-                self._held[job.id] = self._clock.callLater(early, send, None)
-                return
-            self._unsent.discard(job.id)
-            worker.link.send(
-                "run",
-                job=job.id,
-                command=job.command,
-                env=dict(job.env),
-                cwd=job.cwd,
-                timeout=job.timeout,
-            )
+                # Fired ahead of its second (see CronTicker's lead): the worker
+                # waits this long, so the job starts on the second, not before,
+                # and the transit to the worker is off the critical path.
+                fields["delay"] = round(early, 6)
+            worker.link.send("run", **fields)
 
         self._recorder.put(job).addCallbacks(send, lambda failure: self._not_recorded(job.id, failure))
 
@@ -524,11 +520,10 @@ class Dispatcher:
         return any(job.task_id == task_id for job in self.jobs)
 
     def stop(self) -> None:
-        for timer in [*self._lost_timers.values(), *self._retry_timers.values(), *self._held.values()]:
+        for timer in [*self._lost_timers.values(), *self._retry_timers.values()]:
             if timer.active():
                 timer.cancel()
         self._lost_timers.clear()
         self._retry_timers.clear()
-        self._held.clear()
 
 

@@ -71,7 +71,7 @@ class SchedulerService(MultiService):
         book = TaskBook.from_records(settings.tz, records)
         del records
         self.engine = CronEngine(clock.seconds())
-        self.state = TaskState(book, self.store, self.engine)
+        self.state = TaskState(book, self.store, self.engine, clock)
         release_free_memory()
 
         jobs_db = settings.jobs_db or os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")

@@ -405,6 +405,38 @@ def test_one_log_line_per_job_says_how_it_ended(h: Harness, logged: list[dict[st
     ]
 
 
+def test_a_run_with_a_delay_starts_on_its_second(h: Harness) -> None:
+    h.connect()
+    assert h.run(18, delay=0.04) == []
+    run = h.runs.last
+    assert not run.started
+    assert h.agent.running == 1  # the slot is taken while it waits
+    h.clock.advance(0.039)
+    assert not run.started
+    h.clock.advance(0.001)
+    assert run.started
+    assert h.link.take() == [{"type": "started", "job": 18, "pid": 4000, "at": pytest.approx(h.clock.seconds())}]
+
+
+def test_a_run_cancelled_before_its_second_never_starts(h: Harness) -> None:
+    h.connect()
+    h.run(18, delay=0.04)
+    run = h.runs.last
+    h.receive("cancel", job=18)
+    assert run.cancels == 1
+    run.end(None, cancelled=True)  # as JobRun.cancel() does before a start
+    h.clock.advance(1)
+    assert not run.started
+    assert [m["type"] for m in h.link.take()] == ["finished"]
+
+
+def test_a_run_delay_out_of_bounds_is_refused(h: Harness) -> None:
+    h.connect()
+    (error,) = h.run(18, delay=60)
+    assert (error["type"], error["reason"]) == ("error", "field 'delay' must be at most 5 seconds")
+    assert h.runs.made == []
+
+
 def test_run_fields_default_and_relative_cwd_is_under_workdir(h: Harness) -> None:
     h.connect()
     h.run(1)

@@ -339,29 +339,16 @@ def test_a_job_keeps_what_it_was_created_with() -> None:
     assert book.update(job, status=JobStatus.RUNNING, worker="w1").worker == "w1"
 
 
-def test_a_fire_ahead_of_its_second_is_placed_now_and_sent_on_the_second() -> None:
+def test_a_fire_ahead_of_its_second_is_sent_with_the_delay_to_wait() -> None:
     world = World()
-    _, link = world.connect("w1")
+    _, link = world.connect("w1", slots=2)
     task = world.task()
     second = world.clock.seconds() + 0.05
-    (job,) = world.dispatcher.fire(task, second)
-    world.clock.advance(0)  # the record commits
-    assert world.jobs.get(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
-    assert link.runs() == []
-    world.clock.advance(0.049)
-    assert link.runs() == []
-    world.clock.advance(0.001)
-    assert link.runs() == [job.id]
-
-
-def test_a_held_run_is_not_sent_once_cancelled() -> None:
-    world = World()
-    _, link = world.connect("w1")
-    (job,) = world.dispatcher.fire(world.task(), world.clock.seconds() + 0.05)
+    (job,) = world.dispatcher.fire(task, second)  # NoRecorder: committed at once
+    (run,) = [message for message in link.sent if message["type"] == "run"]
+    assert run["job"] == job.id
+    assert run["delay"] == pytest.approx(0.05)
+    # A fire on time, or late, carries no delay.
+    (late,) = world.dispatcher.fire(world.task(2), world.clock.seconds() - 1)
     world.clock.advance(0)
-    world.dispatcher.cancel(job.id)
-    world.clock.advance(1)
-    assert link.runs() == []
-    assert world.ended[-1].status is JobStatus.CANCELLED
-    world.dispatcher.stop()
-    assert world.clock.getDelayedCalls() == []
+    assert "delay" not in link.sent[-1] and link.sent[-1]["job"] == late.id

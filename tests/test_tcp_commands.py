@@ -214,3 +214,20 @@ def test_piped_changes_share_one_write_and_answer_in_order(tmp_path: Path) -> No
     assert [line.split("\t")[0] for line in lines[4:6]] == ["2", "3"]
     assert lines[6:] == ["OK 2 tasks", "PONG"]
     assert (tmp_path / "tasks.db").read_text().count("\n") == 2
+
+
+def test_load_trims_the_heap_on_the_next_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The records a LOAD parsed are freed only when the load's callbacks
+    # unwind; trimming before that would keep them resident.
+    trims: list[float] = []
+    clock = Clock()
+    monkeypatch.setattr("scheduler.state.release_free_memory", lambda: trims.append(clock.seconds()))
+    (tmp_path / "tasks.db").write_text('{"id": 1, "jobName": "a", "schedule": "@daily", "command": "true"}\n')
+    pool = ManualPool()
+    store = FlatFileTaskStore(str(tmp_path / "tasks.db"), UTC, pool, InlineReactor())  # type: ignore[arg-type]
+    state = TaskState(TaskBook(UTC), store, CronEngine(0), clock)
+    loaded = state.load()
+    pool.run_all()
+    assert loaded.called and trims == []
+    clock.advance(0)
+    assert trims == [0.0]

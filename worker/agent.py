@@ -64,6 +64,10 @@ DEFAULT_OUTPUT_BUFFER = 1024 * 1024
 # buffer without bound.
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
+# The scheduler sends a cron fire's run up to 50 ms ahead of its second,
+# with the delay to wait; a far larger one would hold a slot for nothing.
+MAX_START_DELAY = 5.0
+
 # Until the welcome, the protocol allows the worker to send nothing but its
 # hello, so these are the only messages it acts on before then.
 _HANDSHAKE_TYPES = frozenset({"welcome", "refused"})
@@ -251,6 +255,7 @@ class _Job:
     run: RunHandle | None = None
     seq: int = 0  # last output chunk produced
     pid: int | None = None  # once started
+    start_call: IDelayedCall | None = None  # a start on its second, pending
     result: RunResult | None = None
     # Whether the scheduler on the current connection wants to hear about
     # this job; otherwise sends for it only go to the buffer.
@@ -588,6 +593,9 @@ class WorkerAgent:
         env = _optional_env(message, "env")
         cwd = _optional_str(message, "cwd")
         timeout = _optional_duration(message, "timeout")
+        delay = _optional_duration(message, "delay") or 0.0
+        if delay > MAX_START_DELAY:
+            raise _Malformed(f"field 'delay' must be at most {MAX_START_DELAY:g} seconds")
         if job_id in self._jobs:
             _agent_log.warn("ignoring run for job {job}: this worker already has it", job=job_id)
             return
@@ -614,6 +622,18 @@ class WorkerAgent:
         self._jobs[job_id] = job
         self._running.add(job)
         run.finished.addCallback(self._on_run_ended, job).addErrback(self._on_run_failed, job)
+        if delay > 0:
+            # A cron fire sent ahead of its second: the slot is taken now,
+            # the command starts on the second.
+            job.start_call = self._clock.callLater(delay, self._start, job)
+        else:
+            self._start(job)
+
+    def _start(self, job: _Job) -> None:
+        job.start_call = None
+        run = job.run
+        if run is None or job.result is not None:
+            return  # cancelled while it waited
         run.start()
         # A command that could not even be spawned has already finished
         # (exit 127, reason on stderr): the protocol sends no started then.
@@ -621,7 +641,7 @@ class WorkerAgent:
             # No log line here: one per job, at its end, is what an operator
             # reads, and a second cost ~10 % of the agent's CPU for short jobs.
             job.pid = run.pid
-            self._send_for(job, "started", job=job_id, pid=run.pid, at=self._clock.seconds())
+            self._send_for(job, "started", job=job.id, pid=run.pid, at=self._clock.seconds())
 
     def _on_cancel(self, message: dict[str, Any]) -> None:
         job = self._jobs.get(_int_field(message, "job"))
@@ -657,6 +677,9 @@ class WorkerAgent:
         self._send_for(job, "output", job=job.id, stream=stream, seq=chunk.seq, data=text)
 
     def _on_run_ended(self, result: RunResult, job: _Job) -> None:
+        if job.start_call is not None and job.start_call.active():
+            job.start_call.cancel()  # cancelled before its start
+        job.start_call = None
         self._running.discard(job)
         if not job.forgotten:
             job.result = result
