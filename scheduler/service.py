@@ -310,9 +310,10 @@ class SchedulerService(MultiService):
             "running": self.jobs.count(JobStatus.RUNNING),
         }
 
-    # Seconds ahead of its second that a tick records and places the jobs
-    # due on it; their `run` still goes out on the second.  A burst of 50
-    # fires takes 3-6 ms to record and commit on a busy 2-core machine.
+    # Seconds ahead of its second that a tick records, places and sends the
+    # jobs due on it; the workers wait for the second to start them.  A
+    # burst of 50 fires takes 3-6 ms to record and commit, and 4-5 ms more
+    # to send, on a busy 2-core machine.
     FIRE_LEAD = 0.05
 
     # A tick with more fires than this logs one summary line, not one line

@@ -20,11 +20,12 @@ class CronTicker(Service):
     Each tick is aimed at a whole second (a multiple of ``interval``) on its
     own, so one late tick does not make the next late, and runs ``lead``
     seconds ahead of it, handing on what is due *at* that second.  The lead
-    hides the time a burst of fires takes to record and place, and the
-    reactor's wake-up latency: the dispatcher holds each job's ``run`` until
-    its second, so nothing starts early, and a burst's jobs start on the
-    second rather than some milliseconds after it.  ``lag`` records how
-    late the last tick ran after its planned time, for the metrics.
+    hides the time a burst of fires takes to record, place and send, and the
+    reactor's wake-up latency: each ``run`` carries the delay left until its
+    second, which the worker waits, so nothing starts early and a burst's
+    jobs start on the second rather than some milliseconds after it.
+    ``lag`` records how late the last tick ran after its planned time, for
+    the metrics.
     """
 
     def __init__(
