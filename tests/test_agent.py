@@ -399,9 +399,12 @@ def test_one_log_line_per_job_says_how_it_ended(h: Harness, logged: list[dict[st
     h.runs.last.end(0)
     h.run(19)
     h.runs.last.end(None, signal=signal.SIGKILL, cancelled=True)
+    h.runs.spawn_fails = True
+    h.run(20)
     assert agent_events(logged, LogLevel.info) == [
         "job 18 (pid 4000) ended after 1.500 s: exit code 0",
         "job 19 (pid 4001) ended after 1.500 s: cancelled (killed by SIGKILL)",
+        "job 20 (never started) ended after 1.500 s: exit code 127",
     ]
 
 

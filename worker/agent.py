@@ -266,7 +266,7 @@ class _Job:
 
 
 def _outcome(result: RunResult) -> str:
-    """How a run ended, for the log: "exit code 0", "timed out (SIGTERM)"..."""
+    """How a run ended, for the log: "exit code 0", "timed out (killed by SIGTERM)"..."""
     if result.signal is not None:
         ending = f"killed by {_signal_name(result.signal)}"
     else:
@@ -684,9 +684,9 @@ class WorkerAgent:
         if not job.forgotten:
             job.result = result
             _agent_log.info(
-                "job {job} (pid {pid}) ended after {seconds:.3f} s: {outcome}",
+                "job {job} ({process}) ended after {seconds:.3f} s: {outcome}",
                 job=job.id,
-                pid=job.pid,
+                process="never started" if job.pid is None else f"pid {job.pid}",
                 seconds=result.finished_at - result.started_at,
                 outcome=_outcome(result),
             )
