@@ -559,7 +559,6 @@ def test_spawn_arguments() -> None:
     assert clock.getDelayedCalls() == []  # no timeout requested, no timer
 
 
-
 @pytest.mark.parametrize("cwd", [None, ".", os.getcwd()])
 def test_job_in_own_directory_needs_no_cd(cwd: str | None) -> None:
     clock = _SpawnClock()
@@ -573,6 +572,7 @@ def test_job_elsewhere_gets_cd_wrapper(tmp_path: Path) -> None:
     JobRun(cast(RunnerReactor, clock), "echo hi", Output(), cwd=str(tmp_path)).start()
     (call,) = clock.spawned
     assert call["args"][-6:] == ["/bin/sh", "-c", runner._CD_THEN_RUN, "/bin/sh", str(tmp_path), "echo hi"]
+
 
 def test_timeout_sends_sigterm_then_sigkill(
     signals: list[tuple[str, int, int]],
