@@ -460,6 +460,13 @@ function onJob(job) {
   }
 }
 
+// What the Started column says before a job has started: queued, or sent
+// to its worker, which starts a cron job on its second (up to 50 ms later).
+function notStarted(status, queuedText) {
+  if (status === 'queued') return queuedText;
+  return status === 'running' ? 'starting' : '—';
+}
+
 function jobRow(job) {
   const row = h('tr', {class: 'job-row', 'data-id': job.id, 'data-status': job.status},
     h('td', {'data-label': 'Job'}, h('a', {href: `#/jobs/${job.id}`, 'aria-label': `Job ${job.id}`}, `#${job.id}`)),
@@ -467,7 +474,7 @@ function jobRow(job) {
     h('td', {'data-label': 'Command', class: 'cmd'}, h('code', {title: job.command}, job.command)),
     h('td', {'data-label': 'Worker'}, job.worker ? job.worker : h('span', {class: 'muted'}, '—')),
     h('td', {'data-label': 'Duration', class: 'num'}, formatDuration(job.duration)),
-    h('td', {'data-label': 'Started'}, timeEl(job.startedAt, job.status === 'queued' ? 'waiting' : '—')));
+    h('td', {'data-label': 'Started'}, timeEl(job.startedAt, notStarted(job.status, 'waiting'))));
   row.addEventListener('click', (event) => {
     if (event.target.closest('a')) return;
     location.hash = `#/jobs/${job.id}`;
@@ -624,7 +631,7 @@ function renderJobDetails(data) {
     data.attempt > 1 && ['Attempt', String(data.attempt)],
     ['Created', timeEl(data.createdAt)],
     data.scheduledAt && ['Scheduled for', timeEl(data.scheduledAt)],
-    ['Started', timeEl(data.startedAt, data.status === 'queued' ? 'waiting for a worker' : '—')],
+    ['Started', timeEl(data.startedAt, notStarted(data.status, 'waiting for a worker'))],
     ['Finished', timeEl(data.finishedAt, FINAL.has(data.status) ? '—' : 'still running')],
     ['Duration', formatDuration(data.duration)],
     data.timeout !== null && data.timeout !== undefined && ['Timeout', `${data.timeout} s`],
