@@ -175,7 +175,8 @@ class SchedulerService(MultiService):
         )
         # The API takes JSON only.  Without this, Twisted parses every POST's
         # Content-Type with the email package, looking for a form to decode
-        # into request.args: 7 % of the scheduler's CPU per submitted job.
+        # into request.args: 7 % of the scheduler's time per submitted job
+        # in a profile.
         site = LoggingSite(self.guard, target=settings.access_log, parsePOSTFormSubmission=False)
         site.noisy = False
         site.requestFactory = limited_requests(settings.http_max_body)
