@@ -27,19 +27,27 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Wait until *port* accepts connections (event: a successful connect)."""
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0, log: Path | None = None) -> None:
+    """Wait until *port* accepts connections (event: a successful connect).
+
+    A failure quotes *log*, the process's output, when it is given.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}")
+            raise RuntimeError(f"process exited with {process.returncode}{log_text(log)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             # Poll the connect itself: the listener appears when startup is done.
             time.sleep(0.05)
-    raise TimeoutError(f"port {port} never opened")
+    raise TimeoutError(f"port {port} never opened{log_text(log)}")
+
+
+def log_text(log: Path | None) -> str:
+    """*log*'s content, to end an error message with; nothing without one."""
+    return "" if log is None else f":\n{log.read_text(errors='replace')}"
 
 
 class Scheduler:
@@ -97,7 +105,8 @@ def start_scheduler(
     return Scheduler(workdir, process, tcp, http)
 
 
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    """Stop *process* with *sig* (SIGKILL after 15 s); its exit status."""
     if process.poll() is None:
         process.send_signal(sig)
         try:
@@ -105,6 +114,7 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    return process.returncode
 
 
 @contextmanager

@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import scheduler.tap
 import worker.tap
 from scheduler.access import is_loopback
 from scheduler.settings import Settings
+from tests.e2e import free_port, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -366,37 +366,6 @@ def test_other_commands_run_as_given(fake_twistd: Path, tmp_path: Path) -> None:
 # -- the image's command, for real --------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"port {port} never opened:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
 def stopped_cleanly(process: subprocess.Popen[bytes], log: Path) -> None:
     # twistd ends a SIGTERM shutdown by re-raising the signal (docker: 143), which
     # systemd and docker count as a clean stop.
@@ -440,8 +409,8 @@ def test_image_command_starts_and_answers_health(tmp_path: Path) -> None:
     process, tcp, http, log = start_image_command(data, SECRETS_DIR=str(secrets))
     worker_process = None
     try:
-        wait_for_port(tcp, process, log)
-        wait_for_port(http, process, log)
+        wait_for_port(tcp, process, timeout=15.0, log=log)
+        wait_for_port(http, process, timeout=15.0, log=log)
         base = f"http://127.0.0.1:{http}"
         # Without a token: just the status, as the healthcheck and load balancers see it.
         assert get(base + "/api/health") == (200, {"status": "ok"})
@@ -489,7 +458,7 @@ def test_image_command_with_tokens_from_the_environment(tmp_path: Path) -> None:
            "SCHEDULER_WORKER_TOKEN": TOKENS["worker_token"], "SECRETS_DIR": str(tmp_path / "none")}
     process, _, http, log = start_image_command(tmp_path / "data", **env)
     try:
-        wait_for_port(http, process, log)
+        wait_for_port(http, process, timeout=15.0, log=log)
         code, body = get(f"http://127.0.0.1:{http}/api/health", token=TOKENS["api_token"])
         assert code == 200 and body["status"] == "ok" and "version" in body
     finally:
