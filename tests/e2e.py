@@ -19,6 +19,19 @@ T = TypeVar("T")
 # The twistd of the interpreter running the tests (the project venv).
 TWISTD = [str(Path(sys.executable).with_name("twistd"))]
 
+# A scheduler in the foreground on ports the system picks: for runs that
+# must stop at start-up, where no one connects.
+SCHEDULER_ON_ANY_PORTS = [
+    *TWISTD,
+    "--pidfile=",
+    "-n",
+    "scheduler",
+    "--tcp",
+    "tcp:0:interface=127.0.0.1",
+    "--http",
+    "tcp:0:interface=127.0.0.1",
+]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import TWISTD, scheduler, start_scheduler, stop
+from tests.e2e import SCHEDULER_ON_ANY_PORTS, scheduler, start_scheduler, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 NC = shutil.which("nc")
@@ -73,7 +73,7 @@ def test_broken_tasks_file_stops_startup_and_is_left_alone(tmp_path: Path) -> No
     content = b'{"schedule": "* * * * *", "command": "ok", "jobName": "task_1"}\n{"schedule": "* *\n'
     (tmp_path / "tasks.db").write_bytes(content)
     done = subprocess.run(
-        [*TWISTD, "--pidfile=", "-n", "scheduler", "--tcp", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1"],
+        SCHEDULER_ON_ANY_PORTS,
         cwd=tmp_path,
         capture_output=True,
         timeout=60,

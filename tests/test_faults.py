@@ -36,6 +36,7 @@ import pytest
 
 from scheduler.service import SchedulerService
 from tests.e2e import (
+    SCHEDULER_ON_ANY_PORTS,
     TWISTD,
     Scheduler,
     http_json,
@@ -359,7 +360,7 @@ def test_a_broken_tasks_file_stops_startup_and_is_left_alone(tmp_path: Path) -> 
         folder.mkdir()
         (folder / "tasks.db").write_bytes(content)
         runs[name] = subprocess.Popen(
-            [*TWISTD, "--pidfile=", "-n", "scheduler", "--tcp", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1"],
+            SCHEDULER_ON_ANY_PORTS,
             cwd=folder,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -411,7 +412,7 @@ def test_a_pathological_line_stops_startup_with_its_line_number(tmp_path: Path, 
     content = _good_line(1) + line + _good_line(3)
     (tmp_path / "tasks.db").write_bytes(content)
     done = subprocess.run(
-        [*TWISTD, "--pidfile=", "-n", "scheduler", "--tcp", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1"],
+        SCHEDULER_ON_ANY_PORTS,
         cwd=tmp_path,
         capture_output=True,
         timeout=60,
