@@ -630,10 +630,11 @@ class WorkerAgent:
             self._start(job)
 
     def _start(self, job: _Job) -> None:
+        # A job that ends while it waits (a cancel) cancels this call, in
+        # _on_run_ended, so this runs only for a job still to start.
         job.start_call = None
         run = job.run
-        if run is None or job.result is not None:
-            return  # cancelled while it waited
+        assert run is not None
         run.start()
         # A command that could not even be spawned has already finished
         # (exit 127, reason on stderr): the protocol sends no started then.

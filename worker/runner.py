@@ -175,10 +175,9 @@ class JobRun(ProcessProtocol):
         self._started = True
         self._started_at = self._reactor.seconds()
 
-        cwd = self._cwd
-        if cwd is not None and os.path.abspath(cwd) != os.getcwd():
-            # Absolute so CDPATH in the job's environment cannot redirect `cd`.
-            cwd = os.path.abspath(cwd)
+        # Absolute so CDPATH in the job's environment cannot redirect `cd`.
+        cwd = None if self._cwd is None else os.path.abspath(self._cwd)
+        if cwd is not None and cwd != os.getcwd():
             # Checked here for a clear message; the shell's `cd` still backs
             # this up (exit 127) if the directory vanishes in between.
             if not os.path.isdir(cwd):
