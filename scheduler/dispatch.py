@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from scheduler.cron import iso
 from scheduler.jobbook import JobBook
-from scheduler.jobs import Job, JobStatus, fire_key
+from scheduler.jobs import Job, JobStatus
 from scheduler.tasks import Task
 from scheduler.workers import Worker, WorkerRegistry
 
@@ -112,9 +112,9 @@ class Dispatcher:
 
     def fire(self, task: Task, scheduled: float) -> list[Job]:
         """Jobs for one cron fire of *task* (none if skipped or already run)."""
-        if self.jobs.seen(fire_key(task.id, scheduled)):
+        if self.jobs.seen(task.id, scheduled):
             return []
-        if task.options.overlap == "skip" and self._active_for(task.id):
+        if task.options.overlap == "skip" and self.jobs.active_for(task.id):
             self.jobs.mark_fired(task.id, scheduled)
             log.info(
                 "{job_name}: previous run still going, skipping the run due at {when}",
@@ -228,10 +228,7 @@ class Dispatcher:
         task = self._task(job.task_id)
         if task is None or task.options.overlap != "queue":
             return False
-        return any(
-            other.task_id == job.task_id and other.status is JobStatus.RUNNING
-            for other in self.jobs
-        )
+        return self.jobs.running_for(job.task_id)
 
     def _dispatch(self, job: Job, worker: Worker) -> None:
         worker.running.add(job.id)
@@ -515,9 +512,6 @@ class Dispatcher:
     def last_seq(self, job_id: int) -> int:
         tail = self._tails.get(job_id)
         return 0 if tail is None else tail.last_seq
-
-    def _active_for(self, task_id: int) -> bool:
-        return any(job.task_id == task_id for job in self.jobs)
 
     def stop(self) -> None:
         for timer in [*self._lost_timers.values(), *self._retry_timers.values()]:

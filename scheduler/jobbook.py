@@ -1,31 +1,107 @@
-"""The jobs still in play (queued or running), and the fires already seen."""
+"""The jobs still in play (queued or running), and the fires lately seen."""
 
 from __future__ import annotations
 
+import heapq
+import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus, fire_key
+from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus, fire_key, parse_fire_key
 
 log = Logger()
 
 JobListener = Callable[[Job], None]
+#: Does the job history hold a run of (task id, scheduled time)?
+FireLookup = Callable[[int, float], bool]
+
+
+class FiredTimes:
+    """The (task, scheduled time) pairs handled within the last *horizon* seconds.
+
+    The cron engine hands out each time once; what can bring a time back is
+    a late tick catching up (bounded by the engine's catch-up window, well
+    inside the horizon), the missed runs at start-up, and a clock stepped
+    back.  The last two bring old times, which *recorded* (the job history)
+    answers for; keeping every key in memory instead grew the scheduler by
+    ~150 bytes per fire, for ever.  Memory here is flat: at most a
+    horizon's worth of fires, one int per fire in a set per scheduled time.
+    """
+
+    def __init__(self, clock: IReactorTime, horizon: float, recorded: FireLookup | None = None) -> None:
+        self._clock = clock
+        self.horizon = horizon
+        self._recorded = recorded
+        self._tasks_at: dict[float, set[int]] = {}
+        # The keys of _tasks_at, oldest first.
+        self._times: list[float] = []
+        # Times before this may have been forgotten: ask the job history.
+        self._forgotten_before = -math.inf
+
+    def __len__(self) -> int:
+        return sum(len(tasks) for tasks in self._tasks_at.values())
+
+    def seen(self, task_id: int, scheduled: float) -> bool:
+        tasks = self._tasks_at.get(scheduled)
+        if tasks is not None and task_id in tasks:
+            return True
+        if scheduled < self._forgotten_before and self._recorded is not None:
+            return self._recorded(task_id, scheduled)
+        return False
+
+    def add(self, task_id: int, scheduled: float) -> None:
+        self._forget_old()
+        tasks = self._tasks_at.get(scheduled)
+        if tasks is None:
+            tasks = self._tasks_at[scheduled] = set()
+            heapq.heappush(self._times, scheduled)
+        tasks.add(task_id)
+
+    def forget_before(self, cutoff: float) -> None:
+        """Keep nothing older than *cutoff* (the job history still answers)."""
+        times = self._times
+        while times and times[0] < cutoff:
+            del self._tasks_at[heapq.heappop(times)]
+        self._forgotten_before = max(self._forgotten_before, cutoff)
+
+    def _forget_old(self) -> None:
+        # Amortised O(1): one comparison unless a second has aged out.
+        times = self._times
+        if times and times[0] < self._clock.seconds() - self.horizon:
+            self.forget_before(self._clock.seconds() - self.horizon)
 
 
 class JobBook:
-    """Active jobs by id, plus the idempotency keys of every recent fire.
+    """Active jobs by id (and by task), plus the fires lately handled.
 
     Finished jobs leave the book once recorded (the job store keeps them);
     ``fire`` refuses a second job for a (task, scheduled time) it has seen,
-    which is what makes each scheduled time run at most once.
+    which is what makes each scheduled time run at most once.  Everything
+    asked per fire or per dispatch (is this task active? running?) is an
+    index lookup, so a tick costs what is due, not what waits.
     """
 
-    def __init__(self, clock: IReactorTime, next_id: int = 1) -> None:
+    #: Seconds of fires kept in memory: the engine's 60 s catch-up window
+    #: with room to spare for a slow tick and records still being written.
+    FIRED_HORIZON = 300.0
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        next_id: int = 1,
+        *,
+        recorded: FireLookup | None = None,
+        horizon: float = FIRED_HORIZON,
+    ) -> None:
         self._clock = clock
         self._jobs: dict[int, Job] = {}
-        self._keys: set[str] = set()
+        self._by_task: dict[int, set[int]] = {}
+        self._running_by_task: Counter[int] = Counter()
+        self._by_status: Counter[JobStatus] = Counter()
+        self.fired = FiredTimes(clock, horizon, recorded)
         self._next_id = next_id
         self.listeners: list[JobListener] = []
 
@@ -39,22 +115,29 @@ class JobBook:
         return self._jobs.get(job_id)
 
     def count(self, status: JobStatus) -> int:
-        return sum(1 for job in self._jobs.values() if job.status is status)
+        return self._by_status[status]
 
-    def seen(self, key: str) -> bool:
-        return key in self._keys
+    def active_for(self, task_id: int) -> bool:
+        """Has *task_id* a job queued or running?"""
+        return task_id in self._by_task
+
+    def running_for(self, task_id: int) -> bool:
+        """Has *task_id* a job running (placed on a worker)?"""
+        return self._running_by_task[task_id] > 0
+
+    def seen(self, task_id: int, scheduled: float) -> bool:
+        return self.fired.seen(task_id, scheduled)
 
     def mark_fired(self, task_id: int, scheduled: float) -> None:
         """Record that a fire was handled without a job (e.g. skipped)."""
-        self._keys.add(fire_key(task_id, scheduled))
+        self.fired.add(task_id, scheduled)
 
     def fire(self, task_id: int, scheduled: float, command: str, **fields: object) -> Job | None:
         """A queued job for a cron fire, or None if that fire already ran."""
-        key = fire_key(task_id, scheduled)
-        if key in self._keys:
+        if self.fired.seen(task_id, scheduled):
             return None
-        self._keys.add(key)
-        return self.create(command, task_id=task_id, key=key, scheduled_at=scheduled, **fields)
+        self.fired.add(task_id, scheduled)
+        return self.create(command, task_id=task_id, key=fire_key(task_id, scheduled), scheduled_at=scheduled, **fields)
 
     def create(self, command: str, **fields: object) -> Job:
         job = Job(id=self._next_id, command=command, created_at=self._clock.seconds(), **fields)  # type: ignore[arg-type]
@@ -64,10 +147,12 @@ class JobBook:
 
     def put(self, job: Job) -> None:
         """Record a new state of *job*; a final one leaves the book."""
+        self._unindex(self._jobs.get(job.id))
         if job.status.final:
             self._jobs.pop(job.id, None)
         else:
             self._jobs[job.id] = job
+            self._index(job)
         for listener in self.listeners:
             # A failing observer (feed, metrics) must not stop a job's record.
             try:
@@ -83,9 +168,44 @@ class JobBook:
         self.put(changed)
         return changed
 
-    def restore(self, jobs: Iterable[Job], keys: set[str], max_id: int) -> None:
-        """Pick up where the last run of the scheduler left off."""
+    def restore(self, jobs: Iterable[Job], keys: Iterable[str], max_id: int, *, keys_since: float) -> None:
+        """Pick up where the last run of the scheduler left off.
+
+        *keys* are the fire keys recorded since *keys_since*; for older
+        times the job history answers.
+        """
         for job in jobs:
+            self._unindex(self._jobs.get(job.id))
             self._jobs[job.id] = job
-        self._keys |= keys
+            self._index(job)
+        for key in keys:
+            fire = parse_fire_key(key)
+            if fire is not None:
+                self.fired.add(*fire)
+        self.fired.forget_before(keys_since)
         self._next_id = max(self._next_id, max_id + 1)
+
+    def _index(self, job: Job) -> None:
+        self._by_status[job.status] += 1
+        if job.task_id is None:
+            return
+        self._by_task.setdefault(job.task_id, set()).add(job.id)
+        if job.status is JobStatus.RUNNING:
+            self._running_by_task[job.task_id] += 1
+
+    def _unindex(self, job: Job | None) -> None:
+        if job is None:
+            return
+        self._by_status[job.status] -= 1
+        if job.task_id is None:
+            return
+        ids = self._by_task.get(job.task_id)
+        if ids is not None:
+            ids.discard(job.id)
+            if not ids:
+                del self._by_task[job.task_id]
+        if job.status is JobStatus.RUNNING:
+            self._running_by_task[job.task_id] -= 1
+            if self._running_by_task[job.task_id] <= 0:
+                del self._running_by_task[job.task_id]
+

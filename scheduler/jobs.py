@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -56,3 +57,16 @@ class Job:
 
 def fire_key(task_id: int, scheduled: float) -> str:
     return f"{task_id}@{scheduled:.0f}" if scheduled == int(scheduled) else f"{task_id}@{scheduled}"
+
+
+# A fire key, then "/<worker>" for the other jobs of a target=all fire and
+# "#<attempt>" for retries: each names the fire it came from.
+_FIRE_KEY = re.compile(r"([0-9]+)@([0-9]+(?:\.[0-9]+)?)(?:[/#].*)?", re.DOTALL)
+
+
+def parse_fire_key(key: str) -> tuple[int, float] | None:
+    """The (task id, scheduled time) a job's key names, or None."""
+    match = _FIRE_KEY.fullmatch(key)
+    if match is None:
+        return None
+    return int(match[1]), float(match[2])

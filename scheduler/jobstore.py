@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus
+from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus, fire_key
 
 log = Logger()
 
@@ -308,6 +308,12 @@ class JobStore:
             'SELECT "key" FROM jobs WHERE scheduled_at >= ? AND "key" IS NOT NULL', (since,)
         )
         return {row[0] for row in rows}
+
+    def fired(self, task_id: int, scheduled: float) -> bool:
+        """Does the history hold a run of this fire?  A point lookup, run on the
+        caller's thread: the job book asks it only for times older than what
+        it keeps in memory (missed runs at start-up, a clock stepped back)."""
+        return bool(self._rows_now('SELECT 1 FROM jobs WHERE "key" = ?', (fire_key(task_id, scheduled),)))
 
     def last_scheduled(self) -> dict[int, float]:
         rows = self._rows_now(

@@ -85,14 +85,16 @@ class SchedulerService(MultiService):
         try:
             self.job_store.open()
             active = self.job_store.load_active()
-            # Keys of the last two days are plenty: older times never fire again.
-            keys = self.job_store.recent_keys(clock.seconds() - 2 * 86400)
+            # The job book keeps a horizon of fires in memory and asks the
+            # job store about older ones.
+            keys_since = clock.seconds() - JobBook.FIRED_HORIZON
+            keys = self.job_store.recent_keys(keys_since)
             self._last_scheduled = self.job_store.last_scheduled()
             max_id = self.job_store.max_job_id()
         except Exception as error:
             raise StartupError(f"cannot open the job database {jobs_db}: {error}") from None
-        self.jobs = JobBook(clock)
-        self.jobs.restore((job for job, _ in active), keys, max_id)
+        self.jobs = JobBook(clock, recorded=self.job_store.fired)
+        self.jobs.restore((job for job, _ in active), keys, max_id, keys_since=keys_since)
         self.workers = WorkerRegistry()
         self.dispatcher = Dispatcher(
             clock,
