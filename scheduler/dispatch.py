@@ -34,6 +34,10 @@ class JobNotFound(LookupError):
     pass
 
 
+class NotCurrent(JobNotFound):
+    """A report from a connection that no longer holds its worker's name."""
+
+
 class JobConflict(Exception):
     """The job is in a state that does not allow the request."""
 
@@ -317,7 +321,17 @@ class Dispatcher:
         log.warn("job {job_id} lost: {reason}", job_id=job.id, reason=reason)
         self._finish(job, JobStatus.LOST, reason=reason)
 
+    def _current(self, worker: Worker) -> None:
+        # The jobs belong to the name; only the connection holding it now
+        # may report on them, not one it replaced.
+        if not self.workers.holds(worker):
+            raise NotCurrent(
+                f"this connection no longer holds the worker name {worker.name}: "
+                "a newer connection replaced it, so its reports are ignored"
+            )
+
     def _assigned(self, worker: Worker, job_id: int) -> Job:
+        self._current(worker)
         job = self.jobs.get(job_id)
         if job is None or job.worker != worker.name or job_id not in worker.running:
             raise JobNotFound(f"job {job_id} is not assigned to worker {worker.name}")
@@ -361,6 +375,7 @@ class Dispatcher:
         started_at: float | None,
         finished_at: float | None,
     ) -> None:
+        self._current(worker)
         job = self.jobs.get(job_id)
         if job is None:
             # Already recorded (or never ours): acknowledge so it is forgotten.

@@ -121,6 +121,8 @@ class SchedulerService(MultiService):
             self.dispatcher,
             clock,
             check_handshake=self._check_worker_handshake,
+            # A name with its own token is not for the shared token.
+            reserved=lambda name: name in settings.worker_tokens.per_worker,
             hello_timeout=settings.handshake_timeout,
             handshake_timeout=settings.handshake_timeout,
             ping_interval=settings.ping_interval,

@@ -24,6 +24,9 @@ class Worker:
     connected_at: float
     # Jobs placed on this worker and not yet finished (started or not).
     running: set[int] = field(default_factory=set)
+    # The agent process's id from its hello (optional in protocol 1): the
+    # same instance reconnecting may take its name over at once.
+    instance: str | None = None
 
     @property
     def free(self) -> int:
@@ -54,7 +57,12 @@ WorkerListener = Callable[[str, Worker], None]
 
 
 class WorkerRegistry:
-    """Workers by name.  A second connection under a name replaces the first."""
+    """Workers by name, one connection each.
+
+    ``add`` replaces the connection holding a name; the wire layer decides
+    whether a new connection may (see docs/protocol.md, "One connection per
+    name").
+    """
 
     def __init__(self) -> None:
         self._workers: dict[str, Worker] = {}
@@ -78,6 +86,10 @@ class WorkerRegistry:
         self._workers[worker.name] = worker
         self._notify("connected", worker)
         return stale
+
+    def holds(self, worker: Worker) -> bool:
+        """Is *worker* the connection that currently holds its name?"""
+        return self._workers.get(worker.name) is worker
 
     def remove(self, worker: Worker) -> bool:
         """Forget *worker* if it is still the current one under its name."""
@@ -121,6 +133,10 @@ class WorkerRegistry:
 
     def changed(self, worker: Worker) -> None:
         self._notify("changed", worker)
+
+    def clashed(self, worker: Worker) -> None:
+        """A second live connection asked for *worker*'s name and was refused."""
+        self._notify("clash", worker)
 
     def _notify(self, event: str, worker: Worker) -> None:
         for listener in self.listeners:

@@ -19,6 +19,7 @@ import math
 import os.path
 import random
 import re
+import secrets
 import signal
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -366,6 +367,18 @@ def _seq_map(message: Mapping[str, Any], name: str) -> dict[int, int]:
     return out
 
 
+def _echo(message: Mapping[str, Any]) -> dict[str, Any]:
+    """What an ``error`` repeats of a bad message: its ``type`` and ``job`` only."""
+    echo: dict[str, Any] = {}
+    kind = message.get("type")
+    if isinstance(kind, str):
+        echo["type"] = kind[:100]
+    job = message.get("job")
+    if _is_int(job):
+        echo["job"] = job
+    return echo
+
+
 # -- the domain object ----------------------------------------------------------
 
 
@@ -391,8 +404,13 @@ class WorkerAgent:
         output_buffer: int = DEFAULT_OUTPUT_BUFFER,
         welcome_timeout: float = 30.0,
         on_welcome: Callable[[], object] = lambda: None,
+        instance: str | None = None,
     ) -> None:
         self._clock = clock
+        # Sent in every hello: the scheduler lets the same process take its
+        # name back at once after a dead connection, and tells a second
+        # process started under the same name from it.
+        self.instance = instance or secrets.token_hex(8)
         self._runs = runs
         self._name = name
         self._labels = list(labels)
@@ -448,6 +466,7 @@ class WorkerAgent:
             name=self._name,
             labels=list(self._labels),
             slots=self._slots,
+            instance=self.instance,
             jobs=[
                 {"job": job.id, "state": "running" if job.result is None else "finished", "seq": job.seq}
                 for job in sorted(self._jobs.values(), key=lambda j: j.id)
@@ -501,7 +520,7 @@ class WorkerAgent:
         if message is None:
             self._link.send("error", reason=reason)
         else:
-            self._link.send("error", reason=reason, message=message)
+            self._link.send("error", reason=reason, message=_echo(message))
 
     # -- shutdown ---------------------------------------------------------------
 
@@ -545,7 +564,7 @@ class WorkerAgent:
             # Without a usable welcome the session cannot start; reconnecting
             # (with backoff) is the only way forward.
             _agent_log.error("malformed welcome from the scheduler: {reason}", reason=str(e))
-            link.send("error", reason=str(e), message=message)
+            link.send("error", reason=str(e), message=_echo(message))
             link.close("malformed welcome")
             return
         self._welcomed = True
@@ -581,7 +600,9 @@ class WorkerAgent:
         # keep retrying (with growing backoff, as no welcome resets it)
         # because a scheduler upgrade may fix it.
         _agent_log.error(
-            "the scheduler refused this worker: {reason}",
+            "the scheduler refused this worker ({name}, instance {instance}): {reason}",
+            name=self._name,
+            instance=self.instance,
             reason=reason if isinstance(reason, str) else repr(reason),
         )
         if self._link is not None:

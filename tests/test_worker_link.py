@@ -1,0 +1,385 @@
+"""The worker WebSocket in memory: who may hold a worker name, and who may report.
+
+``WorkerServerProtocol`` objects are driven by calling ``onMessage`` (and
+``onPong``, ``onClose``) directly, with ``sendMessage``, ``sendClose`` and
+``sendPing`` captured, over a real ``Dispatcher`` on ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytest_twisted  # type: ignore[import-untyped]
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import provider
+
+from scheduler.access import WorkerTokens
+from scheduler.dispatch import Dispatcher, NoRecorder
+from scheduler.jobbook import JobBook
+from scheduler.jobs import JobStatus
+from scheduler.service import SchedulerService
+from scheduler.settings import Settings
+from scheduler.worker_protocol import PROBE_TIMEOUT, WorkerServerFactory, WorkerServerProtocol
+from scheduler.workers import WorkerRegistry
+from tests.helpers import UTC
+
+SHARED = "shared-token-0123456789"
+W1_TOKEN = "w1-own-token-0123456789"
+
+
+class Connection:
+    """One WorkerServerProtocol in memory."""
+
+    def __init__(self, factory: WorkerServerFactory, peer: str = "tcp:127.0.0.1:40000") -> None:
+        protocol = WorkerServerProtocol()
+        protocol.factory = factory
+        protocol.state = protocol.STATE_OPEN
+        protocol.peer = peer
+        protocol.sendMessage = self._sent  # type: ignore[method-assign]
+        protocol.sendClose = self._closed  # type: ignore[method-assign]
+        protocol.sendPing = self._pinged  # type: ignore[method-assign]
+        self.protocol = protocol
+        self.sent: list[dict[str, Any]] = []
+        self.closes: list[str | None] = []
+        self.pings = 0
+
+    def _sent(self, payload: bytes, isBinary: bool = False) -> None:
+        self.sent.append(json.loads(payload))
+
+    def _closed(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closes.append(reason)
+
+    def _pinged(self, payload: bytes | None = None) -> None:
+        self.pings += 1
+
+    def say(self, **message: Any) -> list[dict[str, Any]]:
+        before = len(self.sent)
+        self.protocol.onMessage(json.dumps(message).encode(), False)
+        return self.sent[before:]
+
+    def hello(self, name: str = "w1", **fields: Any) -> list[dict[str, Any]]:
+        return self.say(type="hello", protocol=1, name=name, slots=2, **fields)
+
+    def types(self) -> list[str]:
+        return [message["type"] for message in self.sent]
+
+    def runs(self) -> list[int]:
+        return [message["job"] for message in self.sent if message["type"] == "run"]
+
+    def drop(self) -> None:
+        """The TCP connection ends (as Autobahn reports it)."""
+        self.protocol.state = self.protocol.STATE_CLOSED
+        self.protocol.onClose(False, 1006, "connection lost")
+
+
+class World:
+    def __init__(self, reserved: frozenset[str] = frozenset()) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.jobs = JobBook(self.clock)
+        self.workers = WorkerRegistry()
+        self.events: list[tuple[str, str]] = []
+        self.workers.listeners.append(lambda event, worker: self.events.append((event, worker.name)))
+        self.dispatcher = Dispatcher(self.clock, self.jobs, self.workers, NoRecorder(), lambda task_id: None)
+        self.factory = WorkerServerFactory(self.dispatcher, self.clock, reserved=reserved.__contains__)
+
+    def connect(self, token_name: str | None = None, peer: str = "tcp:127.0.0.1:40000") -> Connection:
+        connection = Connection(self.factory, peer)
+        # What the handshake check sets for a per-worker token.
+        connection.protocol._allowed_name = token_name
+        return connection
+
+    def job(self, target: str = "worker:w1") -> int:
+        (job,) = self.dispatcher.run_now("sleep 9", target=target)
+        self.clock.advance(0)
+        return job.id
+
+
+def finished(job: int, exit_code: int = 0) -> dict[str, Any]:
+    return {"type": "finished", "job": job, "exitCode": exit_code, "signal": None, "timedOut": False, "cancelled": False}
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") in (LogLevel.warn, LogLevel.info, LogLevel.error):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+# -- issue 20, item 2: a name bound to its own token --------------------------------
+
+
+def test_the_shared_token_cannot_take_a_name_that_has_its_own_token(logged: list[str]) -> None:
+    world = World(reserved=frozenset({"w1"}))
+    intruder = world.connect(token_name=None)  # the shared token
+    replies = intruder.hello("w1")
+    assert [reply["type"] for reply in replies] == ["refused"]
+    assert "has its own token" in replies[0]["reason"]
+    assert intruder.closes == ["refused"]
+    assert world.workers.get("w1") is None
+    assert any("refused worker w1" in line and "own token" in line for line in logged)
+    # The real w1, with its own token, is welcome; the shared token may use other names.
+    assert world.connect(token_name="w1").hello("w1")[0]["type"] == "welcome"
+    assert world.connect(token_name=None).hello("w2")[0]["type"] == "welcome"
+
+
+def test_the_shared_token_cannot_claim_w1s_jobs_or_forge_their_results() -> None:
+    world = World(reserved=frozenset({"w1"}))
+    real = world.connect(token_name="w1")
+    real.hello("w1", instance="aaaa")
+    job = world.job()
+    assert real.runs() == [job]
+    intruder = world.connect(token_name=None)
+    intruder.hello("w1", instance="aaaa", jobs=[{"job": job, "state": "running", "seq": 0}])
+    assert intruder.types() == ["refused"]
+    assert intruder.say(**finished(job))[0]["type"] == "error"
+    assert world.jobs.get(job).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert world.workers.get("w1").link is real.protocol  # type: ignore[union-attr]
+
+
+def _service(tmp_path: Path) -> SchedulerService:
+    from twisted.internet import reactor
+
+    tokens_file = tmp_path / "workers.tokens"
+    tokens_file.write_text(f"w1 {W1_TOKEN}\n")
+    tokens = WorkerTokens(shared=SHARED, path=str(tokens_file))
+    tokens.load()
+    settings = Settings(
+        tasks_file=str(tmp_path / "tasks.db"),
+        tcp="tcp:0:interface=127.0.0.1",
+        http="tcp:0:interface=127.0.0.1",
+        tz=UTC,
+        worker_tokens=tokens,
+    )
+    return SchedulerService(reactor, settings)
+
+
+def _handshake(service: SchedulerService, token: str) -> Connection:
+    connection = Connection(service.worker_factory)
+    request = SimpleNamespace(peer="tcp:127.0.0.1:40001", headers={"authorization": f"Bearer {token}"})
+    connection.protocol.onConnect(request)  # type: ignore[arg-type]
+    return connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_binds_per_worker_names_against_the_shared_token(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    try:
+        assert _handshake(service, SHARED).hello("w1")[0]["type"] == "refused"
+        assert _handshake(service, W1_TOKEN).hello("w1")[0]["type"] == "welcome"
+        assert _handshake(service, SHARED).hello("w2")[0]["type"] == "welcome"
+        with pytest.raises(ConnectionDeny):
+            _handshake(service, "wrong-token-0123456789")
+    finally:
+        service.dispatcher.stop()
+        await service.job_store.close()
+
+
+# -- issue 20, item 2: reports only from the connection holding the name ------------
+
+
+def test_a_replaced_connection_cannot_report_on_its_jobs() -> None:
+    world = World()
+    old = world.connect()
+    old.hello("w1", instance="aaaa")
+    job = world.job()
+    old.say(type="started", job=job, pid=1, at=1.0)
+    # The same agent comes back on a new connection (its old one is dead to it).
+    new = world.connect()
+    new.hello("w1", instance="aaaa", jobs=[{"job": job, "state": "running", "seq": 0}])
+    assert new.types() == ["welcome"] and new.sent[0]["resume"] == {str(job): 0}
+    assert old.closes  # told to go
+    for report in (
+        {"type": "output", "job": job, "stream": "stdout", "seq": 1, "data": "forged"},
+        finished(job),
+        {"type": "rejected", "job": job, "reason": "no"},
+        {"type": "started", "job": job, "pid": 2, "at": 2.0},
+        finished(10**6),  # not even an ack for an unknown job
+    ):
+        replies = old.say(**report)
+        assert [reply["type"] for reply in replies] == ["error"], replies
+        assert "no longer holds the worker name w1" in replies[0]["reason"]
+    assert world.dispatcher.live_output(job) == ""
+    assert world.jobs.get(job).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    new.say(type="output", job=job, stream="stdout", seq=1, data="real")
+    new.say(**finished(job))
+    assert world.jobs.get(job) is None  # recorded
+    assert new.types()[-1] == "ack"
+
+
+# -- issue 20, item 11: one live connection per name ---------------------------------
+
+
+def test_a_second_live_worker_under_one_name_is_refused(logged: list[str]) -> None:
+    world = World()
+    first = world.connect(peer="tcp:10.0.0.1:5000")
+    first.hello("w1", instance="aaaa")
+    job = world.job()
+    second = world.connect(peer="tcp:10.0.0.2:6000")
+    assert second.hello("w1", instance="bbbb") == []  # waiting for the probe
+    assert first.pings == 1
+    first.protocol.onPong(b"whatever")  # the first one is alive
+    assert second.types() == ["refused"]
+    assert "in use by another live connection" in second.sent[0]["reason"]
+    assert second.closes == ["refused"]
+    # The first keeps its name, its connection and its job.
+    assert world.workers.get("w1").link is first.protocol  # type: ignore[union-attr]
+    assert not first.closes
+    assert world.jobs.get(job).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert ("clash", "w1") in world.events
+    assert any(
+        "refused worker w1 from tcp:10.0.0.2:6000" in line and "tcp:10.0.0.1:5000" in line and "--name" in line
+        for line in logged
+    ), logged
+    # Nothing lost, and the refused one's close changes nothing.
+    second.drop()
+    world.clock.advance(3600)
+    assert world.jobs.get(job).status is JobStatus.RUNNING  # type: ignore[union-attr]
+
+
+def test_two_workers_under_one_name_do_not_take_it_from_each_other() -> None:
+    """Each reconnect of the second is refused while the first answers pings."""
+    world = World()
+    first = world.connect()
+    first.hello("w1", instance="aaaa")
+    jobs = [world.job() for _ in range(2)]
+    for _ in range(45):
+        again = world.connect()
+        again.hello("w1", instance="bbbb")
+        first.protocol.onPong(b"")
+        assert again.types() == ["refused"]
+        again.drop()
+    assert world.workers.get("w1").link is first.protocol  # type: ignore[union-attr]
+    for job in jobs:
+        first.say(**finished(job))
+    assert [job for job in jobs if world.jobs.get(job) is not None] == []
+    assert "lost" not in {event for event, _ in world.events}
+
+
+def test_any_message_from_the_holder_counts_as_an_answer() -> None:
+    world = World()
+    first = world.connect()
+    first.hello("w1")
+    second = world.connect()
+    second.hello("w1")
+    first.say(type="reticulate")
+    assert second.types() == ["refused"]
+
+
+def test_a_half_open_holder_that_does_not_answer_is_replaced(logged: list[str]) -> None:
+    world = World()
+    dead = world.connect(peer="tcp:10.0.0.1:5000")
+    dead.hello("w1")  # a protocol-1 worker without an instance id
+    job = world.job()
+    back = world.connect(peer="tcp:10.0.0.1:5001")
+    back.hello("w1", jobs=[{"job": job, "state": "running", "seq": 0}])
+    world.clock.advance(PROBE_TIMEOUT - 0.1)
+    assert back.sent == []
+    world.clock.advance(0.1)
+    assert back.types() == ["welcome"]
+    assert back.sent[0]["resume"] == {str(job): 0}
+    assert world.workers.get("w1").link is back.protocol  # type: ignore[union-attr]
+    assert dead.closes == ["replaced by a new connection from the same worker"]
+    assert any("did not answer a ping" in line for line in logged)
+    back.say(**finished(job))
+    assert world.jobs.get(job) is None
+
+
+def test_the_same_agent_instance_takes_its_name_back_at_once() -> None:
+    world = World()
+    old = world.connect()
+    old.hello("w1", instance="aaaa")
+    new = world.connect()
+    assert [reply["type"] for reply in new.hello("w1", instance="aaaa")] == ["welcome"]
+    assert old.pings == 0
+    assert world.workers.get("w1").link is new.protocol  # type: ignore[union-attr]
+
+
+def test_a_closed_holder_is_replaced_without_waiting() -> None:
+    world = World()
+    old = world.connect()
+    old.hello("w1", instance="aaaa")
+    old.protocol.state = old.protocol.STATE_CLOSING
+    new = world.connect()
+    assert [reply["type"] for reply in new.hello("w1", instance="bbbb")] == ["welcome"]
+
+
+def test_the_holder_closing_during_the_probe_lets_the_newcomer_in() -> None:
+    world = World()
+    old = world.connect()
+    old.hello("w1", instance="aaaa")
+    new = world.connect()
+    new.hello("w1", instance="bbbb")
+    old.drop()
+    assert new.types() == ["welcome"]
+
+
+def test_a_newcomer_that_leaves_during_the_probe_changes_nothing() -> None:
+    world = World()
+    old = world.connect()
+    old.hello("w1", instance="aaaa")
+    new = world.connect()
+    new.hello("w1", instance="bbbb")
+    new.drop()
+    world.clock.advance(PROBE_TIMEOUT)
+    assert new.sent == []
+    assert world.workers.get("w1").link is old.protocol  # type: ignore[union-attr]
+    assert not old.closes
+
+
+def test_nothing_but_waiting_before_the_welcome() -> None:
+    world = World()
+    world.connect().hello("w1", instance="aaaa")
+    new = world.connect()
+    new.hello("w1", instance="bbbb")
+    replies = new.say(type="hello", protocol=1, name="w1", slots=1)
+    assert [reply["type"] for reply in replies] == ["error"]
+    assert "before the welcome" in replies[0]["reason"]
+
+
+def test_an_instance_must_be_a_short_string() -> None:
+    world = World()
+    replies = world.connect().hello("w1", instance=7)
+    assert [reply["type"] for reply in replies] == ["error"]
+    assert "'instance'" in replies[0]["reason"]
+    assert world.connect().hello("w1", instance=None)[0]["type"] == "welcome"
+
+
+# -- issue 20, item 3 and an info item: what bad messages cost -----------------------
+
+
+def test_an_error_echoes_only_type_and_job() -> None:
+    world = World()
+    connection = world.connect()
+    connection.hello("w1")
+    replies = connection.say(type="output", job=5, stream="stdout", seq="x", data="A" * 1_500_000)
+    assert replies == [{"type": "error", "reason": replies[0]["reason"], "message": {"type": "output", "job": 5}}]
+    replies = connection.say(type=["t"] * 100_000, job="j" * 100_000)
+    assert replies[0]["message"] == {}
+    replies = connection.say(type="x" * 100_000)
+    assert replies == []  # an unknown type is ignored
+
+
+def test_unknown_types_are_logged_once_per_connection_with_a_count(logged: list[str]) -> None:
+    world = World()
+    connection = world.connect()
+    connection.hello("w1")
+    for _ in range(10_000):
+        connection.say(type="reticulate")
+    assert sum("reticulate" in line for line in logged) == 1
+    connection.drop()
+    assert any("10000 messages of unknown types" in line for line in logged), logged[-3:]
