@@ -98,7 +98,12 @@ class Dispatcher:
         self.lost_after = lost_after
         self.queue_limit = queue_limit
         self.output_cap = output_cap
-        self._queue: deque[int] = deque()
+        # The queued jobs, in the order they go out: insertion-ordered dicts
+        # (job id -> None), so a job that ends while queued (cancelled, say)
+        # leaves the queue and its count at once.  Jobs a worker rejected
+        # wait in front of the rest.
+        self._front: dict[int, None] = {}
+        self._queue: dict[int, None] = {}
         self._lost_timers: dict[int, IDelayedCall] = {}
         self._retry_timers: dict[int, IDelayedCall] = {}
         self._tails: dict[int, _Tail] = {}
@@ -112,7 +117,11 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._front) + len(self._queue)
+
+    def _dequeue(self, job_id: int) -> None:
+        self._front.pop(job_id, None)
+        self._queue.pop(job_id, None)
 
     def fire(self, task: Task, scheduled: float) -> list[Job]:
         """Jobs for one cron fire of *task* (none if skipped or already run)."""
@@ -163,15 +172,15 @@ class Dispatcher:
             targets = [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
         else:
             targets = [target]
-        if len(self._queue) + len(targets) > self.queue_limit:
+        if self.queued + len(targets) > self.queue_limit:
             raise QueueFull(
-                f"the job queue is full ({len(self._queue)} queued, limit {self.queue_limit}); try again later"
+                f"the job queue is full ({self.queued} queued, limit {self.queue_limit}); try again later"
             )
         fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id}
         return [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
 
     def _submit(self, job: Job) -> Job:
-        if len(self._queue) >= self.queue_limit:
+        if self.queued >= self.queue_limit:
             # Never drop what is queued; the new job is refused, on the record.
             return self._finish(job, JobStatus.FAILED, reason="the job queue is full")
         self._tail(job.id)
@@ -179,7 +188,7 @@ class Dispatcher:
         # committed, and the job store commits in order, so this record is
         # on disk before any worker hears of the job.
         self._recorder.put(job).addErrback(lambda failure: self._not_recorded(job.id, failure))
-        self._queue.append(job.id)
+        self._queue[job.id] = None
         self.pump()
         return job
 
@@ -202,23 +211,20 @@ class Dispatcher:
         # once per job (1,000 times for a target=all job on 1,000 workers,
         # each scan longer than the last).  A first job that finds no worker
         # asks it below, which ends the pass just as early.
-        if not self._queue:
-            return
-        waiting: deque[int] = deque()
-        while self._queue:
-            job_id = self._queue.popleft()
-            job = self.jobs.get(job_id)
-            if job is None or job.status is not JobStatus.QUEUED:
-                continue
-            worker = None if self._must_wait(job) else self._place(job.target)
-            if worker is None:
-                waiting.append(job_id)
-                if not self.workers.has_free_slot():
-                    break
-                continue
-            self._dispatch(job, worker)
-        waiting.extend(self._queue)
-        self._queue = waiting
+        for queue in (self._front, self._queue):
+            # A copy: a job can end (and leave the queue) while we dispatch.
+            for job_id in list(queue):
+                job = self.jobs.get(job_id)
+                if job is None or job.status is not JobStatus.QUEUED:
+                    queue.pop(job_id, None)
+                    continue
+                worker = None if self._must_wait(job) else self._place(job.target)
+                if worker is None:
+                    if not self.workers.has_free_slot():
+                        return
+                    continue
+                queue.pop(job_id, None)
+                self._dispatch(job, worker)
 
     def _place(self, target: str) -> Worker | None:
         if target.startswith("worker:"):
@@ -410,7 +416,7 @@ class Dispatcher:
         job = self.jobs.update(job, status=JobStatus.QUEUED, worker=None)
         self._recorder.put(job)
         log.info("worker {name} rejected job {job_id}: {reason}", name=worker.name, job_id=job_id, reason=reason)
-        self._queue.appendleft(job_id)
+        self._front[job_id] = None
         self._clock.callLater(1.0, self.pump)
 
     # -- ending --------------------------------------------------------
@@ -441,6 +447,7 @@ class Dispatcher:
         """
         self._cancel_lost_timer(job.id)
         self._unsent.discard(job.id)
+        self._dequeue(job.id)
         if "finished_at" not in changes:
             changes["finished_at"] = self._clock.seconds()
         done = self.jobs.update(job, status=status, **changes)
@@ -508,7 +515,7 @@ class Dispatcher:
         for job, last_seq in sorted(jobs, key=lambda pair: pair[0].id):
             self._tail(job.id).last_seq = last_seq
             if job.status is JobStatus.QUEUED:
-                self._queue.append(job.id)
+                self._queue[job.id] = None
             elif job.worker is not None:
                 self._lost_timers[job.id] = self._clock.callLater(
                     self.lost_after, self._lost_timeout, job.id, job.worker

@@ -117,6 +117,26 @@ def test_full_queue_refuses_new_jobs_and_keeps_old_ones() -> None:
     assert world.dispatcher.queued == 2
 
 
+def test_cancelled_queued_jobs_leave_the_queue_at_once() -> None:
+    """Issue 20, item 10: five queued and cancelled jobs still filled a queue of five."""
+    world = World(queue_limit=5)
+    task = world.task(target="label:none")
+    queued = [world.dispatcher.run_now("x")[0] for _ in range(5)]
+    assert world.dispatcher.queued == 5
+    for job in queued:
+        world.dispatcher.cancel(job.id)
+    assert world.dispatcher.queued == 0
+    # New jobs and cron fires are accepted again.
+    later = world.dispatcher.run_now("y")[0]
+    assert later.status is JobStatus.QUEUED
+    (fired,) = world.dispatcher.fire(task, 999_960.0)
+    assert fired.status is JobStatus.QUEUED
+    assert world.dispatcher.queued == 2
+    # A worker gets only what is still queued (the fire waits for a label).
+    _, link = world.connect("a", slots=5)
+    assert link.runs() == [later.id]
+
+
 def test_statuses_from_finished() -> None:
     world = World()
     worker, link = world.connect("a", slots=4)
