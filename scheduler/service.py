@@ -150,6 +150,8 @@ class SchedulerService(MultiService):
             linger=settings.tcp_linger,
             idle_timeout=settings.tcp_idle_timeout,
             token=settings.tcp_token,
+            auth_timeout=settings.tcp_auth_timeout,
+            max_unauthenticated=settings.tcp_max_unauthenticated,
         )
         self.tcp_limits = ConnectionLimits(
             tcp_factory,

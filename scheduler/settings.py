@@ -24,6 +24,10 @@ class Settings:
     tcp_max_line: int = 32768
     tcp_max_connections: int = 64
     tcp_max_per_peer: int = 16
+    # With a TCP token: seconds to AUTH, and places for connections that
+    # have not (see tcp_commands.TcpAuth).
+    tcp_auth_timeout: float = 10.0
+    tcp_max_unauthenticated: int = 16
     # HTTP and the workers' WebSocket.
     http_max_connections: int = 20000
     http_max_per_peer: int = 10000
@@ -64,6 +68,8 @@ class Settings:
             tcp_max_line=options["tcp-max-line"],
             tcp_max_connections=options["tcp-max-connections"],
             tcp_max_per_peer=options["tcp-max-per-peer"],
+            tcp_auth_timeout=options["tcp-auth-timeout"],
+            tcp_max_unauthenticated=options["tcp-max-unauthenticated"],
             http_max_connections=options["http-max-connections"],
             http_max_per_peer=options["http-max-per-peer"],
             http_max_body=options["http-max-body"],

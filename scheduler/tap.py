@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from scheduler.cron import local_zone
 from scheduler.http_log import check_target
+from scheduler.settings import Settings
 
 
 def _zone(name: str) -> tzinfo:
@@ -70,6 +71,8 @@ class Options(usage.Options):
         # Bounds.
         ["tcp-max-connections", None, 64, "Most open connections on the command port.", _positive_int],
         ["tcp-max-per-peer", None, 16, "Most open command-port connections from one address.", _positive_int],
+        ["tcp-auth-timeout", None, Settings.tcp_auth_timeout, "Seconds a command-port connection has to AUTH (with a TCP token).", _positive],
+        ["tcp-max-unauthenticated", None, Settings.tcp_max_unauthenticated, "Most command-port connections that have not AUTHed yet (with a TCP token); more must AUTH in their first line.", _positive_int],
         ["http-max-connections", None, 20000, "Most open connections on the HTTP port (workers included).", _positive_int],
         ["http-max-per-peer", None, 10000, "Most open HTTP connections from one address (workers behind one NAT share it).", _positive_int],
         ["http-max-body", None, 1048576, "Largest HTTP request body in bytes (larger ones get 413).", _positive_int],

@@ -11,10 +11,18 @@ once every line received so far is answered and nothing more arrives for
 ``linger`` seconds, the server closes.  A client that half-closes (``nc
 -N``) is answered and closed at once.  ``SESSION`` keeps the connection
 open for a person typing, until ``QUIT`` or the idle timeout.
+
+With a TCP token, a connection is unauthenticated until ``AUTH`` succeeds,
+and unauthenticated connections hold nothing for long (see
+:class:`TcpAuth`): they must authenticate within a deadline, may not start
+a ``SESSION``, and only a few of them get a place at a time, so a crowd of
+them cannot keep an operator with the token out.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +44,7 @@ from zope.interface import implementer
 
 from scheduler.access import same
 from scheduler.cron import iso
+from scheduler.settings import Settings
 from scheduler.state import TaskState
 from scheduler.store import LoadError, StoreError
 from scheduler.taskbook import TaskBook, TaskNotFound
@@ -55,11 +64,31 @@ SAVE                       write the tasks to the tasks file
 LOAD                       replace the tasks with the tasks file's
 PING                       answers PONG
 AUTH <token>               authenticate (needed first when the scheduler has a TCP token)
-SESSION                    keep this connection open (for typing); QUIT closes it
+SESSION                    keep this connection open (for typing; after AUTH); QUIT closes it
 QUIT                       close the connection"""
 
-# What an unauthenticated connection may still do.
-_OPEN_VERBS = frozenset({"PING", "HELP", "QUIT", "SESSION"})
+# What an unauthenticated connection may still do.  Not SESSION: it would
+# keep a connection that has shown no token open for the idle timeout.
+_OPEN_VERBS = frozenset({"PING", "HELP", "QUIT"})
+
+# Bounds on guessing the TCP token, per peer address and across connections
+# (SECURITY.md lists them).  After AUTH_FREE_FAILURES wrong tokens an address
+# waits AUTH_FIRST_WAIT before its next AUTH is even looked at, twice as
+# long after each further wrong one, at most AUTH_MAX_WAIT.  An address that
+# sends no wrong token for AUTH_FORGET_AFTER starts afresh.
+AUTH_FREE_FAILURES = 5
+AUTH_FIRST_WAIT = 1.0
+AUTH_MAX_WAIT = 60.0
+AUTH_FORGET_AFTER = 900.0
+# Addresses remembered at most (the longest-quiet are forgotten first), so a
+# guesser with many addresses cannot grow the table without bound.
+AUTH_MAX_ADDRESSES = 10_000
+# Wrong tokens are logged once, then summed up at most once per interval.
+AUTH_LOG_INTERVAL = 60.0
+# A connection that arrives while every unauthenticated place is taken gets
+# this long to authenticate with its first line (an operator's piped
+# ``AUTH <token>`` arrives with the connection), instead of a place.
+OVER_CAP_GRACE = 2.0
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
 _HTTP_START = re.compile(
@@ -92,6 +121,39 @@ def split_add(argument: str) -> tuple[str, str]:
     match = re.match(rf"\s*(?:\S+\s+){{{count}}}(.*)$", argument, re.DOTALL)
     assert match is not None
     return " ".join(words[:count]), match.group(1).strip()
+
+
+# Characters a terminal acts on instead of showing: C0 and C1 controls (ESC
+# starts escape sequences; TAB would split LIST's columns), DEL, bidi
+# embeddings, overrides and isolates (which reorder what is shown),
+# invisible marks and line separators, and lone surrogates (which cannot
+# even be encoded as UTF-8, and JSON in tasks.db can hold them).
+_HIDDEN = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """*text* with every control or bidi character shown as an escape (``\\x1b``, ``\\u202e``).
+
+    For replies that show stored text (commands, jobNames) on an operator's
+    terminal; the stored task is unchanged.  Backslashes are left alone, so
+    commands read as written; the REST API gives the exact text.
+    """
+    if _HIDDEN.search(text) is None:
+        return text
+    return _HIDDEN.sub(_escape, text)
 
 
 def _iso(timestamp: float | None, book: TaskBook) -> str:
@@ -160,7 +222,7 @@ class TcpCommands:
             return text
 
         lines = [
-            f"{task.id}\t{task.job_name}\t{task.schedule.expression}\t{when(task.id)}\t{task.command}"
+            f"{task.id}\t{visible(task.job_name)}\t{visible(task.schedule.expression)}\t{when(task.id)}\t{visible(task.command)}"
             for task in book
         ]
         lines.append(f"OK {len(book)} task{'' if len(book) == 1 else 's'}")
@@ -174,7 +236,7 @@ class TcpCommands:
             return book.remove(book.find(argument).id)
 
         return self._state.edit(remove).addCallbacks(
-            lambda task: f"OK removed id={task.id} jobName={task.job_name}", _error
+            lambda task: f"OK removed id={task.id} jobName={visible(task.job_name)}", _error
         )
 
     def do_CLEAR(self, argument: str) -> Reply:
@@ -211,6 +273,161 @@ def _error(failure: Failure) -> str:
     return "ERR internal error (logged on the scheduler)"
 
 
+def _address_key(host: str) -> str:
+    """The unit guesses are counted by: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host usually holds a whole /64, so counting single addresses
+    would give it billions of fresh starts.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
+
+
+@dataclass
+class _Failures:
+    count: int
+    last: float
+    until: float  # no AUTH from the address is looked at before this time
+
+
+class AuthThrottle:
+    """Wrong AUTH tokens per peer address, across its connections.
+
+    The first AUTH_FREE_FAILURES cost nothing; then the address waits before
+    its next AUTH is checked at all, doubling from AUTH_FIRST_WAIT up to
+    AUTH_MAX_WAIT, so a guesser gets about one try a minute instead of
+    thousands a second.  A right token clears the address's count.  Every
+    wrong token is counted, but the log gets one line at the first and then
+    at most one summary per AUTH_LOG_INTERVAL, so a flood of guesses cannot
+    flood the log.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        # Oldest failure first: a failure moves its address to the end.
+        self._failures: dict[str, _Failures] = {}
+        self._unlogged = 0
+        self._unlogged_from: set[str] = set()
+        self._last_from = ""
+        self._log_timer: IDelayedCall | None = None
+
+    def wait(self, host: str) -> float:
+        """Seconds *host* must wait before an AUTH from it is checked (0: none)."""
+        entry = self._current(_address_key(host))
+        if entry is None:
+            return 0.0
+        return max(0.0, entry.until - self._clock.seconds())
+
+    def failed(self, host: str) -> float:
+        """Count a wrong token from *host*; returns how long it must now wait."""
+        key = _address_key(host)
+        now = self._clock.seconds()
+        entry = self._current(key) or _Failures(0, now, now)
+        self._failures.pop(key, None)
+        entry.count += 1
+        entry.last = now
+        over = entry.count - AUTH_FREE_FAILURES
+        if over >= 0:
+            entry.until = now + min(AUTH_MAX_WAIT, AUTH_FIRST_WAIT * 2.0 ** min(over, 32))
+        self._failures[key] = entry
+        while len(self._failures) > AUTH_MAX_ADDRESSES:
+            del self._failures[next(iter(self._failures))]
+        self._note(host)
+        return max(0.0, entry.until - now)
+
+    def succeeded(self, host: str) -> None:
+        self._failures.pop(_address_key(host), None)
+
+    def _current(self, key: str) -> _Failures | None:
+        entry = self._failures.get(key)
+        if entry is not None and self._clock.seconds() - entry.last > AUTH_FORGET_AFTER:
+            del self._failures[key]
+            return None
+        return entry
+
+    def _note(self, host: str) -> None:
+        if self._log_timer is None:
+            log.warn("wrong TCP token from {peer}", peer=host)
+            self._log_timer = self._clock.callLater(AUTH_LOG_INTERVAL, self._summarise)
+            return
+        self._unlogged += 1
+        self._last_from = host
+        if len(self._unlogged_from) < 1000:
+            self._unlogged_from.add(host)
+
+    def _summarise(self) -> None:
+        if not self._unlogged:
+            self._log_timer = None
+            return
+        log.warn(
+            "{count} more wrong TCP tokens in the last {interval:.0f} s from {addresses}"
+            " address(es), the last from {peer}; an address waits up to {most:.0f} s"
+            " between tries after {free} wrong ones",
+            count=self._unlogged,
+            interval=AUTH_LOG_INTERVAL,
+            addresses=len(self._unlogged_from) if len(self._unlogged_from) < 1000 else "1000+",
+            peer=self._last_from,
+            most=AUTH_MAX_WAIT,
+            free=AUTH_FREE_FAILURES,
+        )
+        self._unlogged = 0
+        self._unlogged_from.clear()
+        self._log_timer = self._clock.callLater(AUTH_LOG_INTERVAL, self._summarise)
+
+
+class TcpAuth:
+    """The command port's token and who has not shown it yet.
+
+    Shared by every connection of one listener.  A connection is
+    unauthenticated from its start until ``AUTH`` succeeds; at most
+    *max_unauthenticated* of them hold a place at a time, each for at most
+    *timeout* seconds.  A connection that finds every place taken is on
+    probation: only a right ``AUTH`` as its first line, within
+    OVER_CAP_GRACE, lets it in; anything else gets ``ERR too many
+    unauthenticated connections``.  So connections that never authenticate
+    cannot keep an operator who has the token out.
+    """
+
+    def __init__(
+        self, token: str, clock: IReactorTime, *, timeout: float, max_unauthenticated: int
+    ) -> None:
+        self.token = token
+        self.timeout = timeout
+        self.max_unauthenticated = max_unauthenticated
+        self.unauthenticated = 0
+        self.throttle = AuthThrottle(clock)
+        self.on_probation = 0  # connections that found every place taken, so far
+
+    def take_place(self) -> bool:
+        """A place for a new unauthenticated connection; False if none is free."""
+        if self.unauthenticated >= self.max_unauthenticated:
+            self.on_probation += 1
+            if self.on_probation % 100 == 1:
+                # One line per hundred: a flood must not flood the log.
+                log.warn(
+                    "{count} connection(s) so far found all {limit} places for unauthenticated"
+                    " connections taken on the command port",
+                    count=self.on_probation,
+                    limit=self.max_unauthenticated,
+                )
+            return False
+        self.unauthenticated += 1
+        return True
+
+    def free_place(self) -> None:
+        self.unauthenticated -= 1
+
+
+TOO_MANY_UNAUTHENTICATED = (
+    "ERR too many unauthenticated connections; send AUTH <token> as the first line, or try again later"
+)
+
+
 # Commands that go through the task state's queue, which keeps their order:
 # a run of them can be in flight together.
 _QUEUED_VERBS = frozenset({b"ADD", b"REMOVE", b"CLEAR", b"SAVE", b"LOAD"})
@@ -239,12 +456,17 @@ class CommandLineProtocol(Protocol):
         max_line: int,
         linger: float,
         idle_timeout: float,
-        token: str | None = None,
+        auth: TcpAuth | None = None,
     ) -> None:
         self._commands = commands
-        self._token = token
-        self._authenticated = token is None
+        self._auth = auth
+        self._authenticated = auth is None
         self._failed_auth = 0
+        self._peer = "?"
+        # Holds one of the places for unauthenticated connections; without
+        # one, the connection is on probation (see TcpAuth).
+        self._holds_place = False
+        self._auth_timer: IDelayedCall | None = None
         self._clock = clock
         self._max_line = max_line
         self._linger = linger
@@ -268,6 +490,12 @@ class CommandLineProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._arm(self._idle_timeout)
+        peer = self.transport.getPeer()
+        self._peer = str(getattr(peer, "host", None) or "local")
+        if self._auth is not None:
+            self._holds_place = self._auth.take_place()
+            deadline = self._auth.timeout if self._holds_place else min(OVER_CAP_GRACE, self._auth.timeout)
+            self._auth_timer = self._clock.callLater(deadline, self._auth_expired)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -312,6 +540,7 @@ class CommandLineProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
         self._cancel_timer()
+        self._leave_unauthenticated()
 
     # -- answering -----------------------------------------------------
 
@@ -368,9 +597,13 @@ class CommandLineProtocol(Protocol):
             return ""
         verb, _, argument = line.strip().partition(" ")
         verb = verb.upper()
+        if not self._authenticated and not self._holds_place and verb != "AUTH":
+            return self._refuse(TOO_MANY_UNAUTHENTICATED)
         if verb == "AUTH":
-            return self._auth(argument.strip())
+            return self._check_auth(argument.strip())
         if not self._authenticated and verb not in _OPEN_VERBS:
+            if verb == "SESSION":
+                return "ERR authentication required: send AUTH <token> before SESSION"
             return "ERR authentication required: send AUTH <token> first"
         if verb == "SESSION":
             self._session = True
@@ -387,23 +620,58 @@ class CommandLineProtocol(Protocol):
             log.failure("command {line!r} failed", line=line[:200])
             return "ERR internal error (logged on the scheduler)"
 
-    def _auth(self, given: str) -> str:
-        if self._token is None:
+    def _check_auth(self, given: str) -> str:
+        auth = self._auth
+        if auth is None:
             return "OK no token is needed here"
-        if given and same(given, self._token):
+        throttle = auth.throttle
+        wait = throttle.wait(self._peer)
+        if wait > 0:
+            # Not even compared: a guess while waiting must learn nothing.
+            return self._refuse(
+                f"ERR too many wrong tokens from {self._peer}; AUTH is refused for {math.ceil(wait)} s more"
+            )
+        if given and same(given, auth.token):
+            throttle.succeeded(self._peer)
             self._authenticated = True
+            self._leave_unauthenticated()
             return "OK authenticated"
         self._failed_auth += 1
-        log.warn(
-            "wrong TCP token from {peer} (attempt {count})",
-            peer=getattr(self.transport.getPeer(), "host", "?"),
-            count=self._failed_auth,
-        )
+        wait = throttle.failed(self._peer)
+        if wait > 0:
+            return self._refuse(
+                f"ERR wrong token; too many from {self._peer}, so AUTH is refused for {math.ceil(wait)} s"
+            )
+        if not self._authenticated and not self._holds_place:
+            return self._refuse("ERR wrong token")
         if self._failed_auth >= 3:
-            self._send("ERR wrong token; closing after 3 attempts")
-            self._close()
-            return ""
+            return self._refuse("ERR wrong token; closing after 3 attempts")
         return "ERR wrong token"
+
+    def _refuse(self, reply: str) -> str:
+        """Send *reply* and close; for _answer to return."""
+        self._send(reply)
+        self._close()
+        return ""
+
+    def _auth_expired(self) -> None:
+        self._auth_timer = None
+        if self._authenticated or self._closing:
+            return
+        if self._holds_place:
+            assert self._auth is not None
+            self._refuse(f"ERR no AUTH within {self._auth.timeout:g} s; closing")
+        else:
+            self._refuse(TOO_MANY_UNAUTHENTICATED)
+
+    def _leave_unauthenticated(self) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        if self._holds_place:
+            self._holds_place = False
+            assert self._auth is not None
+            self._auth.free_place()
 
     def _send(self, reply: str) -> None:
         if reply and not self._closing:
@@ -440,9 +708,15 @@ class CommandFactory(Factory):
         linger: float = 0.3,
         idle_timeout: float = 300.0,
         token: str | None = None,
+        auth_timeout: float = Settings.tcp_auth_timeout,
+        max_unauthenticated: int = Settings.tcp_max_unauthenticated,
     ) -> None:
         self.commands = commands
-        self.token = token
+        self.auth = (
+            TcpAuth(token, clock, timeout=auth_timeout, max_unauthenticated=max_unauthenticated)
+            if token is not None
+            else None
+        )
         self.clock = clock
         self.max_line = max_line
         self.linger = linger
@@ -455,7 +729,7 @@ class CommandFactory(Factory):
             max_line=self.max_line,
             linger=self.linger,
             idle_timeout=self.idle_timeout,
-            token=self.token,
+            auth=self.auth,
         )
         protocol.factory = self
         return protocol

@@ -48,7 +48,7 @@ from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
 from scheduler.state import TaskState
-from scheduler.tcp_commands import CommandFactory, TcpCommands
+from scheduler.tcp_commands import CommandFactory, TcpCommands, visible
 from scheduler.worker_protocol import WorkerServerProtocol
 from tests.helpers import UTC, make_state, settled
 
@@ -314,7 +314,8 @@ class TcpMachine(RuleBasedStateMachine):
             task_id, job_name, schedule, next_run, command = line.split("\t", 4)
             assert next_run == "-" or re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", next_run)
             listed.append((int(task_id), job_name, schedule, command))
-        assert listed == [(tid, f"task_{tid}", sched, cmd) for tid, (sched, cmd) in self.model.items()]
+        # LIST shows control and bidi characters escaped; the file keeps them.
+        assert listed == [(tid, f"task_{tid}", sched, visible(cmd)) for tid, (sched, cmd) in self.model.items()]
 
     @invariant()
     def file_equals_model(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,26 @@ def test_load_trims_the_heap_on_the_next_turn(tmp_path: Path, monkeypatch: pytes
     assert loaded.called and trims == []
     clock.advance(0)
     assert trims == [0.0]
+
+
+def test_list_shows_control_and_bidi_characters_escaped(state: TaskState, clock: Clock, tmp_path: Path) -> None:
+    # A command that would clear the operator's screen, or reorder what
+    # they read, is shown with its characters escaped; the task keeps them.
+    command = "echo \x1b[2J\x1b]0;owned\x07 \u202eexe.txt\u2066 a\tb \x9b \u2028 \\x1b"
+    out = Client(state, clock).send(f"ADD @daily {command}\nLIST\n".encode())
+    assert out[0].startswith("OK id=1")
+    listed = out[1].split("\t")
+    assert listed[4] == "echo \\x1b[2J\\x1b]0;owned\\x07 \\u202eexe.txt\\u2066 a\\tb \\x9b \\u2028 \\x1b"
+    assert out[2] == "OK 1 task"
+    assert [task.command for task in state.book] == [command]
+    assert json.loads((tmp_path / "tasks.db").read_text())["command"] == command
+
+
+def test_list_escapes_job_names_from_the_file(tmp_path: Path, clock: Clock) -> None:
+    (tmp_path / "tasks.db").write_text(
+        json.dumps({"schedule": "@daily", "command": "true", "jobName": "a\x1b[31mb", "id": 4}) + "\n"
+    )
+    state = make_state(tmp_path / "tasks.db")
+    out = Client(state, clock).send(b"LIST\nREMOVE 4\n")
+    assert out[0].split("\t")[:2] == ["4", "a\\x1b[31mb"]
+    assert out[2] == "OK removed id=4 jobName=a\\x1b[31mb"
