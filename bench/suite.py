@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from bench import peers
-from bench.cases import fanout, latency, many_tasks, many_workers, throughput
+from bench.cases import fanout, latency, long_run, many_tasks, many_workers, throughput
 from bench.common import BENCH, CaseResult, Figure, Runtime, log, machine, raise_fd_limit
 
 CASES: dict[str, ModuleType] = {
@@ -29,6 +29,7 @@ CASES: dict[str, ModuleType] = {
     many_tasks.NAME: many_tasks,
     many_workers.NAME: many_workers,
     fanout.NAME: fanout,
+    long_run.NAME: long_run,
 }
 # The cases that compare against a peer, and so need the peer venv.
 NEEDS_PEERS = {throughput.NAME: ("celery", "redis"), many_tasks.NAME: ("apscheduler",)}
@@ -66,6 +67,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="py-spy's output format (raw: collapsed stacks, for bench/profile_summary.py)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, databases)")
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        help="how long the long_run case's soak runs (default 120 s, 8 s with --quick)",
+    )
     return parser.parse_args(argv)
 
 
@@ -132,6 +138,7 @@ def main(argv: list[str]) -> int:
         quick=args.quick,
         peers=not args.no_peers,
         tree=args.tree.resolve() if args.tree else None,
+        soak_seconds=args.soak_seconds,
     )
     began = time.perf_counter()
     results: list[CaseResult] = []

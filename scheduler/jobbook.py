@@ -86,7 +86,7 @@ class JobBook:
 
     #: Seconds of fires kept in memory: the engine's 60 s catch-up window
     #: with room to spare for a slow tick and records still being written.
-    FIRED_HORIZON = 300.0
+    FIRED_HORIZON = 120.0
 
     def __init__(
         self,
