@@ -25,6 +25,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from scheduler import __version__, cron
 from scheduler.dispatch import Dispatcher, JobConflict, JobNotFound, QueueFull
 from scheduler.feed import EventHub
+from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
 from scheduler.jobs import Job, JobStatus
 from scheduler.jobstore import JobStore
 from scheduler.metrics import SchedulerMetrics
@@ -222,19 +223,19 @@ class SchedulerHTTP:
 
     # -- health, metrics, contract ---------------------------------------
 
-    @app.route("/api/health", methods=["GET"])
+    @app.route(HEALTH_PATH, methods=["GET"])
     def health(self, request: IRequest) -> bytes:
-        return _json(
-            request,
-            200,
-            {
-                "status": "ok",
-                "version": __version__,
-                "tasks": len(self._state.book),
-                "workers": len(self._workers),
-                "queued": self._dispatcher.queued,
-            },
-        )
+        body: dict[str, Any] = {
+            "status": "ok",
+            "tasks": len(self._state.book),
+            "workers": len(self._workers),
+            "queued": self._dispatcher.queued,
+        }
+        if token_checked(request):
+            # Only to holders of the API token: a version helps an attacker
+            # pick the exploits to try.
+            body["version"] = __version__
+        return _json(request, 200, body)
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:
@@ -453,7 +454,7 @@ class SchedulerHTTP:
 
     # -- the workers' socket and the dashboard ----------------------------------
 
-    @app.route("/ws/worker", branch=False, methods=["GET"])
+    @app.route(WORKER_PATH, branch=False, methods=["GET"])
     def worker_socket(self, request: IRequest) -> IResource:
         return self._workers_ws
 

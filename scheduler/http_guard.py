@@ -1,15 +1,31 @@
 """The checks every HTTP request passes before it reaches a route.
 
+- The path is decided as the router sees it: Twisted percent-decodes each
+  ``/``-separated segment into ``request.postpath`` and Klein matches their
+  join, so ``/%61pi/tasks`` *is* ``/api/tasks``.  Spellings that could be
+  read two ways are refused with 400: empty segments (``//api``), encoded
+  slashes (``%2F``), dot segments, control characters (``%00``), bytes
+  that are not UTF-8, and a target that is not a path.
+- Method names are case-sensitive (``post`` is not ``POST``, though the
+  router would treat it as one): anything but upper case is refused.
+- One ``Host``, ``Origin``, ``Authorization`` and ``Content-Type`` each: a
+  repeated one is refused, since each reader may pick another copy.
 - Host must be in the allowlist (a DNS-rebinding page has a foreign Host).
 - A browser's Origin, when sent on a request that changes state, must be
-  one of ours.
+  this server: the scheme, host and port the request was sent to.
 - POST needs ``Content-Type: application/json``: a cross-site form can
   only send simple content types, so this plus the bearer token (never a
   cookie) leaves no room for CSRF.
-- With an API token, ``/api/*`` and ``/metrics`` need ``Authorization:
-  Bearer <token>``; ``/api/health`` without it answers only ``{"status":
-  "ok"}``, for load balancers.
-- Bodies are cut off at the limit while they arrive (413), not after.
+- With an API token, every path needs ``Authorization: Bearer <token>``
+  except the public ones (``PUBLIC_PATHS``, ``PUBLIC_PREFIXES``): the
+  dashboard's page and files, ``/api/health`` (without the token it
+  answers only ``{"status": "ok"}``, for load balancers), and
+  ``/ws/worker`` (its handshake checks the worker token).  A token in the
+  query string is never read.
+- Bodies are cut off at the limit while they arrive (413), not after, and
+  a request must arrive whole within a deadline (``DeadlineChannel``).
+- Every answer carries ``SECURITY_HEADERS`` (no framing, a CSP the
+  dashboard passes) and no ``Server`` header naming Twisted's version.
 
 ``/ws/worker`` is exempt from the Host check: workers dial the scheduler by
 whatever name reaches it, and the handshake has its own checks (worker
@@ -22,7 +38,11 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -30,7 +50,88 @@ from scheduler.access import bearer, host_allowed, same
 
 log = Logger()
 
-STATE_CHANGING = {b"POST", b"PUT", b"PATCH", b"DELETE"}
+# Reachable without the API token.  Everything else needs it, including
+# paths no route answers (they get 401, not 404, without the token).
+WORKER_PATH = "/ws/worker"
+HEALTH_PATH = "/api/health"
+PUBLIC_PATHS = frozenset({"/", HEALTH_PATH, WORKER_PATH})
+PUBLIC_PREFIXES = ("/static/",)
+
+SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
+# Headers a request may carry once only.
+SINGLE_HEADERS = (b"host", b"origin", b"authorization", b"content-type")
+
+# On every answer.  The dashboard loads its script and style sheet from
+# /static/ and sets styles from script only (element.style, which CSP
+# allows), so no 'unsafe-inline' is needed; data: is for its empty icon.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    b"Content-Security-Policy": CONTENT_SECURITY_POLICY.encode("ascii"),
+    b"X-Frame-Options": b"DENY",
+    b"X-Content-Type-Options": b"nosniff",
+    b"Referrer-Policy": b"no-referrer",
+}
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class BadPath(ValueError):
+    """A request path that could be read in more than one way."""
+
+
+def route_path(request: Request) -> str:
+    """The path the router will match, or BadPath saying what is ambiguous.
+
+    The Guard is the site's root and a leaf, so ``request.postpath`` is the
+    whole path as Twisted decoded it, and what Klein joins and matches.
+    """
+    if not request.path.startswith(b"/"):
+        raise BadPath("the request target must be a path starting with '/'")
+    segments: list[bytes] = request.postpath  # type: ignore[assignment]
+    for number, segment in enumerate(segments, start=1):
+        if b"/" in segment:
+            raise BadPath("the path has an encoded slash (%2F)")
+        if segment == b"" and number < len(segments):
+            raise BadPath("the path has an empty segment (//)")
+        if segment in (b".", b".."):
+            raise BadPath("the path has a '.' or '..' segment")
+        if b"\\" in segment or any(byte < 0x20 or byte == 0x7F for byte in segment):
+            raise BadPath("the path has a backslash or a control character (such as %00)")
+    try:
+        return "/" + "/".join(segment.decode("utf-8") for segment in segments)
+    except UnicodeDecodeError:
+        raise BadPath("the path is not UTF-8 once percent-decoded") from None
+
+
+def is_public(path: str) -> bool:
+    """May *path* (as ``route_path`` gives it) be asked for without the API token?"""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def same_origin(origin: bytes, host: bytes | None, secure: bool) -> bool:
+    """Is *origin* the scheme, host and port this request was sent to?
+
+    The port absent from either side is the origin's scheme's default; on
+    a plain connection an https origin is accepted too, for a TLS proxy in
+    front that passes the Host through.
+    """
+    if host is None:
+        return False
+    try:
+        theirs = urlsplit(origin.decode("ascii"))
+        ours = urlsplit("//" + host.decode("ascii"))
+        their_port, our_port = theirs.port, ours.port
+    except (UnicodeDecodeError, ValueError):
+        return False
+    if theirs.scheme not in DEFAULT_PORTS or (secure and theirs.scheme != "https"):
+        return False
+    if theirs.hostname is None or theirs.path or theirs.query or theirs.username is not None:
+        return False
+    default = DEFAULT_PORTS[theirs.scheme]
+    return theirs.hostname == ours.hostname and (their_port or default) == (our_port or default)
 
 
 class LimitedRequest(Request):
@@ -62,11 +163,84 @@ def limited_requests(max_body: int) -> type[Request]:
     return type("LimitedRequest", (LimitedRequest,), {"max_body": max_body})
 
 
+class DeadlineChannel(HTTPChannel):  # type: ignore[misc]
+    """An HTTP connection on which each request must arrive whole in time.
+
+    Twisted's own timeout restarts at every byte received, so a client
+    trickling a header line every few seconds (slowloris) kept its
+    connection forever.  Here the headers and body of a request must all
+    arrive within ``deadline`` seconds of the connection opening, or of
+    the previous answer on a kept-alive connection; if not, 408 and close.
+    The clock is stopped while a request is answered, so a live feed, or a
+    WebSocket (which takes the connection over), runs as long as it needs.
+    """
+
+    deadline = 30.0
+    _deadline_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._start_deadline()
+
+    def allContentReceived(self) -> None:
+        self._stop_deadline()
+        super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        # Started first: the base class may go straight on to a pipelined
+        # request already buffered, whose allContentReceived stops it again.
+        self._start_deadline()
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def _start_deadline(self) -> None:
+        self._stop_deadline()
+        self._deadline_call = self.callLater(self.deadline, self._deadline_passed)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline_call is not None:
+            if self._deadline_call.active():
+                self._deadline_call.cancel()
+            self._deadline_call = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline_call = None
+        if self.transport is None:
+            return
+        body = json.dumps({"error": f"the request did not arrive whole within {self.deadline:g} s"}).encode()
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        # As Twisted's own timeout does: close, and abort a peer that does
+        # not even read the answer.
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+
+def deadline_channels(deadline: float) -> type[HTTPChannel]:
+    """A channel class for Site.protocol with this request deadline."""
+    return type("DeadlineChannel", (DeadlineChannel,), {"deadline": deadline})
+
+
 def _reply(request: Request, status: int, message: str) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps({"error": message}).encode("utf-8")
+
+
+#: Set on a request that carried the right API token (read by the routes
+#: that show more to token holders, e.g. the version in /api/health).
+TOKEN_CHECKED = "scheduler_token_checked"
+
+
+def token_checked(request: Any) -> bool:
+    return bool(getattr(request, TOKEN_CHECKED, False))
 
 
 class Guard(Resource):
@@ -80,35 +254,48 @@ class Guard(Resource):
         self.max_body = max_body
 
     def render(self, request: Request) -> Any:
-        problem = self._check(request)
+        request.responseHeaders.removeHeader(b"server")  # names Twisted and its version
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        try:
+            path = route_path(request)
+        except BadPath as error:
+            return _reply(request, 400, f"{error}: send the canonical path")
+        authorised = self._authorised(request)
+        setattr(request, TOKEN_CHECKED, authorised)
+        problem = self._check(request, path, authorised)
         if problem is not None:
             status, message = problem
             return _reply(request, status, message)
-        if request.path == b"/api/health" and self._token is not None and not self._authorised(request):
+        if path == HEALTH_PATH and self._token is not None and not authorised and request.method in SAFE_METHODS:
             return _reply_ok(request)
         return self._inner.render(request)
 
-    def _check(self, request: Request) -> tuple[int, str] | None:
-        path = request.path
-        if path == b"/ws/worker":
-            return None
+    def _check(self, request: Request, path: str, authorised: bool) -> tuple[int, str] | None:
+        method = request.method
+        if method != method.upper():
+            shown = method.decode("ascii", "replace")[:20]
+            return 400, f"method names are case-sensitive: send {shown.upper()}, not {shown}"
+        for name in SINGLE_HEADERS:
+            values = request.requestHeaders.getRawHeaders(name) or []
+            if len(values) > 1:
+                return 400, f"send one {name.decode().title()} header, not {len(values)}"
         host = request.getHeader(b"host")
-        if not host_allowed(host, self.allowed_hosts):
+        if path != WORKER_PATH and not host_allowed(host, self.allowed_hosts):
             shown = (host or b"").decode("latin-1")[:100]
             log.warn("refused a request with Host {host!r} (not in --allowed-hosts)", host=shown)
             return 403, f"Host '{shown}' is not allowed here; start the scheduler with --allowed-hosts {shown.rsplit(':', 1)[0] or '<name>'}"
         if getattr(request, "body_too_large", False):
             return 413, f"request body is larger than {self.max_body} bytes"
-        if request.method in STATE_CHANGING:
+        if method not in SAFE_METHODS:
             origin = request.getHeader(b"origin")
-            if origin is not None and not host_allowed(urlsplit(origin.decode("latin-1")).netloc, self.allowed_hosts):
+            if origin is not None and not same_origin(origin, host, request.isSecure()):
                 return 403, "cross-origin requests that change state are not allowed"
-            if request.method == b"POST":
+            if method == b"POST":  # what a cross-site form can send
                 kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
                 if kind != b"application/json":
                     return 415, "send Content-Type: application/json (an empty body is fine where none is needed)"
-        needs_token = (path.startswith(b"/api/") and path != b"/api/health") or path == b"/metrics"
-        if needs_token and self._token is not None and not self._authorised(request):
+        if self._token is not None and not authorised and not is_public(path):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="scheduler"')
             return 401, "missing or wrong API token: send Authorization: Bearer <token>"
         return None
@@ -120,4 +307,5 @@ class Guard(Resource):
 
 def _reply_ok(request: Request) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
     return b'{"status": "ok"}'
