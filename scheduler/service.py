@@ -19,7 +19,7 @@ from scheduler.dispatch import Dispatcher
 from scheduler.engine import CronEngine, Fire, missed_times
 from scheduler.feed import EventHub
 from scheduler.http_api import SchedulerHTTP
-from scheduler.http_guard import Guard, limited_requests
+from scheduler.http_guard import Guard, deadline_channels, limited_requests
 from scheduler.http_log import LoggingSite
 from scheduler.jobbook import JobBook
 from scheduler.jobs import Job, JobStatus
@@ -186,6 +186,8 @@ class SchedulerService(MultiService):
         site = LoggingSite(self.guard, target=settings.access_log, parsePOSTFormSubmission=False)
         site.noisy = False
         site.requestFactory = limited_requests(settings.http_max_body)
+        # Typed as Twisted's default channel factory; an HTTPChannel class serves.
+        site.protocol = deadline_channels(settings.http_request_timeout)  # type: ignore[method-assign, assignment]
         self.http_limits = ConnectionLimits(
             site, total=settings.http_max_connections, per_peer=settings.http_max_per_peer
         )

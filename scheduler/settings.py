@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from typing import Any
 
+from twisted.logger import Logger
+
 from scheduler.access import WorkerTokens, read_token
+
+log = Logger()
+
+# Open files kept free of connections: the job database with its -wal and
+# -shm, the tasks file being rewritten, the logs, the listeners, stdio,
+# the reactor's own.  Connections past the file limit do not just fail:
+# accept() fails with EMFILE and the listener refuses everyone after.
+FD_HEADROOM = 64
+
+
+def fit_connection_caps(tcp: int, http: int, file_limit: int) -> tuple[int, int]:
+    """The TCP and HTTP connection caps cut to fit *file_limit* open files."""
+    if file_limit == resource.RLIM_INFINITY:
+        return tcp, http
+    room = max(file_limit - FD_HEADROOM, 2)
+    tcp = min(tcp, room // 2)
+    return tcp, min(http, room - tcp)
 
 
 @dataclass
@@ -32,6 +52,9 @@ class Settings:
     http_max_connections: int = 20000
     http_max_per_peer: int = 10000
     http_max_body: int = 1024 * 1024
+    # From connecting (or the previous answer) to a whole request, headers
+    # and body; see http_guard.DeadlineChannel.
+    http_request_timeout: float = 30.0
     ws_max_message: int = 2 * 1024 * 1024
     handshake_timeout: float = 10.0
     ping_interval: float = 20.0
@@ -50,13 +73,33 @@ class Settings:
     worker_tokens: WorkerTokens = field(default_factory=WorkerTokens)
 
     @classmethod
-    def from_options(cls, options: Any, env: Mapping[str, str] = os.environ) -> Settings:
-        """From parsed ``twistd scheduler`` options; raises AccessError."""
+    def from_options(
+        cls, options: Any, env: Mapping[str, str] = os.environ, file_limit: int | None = None
+    ) -> Settings:
+        """From parsed ``twistd scheduler`` options; raises AccessError.
+
+        The connection caps are cut to fit *file_limit* (default: this
+        process's soft RLIMIT_NOFILE), and a warning says so.
+        """
         workers = WorkerTokens(
             shared=read_token(options["worker-token-file"], env, "SCHEDULER_WORKER_TOKEN", "worker token"),
             path=options["worker-tokens-file"],
         )
         workers.load()
+        if file_limit is None:
+            file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        asked = (options["tcp-max-connections"], options["http-max-connections"])
+        tcp_cap, http_cap = fit_connection_caps(*asked, file_limit)
+        if (tcp_cap, http_cap) != asked:
+            log.warn(
+                "this process may open only {limit} files (ulimit -n): serving at most {tcp} command-port "
+                "and {http} HTTP connections instead of {asked_tcp} and {asked_http}; raise the limit to allow more",
+                limit=file_limit,
+                tcp=tcp_cap,
+                http=http_cap,
+                asked_tcp=asked[0],
+                asked_http=asked[1],
+            )
         return cls(
             tasks_file=options["tasks-file"],
             tcp=options["tcp"],
@@ -66,13 +109,14 @@ class Settings:
             tcp_linger=options["tcp-linger"],
             tcp_idle_timeout=options["tcp-idle-timeout"],
             tcp_max_line=options["tcp-max-line"],
-            tcp_max_connections=options["tcp-max-connections"],
+            tcp_max_connections=tcp_cap,
             tcp_max_per_peer=options["tcp-max-per-peer"],
             tcp_auth_timeout=options["tcp-auth-timeout"],
             tcp_max_unauthenticated=options["tcp-max-unauthenticated"],
-            http_max_connections=options["http-max-connections"],
+            http_max_connections=http_cap,
             http_max_per_peer=options["http-max-per-peer"],
             http_max_body=options["http-max-body"],
+            http_request_timeout=options["http-request-timeout"],
             ws_max_message=options["ws-max-message"],
             handshake_timeout=options["handshake-timeout"],
             ping_interval=options["ping-interval"],

@@ -76,6 +76,7 @@ class Options(usage.Options):
         ["http-max-connections", None, 20000, "Most open connections on the HTTP port (workers included).", _positive_int],
         ["http-max-per-peer", None, 10000, "Most open HTTP connections from one address (workers behind one NAT share it).", _positive_int],
         ["http-max-body", None, 1048576, "Largest HTTP request body in bytes (larger ones get 413).", _positive_int],
+        ["http-request-timeout", None, Settings.http_request_timeout, "Seconds an HTTP client has to send a whole request (headers and body) after connecting or after the previous answer (else 408; WebSockets are exempt once open).", _positive],
         ["ws-max-message", None, 2097152, "Largest worker WebSocket message in bytes.", _positive_int],
         ["handshake-timeout", None, 10.0, "Seconds a worker has for the WebSocket handshake and its hello.", _positive],
         ["ping-interval", None, 20.0, "Seconds between WebSocket pings to each worker.", _positive],
