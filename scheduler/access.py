@@ -8,14 +8,17 @@ constant time and never logged.  See SECURITY.md for the threat model.
 from __future__ import annotations
 
 import hmac
+import inspect
 import ipaddress
 import os
-import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
+from twisted.internet import endpoints
 from twisted.logger import Logger
 
 log = Logger()
@@ -74,24 +77,51 @@ class WorkerTokens:
     per_worker: dict[str, str] = field(default_factory=dict)
     #: Names whose token the last reload removed or changed.
     revoked: set[str] = field(default_factory=set)
-    _mtime: float | None = None
+    _signature: tuple[int, int, int] | None = None
 
     @property
     def configured(self) -> bool:
         return self.shared is not None or self.path is not None
 
     def load(self) -> bool:
-        """(Re)read the per-worker file; True if it changed."""
+        """(Re)read the per-worker file; True if it changed.
+
+        Fails closed: a file that was deleted, cannot be read or does not
+        parse leaves no per-worker token valid (their workers are revoked)
+        and raises AccessError saying why; the next call reads it again.
+        """
         if self.path is None:
             return False
         try:
-            mtime = os.stat(self.path).st_mtime
+            found = os.stat(self.path)
+            # Size and inode too: a rewrite within the mtime's resolution,
+            # or a rename over the file, may keep the mtime.
+            signature = (found.st_mtime_ns, found.st_size, found.st_ino)
+            if signature == self._signature:
+                return False
+            tokens = self._parse(Path(self.path).read_text(encoding="utf-8"))
         except OSError as error:
-            raise AccessError(f"cannot read the worker tokens file {self.path}: {error.strerror}") from None
-        if mtime == self._mtime:
-            return False
+            self._forget_all()
+            raise AccessError(f"cannot read the worker tokens file {self.path}: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            self._forget_all()
+            raise AccessError(f"the worker tokens file {self.path} is not UTF-8 text") from None
+        except AccessError:
+            self._forget_all()
+            raise
+        self.revoked = {name for name, token in self.per_worker.items() if tokens.get(name) != token}
+        self.per_worker = tokens
+        self._signature = signature
+        return True
+
+    def _forget_all(self) -> None:
+        """No per-worker token is valid until the file reads cleanly again."""
+        self.revoked = set(self.per_worker)
+        self.per_worker = {}
+        self._signature = None
+
+    def _parse(self, text: str) -> dict[str, str]:
         tokens: dict[str, str] = {}
-        text = Path(self.path).read_text(encoding="utf-8")
         for number, line in enumerate(text.splitlines(), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -103,10 +133,7 @@ class WorkerTokens:
             if len(token) < 16:
                 raise AccessError(f"{self.path}, line {number}: the token is shorter than 16 characters")
             tokens[name] = token
-        self.revoked = {name for name, token in self.per_worker.items() if tokens.get(name) != token}
-        self.per_worker = tokens
-        self._mtime = mtime
-        return True
+        return tokens
 
     def identify(self, token: str | None) -> str | None:
         """The name this token may use (ANY_NAME for the shared token), or None."""
@@ -133,24 +160,62 @@ class WorkerTokens:
 # -- where listeners listen ----------------------------------------------
 
 
-def _interface(endpoint: str) -> str | None:
-    """The interface of a tcp/ssl endpoint string; '' means every interface."""
-    parts = re.split(r"(?<!\\):", endpoint)
-    kind = parts[0].lower()
-    if kind in ("unix", "systemd"):
-        return None  # not reachable over the network by itself
-    for part in parts[1:]:
-        key, _, value = part.partition("=")
-        if key == "interface":
-            return value.replace("\\:", ":")
-    return ""
+# How serverFromString reads the arguments of each kind whose interface we
+# can tell (each function's signature, not its body, is used).  Any other
+# kind counts as listening everywhere.
+_ARGUMENTS: dict[str, Callable[..., Any]] = {
+    "tcp": endpoints._parseTCP,  # (factory, port, interface="", backlog=50)
+    "ssl": endpoints._parseSSL,  # (factory, port, privateKey=..., ..., interface="", ...)
+    "tcp6": endpoints._TCP6ServerParser()._parseServer,  # (reactor, port, backlog=50, interface="::")
+}
+# Sockets that are not reachable over the network by themselves.
+_LOCAL_KINDS = {"unix", "systemd"}
+_EVERYWHERE = {"", "0.0.0.0", "::"}
+
+
+def _keys(endpoint: str) -> list[str]:
+    """The ``key=`` names of an endpoint string, tokenised as Twisted does."""
+    return [
+        value
+        for (kind, value), (next_kind, next_value) in pairwise(endpoints._tokenize(endpoint))
+        if kind == endpoints._STRING and next_kind == endpoints._OP and next_value == "="
+    ]
+
+
+def listen_interface(endpoint: str) -> str | None:
+    """Where a server endpoint string listens, read as ``serverFromString`` reads it.
+
+    '' (or '0.0.0.0', '::') means every interface; None a local socket
+    (unix, systemd).  A key given twice is refused: Twisted silently uses
+    the last one, and a reader (or a check reading the first) sees another.
+    """
+    keys = _keys(endpoint)
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise AccessError(
+            f"the endpoint {endpoint!r} gives {', '.join(repeated)} more than once "
+            "(Twisted would use only the last); give each key once"
+        )
+    args, kw = endpoints._parse(endpoint)
+    kind = args[0].lower()
+    if kind in _LOCAL_KINDS:
+        return None
+    parser = _ARGUMENTS.get(kind)
+    if parser is None:
+        return ""
+    try:
+        bound = inspect.signature(parser).bind(None, *args[1:], **kw)
+    except TypeError as error:
+        raise AccessError(f"cannot read the endpoint {endpoint!r}: {error}") from None
+    bound.apply_defaults()
+    return str(bound.arguments["interface"])
 
 
 def is_loopback(endpoint: str) -> bool:
-    interface = _interface(endpoint)
+    interface = listen_interface(endpoint)
     if interface is None:
         return True
-    if interface == "":
+    if interface in _EVERYWHERE:
         return False
     if interface == "localhost":
         return True
@@ -190,8 +255,8 @@ def default_allowed_hosts(http: str) -> set[str]:
         hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
     except OSError:
         pass
-    interface = _interface(http)
-    if interface:
+    interface = listen_interface(http)
+    if interface is not None and interface not in _EVERYWHERE:
         hosts.add(interface.lower())
     return hosts
 

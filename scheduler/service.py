@@ -220,15 +220,30 @@ class SchedulerService(MultiService):
             raise ConnectionDeny(401, "missing or wrong worker token")
         return name or None
 
+    # Seconds between two log lines saying the worker tokens file still fails.
+    TOKEN_ERROR_EVERY = 60.0
+    _token_error: tuple[str, float] | None = None
+
     def _reload_worker_tokens(self) -> None:
         tokens = self.settings.worker_tokens
         try:
             if not tokens.load():
                 return
         except AccessError as error:
-            log.error("keeping the previous worker tokens: {error}", error=str(error))
-            return
-        log.info("reloaded {count} worker tokens from {path}", count=len(tokens.per_worker), path=tokens.path)
+            # Fail closed: load() has dropped every per-worker token.  The
+            # file is read again at every check, so say so at most once a
+            # minute (and whenever the reason changes).
+            now = self.reactor.seconds()
+            last = self._token_error
+            if last is None or last[0] != str(error) or now - last[1] >= self.TOKEN_ERROR_EVERY:
+                log.error(
+                    "{error}; no per-worker token is valid until it reads cleanly, their workers are disconnected",
+                    error=str(error),
+                )
+                self._token_error = (str(error), now)
+        else:
+            self._token_error = None
+            log.info("reloaded {count} worker tokens from {path}", count=len(tokens.per_worker), path=tokens.path)
         for worker in list(self.workers):
             bound = getattr(worker.link, "token_name", None)
             if bound is not None and not tokens.still_valid(bound):

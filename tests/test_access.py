@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 
 from scheduler.access import (
     ANY_NAME,
@@ -19,6 +23,7 @@ from scheduler.access import (
     check_protected,
     host_allowed,
     is_loopback,
+    listen_interface,
     read_token,
 )
 from scheduler.limits import ConnectionLimits
@@ -53,10 +58,48 @@ def test_tokens_come_from_files_or_the_environment(tmp_path: Path) -> None:
         ("tcp:5050:interface=192.168.1.5", False),
         ("ssl:3000:privateKey=k.pem:interface=10.0.0.1", False),
         ("unix:/run/scheduler.sock", True),
+        # Read as Twisted reads them: a positional interface, escapes, tcp6's default.
+        ("tcp:5050:127.0.0.1", True),
+        ("tcp:5050:0.0.0.0", False),
+        (r"tcp:5050:interface=127.0.0.\1", True),
+        ("tcp6:5050", False),
+        ("tcp6:5050:interface=\\:\\:", False),
     ],
 )
 def test_loopback_detection(endpoint: str, loopback: bool) -> None:
     assert is_loopback(endpoint) is loopback
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp:3000:interface=127.0.0.1:interface=127.0.0.2",
+        "tcp:3000:interface=127.0.0.1:interface=0.0.0.0",
+        "tcp:3000:backlog=5:interface=127.0.0.1:backlog=6",
+    ],
+)
+def test_a_key_given_twice_is_refused(endpoint: str) -> None:
+    # Twisted listens on the last interface=; the check used to read the first.
+    with pytest.raises(AccessError, match="more than once"):
+        is_loopback(endpoint)
+    with pytest.raises(AccessError, match="more than once"):
+        check_protected(tcp="tcp:5050:interface=127.0.0.1", http=endpoint, tcp_token=None, api_token=None,
+                        workers=WorkerTokens())
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["tcp:3000", "tcp:3000:interface=127.0.0.1", "tcp:3000:10.1.2.3", r"tcp:3000:interface=127.0.0.\1",
+     "tcp:3000:backlog=5:interface=127.0.0.1", "tcp6:3000", "tcp6:3000:interface=\\:\\:1", "tcp6:3000:backlog=3"],
+)
+def test_the_interface_is_the_one_twisted_listens_on(endpoint: str) -> None:
+    built = serverFromString(Clock(), endpoint)
+    assert listen_interface(endpoint) == built._interface  # type: ignore[attr-defined]
+
+
+def test_an_endpoint_twisted_cannot_read_is_refused() -> None:
+    with pytest.raises(AccessError, match="cannot read the endpoint"):
+        is_loopback("tcp:3000:interfaces=127.0.0.1")
 
 
 def test_open_listeners_need_tokens() -> None:
@@ -101,6 +144,49 @@ def test_worker_tokens_shared_and_per_worker(tmp_path: Path) -> None:
     os.utime(path, (3, 3))
     with pytest.raises(AccessError, match="line 1"):
         tokens.load()
+
+
+A1 = "aaaaaaaaaaaaaaaaaaaa"
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (lambda path: path.unlink(), "cannot read the worker tokens file"),
+        (lambda path: path.write_text("build-1\n"), "line 1"),
+        (lambda path: path.write_bytes(b"build-1 \xff" + b"a" * 20 + b"\n"), "not UTF-8"),
+        (lambda path: (path.unlink(), path.mkdir()), "cannot read the worker tokens file"),
+    ],
+    ids=["deleted", "corrupt", "not-utf8", "unreadable"],
+)
+def test_a_deleted_or_broken_tokens_file_fails_closed(tmp_path: Path, spoil: Any, reason: str) -> None:
+    path = tmp_path / "workers"
+    path.write_text(f"build-1 {A1}\n")
+    tokens = WorkerTokens(path=str(path))
+    assert tokens.load() and tokens.identify(A1) == "build-1"
+    spoil(path)
+    with pytest.raises(AccessError, match=reason):
+        tokens.load()
+    # Not the old tokens: none.
+    assert tokens.identify(A1) is None
+    assert not tokens.still_valid("build-1")
+    with pytest.raises(AccessError, match=reason):
+        tokens.load()  # read again each time, and still failing
+    if path.is_dir():
+        path.rmdir()
+    path.write_text(f"build-1 {A1}\n")
+    assert tokens.load() and tokens.identify(A1) == "build-1" and tokens.still_valid("build-1")
+
+
+def test_a_rewrite_that_keeps_the_mtime_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "workers"
+    path.write_text(f"build-1 {A1}\n")
+    os.utime(path, (5, 5))
+    tokens = WorkerTokens(path=str(path))
+    assert tokens.load()
+    path.write_text(f"build-2 {A1}\n# and a comment\n")
+    os.utime(path, (5, 5))
+    assert tokens.load() and tokens.identify(A1) == "build-2"
 
 
 def test_bearer_header() -> None:
@@ -179,3 +265,52 @@ def test_tcp_without_token_needs_no_auth(tmp_path: Path) -> None:
     protocol, transport = tcp_client(tmp_path, None)
     protocol.dataReceived(b"AUTH anything\nLIST\n")
     assert transport.value().decode().splitlines() == ["OK no token is needed here", "OK 0 tasks"]
+
+
+class BoundLink:
+    """A worker connection made with *token_name*'s token."""
+
+    def __init__(self, token_name: str) -> None:
+        self.token_name = token_name
+        self.closed: list[str] = []
+
+    def send(self, type: str, **fields: Any) -> None:
+        pass
+
+    def close(self, reason: str) -> None:
+        self.closed.append(reason)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_disconnects_and_says_so_when_the_tokens_file_breaks(tmp_path: Path, reactor: Any) -> None:
+    from scheduler.workers import Worker
+    from tests.test_http_api import close_api, make_api
+
+    path = tmp_path / "workers"
+    path.write_text(f"build-1 {A1}\n")
+    tokens = WorkerTokens(path=str(path))
+    tokens.load()
+    api = await make_api(tmp_path, reactor, worker_tokens=tokens)
+    errors: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        if event["log_level"] == LogLevel.error:
+            errors.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        link = BoundLink("build-1")
+        api.service.dispatcher.hello(Worker("build-1", frozenset(), 1, link, 0.0), {})
+        path.unlink()
+        api.service._reload_worker_tokens()
+        assert link.closed == ["token revoked"]
+        api.service._reload_worker_tokens()  # the same failure, seconds later: not logged again
+        (line,) = errors
+        assert "cannot read the worker tokens file" in line and "no per-worker token is valid" in line
+        path.write_text("build-1\n")
+        api.service._reload_worker_tokens()  # another reason: logged
+        assert len(errors) == 2 and "line 1" in errors[1]
+        assert A1 not in " ".join(errors)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await close_api(api)
