@@ -18,7 +18,7 @@ from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from scheduler.http_log import LoggingSite, check_target
+from scheduler.http_log import LoggingSite, check_target, redact
 from scheduler.tap import Options
 
 
@@ -29,18 +29,20 @@ class Hello(Resource):
         return b"hello"
 
 
-Serve = Callable[[str], Any]
+Serve = Callable[..., Any]
 
 
 @pytest_twisted.async_yield_fixture
 async def serve(reactor: Any) -> AsyncIterator[Serve]:
     ports: list[Any] = []
 
-    async def get(target: str) -> None:
+    async def get(target: str, query: str = "x=1", headers: dict[str, str] | None = None) -> None:
         site = LoggingSite(Hello(), target=target)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         ports.append(port)
-        response = await treq.get(f"http://127.0.0.1:{port.getHost().port}/hello?x=1", headers={"User-Agent": "probe"})
+        response = await treq.get(
+            f"http://127.0.0.1:{port.getHost().port}/hello?{query}", headers={"User-Agent": "probe", **(headers or {})}
+        )
         assert await response.content() == b"hello"
         await port.stopListening()  # stops the factory: a file is closed
 
@@ -99,3 +101,36 @@ def test_the_option_says_what_is_wrong(tmp_path: Path) -> None:
     options = Options()
     with pytest.raises(usage.UsageError, match=r"nowhere.*does not exist"):
         options.parseOptions(["--access-log", str(tmp_path / "nowhere" / "access.log")])
+
+
+SECRET = "s3cret-token-0123456789abcdef"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_in_urls_are_not_logged(serve: Serve, logged: list[LogEvent], tmp_path: Path) -> None:
+    query = f"token={SECRET}&access_token={SECRET}&api_token={SECRET}&job=7"
+    referer = {"Referer": f"http://localhost:3000/?apiKey={SECRET}"}
+    await serve("-", query, referer)
+    path = tmp_path / "access.log"
+    await serve(str(path), query, referer)
+    (main,) = access_lines(logged)
+    (own,) = path.read_text().splitlines()
+    for line in (main, own):
+        assert SECRET not in line
+        assert "token=REDACTED&access_token=REDACTED&api_token=REDACTED&job=7" in line
+        assert "apiKey=REDACTED" in line
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        (b"/api/jobs?status=failed&limit=5", b"/api/jobs?status=failed&limit=5"),
+        (b"/x?Token=a&PASSWORD=b&session_id=c&sig=d", b"/x?Token=REDACTED&PASSWORD=REDACTED&session_id=REDACTED&sig=REDACTED"),
+        (b"/x?%74oken=a", b"/x?%74oken=REDACTED"),
+        (b"/x?" + SECRET.encode(), b"/x?REDACTED"),
+        (b"/x?short", b"/x?short"),
+        (b"/x", b"/x"),
+    ],
+)
+def test_redact(uri: bytes, shown: bytes) -> None:
+    assert redact(uri) == shown
