@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -108,4 +109,69 @@ def test_a_browser_speaking_http_to_the_command_port_runs_nothing(tmp_path: Path
             assert sock.recv(100) == b""  # closed without an answer
         assert scheduler.command("LIST\n") == ["OK 0 tasks"]
     finally:
+        stop(scheduler.process)
+
+
+def raw_http(port: int, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, bytes]:
+    """One request with the target sent exactly as written (no client tidies it)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_no_spelling_of_the_api_runs_a_job_without_the_token(tmp_path: Path) -> None:
+    env = {"SCHEDULER_API_TOKEN": API, "SCHEDULER_WORKER_TOKEN": WORKERS}
+    scheduler = start_scheduler(tmp_path, env=env)
+    worker = start_worker(scheduler.http, "w1", workdir=tmp_path, env={"WORKER_TOKEN": WORKERS})
+    try:
+        wait_until(
+            lambda: [w["name"] for w in http_json("GET", scheduler.url + "/api/workers", token=API)[1]] == ["w1"],  # type: ignore[union-attr]
+            what="the worker",
+        )
+        body = json.dumps({"command": "touch pwned"}).encode()
+        json_headers = {"Content-Type": "application/json"}
+        for target, status in [("/%61pi/jobs", 401), ("//api/jobs", 400), ("/api/%6aobs", 401), ("/api%2fjobs", 400)]:
+            code, answer = raw_http(scheduler.http, "POST", target, json_headers, body)
+            assert code == status, (target, answer)
+            assert b"error" in answer
+        code, _ = raw_http(scheduler.http, "post", "/api/jobs", json_headers, body)
+        assert code == 400
+        # Nothing was queued, so nothing can still run later.
+        assert http_json("GET", scheduler.url + "/api/jobs", token=API) == (200, [])
+        assert not (tmp_path / "pwned").exists()
+        # The same route with the token does run.
+        code, _job = http_json("POST", scheduler.url + "/%61pi/jobs", {"command": "touch ran"}, token=API)
+        assert code == 202
+        wait_until(lambda: (tmp_path / "ran").exists(), what="the job run with the token")
+    finally:
+        stop(worker)
+        stop(scheduler.process)
+
+
+def test_slow_requests_are_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    scheduler = start_scheduler(tmp_path, "--http-request-timeout", "1")
+    lorises = []
+    try:
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", scheduler.http), timeout=15)
+            sock.sendall(b"GET /api/tasks HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1\r\n")
+            lorises.append(sock)
+        for sock in lorises:
+            answer = b""
+            while chunk := sock.recv(4096):  # blocks until the server answers and closes
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert http_json("GET", scheduler.url + "/api/health")[0] == 200
+    finally:
+        for sock in lorises:
+            sock.close()
         stop(scheduler.process)
