@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from scheduler.http_guard import is_public
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -121,7 +123,28 @@ OPENAPI: dict[str, Any] = {
     },
     "security": [{"bearer": []}, {}],
     "paths": {
-        "/api/health": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Up")}}},
+        "/api/health": {
+            "get": {
+                "summary": "Liveness",
+                "security": [{}],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {
+                                "status": {"const": "ok"},
+                                "tasks": {"type": "integer"},
+                                "workers": {"type": "integer"},
+                                "queued": {"type": "integer"},
+                                "version": {"type": "string", "description": "only with the API token"},
+                            },
+                        },
+                        'Up. With an API token set, a request without it gets only {"status": "ok"}',
+                    )
+                },
+            }
+        },
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
         "/metrics": {
             "get": {
@@ -212,13 +235,40 @@ OPENAPI: dict[str, Any] = {
         "/ws/worker": {
             "get": {
                 "summary": "Worker WebSocket (see docs/protocol.md)",
+                "security": [{}],
                 "responses": {"101": {"description": "Switching protocols"}, "401": {"description": "Bad or missing worker token"}},
             }
         },
-        "/": {"get": {"summary": "The dashboard", "responses": {"200": {"description": "HTML"}}}},
+        "/": {"get": {"summary": "The dashboard", "security": [{}], "responses": {"200": {"description": "HTML"}}}},
         "/static/{path}": {
             "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": {"summary": "Dashboard files", "responses": {"200": {"description": "A file"}, "404": {"description": "No such file"}}},
+            "get": {"summary": "Dashboard files", "security": [{}], "responses": {"200": {"description": "A file"}, "404": {"description": "No such file"}}},
         },
     },
 }
+
+
+# What the Guard in front of every route may answer (scheduler/http_guard.py).
+_GUARD_ERRORS = {
+    "400": _error(
+        "A path that could be read two ways (//, %2F, '.' or '..' segments, control characters such as %00, "
+        "not UTF-8), a method name not in upper case, or a repeated Host, Origin, Authorization or Content-Type"
+    ),
+    "403": _error("Host not in --allowed-hosts, or a request that changes state from another Origin"),
+    "408": _error("The request did not arrive whole within --http-request-timeout seconds"),
+}
+
+
+def _add_guard_errors(paths: dict[str, Any]) -> None:
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            responses = operation["responses"]
+            for code, response in _GUARD_ERRORS.items():
+                responses.setdefault(code, response)
+            if not is_public(path.replace("{path}", "file")):
+                responses.setdefault("401", _COMMON_ERRORS["401"])
+
+
+_add_guard_errors(OPENAPI["paths"])

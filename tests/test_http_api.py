@@ -354,3 +354,18 @@ def test_openapi_lists_every_route() -> None:
 async def test_openapi_is_served(api: Api) -> None:
     code, body = await api.call("GET", "/api/openapi.json")
     assert code == 200 and body["openapi"].startswith("3.")
+
+
+def test_openapi_lists_the_guards_answers() -> None:
+    from scheduler.http_guard import is_public
+
+    for path, item in OPENAPI["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            codes = set(operation["responses"])
+            assert {"400", "403", "408"} <= codes, (path, method)
+            if not is_public(path.replace("{path}", "file")):
+                assert "401" in codes, (path, method)
+    health = OPENAPI["paths"]["/api/health"]["get"]["responses"]["200"]
+    assert "version" in health["content"]["application/json"]["schema"]["properties"]
