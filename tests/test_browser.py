@@ -37,6 +37,7 @@ CHROMIUM_ARGS = [
 SHOTS = Path("/tmp/dashboard-shots")
 WAIT = 15_000  # ms, for expect(): a job runs, an event arrives
 XSS = "<img src=x onerror=alert(1)>"
+CSP_REFUSAL = "Content Security Policy"  # in Chromium's console message for each refusal
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="needs Debian's chromium (make test installs it)"
@@ -151,9 +152,14 @@ def page(browser: Browser) -> Iterator[Page]:
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # The scheduler's Content-Security-Policy must not block anything the
+    # dashboard does: Chromium reports each refusal on the console.
+    refused: list[str] = []
+    opened.on("console", lambda message: refused.append(message.text) if CSP_REFUSAL in message.text else None)
     yield opened
     context.close()
     assert errors == [], f"uncaught errors in the page: {errors}"
+    assert refused == [], f"the Content-Security-Policy refused: {refused}"
 
 
 def open_dashboard(page: Page, scheduler: Scheduler) -> None:
@@ -361,3 +367,25 @@ def test_connection_lost_banner(page: Page, tmp_path: Path) -> None:
         expect(page.locator("#tasks-list")).to_contain_text("echo after-restart", timeout=WAIT)
     finally:
         stop(scheduler.process)
+
+
+def test_the_dashboard_runs_under_its_csp_and_cannot_be_framed(browser: Browser, server: Scheduler) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text) if CSP_REFUSAL in message.text else None)
+    try:
+        response = page.goto(server.url + "/")
+        assert response is not None
+        policy = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
+        assert response.headers["x-frame-options"] == "DENY"
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT)
+        assert refused == []
+
+        # Another page framing it (for a click in "Run now") gets nothing.
+        with page.expect_console_message(lambda message: "frame-ancestors" in message.text):
+            page.set_content(f'<iframe id="framed" src="{server.url}/"></iframe>')
+        assert page.frame_locator("#framed").locator("#run-form").count() == 0
+    finally:
+        context.close()
