@@ -372,6 +372,17 @@ class Router(Resource):
 PUBLIC_ROUTES = {"dashboard", "static", "static_branch", "health", "worker_socket"}
 
 
+def test_the_router_stand_in_sees_what_passes(guarded: tuple[Site, Router]) -> None:
+    site, router = guarded
+    for target, extra in [(b"/", b""), (b"/static/app.js", b""), (b"/%61pi/tasks", AUTH), (b"/api/tasks", b"")]:
+        send(site, b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + extra + b"\r\n")
+    assert router.reached == [
+        (b"GET", "/", "dashboard"),
+        (b"GET", "/static/app.js", "static_branch"),
+        (b"GET", "/api/tasks", "list_tasks"),
+    ]
+
+
 @pytest.fixture
 def guarded() -> Iterator[tuple[Site, Router]]:
     router = Router()
@@ -413,9 +424,21 @@ methods = st.one_of(
 )
 
 
-@settings(deadline=None, derandomize=True, database=None, max_examples=1500,
+WRONG_TOKENS = [TOKEN[:-1], TOKEN + "x", TOKEN.upper(), "", " ", TOKEN.encode().hex()]
+header_lines = st.one_of(
+    st.sampled_from([f"Authorization: {scheme} {TOKEN}" for scheme in ("Basic", "Token", "Bearer:", "Bearer\t")]),
+    st.sampled_from([f"Authorization: Bearer {wrong}" for wrong in WRONG_TOKENS]),
+    st.sampled_from([f"X-Api-Token: {TOKEN}", f"Cookie: token={TOKEN}", "X-Original-URL: /api/tasks",
+                     "X-Forwarded-Prefix: /api", "X-Rewrite-URL: /api/jobs", "Host: localhost", "Host: evil.example",
+                     "Origin: http://localhost", "Content-Type: application/json", "Content-Type: text/plain",
+                     "Transfer-Encoding: chunked", "Expect: 100-continue", "Connection: Upgrade", "Upgrade: websocket"]),
+)
+extras = st.lists(header_lines, max_size=4).map(lambda lines: "".join(line + "\r\n" for line in lines).encode())
+
+
+@settings(deadline=None, derandomize=True, database=None, max_examples=600,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(method=methods, target=targets(), extra=st.sampled_from([b"", JSON, b"Authorization: Basic " + TOKEN.encode() + b"\r\n"]))
+@given(method=methods, target=targets(), extra=st.one_of(st.just(JSON), extras))
 @example(method="GET", target=b"/%61pi/tasks", extra=b"")
 @example(method="GET", target=b"//api/tasks", extra=b"")
 @example(method="POST", target=b"/%61pi/jobs", extra=JSON)
