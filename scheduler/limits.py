@@ -1,10 +1,19 @@
-"""Connection bounds for a listener: in total, and per peer address."""
+"""Connection bounds for a listener: in total, per peer address, and unread output."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
+from typing import Any
 
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IProducer,
+    IProtocolFactory,
+    IPushProducer,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -13,16 +22,121 @@ from zope.interface import implementer
 
 log = Logger()
 
+# Bytes queued for a peer that does not read, beyond what its transport
+# holds before it asks to pause (64 KiB for TCP), before it is dropped.
+# Above the largest single message (a worker message, an HTTP body, a job's
+# kept output), twice the live feed's own backlog bound.
+SEND_BACKLOG = 8 * 1024 * 1024
+
 
 def _peer(address: IAddress) -> str:
     return str(getattr(address, "host", "local"))
 
 
+@implementer(IPushProducer)
+class _Backlog:
+    """The producer a connection's transport sees: it says when the peer lags.
+
+    The transport pauses its producer when its write buffer passes its own
+    size and resumes it when the buffer has drained: from the pause on,
+    every byte written waits for a peer that is not reading.  The inner
+    protocol's own producer (twisted.web's HTTPChannel registers itself, and
+    stops reading requests while paused) is kept here and told the same.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.behind = 0  # bytes written since the pause
+        self.inner: IProducer | None = None
+        self.inner_streaming = True
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.inner is not None and self.inner_streaming:
+            IPushProducer(self.inner).pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.behind = 0
+        if self.inner is not None:
+            # A pull producer is asked for more whenever the buffer drains.
+            self.inner.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        if self.inner is not None:
+            self.inner.stopProducing()
+
+
 @implementer(IHalfCloseableProtocol)
 class _Counted(ProtocolWrapper):
-    """Counts a connection; passes half-closes on (the command port needs them)."""
+    """Counts a connection; passes half-closes on (the command port needs them).
+
+    And drops a peer that leaves more than the factory's ``send_backlog``
+    bytes unread: otherwise one that sends requests and never reads the
+    answers makes the process buffer them without end.
+    """
 
     factory: ConnectionLimits
+
+    def __init__(self, factory: ConnectionLimits, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._backlog = _Backlog()
+        self._dropped = False
+
+    def makeConnection(self, transport: ITransport) -> None:
+        # Before the inner protocol can: a transport takes one producer,
+        # and registerProducer below keeps the inner one in _Backlog.
+        transport.registerProducer(self._backlog, True)  # type: ignore[attr-defined]
+        super().makeConnection(transport)
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._backlog.inner is not None:
+            raise RuntimeError(f"cannot register producer {producer}: {self._backlog.inner} is registered")
+        self._backlog.inner = producer
+        self._backlog.inner_streaming = streaming
+        if not streaming:
+            producer.resumeProducing()  # type: ignore[attr-defined]
+
+    def unregisterProducer(self) -> None:
+        self._backlog.inner = None
+
+    def write(self, data: bytes) -> None:
+        if self._dropped:
+            return
+        assert self.transport is not None
+        self.transport.write(data)
+        self._wrote(len(data))
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        if self._dropped:
+            return
+        assert self.transport is not None
+        chunks = list(data)
+        self.transport.writeSequence(chunks)
+        self._wrote(sum(len(chunk) for chunk in chunks))
+
+    def _wrote(self, size: int) -> None:
+        backlog = self._backlog
+        if not backlog.paused:
+            return
+        backlog.behind += size
+        if backlog.behind > self.factory.send_backlog:
+            self._drop()
+
+    def _drop(self) -> None:
+        self._dropped = True
+        self.factory.dropped += 1
+        log.warn(
+            "dropping the connection from {peer}: it left more than {limit} bytes unread",
+            peer=getattr(self, "_limits_peer", None) or "?",
+            limit=self.factory.send_backlog,
+        )
+        # Abort: a clean close would first wait for the peer to read it all.
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        elif self.transport is not None:
+            self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         half = IHalfCloseableProtocol(self.wrappedProtocol, None)
@@ -54,7 +168,7 @@ class _Refuse(Protocol):
         self.transport.loseConnection()
 
 
-class ConnectionLimits(WrappingFactory):
+class ConnectionLimits(WrappingFactory[_Counted]):
     """Wraps a server factory; refuses connections beyond the limits.
 
     ``refusal`` is written to a refused client first (``ERR ...`` for the
@@ -64,12 +178,20 @@ class ConnectionLimits(WrappingFactory):
     protocol = _Counted
 
     def __init__(
-        self, wrapped: IProtocolFactory, *, total: int, per_peer: int, refusal: bytes = b""
+        self,
+        wrapped: IProtocolFactory,
+        *,
+        total: int,
+        per_peer: int,
+        refusal: bytes = b"",
+        send_backlog: int = SEND_BACKLOG,
     ) -> None:
         super().__init__(wrapped)
         self.total = total
         self.per_peer = per_peer
         self.refusal = refusal
+        self.send_backlog = send_backlog
+        self.dropped = 0  # connections dropped for leaving too much unread
         self._peers: Counter[str] = Counter()
         self._open = 0
         self.refused = 0

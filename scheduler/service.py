@@ -158,6 +158,7 @@ class SchedulerService(MultiService):
             total=settings.tcp_max_connections,
             per_peer=settings.tcp_max_per_peer,
             refusal=b"ERR too many connections; try again later\n",
+            send_backlog=settings.send_backlog,
         )
         self.tcp_service = StreamServerEndpointService(serverFromString(reactor, settings.tcp), self.tcp_limits)
         self.tcp_service.setServiceParent(self)
@@ -189,7 +190,10 @@ class SchedulerService(MultiService):
         # Typed as Twisted's default channel factory; an HTTPChannel class serves.
         site.protocol = deadline_channels(settings.http_request_timeout)  # type: ignore[method-assign, assignment]
         self.http_limits = ConnectionLimits(
-            site, total=settings.http_max_connections, per_peer=settings.http_max_per_peer
+            site,
+            total=settings.http_max_connections,
+            per_peer=settings.http_max_per_peer,
+            send_backlog=settings.send_backlog,
         )
         self.http_service = StreamServerEndpointService(serverFromString(reactor, settings.http), self.http_limits)
         self.http_service.setServiceParent(self)

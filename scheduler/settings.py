@@ -12,6 +12,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from scheduler.access import WorkerTokens, read_token
+from scheduler.limits import SEND_BACKLOG
 
 log = Logger()
 
@@ -56,6 +57,8 @@ class Settings:
     # and body; see http_guard.DeadlineChannel.
     http_request_timeout: float = 30.0
     ws_max_message: int = 2 * 1024 * 1024
+    # Bytes queued for a peer that does not read, on every listener.
+    send_backlog: int = SEND_BACKLOG
     handshake_timeout: float = 10.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
@@ -118,6 +121,7 @@ class Settings:
             http_max_body=options["http-max-body"],
             http_request_timeout=options["http-request-timeout"],
             ws_max_message=options["ws-max-message"],
+            send_backlog=options["send-backlog"],
             handshake_timeout=options["handshake-timeout"],
             ping_interval=options["ping-interval"],
             ping_timeout=options["ping-timeout"],

@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from scheduler.cron import local_zone
 from scheduler.http_log import check_target
+from scheduler.limits import SEND_BACKLOG
 from scheduler.settings import Settings
 
 
@@ -78,6 +79,7 @@ class Options(usage.Options):
         ["http-max-body", None, 1048576, "Largest HTTP request body in bytes (larger ones get 413).", _positive_int],
         ["http-request-timeout", None, Settings.http_request_timeout, "Seconds an HTTP client has to send a whole request (headers and body) after connecting or after the previous answer (else 408; WebSockets are exempt once open).", _positive],
         ["ws-max-message", None, 2097152, "Largest worker WebSocket message in bytes.", _positive_int],
+        ["send-backlog", None, SEND_BACKLOG, "Bytes queued for a peer that does not read what it is sent (beyond the socket's own buffer) before it is dropped; on every listener.", _positive_int],
         ["handshake-timeout", None, 10.0, "Seconds a worker has for the WebSocket handshake and its hello.", _positive],
         ["ping-interval", None, 20.0, "Seconds between WebSocket pings to each worker.", _positive],
         ["ping-timeout", None, 20.0, "Seconds without a pong before a worker is dropped.", _positive],
