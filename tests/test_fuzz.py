@@ -800,7 +800,6 @@ def _report_is_malformed(message: dict[str, Any]) -> bool:
     return False
 
 
-def _hello_is_malformed(message: dict[str, Any]) -> bool:
 def _echo(message: dict[str, Any]) -> dict[str, Any]:
     """What docs/protocol.md says an ``error`` repeats: ``type`` and ``job`` only."""
     echo: dict[str, Any] = {}
@@ -811,6 +810,7 @@ def _echo(message: dict[str, Any]) -> dict[str, Any]:
     return echo
 
 
+def _hello_is_malformed(message: dict[str, Any]) -> bool:
     name, labels, slots, jobs = (message.get(key) for key in ("name", "labels", "slots", "jobs"))
     if (
         not isinstance(name, str)
