@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := netcat-openbsd chromium
 
-.PHONY: run test lint typecheck unit bench debian-deps install test-install clean
+.PHONY: run test lint typecheck unit bench soak debian-deps install test-install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ test: test-install
 # into bench/.venv-peers, redis-server from Debian when missing.
 bench: test-install
 	$(BIN)/python bench/run.py
+
+# The soak case alone (real scheduler and workers; memory, tick lag, fires
+# lost or doubled as it goes), for as long as you like: make soak SOAK_SECONDS=3600
+SOAK_SECONDS ?= 600
+soak: test-install
+	$(BIN)/python bench/run.py --only soak --no-peers --soak-seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -89,7 +89,7 @@ class Runtime:
     profile_dir: Path | None = None
     profile_format: str = "flamegraph"
     py_spy: Path | None = None
-    # The long_run case's soak; None for its default.
+    # How long the soak case runs; None for its default.
     soak_seconds: float | None = None
 
     def env(self) -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from bench import peers
-from bench.cases import fanout, latency, long_run, many_tasks, many_workers, throughput
+from bench.cases import fanout, latency, long_run, many_tasks, many_workers, soak, throughput
 from bench.common import BENCH, CaseResult, Figure, Runtime, log, machine, raise_fd_limit
 
 CASES: dict[str, ModuleType] = {
@@ -30,6 +30,7 @@ CASES: dict[str, ModuleType] = {
     many_workers.NAME: many_workers,
     fanout.NAME: fanout,
     long_run.NAME: long_run,
+    soak.NAME: soak,
 }
 # The cases that compare against a peer, and so need the peer venv.
 NEEDS_PEERS = {throughput.NAME: ("celery", "redis"), many_tasks.NAME: ("apscheduler",)}
@@ -70,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--soak-seconds",
         type=float,
-        help="how long the long_run case's soak runs (default 120 s, 8 s with --quick)",
+        help="how long the soak case runs (default 120 s, 8 s with --quick)",
     )
     return parser.parse_args(argv)
 
