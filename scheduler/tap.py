@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import MutableMapping
 from datetime import tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -99,8 +101,21 @@ def makeService(options: Options) -> IService:
     from scheduler.service import SchedulerService, StartupError
 
     try:
-        return SchedulerService.from_options(options)
+        service = SchedulerService.from_options(options)
     except StartupError as error:
         # twistd would print a traceback; an operator needs the reason.
         print(f"scheduler: cannot start: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    forget_token_variables(os.environ)
+    return service
+
+
+def forget_token_variables(environ: MutableMapping[str, str]) -> None:
+    """Drop SCHEDULER_*_TOKEN from *environ* once Settings has read them.
+
+    Nothing needs them after, and no process started from here may
+    inherit them.  (A worker started beside the scheduler with the same
+    environment, as under `make run`, drops them itself: worker.tap.)
+    """
+    for name in [name for name in environ if name.startswith("SCHEDULER_") and name.endswith("_TOKEN")]:
+        del environ[name]

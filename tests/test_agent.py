@@ -1015,6 +1015,22 @@ def parse(*args: str, env: Mapping[str, str] | None = None) -> tap.Options:
     return options
 
 
+def test_the_service_drops_token_variables_from_what_jobs_inherit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20, item 8: ``echo $WORKER_TOKEN`` in a job printed the worker's token."""
+    monkeypatch.setenv("WORKER_TOKEN", "worker-token-0123456789")
+    for name in ("SCHEDULER_API_TOKEN", "SCHEDULER_TCP_TOKEN", "SCHEDULER_WORKER_TOKEN"):
+        monkeypatch.setenv(name, "scheduler-token-0123456789")
+    monkeypatch.setenv("SCHEDULER_TOKENS_NOTE", "kept: not a token variable")
+    options = tap.Options()
+    options.parseOptions(["--workdir", str(tmp_path)])
+    assert options["token"] == "worker-token-0123456789"
+    tap.makeService(options)
+    assert not {"WORKER_TOKEN", "SCHEDULER_API_TOKEN", "SCHEDULER_TCP_TOKEN", "SCHEDULER_WORKER_TOKEN"} & set(os.environ)
+    assert os.environ["SCHEDULER_TOKENS_NOTE"] == "kept: not a token variable"
+
+
 def test_options_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     options = parse()

@@ -6,6 +6,7 @@ processes, then drives them through the REST API and the command port.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -196,3 +197,57 @@ def test_scheduler_restart_mid_job_reconciles(cluster: Any) -> None:
     assert c.log(job["id"]) == "one\ntwo\n"
     finished = [line for line in (c.workdir / "scheduler.log").read_text().splitlines() if "job 1 " in line]
     assert not any("lost" in line for line in finished)
+
+
+def test_no_job_sees_a_token(tmp_path: Path) -> None:
+    """Issue 20, item 8: the tokens reached every job's environment.
+
+    Started as `make run` starts them: the worker with the scheduler's
+    environment, which holds the scheduler's token variables too.
+    """
+    api, tcp, worker_token = ("api-token-0123456789", "tcp-token-0123456789", "worker-token-0123456789")
+    env = {"SCHEDULER_API_TOKEN": api, "SCHEDULER_TCP_TOKEN": tcp, "SCHEDULER_WORKER_TOKEN": worker_token}
+    scheduler = start_scheduler(tmp_path, env=env)
+    worker = start_worker(scheduler.http, "w1", workdir=tmp_path, env={**env, "WORKER_TOKEN": worker_token})
+    try:
+
+        def online() -> bool:
+            _, workers = http_json("GET", scheduler.url + "/api/workers", token=api)
+            return isinstance(workers, list) and [w["name"] for w in workers] == ["w1"]
+
+        wait_until(online, what="the worker to connect")
+        code, job = http_json("POST", scheduler.url + "/api/jobs", {"command": "env; echo end"}, token=api)
+        assert code == 202 and isinstance(job, dict), job
+
+        def ended() -> dict[str, Any] | None:
+            _, found = http_json("GET", f"{scheduler.url}/api/jobs/{job['id']}", token=api)
+            return found if isinstance(found, dict) and found["status"] not in ("queued", "running") else None
+
+        assert wait_until(ended, what="the job to end")["status"] == "succeeded"
+        _, log = http_json("GET", f"{scheduler.url}/api/jobs/{job['id']}/log", token=api)
+        assert isinstance(log, str) and log.endswith("end\n") and "PATH=" in log
+        for secret in (api, tcp, worker_token, "_TOKEN="):
+            assert secret not in log
+    finally:
+        stop(worker)
+        stop(scheduler.process)
+
+
+def test_the_scheduler_forgets_its_token_variables_once_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, beside the test above: scheduler.tap drops what Settings read."""
+    from scheduler import service, tap
+
+    monkeypatch.setenv("SCHEDULER_API_TOKEN", "api-token-0123456789")
+    monkeypatch.setenv("SCHEDULER_WORKER_TOKEN", "worker-token-0123456789")
+    monkeypatch.setenv("SCHEDULER_TCP", "kept: not a token variable")
+    read: list[str | None] = []
+
+    def from_options(options: Any) -> object:
+        read.append(os.environ.get("SCHEDULER_API_TOKEN"))
+        return object()
+
+    monkeypatch.setattr(service.SchedulerService, "from_options", from_options)
+    tap.makeService(tap.Options())
+    assert read == ["api-token-0123456789"]
+    assert "SCHEDULER_API_TOKEN" not in os.environ and "SCHEDULER_WORKER_TOKEN" not in os.environ
+    assert os.environ["SCHEDULER_TCP"] == "kept: not a token variable"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import MutableMapping
 from typing import Any, cast
 
 from autobahn.websocket.util import parse_url
@@ -25,7 +26,7 @@ from worker.agent import (
 )
 from worker.runner import RunnerReactor
 
-__all__ = ["Options", "endpoint_for", "makeService"]
+__all__ = ["Options", "drop_secrets", "endpoint_for", "makeService"]
 
 
 class Options(usage.Options):
@@ -116,8 +117,28 @@ def endpoint_for(reactor: Any, *, secure: bool, host: str, port: int) -> IStream
     return wrapClientTLS(optionsForClientTLS(host), tcp)
 
 
+def drop_secrets(environ: MutableMapping[str, str]) -> list[str]:
+    """Remove the token variables from *environ*, which every job inherits.
+
+    The worker's own token (read by Options already) and the scheduler's
+    SCHEDULER_*_TOKEN, which reach a worker started with the scheduler's
+    environment (``make run``, one env file for both): a job must not be
+    able to print them.  Returns the names removed.
+    """
+    names = [
+        name
+        for name in environ
+        if name == "WORKER_TOKEN" or (name.startswith("SCHEDULER_") and name.endswith("_TOKEN"))
+    ]
+    for name in names:
+        del environ[name]
+    return names
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
+
+    drop_secrets(os.environ)
 
     backoff = Backoff()
     agent = WorkerAgent(
