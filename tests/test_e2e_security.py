@@ -175,3 +175,43 @@ def test_slow_requests_are_cut_off_at_the_deadline(tmp_path: Path) -> None:
         for sock in lorises:
             sock.close()
         stop(scheduler.process)
+
+
+def test_an_endpoint_with_interface_twice_refuses_to_start(tmp_path: Path) -> None:
+    # Twisted listens on the last interface=: 0.0.0.0 here, without tokens.
+    done = subprocess.run(
+        [*TWISTD, "--pidfile=", "-n", "scheduler", "--tcp", "tcp:0:interface=127.0.0.1",
+         "--http", "tcp:0:interface=127.0.0.1:interface=0.0.0.0"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode != 0
+    message = done.stderr.decode()
+    assert "gives interface more than once" in message and "Traceback" not in message
+
+
+def test_deleting_the_worker_tokens_file_disconnects_its_workers(tmp_path: Path) -> None:
+    tokens = tmp_path / "workers.tokens"
+    tokens.write_text("w1 w1-token-0123456789abcdef\n")
+    scheduler = start_scheduler(tmp_path, "--worker-tokens-file", str(tokens))
+    w1 = start_worker(scheduler.http, "w1", workdir=tmp_path, env={"WORKER_TOKEN": "w1-token-0123456789abcdef"})
+    try:
+        def online() -> list[str]:
+            _, listed = http_json("GET", scheduler.url + "/api/workers")
+            assert isinstance(listed, list)
+            return [w["name"] for w in listed]
+
+        wait_until(lambda: online() == ["w1"], what="w1 to connect")
+        tokens.unlink()
+        wait_until(lambda: online() == [], timeout=30, what="w1 to be disconnected")
+        log = (tmp_path / "scheduler.log").read_text()
+        assert "cannot read the worker tokens file" in log and "its token was revoked" in log
+        # It cannot come back while the file is missing (it keeps trying).
+        wait_until(lambda: "missing or wrong worker token" in (tmp_path / "scheduler.log").read_text(),
+                   what="w1's retry to be refused")
+        assert online() == []
+    finally:
+        stop(w1)
+        stop(scheduler.process)
