@@ -314,6 +314,7 @@ class AuthThrottle:
         self._unlogged = 0
         self._unlogged_from: set[str] = set()
         self._last_from = ""
+        self._refused = 0
         self._log_timer: IDelayedCall | None = None
 
     def wait(self, host: str) -> float:
@@ -343,6 +344,12 @@ class AuthThrottle:
     def succeeded(self, host: str) -> None:
         self._failures.pop(_address_key(host), None)
 
+    def refused(self, host: str) -> None:
+        """Count an AUTH refused unchecked because *host* must still wait."""
+        self._refused += 1
+        if self._log_timer is None:
+            self._log_timer = self._clock.callLater(AUTH_LOG_INTERVAL, self._summarise)
+
     def _current(self, key: str) -> _Failures | None:
         entry = self._failures.get(key)
         if entry is not None and self._clock.seconds() - entry.last > AUTH_FORGET_AFTER:
@@ -361,22 +368,24 @@ class AuthThrottle:
             self._unlogged_from.add(host)
 
     def _summarise(self) -> None:
-        if not self._unlogged:
+        if not self._unlogged and not self._refused:
             self._log_timer = None
             return
         log.warn(
             "{count} more wrong TCP tokens in the last {interval:.0f} s from {addresses}"
-            " address(es), the last from {peer}; an address waits up to {most:.0f} s"
-            " between tries after {free} wrong ones",
+            " address(es){last}, and {refused} AUTH refused unchecked while their address"
+            " waited; an address waits up to {most:.0f} s between tries after {free} wrong ones",
             count=self._unlogged,
             interval=AUTH_LOG_INTERVAL,
             addresses=len(self._unlogged_from) if len(self._unlogged_from) < 1000 else "1000+",
-            peer=self._last_from,
+            last=f", the last from {self._last_from}" if self._unlogged else "",
+            refused=self._refused,
             most=AUTH_MAX_WAIT,
             free=AUTH_FREE_FAILURES,
         )
         self._unlogged = 0
         self._unlogged_from.clear()
+        self._refused = 0
         self._log_timer = self._clock.callLater(AUTH_LOG_INTERVAL, self._summarise)
 
 
@@ -628,6 +637,7 @@ class CommandLineProtocol(Protocol):
         wait = throttle.wait(self._peer)
         if wait > 0:
             # Not even compared: a guess while waiting must learn nothing.
+            throttle.refused(self._peer)
             return self._refuse(
                 f"ERR too many wrong tokens from {self._peer}; AUTH is refused for {math.ceil(wait)} s more"
             )

@@ -265,8 +265,27 @@ def test_a_flood_of_wrong_tokens_logs_a_few_lines_with_a_count(
     assert warnings == ["wrong TCP token from 10.2.0.0"]
     clock.advance(AUTH_LOG_INTERVAL)
     assert len(warnings) == 2
-    assert warnings[1].startswith("999 more wrong TCP tokens in the last 60 s from 999 address(es)")
+    assert warnings[1].startswith(
+        "999 more wrong TCP tokens in the last 60 s from 999 address(es), the last from 10.2.3.249,"
+        " and 0 AUTH refused unchecked"
+    )
     clock.advance(AUTH_LOG_INTERVAL * 3)
     assert len(warnings) == 2  # quiet: nothing more to say
     Peer(tcp, "10.3.0.1").send(b"AUTH guess\n")
     assert warnings[2] == "wrong TCP token from 10.3.0.1"
+
+
+def test_auth_refused_while_waiting_is_counted_in_the_summary(
+    state: TaskState, clock: Clock, warnings: list[str]
+) -> None:
+    tcp = factory(state, clock)
+    for _ in range(2):
+        Peer(tcp, "10.4.0.1").send(b"AUTH a\nAUTH b\nAUTH c\n")
+    for _ in range(500):
+        Peer(tcp, "10.4.0.1").send(b"AUTH guess\n")
+    assert warnings == ["wrong TCP token from 10.4.0.1"]
+    clock.advance(AUTH_LOG_INTERVAL)
+    assert warnings[1].startswith(
+        "4 more wrong TCP tokens in the last 60 s from 1 address(es), the last from 10.4.0.1,"
+        " and 500 AUTH refused unchecked while their address waited"
+    )
