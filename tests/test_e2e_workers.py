@@ -251,3 +251,23 @@ def test_the_scheduler_forgets_its_token_variables_once_read(monkeypatch: pytest
     assert read == ["api-token-0123456789"]
     assert "SCHEDULER_API_TOKEN" not in os.environ and "SCHEDULER_WORKER_TOKEN" not in os.environ
     assert os.environ["SCHEDULER_TCP"] == "kept: not a token variable"
+
+
+def test_a_second_worker_under_a_taken_name_is_refused_and_nothing_is_lost(cluster: Any) -> None:
+    """Issue 20, item 11: two workers named w1 took the name from each other and lost every job."""
+    c: Cluster = cluster()
+    c.worker("w1")
+    jobs = [c.run("sleep 1; echo done", target="worker:w1") for _ in range(4)]
+    second = start_worker(c.scheduler.http, "w1", workdir=c.workdir)
+    c.workers["w1-again"] = second
+    wait_until(
+        lambda: "the scheduler refused this worker (w1, instance" in (c.workdir / "worker-w1.log").read_text(),
+        what="the second worker to be refused",
+    )
+    for job in jobs:
+        done = c.wait_final(job["id"])
+        assert done["status"] == "succeeded" and c.log(job["id"]) == "done\n"
+    log = c.scheduler.log.read_text()
+    assert "refused worker w1 from" in log and "are two workers running with the same --name?" in log
+    assert "lost" not in log
+    assert c.online() == ["w1"]
