@@ -4,10 +4,12 @@
 //
 // Data only ever reaches the page through textContent / text nodes /
 // attribute values (see dom.js): a command like <img src=x onerror=...>
-// shows as text.
+// shows as text.  Commands, names and labels go through visible() first,
+// so control and bidi characters show as escapes instead of reordering or
+// hiding what the operator reads.
 
 import {ApiError, del, get, post, query, request, setTokenPrompt} from './api.js';
-import {FINAL, clear, debounce, formatDuration, h, show, statusBadge, timeEl} from './dom.js';
+import {FINAL, clear, debounce, formatDuration, h, show, statusBadge, timeEl, visible} from './dom.js';
 import {Feed} from './feed.js';
 
 const JOB_LIMIT = 100;
@@ -151,7 +153,7 @@ function renderWorkers() {
     bar.style.width = `${worker.slots ? (100 * busy) / worker.slots : 0}%`;
     list.append(h('li', {class: 'worker', 'data-name': worker.name},
       h('div', {class: 'worker-top'},
-        h('span', {class: 'worker-name'}, worker.name),
+        h('span', {class: 'worker-name'}, visible(worker.name)),
         h('span', {class: 'worker-slots', title: 'jobs running / slots'},
           `${worker.running}/${worker.slots} slots in use`)),
       h('div', {
@@ -159,7 +161,7 @@ function renderWorkers() {
         'aria-valuemin': 0, 'aria-valuemax': worker.slots, 'aria-valuenow': worker.running,
       }, bar),
       worker.labels.length
-        ? h('div', {class: 'labels'}, worker.labels.map((label) => h('span', {class: 'chip'}, label)))
+        ? h('div', {class: 'labels'}, worker.labels.map((label) => h('span', {class: 'chip'}, visible(label))))
         : null,
       h('div', {class: 'muted small'}, 'connected since ', timeEl(worker.connectedAt))));
   }
@@ -305,10 +307,10 @@ function taskRow(task) {
   const row = h('li', {class: 'task', 'data-id': task.id},
     h('div', {class: 'task-main'},
       h('div', {class: 'task-title'},
-        h('span', {class: 'task-name'}, task.jobName),
+        h('span', {class: 'task-name'}, visible(task.jobName)),
         h('span', {class: 'muted small'}, ` #${task.id}`),
-        task.target && task.target !== 'any' ? h('span', {class: 'chip'}, task.target) : null),
-      h('code', {class: 'task-command', title: task.command}, task.command),
+        task.target && task.target !== 'any' ? h('span', {class: 'chip'}, visible(task.target)) : null),
+      h('code', {class: 'task-command', title: visible(task.command)}, visible(task.command)),
       h('div', {class: 'task-schedule'},
         h('code', {class: 'cron'}, task.schedule),
         h('span', {class: 'task-desc'}, task.description || '')),
@@ -471,8 +473,8 @@ function jobRow(job) {
   const row = h('tr', {class: 'job-row', 'data-id': job.id, 'data-status': job.status},
     h('td', {'data-label': 'Job'}, h('a', {href: `#/jobs/${job.id}`, 'aria-label': `Job ${job.id}`}, `#${job.id}`)),
     h('td', {'data-label': 'Status'}, statusBadge(job.status)),
-    h('td', {'data-label': 'Command', class: 'cmd'}, h('code', {title: job.command}, job.command)),
-    h('td', {'data-label': 'Worker'}, job.worker ? job.worker : h('span', {class: 'muted'}, '—')),
+    h('td', {'data-label': 'Command', class: 'cmd'}, h('code', {title: visible(job.command)}, visible(job.command))),
+    h('td', {'data-label': 'Worker'}, job.worker ? visible(job.worker) : h('span', {class: 'muted'}, '—')),
     h('td', {'data-label': 'Duration', class: 'num'}, formatDuration(job.duration)),
     h('td', {'data-label': 'Started'}, timeEl(job.startedAt, notStarted(job.status, 'waiting'))));
   row.addEventListener('click', (event) => {
@@ -621,10 +623,10 @@ function renderJobDetails(data) {
   $('job-status').replaceChildren(statusBadge(data.status));
   const task = data.taskId !== null ? state.tasks.get(data.taskId) : null;
   const rows = [
-    ['Command', h('code', {id: 'job-command', class: 'wrap'}, data.command)],
-    ['Worker', data.worker || h('span', {class: 'muted'}, 'not assigned yet')],
-    ['Target', data.target],
-    data.taskId !== null && ['Task', task ? `${task.jobName} (#${data.taskId})` : `#${data.taskId}`],
+    ['Command', h('code', {id: 'job-command', class: 'wrap'}, visible(data.command))],
+    ['Worker', data.worker ? visible(data.worker) : h('span', {class: 'muted'}, 'not assigned yet')],
+    ['Target', visible(data.target)],
+    data.taskId !== null && ['Task', task ? `${visible(task.jobName)} (#${data.taskId})` : `#${data.taskId}`],
     data.exitCode !== null && ['Exit code', String(data.exitCode)],
     data.signal !== null && data.signal !== undefined && ['Signal', String(data.signal)],
     data.reason && ['Reason', data.reason],

@@ -28,6 +28,23 @@ function append(el, children) {
   }
 }
 
+// Characters a page acts on instead of showing: C0 and C1 controls, DEL,
+// bidi embeddings, overrides and isolates (which reorder what is shown, so
+// "rm -rf /tmp/x" could read as something else), invisible marks, line
+// separators and lone surrogates.  The same set and escapes as LIST on the
+// command port (scheduler/tcp_commands.py, _HIDDEN).
+const HIDDEN = /[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]/gu;
+const NAMED = {'\t': '\\t', '\n': '\\n', '\r': '\\r'};
+
+/** *text* with each control or bidi character shown as an escape (\x1b, \u202e). */
+export function visible(text) {
+  return String(text).replace(HIDDEN, (char) => {
+    if (NAMED[char]) return NAMED[char];
+    const code = char.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
+}
+
 export function clear(el) {
   el.replaceChildren();
   return el;

@@ -389,3 +389,20 @@ def test_the_dashboard_runs_under_its_csp_and_cannot_be_framed(browser: Browser,
         assert page.frame_locator("#framed").locator("#run-form").count() == 0
     finally:
         context.close()
+
+
+def test_control_and_bidi_characters_show_as_escapes(page: Page, server: Scheduler) -> None:
+    # U+202E (right-to-left override) would show "echo gpj.exe" as "echo exe.jpg".
+    command = "echo \u202egpj.exe \x1b[2J"
+    request = urllib.request.Request(
+        server.url + "/api/tasks",
+        data=json.dumps({"schedule": "@daily", "command": command, "jobName": "bidi\u2066name"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+    open_dashboard(page, server)
+    row = page.locator("#tasks-list li.task", has_text="bidi\\u2066name")
+    expect(row.locator(".task-command")).to_have_text("echo \\u202egpj.exe \\x1b[2J")
+    assert "\u202e" not in row.inner_text() and "\u2066" not in row.inner_text()
