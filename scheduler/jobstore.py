@@ -12,12 +12,19 @@ in one transaction, and while that transaction runs new writes pile up for
 the next one: a busy scheduler pays for one commit per batch, not per line of
 output.  Reads queue behind the writes asked for before them, so a caller
 always reads what it wrote.
+
+The database holds every job's env and output, so a new one is created
+private (0600) before SQLite opens it; SQLite gives its -wal and -shm files
+the database file's permissions.  An existing database keeps its mode.
+Error messages name the file, not its folder (they can reach clients); the
+log has the full path.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -127,6 +134,20 @@ class JobStoreError(Exception):
     """The job database cannot be used."""
 
 
+def create_private(path: str) -> None:
+    """Create *path* empty and 0600 unless it exists (SQLite takes an empty file as a new database).
+
+    ``:memory:`` and ``file:`` URIs are left to SQLite.
+    """
+    if path == ":memory:" or path.startswith("file:") or not path:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 class JobStoreClosed(JobStoreError):
     """The store was closed (or never opened); nothing was written."""
 
@@ -229,6 +250,8 @@ class JobStore:
         connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
     ) -> None:
         self.path = path
+        # What error messages call the database (see the module's docstring).
+        self.name = os.path.basename(path) or path
         self.output_cap = output_cap
         self.keep_per_task = keep_per_task
         self.keep_seconds = keep_seconds
@@ -261,7 +284,8 @@ class JobStore:
     def open(self) -> None:
         """Connect, create or check the schema, and start the store's thread."""
         if self._conn is not None or self._closing:
-            raise JobStoreError(f"{self.path}: job store was already opened")
+            raise JobStoreError(f"{self.name}: job store was already opened")
+        create_private(self.path)
         conn = self._connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -275,7 +299,7 @@ class JobStore:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise JobStoreError(
-                    f"{self.path}: job database schema version {version} is newer than this "
+                    f"{self.name}: job database schema version {version} is newer than this "
                     f"scheduler's ({SCHEMA_VERSION})"
                 )
             conn.execute("BEGIN IMMEDIATE")
@@ -336,7 +360,7 @@ class JobStore:
 
     def _open_conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise JobStoreClosed(f"{self.path}: job store is not open")
+            raise JobStoreClosed(f"{self.name}: job store is not open")
         return self._conn
 
     # -- writes ---------------------------------------------------------------
@@ -348,7 +372,7 @@ class JobStore:
         error if it did not.
         """
         if self._conn is None or self._closing:
-            return fail(JobStoreClosed(f"{self.path}: job store is closed; job {job.id} not saved"))
+            return fail(JobStoreClosed(f"{self.name}: job store is closed; job {job.id} not saved"))
         try:
             row = _row(job)
         except (TypeError, ValueError) as error:
@@ -470,7 +494,7 @@ class JobStore:
 
     def _read(self, work: Callable[[], _T]) -> Deferred[_T]:
         if self._conn is None or self._closing:
-            return fail(JobStoreClosed(f"{self.path}: job store is closed"))
+            return fail(JobStoreClosed(f"{self.name}: job store is closed"))
         assert self._pool is not None
         pool = self._pool
         if not self._ops:

@@ -66,7 +66,7 @@ class SchedulerService(MultiService):
         try:
             records = self.store.load_now()
         except LoadError as error:
-            raise StartupError(f"{error} (the file was left as it is)") from None
+            raise StartupError(f"{error.full_message} (the file was left as it is)") from None
         self.loaded_at_start = len(records)
         book = TaskBook.from_records(settings.tz, records)
         del records

@@ -7,6 +7,13 @@ in the same folder, fsync, rename, fsync of the folder), so a crash at any
 moment leaves the old file or the new one, never a mix.  File work runs in
 a thread so other clients are not stalled.
 
+The temp file gets a random name and is created exclusively, never through
+a symbolic link, so nothing planted in the folder can make a write land in
+another file.  A new tasks.db is private (0600); a rewrite keeps the mode
+the file had.  Error messages name the file, not its folder: they go back
+to clients, and the server's paths are none of their business (the log has
+the full path).
+
 A shared database (the planned PostgreSQL mode) would implement the same
 two calls.
 """
@@ -17,6 +24,8 @@ import gc
 import glob
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import tzinfo
@@ -34,14 +43,25 @@ log = Logger()
 
 
 class LoadError(Exception):
-    """The tasks file cannot be used; names the file, line and reason."""
+    """The tasks file cannot be used; names the file, line and reason.
 
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        where = f"{path}, line {line}" if line is not None else path
-        super().__init__(f"{where}: {reason}")
+    The message names the file as *shown* (its name alone, for replies to
+    clients); :attr:`full_message` names *path*, for the log.
+    """
+
+    def __init__(self, path: str, line: int | None, reason: str, shown: str | None = None) -> None:
+        super().__init__(self._where(shown or path, line) + reason)
         self.path = path
         self.line = line
         self.reason = reason
+
+    @staticmethod
+    def _where(path: str, line: int | None) -> str:
+        return f"{path}, line {line}: " if line is not None else f"{path}: "
+
+    @property
+    def full_message(self) -> str:
+        return self._where(self.path, self.line) + self.reason
 
 
 class StoreError(Exception):
@@ -74,10 +94,15 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def parse_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:
+def parse_lines(data: bytes, path: str, tz: tzinfo, shown: str | None = None) -> list[TaskRecord]:
     """Parse a whole tasks file; the first bad line raises LoadError."""
     with paused_gc():
-        return _parse_lines(data, path, tz)
+        try:
+            return _parse_lines(data, path, tz)
+        except LoadError as error:
+            if shown is None:
+                raise
+            raise LoadError(error.path, error.line, error.reason, shown) from None
 
 
 def _parse_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:
@@ -116,6 +141,8 @@ class FlatFileTaskStore:
         replace: Callable[[str, str], None] = os.replace,
     ) -> None:
         self.path = str(Path(path).absolute())
+        # What error messages call the file (see the module's docstring).
+        self.name = os.path.basename(self.path)
         self._tz = tz
         self._pool = threadpool
         self._reactor = reactor
@@ -123,21 +150,44 @@ class FlatFileTaskStore:
         self._fsync = fsync
         self._replace = replace
 
-    def load_now(self) -> list[TaskRecord]:
-        """Blocking load, for start-up before the reactor runs."""
+    def load_now(self, *, missing_ok: bool = True) -> list[TaskRecord]:
+        """Blocking load, for start-up before the reactor runs.
+
+        A missing file is no task at all when *missing_ok* (a first start);
+        a symbolic link to nothing never is.
+        """
         try:
-            data = Path(self.path).read_bytes()
+            data = self._read()
         except FileNotFoundError:
-            return []
+            if os.path.islink(self.path):
+                raise self._error("a symbolic link to a file that does not exist") from None
+            if missing_ok:
+                return []
+            raise self._error("no such file") from None
         except OSError as error:
-            raise LoadError(self.path, None, error.strerror or str(error)) from None
-        return parse_lines(data, self.path, self._tz)
+            raise self._error(error.strerror or str(error)) from None
+        return parse_lines(data, self.path, self._tz, shown=self.name)
+
+    def _read(self) -> bytes:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, and
+        # with it every later change to the tasks; fstat then refuses it.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as handle:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+                raise self._error(f"not a regular file ({kind}); tasks are read from regular files only")
+            return handle.read()
+
+    def _error(self, reason: str) -> LoadError:
+        return LoadError(self.path, None, reason, shown=self.name)
 
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
     def load(self) -> Deferred[list[TaskRecord]]:
-        return deferToThreadPool(self._reactor, self._pool, self.load_now)  # type: ignore[arg-type]
+        """LOAD: a missing file is an error here, not an empty task list."""
+        return deferToThreadPool(self._reactor, self._pool, lambda: self.load_now(missing_ok=False))  # type: ignore[arg-type]
 
     def save(self, tasks: Sequence[Task]) -> Deferred[None]:
         # The snapshot is taken here; formatting 100,000 lines the first time
@@ -148,38 +198,58 @@ class FlatFileTaskStore:
     def _write_tasks(self, tasks: Sequence[Task]) -> None:
         self.write_now([task.line for task in tasks])
 
-    def _temp_name(self) -> str:
-        folder, name = os.path.split(self.path)
-        return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    def _temp_prefix(self) -> str:
+        # Temp files are .<name>.<random>.tmp; remove_stale_temps finds them.
+        return f".{self.name}."
 
     def remove_stale_temps(self) -> list[str]:
-        """Delete temp files a killed writer left behind (never the real file)."""
-        folder, name = os.path.split(self.path)
+        """Delete temp files a killed writer left behind (never the real file).
+
+        Only regular files and symbolic links are removed; unlinking a link
+        removes the link, never what it points to.
+        """
+        folder = os.path.dirname(self.path)
         removed = []
-        for stale in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+        for stale in Path(folder).glob(f"{glob.escape(self._temp_prefix())}*.tmp"):
             try:
-                stale.unlink()
-                removed.append(str(stale))
+                mode = os.lstat(stale).st_mode
+                if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+                    stale.unlink()
+                    removed.append(str(stale))
             except OSError:
                 pass
         return removed
 
+    def _mode(self) -> int:
+        """The permissions for the new file: the old file's, else private."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return 0o600
+        return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else 0o600
+
     def write_now(self, lines: Sequence[str]) -> None:
         folder = os.path.dirname(self.path)
-        temp = self._temp_name()
         payload = "".join(line + "\n" for line in lines).encode("utf-8")
+        temp: str | None = None
         try:
-            with open(temp, "wb") as handle:
+            # mkstemp: a random name, O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600.
+            fd, temp = tempfile.mkstemp(prefix=self._temp_prefix(), suffix=".tmp", dir=folder)
+            with open(fd, "wb") as handle:
+                os.fchmod(fd, self._mode())
                 handle.write(payload)
                 handle.flush()
                 self._fsync(handle.fileno())
             self._replace(temp, self.path)
         except OSError as error:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise StoreError(f"could not write {self.path}: {error.strerror or error}") from None
+            if temp is not None:
+                try:
+                    os.unlink(temp)
+                except OSError:
+                    pass
+            reason = error.strerror or str(error)
+            log.error("could not write {path}: {error}", path=self.path, error=reason)
+            raise StoreError(f"could not write {self.name}: {reason}") from None
         try:
             directory = os.open(folder, os.O_RDONLY)
             try:

@@ -7,9 +7,11 @@ connection whose ``execute`` can be made to fail or to wait on an event.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -515,3 +517,58 @@ async def test_bad_record_fails_only_its_own_put(stores: Opener) -> None:
         await clash
     assert store.transactions == 1
     assert [j.id for j in await store.query()] == [3, 1]
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.usefixtures("usual_umask")
+@pytest_twisted.ensureDeferred
+async def test_the_database_and_its_wal_and_shm_are_created_private(stores: Opener, path: str) -> None:
+    # They hold every job's env and output; SQLite gives -wal and -shm the
+    # main file's permissions.
+    store = stores()
+    await store.put(full_job())
+    assert {suffix: _mode(path + suffix) for suffix in ("", "-wal", "-shm")} == {
+        "": 0o600,
+        "-wal": 0o600,
+        "-shm": 0o600,
+    }
+
+
+@pytest.mark.usefixtures("usual_umask")
+@pytest_twisted.ensureDeferred
+async def test_an_existing_database_keeps_its_mode(stores: Opener, path: str) -> None:
+    store = stores()
+    await store.close()
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    os.chmod(path, 0o640)
+    store = stores()
+    await store.put(full_job())
+    assert {suffix: _mode(path + suffix) for suffix in ("", "-wal", "-shm")} == {
+        "": 0o640,
+        "-wal": 0o640,
+        "-shm": 0o640,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors_name_the_database_not_its_folder(stores: Opener, path: str) -> None:
+    store = stores()
+    await store.close()
+    with pytest.raises(JobStoreClosed) as caught:
+        await store.put(full_job())
+    assert str(caught.value).startswith("jobs.sqlite: job store is closed")
+    assert os.path.dirname(path) not in str(caught.value)
