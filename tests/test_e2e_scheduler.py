@@ -55,6 +55,75 @@ def test_seed_one_liners_with_real_nc(tmp_path: Path) -> None:
         assert nc(running.tcp, "CLEAR\nLOAD\n")[0] == "OK cleared 1 task\nOK loaded 0 tasks\n"
 
 
+TCP_TOKEN = "tcp-token-0123456789abcdef"
+
+
+@pytest.mark.skipif(NC is None, reason="make test installs netcat-openbsd")
+def test_the_command_port_with_a_token_with_real_nc(tmp_path: Path) -> None:
+    """Issue 20, items 4 and 5, as a user: SESSION needs AUTH, silence is cut off, guesses wait."""
+    import socket
+    import time
+
+    (tmp_path / "tcp.token").write_text(TCP_TOKEN + "\n")
+    with scheduler(tmp_path, "--tcp-token-file", str(tmp_path / "tcp.token"), "--tcp-auth-timeout", "1") as running:
+        out, _ = nc(running.tcp, "SESSION\n")
+        assert out == "ERR authentication required: send AUTH <token> before SESSION\n"
+        # A connection that says nothing is closed at the deadline, with a reason.
+        with socket.create_connection(("127.0.0.1", running.tcp), timeout=20) as silent:
+            started = time.monotonic()
+            data = b""
+            while chunk := silent.recv(4096):
+                data += chunk
+        assert data == b"ERR no AUTH within 1 s; closing\n"
+        assert time.monotonic() - started < 10
+        # Five wrong tokens, then even the right one waits.
+        out, _ = nc(running.tcp, "AUTH guess-1\nAUTH guess-2\nAUTH guess-3\n")
+        assert out.splitlines()[-1] == "ERR wrong token; closing after 3 attempts"
+        out, _ = nc(running.tcp, "AUTH guess-4\nAUTH guess-5\n")
+        assert out.splitlines()[-1].startswith("ERR wrong token; too many from 127.0.0.1, so AUTH is refused for 1 s")
+        out, _ = nc(running.tcp, f"AUTH {TCP_TOKEN}\nPING\n")
+        # (Unless a slow machine let the second pass already.)
+        assert out.startswith("ERR too many wrong tokens from 127.0.0.1") or out == "OK authenticated\nPONG\n"
+
+
+@pytest.mark.skipif(NC is None, reason="make test installs netcat-openbsd")
+def test_tasks_files_and_load_with_real_nc(tmp_path: Path) -> None:
+    """Issue 20, items 6 and 7 and LOAD, as a user: private files, no links followed, FIFOs refused."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    old_umask = os.umask(0o022)
+    try:
+        with scheduler(tmp_path) as running:
+            # The temp name of old was predictable; whatever is planted stays untouched.
+            (tmp_path / f".tasks.db.{running.process.pid}.tmp").symlink_to(victim)
+            out, _ = nc(running.tcp, "ADD @daily echo \x1b[2J\u202eevil\n" + "LIST\n")
+            assert out.splitlines()[1].endswith("\techo \\x1b[2J\\u202eevil")
+            assert victim.read_text() == "precious\n"
+            tasks = tmp_path / "tasks.db"
+            assert not tasks.is_symlink() and oct(tasks.stat().st_mode & 0o777) == "0o600"
+            for name in ("jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm"):
+                assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o600", name
+            tasks.chmod(0o640)
+            nc(running.tcp, "ADD @hourly echo two\n")
+            assert oct(tasks.stat().st_mode & 0o777) == "0o640"
+            # LOAD of a FIFO answers at once, and the next change still goes through.
+            saved = tasks.read_bytes()
+            tasks.unlink()
+            os.mkfifo(tasks)
+            out, took = nc(running.tcp, "LOAD\nADD @daily echo after\n")
+            assert took < 10  # answered: nc returns when the server closes
+            lines = out.splitlines()
+            assert lines[0] == "ERR tasks.db: not a regular file (a FIFO); tasks are read from regular files only"
+            assert lines[1].startswith("OK id=3 ")
+            tasks.unlink()
+            assert nc(running.tcp, "LOAD\n")[0] == "ERR tasks.db: no such file\n"
+            assert nc(running.tcp, "STATUS\n")[0].startswith("OK tasks=3 ")
+            tasks.write_bytes(saved)
+            assert nc(running.tcp, "LOAD\n")[0] == "OK loaded 2 tasks\n"
+    finally:
+        os.umask(old_umask)
+
+
 def test_tasks_survive_restart_with_their_ids(tmp_path: Path) -> None:
     (tmp_path / "tasks.db").write_text(
         '{"schedule": "@daily", "command": "echo a", "jobName": "task_12"}\n'
