@@ -10,6 +10,7 @@ the job when the worker reports on it.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 
 from scheduler.cron import iso
 from scheduler.jobbook import JobBook
+from scheduler.jobqueue import JobQueue
 from scheduler.jobs import Job, JobStatus
 from scheduler.tasks import Task
 from scheduler.workers import Worker, WorkerRegistry
@@ -98,12 +100,13 @@ class Dispatcher:
         self.lost_after = lost_after
         self.queue_limit = queue_limit
         self.output_cap = output_cap
-        # The queued jobs, in the order they go out: insertion-ordered dicts
-        # (job id -> None), so a job that ends while queued (cancelled, say)
-        # leaves the queue and its count at once.  Jobs a worker rejected
-        # wait in front of the rest.
-        self._front: dict[int, None] = {}
-        self._queue: dict[int, None] = {}
+        # Queued jobs by target, oldest first; a job that ends while queued
+        # (cancelled, say) leaves the queue and its count at once.
+        self._queue = JobQueue()
+        # overlap=queue jobs taken out of the queue while their task has a
+        # job running, by task: they go back when it ends.
+        self._held: dict[int, list[int]] = {}
+        self._held_count = 0
         self._lost_timers: dict[int, IDelayedCall] = {}
         self._retry_timers: dict[int, IDelayedCall] = {}
         self._tails: dict[int, _Tail] = {}
@@ -117,11 +120,16 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._front) + len(self._queue)
+        return len(self._queue) + self._held_count
 
-    def _dequeue(self, job_id: int) -> None:
-        self._front.pop(job_id, None)
-        self._queue.pop(job_id, None)
+    def _dequeue(self, job: Job) -> None:
+        self._queue.remove(job.id)
+        held = self._held.get(job.task_id) if job.task_id is not None else None
+        if held is not None and job.id in held:
+            held.remove(job.id)
+            self._held_count -= 1
+            if not held:
+                del self._held[job.task_id]  # type: ignore[arg-type]
 
     def fire(self, task: Task, scheduled: float) -> list[Job]:
         """Jobs for one cron fire of *task* (none if skipped or already run)."""
@@ -188,8 +196,9 @@ class Dispatcher:
         # committed, and the job store commits in order, so this record is
         # on disk before any worker hears of the job.
         self._recorder.put(job).addErrback(lambda failure: self._not_recorded(job.id, failure))
-        self._queue[job.id] = None
-        self.pump()
+        self._queue.push(job.id, job.target)
+        # Only this job's target: nothing else changed since the last pump.
+        self.pump(job.target)
         return job
 
     def _not_recorded(self, job_id: int, failure: Any) -> None:
@@ -205,26 +214,59 @@ class Dispatcher:
 
     # -- placing -------------------------------------------------------
 
-    def pump(self) -> None:
-        """Send queued jobs, oldest first, to every worker with room."""
-        # No has_free_slot() up front: it scans the workers, and pump runs
-        # once per job (1,000 times for a target=all job on 1,000 workers,
-        # each scan longer than the last).  A first job that finds no worker
-        # asks it below, which ends the pass just as early.
-        for queue in (self._front, self._queue):
-            # A copy: a job can end (and leave the queue) while we dispatch.
-            for job_id in list(queue):
-                job = self.jobs.get(job_id)
-                if job is None or job.status is not JobStatus.QUEUED:
-                    queue.pop(job_id, None)
-                    continue
-                worker = None if self._must_wait(job) else self._place(job.target)
+    def pump(self, target: str | None = None) -> None:
+        """Send queued jobs, oldest first, to workers with room.
+
+        Looks at the oldest job of each target (of *target* alone, if
+        given), so a pass costs what it places plus one look per target,
+        however many jobs wait behind a head that cannot be placed.
+        """
+        queue = self._queue
+        if not queue:
+            return
+        if target is None:
+            heads = queue.heads()
+            heapq.heapify(heads)
+        else:
+            head = queue.head(target)
+            heads = [] if head is None else [(head, target)]
+        while heads:
+            job_id, target = heapq.heappop(heads)
+            job = self.jobs.get(job_id)
+            if job is None or job.status is not JobStatus.QUEUED:
+                queue.remove(job_id)  # defensive: every end dequeues
+                worker = None
+            elif self._must_wait(job):
+                queue.remove(job_id)
+                assert job.task_id is not None
+                self._held.setdefault(job.task_id, []).append(job_id)
+                self._held_count += 1
+                worker = None
+            else:
+                worker = self._place(target)
                 if worker is None:
+                    # No has_free_slot() up front: it scans the workers, and
+                    # most passes place something.  This target is full.
                     if not self.workers.has_free_slot():
                         return
                     continue
-                queue.pop(job_id, None)
+                queue.remove(job_id)
                 self._dispatch(job, worker)
+            following = queue.head(target)
+            if following is not None:
+                heapq.heappush(heads, (following, target))
+
+    def _release_held(self, task_id: int) -> None:
+        """Queue again the overlap=queue jobs of a task that no longer has a job running."""
+        if task_id not in self._held or self.jobs.running_for(task_id):
+            return
+        held = self._held.pop(task_id)
+        self._held_count -= len(held)
+        for job_id in held:
+            job = self.jobs.get(job_id)
+            if job is not None and job.status is JobStatus.QUEUED:
+                self._queue.push(job_id, job.target)
+        self._clock.callLater(0, self.pump)
 
     def _place(self, target: str) -> Worker | None:
         if target.startswith("worker:"):
@@ -416,7 +458,9 @@ class Dispatcher:
         job = self.jobs.update(job, status=JobStatus.QUEUED, worker=None)
         self._recorder.put(job)
         log.info("worker {name} rejected job {job_id}: {reason}", name=worker.name, job_id=job_id, reason=reason)
-        self._front[job_id] = None
+        self._queue.push(job_id, job.target)
+        if job.task_id is not None:
+            self._release_held(job.task_id)
         self._clock.callLater(1.0, self.pump)
 
     # -- ending --------------------------------------------------------
@@ -447,7 +491,7 @@ class Dispatcher:
         """
         self._cancel_lost_timer(job.id)
         self._unsent.discard(job.id)
-        self._dequeue(job.id)
+        self._dequeue(job)
         if "finished_at" not in changes:
             changes["finished_at"] = self._clock.seconds()
         done = self.jobs.update(job, status=status, **changes)
@@ -460,6 +504,8 @@ class Dispatcher:
             )
         )
         self._tails.pop(job.id, None)
+        if job.task_id is not None:
+            self._release_held(job.task_id)
         self._maybe_retry(done)
         return done
 
@@ -515,7 +561,7 @@ class Dispatcher:
         for job, last_seq in sorted(jobs, key=lambda pair: pair[0].id):
             self._tail(job.id).last_seq = last_seq
             if job.status is JobStatus.QUEUED:
-                self._queue[job.id] = None
+                self._queue.push(job.id, job.target)
             elif job.worker is not None:
                 self._lost_timers[job.id] = self._clock.callLater(
                     self.lost_after, self._lost_timeout, job.id, job.worker
