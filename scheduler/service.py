@@ -253,6 +253,13 @@ class SchedulerService(MultiService):
             if bound is not None and not tokens.still_valid(bound):
                 log.warn("worker {name}: its token was revoked; disconnecting", name=worker.name)
                 worker.link.close("token revoked")
+            elif bound is None and self.worker_factory.reserved(worker.name):
+                # Connected with the shared token before the name got one of its own.
+                log.warn(
+                    "worker {name}: the name now has its own token; disconnecting its shared-token connection",
+                    name=worker.name,
+                )
+                worker.link.close("name bound to its own token")
 
     def startService(self) -> None:
         log.info(

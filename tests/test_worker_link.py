@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -184,6 +185,22 @@ async def test_the_service_binds_per_worker_names_against_the_shared_token(tmp_p
         assert _handshake(service, SHARED).hello("w2")[0]["type"] == "welcome"
         with pytest.raises(ConnectionDeny):
             _handshake(service, "wrong-token-0123456789")
+    finally:
+        service.dispatcher.stop()
+        await service.job_store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_that_gets_its_own_token_drops_its_shared_token_connection(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    try:
+        w2 = _handshake(service, SHARED)
+        assert w2.hello("w2")[0]["type"] == "welcome"
+        tokens_file = tmp_path / "workers.tokens"
+        tokens_file.write_text(f"w1 {W1_TOKEN}\nw2 w2-own-token-0123456789\n")
+        os.utime(tokens_file, (1, 1))
+        service._reload_worker_tokens()
+        assert w2.closes == ["name bound to its own token"]
     finally:
         service.dispatcher.stop()
         await service.job_store.close()
