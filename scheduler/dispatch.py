@@ -14,6 +14,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -107,6 +108,8 @@ class Dispatcher:
         # job running, by task: they go back when it ends.
         self._held: dict[int, list[int]] = {}
         self._held_count = 0
+        # Runs skipped (overlap=skip) by scheduled time, until logged.
+        self._skipped_at: dict[float, int] = {}
         self._lost_timers: dict[int, IDelayedCall] = {}
         self._retry_timers: dict[int, IDelayedCall] = {}
         self._tails: dict[int, _Tail] = {}
@@ -137,11 +140,7 @@ class Dispatcher:
             return []
         if task.options.overlap == "skip" and self.jobs.active_for(task.id):
             self.jobs.mark_fired(task.id, scheduled)
-            log.info(
-                "{job_name}: previous run still going, skipping the run due at {when}",
-                job_name=task.job_name,
-                when=iso(scheduled, task.schedule.tz),
-            )
+            self._log_skip(task, scheduled)
             return []
         options = task.options
         fields: dict[str, Any] = {"timeout": options.timeout}
@@ -164,6 +163,32 @@ class Dispatcher:
             for target in targets[1:]
         ]
         return [self._submit(job) for job in created]
+
+    # A second with more skipped runs than this logs the rest as one line:
+    # 2,000 every-second tasks skipping would write 2,000 lines a second.
+    LOG_SKIPS_PER_SECOND = 10
+
+    def _log_skip(self, task: Task, scheduled: float) -> None:
+        count = self._skipped_at.get(scheduled, 0) + 1
+        self._skipped_at[scheduled] = count
+        if count == 1:
+            # Once this tick's fires are all handed on.
+            self._clock.callLater(0, self._end_skips, scheduled, task.schedule.tz)
+        if count <= self.LOG_SKIPS_PER_SECOND:
+            log.info(
+                "{job_name}: previous run still going, skipping the run due at {when}",
+                job_name=task.job_name,
+                when=iso(scheduled, task.schedule.tz),
+            )
+
+    def _end_skips(self, scheduled: float, tz: tzinfo) -> None:
+        more = self._skipped_at.pop(scheduled, 0) - self.LOG_SKIPS_PER_SECOND
+        if more > 0:
+            log.info(
+                "{count} more runs due at {when} skipped: their previous run is still going",
+                count=more,
+                when=iso(scheduled, tz),
+            )
 
     def run_now(
         self,
@@ -333,8 +358,8 @@ class Dispatcher:
             resume[str(job_id)] = self._tail(job_id).last_seq
         # Jobs placed on this worker that it does not know of died with it
         # (the worker restarted, or the run never reached it).
-        for job in list(self.jobs):
-            if job.worker == worker.name and job.status is JobStatus.RUNNING and job.id not in reported:
+        for job in self.jobs.on_worker(worker.name):
+            if job.status is JobStatus.RUNNING and job.id not in reported:
                 worker.running.discard(job.id)
                 self._lose(job, f"worker {worker.name} reconnected without it")
         self.workers.changed(worker)

@@ -100,6 +100,7 @@ class JobBook:
         self._jobs: dict[int, Job] = {}
         self._by_task: dict[int, set[int]] = {}
         self._running_by_task: Counter[int] = Counter()
+        self._by_worker: dict[str, set[int]] = {}
         self._by_status: Counter[JobStatus] = Counter()
         self.fired = FiredTimes(clock, horizon, recorded)
         self._next_id = next_id
@@ -124,6 +125,10 @@ class JobBook:
     def running_for(self, task_id: int) -> bool:
         """Has *task_id* a job running (placed on a worker)?"""
         return self._running_by_task[task_id] > 0
+
+    def on_worker(self, name: str) -> list[Job]:
+        """The active jobs placed on the worker called *name*."""
+        return [self._jobs[job_id] for job_id in self._by_worker.get(name, ())]
 
     def seen(self, task_id: int, scheduled: float) -> bool:
         return self.fired.seen(task_id, scheduled)
@@ -187,6 +192,8 @@ class JobBook:
 
     def _index(self, job: Job) -> None:
         self._by_status[job.status] += 1
+        if job.worker is not None:
+            self._by_worker.setdefault(job.worker, set()).add(job.id)
         if job.task_id is None:
             return
         self._by_task.setdefault(job.task_id, set()).add(job.id)
@@ -197,6 +204,11 @@ class JobBook:
         if job is None:
             return
         self._by_status[job.status] -= 1
+        if job.worker is not None:
+            placed = self._by_worker[job.worker]
+            placed.discard(job.id)
+            if not placed:
+                del self._by_worker[job.worker]
         if job.task_id is None:
             return
         ids = self._by_task.get(job.task_id)

@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from scheduler import cron
 from scheduler.dispatch import Dispatcher, NoRecorder
@@ -156,3 +157,33 @@ async def test_the_job_store_answers_for_fires_it_recorded(tmp_path: Path) -> No
         assert not store.fired(7, START + 1) and not store.fired(8, START)
     finally:
         await store.close()
+
+
+def test_a_second_of_many_skips_logs_ten_lines_and_a_summary() -> None:
+    # 2,000 every-second tasks skipping wrote 2,000 lines a second.
+    clock = clock_at()
+    book = JobBook(clock)
+    tasks = {n: task(n, overlap="skip", target="label:nobody") for n in range(1, 26)}
+    dispatcher = Dispatcher(clock, book, WorkerRegistry(), NoRecorder(), tasks.get)
+    for each in tasks.values():
+        dispatcher.fire(each, START)
+    with capturedLogs() as events:
+        for each in tasks.values():
+            dispatcher.fire(each, START + 1)
+        clock.advance(0)
+    lines = [formatEvent(event) for event in events if event.get("log_namespace") == "scheduler.dispatch"]
+    assert len(lines) == 11
+    assert lines[-1] == "15 more runs due at 2023-11-14T22:13:21+00:00 skipped: their previous run is still going"
+    assert "t1: previous run still going" in lines[0]
+
+
+def test_jobs_are_indexed_by_worker() -> None:
+    book = JobBook(clock_at())
+    first = book.update(book.create("true"), status=JobStatus.RUNNING, worker="w1")
+    second = book.update(book.create("true", task_id=3), status=JobStatus.RUNNING, worker="w1")
+    book.update(book.create("true"), status=JobStatus.RUNNING, worker="w2")
+    assert sorted(job.id for job in book.on_worker("w1")) == [first.id, second.id]
+    book.update(first, status=JobStatus.SUCCEEDED)
+    requeued = book.update(second, status=JobStatus.QUEUED, worker=None)
+    assert book.on_worker("w1") == [] and book.on_worker("nobody") == []
+    assert book.active_for(3) and not book.running_for(3) and requeued.worker is None
