@@ -89,6 +89,14 @@ class _Counted(ProtocolWrapper):
         transport.registerProducer(self._backlog, True)  # type: ignore[attr-defined]
         super().makeConnection(transport)
 
+    def loseConnection(self) -> None:
+        # A transport whose buffer drains resumes a paused producer instead
+        # of finishing a close asked for meanwhile: let go of it first (as
+        # HTTPChannel does of itself), or the connection stays open.
+        if self.transport is not None and not self.disconnecting:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        super().loseConnection()
+
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         if self._backlog.inner is not None:
             raise RuntimeError(f"cannot register producer {producer}: {self._backlog.inner} is registered")

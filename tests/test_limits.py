@@ -12,12 +12,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientCreator, Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import provider
@@ -182,3 +185,51 @@ def test_a_worker_socket_flooding_invalid_messages_is_dropped(warnings: list[str
     for call in clock.getDelayedCalls():
         call.cancel()
 
+
+
+class _Burst(Protocol):
+    """Writes more than a socket buffer holds, then hangs up."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"x" * 8_000_000)
+        self.transport.loseConnection()
+        self.factory.hung_up.callback(None)  # type: ignore[attr-defined]
+
+
+class _SlowReader(Protocol):
+    def __init__(self) -> None:
+        self.received = 0
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.pauseProducing()  # reads nothing until told
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_while_its_peer_lags_still_closes(reactor: Any) -> None:
+    """The wrapper's producer must not hold a hung-up connection open.
+
+    A transport whose buffer drains resumes a paused producer *instead of*
+    finishing a pending close; so the wrapper lets go of the transport when
+    the protocol hangs up.
+    """
+    server = Factory.forProtocol(_Burst)
+    server.hung_up = Deferred()  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, ConnectionLimits(server, total=10, per_peer=10), interface="127.0.0.1")
+    try:
+        reader = _SlowReader()
+        client = await ClientCreator(reactor, lambda: reader).connectTCP("127.0.0.1", port.getHost().port)
+        await server.hung_up
+        client.transport.resumeProducing()
+        await reader.lost.addTimeout(20, reactor)
+        assert reader.received == 8_000_000
+    finally:
+        await port.stopListening()
