@@ -192,6 +192,12 @@ class DeadlineChannel(HTTPChannel):  # type: ignore[misc]
         self._start_deadline()
         super().requestDone(request)
 
+    def loseConnection(self) -> None:
+        # Closing already (Connection: close, a 400, an idle timeout): the
+        # peer may take its time to read the answer, the deadline is over.
+        self._stop_deadline()
+        super().loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_deadline()
         super().connectionLost(reason)
@@ -208,8 +214,8 @@ class DeadlineChannel(HTTPChannel):  # type: ignore[misc]
 
     def _deadline_passed(self) -> None:
         self._deadline_call = None
-        if self.transport is None:
-            return
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
+            return  # taken over (a WebSocket) or closed by someone else
         body = json.dumps({"error": f"the request did not arrive whole within {self.deadline:g} s"}).encode()
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"

@@ -196,3 +196,23 @@ def test_the_request_deadline_is_an_option() -> None:
     assert Settings.from_options(options, env={}).http_request_timeout == Settings.http_request_timeout == DEADLINE
     options.parseOptions(["--http-request-timeout", "2.5"])
     assert Settings.from_options(options, env={}).http_request_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET /api/health HTTP/1.0\r\nHost: localhost\r\n\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nBad header line\r\n\r\n",
+    ],
+    ids=["connection-close", "http-1.0", "bad-request"],
+)
+def test_a_connection_closing_slowly_is_left_to_close(api: Api, clock: Clock, request_bytes: bytes) -> None:
+    # The answer is written and the close begun; the peer is slow to take
+    # it.  The deadline must not close the connection a second time.
+    client = Connection(api.service.http_limits)
+    client.send(request_bytes)
+    assert client.closed
+    clock.advance(DEADLINE * 2)
+    assert b" 408 " not in client.transport.value()
+    client.drop()
