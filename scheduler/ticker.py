@@ -75,7 +75,9 @@ class CronTicker(Service):
         # Late past the second itself (a stall), everything due by now.
         self.tick(max(self._second, now))
         if self.running:
-            self._schedule(now)
+            # From the time the tick's work ended, not began: callLater
+            # counts from now, and a tick of thousands of fires takes a while.
+            self._schedule(self._clock.seconds())
 
     def tick(self, second: float) -> None:
         """Hand on what is due up to *second*.  Never raises, so ticking goes on."""

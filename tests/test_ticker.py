@@ -106,3 +106,23 @@ def test_stop_cancels_the_next_tick() -> None:
 def test_lead_must_be_shorter_than_the_interval() -> None:
     with pytest.raises(ValueError, match="lead"):
         CronTicker(Clock(), CronEngine(0.0), lambda fires: None, lead=1.0)
+
+
+def test_a_slow_tick_does_not_make_the_next_one_late() -> None:
+    # The next tick was planned from the time the tick *began*, so a tick
+    # that took 300 ms (thousands of fires) made the next one 300 ms late.
+    clock = Clock()
+    clock.advance(1000.25)
+    seen: list[list[Fire]] = []
+
+    def slow(fires: list[Fire]) -> None:
+        seen.append(fires)
+        clock.rightNow += 0.3  # the work takes time; no timer runs meanwhile
+
+    ticker = CronTicker(clock, every_second_engine(clock), slow, lead=0.05)
+    ticker.startService()
+    clock.advance(1000.95 - clock.seconds())
+    assert planned(clock) == [1001.95]
+    clock.advance(1001.95 - clock.seconds())
+    assert ticker.lag == 0.0
+    assert scheduled(seen) == [[1001.0], [1002.0]]

@@ -12,6 +12,7 @@ default; ``--soak-seconds`` (``make soak SOAK_SECONDS=3600``) runs it longer.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -26,7 +27,6 @@ from bench.common import (
     Scheduler,
     log,
     percentile,
-    tcp_command,
 )
 
 NAME = "soak"
@@ -74,22 +74,21 @@ def soak(runtime: Runtime, seconds: float) -> dict[str, Any]:
     running_tasks = 10 if runtime.quick else 100
     waiting_tasks = 100 if runtime.quick else 2_000
     workdir = runtime.scratch(NAME)
+    every_second = {"schedule": "* * * * * *", "command": "true"}
+    waiting = {**every_second, "target": "label:nobody", "overlap": "skip"}
+    lines = [every_second] * running_tasks + [waiting] * waiting_tasks
+    (workdir / "tasks.db").write_text(
+        "".join(json.dumps({**line, "jobName": f"soak_{n}"}) + "\n" for n, line in enumerate(lines, start=1))
+    )
     scheduler = Scheduler(runtime, workdir, "--queue-limit", str(10 * waiting_tasks))
     workers = None
     try:
         workers = RealWorkers(runtime, scheduler, 2, slots=running_tasks)
         scheduler.wait_workers(2)
-        lines, _ = tcp_command(scheduler.tcp, "ADD * * * * * * true\n" * running_tasks)
-        if not all(line.startswith("OK id=") for line in lines):
-            raise RuntimeError(f"ADD answered {lines[:3]}")
-        task_ids = {int(line.split()[1].removeprefix("id=")) for line in lines}
-        for _ in range(waiting_tasks):
-            scheduler.http.json(
-                "POST",
-                "/api/tasks",
-                {"schedule": "* * * * * *", "command": "true", "target": "label:nobody", "overlap": "skip"},
-            )
+        task_ids = {task["id"] for task in scheduler.http.json("GET", "/api/tasks") if task["target"] == "any"}
+        assert len(task_ids) == running_tasks, task_ids
         history = History(workdir / "jobs.sqlite", task_ids)
+        cpu_before = scheduler.cpu_seconds()
         # Measure from a whole second after everything is in place.
         time.sleep(2.0)
         start = float(int(time.time()) + 1)
@@ -116,6 +115,7 @@ def soak(runtime: Runtime, seconds: float) -> dict[str, Any]:
                 )
             time.sleep(0.25)
         metrics.close()
+        cpu_share = (scheduler.cpu_seconds() - cpu_before) / (time.time() - start)
         time.sleep(2.0)  # the last second's runs end and are written
         history.read()
         rss_end = scheduler.rss_kib() / 1024
@@ -136,6 +136,7 @@ def soak(runtime: Runtime, seconds: float) -> dict[str, Any]:
         "tick_lag_ms_p50": percentile(lags, 50),
         "tick_lag_ms_p99": percentile(lags, 99),
         "tick_lag_ms_max": max(lags, default=None),
+        "scheduler_cpu_share": cpu_share,
         "doubled": history.doubled,
         "missing": history.missing(start, end),
         "ended_badly": history.ended_badly,
@@ -150,6 +151,7 @@ def run(runtime: Runtime) -> CaseResult:
     result.add(Figure("RSS growth, first to last tenth", growth, "MiB", target="< 5 MiB", met=growth < 5))
     lag = soaked["tick_lag_ms_p99"]
     result.add(Figure("tick lag p99", lag, "ms", target="< 10 ms", met=lag is not None and lag < 10))
+    result.add(Figure("scheduler CPU", soaked["scheduler_cpu_share"] * 100, "% of a core"))
     bad = soaked["doubled"] + soaked["missing"]
     result.add(Figure("fires doubled or missing", float(bad), "fires", target="0", met=bad == 0))
     result.details.update(soaked)
