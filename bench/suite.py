@@ -71,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--soak-seconds",
         type=float,
-        help="how long the soak case runs (default 120 s, 8 s with --quick)",
+        help="how long the soak case measures, after its warm-up (default 120 s, 8 s with --quick)",
     )
     return parser.parse_args(argv)
 

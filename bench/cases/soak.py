@@ -6,8 +6,10 @@ that never comes (``target: label:nobody``, ``overlap: skip``), so 2,000
 fires a second are skipped with 2,000 jobs waiting.  Every ten seconds it
 prints the scheduler's resident memory, the cron tick lag
 (``scheduler_cron_tick_lag_seconds``, sampled four times a second), and the
-fires doubled or missing so far, read from the job history.  120 s by
-default; ``--soak-seconds`` (``make soak SOAK_SECONDS=3600``) runs it longer.
+fires doubled or missing so far, read from the job history.  A 130 s
+warm-up (the job book's 120 s of remembered fires filling up), then 120 s
+measured by default: about 4.5 minutes with setting up.  ``--soak-seconds``
+(``make soak SOAK_SECONDS=3600``) sets the measured part.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from bench.common import (
 )
 
 NAME = "soak"
+# The job book's horizon of remembered fires (120 s), and a little more.
+WARM_UP = 130.0
 LAG_METRIC = "scheduler_cron_tick_lag_seconds"
 
 
@@ -93,7 +97,11 @@ def soak(runtime: Runtime, seconds: float) -> dict[str, Any]:
         time.sleep(2.0)
         start = float(int(time.time()) + 1)
         time.sleep(start - time.time())
-        end = start + seconds
+        # Memory is compared after the warm-up: the job book keeps the last
+        # 120 s of fires (2,100 a second here, about 8 MiB) by design.
+        warm_up = 2.0 if runtime.quick else WARM_UP
+        measured_from = start + warm_up
+        end = measured_from + seconds
         lags: list[float] = []
         curve: list[tuple[float, float]] = []
         report_every = 2.0 if runtime.quick else 10.0
@@ -105,7 +113,8 @@ def soak(runtime: Runtime, seconds: float) -> dict[str, Any]:
             if now >= next_report:
                 next_report += report_every
                 rss = scheduler.rss_kib() / 1024
-                curve.append((now - start, rss))
+                if now >= measured_from:
+                    curve.append((now - start, rss))
                 history.read()
                 recent = lags[-int(report_every * 4) :]
                 log(
@@ -128,6 +137,7 @@ def soak(runtime: Runtime, seconds: float) -> dict[str, Any]:
     last = sum(rss for _, rss in curve[-tenth:]) / tenth
     return {
         "seconds": seconds,
+        "warm_up_seconds": warm_up,
         "running_tasks": running_tasks,
         "waiting_tasks": waiting_tasks,
         "rss_curve": curve,
@@ -148,7 +158,9 @@ def run(runtime: Runtime) -> CaseResult:
     seconds = runtime.soak_seconds or (8.0 if runtime.quick else 120.0)
     soaked = soak(runtime, seconds)
     growth = soaked["rss_growth_mib"]
-    result.add(Figure("RSS growth, first to last tenth", growth, "MiB", target="< 5 MiB", met=growth < 5))
+    result.add(
+        Figure("RSS growth after warm-up, first to last tenth", growth, "MiB", target="< 5 MiB", met=growth < 5)
+    )
     lag = soaked["tick_lag_ms_p99"]
     result.add(Figure("tick lag p99", lag, "ms", target="< 10 ms", met=lag is not None and lag < 10))
     result.add(Figure("scheduler CPU", soaked["scheduler_cpu_share"] * 100, "% of a core"))
