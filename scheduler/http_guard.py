@@ -47,6 +47,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from scheduler.access import bearer, host_allowed, same
+from scheduler.http_log import redact
 
 log = Logger()
 
@@ -135,7 +136,11 @@ def same_origin(origin: bytes, host: bytes | None, secure: bool) -> bool:
 
 
 class LimitedRequest(Request):
-    """A request that stops keeping its body past ``max_body`` bytes."""
+    """A request that stops keeping its body past ``max_body`` bytes.
+
+    Its repr, which Twisted's own log lines quote, has token-like query
+    parameters redacted as in the access log.
+    """
 
     max_body = 1024 * 1024
 
@@ -143,6 +148,9 @@ class LimitedRequest(Request):
         super().__init__(*args, **kw)
         self.body_too_large = False
         self._received = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} method={self.method.decode('latin-1')} uri={redact(self.uri).decode('latin-1')}>"
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
@@ -237,7 +245,16 @@ def _reply(request: Request, status: int, message: str) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps({"error": message}).encode("utf-8")
+    return _body(request, json.dumps({"error": message}).encode("utf-8"))
+
+
+def _body(request: Request, body: bytes) -> bytes:
+    """*body*, or for HEAD its length only: Twisted logs a HEAD answer's
+    body as a warning quoting the request, query string and all."""
+    if request.method == b"HEAD":
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b""
+    return body
 
 
 #: Set on a request that carried the right API token (read by the routes
@@ -314,4 +331,4 @@ class Guard(Resource):
 def _reply_ok(request: Request) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return b'{"status": "ok"}'
+    return _body(request, b'{"status": "ok"}')
