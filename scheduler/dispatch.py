@@ -26,11 +26,10 @@ from scheduler.jobbook import JobBook
 from scheduler.jobqueue import JobQueue
 from scheduler.jobs import Job, JobStatus
 from scheduler.tasks import Task
+from scheduler.worker_messages import PROTOCOL_VERSION
 from scheduler.workers import Worker, WorkerRegistry
 
 log = Logger()
-
-PROTOCOL_VERSION = 1
 
 
 class JobNotFound(LookupError):

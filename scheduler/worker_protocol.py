@@ -1,15 +1,13 @@
 """The scheduler's end of the worker WebSocket (see docs/protocol.md).
 
-Thin by design: decode, check the fields, call the dispatcher, encode.
-Nothing a worker sends may raise out of here.
+Thin by design: decode, check the fields (``scheduler.worker_messages``),
+call the dispatcher, encode.  Nothing a worker sends may raise out of here.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import UTC
 from typing import Any
 
@@ -20,13 +18,29 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from scheduler.cron import iso
-from scheduler.dispatch import PROTOCOL_VERSION, Dispatcher, JobNotFound
+from scheduler.dispatch import Dispatcher, JobNotFound
+from scheduler.worker_messages import (
+    PING_INTERVAL,
+    PING_TIMEOUT,
+    BadMessage,
+    Hello,
+    as_message,
+    decode,
+    encode,
+    error_fields,
+    no_delay,
+    parse_finished,
+    parse_hello,
+    parse_output,
+    parse_rejected,
+    parse_started,
+    unsupported_protocol,
+    websocket_options,
+)
 from scheduler.workers import Worker
 
 # Autobahn owns self.log on protocols.
 _log = Logger()
-
-MAX_NAME = 100
 
 # Seconds the connection holding a worker name has to answer a ping when a
 # new connection asks for the name (a live one keeps it).  A worker's
@@ -34,97 +48,44 @@ MAX_NAME = 100
 PROBE_TIMEOUT = 5.0
 
 
-class BadMessage(ValueError):
-    pass
+def _started(dispatcher: Dispatcher, worker: Worker, message: Mapping[str, Any]) -> None:
+    started = parse_started(message)
+    dispatcher.started(worker, started.job, started.at)
 
 
-# Ids and sequence numbers stay exact in JSON and fit SQLite's integers.
-MAX_INT = 2**53
-# Unix times up to the year 9999: anything else is a unit mistake.
-MAX_TIME = 253402300799.0
+def _output(dispatcher: Dispatcher, worker: Worker, message: Mapping[str, Any]) -> None:
+    output = parse_output(message)
+    dispatcher.output(worker, output.job, output.seq, output.stream, output.data)
 
 
-def _int(message: dict[str, Any], name: str, *, low: int = 0, high: int = MAX_INT) -> int:
-    value = message.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadMessage(f"field '{name}' must be an integer from {low} to {high}")
-    return value
+def _finished(dispatcher: Dispatcher, worker: Worker, message: Mapping[str, Any]) -> None:
+    finished = parse_finished(message)
+    dispatcher.finished(
+        worker,
+        finished.job,
+        exit_code=finished.exit_code,
+        signal=finished.signal,
+        timed_out=finished.timed_out,
+        cancelled=finished.cancelled,
+        started_at=finished.started_at,
+        finished_at=finished.finished_at,
+    )
 
 
-def _number(message: dict[str, Any], name: str, *, optional: bool = False) -> float | None:
-    """A Unix time in seconds."""
-    value = message.get(name)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_TIME:
-        raise BadMessage(f"field '{name}' must be a Unix time in seconds")
-    return float(value)
+def _rejected(dispatcher: Dispatcher, worker: Worker, message: Mapping[str, Any]) -> None:
+    rejected = parse_rejected(message)
+    dispatcher.rejected(worker, rejected.job, rejected.reason)
 
 
-def _str(message: dict[str, Any], name: str, *, limit: int = MAX_NAME) -> str:
-    value = message.get(name)
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise BadMessage(f"field '{name}' must be a non-empty string of at most {limit} characters")
-    return value
-
-
-def _bool(message: dict[str, Any], name: str) -> bool:
-    value = message.get(name, False)
-    if not isinstance(value, bool):
-        raise BadMessage(f"field '{name}' must be true or false")
-    return value
-
-
-def _echo(message: object) -> dict[str, Any] | None:
-    """What an ``error`` repeats of a bad message: its ``type`` and ``job``.
-
-    Never the whole message: a peer that sends megabytes of junk and reads
-    nothing would have every byte of it queued back to it.
-    """
-    if not isinstance(message, dict):
-        return None
-    echo: dict[str, Any] = {}
-    kind = message.get("type")
-    if isinstance(kind, str):
-        echo["type"] = kind[:MAX_NAME]
-    job = message.get("job")
-    if isinstance(job, int) and not isinstance(job, bool) and abs(job) <= MAX_INT:
-        echo["job"] = job
-    return echo
-
-
-@dataclass(frozen=True)
-class Hello:
-    name: str
-    labels: frozenset[str]
-    slots: int
-    # job id -> (state, last seq) for the jobs the worker still holds.
-    jobs: dict[int, tuple[str, int]]
-    # The agent process's id; optional (protocol-1 workers may not send it).
-    instance: str | None
-
-
-def parse_hello(message: dict[str, Any]) -> Hello:
-    name = _str(message, "name")
-    if any(ch.isspace() or ch in ",:" for ch in name):
-        raise BadMessage("field 'name' must not contain spaces, commas or colons")
-    labels = message.get("labels", [])
-    if not isinstance(labels, list) or not all(isinstance(label, str) and 0 < len(label) <= MAX_NAME for label in labels):
-        raise BadMessage("field 'labels' must be a list of short strings")
-    slots = _int(message, "slots", low=1, high=10_000)
-    jobs = message.get("jobs", [])
-    if not isinstance(jobs, list):
-        raise BadMessage("field 'jobs' must be a list")
-    reported: dict[int, tuple[str, int]] = {}
-    for entry in jobs:
-        if not isinstance(entry, dict):
-            raise BadMessage("each entry of 'jobs' must be an object")
-        state = entry.get("state")
-        if state not in ("running", "finished"):
-            raise BadMessage("a job's 'state' must be 'running' or 'finished'")
-        reported[_int(entry, "job", low=1)] = (state, _int(entry, "seq"))
-    instance = None if message.get("instance") is None else _str(message, "instance")
-    return Hello(name, frozenset(labels), slots, reported, instance)
+# What a welcomed worker may report, by message type.  The hello is handled
+# by the protocol itself (it decides who holds a name); a worker's ``error``
+# is treated as an unknown type, so a peer cannot flood the log with them.
+REPORTS: Mapping[str, Callable[[Dispatcher, Worker, Mapping[str, Any]], None]] = {
+    "started": _started,
+    "output": _output,
+    "finished": _finished,
+    "rejected": _rejected,
+}
 
 
 class WorkerServerProtocol(WebSocketServerProtocol):
@@ -154,7 +115,7 @@ class WorkerServerProtocol(WebSocketServerProtocol):
 
     def send(self, type: str, **fields: Any) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(json.dumps({"type": type, **fields}).encode("utf-8"), isBinary=False)
+            self.sendMessage(encode(type, **fields), isBinary=False)
 
     def close(self, reason: str) -> None:
         self.sendClose(code=1000, reason=reason[:100])
@@ -211,15 +172,7 @@ class WorkerServerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        # Autobahn tries to set TCP_NODELAY before it has copied its options
-        # onto the protocol, so it never does; without it a small frame sent
-        # right after another waits for the worker's delayed ACK (40 ms).
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass  # not a TCP socket
+        no_delay(self.transport)
 
     def onOpen(self) -> None:
         try:
@@ -237,26 +190,13 @@ class WorkerServerProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._probes:
             self._answer_probes(True)
-        message: Any = None
+        received: object = None
         try:
-            if isBinary:
-                raise BadMessage("messages must be JSON text frames")
-            try:
-                message = json.loads(payload.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                raise BadMessage("not valid JSON") from None
-            if not isinstance(message, dict):
-                raise BadMessage("a message must be a JSON object")
-            kind = message.get("type")
-            if not isinstance(kind, str):
-                raise BadMessage("field 'type' must be a string")
-            self._handle(kind, message)
+            received = decode(payload, binary=isBinary)
+            message = as_message(received)
+            self._handle(message["type"], message)
         except (BadMessage, JobNotFound) as error:
-            reply: dict[str, Any] = {"reason": str(error.args[0])}
-            echo = _echo(message)
-            if echo is not None:
-                reply["message"] = echo
-            self.send("error", **reply)
+            self.send("error", **error_fields(str(error.args[0]), received))
         except Exception:
             _log.failure("worker message handling failed")
             self.send("error", reason="internal error on the scheduler (logged)")
@@ -269,41 +209,11 @@ class WorkerServerProtocol(WebSocketServerProtocol):
                 raise BadMessage("the first message must be 'hello'")
             self._hello(message)
             return
-        worker = self.worker
-        dispatcher = self.factory.dispatcher
-        if kind == "started":
-            dispatcher.started(worker, _int(message, "job", low=1), _number(message, "at") or 0.0)
-        elif kind == "output":
-            stream = message.get("stream")
-            if stream not in ("stdout", "stderr"):
-                raise BadMessage("field 'stream' must be 'stdout' or 'stderr'")
-            data = message.get("data")
-            if not isinstance(data, str):
-                raise BadMessage("field 'data' must be a string")
-            dispatcher.output(worker, _int(message, "job", low=1), _int(message, "seq", low=1), stream, data)
-        elif kind == "finished":
-            exit_code = message.get("exitCode")
-            signal = message.get("signal")
-            for name, value in (("exitCode", exit_code), ("signal", signal)):
-                if value is not None and (
-                    isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31
-                ):
-                    raise BadMessage(f"field '{name}' must be a 32-bit integer or null")
-            dispatcher.finished(
-                worker,
-                _int(message, "job", low=1),
-                exit_code=exit_code,
-                signal=signal,
-                timed_out=_bool(message, "timedOut"),
-                cancelled=_bool(message, "cancelled"),
-                started_at=_number(message, "startedAt", optional=True),
-                finished_at=_number(message, "finishedAt", optional=True),
-            )
-        elif kind == "rejected":
-            reason = message.get("reason", "")
-            dispatcher.rejected(worker, _int(message, "job", low=1), str(reason)[:200])
-        elif kind == "hello":
+        if kind == "hello":
             raise BadMessage("hello was already received on this connection")
+        report = REPORTS.get(kind)
+        if report is not None:
+            report(self.factory.dispatcher, self.worker, message)
         else:
             # Logged once per connection (a flood of them must not flood the
             # log); onClose says how many there were.
@@ -313,16 +223,13 @@ class WorkerServerProtocol(WebSocketServerProtocol):
                     "ignoring a '{kind}' message from worker {name} (further unknown types on this "
                     "connection are counted, not logged)",
                     kind=kind[:40],
-                    name=worker.name,
+                    name=self.worker.name,
                 )
 
     def _hello(self, message: dict[str, Any]) -> None:
-        protocol = message.get("protocol")
-        if isinstance(protocol, bool) or protocol != PROTOCOL_VERSION:
-            self._refuse(
-                f"protocol {protocol!r} is not supported (this scheduler speaks {PROTOCOL_VERSION})",
-                "unsupported protocol",
-            )
+        unsupported = unsupported_protocol(message)
+        if unsupported is not None:
+            self._refuse(unsupported, "unsupported protocol")
             return
         hello = parse_hello(message)
         name = hello.name
@@ -455,8 +362,8 @@ class WorkerServerFactory(WebSocketServerFactory):
         reserved: Callable[[str], bool] = lambda name: False,
         hello_timeout: float = 10.0,
         probe_timeout: float = PROBE_TIMEOUT,
-        ping_interval: float = 20.0,
-        ping_timeout: float = 20.0,
+        ping_interval: float = PING_INTERVAL,
+        ping_timeout: float = PING_TIMEOUT,
         max_message: int = 2 * 1024 * 1024,
         handshake_timeout: float = 10.0,
     ) -> None:
@@ -470,10 +377,10 @@ class WorkerServerFactory(WebSocketServerFactory):
         self.hello_timeout = hello_timeout
         self.probe_timeout = probe_timeout
         self.setProtocolOptions(
-            autoPingInterval=ping_interval,
-            autoPingTimeout=ping_timeout,
-            maxMessagePayloadSize=max_message,
-            maxFramePayloadSize=max_message,
-            openHandshakeTimeout=handshake_timeout,
-            closeHandshakeTimeout=5,
+            **websocket_options(
+                max_message=max_message,
+                handshake_timeout=handshake_timeout,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+            )
         )

@@ -682,12 +682,14 @@ def test_output_buffer_cap_applies_through_the_agent() -> None:
 @pytest.mark.parametrize(
     ("text", "reason", "echo"),
     [
-        ("{not json", "not JSON", False),
+        ("{not json", "not valid JSON", False),
         ("[1, 2]", "a message must be a JSON object", False),
         ('"run"', "a message must be a JSON object", False),
-        ('{"job": 1}', "missing field 'type'", True),
+        ('{"job": 1}', "field 'type' must be a string", True),
         ('{"type": 7}', "field 'type' must be a string", True),
-        ('{"type": "run", "command": "x"}', "missing field 'job'", True),
+        ('{"type": "run", "command": "x"}', "field 'job' must be an integer", True),
+        ('{"type": "run", "job": 0, "command": "x"}', "field 'job' must be an integer from 1", True),
+        ('{"type": "run", "job": 1}', "field 'command' must be a string", True),
         ('{"type": "run", "job": "1", "command": "x"}', "field 'job' must be an integer", True),
         ('{"type": "run", "job": true, "command": "x"}', "field 'job' must be an integer", True),
         ('{"type": "run", "job": 1.5, "command": "x"}', "field 'job' must be an integer", True),
@@ -698,9 +700,9 @@ def test_output_buffer_cap_applies_through_the_agent() -> None:
         ('{"type": "run", "job": 1, "command": "x", "timeout": -1}', "field 'timeout'", True),
         ('{"type": "run", "job": 1, "command": "x", "timeout": "30"}', "field 'timeout'", True),
         ('{"type": "run", "job": 1, "command": "x", "timeout": NaN}', "field 'timeout'", True),
-        ('{"type": "cancel"}', "missing field 'job'", True),
+        ('{"type": "cancel"}', "field 'job' must be an integer", True),
         ('{"type": "ack", "job": null}', "field 'job' must be an integer", True),
-        ("[" * 100_000, "not JSON", False),
+        ("[" * 100_000, "not valid JSON", False),
     ],
 )
 def test_malformed_messages_are_answered_with_error(h: Harness, text: str, reason: str, echo: bool) -> None:
@@ -978,8 +980,8 @@ def test_protocol_in_memory_handshake_hello_welcome_run_and_errors() -> None:
     pump.flush()
     errors = server.take()
     assert [m["type"] for m in errors] == ["error", "error"]
-    assert errors[0]["reason"].startswith("not JSON")
-    assert "binary" in errors[1]["reason"]
+    assert errors[0]["reason"] == "not valid JSON"
+    assert errors[1]["reason"] == "messages must be JSON text frames"
 
     server.send_json({"type": "ack", "job": 9})
     server.sendClose(1000, "bye")

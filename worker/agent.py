@@ -14,11 +14,8 @@ Three layers, kept apart so the interesting part is testable without sockets:
 
 from __future__ import annotations
 
-import json
-import math
 import os.path
 import random
-import re
 import secrets
 import signal
 from collections import deque
@@ -33,6 +30,23 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from scheduler.worker_messages import (
+    PROTOCOL_VERSION,
+    BadMessage,
+    Link,
+    as_message,
+    decode,
+    encode,
+    error_fields,
+    no_delay,
+    parse_ack,
+    parse_cancel,
+    parse_error,
+    parse_refused,
+    parse_run,
+    parse_welcome,
+    websocket_options,
+)
 from worker.runner import JobRun, OutputSink, RunnerReactor, RunResult
 
 __all__ = [
@@ -56,8 +70,6 @@ __all__ = [
 # Autobahn owns ``self.log`` on protocols; this one is ours.
 _agent_log = Logger(namespace="worker.agent")
 
-PROTOCOL_VERSION = 1
-
 DEFAULT_OUTPUT_BUFFER = 1024 * 1024
 
 # Scheduler-to-worker messages are small (a command line and its env), so a
@@ -65,26 +77,12 @@ DEFAULT_OUTPUT_BUFFER = 1024 * 1024
 # buffer without bound.
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
-# The scheduler sends a cron fire's run up to 50 ms ahead of its second,
-# with the delay to wait; a far larger one would hold a slot for nothing.
-MAX_START_DELAY = 5.0
-
 # Until the welcome, the protocol allows the worker to send nothing but its
 # hello, so these are the only messages it acts on before then.
 _HANDSHAKE_TYPES = frozenset({"welcome", "refused"})
 
-_INTEGER_KEY = re.compile(r"-?[0-9]+")
-
 
 # -- collaborators ------------------------------------------------------------
-
-
-class Link(Protocol):
-    """The agent's view of one connection to the scheduler."""
-
-    def send(self, type: str, /, **fields: object) -> None: ...
-
-    def close(self, reason: str) -> None: ...
 
 
 class RunHandle(Protocol):
@@ -286,99 +284,6 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-# -- message validation ---------------------------------------------------------
-
-
-class _Malformed(Exception):
-    """A message with a missing or mistyped field; str() is the reason."""
-
-
-_MISSING = object()
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int_field(message: Mapping[str, Any], name: str) -> int:
-    value = message.get(name, _MISSING)
-    if value is _MISSING:
-        raise _Malformed(f"missing field {name!r}")
-    if not _is_int(value):
-        raise _Malformed(f"field {name!r} must be an integer")
-    assert isinstance(value, int)
-    return value
-
-
-def _str_field(message: Mapping[str, Any], name: str) -> str:
-    value = message.get(name, _MISSING)
-    if value is _MISSING:
-        raise _Malformed(f"missing field {name!r}")
-    if not isinstance(value, str):
-        raise _Malformed(f"field {name!r} must be a string")
-    return value
-
-
-def _optional_str(message: Mapping[str, Any], name: str) -> str | None:
-    value = message.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _Malformed(f"field {name!r} must be a string or null")
-    return value
-
-
-def _optional_duration(message: Mapping[str, Any], name: str) -> float | None:
-    value = message.get(name)
-    if value is None:
-        return None
-    # json.loads accepts NaN and Infinity, which no timer can use.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise _Malformed(f"field {name!r} must be a non-negative number or null")
-    return float(value)
-
-
-def _optional_env(message: Mapping[str, Any], name: str) -> dict[str, str] | None:
-    value = message.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise _Malformed(f"field {name!r} must be an object of strings or null")
-    return value
-
-
-def _int_list(message: Mapping[str, Any], name: str) -> list[int]:
-    value = message.get(name, [])
-    if not isinstance(value, list) or not all(_is_int(v) for v in value):
-        raise _Malformed(f"field {name!r} must be a list of integers")
-    return value
-
-
-def _seq_map(message: Mapping[str, Any], name: str) -> dict[int, int]:
-    value = message.get(name, {})
-    problem = _Malformed(f"field {name!r} must map job ids to integer seqs")
-    if not isinstance(value, dict):
-        raise problem
-    out: dict[int, int] = {}
-    for key, seq in value.items():
-        # JSON object keys are strings; int() alone would also take " 17"
-        # and "1_7", which no scheduler means.
-        if not _INTEGER_KEY.fullmatch(key) or not _is_int(seq):
-            raise problem
-        out[int(key)] = seq
-    return out
-
-
-def _echo(message: Mapping[str, Any]) -> dict[str, Any]:
-    """What an ``error`` repeats of a bad message: its ``type`` and ``job`` only."""
-    echo: dict[str, Any] = {}
-    kind = message.get("type")
-    if isinstance(kind, str):
-        echo["type"] = kind[:100]
-    job = message.get("job")
-    if _is_int(job):
-        echo["job"] = job
-    return echo
-
-
 # -- the domain object ----------------------------------------------------------
 
 
@@ -479,24 +384,16 @@ class WorkerAgent:
         if link is self._link:
             self._end_session()
 
-    def receive(self, text: str) -> None:
-        """One text frame from the scheduler.  Never raises."""
+    def receive(self, payload: str | bytes, *, binary: bool = False) -> None:
+        """One frame from the scheduler.  Never raises."""
+        received: object = None
         try:
-            message = json.loads(text)
-        # Deep nesting raises RecursionError rather than ValueError.
-        except (ValueError, RecursionError) as e:
-            self.malformed(f"not JSON: {e}")
+            received = decode(payload, binary=binary)
+            message = as_message(received)
+        except BadMessage as e:
+            self.malformed(str(e), received)
             return
-        if not isinstance(message, dict):
-            self.malformed("a message must be a JSON object")
-            return
-        kind = message.get("type", _MISSING)
-        if kind is _MISSING:
-            self.malformed("missing field 'type'", message)
-            return
-        if not isinstance(kind, str):
-            self.malformed("field 'type' must be a string", message)
-            return
+        kind = message["type"]
         if not self._welcomed and kind not in _HANDSHAKE_TYPES:
             _agent_log.warn("ignoring {type!r} from the scheduler before its welcome", type=kind)
             return
@@ -506,21 +403,18 @@ class WorkerAgent:
             return
         try:
             handler(message)
-        except _Malformed as e:
+        except BadMessage as e:
             self.malformed(str(e), message)
         except Exception:  # logged with its traceback; one message must not end the agent
             _agent_log.failure("handling {type!r} from the scheduler failed", type=kind)
 
-    def malformed(self, reason: str, message: dict[str, Any] | None = None) -> None:
+    def malformed(self, reason: str, received: object = None) -> None:
         """Answer a message we cannot use with ``error``."""
         _agent_log.warn("malformed message from the scheduler: {reason}", reason=reason)
         if self._link is None or not self._welcomed:
             # Until the welcome the worker may send nothing but its hello.
             return
-        if message is None:
-            self._link.send("error", reason=reason)
-        else:
-            self._link.send("error", reason=reason, message=_echo(message))
+        self._link.send("error", **error_fields(reason, received))
 
     # -- shutdown ---------------------------------------------------------------
 
@@ -558,15 +452,15 @@ class WorkerAgent:
             _agent_log.warn("ignoring a second welcome on one connection")
             return
         try:
-            resume = _seq_map(message, "resume")
-            drop = _int_list(message, "drop")
-        except _Malformed as e:
+            welcome = parse_welcome(message)
+        except BadMessage as e:
             # Without a usable welcome the session cannot start; reconnecting
             # (with backoff) is the only way forward.
             _agent_log.error("malformed welcome from the scheduler: {reason}", reason=str(e))
-            link.send("error", reason=str(e), message=_echo(message))
+            link.send("error", **error_fields(str(e), message))
             link.close("malformed welcome")
             return
+        resume, drop = welcome.resume, welcome.drop
         self._welcomed = True
         self._cancel_welcome_call()
         self._on_welcome()
@@ -595,7 +489,7 @@ class WorkerAgent:
                 _agent_log.warn("welcome neither resumes nor drops job {job}; holding it", job=job.id)
 
     def _on_refused(self, message: dict[str, Any]) -> None:
-        reason = message.get("reason")
+        refused = parse_refused(message)
         # Error level: a refused worker does no work until someone acts.  We
         # keep retrying (with growing backoff, as no welcome resets it)
         # because a scheduler upgrade may fix it.
@@ -603,20 +497,14 @@ class WorkerAgent:
             "the scheduler refused this worker ({name}, instance {instance}): {reason}",
             name=self._name,
             instance=self.instance,
-            reason=reason if isinstance(reason, str) else repr(reason),
+            reason=refused.reason,
         )
         if self._link is not None:
             self._link.close("refused")
 
     def _on_run(self, message: dict[str, Any]) -> None:
-        job_id = _int_field(message, "job")
-        command = _str_field(message, "command")
-        env = _optional_env(message, "env")
-        cwd = _optional_str(message, "cwd")
-        timeout = _optional_duration(message, "timeout")
-        delay = _optional_duration(message, "delay") or 0.0
-        if delay > MAX_START_DELAY:
-            raise _Malformed(f"field 'delay' must be at most {MAX_START_DELAY:g} seconds")
+        order = parse_run(message)
+        job_id = order.job
         if job_id in self._jobs:
             _agent_log.warn("ignoring run for job {job}: this worker already has it", job=job_id)
             return
@@ -630,23 +518,23 @@ class WorkerAgent:
         job = _Job(job_id, OutputBuffer(self._output_buffer), live=True)
         # A relative cwd is relative to --workdir, not to wherever twistd
         # happened to be started.
-        directory = self._workdir if cwd is None else os.path.join(self._workdir, cwd)
+        directory = self._workdir if order.cwd is None else os.path.join(self._workdir, order.cwd)
         run = self._runs(
-            command,
+            order.command,
             lambda stream, text: self._on_output(job, stream, text),
-            env=env,
+            env=order.env,
             cwd=directory,
-            timeout=timeout,
+            timeout=order.timeout,
             kill_grace=self._kill_grace,
         )
         job.run = run
         self._jobs[job_id] = job
         self._running.add(job)
         run.finished.addCallback(self._on_run_ended, job).addErrback(self._on_run_failed, job)
-        if delay > 0:
+        if order.delay > 0:
             # A cron fire sent ahead of its second: the slot is taken now,
             # the command starts on the second.
-            job.start_call = self._clock.callLater(delay, self._start, job)
+            job.start_call = self._clock.callLater(order.delay, self._start, job)
         else:
             self._start(job)
 
@@ -666,13 +554,13 @@ class WorkerAgent:
             self._send_for(job, "started", job=job.id, pid=run.pid, at=self._clock.seconds())
 
     def _on_cancel(self, message: dict[str, Any]) -> None:
-        job = self._jobs.get(_int_field(message, "job"))
+        job = self._jobs.get(parse_cancel(message).job)
         if job is not None and job.result is None and job.run is not None:
             _agent_log.info("cancelling job {job}", job=job.id)
             job.run.cancel()
 
     def _on_ack(self, message: dict[str, Any]) -> None:
-        job_id = _int_field(message, "job")
+        job_id = parse_ack(message).job
         job = self._jobs.get(job_id)
         if job is None:
             return  # a repeated ack: nothing left to forget
@@ -682,10 +570,11 @@ class WorkerAgent:
         del self._jobs[job_id]
 
     def _on_error(self, message: dict[str, Any]) -> None:
+        error = parse_error(message)
         _agent_log.warn(
             "the scheduler reported an error: {reason} (about {message})",
-            reason=message.get("reason"),
-            message=message.get("message"),
+            reason=error.reason,
+            message=error.message,
         )
 
     # -- job events ---------------------------------------------------------------
@@ -803,27 +692,6 @@ class WorkerAgent:
 # -- the wire -------------------------------------------------------------------------
 
 
-def _no_delay(transport: object) -> None:
-    """Turn off Nagle's algorithm on a TCP transport (a no-op for others)."""
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except OSError:
-            pass  # not a TCP socket (a Unix socket, say)
-
-
-def encode(type: str, /, **fields: object) -> bytes:
-    message = {"type": type, **fields}
-    try:
-        # Readable UTF-8 when possible: job output is often not ASCII.
-        return json.dumps(message, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (possible in an echoed message) has no UTF-8
-        # form; JSON's \u escapes can still carry it.
-        return json.dumps(message).encode("ascii")
-
-
 class WorkerProtocol(WebSocketClientProtocol):
     """Frames in and out; everything else is the agent's business."""
 
@@ -833,11 +701,7 @@ class WorkerProtocol(WebSocketClientProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        # Autobahn tries to set TCP_NODELAY before it has copied its options
-        # onto the protocol, so it never does: without it, a "finished" that
-        # follows "started" within a few ms waits for the scheduler's delayed
-        # ACK (40 ms on Linux), which caps a worker at ~25 jobs/s per slot.
-        _no_delay(self.transport)
+        no_delay(self.transport)
 
     def onOpen(self) -> None:
         # Autobahn swallows exceptions raised here, so log them ourselves and
@@ -850,11 +714,7 @@ class WorkerProtocol(WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
-            if isBinary:
-                self._agent().malformed("binary frames are not part of the protocol")
-            else:
-                # Autobahn has already rejected text frames that are not UTF-8.
-                self._agent().receive(payload.decode("utf-8"))
+            self._agent().receive(payload, binary=isBinary)
         except Exception:
             _agent_log.failure("handling a message from the scheduler failed")
 
@@ -892,16 +752,7 @@ class WorkerClientFactory(WebSocketClientFactory):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         super().__init__(url, headers=headers, reactor=reactor)
         self.agent = agent
-        # Pings both ways (docs/protocol.md) so a dead NAT mapping is noticed
-        # within a minute instead of at the next TCP timeout.
-        self.setProtocolOptions(
-            autoPingInterval=20,
-            autoPingTimeout=20,
-            maxMessagePayloadSize=MAX_MESSAGE_SIZE,
-            maxFramePayloadSize=MAX_MESSAGE_SIZE,
-            openHandshakeTimeout=30,
-            closeHandshakeTimeout=5,
-        )
+        self.setProtocolOptions(**websocket_options(max_message=MAX_MESSAGE_SIZE, handshake_timeout=30))
 
 
 # -- the service ------------------------------------------------------------------------

@@ -1,0 +1,483 @@
+"""The worker protocol's messages, for both ends (docs/protocol.md says the same).
+
+The scheduler (``scheduler/worker_protocol.py``) and the worker agent
+(``worker/agent.py``) both decode, check and answer messages through this
+module: one parser per message type, returning a typed value, one set of
+error texts, one JSON encoding, the ``error`` echo, the link interface and
+the WebSocket settings both ends share.  It imports nothing of either end,
+so the worker package can use it without the scheduler's dependencies.
+
+To add a message type: a section in docs/protocol.md, a dataclass and a
+parser here, an entry in ``WORKER_MESSAGES`` or ``SCHEDULER_MESSAGES``, and
+a handler on the receiving end (``tests/test_worker_messages.py`` checks the
+document and these tables against each other).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+PROTOCOL_VERSION = 1
+
+# Ids and sequence numbers stay exact in JSON and fit SQLite's integers.
+MAX_INT = 2**53
+# Unix times up to the year 9999: anything else is a unit mistake.
+MAX_TIME = 253402300799.0
+# Names, labels, instance ids, and what an error echoes of a type.
+MAX_NAME = 100
+MAX_SLOTS = 10_000
+# A rejected run's reason is kept for the log, cut to this.
+MAX_REASON = 200
+# The scheduler sends a cron fire's run up to 50 ms ahead of its second,
+# with the delay to wait; a far larger one would hold a slot for nothing.
+MAX_START_DELAY = 5.0
+
+# Both ends ping every 20 s and drop a peer silent for 20 s more, so a dead
+# NAT mapping is noticed within a minute on both sides.
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 20.0
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
+
+
+class BadMessage(ValueError):
+    """A message that breaks the protocol; ``str()`` is the reason ``error`` sends."""
+
+
+# -- the link -----------------------------------------------------------------------
+
+
+class Link(Protocol):
+    """One end's view of a connection: send a message, or close it."""
+
+    def send(self, type: str, /, **fields: Any) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+# -- frames -------------------------------------------------------------------------
+
+
+def encode(type: str, /, **fields: object) -> bytes:
+    """One message as a text frame's payload.
+
+    JSON's ``\\u`` escapes for everything beyond ASCII: the payload is
+    valid UTF-8 whatever the strings hold, lone surrogates included (job
+    output may carry them).
+    """
+    return json.dumps({"type": type, **fields}).encode("ascii")
+
+
+def decode(payload: bytes | str, *, binary: bool = False) -> object:
+    """A frame's JSON value (any value: ``as_message`` checks it is a message)."""
+    if binary:
+        raise BadMessage("messages must be JSON text frames")
+    try:
+        return json.loads(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
+    # Deep nesting raises RecursionError rather than ValueError.
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadMessage("not valid JSON") from None
+
+
+def as_message(value: object) -> dict[str, Any]:
+    """*value* if it is a message: a JSON object with a string ``type``."""
+    if not isinstance(value, dict):
+        raise BadMessage("a message must be a JSON object")
+    if not isinstance(value.get("type"), str):
+        raise BadMessage("field 'type' must be a string")
+    return value
+
+
+def echo(received: object) -> dict[str, Any] | None:
+    """What an ``error`` repeats of a bad message: its ``type`` and ``job``.
+
+    Never the whole message: a peer that sends megabytes of junk and reads
+    nothing would have every byte of it queued back to it.
+    """
+    if not isinstance(received, dict):
+        return None
+    out: dict[str, Any] = {}
+    kind = received.get("type")
+    if isinstance(kind, str):
+        out["type"] = kind[:MAX_NAME]
+    job = received.get("job")
+    if isinstance(job, int) and not isinstance(job, bool) and abs(job) <= MAX_INT:
+        out["job"] = job
+    return out
+
+
+def error_fields(reason: str, received: object = None) -> dict[str, Any]:
+    """The fields of an ``error`` answering *received* (``message`` only for an object)."""
+    fields: dict[str, Any] = {"reason": reason}
+    echoed = echo(received)
+    if echoed is not None:
+        fields["message"] = echoed
+    return fields
+
+
+def unsupported_protocol(message: Mapping[str, Any]) -> str | None:
+    """Why a hello's protocol is refused, or None if the scheduler speaks it."""
+    protocol = message.get("protocol")
+    if isinstance(protocol, bool) or protocol != PROTOCOL_VERSION:
+        return f"protocol {protocol!r} is not supported (this scheduler speaks {PROTOCOL_VERSION})"
+    return None
+
+
+def websocket_options(
+    *,
+    max_message: int,
+    handshake_timeout: float,
+    ping_interval: float = PING_INTERVAL,
+    ping_timeout: float = PING_TIMEOUT,
+) -> dict[str, Any]:
+    """Autobahn protocol options for either end (``setProtocolOptions(**...)``)."""
+    return {
+        "autoPingInterval": ping_interval,
+        "autoPingTimeout": ping_timeout,
+        "maxMessagePayloadSize": max_message,
+        "maxFramePayloadSize": max_message,
+        "openHandshakeTimeout": handshake_timeout,
+        "closeHandshakeTimeout": CLOSE_HANDSHAKE_TIMEOUT,
+    }
+
+
+def no_delay(transport: object) -> None:
+    """Turn off Nagle's algorithm on a TCP transport (a no-op for others).
+
+    Autobahn tries to set TCP_NODELAY before it has copied its options onto
+    the protocol, so it never does: without it a small frame sent right
+    after another (a ``finished`` after its ``started``) waits for the
+    peer's delayed ACK, 40 ms on Linux.  Both ends call this from
+    ``connectionMade``.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not a TCP socket (a Unix socket, say)
+
+
+# -- fields -------------------------------------------------------------------------
+
+_INTEGER_KEY = re.compile(r"-?[0-9]+")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(message: Mapping[str, Any], name: str, *, low: int = 0, high: int = MAX_INT) -> int:
+    value = message.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadMessage(f"field '{name}' must be an integer from {low} to {high}")
+    return value
+
+
+def _job(message: Mapping[str, Any]) -> int:
+    return _int(message, "job", low=1)
+
+
+def _signed32(message: Mapping[str, Any], name: str) -> int | None:
+    value = message.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31):
+        raise BadMessage(f"field '{name}' must be a 32-bit integer or null")
+    return value
+
+
+def _time(message: Mapping[str, Any], name: str) -> float:
+    """A Unix time in seconds."""
+    value = message.get(name)
+    # The range also rules out NaN and the infinities json.loads accepts.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_TIME:
+        raise BadMessage(f"field '{name}' must be a Unix time in seconds")
+    return float(value)
+
+
+def _optional_time(message: Mapping[str, Any], name: str) -> float | None:
+    return None if message.get(name) is None else _time(message, name)
+
+
+def _duration(message: Mapping[str, Any], name: str) -> float | None:
+    """Seconds, or null for none."""
+    value = message.get(name)
+    if value is None:
+        return None
+    # json.loads accepts NaN and Infinity, which no timer can use, and ints
+    # too large for a float (which math.isfinite would raise on).
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= sys.float_info.max:
+        raise BadMessage(f"field '{name}' must be a non-negative number or null")
+    return float(value)
+
+
+def _name(message: Mapping[str, Any], name: str) -> str:
+    value = message.get(name)
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise BadMessage(f"field '{name}' must be a non-empty string of at most {MAX_NAME} characters")
+    return value
+
+
+def _text(message: Mapping[str, Any], name: str) -> str:
+    value = message.get(name)
+    if not isinstance(value, str):
+        raise BadMessage(f"field '{name}' must be a string")
+    return value
+
+
+def _optional_text(message: Mapping[str, Any], name: str) -> str | None:
+    value = message.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadMessage(f"field '{name}' must be a string or null")
+    return value
+
+
+def _bool(message: Mapping[str, Any], name: str) -> bool:
+    value = message.get(name, False)
+    if not isinstance(value, bool):
+        raise BadMessage(f"field '{name}' must be true or false")
+    return value
+
+
+def _stream(message: Mapping[str, Any]) -> str:
+    stream = message.get("stream")
+    if stream not in ("stdout", "stderr"):
+        raise BadMessage("field 'stream' must be 'stdout' or 'stderr'")
+    assert isinstance(stream, str)
+    return stream
+
+
+def _env(message: Mapping[str, Any], name: str) -> dict[str, str] | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise BadMessage(f"field '{name}' must be an object of strings or null")
+    return value
+
+
+def _int_list(message: Mapping[str, Any], name: str) -> list[int]:
+    value = message.get(name, [])
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
+        raise BadMessage(f"field '{name}' must be a list of integers")
+    return value
+
+
+def _seq_map(message: Mapping[str, Any], name: str) -> dict[int, int]:
+    value = message.get(name, {})
+    problem = BadMessage(f"field '{name}' must map job ids to integer seqs")
+    if not isinstance(value, dict):
+        raise problem
+    out: dict[int, int] = {}
+    for key, seq in value.items():
+        # JSON object keys are strings; int() alone would also take " 17"
+        # and "1_7", which no scheduler means.
+        if not _INTEGER_KEY.fullmatch(key) or not _is_int(seq):
+            raise problem
+        out[int(key)] = seq
+    return out
+
+
+# -- worker to scheduler ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    name: str
+    labels: frozenset[str]
+    slots: int
+    # job id -> (state, last seq) for the jobs the worker still holds.
+    jobs: dict[int, tuple[str, int]]
+    # The agent process's id; optional (protocol-1 workers may not send it).
+    instance: str | None
+
+
+def parse_hello(message: Mapping[str, Any]) -> Hello:
+    """A hello's fields; its ``protocol`` is checked first, by ``unsupported_protocol``."""
+    name = _name(message, "name")
+    if any(ch.isspace() or ch in ",:" for ch in name):
+        raise BadMessage("field 'name' must not contain spaces, commas or colons")
+    labels = message.get("labels", [])
+    if not isinstance(labels, list) or not all(
+        isinstance(label, str) and 0 < len(label) <= MAX_NAME for label in labels
+    ):
+        raise BadMessage("field 'labels' must be a list of short strings")
+    slots = _int(message, "slots", low=1, high=MAX_SLOTS)
+    jobs = message.get("jobs", [])
+    if not isinstance(jobs, list):
+        raise BadMessage("field 'jobs' must be a list")
+    reported: dict[int, tuple[str, int]] = {}
+    for entry in jobs:
+        if not isinstance(entry, dict):
+            raise BadMessage("each entry of 'jobs' must be an object")
+        state = entry.get("state")
+        if state not in ("running", "finished"):
+            raise BadMessage("a job's 'state' must be 'running' or 'finished'")
+        reported[_job(entry)] = (state, _int(entry, "seq"))
+    instance = None if message.get("instance") is None else _name(message, "instance")
+    return Hello(name, frozenset(labels), slots, reported, instance)
+
+
+@dataclass(frozen=True)
+class Started:
+    job: int
+    at: float
+
+
+def parse_started(message: Mapping[str, Any]) -> Started:
+    # pid is for people reading the log; nothing depends on it.
+    return Started(_job(message), _time(message, "at"))
+
+
+@dataclass(frozen=True)
+class Output:
+    job: int
+    stream: str
+    seq: int
+    data: str
+
+
+def parse_output(message: Mapping[str, Any]) -> Output:
+    stream = _stream(message)
+    data = _text(message, "data")
+    return Output(_job(message), stream, _int(message, "seq", low=1), data)
+
+
+@dataclass(frozen=True)
+class Finished:
+    job: int
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    cancelled: bool
+    started_at: float | None
+    finished_at: float | None
+
+
+def parse_finished(message: Mapping[str, Any]) -> Finished:
+    # seq is for the worker's own bookkeeping: the scheduler has the output
+    # chunks themselves.
+    exit_code = _signed32(message, "exitCode")
+    signal = _signed32(message, "signal")
+    return Finished(
+        job=_job(message),
+        exit_code=exit_code,
+        signal=signal,
+        timed_out=_bool(message, "timedOut"),
+        cancelled=_bool(message, "cancelled"),
+        started_at=_optional_time(message, "startedAt"),
+        finished_at=_optional_time(message, "finishedAt"),
+    )
+
+
+@dataclass(frozen=True)
+class Rejected:
+    job: int
+    reason: str
+
+
+def parse_rejected(message: Mapping[str, Any]) -> Rejected:
+    reason = str(message.get("reason", ""))[:MAX_REASON]
+    return Rejected(_job(message), reason)
+
+
+# -- scheduler to worker ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Welcome:
+    # job id -> the last output seq the scheduler has.
+    resume: dict[int, int]
+    drop: list[int]
+
+
+def parse_welcome(message: Mapping[str, Any]) -> Welcome:
+    return Welcome(_seq_map(message, "resume"), _int_list(message, "drop"))
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+def parse_refused(message: Mapping[str, Any]) -> Refused:
+    reason = message.get("reason")
+    return Refused(reason if isinstance(reason, str) else repr(reason))
+
+
+@dataclass(frozen=True)
+class Run:
+    job: int
+    command: str
+    env: dict[str, str] | None
+    cwd: str | None
+    timeout: float | None
+    # Seconds to wait before starting (a cron fire sent ahead of its second).
+    delay: float
+
+
+def parse_run(message: Mapping[str, Any]) -> Run:
+    job = _job(message)
+    command = _text(message, "command")
+    env = _env(message, "env")
+    cwd = _optional_text(message, "cwd")
+    timeout = _duration(message, "timeout")
+    delay = _duration(message, "delay") or 0.0
+    if delay > MAX_START_DELAY:
+        raise BadMessage(f"field 'delay' must be at most {MAX_START_DELAY:g} seconds")
+    return Run(job, command, env, cwd, timeout, delay)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job: int
+
+
+def parse_cancel(message: Mapping[str, Any]) -> Cancel:
+    return Cancel(_job(message))
+
+
+@dataclass(frozen=True)
+class Ack:
+    job: int
+
+
+def parse_ack(message: Mapping[str, Any]) -> Ack:
+    return Ack(_job(message))
+
+
+# -- either way ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Error:
+    reason: object
+    # The type and job of the message it answers, if it was an object.
+    message: object
+
+
+def parse_error(message: Mapping[str, Any]) -> Error:
+    # Only ever logged: a peer's complaint must not start another round.
+    return Error(message.get("reason"), message.get("message"))
+
+
+# One table per direction: every message type, and its parser.
+WORKER_MESSAGES: Mapping[str, Callable[[Mapping[str, Any]], object]] = {
+    "hello": parse_hello,
+    "started": parse_started,
+    "output": parse_output,
+    "finished": parse_finished,
+    "rejected": parse_rejected,
+    "error": parse_error,
+}
+SCHEDULER_MESSAGES: Mapping[str, Callable[[Mapping[str, Any]], object]] = {
+    "welcome": parse_welcome,
+    "refused": parse_refused,
+    "run": parse_run,
+    "cancel": parse_cancel,
+    "ack": parse_ack,
+    "error": parse_error,
+}
