@@ -32,7 +32,8 @@ from scheduler.state import TaskState
 from scheduler.store import FlatFileTaskStore, LoadError
 from scheduler.taskbook import TaskBook
 from scheduler.tasks import Task
-from scheduler.tcp_commands import CommandFactory, TcpCommands
+from scheduler.tcp_commands import TcpCommands
+from scheduler.tcp_protocol import CommandFactory
 from scheduler.ticker import CronTicker
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.workers import Worker, WorkerRegistry

@@ -46,7 +46,7 @@ class Settings:
     tcp_max_connections: int = 64
     tcp_max_per_peer: int = 16
     # With a TCP token: seconds to AUTH, and places for connections that
-    # have not (see tcp_commands.TcpAuth).
+    # have not (see tcp_auth.TcpAuth).
     tcp_auth_timeout: float = 10.0
     tcp_max_unauthenticated: int = 16
     # HTTP and the workers' WebSocket.

@@ -48,7 +48,8 @@ from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
 from scheduler.state import TaskState
-from scheduler.tcp_commands import CommandFactory, TcpCommands, visible
+from scheduler.tcp_commands import TcpCommands, visible
+from scheduler.tcp_protocol import CommandFactory
 from scheduler.worker_protocol import WorkerServerProtocol
 from tests.helpers import UTC, make_state, settled
 

@@ -15,7 +15,8 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from scheduler.state import TaskState
 from scheduler.store import LoadError, StoreError
-from scheduler.tcp_commands import CommandFactory, TcpCommands
+from scheduler.tcp_commands import TcpCommands
+from scheduler.tcp_protocol import CommandFactory
 from tests.helpers import make_state, make_store, result_of
 
 SEED = b'{"schedule": "* * * * *", "command": "echo Hello", "jobName": "task_1"}\n'

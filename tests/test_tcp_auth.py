@@ -17,16 +17,16 @@ from twisted.python.failure import Failure
 
 from scheduler.limits import ConnectionLimits
 from scheduler.state import TaskState
-from scheduler.tcp_commands import (
+from scheduler.tcp_auth import (
     AUTH_FREE_FAILURES,
     AUTH_LOG_INTERVAL,
     AUTH_MAX_ADDRESSES,
     AUTH_MAX_WAIT,
     OVER_CAP_GRACE,
     AuthThrottle,
-    CommandFactory,
-    TcpCommands,
 )
+from scheduler.tcp_commands import TcpCommands
+from scheduler.tcp_protocol import CommandFactory
 from tests.helpers import make_state
 
 TOKEN = "tcp-token-0123456789abcdef"
@@ -89,7 +89,7 @@ def warnings() -> Iterator[list[str]]:
     seen: list[str] = []
 
     def observe(event: LogEvent) -> None:
-        if event.get("log_namespace") == "scheduler.tcp_commands":
+        if event.get("log_namespace") == "scheduler.tcp_auth":
             seen.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)

@@ -15,7 +15,8 @@ from scheduler.state import TaskState
 from scheduler.store import FlatFileTaskStore
 from scheduler.taskbook import TaskBook
 from scheduler.tasks import TaskError
-from scheduler.tcp_commands import CommandFactory, TcpCommands, split_add
+from scheduler.tcp_commands import TcpCommands, split_add
+from scheduler.tcp_protocol import CommandFactory
 from tests.helpers import UTC, InlineReactor, make_state
 
 

@@ -1,0 +1,303 @@
+"""The command port's line protocol (port 5050) and its factory.
+
+:class:`CommandLineProtocol` frames lines, answers them in order and decides
+when to close; what a verb does is :class:`~scheduler.tcp_commands.TcpCommands`'s
+business, and whether a connection may run it is
+:class:`~scheduler.tcp_auth.ConnectionAuth`'s.  The protocol itself answers
+only the verbs that act on the connection: AUTH (through ConnectionAuth),
+SESSION and QUIT.
+
+Connections are one-shot by default, because the seed's one-liners
+(``echo PING | nc localhost 5050``) use a netcat that never half-closes:
+once every line received so far is answered and nothing more arrives for
+``linger`` seconds, the server closes.  A client that half-closes (``nc
+-N``) is answered and closed at once.  ``SESSION`` keeps the connection
+open for a person typing, until ``QUIT`` or the idle timeout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from scheduler.settings import Settings
+from scheduler.tcp_auth import ConnectionAuth, TcpAuth
+from scheduler.tcp_commands import VERBS, Reply, TcpCommands, Verb, read_command
+
+log = Logger()
+
+_HTTP_START = re.compile(
+    r"^(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE) \S", re.IGNORECASE
+)
+
+
+def _verb_of(raw: bytes | None) -> Verb | None:
+    """The verb a framed line names, if it names one (None: overlong line)."""
+    if raw is None:
+        return None
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return VERBS.get(read_command(line)[0])
+
+
+@dataclass
+class _Slot:
+    text: str | None = None
+
+
+@implementer(IHalfCloseableProtocol)
+class CommandLineProtocol(Protocol):
+    """Frames lines, answers them in order, and decides when to close."""
+
+    transport: ITCPTransport  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        commands: TcpCommands,
+        clock: IReactorTime,
+        *,
+        max_line: int,
+        linger: float,
+        idle_timeout: float,
+        auth: TcpAuth | None = None,
+    ) -> None:
+        self._commands = commands
+        self._auth = ConnectionAuth(auth, clock, self._refuse)
+        self._clock = clock
+        self._max_line = max_line
+        self._linger = linger
+        self._idle_timeout = idle_timeout
+        self._buffer = b""
+        self._discarding = False
+        # None stands for a line that was too long.
+        self._lines: deque[bytes | None] = deque()
+        # Replies owed, oldest first.  Changes (ADD, REMOVE, ...) piped in one
+        # go are all handed to the task state at once, so it writes the file
+        # once for the lot rather than once per line.
+        self._waiting: deque[_Slot] = deque()
+        self._session = False
+        self._input_closed = False
+        self._closing = False
+        self._first = True
+        self._timer: IDelayedCall | None = None
+        self._paused = False
+
+    # -- framing -------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._arm(self._idle_timeout)
+        peer = self.transport.getPeer()
+        self._auth.start(str(getattr(peer, "host", None) or "local"))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._cancel_timer()
+        self._buffer += data
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                break
+            line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+            if self._discarding:
+                # The tail of an overlong line: its error went out already.
+                self._discarding = False
+                continue
+            if len(line) > self._max_line:
+                self._lines.append(None)
+                continue
+            self._lines.append(line[:-1] if line.endswith(b"\r") else line)
+        if len(self._buffer) > self._max_line and not self._discarding:
+            self._lines.append(None)
+            self._discarding = True
+        if self._discarding:
+            self._buffer = b""
+        if len(self._lines) > 1000 and not self._paused:
+            # Replies are slower than input (disk writes): stop reading.
+            self._paused = True
+            cast(IPushProducer, self.transport).pauseProducing()
+        self._process()
+
+    def readConnectionLost(self) -> None:
+        self._input_closed = True
+        if self._buffer and not self._discarding:
+            # A last line without a newline still counts.
+            self._lines.append(self._buffer)
+            self._buffer = b""
+        self._process()
+
+    def writeConnectionLost(self) -> None:
+        self._close()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        self._auth.stop()
+
+    # -- answering -----------------------------------------------------
+
+    def _process(self) -> None:
+        while self._lines and not self._closing:
+            self._flush()
+            raw = self._lines[0]
+            if self._waiting:
+                verb = _verb_of(raw)
+                if verb is None or not verb.queues:
+                    break  # anything else must see the pending changes first
+            self._lines.popleft()
+            slot = _Slot()
+            self._waiting.append(slot)
+            reply = self._answer(raw)
+            if isinstance(reply, Deferred):
+                reply.addCallback(self._replied, slot)
+            else:
+                slot.text = reply
+        self._flush()
+        if self._paused and len(self._lines) < 100 and not self._closing:
+            self._paused = False
+            cast(IPushProducer, self.transport).resumeProducing()
+        if self._lines or self._waiting or self._closing:
+            return
+        if self._input_closed:
+            self._close()
+        elif self._session:
+            self._arm(self._idle_timeout)
+        else:
+            self._arm(self._linger)
+
+    def _replied(self, reply: str, slot: _Slot) -> None:
+        slot.text = reply
+        self._process()
+
+    def _flush(self) -> None:
+        """Send the replies that are ready, in the order of their lines."""
+        while self._waiting and self._waiting[0].text is not None:
+            text = self._waiting.popleft().text
+            assert text is not None
+            self._send(text)
+
+    def _answer(self, raw: bytes | None) -> Reply:
+        first, self._first = self._first, False
+        if raw is None:
+            return f"ERR line longer than {self._max_line} bytes (ignored up to the next newline)"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "ERR line is not valid UTF-8"
+        if (first and _HTTP_START.match(line)) or line.lower().startswith("host:"):
+            # A browser tricked into talking to this port: run nothing.
+            log.warn("closing a connection that speaks HTTP to the command port")
+            self._close()
+            return ""
+        word, argument = read_command(line)
+        verb = VERBS.get(word)
+        refusal = self._auth.refusal(word, verb is not None and verb.open_before_auth)
+        if refusal is not None:
+            return refusal
+        if verb is not None and verb.handler is None:
+            return self._answer_connection_verb(verb, argument)
+        if "\0" in line:
+            return "ERR line contains a NUL byte"
+        try:
+            return self._commands.answer(word, argument)
+        except Exception:
+            log.failure("command {line!r} failed", line=line[:200])
+            return "ERR internal error (logged on the scheduler)"
+
+    def _answer_connection_verb(self, verb: Verb, argument: str) -> str:
+        """The verbs the table leaves to the connection (handler None)."""
+        if verb.word == "AUTH":
+            return self._auth.check(argument)
+        if verb.word == "SESSION":
+            self._session = True
+            return "OK session: the connection stays open; QUIT closes it"
+        if verb.word == "QUIT":
+            self._send("OK bye")
+            self._close()
+            return ""
+        raise AssertionError(f"{verb.word} has no handler in the verb table nor in the protocol")
+
+    def _refuse(self, reply: str) -> str:
+        """Send *reply* and close; for _answer to return."""
+        self._send(reply)
+        self._close()
+        return ""
+
+    def _send(self, reply: str) -> None:
+        if reply and not self._closing:
+            self.transport.write(reply.encode("utf-8") + b"\n")
+
+    # -- closing -------------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = self._clock.callLater(delay, self._close)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timer()
+        self._lines.clear()
+        self.transport.loseConnection()
+
+
+class CommandFactory(Factory):
+    noisy = False
+
+    def __init__(
+        self,
+        commands: TcpCommands,
+        clock: IReactorTime,
+        *,
+        max_line: int = Settings.tcp_max_line,
+        linger: float = Settings.tcp_linger,
+        idle_timeout: float = Settings.tcp_idle_timeout,
+        token: str | None = None,
+        auth_timeout: float = Settings.tcp_auth_timeout,
+        max_unauthenticated: int = Settings.tcp_max_unauthenticated,
+    ) -> None:
+        self.commands = commands
+        self.auth = (
+            TcpAuth(token, clock, timeout=auth_timeout, max_unauthenticated=max_unauthenticated)
+            if token is not None
+            else None
+        )
+        self.clock = clock
+        self.max_line = max_line
+        self.linger = linger
+        self.idle_timeout = idle_timeout
+
+    def buildProtocol(self, addr: object) -> CommandLineProtocol:
+        protocol = CommandLineProtocol(
+            self.commands,
+            self.clock,
+            max_line=self.max_line,
+            linger=self.linger,
+            idle_timeout=self.idle_timeout,
+            auth=self.auth,
+        )
+        protocol.factory = self
+        return protocol
