@@ -1,7 +1,7 @@
 """Many simulated workers in one process, speaking the real worker protocol.
 
 Run by the benchmark with the project's interpreter (so it uses the same
-``worker.agent`` as ``twistd worker``)::
+``worker.agent`` and ``worker.connection`` as ``twistd worker``)::
 
     python bench/simworkers.py --url ws://127.0.0.1:3000/ws/worker --count 1000
 
@@ -50,7 +50,8 @@ from twisted.logger import (
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from worker.agent import WorkerAgent, WorkerClientFactory, WorkerProtocol
+from worker.agent import WorkerAgent
+from worker.connection import WorkerClientFactory, WorkerProtocol
 from worker.runner import OutputSink, RunResult
 
 # The global reactor, typed loosely: its interfaces are zope's, not mypy's.

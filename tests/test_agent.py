@@ -33,16 +33,15 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
+from scheduler.worker_messages import encode
+from tests.fakes import FakeLink
 from worker import tap
-from worker.agent import (
-    Backoff,
-    Chunk,
-    OutputBuffer,
-    WorkerAgent,
-    WorkerClientFactory,
-    WorkerService,
-)
+from worker.agent import WorkerAgent
+from worker.backoff import Backoff
+from worker.connection import WorkerClientFactory
+from worker.output_buffer import Chunk, OutputBuffer
 from worker.runner import OutputSink, RunResult
+from worker.service import WorkerService
 
 reactor: Any = _global_reactor
 
@@ -144,26 +143,6 @@ class FakeRuns:
     @property
     def last(self) -> FakeRun:
         return self.made[-1]
-
-
-class FakeLink:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.closed: list[str] = []
-
-    def send(self, type: str, /, **fields: object) -> None:
-        # Round-trip through JSON so tests see exactly what the wire would.
-        self.sent.append(json.loads(json.dumps({"type": type, **fields})))
-
-    def close(self, reason: str) -> None:
-        self.closed.append(reason)
-
-    def take(self) -> list[dict[str, Any]]:
-        sent, self.sent = self.sent, []
-        return sent
-
-    def types(self) -> list[str]:
-        return [m["type"] for m in self.sent]
 
 
 class Harness:
@@ -332,7 +311,7 @@ def test_malformed_welcome_answers_error_and_reconnects(h: Harness, logged: list
             "message": {"type": "welcome"},
         }
     ]
-    assert h.link.closed == ["malformed welcome"]
+    assert h.link.closes == ["malformed welcome"]
     assert not h.agent.welcomed
     assert h.welcomes == 0
     assert agent_events(logged, LogLevel.error)
@@ -344,7 +323,7 @@ def test_refused_logs_an_error_closes_and_does_not_reset_backoff(
     h.agent.connected(h.link)
     h.link.take()
     assert h.receive("refused", reason="protocol 2 is not supported") == []
-    assert h.link.closed == ["refused"]
+    assert h.link.closes == ["refused"]
     assert h.welcomes == 0
     errors = agent_events(logged, LogLevel.error)
     assert any("protocol 2 is not supported" in line for line in errors)
@@ -353,15 +332,15 @@ def test_refused_logs_an_error_closes_and_does_not_reset_backoff(
 def test_missing_welcome_times_out_and_closes(h: Harness) -> None:
     h.agent.connected(h.link)
     h.clock.advance(29.9)
-    assert h.link.closed == []
+    assert h.link.closes == []
     h.clock.advance(0.2)
-    assert h.link.closed == ["no welcome"]
+    assert h.link.closes == ["no welcome"]
 
 
 def test_welcome_in_time_cancels_the_timeout(h: Harness) -> None:
     h.connect()
     h.clock.advance(60)
-    assert h.link.closed == []
+    assert h.link.closes == []
     assert h.clock.getDelayedCalls() == []
 
 
@@ -725,7 +704,7 @@ def test_malformed_messages_are_answered_with_error(h: Harness, text: str, reaso
     else:
         assert "message" not in error
     assert h.runs.made == []
-    assert h.link.closed == []
+    assert h.link.closes == []
 
 
 def test_error_echoes_only_type_and_job_of_a_huge_message(h: Harness) -> None:
@@ -742,8 +721,6 @@ def test_every_agent_has_an_instance_id_of_its_own(h: Harness) -> None:
 
 
 def test_error_echo_survives_a_lone_surrogate(h: Harness) -> None:
-    from worker.agent import encode
-
     payload = encode("error", reason="x", message={"type": "run", "job": "\ud800"})
     assert json.loads(payload)["message"]["job"] == "\ud800"
 
@@ -816,7 +793,7 @@ def test_worker_service_stops_jobs_before_the_connection(h: Harness) -> None:
     assert order == ["connect"]
     h.runs.last.end(None, signal=15, cancelled=True)
     assert order == ["connect", "disconnect"]
-    assert h.link.closed == ["worker stopping"]
+    assert h.link.closes == ["worker stopping"]
     assert stopped.called
 
 

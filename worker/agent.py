@@ -1,30 +1,23 @@
-"""The worker agent: the worker side of docs/protocol.md.
+"""The worker agent: the jobs, and what to tell the scheduler about them.
 
-Three layers, kept apart so the interesting part is testable without sockets:
-
-- ``WorkerAgent`` holds the jobs, their output buffers and the slots.  It
-  sees the connection only as a ``Link`` (``send(type, **fields)`` and
-  ``close(reason)``) and gets messages as text, so tests drive it
-  synchronously with a fake link, a fake JobRun factory and ``task.Clock``.
-- ``WorkerProtocol``/``WorkerClientFactory`` are the thin Autobahn wire:
-  frames in, JSON text to the agent; ``send`` encodes JSON out.
-- ``Backoff`` is the reconnect policy for ``ClientService`` and
-  ``WorkerService`` orders shutdown (jobs first, then the connection).
+The worker side of docs/protocol.md.  ``WorkerAgent`` holds the jobs, their
+output buffers (``worker.output_buffer``) and the slots.  It sees the
+connection only as a ``Link`` (``send(type, **fields)`` and
+``close(reason)``) and gets frames from it (``receive``), so tests drive it
+synchronously with a fake link, a fake JobRun factory and ``task.Clock``.
+The Autobahn wire is ``worker.connection``; shutdown order is
+``worker.service``.
 """
 
 from __future__ import annotations
 
 import os.path
-import random
 import secrets
 import signal
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -36,46 +29,20 @@ from scheduler.worker_messages import (
     Link,
     as_message,
     decode,
-    encode,
     error_fields,
-    no_delay,
     parse_ack,
     parse_cancel,
     parse_error,
     parse_refused,
     parse_run,
     parse_welcome,
-    websocket_options,
 )
+from worker.output_buffer import DEFAULT_OUTPUT_BUFFER, Chunk, OutputBuffer
 from worker.runner import JobRun, OutputSink, RunnerReactor, RunResult
 
-__all__ = [
-    "DEFAULT_OUTPUT_BUFFER",
-    "MAX_MESSAGE_SIZE",
-    "PROTOCOL_VERSION",
-    "Backoff",
-    "Chunk",
-    "Link",
-    "OutputBuffer",
-    "RunFactory",
-    "RunHandle",
-    "WorkerAgent",
-    "WorkerClientFactory",
-    "WorkerProtocol",
-    "WorkerService",
-    "encode",
-    "job_runs",
-]
+__all__ = ["RunFactory", "RunHandle", "WorkerAgent", "job_runs"]
 
-# Autobahn owns ``self.log`` on protocols; this one is ours.
 _agent_log = Logger(namespace="worker.agent")
-
-DEFAULT_OUTPUT_BUFFER = 1024 * 1024
-
-# Scheduler-to-worker messages are small (a command line and its env), so a
-# few MiB is generous; the limit only stops a broken peer from making us
-# buffer without bound.
-MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
 # Until the welcome, the protocol allows the worker to send nothing but its
 # hello, so these are the only messages it acts on before then.
@@ -128,123 +95,7 @@ def job_runs(reactor: RunnerReactor) -> RunFactory:
     return make
 
 
-# -- reconnect policy ---------------------------------------------------------
-
-
-class Backoff:
-    """ClientService retry policy: capped exponential backoff, full jitter.
-
-    The n-th retry since the last welcome waits ``uniform(0, min(cap, base *
-    2**n))`` (n from 0).  ClientService passes the number of failures since
-    the last *TCP connection*, which is the wrong count here: a scheduler
-    that accepts the connection and then answers 401 or ``refused`` would be
-    retried at the shortest delay forever.  So the argument is ignored and
-    the policy keeps its own count: ClientService calls it exactly once per
-    connection attempt that failed or connection that ended, each call
-    counts one, and only ``reset()`` -- called by the agent on ``welcome``
-    -- starts again from zero.
-    """
-
-    # 2**64 seconds is beyond any cap; stopping there keeps the float
-    # arithmetic from overflowing after a very long outage.
-    _MAX_EXPONENT = 64
-
-    def __init__(
-        self,
-        *,
-        base: float = 1.0,
-        cap: float = 60.0,
-        uniform: Callable[[float, float], float] = random.uniform,
-    ) -> None:
-        if not base > 0:
-            raise ValueError(f"base must be > 0, got {base}")
-        if not cap >= base:
-            raise ValueError(f"cap must be >= base, got {cap}")
-        self._base = base
-        self._cap = cap
-        self._uniform = uniform
-        self._attempt = 0
-
-    @property
-    def attempt(self) -> int:
-        """Retries scheduled since the last welcome."""
-        return self._attempt
-
-    def ceiling(self, attempt: int) -> float:
-        return min(self._cap, self._base * 2.0 ** min(attempt, self._MAX_EXPONENT))
-
-    def __call__(self, failed_attempts: int) -> float:
-        delay = self._uniform(0.0, self.ceiling(self._attempt))
-        self._attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
 # -- per-job state --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Chunk:
-    seq: int
-    stream: str
-    data: str
-
-
-class OutputBuffer:
-    """A job's output chunks, kept for resending after a reconnect.
-
-    Protocol 1 acknowledges output only with the job's ``ack``, so every
-    chunk counts as unacknowledged until then, whether or not it was sent.
-    The cap therefore applies all the time (a chatty job on a good
-    connection must not grow without bound either); it only matters when a
-    reconnect resumes from a seq whose chunks have already been dropped.
-    Dropped chunks are replaced by one marker chunk that takes the seq of
-    the last chunk dropped, so the scheduler's seq bookkeeping still lines
-    up and a reader of the log sees that something is missing.
-    """
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._chunks: deque[tuple[Chunk, int]] = deque()  # (chunk, UTF-8 size)
-        self._size = 0
-        self._dropped_bytes = 0
-        self._dropped_through = 0  # seq of the newest dropped chunk, 0: none
-
-    @property
-    def size(self) -> int:
-        """Bytes of output held (the marker not counted)."""
-        return self._size
-
-    def append(self, chunk: Chunk) -> None:
-        size = len(chunk.data.encode("utf-8", "surrogatepass"))
-        self._chunks.append((chunk, size))
-        self._size += size
-        # Oldest first: the scheduler is far likelier to have them already.
-        while self._size > self._cap and self._chunks:
-            old, old_size = self._chunks.popleft()
-            self._size -= old_size
-            self._dropped_bytes += old_size
-            self._dropped_through = old.seq
-
-    def after(self, seq: int) -> list[Chunk]:
-        """What to resend to a scheduler that has everything up to ``seq``."""
-        out: list[Chunk] = []
-        if self._dropped_through > seq:
-            out.append(self._marker())
-        out.extend(chunk for chunk, _ in self._chunks if chunk.seq > seq)
-        return out
-
-    def _marker(self) -> Chunk:
-        return Chunk(
-            seq=self._dropped_through,
-            stream="stderr",
-            data=(
-                f"[worker: output buffer full; {self._dropped_bytes} bytes of output "
-                f"(chunks 1-{self._dropped_through}) were dropped before they could be resent]\n"
-            ),
-        )
 
 
 @dataclass(eq=False)
@@ -689,100 +540,8 @@ class WorkerAgent:
             waiter.callback(None)
 
 
-# -- the wire -------------------------------------------------------------------------
-
-
-class WorkerProtocol(WebSocketClientProtocol):
-    """Frames in and out; everything else is the agent's business."""
-
-    def _agent(self) -> WorkerAgent:
-        agent: WorkerAgent = self.factory.agent
-        return agent
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        no_delay(self.transport)
-
-    def onOpen(self) -> None:
-        # Autobahn swallows exceptions raised here, so log them ourselves and
-        # drop the connection rather than sit on a half-started session.
-        try:
-            self._agent().connected(self)
-        except Exception:
-            _agent_log.failure("starting the session with the scheduler failed")
-            self.dropConnection(abort=True)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        try:
-            self._agent().receive(payload, binary=isBinary)
-        except Exception:
-            _agent_log.failure("handling a message from the scheduler failed")
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        try:
-            agent = self._agent()
-            # Before the welcome, a close usually means the scheduler would
-            # not have us (bad token, wrong URL): worth more than info.
-            level = _agent_log.info if agent.welcomed else _agent_log.warn
-            level("connection to the scheduler closed ({code}: {reason})", code=code, reason=reason)
-            agent.disconnected(self)
-        except Exception:
-            _agent_log.failure("handling the end of the connection failed")
-
-    def send(self, type: str, /, **fields: object) -> None:
-        # Anything unsent is in the job buffers already; the next welcome
-        # asks for it again.
-        if self.state == WebSocketClientProtocol.STATE_OPEN:
-            self.sendMessage(encode(type, **fields), isBinary=False)
-
-    def close(self, reason: str) -> None:
-        if self.state == WebSocketClientProtocol.STATE_OPEN:
-            self.sendClose(code=1000, reason=reason)
-
-
-class WorkerClientFactory(WebSocketClientFactory):
-    protocol = WorkerProtocol
-    # ClientService reconnects through the same factory; its own retry
-    # lines say enough without a start/stop pair per attempt.
-    noisy = False
-
-    def __init__(
-        self, agent: WorkerAgent, url: str, *, token: str | None = None, reactor: Any = None
-    ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        super().__init__(url, headers=headers, reactor=reactor)
-        self.agent = agent
-        self.setProtocolOptions(**websocket_options(max_message=MAX_MESSAGE_SIZE, handshake_timeout=30))
-
-
-# -- the service ------------------------------------------------------------------------
-
-
-class WorkerService(MultiService):
-    """The agent plus its connection service.
-
-    Stopping cancels the jobs first and only then closes the connection, so
-    their (cancelled) results can still reach the scheduler.  MultiService
-    alone would stop both at once.
-    """
-
-    def __init__(self, agent: WorkerAgent, connection: IService) -> None:
-        super().__init__()
-        self.agent = agent
-        connection.setServiceParent(self)
-
-    def stopService(self) -> Deferred[None]:
-        stopping = self.agent.stop()
-
-        def then_disconnect(_: object) -> Deferred[Any]:
-            # The close frame is queued before ClientService drops the TCP
-            # connection (which flushes writes first), so the scheduler gets
-            # a clean close rather than a vanished peer.
-            self.agent.close_connection("worker stopping")
-            children: Deferred[Any] = MultiService.stopService(self)
-            return children
-
-        def done(_: object) -> None:
-            return None
-
-        return stopping.addCallback(then_disconnect).addCallback(done)
+# The crowd script in tests/test_faults.py still imports these from here;
+# they live in worker.backoff, worker.connection and worker.service.
+from worker.backoff import Backoff as Backoff  # noqa: E402
+from worker.connection import WorkerClientFactory as WorkerClientFactory  # noqa: E402
+from worker.service import WorkerService as WorkerService  # noqa: E402

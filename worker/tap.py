@@ -16,15 +16,12 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python import usage
 
-from worker.agent import (
-    DEFAULT_OUTPUT_BUFFER,
-    Backoff,
-    WorkerAgent,
-    WorkerClientFactory,
-    WorkerService,
-    job_runs,
-)
+from worker.agent import WorkerAgent, job_runs
+from worker.backoff import Backoff
+from worker.connection import WorkerClientFactory
+from worker.output_buffer import DEFAULT_OUTPUT_BUFFER
 from worker.runner import RunnerReactor
+from worker.service import WorkerService
 
 __all__ = ["Options", "drop_secrets", "endpoint_for", "makeService"]
 

@@ -1,0 +1,102 @@
+"""The worker's WebSocket to the scheduler: Autobahn frames in and out, nothing more.
+
+``WorkerProtocol`` hands each frame to the agent and sends what the agent
+says; ``WorkerClientFactory`` carries the URL, the bearer token and the
+WebSocket settings.  ``worker/tap.py`` puts the factory in a
+``ClientService`` that redials with ``worker.backoff.Backoff``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.logger import Logger
+
+from scheduler.worker_messages import Link, encode, no_delay, websocket_options
+
+__all__ = ["MAX_MESSAGE_SIZE", "Session", "WorkerClientFactory", "WorkerProtocol"]
+
+# Autobahn owns ``self.log`` on protocols; this one is ours.
+_log = Logger(namespace="worker.connection")
+
+# Scheduler-to-worker messages are small (a command line and its env), so a
+# few MiB is generous; the limit only stops a broken peer from making us
+# buffer without bound.
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+
+
+class Session(Protocol):
+    """What the connection needs of the agent (``worker.agent.WorkerAgent``)."""
+
+    @property
+    def welcomed(self) -> bool: ...
+
+    def connected(self, link: Link) -> None: ...
+
+    def receive(self, payload: str | bytes, *, binary: bool = False) -> None: ...
+
+    def disconnected(self, link: Link) -> None: ...
+
+
+class WorkerProtocol(WebSocketClientProtocol):
+    """Frames in and out; everything else is the agent's business."""
+
+    def _agent(self) -> Session:
+        agent: Session = self.factory.agent
+        return agent
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        no_delay(self.transport)
+
+    def onOpen(self) -> None:
+        # Autobahn swallows exceptions raised here, so log them ourselves and
+        # drop the connection rather than sit on a half-started session.
+        try:
+            self._agent().connected(self)
+        except Exception:
+            _log.failure("starting the session with the scheduler failed")
+            self.dropConnection(abort=True)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            self._agent().receive(payload, binary=isBinary)
+        except Exception:
+            _log.failure("handling a message from the scheduler failed")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        try:
+            agent = self._agent()
+            # Before the welcome, a close usually means the scheduler would
+            # not have us (bad token, wrong URL): worth more than info.
+            level = _log.info if agent.welcomed else _log.warn
+            level("connection to the scheduler closed ({code}: {reason})", code=code, reason=reason)
+            agent.disconnected(self)
+        except Exception:
+            _log.failure("handling the end of the connection failed")
+
+    def send(self, type: str, /, **fields: object) -> None:
+        # Anything unsent is in the job buffers already; the next welcome
+        # asks for it again.
+        if self.state == WebSocketClientProtocol.STATE_OPEN:
+            self.sendMessage(encode(type, **fields), isBinary=False)
+
+    def close(self, reason: str) -> None:
+        if self.state == WebSocketClientProtocol.STATE_OPEN:
+            self.sendClose(code=1000, reason=reason)
+
+
+class WorkerClientFactory(WebSocketClientFactory):
+    protocol = WorkerProtocol
+    # ClientService reconnects through the same factory; its own retry
+    # lines say enough without a start/stop pair per attempt.
+    noisy = False
+
+    def __init__(
+        self, agent: Session, url: str, *, token: str | None = None, reactor: Any = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        super().__init__(url, headers=headers, reactor=reactor)
+        self.agent = agent
+        self.setProtocolOptions(**websocket_options(max_message=MAX_MESSAGE_SIZE, handshake_timeout=30))
