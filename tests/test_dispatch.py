@@ -15,23 +15,9 @@ from scheduler.jobbook import JobBook
 from scheduler.jobs import JobStatus
 from scheduler.tasks import Task, TaskOptions
 from scheduler.workers import Worker, WorkerRegistry
+from tests.fakes import FakeLink
 
 UTC = UTC
-
-
-class FakeLink:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.closed: str | None = None
-
-    def send(self, type: str, **fields: Any) -> None:
-        self.sent.append({"type": type, **fields})
-
-    def close(self, reason: str) -> None:
-        self.closed = reason
-
-    def runs(self) -> list[int]:
-        return [m["job"] for m in self.sent if m["type"] == "run"]
 
 
 class World:
