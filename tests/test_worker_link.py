@@ -1,4 +1,5 @@
-"""The worker WebSocket in memory: who may hold a worker name, and who may report.
+"""The worker WebSocket in memory: decoding and checking messages, dispatching
+them by type, who may hold a worker name, and who may report.
 
 ``WorkerServerProtocol`` objects are driven by calling ``onMessage`` (and
 ``onPong``, ``onClose``) directly, with ``sendMessage``, ``sendClose`` and
@@ -400,3 +401,112 @@ def test_unknown_types_are_logged_once_per_connection_with_a_count(logged: list[
     assert sum("reticulate" in line for line in logged) == 1
     connection.drop()
     assert any("10000 messages of unknown types" in line for line in logged), logged[-3:]
+
+
+# -- decoding, checking and dispatching by type ---------------------------------------
+
+
+def _raw(connection: Connection, payload: bytes, binary: bool = False) -> list[dict[str, Any]]:
+    before = len(connection.sent)
+    connection.protocol.onMessage(payload, binary)
+    return connection.sent[before:]
+
+
+@pytest.mark.parametrize(
+    ("payload", "binary", "reply"),
+    [
+        (b'{"type": "hello"}', True, {"reason": "messages must be JSON text frames"}),
+        (b"\xff", False, {"reason": "not valid JSON"}),
+        (b"{", False, {"reason": "not valid JSON"}),
+        (b"[" * 100_000, False, {"reason": "not valid JSON"}),
+        (b"[1]", False, {"reason": "a message must be a JSON object"}),
+        (b'{"job": 4}', False, {"reason": "field 'type' must be a string", "message": {"job": 4}}),
+        (b'{"type": "started", "job": 4}', False, {"reason": "the first message must be 'hello'", "message": {"type": "started", "job": 4}}),
+    ],
+)
+def test_frames_that_are_not_a_hello_are_answered_with_error(payload: bytes, binary: bool, reply: dict[str, Any]) -> None:
+    connection = World().connect()
+    assert _raw(connection, payload, binary) == [{"type": "error", **reply}]
+    assert connection.closes == []
+    # The connection still takes its hello.
+    assert connection.hello("w1")[0]["type"] == "welcome"
+
+
+def test_a_hello_in_another_protocol_is_refused_before_its_fields_are_checked() -> None:
+    connection = World().connect()
+    replies = connection.say(type="hello", protocol=2, name="no good name", slots=0)
+    assert replies == [{"type": "refused", "reason": "protocol 2 is not supported (this scheduler speaks 1)"}]
+    assert connection.closes == ["unsupported protocol"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"name": "a b"}, "field 'name' must not contain spaces, commas or colons"),
+        ({"slots": 0}, "field 'slots' must be an integer from 1 to 10000"),
+        ({"labels": "gpu"}, "field 'labels' must be a list of short strings"),
+        ({"jobs": [{"job": 1, "state": "lost", "seq": 0}]}, "a job's 'state' must be 'running' or 'finished'"),
+    ],
+)
+def test_a_malformed_hello_is_answered_with_error(fields: dict[str, Any], reason: str) -> None:
+    connection = World().connect()
+    message = {"type": "hello", "protocol": 1, "name": "w1", "slots": 2, **fields}
+    assert connection.say(**message) == [{"type": "error", "reason": reason, "message": {"type": "hello"}}]
+    assert connection.protocol.worker is None
+
+
+def test_each_report_type_reaches_the_dispatcher() -> None:
+    world = World()
+    connection = world.connect()
+    connection.hello("w1")
+    first, second = world.job(), world.job()
+    assert connection.runs() == [first, second]
+    assert connection.say(type="started", job=first, pid=7, at=1_000_000.5) == []
+    assert world.jobs.get(first).started_at == 1_000_000.5  # type: ignore[union-attr]
+    assert connection.say(type="output", job=first, stream="stdout", seq=1, data="hi\n") == []
+    assert world.dispatcher.live_output(first) == "hi\n"
+    assert world.dispatcher.last_seq(first) == 1
+    connection.say(type="rejected", job=second, reason="no free slot")
+    assert world.jobs.get(second).status is JobStatus.QUEUED  # type: ignore[union-attr]
+    connection.say(**finished(first, exit_code=3))
+    world.clock.advance(0)
+    assert world.jobs.get(first) is None  # recorded
+    assert {"type": "ack", "job": first} in connection.sent
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ({"type": "started", "job": 0, "at": 1.0}, "field 'job' must be an integer from 1 to 9007199254740992"),
+        ({"type": "started", "job": 1, "at": 1.8e12}, "field 'at' must be a Unix time in seconds"),
+        ({"type": "output", "job": 1, "stream": "tty", "seq": 1, "data": ""}, "field 'stream' must be 'stdout' or 'stderr'"),
+        ({"type": "output", "job": 1, "stream": "stdout", "seq": 1, "data": 5}, "field 'data' must be a string"),
+        ({"type": "output", "job": 1, "stream": "stdout", "seq": 0, "data": ""}, "field 'seq' must be an integer from 1 to 9007199254740992"),
+        ({"type": "finished", "job": 1, "exitCode": "0"}, "field 'exitCode' must be a 32-bit integer or null"),
+        ({"type": "finished", "job": 1, "cancelled": "no"}, "field 'cancelled' must be true or false"),
+        ({"type": "finished", "job": 1, "startedAt": -1}, "field 'startedAt' must be a Unix time in seconds"),
+        ({"type": "rejected", "job": "1"}, "field 'job' must be an integer from 1 to 9007199254740992"),
+        ({"type": "hello", "protocol": 1, "name": "w1", "slots": 1}, "hello was already received on this connection"),
+    ],
+)
+def test_a_malformed_report_is_answered_with_error_and_changes_nothing(message: dict[str, Any], reason: str) -> None:
+    world = World()
+    connection = world.connect()
+    connection.hello("w1")
+    job = world.job()
+    replies = connection.say(**message)
+    echo = {"type": message["type"]}
+    if isinstance(message.get("job"), int):
+        echo["job"] = message["job"]
+    assert replies == [{"type": "error", "reason": reason, "message": echo}]
+    assert world.jobs.get(job).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert world.jobs.get(job).started_at is None  # type: ignore[union-attr]
+    assert connection.closes == []
+
+
+def test_a_workers_error_is_ignored_like_an_unknown_type(logged: list[str]) -> None:
+    world = World()
+    connection = world.connect()
+    connection.hello("w1")
+    assert connection.say(type="error", reason="field 'job' must be an integer", message={"type": "run"}) == []
+    assert any("ignoring a 'error' message from worker w1" in line for line in logged)
