@@ -1,16 +1,18 @@
-"""Tests for worker.agent and worker.tap.
+"""Tests for worker.agent, worker.connection, worker.service and worker.tap.
 
 Three tiers: the WorkerAgent synchronously (fake JobRuns, a fake link,
 task.Clock); the Autobahn layer in memory (iosim pumps a real handshake
 between our client protocol and an Autobahn server protocol); and one real
-run against a stand-in scheduler on a loopback port.
+run against a stand-in scheduler on a loopback port.  The reconnect
+backoff and the output buffer have files of their own
+(test_worker_backoff.py, test_worker_output_buffer.py), and so do the
+messages both ends share (test_worker_messages.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,27 +21,19 @@ from typing import Any, cast
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from scheduler.worker_messages import encode
 from tests.fakes import FakeLink
 from worker import tap
 from worker.agent import WorkerAgent
-from worker.backoff import Backoff
 from worker.connection import WorkerClientFactory
-from worker.output_buffer import Chunk, OutputBuffer
 from worker.runner import OutputSink, RunResult
 from worker.service import WorkerService
 
@@ -615,31 +609,6 @@ def test_stale_disconnect_does_not_end_the_current_session(h: Harness) -> None:
 # -- output buffer cap ---------------------------------------------------------------------
 
 
-def test_output_buffer_drops_oldest_chunks_and_leaves_a_marker() -> None:
-    buf = OutputBuffer(cap=10)
-    for seq, data in enumerate(["aaaa", "bbbb", "cccc", "dddd"], start=1):
-        buf.append(Chunk(seq, "stdout", data))
-    # 16 bytes > 10: chunks 1 and 2 (8 bytes) had to go.
-    assert buf.size == 8
-    chunks = buf.after(0)
-    marker = chunks[0]
-    assert (marker.seq, marker.stream) == (2, "stderr")
-    assert "8 bytes" in marker.data
-    assert [c.data for c in chunks[1:]] == ["cccc", "dddd"]
-    # A scheduler that already has everything up to 2 needs no marker.
-    assert [c.seq for c in buf.after(2)] == [3, 4]
-    assert [c.seq for c in buf.after(1)] == [2, 3, 4]
-    assert buf.after(4) == []
-
-
-def test_output_buffer_counts_utf8_bytes() -> None:
-    buf = OutputBuffer(cap=4)
-    buf.append(Chunk(1, "stdout", "é"))  # 2 bytes
-    buf.append(Chunk(2, "stdout", "éé"))  # 4 bytes
-    assert buf.size == 4
-    assert "2 bytes" in buf.after(0)[0].data
-
-
 def test_output_buffer_cap_applies_through_the_agent() -> None:
     h = Harness(output_buffer=6)
     h.connect()
@@ -720,11 +689,6 @@ def test_every_agent_has_an_instance_id_of_its_own(h: Harness) -> None:
     assert h.agent.instance != other.instance and len(other.instance) >= 16
 
 
-def test_error_echo_survives_a_lone_surrogate(h: Harness) -> None:
-    payload = encode("error", reason="x", message={"type": "run", "job": "\ud800"})
-    assert json.loads(payload)["message"]["job"] == "\ud800"
-
-
 def test_unknown_message_types_are_ignored_with_a_log_line(h: Harness, logged: list[dict[str, Any]]) -> None:
     h.connect()
     assert h.receive("reticulate", splines=3) == []
@@ -795,88 +759,6 @@ def test_worker_service_stops_jobs_before_the_connection(h: Harness) -> None:
     assert order == ["connect", "disconnect"]
     assert h.link.closes == ["worker stopping"]
     assert stopped.called
-
-
-# -- backoff -----------------------------------------------------------------------------------------
-
-
-def test_backoff_ceiling_doubles_to_the_cap_with_full_jitter() -> None:
-    calls: list[tuple[float, float]] = []
-
-    def highest(a: float, b: float) -> float:
-        calls.append((a, b))
-        return b
-
-    backoff = Backoff(base=1.0, cap=60.0, uniform=highest)
-    delays = [backoff(1) for _ in range(9)]
-    assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
-    assert all(a == 0.0 for a, _ in calls)
-
-
-def test_backoff_delays_stay_within_bounds() -> None:
-    backoff = Backoff(uniform=random.Random(1234).uniform)
-    for attempt in range(200):
-        delay = backoff(attempt)
-        assert 0.0 <= delay <= min(60.0, 2.0**attempt)
-    # Very long outages must not overflow the arithmetic.
-    for _ in range(2000):
-        assert 0.0 <= backoff(0) <= 60.0
-
-
-def test_backoff_reset_starts_again_from_base() -> None:
-    backoff = Backoff(uniform=lambda a, b: b)
-    for _ in range(5):
-        backoff(1)
-    assert backoff.attempt == 5
-    backoff.reset()
-    assert backoff(1) == 1.0
-
-
-def test_backoff_with_client_service_resets_on_welcome_not_on_tcp_connect() -> None:
-    clock = Clock()
-    backoff = Backoff(uniform=lambda a, b: b)
-    outcomes: list[bool] = []
-    protocols: list[Any] = []
-
-    class Endpoint:
-        def connect(self, factory: Any) -> Deferred[Any]:
-            if not outcomes.pop(0):
-                return fail(ConnectionRefusedError())
-            proto = factory.buildProtocol(None)
-            proto.makeConnection(StringTransport())
-            protocols.append(proto)
-            return succeed(proto)
-
-    service = ClientService(Endpoint(), Factory.forProtocol(Protocol), retryPolicy=backoff, clock=clock)  # type: ignore[arg-type]
-
-    def next_delay() -> float:
-        (call,) = clock.getDelayedCalls()
-        return call.getTime() - clock.seconds()
-
-    def drop_connection() -> None:
-        protocols[-1].connectionLost(Failure(ConnectionDone()))
-
-    outcomes.extend([False, True, True, False])
-    service.startService()
-    assert next_delay() == 1  # refused
-    clock.advance(1)
-    # TCP connected, then dropped before any welcome (say, HTTP 401): stock
-    # ClientService would start again from its initial delay here.
-    drop_connection()
-    assert next_delay() == 2
-    clock.advance(2)
-    drop_connection()
-    assert next_delay() == 4
-    clock.advance(4)
-    assert next_delay() == 8  # refused again
-
-    # A welcomed session resets the count: the next drop retries quickly.
-    outcomes.append(True)
-    clock.advance(8)
-    backoff.reset()  # what WorkerAgent's on_welcome does
-    drop_connection()
-    assert next_delay() == 1
-    service.stopService()
 
 
 # -- the Autobahn layer, in memory ---------------------------------------------------------------------
