@@ -60,7 +60,7 @@ TCP_TOKEN = "tcp-token-0123456789abcdef"
 
 @pytest.mark.skipif(NC is None, reason="make test installs netcat-openbsd")
 def test_the_command_port_with_a_token_with_real_nc(tmp_path: Path) -> None:
-    """Issue 20, items 4 and 5, as a user: SESSION needs AUTH, silence is cut off, guesses wait."""
+    """As a user: SESSION needs AUTH, silence is cut off, guesses wait."""
     import socket
     import time
 
@@ -88,13 +88,13 @@ def test_the_command_port_with_a_token_with_real_nc(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(NC is None, reason="make test installs netcat-openbsd")
 def test_tasks_files_and_load_with_real_nc(tmp_path: Path) -> None:
-    """Issue 20, items 6 and 7 and LOAD, as a user: private files, no links followed, FIFOs refused."""
+    """As a user: private files, no links followed, FIFOs refused by LOAD."""
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     old_umask = os.umask(0o022)
     try:
         with scheduler(tmp_path) as running:
-            # The temp name of old was predictable; whatever is planted stays untouched.
+            # Whatever is planted at a predictable temp name stays untouched.
             (tmp_path / f".tasks.db.{running.process.pid}.tmp").symlink_to(victim)
             out, _ = nc(running.tcp, "ADD @daily echo \x1b[2J\u202eevil\n" + "LIST\n")
             assert out.splitlines()[1].endswith("\techo \\x1b[2J\\u202eevil")

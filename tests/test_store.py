@@ -8,7 +8,10 @@ from datetime import UTC
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 
+from scheduler.engine import CronEngine
+from scheduler.state import TaskState
 from scheduler.store import LoadError, StoreError, parse_lines
 from scheduler.taskbook import TaskBook, TaskNotFound
 from scheduler.tasks import TaskError, TaskOptions
@@ -124,6 +127,20 @@ def test_load_is_all_or_nothing(tmp_path: Path) -> None:
     path.write_bytes(SEED)
     assert result_of(state.load()) == 1
     assert [t.command for t in state.book] == ["echo Hello"]
+
+
+def test_load_trims_the_heap_on_the_next_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The records a LOAD parsed are freed only when the load's callbacks
+    # unwind; trimming before that would keep them resident.
+    trims: list[float] = []
+    clock = Clock()
+    monkeypatch.setattr("scheduler.state.release_free_memory", lambda: trims.append(clock.seconds()))
+    (tmp_path / "tasks.db").write_text('{"id": 1, "jobName": "a", "schedule": "@daily", "command": "true"}\n')
+    state = TaskState(TaskBook(UTC), make_store(tmp_path / "tasks.db"), CronEngine(0), clock)
+    loaded = state.load()
+    assert loaded.called and trims == []
+    clock.advance(0)
+    assert trims == [0.0]
 
 
 def test_invalid_changes_fail_alone(tmp_path: Path) -> None:

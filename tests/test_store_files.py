@@ -44,12 +44,12 @@ def command(state: TaskState, line: str) -> list[str]:
     return transport.value().decode().splitlines()
 
 
-# -- item 6: the temp file ------------------------------------------------------
+# -- the temp file --------------------------------------------------------------
 
 
 def test_a_link_planted_at_the_temp_name_is_not_followed(tmp_path: Path) -> None:
-    # The old temp name was .tasks.db.<pid>.tmp, opened following links: a
-    # link there made a write land in the file it pointed to.
+    # A link planted at a predictable temp name (.tasks.db.<pid>.tmp) must
+    # not make a write land in the file it points to.
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious\n")
     planted = tmp_path / f".tasks.db.{os.getpid()}.tmp"
@@ -101,7 +101,7 @@ def test_stale_temps_are_removed_without_following_links(tmp_path: Path) -> None
     assert sorted(os.listdir(tmp_path)) == [".tasks.db.folder.tmp", "tasks.db", "victim"]
 
 
-# -- item 7: modes --------------------------------------------------------------
+# -- modes ----------------------------------------------------------------------
 
 
 def test_a_new_tasks_file_is_private(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_load_of_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     reader.start()
     reader.join(10)
     if reader.is_alive():
-        # Unblock the old code's read (a writer that closes at once), then fail.
+        # Unblock a read that waits for a writer (one that closes at once), then fail.
         os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
         reader.join(10)
         pytest.fail("LOAD of a FIFO blocked")

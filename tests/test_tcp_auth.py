@@ -25,7 +25,7 @@ from scheduler.tcp_auth import (
     OVER_CAP_GRACE,
     AuthThrottle,
 )
-from scheduler.tcp_commands import TcpCommands
+from scheduler.tcp_commands import VERBS, TcpCommands, Verb
 from scheduler.tcp_protocol import CommandFactory
 from tests.helpers import make_state
 
@@ -99,7 +99,16 @@ def warnings() -> Iterator[list[str]]:
         globalLogPublisher.removeObserver(observe)
 
 
-# -- item 4: unauthenticated connections hold nothing for long -------------------
+# -- unauthenticated connections hold nothing for long --------------------------
+
+
+@pytest.mark.parametrize("verb", VERBS.values(), ids=list(VERBS))
+def test_only_the_open_verbs_run_before_auth(verb: Verb, state: TaskState, clock: Clock) -> None:
+    arguments = {"ADD": " @daily true", "REMOVE": " 1", "AUTH": " wrong"}
+    peer = Peer(factory(state, clock))
+    reply = peer.send(f"{verb.word}{arguments.get(verb.word, '')}\n".encode())
+    refused = bool(reply) and reply[0].startswith("ERR authentication required")
+    assert refused != verb.open_before_auth, reply
 
 
 def test_session_needs_auth_first(state: TaskState, clock: Clock) -> None:
@@ -141,8 +150,8 @@ def test_no_deadline_without_a_token(state: TaskState, clock: Clock) -> None:
 
 
 def test_the_reported_flood_leaves_room_for_the_operator(state: TaskState, clock: Clock) -> None:
-    # The attack of issue 20: 500 connections sending SESSION then PING
-    # every 5 s held all 64 places, and the operator got "too many".
+    # 500 connections sending SESSION then PING every 5 s must not hold all
+    # 64 places and leave the operator with "too many".
     limits = ConnectionLimits(
         factory(state, clock, idle_timeout=300),
         total=64,
@@ -192,7 +201,7 @@ def test_over_the_cap_only_a_first_line_auth_gets_in(state: TaskState, clock: Cl
     assert later.send(b"PING\n") == ["PONG"]
 
 
-# -- item 5: guesses are throttled per address ----------------------------------
+# -- guesses are throttled per address ------------------------------------------
 
 
 def test_throttle_backs_off_exponentially_up_to_a_bound() -> None:

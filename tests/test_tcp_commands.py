@@ -1,8 +1,9 @@
-"""The port-5050 protocol, in memory: replies, order, errors, closing."""
+"""The command port in memory: the verbs and their replies, the verb table, the line protocol."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ from scheduler.state import TaskState
 from scheduler.store import FlatFileTaskStore
 from scheduler.taskbook import TaskBook
 from scheduler.tasks import TaskError
-from scheduler.tcp_commands import TcpCommands, split_add
+from scheduler.tcp_commands import HELP, VERBS, TcpCommands, Verb, split_add
 from scheduler.tcp_protocol import CommandFactory
 from tests.helpers import UTC, InlineReactor, make_state
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 class Client:
@@ -50,39 +53,12 @@ def clock() -> Clock:
     return Clock()
 
 
+# -- the verbs and their replies (tcp_commands.py) ------------------------------
+
+
 def test_ping(state: TaskState, clock: Clock) -> None:
     client = Client(state, clock)
     assert client.send(b"PING\n") == ["PONG"]
-
-
-def test_one_shot_connection_closes_after_linger(state: TaskState, clock: Clock) -> None:
-    client = Client(state, clock, linger=0.3)
-    client.send(b"PING\n")
-    assert not client.closed
-    clock.advance(0.29)
-    assert not client.closed
-    clock.advance(0.02)
-    assert client.closed
-
-
-def test_half_close_answers_then_closes_at_once(state: TaskState, clock: Clock) -> None:
-    client = Client(state, clock)
-    client.protocol.dataReceived(b"PING\nSTATUS")
-    client.protocol.readConnectionLost()
-    assert client.lines() == ["PONG", "OK tasks=0"]
-    assert client.closed
-
-
-def test_pipelined_commands_answer_in_order(state: TaskState, clock: Clock, tmp_path: Path) -> None:
-    client = Client(state, clock)
-    lines = client.send(b"ADD * * * * * echo Hello every minute!\r\nadd @daily   echo  two  spaces\nLIST\nPING\n")
-    assert lines[0].startswith("OK id=1 jobName=task_1 next=")
-    assert lines[1].startswith("OK id=2 jobName=task_2 next=")
-    assert lines[2].split("\t")[:3] == ["1", "task_1", "* * * * *"]
-    assert lines[2].split("\t")[4] == "echo Hello every minute!"
-    assert lines[3].split("\t")[4] == "echo  two  spaces"
-    assert lines[4:] == ["OK 2 tasks", "PONG"]
-    assert (tmp_path / "tasks.db").read_text().count("\n") == 2
 
 
 def test_remove_by_id_or_job_name_and_clear(state: TaskState, clock: Clock) -> None:
@@ -122,6 +98,123 @@ def test_bad_input_gets_a_clear_error(state: TaskState, clock: Clock, line: byte
     assert len(state.book) == 0
 
 
+def test_help_lists_every_command(state: TaskState, clock: Clock) -> None:
+    out = Client(state, clock).send(b"HELP\n")
+    for verb in ("ADD", "LIST", "REMOVE", "CLEAR", "STATUS", "SAVE", "LOAD", "PING"):
+        assert any(line.startswith(verb) for line in out)
+    assert out[-1] == "OK"
+
+
+@pytest.mark.parametrize(
+    ("argument", "schedule", "command"),
+    [
+        ("* * * * * echo hi", "* * * * *", "echo hi"),
+        ("@daily   backup.sh  --all", "@daily", "backup.sh  --all"),
+        ("*/10 * * * * 30 echo half", "*/10 * * * * 30", "echo half"),
+        ("0 0 * * * 7z a x.7z", "0 0 * * *", "7z a x.7z"),
+    ],
+)
+def test_split_add(argument: str, schedule: str, command: str) -> None:
+    assert split_add(argument) == (schedule, command)
+
+
+def test_split_add_needs_a_command() -> None:
+    with pytest.raises(TaskError):
+        split_add("*/10 * * * * 30")
+
+
+def test_list_shows_control_and_bidi_characters_escaped(state: TaskState, clock: Clock, tmp_path: Path) -> None:
+    # A command that would clear the operator's screen, or reorder what
+    # they read, is shown with its characters escaped; the task keeps them.
+    command = "echo \x1b[2J\x1b]0;owned\x07 \u202eexe.txt\u2066 a\tb \x9b \u2028 \\x1b"
+    out = Client(state, clock).send(f"ADD @daily {command}\nLIST\n".encode())
+    assert out[0].startswith("OK id=1")
+    listed = out[1].split("\t")
+    assert listed[4] == "echo \\x1b[2J\\x1b]0;owned\\x07 \\u202eexe.txt\\u2066 a\\tb \\x9b \\u2028 \\x1b"
+    assert out[2] == "OK 1 task"
+    assert [task.command for task in state.book] == [command]
+    assert json.loads((tmp_path / "tasks.db").read_text())["command"] == command
+
+
+def test_list_escapes_job_names_from_the_file(tmp_path: Path, clock: Clock) -> None:
+    (tmp_path / "tasks.db").write_text(
+        json.dumps({"schedule": "@daily", "command": "true", "jobName": "a\x1b[31mb", "id": 4}) + "\n"
+    )
+    state = make_state(tmp_path / "tasks.db")
+    out = Client(state, clock).send(b"LIST\nREMOVE 4\n")
+    assert out[0].split("\t")[:2] == ["4", "a\\x1b[31mb"]
+    assert out[2] == "OK removed id=4 jobName=a\\x1b[31mb"
+
+
+# -- the verb table: HELP, README and the protocol follow it --------------------
+
+
+def readme_commands() -> list[str]:
+    """The command words in the first column of the README's port-5050 table."""
+    text = README.read_text()
+    section = text.split("## The command port (5050)", 1)[1].split("\n## ", 1)[0]
+    table = section.split("### Commands and replies", 1)[1]
+    return re.findall(r"^\| `([A-Z]+)[ `]", table, re.MULTILINE)
+
+
+def sample(verb: Verb) -> bytes:
+    """A line running *verb* as a user would type it."""
+    arguments = {"ADD": " @daily true", "REMOVE": " 1", "AUTH": " wrong"}
+    return f"{verb.word}{arguments.get(verb.word, '')}\n".encode()
+
+
+def test_every_verb_is_in_the_readme_table_and_nothing_else() -> None:
+    assert sorted(readme_commands()) == sorted(VERBS), "README's port-5050 table and the verb table differ"
+
+
+def test_help_has_one_line_per_verb_in_table_order(state: TaskState, clock: Clock) -> None:
+    lines = Client(state, clock).send(b"HELP\n")
+    assert lines == [*HELP.splitlines(), "OK"]
+    assert [line.split(" ", 1)[0] for line in lines[:-1]] == list(VERBS)
+    for verb, line in zip(VERBS.values(), lines, strict=False):
+        assert line.startswith(verb.usage + " ") and line.endswith(" " + verb.summary)
+
+
+@pytest.mark.parametrize("verb", VERBS.values(), ids=list(VERBS))
+def test_a_verb_without_a_handler_is_answered_by_the_connection(verb: Verb, state: TaskState, clock: Clock) -> None:
+    reply = Client(state, clock).send(sample(verb))
+    assert reply and not reply[0].startswith("ERR unknown command")
+    assert "internal error" not in reply[-1]
+
+
+# -- the line protocol: framing, order, closing (tcp_protocol.py) ---------------
+
+
+def test_one_shot_connection_closes_after_linger(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock, linger=0.3)
+    client.send(b"PING\n")
+    assert not client.closed
+    clock.advance(0.29)
+    assert not client.closed
+    clock.advance(0.02)
+    assert client.closed
+
+
+def test_half_close_answers_then_closes_at_once(state: TaskState, clock: Clock) -> None:
+    client = Client(state, clock)
+    client.protocol.dataReceived(b"PING\nSTATUS")
+    client.protocol.readConnectionLost()
+    assert client.lines() == ["PONG", "OK tasks=0"]
+    assert client.closed
+
+
+def test_pipelined_commands_answer_in_order(state: TaskState, clock: Clock, tmp_path: Path) -> None:
+    client = Client(state, clock)
+    lines = client.send(b"ADD * * * * * echo Hello every minute!\r\nadd @daily   echo  two  spaces\nLIST\nPING\n")
+    assert lines[0].startswith("OK id=1 jobName=task_1 next=")
+    assert lines[1].startswith("OK id=2 jobName=task_2 next=")
+    assert lines[2].split("\t")[:3] == ["1", "task_1", "* * * * *"]
+    assert lines[2].split("\t")[4] == "echo Hello every minute!"
+    assert lines[3].split("\t")[4] == "echo  two  spaces"
+    assert lines[4:] == ["OK 2 tasks", "PONG"]
+    assert (tmp_path / "tasks.db").read_text().count("\n") == 2
+
+
 def test_overlong_line_resynchronises(state: TaskState, clock: Clock) -> None:
     client = Client(state, clock, max_line=100)
     out = client.send(b"ADD * * * * * " + b"x" * 500)
@@ -152,31 +245,6 @@ def test_session_stays_open_until_quit_or_idle(state: TaskState, clock: Clock) -
     other.send(b"SESSION\n")
     clock.advance(61)
     assert other.closed
-
-
-def test_help_lists_every_command(state: TaskState, clock: Clock) -> None:
-    out = Client(state, clock).send(b"HELP\n")
-    for verb in ("ADD", "LIST", "REMOVE", "CLEAR", "STATUS", "SAVE", "LOAD", "PING"):
-        assert any(line.startswith(verb) for line in out)
-    assert out[-1] == "OK"
-
-
-@pytest.mark.parametrize(
-    ("argument", "schedule", "command"),
-    [
-        ("* * * * * echo hi", "* * * * *", "echo hi"),
-        ("@daily   backup.sh  --all", "@daily", "backup.sh  --all"),
-        ("*/10 * * * * 30 echo half", "*/10 * * * * 30", "echo half"),
-        ("0 0 * * * 7z a x.7z", "0 0 * * *", "7z a x.7z"),
-    ],
-)
-def test_split_add(argument: str, schedule: str, command: str) -> None:
-    assert split_add(argument) == (schedule, command)
-
-
-def test_split_add_needs_a_command() -> None:
-    with pytest.raises(TaskError):
-        split_add("*/10 * * * * 30")
 
 
 class ManualPool:
@@ -218,41 +286,16 @@ def test_piped_changes_share_one_write_and_answer_in_order(tmp_path: Path) -> No
     assert (tmp_path / "tasks.db").read_text().count("\n") == 2
 
 
-def test_load_trims_the_heap_on_the_next_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The records a LOAD parsed are freed only when the load's callbacks
-    # unwind; trimming before that would keep them resident.
-    trims: list[float] = []
-    clock = Clock()
-    monkeypatch.setattr("scheduler.state.release_free_memory", lambda: trims.append(clock.seconds()))
-    (tmp_path / "tasks.db").write_text('{"id": 1, "jobName": "a", "schedule": "@daily", "command": "true"}\n')
+@pytest.mark.parametrize("verb", VERBS.values(), ids=list(VERBS))
+def test_only_the_queueing_verbs_join_a_pending_write(verb: Verb, tmp_path: Path) -> None:
     pool = ManualPool()
     store = FlatFileTaskStore(str(tmp_path / "tasks.db"), UTC, pool, InlineReactor())  # type: ignore[arg-type]
-    state = TaskState(TaskBook(UTC), store, CronEngine(0), clock)
-    loaded = state.load()
+    state = TaskState(TaskBook(UTC), store, CronEngine(0))
+    client = Client(state, Clock())
+    client.protocol.dataReceived(b"ADD @daily a\n" + sample(verb))
+    # While the ADD's write is in flight, a queueing line has been handed
+    # over already; any other one waits for the ADD's reply.
+    handed_over = not client.protocol._lines
+    assert handed_over == verb.queues
     pool.run_all()
-    assert loaded.called and trims == []
-    clock.advance(0)
-    assert trims == [0.0]
-
-
-def test_list_shows_control_and_bidi_characters_escaped(state: TaskState, clock: Clock, tmp_path: Path) -> None:
-    # A command that would clear the operator's screen, or reorder what
-    # they read, is shown with its characters escaped; the task keeps them.
-    command = "echo \x1b[2J\x1b]0;owned\x07 \u202eexe.txt\u2066 a\tb \x9b \u2028 \\x1b"
-    out = Client(state, clock).send(f"ADD @daily {command}\nLIST\n".encode())
-    assert out[0].startswith("OK id=1")
-    listed = out[1].split("\t")
-    assert listed[4] == "echo \\x1b[2J\\x1b]0;owned\\x07 \\u202eexe.txt\\u2066 a\\tb \\x9b \\u2028 \\x1b"
-    assert out[2] == "OK 1 task"
-    assert [task.command for task in state.book] == [command]
-    assert json.loads((tmp_path / "tasks.db").read_text())["command"] == command
-
-
-def test_list_escapes_job_names_from_the_file(tmp_path: Path, clock: Clock) -> None:
-    (tmp_path / "tasks.db").write_text(
-        json.dumps({"schedule": "@daily", "command": "true", "jobName": "a\x1b[31mb", "id": 4}) + "\n"
-    )
-    state = make_state(tmp_path / "tasks.db")
-    out = Client(state, clock).send(b"LIST\nREMOVE 4\n")
-    assert out[0].split("\t")[:2] == ["4", "a\\x1b[31mb"]
-    assert out[2] == "OK removed id=4 jobName=a\\x1b[31mb"
+    assert client.lines()[0].startswith("OK id=1 jobName=task_1")
