@@ -11,9 +11,7 @@ the job when the worker reports on it.
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Protocol
 
@@ -23,7 +21,9 @@ from twisted.logger import Logger
 
 from scheduler.cron import iso
 from scheduler.jobbook import JobBook
+from scheduler.joboutput import OutputTails
 from scheduler.jobqueue import JobQueue
+from scheduler.jobretry import Retries
 from scheduler.jobs import Job, JobStatus
 from scheduler.tasks import Task
 from scheduler.worker_messages import PROTOCOL_VERSION
@@ -66,16 +66,6 @@ class NoRecorder:
         pass
 
 
-@dataclass
-class _Tail:
-    """The kept end of one active job's output, for the API and the feed."""
-
-    chunks: deque[tuple[int, str, str]] = field(default_factory=deque)
-    size: int = 0
-    dropped: int = 0
-    last_seq: int = 0
-
-
 OutputListener = Callable[[int, int, str, str], None]
 
 
@@ -99,7 +89,6 @@ class Dispatcher:
         self._task = tasks
         self.lost_after = lost_after
         self.queue_limit = queue_limit
-        self.output_cap = output_cap
         # Queued jobs by target, oldest first; a job that ends while queued
         # (cancelled, say) leaves the queue and its count at once.
         self._queue = JobQueue()
@@ -110,8 +99,8 @@ class Dispatcher:
         # Runs skipped (overlap=skip) by scheduled time, until logged.
         self._skipped_at: dict[float, int] = {}
         self._lost_timers: dict[int, IDelayedCall] = {}
-        self._retry_timers: dict[int, IDelayedCall] = {}
-        self._tails: dict[int, _Tail] = {}
+        self._tails = OutputTails(output_cap)
+        self._retries = Retries(clock, jobs, tasks, self._submit)
         # Placed on a worker, waiting for the record to commit before `run`.
         self._unsent: set[int] = set()
         self.output_listeners: list[OutputListener] = []
@@ -141,12 +130,8 @@ class Dispatcher:
             self.jobs.mark_fired(task.id, scheduled)
             self._log_skip(task, scheduled)
             return []
-        options = task.options
-        fields: dict[str, Any] = {"timeout": options.timeout}
-        if options.target != "all":
-            job = self.jobs.fire(task.id, scheduled, task.command, target=options.target, **fields)
-            return [self._submit(job)] if job is not None else []
-        targets = [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
+        fields: dict[str, Any] = {"timeout": task.options.timeout}
+        targets = self._targets(task.options.target)
         first = self.jobs.fire(task.id, scheduled, task.command, target=targets[0], **fields)
         if first is None:
             return []
@@ -200,10 +185,7 @@ class Dispatcher:
         task_id: int | None = None,
     ) -> list[Job]:
         """Jobs to run *command* now (one per worker for target ``all``)."""
-        if target == "all":
-            targets = [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
-        else:
-            targets = [target]
+        targets = self._targets(target)
         if self.queued + len(targets) > self.queue_limit:
             raise QueueFull(
                 f"the job queue is full ({self.queued} queued, limit {self.queue_limit}); try again later"
@@ -211,11 +193,18 @@ class Dispatcher:
         fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id}
         return [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
 
+    def _targets(self, target: str) -> list[str]:
+        """One target per job: ``all`` is one job per connected worker (or
+        one job for ``any`` when none is), anything else is itself."""
+        if target != "all":
+            return [target]
+        return [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
+
     def _submit(self, job: Job) -> Job:
         if self.queued >= self.queue_limit:
             # Never drop what is queued; the new job is refused, on the record.
             return self._finish(job, JobStatus.FAILED, reason="the job queue is full")
-        self._tail(job.id)
+        self._tails.open(job.id)
         # Queued at once: _dispatch sends `run` only after a later write has
         # committed, and the job store commits in order, so this record is
         # on disk before any worker hears of the job.
@@ -354,7 +343,8 @@ class Dispatcher:
                 continue
             self._cancel_lost_timer(job_id)
             worker.running.add(job_id)
-            resume[str(job_id)] = self._tail(job_id).last_seq
+            self._tails.open(job_id)
+            resume[str(job_id)] = self._tails.last_seq(job_id)
         # Jobs placed on this worker that it does not know of died with it
         # (the worker restarted, or the run never reached it).
         for job in self.jobs.on_worker(worker.name):
@@ -421,16 +411,8 @@ class Dispatcher:
 
     def output(self, worker: Worker, job_id: int, seq: int, stream: str, data: str) -> None:
         self._assigned(worker, job_id)
-        tail = self._tail(job_id)
-        if seq <= tail.last_seq:
+        if not self._tails.add(job_id, seq, stream, data):
             return  # a resend of what we have
-        tail.last_seq = seq
-        tail.chunks.append((seq, stream, data))
-        tail.size += len(data)
-        while tail.size > self.output_cap and len(tail.chunks) > 1:
-            _, _, old = tail.chunks.popleft()
-            tail.size -= len(old)
-            tail.dropped += len(old)
         self._recorder.append_output(job_id, seq, stream, data)
         for listener in self.output_listeners:
             listener(job_id, seq, stream, data)
@@ -527,54 +509,11 @@ class Dispatcher:
                 "could not record the end of job {job_id}: {error}", job_id=job.id, error=failure.getErrorMessage()
             )
         )
-        self._tails.pop(job.id, None)
+        self._tails.close(job.id)
         if job.task_id is not None:
             self._release_held(job.task_id)
-        self._maybe_retry(done)
+        self._retries.after(done)
         return done
-
-    def _maybe_retry(self, job: Job) -> None:
-        if job.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.LOST) or job.task_id is None:
-            return
-        task = self._task(job.task_id)
-        if task is None or job.attempt > task.options.retries:
-            return
-        delay = task.options.retryDelay * 2 ** (job.attempt - 1)
-        log.info(
-            "job {job_id} {status}: retry {attempt} of {retries} for {job_name} in {delay:g}s",
-            job_id=job.id,
-            status=job.status.value,
-            attempt=job.attempt,
-            retries=task.options.retries,
-            job_name=task.job_name,
-            delay=delay,
-        )
-
-        def retry() -> None:
-            self._retry_timers.pop(job.id, None)
-            # The task may have been removed in the meantime.
-            if self._task(task.id) is None:
-                return
-            retry_job = self.jobs.create(
-                job.command,
-                task_id=job.task_id,
-                key=f"{job.key or job.id}#{job.attempt + 1}",
-                scheduled_at=job.scheduled_at,
-                target=job.target,
-                timeout=job.timeout,
-                env=dict(job.env),
-                cwd=job.cwd,
-                attempt=job.attempt + 1,
-            )
-            self._submit(retry_job)
-
-        self._retry_timers[job.id] = self._clock.callLater(delay, retry)
-
-    def _tail(self, job_id: int) -> _Tail:
-        tail = self._tails.get(job_id)
-        if tail is None:
-            tail = self._tails[job_id] = _Tail()
-        return tail
 
     def restore(self, jobs: list[tuple[Job, int]]) -> None:
         """Take up the active jobs of the previous run (with their last seq).
@@ -583,7 +522,7 @@ class Dispatcher:
         worker to say hello, and are lost if it does not within lost_after.
         """
         for job, last_seq in sorted(jobs, key=lambda pair: pair[0].id):
-            self._tail(job.id).last_seq = last_seq
+            self._tails.open(job.id, last_seq)
             if job.status is JobStatus.QUEUED:
                 self._queue.push(job.id, job.target)
             elif job.worker is not None:
@@ -593,23 +532,18 @@ class Dispatcher:
 
     def live_output(self, job_id: int) -> str | None:
         """Kept output of an active job, or None if it is not active."""
-        tail = self._tails.get(job_id)
-        if tail is None or self.jobs.get(job_id) is None:
+        if self.jobs.get(job_id) is None:
             return None
-        text = "".join(data for _, _, data in tail.chunks)
-        if tail.dropped:
-            text = f"[... {tail.dropped} bytes of earlier output dropped ...]\n" + text
-        return text
+        return self._tails.text(job_id)
 
     def last_seq(self, job_id: int) -> int:
-        tail = self._tails.get(job_id)
-        return 0 if tail is None else tail.last_seq
+        return self._tails.last_seq(job_id)
 
     def stop(self) -> None:
-        for timer in [*self._lost_timers.values(), *self._retry_timers.values()]:
+        for timer in self._lost_timers.values():
             if timer.active():
                 timer.cancel()
         self._lost_timers.clear()
-        self._retry_timers.clear()
+        self._retries.stop()
 
 

@@ -1,0 +1,92 @@
+"""Retries: whether a task's ended job runs again, after what delay, and the timers that wait.
+
+A job of a task that failed, timed out or was lost runs again, as a new job
+with attempt + 1, after ``retryDelay · 2^(attempt-1)`` seconds, while
+``attempt <= retries`` (both bounded in ``scheduler.tasks``).  Jobs run
+with ``POST /api/jobs`` (no task) are not retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from scheduler.jobbook import JobBook
+from scheduler.jobs import Job, JobStatus
+from scheduler.tasks import Task, TaskOptions
+
+log = Logger()
+
+RETRIED = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.LOST})
+
+
+def retry_delay(options: TaskOptions, attempt: int) -> float:
+    """Seconds before the run after *attempt* (1 for the first run)."""
+    return options.retryDelay * 2.0 ** (attempt - 1)
+
+
+def retry_key(job: Job) -> str:
+    return f"{job.key or job.id}#{job.attempt + 1}"
+
+
+class Retries:
+    """Schedules the next attempt of jobs that ended badly; ``submit`` queues it."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        jobs: JobBook,
+        tasks: Callable[[int], Task | None],
+        submit: Callable[[Job], Job],
+    ) -> None:
+        self._clock = clock
+        self._jobs = jobs
+        self._task = tasks
+        self._submit = submit
+        self._timers: dict[int, IDelayedCall] = {}
+
+    def after(self, job: Job) -> None:
+        """*job* has just ended: schedule its next attempt if its task asks for one."""
+        if job.status not in RETRIED or job.task_id is None:
+            return
+        task = self._task(job.task_id)
+        if task is None or job.attempt > task.options.retries:
+            return
+        delay = retry_delay(task.options, job.attempt)
+        log.info(
+            "job {job_id} {status}: retry {attempt} of {retries} for {job_name} in {delay:g}s",
+            job_id=job.id,
+            status=job.status.value,
+            attempt=job.attempt,
+            retries=task.options.retries,
+            job_name=task.job_name,
+            delay=delay,
+        )
+        self._timers[job.id] = self._clock.callLater(delay, self._retry, job, task.id)
+
+    def _retry(self, job: Job, task_id: int) -> None:
+        self._timers.pop(job.id, None)
+        # The task may have been removed in the meantime.
+        if self._task(task_id) is None:
+            return
+        self._submit(
+            self._jobs.create(
+                job.command,
+                task_id=job.task_id,
+                key=retry_key(job),
+                scheduled_at=job.scheduled_at,
+                target=job.target,
+                timeout=job.timeout,
+                env=dict(job.env),
+                cwd=job.cwd,
+                attempt=job.attempt + 1,
+            )
+        )
+
+    def stop(self) -> None:
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
