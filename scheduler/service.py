@@ -14,9 +14,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
-from scheduler.cron import iso
 from scheduler.dispatch import Dispatcher
-from scheduler.engine import CronEngine, Fire, missed_times
+from scheduler.cron_fires import FireHandler
+from scheduler.engine import CronEngine
 from scheduler.feed import EventHub
 from scheduler.http_api import SchedulerHTTP
 from scheduler.http_guard import Guard, deadline_channels, limited_requests
@@ -108,7 +108,8 @@ class SchedulerService(MultiService):
             output_cap=settings.output_cap,
         )
         self.dispatcher.restore(active)
-        self.ticker = CronTicker(clock, self.engine, self.on_fires, lead=self.FIRE_LEAD)
+        self.fires = FireHandler(lambda: self.state.book, self.dispatcher)
+        self.ticker = CronTicker(clock, self.engine, self.fires.on_fires, lead=self.FIRE_LEAD)
         self.ticker.setServiceParent(self)
         self.pruner = TimerService(3600, self._prune)
         self.pruner.clock = clock
@@ -270,7 +271,7 @@ class SchedulerService(MultiService):
         )
         super().startService()
         self.feed.start()
-        self._run_missed()
+        self.fires.run_missed(self._last_scheduled, self.reactor.seconds())
         self.dispatcher.pump()
 
     def stopService(self) -> Deferred[None]:
@@ -313,30 +314,10 @@ class SchedulerService(MultiService):
         self.workers.listeners.append(worker_changed)
         self.dispatcher.output_listeners.append(output)
 
-    def _run_missed(self) -> None:
-        """Apply each task's missed-run policy to the downtime just ended."""
-        now = self.reactor.seconds()
-        for task in self.state.book:
-            last = self._last_scheduled.get(task.id)
-            if last is None or task.options.missed == "skip":
-                continue
-            times = missed_times(task.schedule, last, now, task.options.missed, task.options.missedCap)
-            for scheduled in times:
-                log.info(
-                    "{job_name}: running the missed time {when} (missed={policy})",
-                    job_name=task.job_name,
-                    when=self._iso(scheduled),
-                    policy=task.options.missed,
-                )
-                self.dispatcher.fire(task, scheduled)
-
     def _prune(self) -> None:
         self.job_store.prune(self.reactor.seconds()).addErrback(
             lambda failure: log.failure("pruning job history failed", failure)
         )
-
-    def _iso(self, timestamp: float) -> str | None:
-        return iso(timestamp, self.state.book.tz)
 
     def status(self) -> dict[str, int]:
         return {
@@ -351,36 +332,3 @@ class SchedulerService(MultiService):
     # burst of 50 fires takes 3-6 ms to record and commit, and 4-5 ms more
     # to send, on a busy 2-core machine.
     FIRE_LEAD = 0.05
-
-    # A tick with more fires than this logs one summary line, not one line
-    # per job: at thousands of tasks on one minute, formatting and writing
-    # a line per job would delay the dispatch of every job behind it.
-    LOG_EACH_FIRE_UP_TO = 10
-
-    def on_fires(self, fires: list[Fire]) -> None:
-        queued: list[tuple[Task, float, int]] = []
-        for fire in fires:
-            task = self.state.book.get(fire.task_id)
-            if task is None:
-                continue
-            queued.extend((task, fire.scheduled, job.id) for job in self.dispatcher.fire(task, fire.scheduled))
-        if len(queued) <= self.LOG_EACH_FIRE_UP_TO:
-            for task, scheduled, job_id in queued:
-                log.info(
-                    "{job_name} due at {when}: job {job_id} queued",
-                    job_name=task.job_name,
-                    when=self._iso(scheduled),
-                    job_id=job_id,
-                )
-            return
-        first, last = queued[0], queued[-1]
-        log.info(
-            "{count} jobs queued for {tasks} tasks due from {first} to {last} "
-            "(jobs {first_job}-{last_job}; the job history has each one)",
-            count=len(queued),
-            tasks=len({task.id for task, _, _ in queued}),
-            first=self._iso(first[1]),
-            last=self._iso(last[1]),
-            first_job=first[2],
-            last_job=last[2],
-        )

@@ -1,0 +1,80 @@
+"""What becomes of the times the cron engine hands out: jobs, and the runs missed while the scheduler was down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from scheduler.cron import iso
+from scheduler.dispatch import Dispatcher
+from scheduler.engine import Fire, missed_times
+from scheduler.taskbook import TaskBook
+from scheduler.tasks import Task
+
+log = Logger()
+
+
+class FireHandler:
+    """Turns fires into jobs through the dispatcher, and says so in the log.
+
+    *book* gives the task book in force (``LOAD`` replaces it).
+    """
+
+    # A tick with more fires than this logs one summary line, not one line
+    # per job: at thousands of tasks on one minute, formatting and writing
+    # a line per job would delay the dispatch of every job behind it.
+    LOG_EACH_FIRE_UP_TO = 10
+
+    def __init__(self, book: Callable[[], TaskBook], dispatcher: Dispatcher) -> None:
+        self._book = book
+        self._dispatcher = dispatcher
+
+    def on_fires(self, fires: list[Fire]) -> None:
+        book = self._book()
+        queued: list[tuple[Task, float, int]] = []
+        for fire in fires:
+            task = book.get(fire.task_id)
+            if task is None:
+                continue
+            queued.extend((task, fire.scheduled, job.id) for job in self._dispatcher.fire(task, fire.scheduled))
+        if len(queued) <= self.LOG_EACH_FIRE_UP_TO:
+            for task, scheduled, job_id in queued:
+                log.info(
+                    "{job_name} due at {when}: job {job_id} queued",
+                    job_name=task.job_name,
+                    when=iso(scheduled, book.tz),
+                    job_id=job_id,
+                )
+            return
+        first, last = queued[0], queued[-1]
+        log.info(
+            "{count} jobs queued for {tasks} tasks due from {first} to {last} "
+            "(jobs {first_job}-{last_job}; the job history has each one)",
+            count=len(queued),
+            tasks=len({task.id for task, _, _ in queued}),
+            first=iso(first[1], book.tz),
+            last=iso(last[1], book.tz),
+            first_job=first[2],
+            last_job=last[2],
+        )
+
+    def run_missed(self, last_scheduled: dict[int, float], now: float) -> None:
+        """Apply each task's missed-run policy to the downtime that ends at *now*.
+
+        *last_scheduled* is each task's last scheduled time in the job history.
+        """
+        book = self._book()
+        for task in book:
+            last = last_scheduled.get(task.id)
+            if last is None or task.options.missed == "skip":
+                continue
+            times = missed_times(task.schedule, last, now, task.options.missed, task.options.missedCap)
+            for scheduled in times:
+                log.info(
+                    "{job_name}: running the missed time {when} (missed={policy})",
+                    job_name=task.job_name,
+                    when=iso(scheduled, book.tz),
+                    policy=task.options.missed,
+                )
+                self._dispatcher.fire(task, scheduled)
