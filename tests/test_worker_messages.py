@@ -212,3 +212,48 @@ def test_no_delay_turns_nagle_off_where_there_is_tcp() -> None:
     wm.no_delay(Unix())
     wm.no_delay(object())
     assert calls == [True]
+
+
+# -- what each end really sends parses at the other ---------------------------------
+
+
+def test_everything_the_agent_sends_parses_at_the_scheduler() -> None:
+    from tests.test_agent import Harness
+
+    h = Harness()
+    hello = h.connect()
+    sent = [hello, *h.run(1)]
+    h.runs.last.emit("é\n")
+    h.runs.last.end(0)
+    sent += [*h.link.take(), *h.run(2), *h.run(3), *h.run(4)]  # 4: no free slot
+    assert [m["type"] for m in sent] == ["hello", "started", "output", "finished", "started", "started", "rejected"]
+    assert wm.unsupported_protocol(hello) is None
+    for message in sent:
+        wm.WORKER_MESSAGES[message["type"]](message)
+
+
+def test_everything_the_dispatcher_sends_parses_at_the_worker() -> None:
+    from twisted.internet.task import Clock
+
+    from scheduler.dispatch import Dispatcher, NoRecorder
+    from scheduler.jobbook import JobBook
+    from scheduler.workers import Worker, WorkerRegistry
+    from tests.fakes import FakeLink
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    dispatcher = Dispatcher(clock, JobBook(clock), WorkerRegistry(), NoRecorder(), lambda task_id: None)
+    link = FakeLink()
+    worker = Worker("w1", frozenset(), 2, link, clock.seconds())
+    welcome = dispatcher.hello(worker, {7: ("running", 0)})
+    link.send("welcome", **welcome)
+    first, second = (job.id for _ in range(2) for job in dispatcher.run_now("true", target="worker:w1"))
+    clock.advance(0)
+    dispatcher.cancel(second)
+    dispatcher.finished(worker, first, exit_code=0, signal=None, timed_out=False, cancelled=False,
+                        started_at=None, finished_at=None)
+    clock.advance(0)
+    kinds = [m["type"] for m in link.sent]
+    assert {"welcome", "run", "cancel", "ack"} <= set(kinds), kinds
+    for message in link.sent:
+        wm.SCHEDULER_MESSAGES[message["type"]](message)
