@@ -299,6 +299,15 @@ def machine() -> dict[str, Any]:
 # -- statistics -------------------------------------------------------------------
 
 
+def tenths(curve: list[tuple[float, float]]) -> tuple[float, float]:
+    """The mean of the first and of the last tenth of a curve's values."""
+    tenth = max(1, len(curve) // 10)
+    return (
+        sum(value for _, value in curve[:tenth]) / tenth,
+        sum(value for _, value in curve[-tenth:]) / tenth,
+    )
+
+
 def median(values: Iterable[float]) -> float | None:
     ordered = sorted(values)
     if not ordered:

@@ -25,12 +25,19 @@ import argparse
 import gc
 import json
 import os
+import sys
 import time
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
 
+# Run as a script: the repository goes last on the path, so that --tree's
+# PYTHONPATH still decides which scheduler is measured.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from bench.common import tenths
 from scheduler import cron
 from scheduler.dispatch import Dispatcher, NoRecorder
 from scheduler.engine import CronEngine
@@ -110,9 +117,7 @@ def memory_over_fires(fires: int, task_count: int, samples: int = 100) -> dict[s
             next_sample += every
     elapsed = time.perf_counter() - began
     curve.append((done, rss_mib()))
-    tenth = max(1, len(curve) // 10)
-    first = sum(rss for _, rss in curve[:tenth]) / tenth
-    last = sum(rss for _, rss in curve[-tenth:]) / tenth
+    first, last = tenths(curve)
     return {
         "fires": done,
         "tasks": task_count,

@@ -14,6 +14,7 @@ from scheduler.jobqueue import JobQueue
 from scheduler.jobs import JobStatus
 from scheduler.tasks import Task, TaskOptions
 from scheduler.workers import Worker, WorkerRegistry
+from tests.fakes import FakeLink
 
 
 def test_oldest_first_per_target_and_removal_anywhere() -> None:
@@ -40,18 +41,6 @@ def test_removed_ids_behind_a_stuck_head_do_not_pile_up() -> None:
     assert len(queue._heaps["label:nobody"]) < 40
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.runs: list[int] = []
-
-    def send(self, type: str, **fields: Any) -> None:
-        if type == "run":
-            self.runs.append(fields["job"])
-
-    def close(self, reason: str) -> None:
-        pass
-
-
 class CountingBook(JobBook):
     """A job book that counts lookups: what a dispatch pass looks at."""
 
@@ -75,13 +64,13 @@ def test_a_submission_does_not_walk_the_jobs_waiting_for_another_target() -> Non
     # Before, every submission walked every queued job: with 2,000 jobs
     # waiting for a label no worker has, the scheduler fell seconds behind.
     clock, book, dispatcher, _ = world()
-    link = Inbox()
+    link = FakeLink()
     dispatcher.hello(Worker("w", frozenset(), 10_000, link, clock.seconds()), {})
     for _ in range(2_000):
         dispatcher.run_now("true", target="label:nobody")
     book.looked = 0
     (job,) = dispatcher.run_now("true")
-    assert link.runs == [job.id]
+    assert link.runs() == [job.id]
     assert book.looked < 10
     # A full pass (a worker freed a slot) looks once per target too.
     book.looked = 0
@@ -95,29 +84,29 @@ def test_targets_are_served_oldest_first() -> None:
     first = dispatcher.run_now("a", target="label:x")[0]
     second = dispatcher.run_now("b", target="any")[0]
     third = dispatcher.run_now("c", target="label:x")[0]
-    link = Inbox()
+    link = FakeLink()
     dispatcher.hello(Worker("w", frozenset({"x"}), 3, link, clock.seconds()), {})
     clock.advance(0)
-    assert link.runs == [first.id, second.id, third.id]
+    assert link.runs() == [first.id, second.id, third.id]
 
 
 def test_an_overlap_queue_job_waits_aside_and_does_not_block_its_target() -> None:
     clock, book, dispatcher, tasks = world()
     tasks[1] = Task(1, "t1", cron.parse("* * * * *", UTC), "true", TaskOptions(overlap="queue"))
-    link = Inbox()
+    link = FakeLink()
     worker = Worker("w", frozenset(), 5, link, clock.seconds())
     dispatcher.hello(worker, {})
     clock.advance(0)
     running = dispatcher.fire(tasks[1], 999_960.0)[0]
     waiting = dispatcher.fire(tasks[1], 1_000_020.0)[0]
     other = dispatcher.run_now("true")[0]
-    assert link.runs == [running.id, other.id]
+    assert link.runs() == [running.id, other.id]
     assert dispatcher.queued == 1
     dispatcher.finished(
         worker, running.id, exit_code=0, signal=None, timed_out=False, cancelled=False, started_at=None, finished_at=None
     )
     clock.advance(0)
-    assert link.runs[-1] == waiting.id
+    assert link.runs()[-1] == waiting.id
     assert dispatcher.queued == 0
     assert book.get(waiting.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
 
@@ -125,7 +114,7 @@ def test_an_overlap_queue_job_waits_aside_and_does_not_block_its_target() -> Non
 def test_a_held_job_cancelled_leaves_the_count() -> None:
     clock, _, dispatcher, tasks = world()
     tasks[1] = Task(1, "t1", cron.parse("* * * * *", UTC), "true", TaskOptions(overlap="queue"))
-    dispatcher.hello(Worker("w", frozenset(), 5, Inbox(), clock.seconds()), {})
+    dispatcher.hello(Worker("w", frozenset(), 5, FakeLink(), clock.seconds()), {})
     clock.advance(0)
     dispatcher.fire(tasks[1], 999_960.0)
     waiting = dispatcher.fire(tasks[1], 1_000_020.0)[0]

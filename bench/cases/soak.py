@@ -29,6 +29,7 @@ from bench.common import (
     Scheduler,
     log,
     percentile,
+    tenths,
 )
 
 NAME = "soak"
@@ -132,9 +133,7 @@ def soak(runtime: Runtime, seconds: float) -> dict[str, Any]:
         if workers is not None:
             workers.stop()
         scheduler.stop()
-    tenth = max(1, len(curve) // 10)
-    first = sum(rss for _, rss in curve[:tenth]) / tenth
-    last = sum(rss for _, rss in curve[-tenth:]) / tenth
+    first, last = tenths(curve)
     return {
         "seconds": seconds,
         "warm_up_seconds": warm_up,
