@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -40,15 +40,18 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0, log: Path | None = None) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[Any] | None = None, timeout: float = 20.0, log: Path | None = None
+) -> None:
     """Wait until *port* accepts connections (event: a successful connect).
 
-    A failure quotes *log*, the process's output, when it is given.
+    Gives up early if *process* exits; a failure quotes *log*, the
+    process's output, when it is given.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}{log_text(log)}")
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}{log_text(log)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -191,7 +194,9 @@ def http_json(method: str, url: str, body: object = None, token: str | None = No
             return error.code, raw.decode(errors="replace")
 
 
-def wait_until(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+def wait_until(
+    check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", interval: float = 0.05
+) -> T:
     """Poll *check* until it returns something truthy (an observed event)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -199,8 +204,8 @@ def wait_until(check: Callable[[], T | None], timeout: float = 30.0, what: str =
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 class Proxy:
