@@ -26,6 +26,7 @@ from scheduler import __version__, cron
 from scheduler.dispatch import Dispatcher, JobConflict, JobNotFound, QueueFull
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
+from scheduler.http_json import iso, job_json, task_json, worker_json
 from scheduler.jobs import Job, JobStatus
 from scheduler.jobstore import JobStore
 from scheduler.metrics import SchedulerMetrics
@@ -65,10 +66,6 @@ def _json(request: IRequest, status: int, body: Any) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps(body).encode("utf-8")
-
-
-def _iso(timestamp: float | None, tz: tzinfo) -> str | None:
-    return cron.iso(timestamp, tz, "milliseconds")
 
 
 def _body(request: IRequest, max_body: int) -> dict[str, Any]:
@@ -163,6 +160,12 @@ class SchedulerHTTP:
     def _tz(self) -> tzinfo:
         return self._state.book.tz
 
+    def _task_json(self, task: Task) -> dict[str, Any]:
+        return task_json(task, self._next_run(task.id), self._tz)
+
+    def _job_json(self, job: Job) -> dict[str, Any]:
+        return job_json(job, self._tz)
+
     # -- errors ----------------------------------------------------------
 
     @app.handle_errors(ApiError)
@@ -183,43 +186,6 @@ class SchedulerHTTP:
             request.setHeader(b"Allow", allowed.encode())
         method = request.method.decode("ascii", "replace")
         return _json(request, 405, {"error": f"method {method} is not allowed here (allowed: {allowed})"})
-
-    # -- presenters --------------------------------------------------------
-
-    def task_json(self, task: Task) -> dict[str, Any]:
-        return {
-            "id": task.id,
-            "jobName": task.job_name,
-            "schedule": task.schedule.expression,
-            "description": cron.describe(task.schedule),
-            "command": task.command,
-            "nextRun": _iso(self._next_run(task.id), self._tz),
-            **task.options.as_dict(),
-        }
-
-    def job_json(self, job: Job) -> dict[str, Any]:
-        duration = None
-        if job.started_at is not None and job.finished_at is not None:
-            duration = round(job.finished_at - job.started_at, 3)
-        return {
-            "id": job.id,
-            "taskId": job.task_id,
-            "command": job.command,
-            "status": job.status.value,
-            "worker": job.worker,
-            "exitCode": job.exit_code,
-            "signal": job.signal,
-            "target": job.target,
-            "timeout": job.timeout,
-            "cwd": job.cwd,
-            "attempt": job.attempt,
-            "reason": job.reason,
-            "createdAt": _iso(job.created_at, self._tz),
-            "scheduledAt": _iso(job.scheduled_at, self._tz),
-            "startedAt": _iso(job.started_at, self._tz),
-            "finishedAt": _iso(job.finished_at, self._tz),
-            "duration": duration,
-        }
 
     # -- health, metrics, contract ---------------------------------------
 
@@ -252,7 +218,7 @@ class SchedulerHTTP:
 
     @app.route("/api/tasks", methods=["GET"])
     def list_tasks(self, request: IRequest) -> bytes:
-        return _json(request, 200, [self.task_json(task) for task in self._state.book])
+        return _json(request, 200, [self._task_json(task) for task in self._state.book])
 
     @app.route("/api/tasks", methods=["POST"])
     async def add_task(self, request: IRequest) -> bytes:
@@ -276,11 +242,11 @@ class SchedulerHTTP:
 
         task = await self._edit(add)
         request.setHeader(b"Location", f"/api/tasks/{task.id}".encode())
-        return _json(request, 201, self.task_json(task))
+        return _json(request, 201, self._task_json(task))
 
     @app.route("/api/tasks/<task_id>", methods=["GET"])
     def get_task(self, request: IRequest, task_id: str) -> bytes:
-        return _json(request, 200, self.task_json(self._find_task(task_id)))
+        return _json(request, 200, self._task_json(self._find_task(task_id)))
 
     @app.route("/api/tasks/<task_id>", methods=["DELETE"])
     async def delete_task(self, request: IRequest, task_id: str) -> bytes:
@@ -298,7 +264,7 @@ class SchedulerHTTP:
             timeout=task.options.timeout,
             task_id=task.id,
         )
-        return _json(request, 202, self.job_json(jobs[0]) if len(jobs) == 1 else [self.job_json(j) for j in jobs])
+        return _json(request, 202, self._job_json(jobs[0]) if len(jobs) == 1 else [self._job_json(j) for j in jobs])
 
     @app.route("/api/schedules/check", methods=["GET"])
     def check_schedule(self, request: IRequest) -> bytes:
@@ -313,7 +279,7 @@ class SchedulerHTTP:
         upcoming = []
         iterator = schedule.iterator(now)
         for _ in range(3):
-            upcoming.append(_iso(iterator.get_next(float), self._tz))
+            upcoming.append(iso(iterator.get_next(float), self._tz))
         return _json(
             request,
             200,
@@ -364,8 +330,8 @@ class SchedulerHTTP:
         )
         if len(jobs) == 1:
             request.setHeader(b"Location", f"/api/jobs/{jobs[0].id}".encode())
-            return _json(request, 202, self.job_json(jobs[0]))
-        return _json(request, 202, [self.job_json(job) for job in jobs])
+            return _json(request, 202, self._job_json(jobs[0]))
+        return _json(request, 202, [self._job_json(job) for job in jobs])
 
     def _run(self, command: str, **options: Any) -> list[Job]:
         try:
@@ -389,11 +355,11 @@ class SchedulerHTTP:
         jobs = [self._dispatcher.jobs.get(job.id) or job for job in stored]
         if status is not None:
             jobs = [job for job in jobs if job.status.value == status]
-        return _json(request, 200, [self.job_json(job) for job in jobs])
+        return _json(request, 200, [self._job_json(job) for job in jobs])
 
     @app.route("/api/jobs/<job_id>", methods=["GET"])
     async def get_job(self, request: IRequest, job_id: str) -> bytes:
-        return _json(request, 200, self.job_json(await self._find_job(job_id)))
+        return _json(request, 200, self._job_json(await self._find_job(job_id)))
 
     @app.route("/api/jobs/<job_id>/log", methods=["GET"])
     async def job_log(self, request: IRequest, job_id: str) -> bytes:
@@ -422,7 +388,7 @@ class SchedulerHTTP:
             raise ApiError(409, str(error)) from None
         except JobNotFound:
             raise ApiError(409, f"job {job.id} has already finished") from None
-        return _json(request, 202, self.job_json(job))
+        return _json(request, 202, self._job_json(job))
 
     async def _find_job(self, job_id: str) -> Job:
         number = _path_id(job_id)
@@ -435,11 +401,7 @@ class SchedulerHTTP:
 
     @app.route("/api/workers", methods=["GET"])
     def list_workers(self, request: IRequest) -> bytes:
-        workers = []
-        for worker in sorted(self._workers, key=lambda w: w.name):
-            described = worker.describe()
-            described["connectedAt"] = _iso(worker.connected_at, self._tz)
-            workers.append(described)
+        workers = [worker_json(worker, self._tz) for worker in sorted(self._workers, key=lambda w: w.name)]
         return _json(request, 200, workers)
 
     @app.route("/api/events", methods=["GET"])

@@ -14,12 +14,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
-from scheduler.dispatch import Dispatcher
 from scheduler.cron_fires import FireHandler
+from scheduler.dispatch import Dispatcher
 from scheduler.engine import CronEngine
 from scheduler.feed import EventHub
 from scheduler.http_api import SchedulerHTTP
 from scheduler.http_guard import Guard, deadline_channels, limited_requests
+from scheduler.http_json import job_json, output_event, task_event, worker_event
 from scheduler.http_log import LoggingSite
 from scheduler.jobbook import JobBook
 from scheduler.jobs import Job, JobStatus
@@ -295,19 +296,19 @@ class SchedulerService(MultiService):
 
         def task_changed(change: str, task: Task) -> None:
             if feed:
-                feed.publish("task", {"change": change, "task": self.http.task_json(task)})
+                feed.publish("task", task_event(change, task, self.engine.next_run(task.id), self.state.book.tz))
 
         def job_changed(job: Job) -> None:
             if feed:
-                feed.publish("job", self.http.job_json(job))
+                feed.publish("job", job_json(job, self.state.book.tz))
 
         def worker_changed(change: str, worker: Worker) -> None:
             if feed:
-                feed.publish("worker", {"change": change, "name": worker.name, "running": len(worker.running)})
+                feed.publish("worker", worker_event(change, worker))
 
         def output(job_id: int, seq: int, stream: str, data: str) -> None:
             if feed:
-                feed.publish("output", {"job": job_id, "seq": seq, "stream": stream, "data": data}, job=job_id)
+                feed.publish("output", output_event(job_id, seq, stream, data), job=job_id)
 
         self.state.listeners.append(task_changed)
         self.jobs.listeners.append(job_changed)

@@ -1,0 +1,80 @@
+"""The JSON shapes of tasks, jobs and workers, for the REST routes and the live feed.
+
+Both answer the dashboard, so a field added here shows up in ``GET
+/api/jobs`` and in the feed's ``job`` events alike; the OpenAPI schemas
+for them are in scheduler/openapi.py.  Times are ISO 8601 in the
+scheduler's time zone, to the millisecond.
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from typing import Any
+
+from scheduler import cron
+from scheduler.jobs import Job
+from scheduler.tasks import Task
+from scheduler.workers import Worker
+
+
+def iso(timestamp: float | None, tz: tzinfo) -> str | None:
+    return cron.iso(timestamp, tz, "milliseconds")
+
+
+def task_json(task: Task, next_run: float | None, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "jobName": task.job_name,
+        "schedule": task.schedule.expression,
+        "description": cron.describe(task.schedule),
+        "command": task.command,
+        "nextRun": iso(next_run, tz),
+        **task.options.as_dict(),
+    }
+
+
+def job_json(job: Job, tz: tzinfo) -> dict[str, Any]:
+    duration = None
+    if job.started_at is not None and job.finished_at is not None:
+        duration = round(job.finished_at - job.started_at, 3)
+    return {
+        "id": job.id,
+        "taskId": job.task_id,
+        "command": job.command,
+        "status": job.status.value,
+        "worker": job.worker,
+        "exitCode": job.exit_code,
+        "signal": job.signal,
+        "target": job.target,
+        "timeout": job.timeout,
+        "cwd": job.cwd,
+        "attempt": job.attempt,
+        "reason": job.reason,
+        "createdAt": iso(job.created_at, tz),
+        "scheduledAt": iso(job.scheduled_at, tz),
+        "startedAt": iso(job.started_at, tz),
+        "finishedAt": iso(job.finished_at, tz),
+        "duration": duration,
+    }
+
+
+def worker_json(worker: Worker, tz: tzinfo) -> dict[str, Any]:
+    described = worker.describe()
+    described["connectedAt"] = iso(worker.connected_at, tz)
+    return described
+
+
+# -- the live feed's events (scheduler/feed.py sends them as SSE) -------------
+
+
+def task_event(change: str, task: Task, next_run: float | None, tz: tzinfo) -> dict[str, Any]:
+    return {"change": change, "task": task_json(task, next_run, tz)}
+
+
+def worker_event(change: str, worker: Worker) -> dict[str, Any]:
+    # Only enough for the page to know the list changed: it reloads /api/workers.
+    return {"change": change, "name": worker.name, "running": len(worker.running)}
+
+
+def output_event(job_id: int, seq: int, stream: str, data: str) -> dict[str, Any]:
+    return {"job": job_id, "seq": seq, "stream": stream, "data": data}
