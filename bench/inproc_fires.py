@@ -60,7 +60,7 @@ class Inbox:
     def __init__(self) -> None:
         self.runs: list[int] = []
 
-    def send(self, type: str, **fields: Any) -> None:
+    def send(self, type: str, /, **fields: Any) -> None:
         if type == "run":
             self.runs.append(fields["job"])
 

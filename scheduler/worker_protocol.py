@@ -113,7 +113,7 @@ class WorkerServerProtocol(WebSocketServerProtocol):
 
     # -- the link the dispatcher sends through ------------------------
 
-    def send(self, type: str, **fields: Any) -> None:
+    def send(self, type: str, /, **fields: Any) -> None:
         if self.state == self.STATE_OPEN:
             self.sendMessage(encode(type, **fields), isBinary=False)
 

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-
-class WorkerLink(Protocol):
-    """What the dispatcher needs of a worker's connection."""
-
-    def send(self, type: str, **fields: Any) -> None: ...
-
-    def close(self, reason: str) -> None: ...
+from scheduler.worker_messages import Link
 
 
 @dataclass(eq=False)
@@ -20,7 +14,7 @@ class Worker:
     name: str
     labels: frozenset[str]
     slots: int
-    link: WorkerLink
+    link: Link
     connected_at: float
     # Jobs placed on this worker and not yet finished (started or not).
     running: set[int] = field(default_factory=set)

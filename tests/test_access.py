@@ -28,6 +28,7 @@ from scheduler.access import (
 )
 from scheduler.limits import ConnectionLimits
 from scheduler.tcp_commands import CommandFactory, TcpCommands
+from tests.fakes import FakeLink
 from tests.helpers import make_state
 
 TOKEN = "0123456789abcdef-token"
@@ -267,18 +268,12 @@ def test_tcp_without_token_needs_no_auth(tmp_path: Path) -> None:
     assert transport.value().decode().splitlines() == ["OK no token is needed here", "OK 0 tasks"]
 
 
-class BoundLink:
+class BoundLink(FakeLink):
     """A worker connection made with *token_name*'s token."""
 
     def __init__(self, token_name: str) -> None:
+        super().__init__()
         self.token_name = token_name
-        self.closed: list[str] = []
-
-    def send(self, type: str, **fields: Any) -> None:
-        pass
-
-    def close(self, reason: str) -> None:
-        self.closed.append(reason)
 
 
 @pytest_twisted.ensureDeferred
@@ -303,7 +298,7 @@ async def test_the_service_disconnects_and_says_so_when_the_tokens_file_breaks(t
         api.service.dispatcher.hello(Worker("build-1", frozenset(), 1, link, 0.0), {})
         path.unlink()
         api.service._reload_worker_tokens()
-        assert link.closed == ["token revoked"]
+        assert link.closes == ["token revoked"]
         api.service._reload_worker_tokens()  # the same failure, seconds later: not logged again
         (line,) = errors
         assert "cannot read the worker tokens file" in line and "no per-worker token is valid" in line

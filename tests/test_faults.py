@@ -633,7 +633,10 @@ from twisted.application.internet import ClientService
 from twisted.internet import reactor, stdio
 from twisted.internet.protocol import Protocol
 
-from worker.agent import Backoff, WorkerAgent, WorkerClientFactory, WorkerService, job_runs
+from worker.agent import WorkerAgent, job_runs
+from worker.backoff import Backoff
+from worker.connection import WorkerClientFactory
+from worker.service import WorkerService
 from worker.tap import endpoint_for
 
 port, count, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -539,9 +539,3 @@ class WorkerAgent:
         for waiter in waiters:
             waiter.callback(None)
 
-
-# The crowd script in tests/test_faults.py still imports these from here;
-# they live in worker.backoff, worker.connection and worker.service.
-from worker.backoff import Backoff as Backoff  # noqa: E402
-from worker.connection import WorkerClientFactory as WorkerClientFactory  # noqa: E402
-from worker.service import WorkerService as WorkerService  # noqa: E402
