@@ -103,26 +103,31 @@ def soak(runtime: Runtime, seconds: float) -> dict[str, Any]:
         warm_up = 2.0 if runtime.quick else WARM_UP
         measured_from = start + warm_up
         end = measured_from + seconds
-        lags: list[float] = []
+        lags: list[float] = []  # after the warm-up, for the figures
+        recent: list[float] = []  # since the last progress line
         curve: list[tuple[float, float]] = []
         report_every = 2.0 if runtime.quick else 10.0
         next_report = start + report_every
         metrics = Http(scheduler.http_port)
         while time.time() < end:
-            lags.append(metrics.metrics().get(LAG_METRIC, 0.0) * 1000)
+            lag = metrics.metrics().get(LAG_METRIC, 0.0) * 1000
+            recent.append(lag)
             now = time.time()
+            if now >= measured_from:
+                lags.append(lag)
             if now >= next_report:
                 next_report += report_every
                 rss = scheduler.rss_kib() / 1024
                 if now >= measured_from:
                     curve.append((now - start, rss))
                 history.read()
-                recent = lags[-int(report_every * 4) :]
                 log(
                     f"soak {now - start:5.0f} s: RSS {rss:6.1f} MiB, tick lag p99 {percentile(recent, 99) or 0:5.1f} ms "
                     f"max {max(recent, default=0):5.1f} ms, doubled {history.doubled}, "
                     f"missing {history.missing(start, now - 2)}, ended badly {history.ended_badly or 0}"
+                    + ("" if now >= measured_from else " (warming up)")
                 )
+                recent.clear()
             time.sleep(0.25)
         metrics.close()
         cpu_share = (scheduler.cpu_seconds() - cpu_before) / (time.time() - start)
