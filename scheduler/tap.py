@@ -14,7 +14,6 @@ from twisted.python import usage
 
 from scheduler.cron import local_zone
 from scheduler.http_log import check_target
-from scheduler.limits import SEND_BACKLOG
 from scheduler.settings import Settings
 
 
@@ -50,21 +49,22 @@ class Options(usage.Options):
         "the HTTP API and dashboard with the workers' WebSocket, and the cron tick. "
         "Addresses are Twisted endpoint strings, e.g. tcp:5050:interface=127.0.0.1."
     )
+    # Every default is Settings' own: one source for the defaults.
     optParameters: list[list[Any]] = [
-        ["tcp", None, "tcp:5050:interface=127.0.0.1", "Endpoint for the TCP command port."],
-        ["http", None, "tcp:3000:interface=127.0.0.1", "Endpoint for the HTTP API, dashboard and /ws/worker."],
-        ["tasks-file", None, "tasks.db", "The tasks file (JSON lines), relative to the working directory."],
+        ["tcp", None, Settings.tcp, "Endpoint for the TCP command port."],
+        ["http", None, Settings.http, "Endpoint for the HTTP API, dashboard and /ws/worker."],
+        ["tasks-file", None, Settings.tasks_file, "The tasks file (JSON lines), relative to the working directory."],
         ["timezone", None, None, "Time zone of the cron schedules (default: this machine's zone)."],
-        ["tcp-linger", None, 0.3, "Seconds a one-shot TCP connection waits for more lines before it is closed.", _positive],
-        ["tcp-idle-timeout", None, 300.0, "Seconds an idle TCP SESSION connection stays open.", _positive],
-        ["tcp-max-line", None, 32768, "Longest TCP command line, in bytes.", _positive_int],
+        ["tcp-linger", None, Settings.tcp_linger, "Seconds a one-shot TCP connection waits for more lines before it is closed.", _positive],
+        ["tcp-idle-timeout", None, Settings.tcp_idle_timeout, "Seconds an idle TCP SESSION connection stays open.", _positive],
+        ["tcp-max-line", None, Settings.tcp_max_line, "Longest TCP command line, in bytes.", _positive_int],
         ["jobs-db", None, None, "SQLite database of job history (default: jobs.sqlite beside the tasks file)."],
-        ["access-log", None, "-", "HTTP access log: '-' for the main log, 'none', or a file of its own (rotated at 10 MB, 5 kept)."],
-        ["lost-after", None, 90.0, "Seconds a disconnected worker has to come back before its jobs are lost.", _positive],
-        ["queue-limit", None, 10000, "Most jobs waiting for a worker; more are refused with an error.", _positive_int],
-        ["output-cap", None, 1048576, "Bytes of output kept per job (the oldest are dropped first).", _positive_int],
-        ["keep-jobs", None, 100, "Finished jobs kept per task in the history.", _positive_int],
-        ["keep-days", None, 7.0, "Days finished jobs are kept in the history.", _positive],
+        ["access-log", None, Settings.access_log, "HTTP access log: '-' for the main log, 'none', or a file of its own (rotated at 10 MB, 5 kept)."],
+        ["lost-after", None, Settings.lost_after, "Seconds a disconnected worker has to come back before its jobs are lost.", _positive],
+        ["queue-limit", None, Settings.queue_limit, "Most jobs waiting for a worker; more are refused with an error.", _positive_int],
+        ["output-cap", None, Settings.output_cap, "Bytes of output kept per job (the oldest are dropped first).", _positive_int],
+        ["keep-jobs", None, Settings.keep_jobs, "Finished jobs kept per task in the history.", _positive_int],
+        ["keep-days", None, Settings.keep_days, "Days finished jobs are kept in the history.", _positive],
         # Access.  Tokens only ever come from files or the environment.
         ["worker-token-file", None, None, "File with the token every worker must send (or set SCHEDULER_WORKER_TOKEN)."],
         ["worker-tokens-file", None, None, "File of '<worker name> <token>' lines; re-read when it changes, removed names are disconnected."],
@@ -72,19 +72,19 @@ class Options(usage.Options):
         ["tcp-token-file", None, None, "File with the token for AUTH on the command port (or set SCHEDULER_TCP_TOKEN)."],
         ["allowed-hosts", None, None, "Comma-separated extra Host names the HTTP port answers to ('*' for any); localhost and this machine's names are always allowed."],
         # Bounds.
-        ["tcp-max-connections", None, 64, "Most open connections on the command port.", _positive_int],
-        ["tcp-max-per-peer", None, 16, "Most open command-port connections from one address.", _positive_int],
+        ["tcp-max-connections", None, Settings.tcp_max_connections, "Most open connections on the command port.", _positive_int],
+        ["tcp-max-per-peer", None, Settings.tcp_max_per_peer, "Most open command-port connections from one address.", _positive_int],
         ["tcp-auth-timeout", None, Settings.tcp_auth_timeout, "Seconds a command-port connection has to AUTH (with a TCP token).", _positive],
         ["tcp-max-unauthenticated", None, Settings.tcp_max_unauthenticated, "Most command-port connections that have not AUTHed yet (with a TCP token); more must AUTH in their first line.", _positive_int],
-        ["http-max-connections", None, 20000, "Most open connections on the HTTP port (workers included).", _positive_int],
-        ["http-max-per-peer", None, 10000, "Most open HTTP connections from one address (workers behind one NAT share it).", _positive_int],
-        ["http-max-body", None, 1048576, "Largest HTTP request body in bytes (larger ones get 413).", _positive_int],
+        ["http-max-connections", None, Settings.http_max_connections, "Most open connections on the HTTP port (workers included).", _positive_int],
+        ["http-max-per-peer", None, Settings.http_max_per_peer, "Most open HTTP connections from one address (workers behind one NAT share it).", _positive_int],
+        ["http-max-body", None, Settings.http_max_body, "Largest HTTP request body in bytes (larger ones get 413).", _positive_int],
         ["http-request-timeout", None, Settings.http_request_timeout, "Seconds an HTTP client has to send a whole request (headers and body) after connecting or after the previous answer (else 408; WebSockets are exempt once open).", _positive],
-        ["ws-max-message", None, 2097152, "Largest worker WebSocket message in bytes.", _positive_int],
-        ["send-backlog", None, SEND_BACKLOG, "Bytes queued for a peer that does not read what it is sent (beyond the socket's own buffer) before it is dropped; on every listener.", _positive_int],
-        ["handshake-timeout", None, 10.0, "Seconds a worker has for the WebSocket handshake and its hello.", _positive],
-        ["ping-interval", None, 20.0, "Seconds between WebSocket pings to each worker.", _positive],
-        ["ping-timeout", None, 20.0, "Seconds without a pong before a worker is dropped.", _positive],
+        ["ws-max-message", None, Settings.ws_max_message, "Largest worker WebSocket message in bytes.", _positive_int],
+        ["send-backlog", None, Settings.send_backlog, "Bytes queued for a peer that does not read what it is sent (beyond the socket's own buffer) before it is dropped; on every listener.", _positive_int],
+        ["handshake-timeout", None, Settings.handshake_timeout, "Seconds a worker has for the WebSocket handshake and its hello.", _positive],
+        ["ping-interval", None, Settings.ping_interval, "Seconds between WebSocket pings to each worker.", _positive],
+        ["ping-timeout", None, Settings.ping_timeout, "Seconds without a pong before a worker is dropped.", _positive],
     ]
 
     def postOptions(self) -> None:
