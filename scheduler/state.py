@@ -116,10 +116,10 @@ class TaskState:
         # The store already holds exactly this, so nothing is written.
         with paused_gc():
             self._commit(book)
-        # The Deferred that delivered the records holds them until this
-        # coroutine returns: a trim now would leave their 30 MB to glibc,
-        # which kept it in three of four full bench runs (164 MB instead of
-        # 134 after LOAD).  The reply to LOAD goes out on the next turn too.
+        # Trim on the next turn: the Deferred that delivered the records
+        # holds them until this coroutine returns, and a trim before they are
+        # freed leaves their memory with glibc (docs/performance.md, "tasks.db
+        # and memory").  The reply to LOAD does not wait for the trim either.
         if self._clock is not None:
             self._clock.callLater(0, release_free_memory)
         else:
@@ -155,9 +155,10 @@ class TaskState:
         old = self._book
         self._book = book
         # By value, not identity: a LOAD builds a new Task for every line,
-        # and re-adding 100,000 unchanged tasks to the engine (new date
-        # iterators for every schedule) and announcing each as removed and
-        # added would cost seconds for no change at all.
+        # and an unchanged task must neither leave the engine and come back
+        # (a new date iterator for its schedule) nor be announced as removed
+        # and added: for a file of unchanged tasks, seconds of work for
+        # nothing (docs/performance.md, "tasks.db and memory").
         added = [task for task in book if not _same(task, old.get(task.id))]
         replaced = {task.id for task in added}
         removed = [task for task in old if task.id in replaced or book.get(task.id) is None]

@@ -82,8 +82,8 @@ def paused_gc() -> Iterator[None]:
 
     Loading tasks allocates several objects per task and frees few, so the
     collector would run again and again, each time through every object the
-    scheduler holds, for nothing: a third of the time of loading 100,000
-    tasks.  Tasks, records and books hold no reference cycles.
+    scheduler holds, for nothing (docs/performance.md, "tasks.db and
+    memory").  Tasks, records and books hold no reference cycles.
     """
     collecting = gc.isenabled()
     gc.disable()
