@@ -25,6 +25,7 @@ from scheduler.joboutput import OutputTails
 from scheduler.jobqueue import JobQueue
 from scheduler.jobretry import Retries
 from scheduler.jobs import Job, JobStatus
+from scheduler.settings import Settings
 from scheduler.tasks import Task
 from scheduler.worker_messages import PROTOCOL_VERSION
 from scheduler.workers import Worker, WorkerRegistry
@@ -78,9 +79,9 @@ class Dispatcher:
         recorder: JobRecorder,
         tasks: Callable[[int], Task | None],
         *,
-        lost_after: float = 90.0,
-        queue_limit: int = 10_000,
-        output_cap: int = 1024 * 1024,
+        lost_after: float = Settings.lost_after,
+        queue_limit: int = Settings.queue_limit,
+        output_cap: int = Settings.output_cap,
     ) -> None:
         self._clock = clock
         self.jobs = jobs

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from scheduler.access import WorkerTokens, read_token
 from scheduler.limits import SEND_BACKLOG
+from scheduler.worker_messages import PING_INTERVAL, PING_TIMEOUT
 
 log = Logger()
 
@@ -60,8 +61,8 @@ class Settings:
     # Bytes queued for a peer that does not read, on every listener.
     send_backlog: int = SEND_BACKLOG
     handshake_timeout: float = 10.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
+    ping_interval: float = PING_INTERVAL
+    ping_timeout: float = PING_TIMEOUT
     allowed_hosts: set[str] = field(default_factory=set)
     access_log: str = "-"  # the main log; "none", or a file of its own
     # Jobs.

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from scheduler.cron import iso
 from scheduler.dispatch import Dispatcher, JobNotFound
+from scheduler.settings import Settings
 from scheduler.worker_messages import (
     PING_INTERVAL,
     PING_TIMEOUT,
@@ -360,12 +361,12 @@ class WorkerServerFactory(WebSocketServerFactory):
         *,
         check_handshake: Callable[[ConnectionRequest], str | None] = lambda request: None,
         reserved: Callable[[str], bool] = lambda name: False,
-        hello_timeout: float = 10.0,
+        hello_timeout: float = Settings.handshake_timeout,
         probe_timeout: float = PROBE_TIMEOUT,
         ping_interval: float = PING_INTERVAL,
         ping_timeout: float = PING_TIMEOUT,
-        max_message: int = 2 * 1024 * 1024,
-        handshake_timeout: float = 10.0,
+        max_message: int = Settings.ws_max_message,
+        handshake_timeout: float = Settings.handshake_timeout,
     ) -> None:
         super().__init__()
         self.dispatcher = dispatcher
