@@ -16,7 +16,7 @@ from datetime import tzinfo
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.cron import iso
@@ -27,6 +27,7 @@ from scheduler.jobretry import Retries
 from scheduler.jobs import Job, JobStatus
 from scheduler.settings import Settings
 from scheduler.tasks import Task
+from scheduler.timers import KeyedTimers
 from scheduler.worker_messages import PROTOCOL_VERSION
 from scheduler.workers import Worker, WorkerRegistry
 
@@ -99,7 +100,8 @@ class Dispatcher:
         self._held_count = 0
         # Runs skipped (overlap=skip) by scheduled time, until logged.
         self._skipped_at: dict[float, int] = {}
-        self._lost_timers: dict[int, IDelayedCall] = {}
+        # Jobs of a worker that went away, waiting lost_after for it.
+        self._lost_timers = KeyedTimers(clock)
         self._tails = OutputTails(output_cap)
         self._retries = Retries(clock, jobs, tasks, self._submit)
         # Placed on a worker, waiting for the record to commit before `run`.
@@ -342,7 +344,7 @@ class Dispatcher:
                 drop.append(job_id)
                 worker.running.discard(job_id)
                 continue
-            self._cancel_lost_timer(job_id)
+            self._lost_timers.cancel(job_id)
             worker.running.add(job_id)
             self._tails.open(job_id)
             resume[str(job_id)] = self._tails.last_seq(job_id)
@@ -360,13 +362,9 @@ class Dispatcher:
         if not self.workers.remove(worker):
             return  # already replaced by a newer connection
         for job_id in worker.running:
-            if job_id not in self._lost_timers:
-                self._lost_timers[job_id] = self._clock.callLater(
-                    self.lost_after, self._lost_timeout, job_id, worker.name
-                )
+            self._lost_timers.start(job_id, self.lost_after, self._lost_timeout, job_id, worker.name)
 
     def _lost_timeout(self, job_id: int, name: str) -> None:
-        self._lost_timers.pop(job_id, None)
         job = self.jobs.get(job_id)
         if job is None or job.worker != name or job.status.final:
             return
@@ -374,11 +372,6 @@ class Dispatcher:
         if current is not None:
             current.running.discard(job_id)
         self._lose(job, f"worker {name} went away and did not come back within {self.lost_after:g}s")
-
-    def _cancel_lost_timer(self, job_id: int) -> None:
-        timer = self._lost_timers.pop(job_id, None)
-        if timer is not None and timer.active():
-            timer.cancel()
 
     def _lose(self, job: Job, reason: str) -> None:
         log.warn("job {job_id} lost: {reason}", job_id=job.id, reason=reason)
@@ -496,7 +489,7 @@ class Dispatcher:
         The worker's ``ack`` waits for that: a worker forgets a result only
         when a crash can no longer lose it.
         """
-        self._cancel_lost_timer(job.id)
+        self._lost_timers.cancel(job.id)
         self._unsent.discard(job.id)
         self._dequeue(job)
         if "finished_at" not in changes:
@@ -527,9 +520,7 @@ class Dispatcher:
             if job.status is JobStatus.QUEUED:
                 self._queue.push(job.id, job.target)
             elif job.worker is not None:
-                self._lost_timers[job.id] = self._clock.callLater(
-                    self.lost_after, self._lost_timeout, job.id, job.worker
-                )
+                self._lost_timers.start(job.id, self.lost_after, self._lost_timeout, job.id, job.worker)
 
     def live_output(self, job_id: int) -> str | None:
         """Kept output of an active job, or None if it is not active."""
@@ -541,10 +532,7 @@ class Dispatcher:
         return self._tails.last_seq(job_id)
 
     def stop(self) -> None:
-        for timer in self._lost_timers.values():
-            if timer.active():
-                timer.cancel()
-        self._lost_timers.clear()
+        self._lost_timers.stop()
         self._retries.stop()
 
 

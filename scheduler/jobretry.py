@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.jobbook import JobBook
 from scheduler.jobs import Job, JobStatus
 from scheduler.tasks import Task, TaskOptions
+from scheduler.timers import KeyedTimers
 
 log = Logger()
 
@@ -45,7 +46,7 @@ class Retries:
         self._jobs = jobs
         self._task = tasks
         self._submit = submit
-        self._timers: dict[int, IDelayedCall] = {}
+        self._timers = KeyedTimers(clock)
 
     def after(self, job: Job) -> None:
         """*job* has just ended: schedule its next attempt if its task asks for one."""
@@ -64,10 +65,9 @@ class Retries:
             job_name=task.job_name,
             delay=delay,
         )
-        self._timers[job.id] = self._clock.callLater(delay, self._retry, job, task.id)
+        self._timers.start(job.id, delay, self._retry, job, task.id)
 
     def _retry(self, job: Job, task_id: int) -> None:
-        self._timers.pop(job.id, None)
         # The task may have been removed in the meantime.
         if self._task(task_id) is None:
             return
@@ -86,7 +86,4 @@ class Retries:
         )
 
     def stop(self) -> None:
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        self._timers.stop()

@@ -31,3 +31,24 @@ def test_tails_keep_the_end_and_ignore_resends() -> None:
     assert tails.text(1) is None and tails.last_seq(1) == 0
     tails.open(2, last_seq=5)
     assert not tails.add(2, 5, "stderr", "again") and tails.add(2, 6, "stderr", "new")
+
+
+def test_keyed_timers_keep_one_call_per_key_and_stop_them_all() -> None:
+    from twisted.internet.task import Clock
+
+    from scheduler.timers import KeyedTimers
+
+    clock = Clock()
+    calls: list[str] = []
+    timers = KeyedTimers(clock)
+    timers.start(1, 5, calls.append, "first")
+    timers.start(1, 1, calls.append, "ignored: 1 is pending")
+    timers.start(2, 3, calls.append, "two")
+    assert 1 in timers
+    clock.advance(3)
+    assert calls == ["two"] and 2 not in timers
+    timers.start(3, 1, calls.append, "cancelled")
+    timers.cancel(3)
+    timers.stop()
+    clock.advance(10)
+    assert calls == ["two"] and 1 not in timers
