@@ -1,14 +1,27 @@
 """The REST contract as OpenAPI 3.1, served at /api/openapi.json.
 
-tests/test_http_api.py checks that every route of the Klein app is here,
-so the document cannot silently fall behind the code.
+Its lists are read from the code: the job statuses from JobStatus
+(scheduler/jobs.py), the task options' types, defaults, choices and bounds
+from scheduler/tasks.py.  tests/test_http_api.py checks that every route
+of the Klein app is here, so the document cannot silently fall behind it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from scheduler.http_guard import is_public
+from scheduler.jobs import JobStatus
+from scheduler.tasks import (
+    DEFAULT_OPTIONS,
+    MISSED_CAP_RANGE,
+    MISSED_POLICIES,
+    OVERLAP_POLICIES,
+    RETRIES_RANGE,
+    RETRY_DELAY_RANGE,
+    TIMEOUT_RANGE,
+    TaskOptions,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -25,14 +38,37 @@ def _error(description: str) -> dict[str, Any]:
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _option_schema(name: str, hint: Any, default: Any) -> dict[str, Any]:
+    """A task option's schema from its type in TaskOptions and its bounds in tasks.py."""
+    kinds = get_args(hint) or (hint,)
+    types = [_JSON_TYPES[kind] for kind in kinds]
+    schema: dict[str, Any] = {"type": types[0] if len(types) == 1 else types}
+    if name in _OPTION_ENUMS:
+        schema = {"enum": list(_OPTION_ENUMS[name])}
+    if name in _OPTION_RANGES:
+        bounds = _OPTION_RANGES[name]
+        schema["minimum" if bounds.low_included else "exclusiveMinimum"] = bounds.low
+        schema["maximum"] = bounds.high
+    if name == "target":
+        schema["description"] = "any, all, worker:<name> or label:<label>"
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", type(None): "null"}
+_OPTION_ENUMS = {"overlap": OVERLAP_POLICIES, "missed": MISSED_POLICIES}
+_OPTION_RANGES = {
+    "timeout": TIMEOUT_RANGE,
+    "retries": RETRIES_RANGE,
+    "retryDelay": RETRY_DELAY_RANGE,
+    "missedCap": MISSED_CAP_RANGE,
+}
 _OPTIONS: dict[str, Any] = {
-    "target": {"type": "string", "description": "any, all, worker:<name> or label:<label>", "default": "any"},
-    "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 604800},
-    "retries": {"type": "integer", "minimum": 0, "maximum": 100, "default": 0},
-    "retryDelay": {"type": "number", "minimum": 0, "maximum": 86400, "default": 10},
-    "overlap": {"enum": ["allow", "skip", "queue"], "default": "allow"},
-    "missed": {"enum": ["skip", "once", "all"], "default": "skip"},
-    "missedCap": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+    name: _option_schema(name, hint, getattr(DEFAULT_OPTIONS, name))
+    for name, hint in get_type_hints(TaskOptions).items()
 }
 _COMMON_ERRORS = {
     "400": _error("Malformed JSON, a missing or mistyped field, or an invalid schedule"),
@@ -91,7 +127,7 @@ OPENAPI: dict[str, Any] = {
                     "id": {"type": "integer"},
                     "taskId": {"type": ["integer", "null"]},
                     "command": {"type": "string"},
-                    "status": {"enum": ["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "lost"]},
+                    "status": {"enum": [status.value for status in JobStatus]},
                     "worker": {"type": ["string", "null"]},
                     "exitCode": {"type": ["integer", "null"]},
                     "signal": {"type": ["integer", "null"]},

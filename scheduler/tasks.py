@@ -33,6 +33,25 @@ class TaskError(ValueError):
 
 
 @dataclass(frozen=True)
+class OptionRange:
+    """The values a numeric option may take (scheduler/openapi.py publishes them)."""
+
+    low: int
+    high: int
+    low_included: bool = True
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low <= value if self.low_included else self.low < value
+        return above and value <= self.high
+
+
+TIMEOUT_RANGE = OptionRange(0, 7 * 86400, low_included=False)  # above 0, at most a week
+RETRIES_RANGE = OptionRange(0, 100)
+RETRY_DELAY_RANGE = OptionRange(0, 86400)
+MISSED_CAP_RANGE = OptionRange(1, 1000)
+
+
+@dataclass(frozen=True)
 class TaskOptions:
     """How runs of a task are placed and retried (see docs/protocol.md)."""
 
@@ -57,15 +76,17 @@ class TaskOptions:
         if timeout is not None and (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
-            or not 0 < timeout <= 7 * 86400
+            or timeout not in TIMEOUT_RANGE
         ):
             raise TaskError("timeout must be a number of seconds, above 0, at most a week")
         retries = data.get("retries", defaults.retries)
-        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
-            raise TaskError("retries must be an integer from 0 to 100")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries not in RETRIES_RANGE:
+            raise TaskError(f"retries must be an integer from {RETRIES_RANGE.low} to {RETRIES_RANGE.high}")
         delay = data.get("retryDelay", defaults.retryDelay)
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 86400:
-            raise TaskError("retryDelay must be a number of seconds from 0 to 86400")
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay not in RETRY_DELAY_RANGE:
+            raise TaskError(
+                f"retryDelay must be a number of seconds from {RETRY_DELAY_RANGE.low} to {RETRY_DELAY_RANGE.high}"
+            )
         overlap = data.get("overlap", defaults.overlap)
         if overlap not in OVERLAP_POLICIES:
             raise TaskError(f"overlap must be one of {', '.join(OVERLAP_POLICIES)}")
@@ -73,8 +94,8 @@ class TaskOptions:
         if missed not in MISSED_POLICIES:
             raise TaskError(f"missed must be one of {', '.join(MISSED_POLICIES)}")
         cap = data.get("missedCap", defaults.missedCap)
-        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 1000:
-            raise TaskError("missedCap must be an integer from 1 to 1000")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap not in MISSED_CAP_RANGE:
+            raise TaskError(f"missedCap must be an integer from {MISSED_CAP_RANGE.low} to {MISSED_CAP_RANGE.high}")
         return cls(
             target=target,
             timeout=None if timeout is None else float(timeout),
