@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Mapping
 from datetime import tzinfo
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -25,6 +25,7 @@ from scheduler.joboutput import OutputTails
 from scheduler.jobqueue import JobQueue
 from scheduler.jobretry import Retries
 from scheduler.jobs import Job, JobStatus
+from scheduler.jobstore import JobRecorder
 from scheduler.settings import Settings
 from scheduler.tasks import Task
 from scheduler.timers import KeyedTimers
@@ -48,14 +49,6 @@ class JobConflict(Exception):
 
 class QueueFull(Exception):
     pass
-
-
-class JobRecorder(Protocol):
-    """The part of the job store the dispatcher writes to."""
-
-    def put(self, job: Job) -> Deferred[None]: ...
-
-    def append_output(self, job_id: int, seq: int, stream: str, data: str) -> None: ...
 
 
 class NoRecorder:

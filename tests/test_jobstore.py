@@ -1,8 +1,8 @@
-"""scheduler.jobstore: SQLite job history, batched off the reactor thread.
+"""scheduler.jobstore: the job history in SQLite, end to end.
 
-Everything runs on the real reactor and the store's real thread.  Failures
-and stalls are injected through the store's ``connect`` hook, with a
-connection whose ``execute`` can be made to fail or to wait on an event.
+Records, queries, output and its cap, retention, failures and the file's
+permissions, on the real reactor and the history's real thread (see
+``tests/jobhistory_support.py``).
 """
 
 from __future__ import annotations
@@ -10,112 +10,22 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import fields
-from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import deferLater
 
 from scheduler.jobs import Job, JobStatus
 from scheduler.jobstore import SCHEMA_VERSION, JobStore, JobStoreClosed, JobStoreError
+from tests import jobhistory_support
+from tests.jobhistory_support import FlakyConnection, Opener, finished, flaky, full_job, job, next_turn
 
-# Upper bound for a stalled database thread: a bug must fail the test, not hang it.
-SAFETY_TIMEOUT = 10.0
-
-
-class FlakyConnection(sqlite3.Connection):
-    """A connection whose statements can be made to fail or to wait."""
-
-    fail_when: Callable[[str], bool] | None = None
-    gate: threading.Event | None = None
-    statements: list[str]
-
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        self.statements.append(sql)
-        if self.gate is not None and sql.startswith("BEGIN"):
-            assert self.gate.wait(SAFETY_TIMEOUT), "gate never opened"
-        if self.fail_when is not None and self.fail_when(sql):
-            raise sqlite3.OperationalError("database or disk is full")
-        return super().execute(sql, parameters)
-
-
-Opener = Callable[..., JobStore]
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> str:
-    return str(tmp_path / "jobs.sqlite")
-
-
-@pytest_twisted.async_yield_fixture
-async def stores(path: str) -> AsyncIterator[Opener]:
-    """Opens stores on *path*; whatever a test leaves open is closed after it."""
-    opened: list[JobStore] = []
-
-    def open_store(**kw: Any) -> JobStore:
-        store = JobStore(path, reactor, **kw)
-        store.open()
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        await store.close()
-
-
-def flaky(connections: list[FlakyConnection]) -> Callable[..., sqlite3.Connection]:
-    def connect(*args: Any, **kw: Any) -> sqlite3.Connection:
-        conn = sqlite3.connect(*args, factory=FlakyConnection, **kw)
-        assert isinstance(conn, FlakyConnection)
-        conn.statements = []
-        connections.append(conn)
-        return conn
-
-    return connect
-
-
-async def next_turn() -> None:
-    await deferLater(reactor, 0, lambda: None)
-
-
-def job(job_id: int, **kw: Any) -> Job:
-    kw.setdefault("command", f"echo {job_id}")
-    kw.setdefault("created_at", 1000.0 + job_id)
-    return Job(id=job_id, **kw)
-
-
-def finished(job_id: int, at: float, **kw: Any) -> Job:
-    kw.setdefault("status", JobStatus.SUCCEEDED)
-    return job(job_id, started_at=at - 1, finished_at=at, exit_code=0, **kw)
-
-
-def full_job() -> Job:
-    return Job(
-        id=7,
-        command="printf '%s' \"$GREETING\" | tr a-z A-Z",
-        created_at=1700000000.125,
-        task_id=3,
-        key="3@1700000000",
-        scheduled_at=1700000000.0,
-        target="worker-b",
-        timeout=12.5,
-        env={"GREETING": "héllo wörld", "EMPTY": ""},
-        cwd="/srv/app",
-        attempt=2,
-        status=JobStatus.TIMED_OUT,
-        worker="worker-b",
-        exit_code=None,
-        signal=9,
-        started_at=1700000001.5,
-        finished_at=1700000013.75,
-        reason="timed out after 12.5s",
-    )
+# The shared fixtures, under the names the tests ask for.
+path = jobhistory_support.path
+stores = jobhistory_support.stores
 
 
 # -- records --------------------------------------------------------------------
@@ -201,118 +111,6 @@ def test_newer_schema_is_refused(path: str) -> None:
     store = JobStore(path, reactor)
     with pytest.raises(JobStoreError, match="schema version 99"):
         store.open()
-
-
-# -- batching -------------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_one_reactor_turn_is_one_transaction(stores: Opener) -> None:
-    store = stores()
-    puts = [store.put(job(i, task_id=i % 3)) for i in range(1, 51)]
-    for i in range(1, 51):
-        store.append_output(i, 1, "stdout", "x")
-    await gatherResults(puts)
-    assert store.transactions == 1
-    assert len(await store.query(limit=1000)) == 50
-
-    await store.put(job(51))
-    assert store.transactions == 2
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_job_put_twice_in_a_batch_is_written_once(path: str) -> None:
-    connections: list[FlakyConnection] = []
-    store = JobStore(path, reactor, connect=flaky(connections))
-    store.open()
-    try:
-        upserts = connections[0].statements
-        upserts.clear()
-        puts = [
-            store.put(job(1)),
-            store.put(job(2)),
-            store.put(job(1, status=JobStatus.RUNNING, worker="w1")),
-            store.put(finished(1, 2000.0, worker="w1")),
-        ]
-        await gatherResults(puts)
-        assert sum(sql.startswith("INSERT INTO jobs") for sql in upserts) == 2
-        stored = await store.get(1)
-        assert stored is not None
-        assert (stored.status, stored.worker, stored.exit_code) == (JobStatus.SUCCEEDED, "w1", 0)
-
-        # Output between two puts needs the first one's row: both are written.
-        upserts.clear()
-        first = store.put(job(3))
-        store.append_output(3, 1, "stdout", "x")
-        second = store.put(finished(3, 2000.0))
-        await gatherResults([first, second])
-        assert sum(sql.startswith("INSERT INTO jobs") for sql in upserts) == 2
-        assert await store.output(3) == "x"
-    finally:
-        await store.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_writes_during_a_transaction_wait_for_the_next_one(path: str) -> None:
-    connections: list[FlakyConnection] = []
-    store = JobStore(path, reactor, connect=flaky(connections))
-    store.open()
-    gate = threading.Event()
-    connections[0].gate = gate
-    try:
-        first = store.put(job(1))
-        await next_turn()
-        # The first batch is now on the thread, held at BEGIN.
-        second = store.put(job(2))
-        await next_turn()
-        third = store.put(job(3))
-        store.append_output(3, 1, "stdout", "late")
-        await next_turn()
-        assert not (first.called or second.called or third.called)
-        gate.set()
-        await gatherResults([first, second, third])
-        assert store.transactions == 2
-        # One BEGIN for the schema at open(), then one per batch.
-        assert connections[0].statements.count("BEGIN IMMEDIATE") == 3
-        assert await store.output(3) == "late"
-    finally:
-        gate.set()
-        await store.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_put_fires_only_after_commit(stores: Opener, path: str) -> None:
-    store = stores()
-    seen: list[object] = []
-
-    def look(_: None) -> None:
-        # Another connection sees only committed data.
-        with sqlite3.connect(path) as other:
-            seen.append(other.execute("SELECT command FROM jobs WHERE id = 1").fetchone())
-
-    put = store.put(job(1, command="committed"))
-    put.addCallback(look)
-    assert not put.called
-    await put
-    assert seen == [("committed",)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_close_writes_what_is_queued_and_then_refuses(stores: Opener) -> None:
-    store = stores()
-    put = store.put(job(1))
-    store.append_output(1, 1, "stdout", "bye")
-    await store.close()
-    assert put.called
-    assert await store.close() is None
-    with pytest.raises(JobStoreClosed):
-        await store.put(job(2))
-    with pytest.raises(JobStoreClosed):
-        await store.get(1)
-
-    again = stores()
-    assert again.max_job_id() == 1
-    assert await again.output(1) == "bye"
 
 
 # -- queries --------------------------------------------------------------------
@@ -491,16 +289,16 @@ async def test_failed_transaction_errbacks_its_puts_and_the_store_recovers(path:
 async def test_disk_full_fails_the_batch_and_the_store_recovers(stores: Opener) -> None:
     store = stores()
     await store.put(job(1))
-    conn = store._conn
+    conn = store.database.connection
     assert conn is not None
     # SQLite's own SQLITE_FULL: the database may not grow by another page.
-    with store._lock:
+    with store.database.lock:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")
     big = store.put(job(2, command="x" * 100_000))
     with pytest.raises(sqlite3.OperationalError, match="full"):
         await big
-    with store._lock:
+    with store.database.lock:
         conn.execute("PRAGMA max_page_count = 1073741823")
     await store.put(job(3))
     assert [j.id for j in await store.query()] == [3, 1]

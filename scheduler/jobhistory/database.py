@@ -1,0 +1,99 @@
+"""What a job history's database backend does, and the writes it is handed.
+
+:class:`~scheduler.jobhistory.threaded.ThreadedJobHistory` runs a
+:class:`Database` on one thread and batches the writes (``group_commit``),
+so a backend (SQLite today, PostgreSQL beside it later) is one module of
+plain blocking calls.  What the rest of the scheduler sees is in
+``scheduler/jobstore.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from scheduler.jobs import Job
+
+
+class JobStoreError(Exception):
+    """The job database cannot be used."""
+
+
+class JobStoreClosed(JobStoreError):
+    """The store was closed (or never opened); nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """One job record to store whole, as the backend's column values."""
+
+    job_id: int
+    final: bool
+    row: tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One chunk of a job's output."""
+
+    job_id: int
+    seq: int
+    stream: str
+    data: str
+
+
+Write: TypeAlias = Put | Chunk
+
+
+class Database(Protocol):
+    """One database's blocking work for the job history.
+
+    ``open`` and the start-up reads run on the caller's thread; everything
+    else runs on the history's one thread, in the order it was asked for.
+    The methods mean what the ``JobHistory`` methods of the same names say.
+    """
+
+    # What error messages call the database: its file name, never its folder
+    # (the messages can reach clients).
+    name: str
+
+    def open(self) -> None: ...
+
+    def load_active(self) -> list[tuple[Job, int]]: ...
+
+    def recent_keys(self, since: float) -> set[str]: ...
+
+    def fired(self, task_id: int, scheduled: float) -> bool: ...
+
+    def last_scheduled(self) -> dict[int, float]: ...
+
+    def max_job_id(self) -> int: ...
+
+    def row(self, job: Job) -> tuple[object, ...]:
+        """The job as column values, made on the reactor thread when it is put:
+        later changes to its (mutable) env cannot leak into a queued write."""
+
+    def write_batch(self, writes: Sequence[Write]) -> list[Exception | None]:
+        """Write a batch in one transaction; per put, None or the error that refused it.
+
+        A put refused for its own content must not fail the rest of the
+        batch; anything raised fails the whole batch, which is then undone.
+        """
+
+    def get(self, job_id: int) -> Job | None: ...
+
+    def query(
+        self,
+        status: str | None,
+        task_id: int | None,
+        worker: str | None,
+        limit: int,
+        before_id: int | None,
+    ) -> list[Job]: ...
+
+    def output(self, job_id: int) -> str | None: ...
+
+    def prune(self, now: float) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,319 @@
+"""The SQLite backend of the job history (``jobs.sqlite``): a ``Database``.
+
+WAL mode with ``synchronous = NORMAL``: a power cut cannot corrupt the
+database but may lose the last commits.  The database holds every job's env
+and output, so a new one is created private (0600) before SQLite opens it;
+SQLite gives its -wal and -shm files the database file's permissions.  An
+existing database keeps its mode.  Error messages name the file, not its
+folder (they can reach clients); the log has the full path.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.logger import Logger
+
+from scheduler.jobhistory.database import Chunk, JobStoreClosed, Put, Write
+from scheduler.jobhistory.output import Tally, fit_chunk, with_marker
+from scheduler.jobhistory.sqlite_schema import (
+    ACTIVE_SQL,
+    COLUMNS,
+    SELECT_JOB,
+    UPSERT,
+    create_or_check,
+    job_row,
+    row_job,
+)
+from scheduler.jobs import Job, fire_key
+
+log = Logger()
+
+# Errors caused by one record's content, not by the database: SQLite undoes
+# only the failing statement, so the rest of the batch can still commit.
+_BAD_RECORD = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, ValueError, OverflowError)
+
+# Well under SQLite's limit on bound parameters, even in old builds.
+_DELETE_CHUNK = 500
+
+
+def create_private(path: str) -> None:
+    """Create *path* empty and 0600 unless it exists (SQLite takes an empty file as a new database).
+
+    ``:memory:`` and ``file:`` URIs are left to SQLite.
+    """
+    if path == ":memory:" or path.startswith("file:") or not path:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+class SqliteDatabase:
+    """The blocking SQLite work of the job history (a ``Database``).
+
+    One connection, used by the history's thread and, for the start-up reads
+    and ``fired``, by the reactor thread: the lock keeps the two apart.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        output_cap: int,
+        keep_per_task: int,
+        keep_seconds: float,
+        connect: Callable[..., sqlite3.Connection],
+    ) -> None:
+        self.path = path
+        self.name = os.path.basename(path) or path
+        self.output_cap = output_cap
+        self.keep_per_task = keep_per_task
+        self.keep_seconds = keep_seconds
+        self._connect = connect
+        self.connection: sqlite3.Connection | None = None
+        self.lock = threading.Lock()
+        # Output accounting of the jobs still writing output; touched only
+        # under the lock.
+        self._tallies: dict[int, Tally] = {}
+
+    def open(self) -> None:
+        create_private(self.path)
+        conn = self._connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # Some file systems (network mounts) cannot share WAL memory;
+                # the store still works, with readers and the writer contending.
+                log.warn("{path}: SQLite would not use WAL mode (using {mode})", path=self.path, mode=mode)
+            # With WAL, NORMAL keeps the database consistent across a power
+            # cut and only risks the last commits; FULL would fsync every one.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            create_or_check(conn, self.name)
+        except BaseException:
+            conn.close()
+            raise
+        self.connection = conn
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self.connection is None:
+            raise JobStoreClosed(f"{self.name}: job store is not open")
+        return self.connection
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        conn = self._open_connection()
+        with self.lock:
+            return conn.execute(sql, params).fetchall()
+
+    # -- start-up reads -------------------------------------------------------
+
+    def load_active(self) -> list[tuple[Job, int]]:
+        rows = self._rows(
+            f"SELECT {COLUMNS}, (SELECT COALESCE(MAX(seq), 0) FROM output WHERE job_id = jobs.id) "
+            f"FROM jobs WHERE status IN ({ACTIVE_SQL}) ORDER BY id"
+        )
+        return [(row_job(row[:-1]), int(row[-1])) for row in rows]
+
+    def recent_keys(self, since: float) -> set[str]:
+        rows = self._rows('SELECT "key" FROM jobs WHERE scheduled_at >= ? AND "key" IS NOT NULL', (since,))
+        return {row[0] for row in rows}
+
+    def fired(self, task_id: int, scheduled: float) -> bool:
+        return bool(self._rows('SELECT 1 FROM jobs WHERE "key" = ?', (fire_key(task_id, scheduled),)))
+
+    def last_scheduled(self) -> dict[int, float]:
+        rows = self._rows(
+            "SELECT task_id, MAX(scheduled_at) FROM jobs "
+            "WHERE task_id IS NOT NULL AND scheduled_at IS NOT NULL GROUP BY task_id"
+        )
+        return {int(task_id): float(when) for task_id, when in rows}
+
+    def max_job_id(self) -> int:
+        rows = self._rows(
+            "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
+            "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))"
+        )
+        return int(rows[0][0])
+
+    # -- writes, on the history's thread --------------------------------------
+
+    def row(self, job: Job) -> tuple[object, ...]:
+        return job_row(job)
+
+    def write_batch(self, writes: Sequence[Write]) -> list[Exception | None]:
+        conn = self._open_connection()
+        with self.lock:
+            try:
+                if conn.in_transaction:
+                    # A failed ROLLBACK last time must not wedge every later batch.
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes: list[Exception | None] = []
+                for write in writes:
+                    if isinstance(write, Chunk):
+                        self._append(conn, write)
+                    else:
+                        outcomes.append(self._upsert(conn, write))
+                conn.execute("COMMIT")
+            except BaseException:
+                # The rollback undoes appends that the tallies have counted.
+                self._tallies.clear()
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error as error:
+                        log.error("job store could not roll back: {error}", error=error)
+                raise
+        return outcomes
+
+    def _upsert(self, conn: sqlite3.Connection, put: Put) -> Exception | None:
+        tally = self._tallies.get(put.job_id)
+        try:
+            conn.execute(UPSERT, (*put.row, tally.dropped if tally is not None else 0))
+        except _BAD_RECORD as error:
+            log.warn("job store refused job {job_id}: {error}", job_id=put.job_id, error=error)
+            return error
+        if put.final:
+            # Late output re-reads the tally from the database; finished jobs
+            # must not pile up in memory.
+            self._tallies.pop(put.job_id, None)
+        return None
+
+    def _tally(self, conn: sqlite3.Connection, job_id: int) -> Tally:
+        tally = self._tallies.get(job_id)
+        if tally is None:
+            kept, lowest = conn.execute(
+                "SELECT COALESCE(SUM(length(CAST(data AS BLOB))), 0), MIN(seq) FROM output WHERE job_id = ?",
+                (job_id,),
+            ).fetchone()
+            row = conn.execute("SELECT output_dropped FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            dropped = int(row[0]) if row is not None else 0
+            lowest_seq = int(lowest) if lowest is not None else None
+            tally = self._tallies[job_id] = Tally.from_stored(int(kept), dropped, lowest_seq)
+        return tally
+
+    def _append(self, conn: sqlite3.Connection, chunk: Chunk) -> None:
+        tally = self._tally(conn, chunk.job_id)
+        if tally.refuses(chunk.seq):
+            return
+        fitted = fit_chunk(chunk.data, self.output_cap)
+        before = tally.dropped
+        inserted = conn.execute(
+            "INSERT OR IGNORE INTO output (job_id, seq, stream, data) VALUES (?, ?, ?, ?)",
+            (chunk.job_id, chunk.seq, chunk.stream, fitted.data),
+        ).rowcount
+        if not inserted:
+            return
+        tally.count(fitted)
+        if tally.kept > self.output_cap:
+            self._trim(conn, chunk.job_id, tally)
+        if tally.dropped != before:
+            conn.execute("UPDATE jobs SET output_dropped = ? WHERE id = ?", (tally.dropped, chunk.job_id))
+
+    def _trim(self, conn: sqlite3.Connection, job_id: int, tally: Tally) -> None:
+        """Delete the job's oldest chunks until its output fits the cap."""
+        cursor = conn.execute(
+            "SELECT seq, length(CAST(data AS BLOB)) FROM output WHERE job_id = ? ORDER BY seq", (job_id,)
+        )
+        try:
+            last = tally.trim(((int(seq), int(size)) for seq, size in iter(cursor.fetchone, None)), self.output_cap)
+        finally:
+            cursor.close()
+        if last is not None:
+            conn.execute("DELETE FROM output WHERE job_id = ? AND seq <= ?", (job_id, last))
+
+    # -- reads, on the history's thread ---------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        conn = self._open_connection()
+        with self.lock:
+            row = conn.execute(f"{SELECT_JOB} WHERE id = ?", (job_id,)).fetchone()
+        return row_job(row) if row is not None else None
+
+    def query(
+        self,
+        status: str | None,
+        task_id: int | None,
+        worker: str | None,
+        limit: int,
+        before_id: int | None,
+    ) -> list[Job]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (
+            ("status", status),
+            ("task_id", task_id),
+            ("worker", worker),
+            ("id", before_id),
+        ):
+            if value is not None:
+                clauses.append(f'"{column}" {"<" if column == "id" else "="} ?')
+                params.append(str(value) if column == "status" else value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        # A negative LIMIT means no limit to SQLite.
+        params.append(max(0, limit))
+        return [row_job(row) for row in self._rows(f"{SELECT_JOB}{where} ORDER BY id DESC LIMIT ?", params)]
+
+    def output(self, job_id: int) -> str | None:
+        conn = self._open_connection()
+        with self.lock:
+            row = conn.execute("SELECT output_dropped FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            text = "".join(
+                data
+                for (data,) in conn.execute("SELECT data FROM output WHERE job_id = ? ORDER BY seq", (job_id,))
+            )
+        return with_marker(text, row[0])
+
+    def prune(self, now: float) -> int:
+        conn = self._open_connection()
+        with self.lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                # Jobs that ended without a finish time (cancelled while
+                # queued, say) age from their creation instead of living forever.
+                doomed = [
+                    int(job_id)
+                    for (job_id,) in conn.execute(
+                        f"""SELECT id FROM (
+                            SELECT id, COALESCE(finished_at, created_at) AS ended,
+                                   ROW_NUMBER() OVER (
+                                       PARTITION BY task_id
+                                       ORDER BY COALESCE(finished_at, created_at) DESC, id DESC
+                                   ) AS newest
+                            FROM jobs WHERE status NOT IN ({ACTIVE_SQL})
+                        ) WHERE ended < ? OR newest > ?""",
+                        (now - self.keep_seconds, self.keep_per_task),
+                    ).fetchall()
+                ]
+                for start in range(0, len(doomed), _DELETE_CHUNK):
+                    ids = doomed[start : start + _DELETE_CHUNK]
+                    marks = ", ".join("?" * len(ids))
+                    conn.execute(f"DELETE FROM output WHERE job_id IN ({marks})", ids)
+                    conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error as error:
+                        log.error("job store could not roll back a prune: {error}", error=error)
+                raise
+            for job_id in doomed:
+                self._tallies.pop(job_id, None)
+        return len(doomed)
+
+    def close(self) -> None:
+        with self.lock:
+            conn, self.connection = self.connection, None
+            self._tallies.clear()
+            if conn is not None:
+                conn.close()
+

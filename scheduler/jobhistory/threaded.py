@@ -1,0 +1,109 @@
+"""A :class:`JobHistory` over any :class:`Database`, its work on one thread.
+
+The reactor thread never waits on the database once the reactor runs:
+writes are group-committed and reads run after them on the history's one
+thread (``group_commit``).  Only ``open`` and the start-up reads, made
+before the reactor runs, use the database from the calling thread.  A
+backend subclasses this only to build its :class:`Database`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+
+from scheduler.jobhistory.database import Chunk, Database, JobStoreClosed, JobStoreError, Put
+from scheduler.jobhistory.group_commit import GroupCommitter
+from scheduler.jobs import Job, JobStatus
+
+log = Logger()
+
+
+class ThreadedJobHistory:
+    """Implements :class:`scheduler.jobstore.JobHistory`."""
+
+    def __init__(self, database: Database, reactor: Any, *, thread_name: str) -> None:
+        self._database = database
+        self.name = database.name
+        self._commits = GroupCommitter(database, reactor, name=database.name, thread_name=thread_name)
+
+    @property
+    def transactions(self) -> int:
+        """Committed write batches; tests use it to see how writes were grouped."""
+        return self._commits.transactions
+
+    # -- start-up, blocking ---------------------------------------------------
+
+    def open(self) -> None:
+        """Connect, create or check the schema, and start the history's thread."""
+        if self._commits.started or self._commits.closing:
+            raise JobStoreError(f"{self.name}: job store was already opened")
+        self._database.open()
+        self._commits.start()
+
+    def load_active(self) -> list[tuple[Job, int]]:
+        return self._database.load_active()
+
+    def recent_keys(self, since: float) -> set[str]:
+        return self._database.recent_keys(since)
+
+    def fired(self, task_id: int, scheduled: float) -> bool:
+        """A point lookup, run on the caller's thread: the job book asks it
+        only for times older than what it keeps in memory (missed runs at
+        start-up, a clock stepped back)."""
+        return self._database.fired(task_id, scheduled)
+
+    def last_scheduled(self) -> dict[int, float]:
+        return self._database.last_scheduled()
+
+    def max_job_id(self) -> int:
+        return self._database.max_job_id()
+
+    # -- writes ---------------------------------------------------------------
+
+    def put(self, job: Job) -> Deferred[None]:
+        if not self._commits.accepting:
+            return fail(JobStoreClosed(f"{self.name}: job store is closed; job {job.id} not saved"))
+        try:
+            row = self._database.row(job)
+        except (TypeError, ValueError) as error:
+            return fail(error)
+        return self._commits.put(Put(job.id, JobStatus(job.status).final, row))
+
+    def append_output(self, job_id: int, seq: int, stream: str, data: str) -> None:
+        if not self._commits.accepting:
+            log.warn(
+                "job store is closed; dropped output chunk {seq} of job {job_id}", seq=seq, job_id=job_id
+            )
+            return
+        self._commits.append(Chunk(job_id, seq, stream, data))
+
+    # -- reads ----------------------------------------------------------------
+
+    def get(self, job_id: int) -> Deferred[Job | None]:
+        return self._commits.read(lambda: self._database.get(job_id))
+
+    def query(
+        self,
+        *,
+        status: str | None = None,
+        task_id: int | None = None,
+        worker: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> Deferred[list[Job]]:
+        return self._commits.read(lambda: self._database.query(status, task_id, worker, limit, before_id))
+
+    def output(self, job_id: int) -> Deferred[str | None]:
+        return self._commits.read(lambda: self._database.output(job_id))
+
+    def prune(self, now: float) -> Deferred[int]:
+        return self._commits.read(lambda: self._database.prune(now))
+
+    # -- closing --------------------------------------------------------------
+
+    def close(self) -> Deferred[None]:
+        """Write what is queued, then close the database and stop the thread."""
+        return self._commits.close()

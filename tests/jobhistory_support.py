@@ -1,0 +1,114 @@
+"""Shared by the job history's tests: a connection that fails or stalls on cue, jobs to store, and the fixtures.
+
+Everything runs on the real reactor and the history's real thread.  Failures
+and stalls are injected through the ``connect`` hook of
+:class:`JobStore`, with a connection whose ``execute`` can be made
+to fail or to wait on an event.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted  # type: ignore[import-untyped]
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from scheduler.jobs import Job, JobStatus
+from scheduler.jobstore import JobStore
+
+SAFETY_TIMEOUT = 10.0
+
+
+class FlakyConnection(sqlite3.Connection):
+    """A connection whose statements can be made to fail or to wait."""
+
+    fail_when: Callable[[str], bool] | None = None
+    gate: threading.Event | None = None
+    statements: list[str]
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        self.statements.append(sql)
+        if self.gate is not None and sql.startswith("BEGIN"):
+            assert self.gate.wait(SAFETY_TIMEOUT), "gate never opened"
+        if self.fail_when is not None and self.fail_when(sql):
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().execute(sql, parameters)
+
+
+Opener = Callable[..., JobStore]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "jobs.sqlite")
+
+
+@pytest_twisted.async_yield_fixture
+async def stores(path: str) -> AsyncIterator[Opener]:
+    """Opens stores on *path*; whatever a test leaves open is closed after it."""
+    opened: list[JobStore] = []
+
+    def open_store(**kw: Any) -> JobStore:
+        store = JobStore(path, reactor, **kw)
+        store.open()
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
+def flaky(connections: list[FlakyConnection]) -> Callable[..., sqlite3.Connection]:
+    def connect(*args: Any, **kw: Any) -> sqlite3.Connection:
+        conn = sqlite3.connect(*args, factory=FlakyConnection, **kw)
+        assert isinstance(conn, FlakyConnection)
+        conn.statements = []
+        connections.append(conn)
+        return conn
+
+    return connect
+
+
+async def next_turn() -> None:
+    await deferLater(reactor, 0, lambda: None)
+
+
+def job(job_id: int, **kw: Any) -> Job:
+    kw.setdefault("command", f"echo {job_id}")
+    kw.setdefault("created_at", 1000.0 + job_id)
+    return Job(id=job_id, **kw)
+
+
+def finished(job_id: int, at: float, **kw: Any) -> Job:
+    kw.setdefault("status", JobStatus.SUCCEEDED)
+    return job(job_id, started_at=at - 1, finished_at=at, exit_code=0, **kw)
+
+
+def full_job() -> Job:
+    return Job(
+        id=7,
+        command="printf '%s' \"$GREETING\" | tr a-z A-Z",
+        created_at=1700000000.125,
+        task_id=3,
+        key="3@1700000000",
+        scheduled_at=1700000000.0,
+        target="worker-b",
+        timeout=12.5,
+        env={"GREETING": "héllo wörld", "EMPTY": ""},
+        cwd="/srv/app",
+        attempt=2,
+        status=JobStatus.TIMED_OUT,
+        worker="worker-b",
+        exit_code=None,
+        signal=9,
+        started_at=1700000001.5,
+        finished_at=1700000013.75,
+        reason="timed out after 12.5s",
+    )
