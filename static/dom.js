@@ -45,6 +45,8 @@ export function visible(text) {
   });
 }
 
+export const $ = (id) => document.getElementById(id);
+
 export function clear(el) {
   el.replaceChildren();
   return el;
@@ -52,6 +54,13 @@ export function clear(el) {
 
 export function show(el, visible) {
   el.hidden = !visible;
+}
+
+/** Show *message* in the error line with this id, or hide it (no message). */
+export function showError(id, message) {
+  const el = $(id);
+  el.textContent = message || '';
+  show(el, Boolean(message));
 }
 
 // -- times and durations ------------------------------------------------------
@@ -101,19 +110,6 @@ export function formatDuration(seconds) {
   if (minutes < 60) return `${minutes} min ${rest} s`;
   const hours = Math.floor(minutes / 60);
   return `${hours} h ${minutes % 60} min`;
-}
-
-// -- job status ---------------------------------------------------------------
-
-export const FINAL = new Set(['succeeded', 'failed', 'timed_out', 'cancelled', 'lost']);
-
-const STATUS_TEXT = {timed_out: 'timed out'};
-
-export function statusBadge(status, attrs = {}) {
-  const known = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'lost'];
-  const kind = known.includes(status) ? status : 'unknown';
-  return h('span', {...attrs, class: `badge badge-${kind}`, 'data-status': status},
-    STATUS_TEXT[status] || String(status));
 }
 
 /** Calls fn once, *wait* ms after the last call. */

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from scheduler.jobs import JobStatus
 from tests.e2e import TWISTD, Scheduler, start_scheduler, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,8 +204,35 @@ def test_run_now_shows_live_output(page: Page, server: Scheduler, worker: str, t
     page.get_by_role("link", name="← Dashboard").click()
     rows = page.locator("#jobs-body tr")
     expect(rows.filter(has_text="hello-from-browser")).to_have_count(1)
-    expect(rows.first.locator(".badge-succeeded")).to_be_visible()
+    expect(rows.first.locator('.badge[data-status="succeeded"]')).to_be_visible()
     expect(rows.first).to_contain_text(worker)
+
+
+def test_job_statuses_read_and_look_as_their_names_say(page: Page, server: Scheduler) -> None:
+    """Labels, colours and the Jobs filter come from the status names the API
+    publishes, so a status added to JobStatus shows without a dashboard edit."""
+    open_dashboard(page, server)
+    statuses = [status.value for status in JobStatus]
+    expect(page.locator("#jobs-filter option")).to_have_text(
+        ["All", *(status.replace("_", " ").capitalize() for status in statuses)]
+    )
+    looks = page.evaluate(
+        """async (statuses) => {
+            const {statusBadge} = await import('/static/job_status.js');
+            const looks = {};
+            for (const status of statuses) {
+                const badge = document.body.appendChild(statusBadge(status));
+                looks[status] = [badge.textContent, getComputedStyle(badge).backgroundColor];
+                badge.remove();
+            }
+            return looks;
+        }""",
+        [*statuses, "some_new_status"],
+    )
+    assert looks["timed_out"][0] == "timed out" and looks["some_new_status"][0] == "some new status"
+    colours = {status: look[1] for status, look in looks.items()}
+    assert len({colours[status] for status in statuses}) == len(statuses)
+    assert colours["some_new_status"] == colours["queued"]  # neutral until it gets a colour
 
 
 def test_add_check_and_delete_a_task(page: Page, server: Scheduler, tmp_path: Path) -> None:
