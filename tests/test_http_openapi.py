@@ -1,4 +1,5 @@
-"""The OpenAPI document's lists are the code's: statuses, task options, bounds."""
+"""The OpenAPI document follows the code: every route, the Guard's answers,
+and its lists (statuses, task options, bounds) read from the code."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from scheduler.http_api import SchedulerHTTP
+from scheduler.http_guard import is_public
 from scheduler.jobs import JobStatus
 from scheduler.openapi import OPENAPI
 from scheduler.tasks import MISSED_POLICIES, OVERLAP_POLICIES, TaskError, TaskOptions
@@ -48,3 +51,37 @@ def test_documented_bounds_are_the_ones_validation_applies(name: str) -> None:
     else:
         low = schema["minimum"]
         assert accepted(name, low) and not accepted(name, low - step)
+
+
+def _klein_routes() -> set[tuple[str, str]]:
+    routes = set()
+    for rule in SchedulerHTTP.app.url_map.iter_rules():
+        path = rule.rule.replace("<task_id>", "{id}").replace("<job_id>", "{id}")
+        if rule.rule.startswith("/static/"):
+            path = "/static/{path}"
+        for method in rule.methods or ():
+            if method not in ("HEAD", "OPTIONS"):
+                routes.add((path, method.lower()))
+    return routes
+
+
+def test_openapi_lists_every_route() -> None:
+    documented = {
+        (path, method) for path, item in OPENAPI["paths"].items() for method in item if method != "parameters"
+    }
+    missing = _klein_routes() - documented
+    assert not missing, f"routes missing from openapi.py: {sorted(missing)}"
+    assert not documented - _klein_routes(), "openapi.py documents routes that do not exist"
+
+
+def test_openapi_lists_the_guards_answers() -> None:
+    for path, item in OPENAPI["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            codes = set(operation["responses"])
+            assert {"400", "403", "408"} <= codes, (path, method)
+            if not is_public(path.replace("{path}", "file")):
+                assert "401" in codes, (path, method)
+    health = OPENAPI["paths"]["/api/health"]["get"]["responses"]["200"]
+    assert "version" in health["content"]["application/json"]["schema"]["properties"]
