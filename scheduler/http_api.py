@@ -37,6 +37,8 @@ from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.workers import WorkerRegistry
 
 MAX_BODY = 1024 * 1024
+# GET /api/jobs?limit=: how many jobs a page holds by default and at most.
+DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
 
@@ -346,7 +348,7 @@ class SchedulerHTTP:
             raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}")
         task = _int_arg(request, "task", None, 1, 10**18)
         worker = _str_arg(request, "worker")
-        limit = _int_arg(request, "limit", 100, 1, MAX_LIMIT) or 100
+        limit = _int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
         before = _int_arg(request, "before", None, 1, 10**18)
         stored = await self._job_store.query(
             status=status, task_id=task, worker=worker, limit=limit, before_id=before

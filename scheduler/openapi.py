@@ -2,7 +2,8 @@
 
 Its lists are read from the code: the job statuses from JobStatus
 (scheduler/jobs.py), the task options' types, defaults, choices and bounds
-from scheduler/tasks.py.  tests/test_http_api.py checks that every route
+from scheduler/tasks.py, the page size of GET /api/jobs from
+scheduler/http_api.py.  tests/test_http_openapi.py checks that every route
 of the Klein app is here, so the document cannot silently fall behind it.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, get_args, get_type_hints
 
+from scheduler.http_api import DEFAULT_LIMIT, MAX_LIMIT
 from scheduler.http_guard import is_public
 from scheduler.jobs import JobStatus
 from scheduler.tasks import (
@@ -36,6 +38,7 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+_STATUSES = [status.value for status in JobStatus]
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
@@ -127,7 +130,7 @@ OPENAPI: dict[str, Any] = {
                     "id": {"type": "integer"},
                     "taskId": {"type": ["integer", "null"]},
                     "command": {"type": "string"},
-                    "status": {"enum": [status.value for status in JobStatus]},
+                    "status": {"enum": _STATUSES},
                     "worker": {"type": ["string", "null"]},
                     "exitCode": {"type": ["integer", "null"]},
                     "signal": {"type": ["integer", "null"]},
@@ -219,10 +222,10 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Jobs, newest first",
                 "parameters": [
-                    {"name": "status", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"enum": _STATUSES}},
                     {"name": "task", "in": "query", "schema": {"type": "integer"}},
                     {"name": "worker", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
                     {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "only ids below this (paging)"},
                 ],
                 "responses": {"200": _json({"type": "array", "items": _ref("Job")}, "Jobs"), "400": _error("Bad filter")},

@@ -17,7 +17,10 @@ SCHEMAS = OPENAPI["components"]["schemas"]
 
 
 def test_job_status_enum_is_jobstatus() -> None:
-    assert SCHEMAS["Job"]["properties"]["status"]["enum"] == [status.value for status in JobStatus]
+    statuses = [status.value for status in JobStatus]
+    assert SCHEMAS["Job"]["properties"]["status"]["enum"] == statuses
+    (status_filter,) = [p for p in OPENAPI["paths"]["/api/jobs"]["get"]["parameters"] if p["name"] == "status"]
+    assert status_filter["schema"]["enum"] == statuses
 
 
 def test_task_options_are_every_option_with_its_default() -> None:
