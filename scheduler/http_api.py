@@ -30,13 +30,14 @@ from scheduler.http_json import iso, job_json, task_json, worker_json
 from scheduler.jobs import Job, JobStatus
 from scheduler.jobstore import JobStore
 from scheduler.metrics import SchedulerMetrics
+from scheduler.settings import Settings
 from scheduler.state import TaskState
 from scheduler.taskbook import TaskBook, TaskNotFound
 from scheduler.tasks import Task, TaskError, TaskOptions, check_command
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.workers import WorkerRegistry
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = Settings.http_max_body
 # GET /api/jobs?limit=: how many jobs a page holds by default and at most.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

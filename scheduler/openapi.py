@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, get_args, get_type_hints
 
-from scheduler.http_api import DEFAULT_LIMIT, MAX_LIMIT
+from scheduler.http_api import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT
 from scheduler.http_guard import is_public
 from scheduler.jobs import JobStatus
 from scheduler.tasks import (
@@ -76,7 +76,7 @@ _OPTIONS: dict[str, Any] = {
 _COMMON_ERRORS = {
     "400": _error("Malformed JSON, a missing or mistyped field, or an invalid schedule"),
     "401": _error("Missing or wrong bearer token (when an API token is configured)"),
-    "413": _error("Body larger than the limit (1 MiB by default)"),
+    "413": _error(f"Body larger than the limit ({MAX_BODY // 1024 // 1024} MiB by default)"),
     "415": _error("Body is not JSON"),
 }
 
