@@ -280,14 +280,3 @@ _TABLE = (
 VERBS: dict[str, Verb] = {verb.word: verb for verb in _TABLE}
 
 HELP = "\n".join(verb.help_line for verb in _TABLE)
-
-
-def __getattr__(name: str) -> object:
-    # CommandFactory moved to tcp_protocol.py; tests/test_access.py still
-    # imports it from here until its owner moves the import.  Lazily, since
-    # tcp_protocol imports this module.
-    if name == "CommandFactory":
-        from scheduler.tcp_protocol import CommandFactory
-
-        return CommandFactory
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

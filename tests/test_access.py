@@ -27,7 +27,8 @@ from scheduler.access import (
     read_token,
 )
 from scheduler.limits import ConnectionLimits
-from scheduler.tcp_commands import CommandFactory, TcpCommands
+from scheduler.tcp_commands import TcpCommands
+from scheduler.tcp_protocol import CommandFactory
 from tests.fakes import FakeLink
 from tests.helpers import make_state
 
