@@ -48,6 +48,7 @@ from twisted.web.server import Request
 
 from scheduler.access import bearer, host_allowed, same
 from scheduler.http_log import redact
+from scheduler.settings import Settings
 
 log = Logger()
 
@@ -142,7 +143,7 @@ class LimitedRequest(Request):
     parameters redacted as in the access log.
     """
 
-    max_body = 1024 * 1024
+    max_body = Settings.http_max_body
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
