@@ -39,11 +39,11 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from bench.common import tenths
 from scheduler import cron
+from scheduler.cron_engine import CronEngine
 from scheduler.dispatch import Dispatcher, NoRecorder
-from scheduler.engine import CronEngine
-from scheduler.jobbook import JobBook
+from scheduler.job_book import JobBook
 from scheduler.tasks import Task, TaskOptions
-from scheduler.workers import Worker, WorkerRegistry
+from scheduler.worker_registry import Worker, WorkerRegistry
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 START = 1_700_000_000.0

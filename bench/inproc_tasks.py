@@ -20,10 +20,10 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 
-from scheduler.engine import CronEngine
-from scheduler.state import TaskState
-from scheduler.store import FlatFileTaskStore
-from scheduler.taskbook import TaskBook
+from scheduler.cron_engine import CronEngine
+from scheduler.task_book import TaskBook
+from scheduler.task_state import TaskState
+from scheduler.task_store import FlatFileTaskStore
 
 # The global reactor, typed loosely: its interfaces are zope's, not mypy's.
 reactor: Any = _reactor

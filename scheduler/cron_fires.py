@@ -7,9 +7,9 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from scheduler.cron import iso
+from scheduler.cron_engine import Fire, missed_times
 from scheduler.dispatch import Dispatcher
-from scheduler.engine import Fire, missed_times
-from scheduler.taskbook import TaskBook
+from scheduler.task_book import TaskBook
 from scheduler.tasks import Task
 
 log = Logger()

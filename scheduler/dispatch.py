@@ -20,17 +20,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.cron import iso
-from scheduler.jobbook import JobBook
-from scheduler.joboutput import OutputTails
-from scheduler.jobqueue import JobQueue
-from scheduler.jobretry import Retries
+from scheduler.job_book import JobBook
+from scheduler.job_output import OutputTails
+from scheduler.job_queue import JobQueue
+from scheduler.job_retry import Retries
+from scheduler.job_store import JobRecorder
 from scheduler.jobs import Job, JobStatus
-from scheduler.jobstore import JobRecorder
 from scheduler.settings import Settings
 from scheduler.tasks import Task
 from scheduler.timers import KeyedTimers
 from scheduler.worker_messages import PROTOCOL_VERSION
-from scheduler.workers import Worker, WorkerRegistry
+from scheduler.worker_registry import Worker, WorkerRegistry
 
 log = Logger()
 

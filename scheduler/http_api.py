@@ -27,15 +27,15 @@ from scheduler.dispatch import Dispatcher, JobConflict, JobNotFound, QueueFull
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
 from scheduler.http_json import iso, job_json, task_json, worker_json
+from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
-from scheduler.jobstore import JobStore
 from scheduler.metrics import SchedulerMetrics
 from scheduler.settings import Settings
-from scheduler.state import TaskState
-from scheduler.taskbook import TaskBook, TaskNotFound
+from scheduler.task_book import TaskBook, TaskNotFound
+from scheduler.task_state import TaskState
 from scheduler.tasks import Task, TaskError, TaskOptions, check_command
 from scheduler.worker_protocol import WorkerServerFactory
-from scheduler.workers import WorkerRegistry
+from scheduler.worker_registry import WorkerRegistry
 
 MAX_BODY = Settings.http_max_body
 # GET /api/jobs?limit=: how many jobs a page holds by default and at most.
@@ -213,7 +213,7 @@ class SchedulerHTTP:
 
     @app.route("/api/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
-        from scheduler.openapi import OPENAPI
+        from scheduler.http_openapi import OPENAPI
 
         return _json(request, 200, OPENAPI)
 

@@ -2,7 +2,7 @@
 
 Both answer the dashboard, so a field added here shows up in ``GET
 /api/jobs`` and in the feed's ``job`` events alike; the OpenAPI schemas
-for them are in scheduler/openapi.py.  Times are ISO 8601 in the
+for them are in scheduler/http_openapi.py.  Times are ISO 8601 in the
 scheduler's time zone, to the millisecond.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from scheduler import cron
 from scheduler.jobs import Job
 from scheduler.tasks import Task
-from scheduler.workers import Worker
+from scheduler.worker_registry import Worker
 
 
 def iso(timestamp: float | None, tz: tzinfo) -> str | None:

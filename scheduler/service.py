@@ -14,30 +14,30 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
+from scheduler.cron_engine import CronEngine
 from scheduler.cron_fires import FireHandler
+from scheduler.cron_ticker import CronTicker
 from scheduler.dispatch import Dispatcher
-from scheduler.engine import CronEngine
 from scheduler.feed import EventHub
 from scheduler.http_api import SchedulerHTTP
 from scheduler.http_guard import Guard, deadline_channels, limited_requests
 from scheduler.http_json import job_json, output_event, task_event, worker_event
 from scheduler.http_log import LoggingSite
-from scheduler.jobbook import JobBook
+from scheduler.job_book import JobBook
+from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
-from scheduler.jobstore import JobStore
 from scheduler.limits import ConnectionLimits
 from scheduler.memory import release_free_memory
 from scheduler.metrics import SchedulerMetrics
 from scheduler.settings import Settings
-from scheduler.state import TaskState
-from scheduler.store import FlatFileTaskStore, LoadError
-from scheduler.taskbook import TaskBook
+from scheduler.task_book import TaskBook
+from scheduler.task_state import TaskState
+from scheduler.task_store import FlatFileTaskStore, LoadError
 from scheduler.tasks import Task
 from scheduler.tcp_commands import TcpCommands
 from scheduler.tcp_protocol import CommandFactory
-from scheduler.ticker import CronTicker
 from scheduler.worker_protocol import WorkerServerFactory
-from scheduler.workers import Worker, WorkerRegistry
+from scheduler.worker_registry import Worker, WorkerRegistry
 
 log = Logger()
 

@@ -34,7 +34,7 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class OptionRange:
-    """The values a numeric option may take (scheduler/openapi.py publishes them)."""
+    """The values a numeric option may take (scheduler/http_openapi.py publishes them)."""
 
     low: int
     high: int

@@ -25,9 +25,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from scheduler.cron import iso
-from scheduler.state import TaskState
-from scheduler.store import LoadError, StoreError
-from scheduler.taskbook import TaskBook, TaskNotFound
+from scheduler.task_book import TaskBook, TaskNotFound
+from scheduler.task_state import TaskState
+from scheduler.task_store import LoadError, StoreError
 from scheduler.tasks import Task, TaskError
 
 log = Logger()

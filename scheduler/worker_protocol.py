@@ -38,7 +38,7 @@ from scheduler.worker_messages import (
     unsupported_protocol,
     websocket_options,
 )
-from scheduler.workers import Worker
+from scheduler.worker_registry import Worker
 
 # Autobahn owns self.log on protocols.
 _log = Logger()

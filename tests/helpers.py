@@ -11,10 +11,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from scheduler.engine import CronEngine
-from scheduler.state import TaskState
-from scheduler.store import FlatFileTaskStore
-from scheduler.taskbook import TaskBook
+from scheduler.cron_engine import CronEngine
+from scheduler.task_book import TaskBook
+from scheduler.task_state import TaskState
+from scheduler.task_store import FlatFileTaskStore
 
 UTC = UTC
 

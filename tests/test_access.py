@@ -279,7 +279,7 @@ class BoundLink(FakeLink):
 
 @pytest_twisted.ensureDeferred
 async def test_the_service_disconnects_and_says_so_when_the_tokens_file_breaks(tmp_path: Path, reactor: Any) -> None:
-    from scheduler.workers import Worker
+    from scheduler.worker_registry import Worker
     from tests.test_http_api import close_api, make_api
 
     path = tmp_path / "workers"

@@ -11,10 +11,10 @@ from twisted.internet.task import Clock
 
 from scheduler import cron
 from scheduler.dispatch import Dispatcher, JobConflict, JobNotFound, NoRecorder, QueueFull
-from scheduler.jobbook import JobBook
+from scheduler.job_book import JobBook
 from scheduler.jobs import JobStatus
 from scheduler.tasks import Task, TaskOptions
-from scheduler.workers import Worker, WorkerRegistry
+from scheduler.worker_registry import Worker, WorkerRegistry
 from tests.fakes import FakeLink
 
 UTC = UTC

@@ -47,7 +47,7 @@ from twisted.internet.testing import StringTransport
 from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
-from scheduler.state import TaskState
+from scheduler.task_state import TaskState
 from scheduler.tcp_commands import TcpCommands, visible
 from scheduler.tcp_protocol import CommandFactory
 from scheduler.worker_protocol import WorkerServerProtocol

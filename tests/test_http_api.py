@@ -14,7 +14,7 @@ from treq.testing import StubTreq
 from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
-from scheduler.workers import Worker
+from scheduler.worker_registry import Worker
 from tests.helpers import UTC, settled
 
 

@@ -6,10 +6,10 @@ from datetime import UTC, timedelta, timezone
 
 from scheduler import cron
 from scheduler.http_json import job_json, output_event, task_event, task_json, worker_event, worker_json
+from scheduler.http_openapi import OPENAPI
 from scheduler.jobs import Job, JobStatus
-from scheduler.openapi import OPENAPI
 from scheduler.tasks import Task, TaskOptions
-from scheduler.workers import Worker
+from scheduler.worker_registry import Worker
 from tests.fakes import FakeLink
 
 SCHEMAS = OPENAPI["components"]["schemas"]

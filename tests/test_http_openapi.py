@@ -9,8 +9,8 @@ import pytest
 
 from scheduler.http_api import SchedulerHTTP
 from scheduler.http_guard import is_public
+from scheduler.http_openapi import OPENAPI
 from scheduler.jobs import JobStatus
-from scheduler.openapi import OPENAPI
 from scheduler.tasks import MISSED_POLICIES, OVERLAP_POLICIES, TaskError, TaskOptions
 
 SCHEMAS = OPENAPI["components"]["schemas"]
@@ -73,8 +73,8 @@ def test_openapi_lists_every_route() -> None:
         (path, method) for path, item in OPENAPI["paths"].items() for method in item if method != "parameters"
     }
     missing = _klein_routes() - documented
-    assert not missing, f"routes missing from openapi.py: {sorted(missing)}"
-    assert not documented - _klein_routes(), "openapi.py documents routes that do not exist"
+    assert not missing, f"routes missing from http_openapi.py: {sorted(missing)}"
+    assert not documented - _klein_routes(), "http_openapi.py documents routes that do not exist"
 
 
 def test_openapi_lists_the_guards_answers() -> None:

@@ -26,10 +26,10 @@ from twisted.web.server import Site
 from zope.interface import provider
 
 from scheduler.dispatch import Dispatcher, NoRecorder
-from scheduler.jobbook import JobBook
+from scheduler.job_book import JobBook
 from scheduler.limits import SEND_BACKLOG, ConnectionLimits
 from scheduler.worker_protocol import WorkerServerFactory
-from scheduler.workers import WorkerRegistry
+from scheduler.worker_registry import WorkerRegistry
 
 TRANSPORT_BUFFER = 64 * 1024  # what a TCP transport holds before it pauses its producer
 

@@ -16,7 +16,7 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from scheduler.limits import ConnectionLimits
-from scheduler.state import TaskState
+from scheduler.task_state import TaskState
 from scheduler.tcp_auth import (
     AUTH_FREE_FAILURES,
     AUTH_LOG_INTERVAL,

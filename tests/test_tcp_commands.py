@@ -11,10 +11,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from scheduler.engine import CronEngine
-from scheduler.state import TaskState
-from scheduler.store import FlatFileTaskStore
-from scheduler.taskbook import TaskBook
+from scheduler.cron_engine import CronEngine
+from scheduler.task_book import TaskBook
+from scheduler.task_state import TaskState
+from scheduler.task_store import FlatFileTaskStore
 from scheduler.tasks import TaskError
 from scheduler.tcp_commands import HELP, VERBS, TcpCommands, Verb, split_add
 from scheduler.tcp_protocol import CommandFactory

@@ -24,12 +24,12 @@ from zope.interface import provider
 
 from scheduler.access import WorkerTokens
 from scheduler.dispatch import Dispatcher, NoRecorder
-from scheduler.jobbook import JobBook
+from scheduler.job_book import JobBook
 from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
 from scheduler.worker_protocol import PROBE_TIMEOUT, WorkerServerFactory, WorkerServerProtocol
-from scheduler.workers import WorkerRegistry
+from scheduler.worker_registry import WorkerRegistry
 from tests.helpers import UTC
 
 SHARED = "shared-token-0123456789"

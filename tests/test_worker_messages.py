@@ -218,7 +218,7 @@ def test_no_delay_turns_nagle_off_where_there_is_tcp() -> None:
 
 
 def test_everything_the_agent_sends_parses_at_the_scheduler() -> None:
-    from tests.test_agent import Harness
+    from tests.test_worker_agent import Harness
 
     h = Harness()
     hello = h.connect()
@@ -236,8 +236,8 @@ def test_everything_the_dispatcher_sends_parses_at_the_worker() -> None:
     from twisted.internet.task import Clock
 
     from scheduler.dispatch import Dispatcher, NoRecorder
-    from scheduler.jobbook import JobBook
-    from scheduler.workers import Worker, WorkerRegistry
+    from scheduler.job_book import JobBook
+    from scheduler.worker_registry import Worker, WorkerRegistry
     from tests.fakes import FakeLink
 
     clock = Clock()

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from scheduler.jobhistory.database import Chunk, JobStoreClosed, JobStoreError, Put, Write
+from scheduler.job_history.database import Chunk, JobStoreClosed, JobStoreError, Put, Write
 
 log = Logger()
 

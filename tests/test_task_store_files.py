@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
-from scheduler.state import TaskState
-from scheduler.store import LoadError, StoreError
+from scheduler.task_state import TaskState
+from scheduler.task_store import LoadError, StoreError
 from scheduler.tcp_commands import TcpCommands
 from scheduler.tcp_protocol import CommandFactory
 from tests.helpers import make_state, make_store, result_of

@@ -1,8 +1,8 @@
-"""scheduler.jobstore: the job history in SQLite, end to end.
+"""scheduler.job_store: the job history in SQLite, end to end.
 
 Records, queries, output and its cap, retention, failures and the file's
 permissions, on the real reactor and the history's real thread (see
-``tests/jobhistory_support.py``).
+``tests/job_history_support.py``).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
+from scheduler.job_store import SCHEMA_VERSION, JobStore, JobStoreClosed, JobStoreError
 from scheduler.jobs import Job, JobStatus
-from scheduler.jobstore import SCHEMA_VERSION, JobStore, JobStoreClosed, JobStoreError
-from tests import jobhistory_support
-from tests.jobhistory_support import FlakyConnection, Opener, finished, flaky, full_job, job, next_turn
+from tests import job_history_support
+from tests.job_history_support import FlakyConnection, Opener, finished, flaky, full_job, job, next_turn
 
 # The shared fixtures, under the names the tests ask for.
-path = jobhistory_support.path
-stores = jobhistory_support.stores
+path = job_history_support.path
+stores = job_history_support.stores
 
 
 # -- records --------------------------------------------------------------------

@@ -18,9 +18,9 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from scheduler.jobhistory.database import Chunk, JobStoreClosed, Put, Write
-from scheduler.jobhistory.output import Tally, fit_chunk, with_marker
-from scheduler.jobhistory.sqlite_schema import (
+from scheduler.job_history.database import Chunk, JobStoreClosed, Put, Write
+from scheduler.job_history.output import Tally, fit_chunk, with_marker
+from scheduler.job_history.sqlite_schema import (
     ACTIVE_SQL,
     COLUMNS,
     SELECT_JOB,

@@ -1,4 +1,4 @@
-"""scheduler.jobbook: fires remembered for a horizon only, and active jobs indexed by task."""
+"""scheduler.job_book: fires remembered for a horizon only, and active jobs indexed by task."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from twisted.logger import capturedLogs, formatEvent
 
 from scheduler import cron
 from scheduler.dispatch import Dispatcher, NoRecorder
-from scheduler.jobbook import JobBook
+from scheduler.job_book import JobBook
+from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus, fire_key, parse_fire_key
-from scheduler.jobstore import JobStore
 from scheduler.tasks import Task, TaskOptions
-from scheduler.workers import WorkerRegistry
+from scheduler.worker_registry import WorkerRegistry
 
 START = 1_700_000_000.0
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from scheduler.engine import CronEngine
-from scheduler.state import TaskState
-from scheduler.store import LoadError, StoreError, parse_lines
-from scheduler.taskbook import TaskBook, TaskNotFound
+from scheduler.cron_engine import CronEngine
+from scheduler.task_book import TaskBook, TaskNotFound
+from scheduler.task_state import TaskState
+from scheduler.task_store import LoadError, StoreError, parse_lines
 from scheduler.tasks import TaskError, TaskOptions
 from tests.helpers import make_state, make_store, result_of
 
@@ -134,7 +134,7 @@ def test_load_trims_the_heap_on_the_next_turn(tmp_path: Path, monkeypatch: pytes
     # unwind; trimming before that would keep them resident.
     trims: list[float] = []
     clock = Clock()
-    monkeypatch.setattr("scheduler.state.release_free_memory", lambda: trims.append(clock.seconds()))
+    monkeypatch.setattr("scheduler.task_state.release_free_memory", lambda: trims.append(clock.seconds()))
     (tmp_path / "tasks.db").write_text('{"id": 1, "jobName": "a", "schedule": "@daily", "command": "true"}\n')
     state = TaskState(TaskBook(UTC), make_store(tmp_path / "tasks.db"), CronEngine(0), clock)
     loaded = state.load()

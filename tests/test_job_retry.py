@@ -1,9 +1,9 @@
-"""scheduler.jobretry and scheduler.joboutput: the pieces the dispatcher delegates to."""
+"""scheduler.job_retry and scheduler.job_output: the pieces the dispatcher delegates to."""
 
 from __future__ import annotations
 
-from scheduler.joboutput import OutputTails
-from scheduler.jobretry import retry_delay, retry_key
+from scheduler.job_output import OutputTails
+from scheduler.job_retry import retry_delay, retry_key
 from scheduler.jobs import Job
 from scheduler.tasks import TaskOptions
 

@@ -1,13 +1,13 @@
-"""scheduler.jobhistory.output: the output cap's arithmetic, synchronously.
+"""scheduler.job_history.output: the output cap's arithmetic, synchronously.
 
-The same rules through SQLite are in test_jobhistory_sqlite.py.
+The same rules through SQLite are in test_job_store.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from scheduler.jobhistory.output import FittedChunk, Tally, fit_chunk, with_marker
+from scheduler.job_history.output import FittedChunk, Tally, fit_chunk, with_marker
 
 
 def test_a_chunk_within_the_cap_is_kept_whole_and_counted_in_bytes() -> None:

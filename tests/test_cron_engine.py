@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from scheduler import cron
-from scheduler.engine import CronEngine, Fire
+from scheduler.cron_engine import CronEngine, Fire
 
 UTC = UTC
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from scheduler.jobbook import JobBook
+from scheduler.job_book import JobBook
 from scheduler.jobs import Job, JobStatus
 from scheduler.tasks import Task, TaskOptions
 from scheduler.timers import KeyedTimers

@@ -14,15 +14,15 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from scheduler.jobhistory.database import Chunk, Database, JobStoreClosed, JobStoreError, Put
-from scheduler.jobhistory.group_commit import GroupCommitter
+from scheduler.job_history.database import Chunk, Database, JobStoreClosed, JobStoreError, Put
+from scheduler.job_history.group_commit import GroupCommitter
 from scheduler.jobs import Job, JobStatus
 
 log = Logger()
 
 
 class ThreadedJobHistory:
-    """Implements :class:`scheduler.jobstore.JobHistory`."""
+    """Implements :class:`scheduler.job_store.JobHistory`."""
 
     def __init__(self, database: Database, reactor: Any, *, thread_name: str) -> None:
         self._database = database

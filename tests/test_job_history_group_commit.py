@@ -1,4 +1,4 @@
-"""scheduler.jobhistory.group_commit: writes batched one transaction per reactor turn, reads behind them.
+"""scheduler.job_history.group_commit: writes batched one transaction per reactor turn, reads behind them.
 
 The batching itself is tested synchronously (``superseded``) and through the
 SQLite history on the real reactor and its real thread.
@@ -14,16 +14,16 @@ import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from scheduler.jobhistory.database import Chunk, Put
-from scheduler.jobhistory.group_commit import superseded
+from scheduler.job_history.database import Chunk, Put
+from scheduler.job_history.group_commit import superseded
+from scheduler.job_store import JobStore, JobStoreClosed
 from scheduler.jobs import JobStatus
-from scheduler.jobstore import JobStore, JobStoreClosed
-from tests import jobhistory_support
-from tests.jobhistory_support import FlakyConnection, Opener, finished, flaky, job, next_turn
+from tests import job_history_support
+from tests.job_history_support import FlakyConnection, Opener, finished, flaky, job, next_turn
 
 # The shared fixtures, under the names the tests ask for.
-path = jobhistory_support.path
-stores = jobhistory_support.stores
+path = job_history_support.path
+stores = job_history_support.stores
 
 
 def test_only_the_last_put_of_a_job_in_a_batch_is_written() -> None:

@@ -3,7 +3,7 @@
 This module is the job history's public face.  The rest of the scheduler
 codes against :class:`JobHistory` (the dispatcher only against its writing
 side, :class:`JobRecorder`), and the service builds a :class:`JobStore`, the
-history in SQLite.  The parts live in ``scheduler/jobhistory/``:
+history in SQLite.  The parts live in ``scheduler/job_history/``:
 
 - ``threaded``: a ``JobHistory`` over any backend ``Database``, whose work
   runs on one thread;
@@ -25,10 +25,10 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from scheduler.jobhistory.database import JobStoreClosed, JobStoreError
-from scheduler.jobhistory.sqlite import SqliteDatabase
-from scheduler.jobhistory.sqlite_schema import SCHEMA_VERSION
-from scheduler.jobhistory.threaded import ThreadedJobHistory
+from scheduler.job_history.database import JobStoreClosed, JobStoreError
+from scheduler.job_history.sqlite import SqliteDatabase
+from scheduler.job_history.sqlite_schema import SCHEMA_VERSION
+from scheduler.job_history.threaded import ThreadedJobHistory
 from scheduler.jobs import Job
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""scheduler.jobqueue, and the dispatcher's use of it: a pass looks at one job per target."""
+"""scheduler.job_queue, and the dispatcher's use of it: a pass looks at one job per target."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from twisted.internet.task import Clock
 
 from scheduler import cron
 from scheduler.dispatch import Dispatcher, NoRecorder
-from scheduler.jobbook import JobBook
-from scheduler.jobqueue import JobQueue
+from scheduler.job_book import JobBook
+from scheduler.job_queue import JobQueue
 from scheduler.jobs import JobStatus
 from scheduler.tasks import Task, TaskOptions
-from scheduler.workers import Worker, WorkerRegistry
+from scheduler.worker_registry import Worker, WorkerRegistry
 from tests.fakes import FakeLink
 
 

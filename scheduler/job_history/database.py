@@ -1,10 +1,10 @@
 """What a job history's database backend does, and the writes it is handed.
 
-:class:`~scheduler.jobhistory.threaded.ThreadedJobHistory` runs a
+:class:`~scheduler.job_history.threaded.ThreadedJobHistory` runs a
 :class:`Database` on one thread and batches the writes (``group_commit``),
 so a backend (SQLite today, PostgreSQL beside it later) is one module of
 plain blocking calls.  What the rest of the scheduler sees is in
-``scheduler/jobstore.py``.
+``scheduler/job_store.py``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from scheduler.jobhistory.database import JobStoreError
+from scheduler.job_history.database import JobStoreError
 from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus
 
 SCHEMA_VERSION = 1

@@ -9,7 +9,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from scheduler.engine import CronEngine, Fire
+from scheduler.cron_engine import CronEngine, Fire
 
 log = Logger()
 

@@ -20,10 +20,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from scheduler.engine import CronEngine
+from scheduler.cron_engine import CronEngine
 from scheduler.memory import release_free_memory
-from scheduler.store import TaskStore, paused_gc
-from scheduler.taskbook import TaskBook
+from scheduler.task_book import TaskBook
+from scheduler.task_store import TaskStore, paused_gc
 from scheduler.tasks import Task
 
 log = Logger()

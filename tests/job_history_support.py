@@ -19,8 +19,8 @@ import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
-from scheduler.jobstore import JobStore
 
 SAFETY_TIMEOUT = 10.0
 

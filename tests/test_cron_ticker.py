@@ -1,4 +1,4 @@
-"""scheduler.ticker: ticks aimed at whole seconds, driven by task.Clock."""
+"""scheduler.cron_ticker: ticks aimed at whole seconds, driven by task.Clock."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from scheduler import cron
-from scheduler.engine import CronEngine, Fire
-from scheduler.ticker import CronTicker
+from scheduler.cron_engine import CronEngine, Fire
+from scheduler.cron_ticker import CronTicker
 
 UTC = ZoneInfo("UTC")
 
