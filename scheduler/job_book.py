@@ -23,12 +23,13 @@ class FiredTimes:
     """The (task, scheduled time) pairs handled within the last *horizon* seconds.
 
     The cron engine hands out each time once; what can bring a time back is
-    a late tick catching up (bounded by the engine's catch-up window, well
-    inside the horizon), the missed runs at start-up, and a clock stepped
-    back.  The last two bring old times, which *recorded* (the job history)
-    answers for; keeping every key in memory instead grew the scheduler by
-    ~150 bytes per fire, for ever.  Memory here is flat: at most a
-    horizon's worth of fires, one int per fire in a set per scheduled time.
+    the missed-run policy at start-up and a clock set back far enough for
+    the engine to restart its schedules.  Both bring old times, which
+    *recorded* (the job history) answers for; the horizon covers the fires
+    whose records may still be on their way to the database, and those
+    skipped by ``overlap: skip``, which leave no record.  So memory is flat
+    in the number of fires: a horizon's worth at most, one int per fire in
+    a set per scheduled time.
     """
 
     def __init__(self, clock: IReactorTime, horizon: float, recorded: FireLookup | None = None) -> None:

@@ -11,9 +11,8 @@ class JobQueue:
 
     One queue per target, because jobs of one target are placed alike: when
     the oldest cannot be placed, none behind it can, so a pump looks at one
-    job per target rather than at every job waiting.  Before, 2,000 jobs
-    waiting for a label no worker had were walked on every submission.
-    Removal (a cancel, say) is O(1); the id is dropped from its heap when it
+    job per target rather than at every job waiting (thousands may wait
+    for a label no worker has).  Removal (a cancel, say) is O(1); the id is dropped from its heap when it
     surfaces, or when stale ids outnumber live ones.
     """
 
