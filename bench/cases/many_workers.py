@@ -30,7 +30,7 @@ def run(runtime: Runtime) -> CaseResult:
     scheduler = Scheduler(runtime, runtime.scratch(NAME), backlog=4096)
     sim = None
     try:
-        scheduler.worker_registry()  # the HTTP side has served a request
+        scheduler.workers()  # the HTTP side has served a request
         time.sleep(0.5)
         rss_before = scheduler.rss_kib()
         cpu_before_connect = scheduler.cpu_seconds()
