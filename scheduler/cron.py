@@ -23,15 +23,17 @@ from functools import lru_cache
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
-MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
+# Each macro: the expression it stands for, and how the dashboard says it.
+_MACROS = {
+    "@yearly": ("0 0 1 1 *", "once a year, at midnight on 1 January"),
+    "@annually": ("0 0 1 1 *", "once a year, at midnight on 1 January"),
+    "@monthly": ("0 0 1 * *", "at midnight on the first of every month"),
+    "@weekly": ("0 0 * * 0", "at midnight every Sunday"),
+    "@daily": ("0 0 * * *", "every day at midnight"),
+    "@midnight": ("0 0 * * *", "every day at midnight"),
+    "@hourly": ("0 * * * *", "at the start of every hour"),
 }
+MACROS = {name: expression for name, (expression, _) in _MACROS.items()}
 
 _MONTHS = "jan feb mar apr may jun jul aug sep oct nov dec".split()
 _DAYS = "sun mon tue wed thu fri sat".split()
@@ -256,15 +258,6 @@ def local_zone() -> tzinfo:
     return zone
 
 
-_MACRO_WORDS = {
-    "@yearly": "once a year, at midnight on 1 January",
-    "@annually": "once a year, at midnight on 1 January",
-    "@monthly": "at midnight on the first of every month",
-    "@weekly": "at midnight every Sunday",
-    "@daily": "every day at midnight",
-    "@midnight": "every day at midnight",
-    "@hourly": "at the start of every hour",
-}
 _DAY_NAMES = "Sunday Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 _MONTH_NAMES = "January February March April May June July August September October November December".split()
 
@@ -306,7 +299,7 @@ def describe(schedule: Schedule) -> str:
     """The schedule in plain words, for the dashboard."""
     text = schedule.expression.strip()
     if text.startswith("@"):
-        return _MACRO_WORDS[text.lower()]
+        return _MACROS[text.lower()][1]
     fields = text.split()
     minute, hour, dom, month, dow = fields[:5]
     second = fields[5] if len(fields) == 6 else None

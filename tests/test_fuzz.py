@@ -44,6 +44,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from scheduler.cron import MACROS as CRON_MACROS
 from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
@@ -128,7 +129,7 @@ DAYS = ["*", "1", "15", "28", "1-7", "*/10"]
 MONTHS = ["*", "1", "12", "JAN", "jan-mar", "*/3", "Jun,Dec"]
 WEEKDAYS = ["*", "0", "7", "MON-FRI", "sun", "1,3,5"]
 SECONDS = ["0", "30", "*/10", "0-59/15", "5,35"]
-MACROS = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@DAILY"]
+MACROS = [*CRON_MACROS, "@DAILY"]
 
 five_fields = st.tuples(*(st.sampled_from(values) for values in (MINUTES, HOURS, DAYS, MONTHS, WEEKDAYS)))
 valid_schedules = st.one_of(
