@@ -49,6 +49,7 @@ from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
 from scheduler.task_state import TaskState
+from scheduler.tcp_commands import VERBS as TCP_VERBS
 from scheduler.tcp_commands import TcpCommands, visible
 from scheduler.tcp_protocol import CommandFactory
 from scheduler.worker_protocol import WorkerServerProtocol
@@ -61,20 +62,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
 
-VERBS = {
-    "ADD",
-    "LIST",
-    "REMOVE",
-    "CLEAR",
-    "STATUS",
-    "SAVE",
-    "LOAD",
-    "PING",
-    "HELP",
-    "SESSION",
-    "QUIT",
-    "AUTH",
-}
+VERBS = set(TCP_VERBS)
 MAX_LINE = 512
 
 
