@@ -112,21 +112,26 @@ class _Counted(ProtocolWrapper):
         if self._dropped:
             return
         assert self.transport is not None
+        lagging = self._backlog.paused
         self.transport.write(data)
-        self._wrote(len(data))
+        if lagging:
+            self._wrote(len(data))
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         if self._dropped:
             return
         assert self.transport is not None
         chunks = list(data)
+        lagging = self._backlog.paused
         self.transport.writeSequence(chunks)
-        self._wrote(sum(len(chunk) for chunk in chunks))
+        if lagging:
+            self._wrote(sum(len(chunk) for chunk in chunks))
 
     def _wrote(self, size: int) -> None:
+        # Only what is written while the peer already lags counts: the write
+        # that made the transport pause (one large answer, a LIST of 100,000
+        # tasks) is a reply the peer asked for, not a backlog.
         backlog = self._backlog
-        if not backlog.paused:
-            return
         backlog.behind += size
         if backlog.behind > self.factory.send_backlog:
             self._drop()

@@ -233,3 +233,26 @@ async def test_a_connection_closed_while_its_peer_lags_still_closes(reactor: Any
         assert reader.received == 8_000_000
     finally:
         await port.stopListening()
+
+
+class BigAnswer(LineReceiver):
+    """Answers each line with one reply larger than the bound, as LIST of many tasks does."""
+
+    def lineReceived(self, line: bytes) -> None:
+        self.sendLine(b"x" * 300_000)
+
+
+def test_one_answer_larger_than_the_bound_is_sent_whole() -> None:
+    # The write that makes the transport pause is an answer the peer asked
+    # for: LIST of 100,000 tasks (about 10 MB) was cut off at the 8 MiB bound.
+    limits = ConnectionLimits(Factory.forProtocol(BigAnswer), total=10, per_peer=10, send_backlog=100_000)
+    transport = StuckTransport()
+    protocol = limits.buildProtocol(transport.getPeer())
+    assert protocol is not None
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"LIST\r\n")
+    assert not transport.aborted and limits.dropped == 0
+    assert len(transport.value()) == 300_002
+    # A second one while the first is still unread is a backlog.
+    protocol.dataReceived(b"LIST\r\n")
+    assert transport.aborted and limits.dropped == 1
