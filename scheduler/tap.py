@@ -100,6 +100,18 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from scheduler.service import SchedulerService, StartupError
 
+    # twistd builds the service, then forks to run in the background: the
+    # job store's thread would not cross the fork (every job would wait
+    # for ever) and SQLite connections must not.  Refuse rather than hang.
+    parent = getattr(options, "parent", None)
+    if parent is not None and not parent.get("nodaemon", True):
+        print(
+            "scheduler: run it in the foreground with `twistd -n scheduler` "
+            "(under systemd, Docker or `nohup`): the job database cannot cross twistd's fork "
+            "into the background",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     try:
         service = SchedulerService.from_options(options)
     except StartupError as error:

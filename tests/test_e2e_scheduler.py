@@ -192,3 +192,14 @@ def test_plugins_listed_after_plain_pip_install(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_twistd_without_n_refuses_instead_of_hanging(tmp_path: Path) -> None:
+    # Daemonized, the job store's thread was lost in twistd's fork: the
+    # scheduler ran, but no job was ever recorded, sent or answered for.
+    background = [arg for arg in SCHEDULER_ON_ANY_PORTS if arg != "-n"]
+    done = subprocess.run(background, cwd=tmp_path, capture_output=True, timeout=60)
+    assert done.returncode == 1
+    message = done.stderr.decode() + done.stdout.decode()
+    assert "twistd -n scheduler" in message and "Traceback" not in message
+    assert not (tmp_path / "twistd.pid").exists()
