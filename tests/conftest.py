@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from datetime import UTC, timezone
 from typing import Any
 
@@ -17,3 +19,13 @@ def reactor() -> Any:
 @pytest.fixture
 def utc() -> timezone:
     return UTC
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The umask most systems run with (022), whatever this process's is: for tests of file modes."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from dataclasses import fields
 
 import pytest
@@ -315,15 +314,6 @@ async def test_bad_record_fails_only_its_own_put(stores: Opener) -> None:
         await clash
     assert store.transactions == 1
     assert [j.id for j in await store.query()] == [3, 1]
-
-
-@pytest.fixture
-def usual_umask() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _mode(path: str) -> int:

@@ -22,13 +22,8 @@ from tests.helpers import make_state, make_store, result_of
 SEED = b'{"schedule": "* * * * *", "command": "echo Hello", "jobName": "task_1"}\n'
 
 
-@pytest.fixture(autouse=True)
-def usual_umask() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
+# Every test here creates files under the usual umask (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("usual_umask")
 
 
 def mode(path: Path) -> int:
