@@ -451,7 +451,7 @@ class RealWorkers:
 
 @dataclass
 class Started:
-    """A simulated worker's report of one job: when ``run`` came, when ``started`` went."""
+    """A simulated worker's report of one job: when ``run`` came, when the worker started it."""
 
     job: int
     worker: str
@@ -472,6 +472,7 @@ class SimWorkers:
         hold: float = 0.02,
         slots: int = 1,
         in_flight: int = 50,
+        output: str = "",
         ready_timeout: float = 300.0,
         log_dir: Path | None = None,
     ) -> None:
@@ -482,6 +483,8 @@ class SimWorkers:
         self._changed = threading.Condition(self._lock)
         self.ready_seconds: float | None = None
         self.problems: list[str] = []
+        # The answers to ``counters``, in order.
+        self._counters: list[dict[str, Any]] = []
         self._log = open((log_dir or runtime.workdir) / f"simworkers-{prefix}.log", "ab")
         self.process = subprocess.Popen(
             [
@@ -493,6 +496,7 @@ class SimWorkers:
                 "--hold", str(hold),
                 "--slots", str(slots),
                 "--in-flight", str(in_flight),
+                f"--output={output}",
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -533,6 +537,8 @@ class SimWorkers:
                     self.ready_seconds = float(event["seconds"])
                 elif kind == "problem":
                     self.problems.append(str(event.get("what")))
+                elif kind == "counters":
+                    self._counters.append(event)
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
@@ -545,6 +551,22 @@ class SimWorkers:
                 missing = [job for job in wanted if job not in self.started]
                 raise TimeoutError(f"{len(missing)} of {len(wanted)} jobs never reported started")
             return [self.started[job] for job in wanted]
+
+    def counters(self, timeout: float = 30.0) -> dict[str, Any]:
+        """WebSocket traffic so far over all the connections: ``{"sent": {"frames",
+        "messages", "bytes"}, "received": {...}}``, sent meaning worker to scheduler."""
+        assert self.process.stdin is not None
+        with self._lock:
+            seen = len(self._counters)
+        # Not under the lock: the reader thread takes it for every line.
+        self.process.stdin.write(b"counters\n")
+        self.process.stdin.flush()
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._counters) > seen or self.process.poll() is not None, timeout)
+            if len(self._counters) <= seen:
+                raise RuntimeError("the simulated workers did not report their counters")
+            event = self._counters[seen]
+        return {"sent": dict(event["sent"]), "received": dict(event["received"])}
 
     def snapshot(self) -> list[Started]:
         with self._lock:

@@ -8,16 +8,27 @@ Run by the benchmark with the project's interpreter (so it uses the same
 Each simulated worker is a real :class:`worker.agent.WorkerAgent` on a real
 Autobahn connection (hello, welcome, pings every 20 s, run, started,
 finished, ack); only the process runner is fake: a ``run`` "starts" at once
-and "finishes" ``--hold`` seconds later with exit code 0.  Connections are
-opened with at most ``--in-flight`` handshakes pending at a time.
+and "finishes" ``--hold`` seconds later with exit code 0, after writing
+``--output`` to stdout (one chunk, on the reactor turn after its start) if
+that is not empty.  Connections are opened with at most ``--in-flight``
+handshakes pending at a time.
 
 Reports go to stdout, one JSON object per line:
 
 - ``{"event": "ready", "count": N, "seconds": S}`` once every worker has its welcome;
 - ``{"event": "started", "job": J, "worker": W, "run_at": T1, "started_at": T2}``
-  for each job: when its ``run`` frame arrived and when ``started`` was sent
-  (Unix time, the same clock the scheduler uses);
-- ``{"event": "problem", "what": "..."}`` for failed or dropped connections.
+  for each job: when the last frame before its report arrived (its ``run``,
+  when ``started`` answers it at once) and when the worker started it (the
+  ``at`` of its ``started``, or the ``startedAt`` of its ``finished`` if no
+  ``started`` went first on that connection); Unix time, the same clock the
+  scheduler uses;
+- ``{"event": "problem", "what": "..."}`` for failed or dropped connections;
+- ``{"event": "counters", "sent": {...}, "received": {...}}`` in answer to a
+  ``counters`` line on stdin: WebSocket ``frames``, ``messages`` and payload
+  ``bytes`` so far over all the connections, sent (worker to scheduler) and
+  received (scheduler to worker).  A frame holding ``{"type": "batch",
+  "messages": [...]}`` counts as that many messages, any other as one;
+  pings, pongs and closes are not counted.
 
 A ``quit`` line (or end of file) on stdin stops the process.
 """
@@ -65,8 +76,11 @@ class Control(LineReceiver):
     delimiter = b"\n"
 
     def lineReceived(self, line: bytes) -> None:
-        if line.strip() == b"quit":
+        command = line.strip()
+        if command == b"quit":
             self.stop()
+        elif command == b"counters":
+            emit({"event": "counters", "sent": sent.as_json(), "received": received.as_json()})
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.stop()
@@ -78,8 +92,39 @@ class Control(LineReceiver):
             reactor.stop()
 
 
+class Traffic:
+    """Frames, messages and payload bytes one way, over every connection."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.messages = 0
+        self.bytes = 0
+
+    def count(self, payload: bytes | str) -> None:
+        self.frames += 1
+        self.bytes += len(payload.encode() if isinstance(payload, str) else payload)
+        self.messages += messages_in(payload)
+
+    def as_json(self) -> dict[str, int]:
+        return {"frames": self.frames, "messages": self.messages, "bytes": self.bytes}
+
+
+def messages_in(payload: bytes | str) -> int:
+    """How many protocol messages one frame carries: a batch's length, else 1."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return 1
+    if isinstance(value, dict) and value.get("type") == "batch" and isinstance(value.get("messages"), list):
+        return len(value["messages"])
+    return 1
+
+
 stopping = False
 control = Control()
+# Worker to scheduler, and scheduler to worker.
+sent = Traffic()
+received = Traffic()
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -88,18 +133,28 @@ def emit(event: dict[str, Any]) -> None:
 
 
 class FakeRun:
-    """A JobRun stand-in: started at once, finished with exit 0 after ``hold`` seconds."""
+    """A JobRun stand-in: started at once, finished with exit 0 after ``hold`` seconds.
 
-    def __init__(self, hold: float) -> None:
+    With *output*, it writes that to stdout as one chunk on the reactor turn
+    after its start (a real run's output never comes before its start is
+    reported), and in any case before it finishes.
+    """
+
+    def __init__(self, hold: float, on_output: OutputSink, output: str = "") -> None:
         self.finished: Deferred[RunResult] = Deferred()
         self.pid: int | None = None
         self._hold = hold
+        self._on_output = on_output
+        self._output = output
         self._started_at = 0.0
         self._call: IDelayedCall | None = None
+        self._output_call: IDelayedCall | None = None
 
     def start(self) -> None:
         self.pid = next(_pids)
         self._started_at = reactor.seconds()
+        if self._output:
+            self._output_call = reactor.callLater(0, self._write)
         self._call = reactor.callLater(self._hold, self._end, False)
 
     def cancel(self) -> None:
@@ -107,7 +162,14 @@ class FakeRun:
             self._call.cancel()
             self._end(True)
 
+    def _write(self) -> None:
+        self._output_call = None
+        self._on_output("stdout", self._output)
+
     def _end(self, cancelled: bool) -> None:
+        if self._output_call is not None and self._output_call.active():
+            self._output_call.cancel()
+            self._write()
         self._call = None
         self.finished.callback(
             RunResult(
@@ -121,7 +183,7 @@ class FakeRun:
         )
 
 
-def fake_runs(hold: float) -> Any:
+def fake_runs(hold: float, output: str = "") -> Any:
     def make(
         command: str,
         on_output: OutputSink,
@@ -131,33 +193,66 @@ def fake_runs(hold: float) -> Any:
         timeout: float | None,
         kill_grace: float,
     ) -> FakeRun:
-        return FakeRun(hold)
+        return FakeRun(hold, on_output, output)
 
     return make
 
 
 class RecordingProtocol(WorkerProtocol):
-    """The agent's wire, noting when each ``run`` arrives and its ``started`` leaves."""
+    """The agent's wire, noting when each ``run`` arrives and when its job started.
+
+    It also counts the frames, messages and bytes each way (``sent``,
+    ``received``).
+    """
 
     factory: RecordingFactory
     _frame_at = 0.0
 
+    def connectionMade(self) -> None:
+        # Jobs with a started event on this connection and no finished yet.
+        self._started: set[object] = set()
+        super().connectionMade()
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._frame_at = time.time()
+        received.count(payload)
         super().onMessage(payload, isBinary)
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        # Autobahn drops a message sent on a connection that is not open.
+        if self.state == WorkerProtocol.STATE_OPEN:
+            sent.count(payload)
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
 
     def send(self, type: str, /, **fields: object) -> None:
         super().send(type, **fields)
         if type == "started":
-            emit(
-                {
-                    "event": "started",
-                    "job": fields["job"],
-                    "worker": self.factory.worker_name,
-                    "run_at": self._frame_at,
-                    "started_at": time.time(),
-                }
-            )
+            self._started.add(fields["job"])
+            self._report_start(fields["job"], fields["at"])
+        elif type == "finished":
+            # A quick job's finished may stand for its started too.
+            if fields["job"] in self._started:
+                self._started.discard(fields["job"])
+            elif fields.get("startedAt") is not None:
+                self._report_start(fields["job"], fields["startedAt"])
+
+    def _report_start(self, job: object, started_at: object) -> None:
+        emit(
+            {
+                "event": "started",
+                "job": job,
+                "worker": self.factory.worker_name,
+                "run_at": self._frame_at,
+                "started_at": started_at,
+            }
+        )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         welcomed = self.factory.agent.welcomed
@@ -178,14 +273,16 @@ class RecordingFactory(WorkerClientFactory):
 class Fleet:
     """Opens and keeps ``count`` worker connections."""
 
-    def __init__(self, url: str, count: int, prefix: str, hold: float, slots: int, in_flight: int) -> None:
+    def __init__(
+        self, url: str, count: int, prefix: str, hold: float, slots: int, in_flight: int, output: str = ""
+    ) -> None:
         _secure, host, port, _, _, _ = parse_url(url)
         self.url = url
         self.endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=60)
         self.count = count
         self.prefix = prefix
         self.slots = slots
-        self.runs = fake_runs(hold)
+        self.runs = fake_runs(hold, output)
         self.limit = in_flight
         self.pending: deque[int] = deque(range(count))
         self.in_flight = 0
@@ -258,6 +355,7 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=0.02, help="seconds a fake job runs")
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=50, help="handshakes pending at once")
+    parser.add_argument("--output", default="", help="one stdout chunk each fake job writes (default: none)")
     args = parser.parse_args()
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -266,7 +364,7 @@ def main() -> None:
         [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)])],
         redirectStandardIO=False,
     )
-    fleet = Fleet(args.url, args.count, args.prefix, args.hold, args.slots, args.in_flight)
+    fleet = Fleet(args.url, args.count, args.prefix, args.hold, args.slots, args.in_flight, args.output)
     StandardIO(control)
     reactor.callWhenRunning(fleet.start)
     reactor.run()
