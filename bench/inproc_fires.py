@@ -43,6 +43,7 @@ from scheduler.cron_engine import CronEngine
 from scheduler.dispatch import Dispatcher, NoRecorder
 from scheduler.job_book import JobBook
 from scheduler.tasks import Task, TaskOptions
+from scheduler.worker_messages import Finished
 from scheduler.worker_registry import Worker, WorkerRegistry
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -100,16 +101,7 @@ def memory_over_fires(fires: int, task_count: int, samples: int = 100) -> dict[s
         for worker, link in zip(workers, links, strict=True):
             for job_id in link.runs:
                 dispatcher.started(worker, job_id, now)
-                dispatcher.finished(
-                    worker,
-                    job_id,
-                    exit_code=0,
-                    signal=None,
-                    timed_out=False,
-                    cancelled=False,
-                    started_at=now,
-                    finished_at=now,
-                )
+                dispatcher.finished(worker, Finished(job_id, 0, None, False, False, 0, now, now, ()))
                 done += 1
             link.runs.clear()
         if done >= next_sample:

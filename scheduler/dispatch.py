@@ -29,7 +29,7 @@ from scheduler.jobs import Job, JobStatus
 from scheduler.settings import Settings
 from scheduler.tasks import Task
 from scheduler.timers import KeyedTimers
-from scheduler.worker_messages import PROTOCOL_VERSION
+from scheduler.worker_messages import PROTOCOL_VERSION, Finished
 from scheduler.worker_registry import Worker, WorkerRegistry
 
 log = Logger()
@@ -43,8 +43,13 @@ class NotCurrent(JobNotFound):
     """A report from a connection that no longer holds its worker's name."""
 
 
-class JobConflict(Exception):
-    """The job is in a state that does not allow the request."""
+class NotRunningHere(Exception):
+    """A report on a job that is not running on the reporting worker: the
+    answer is ``drop`` (docs/protocol.md, "Whose jobs")."""
+
+    def __init__(self, job_id: int, reason: str) -> None:
+        super().__init__(reason)
+        self.job_id = job_id
 
 
 class QueueFull(Exception):
@@ -99,6 +104,10 @@ class Dispatcher:
         self._retries = Retries(clock, jobs, tasks, self._submit)
         # Placed on a worker, waiting for the record to commit before `run`.
         self._unsent: set[int] = set()
+        # Running jobs someone asked to cancel: sent again after their
+        # worker's next welcome, and ended as cancelled (not lost) if it
+        # comes back without them or not at all.
+        self._cancels: set[int] = set()
         self.output_listeners: list[OutputListener] = []
         # Feeds the metrics: how late jobs start, and how they end.
         self.started_listeners: list[Callable[[Job, float], None]] = []
@@ -325,13 +334,16 @@ class Dispatcher:
         """Reconcile a (re)connecting worker; returns the welcome's fields.
 
         *reported* maps job id to (state, last seq) from the worker's hello.
+        The cancels that waited for the worker, then its work, follow in the
+        next turn: after the welcome the caller sends now.
         """
         stale = self.workers.add(worker)
         if stale is not None and stale.link is not worker.link:
             stale.link.close("replaced by a new connection from the same worker")
         resume: dict[str, int] = {}
         drop: list[int] = []
-        for job_id, (_state, _seq) in reported.items():
+        cancels: list[int] = []
+        for job_id, (state, seq) in reported.items():
             job = self.jobs.get(job_id)
             if job is None or job.worker != worker.name or job.status.final:
                 drop.append(job_id)
@@ -341,6 +353,17 @@ class Dispatcher:
             worker.running.add(job_id)
             self._tails.open(job_id)
             resume[str(job_id)] = self._tails.last_seq(job_id)
+            if seq < self._tails.highest(job_id):
+                log.warn(
+                    "worker {name} reports job {job_id} at output chunk {seq}, but chunks up to {kept} "
+                    "had arrived: the worker lost output",
+                    name=worker.name,
+                    job_id=job_id,
+                    seq=seq,
+                    kept=self._tails.highest(job_id),
+                )
+            if job_id in self._cancels and state == "running":
+                cancels.append(job_id)
         # Jobs placed on this worker that it does not know of died with it
         # (the worker restarted, or the run never reached it).
         for job in self.jobs.on_worker(worker.name):
@@ -348,8 +371,23 @@ class Dispatcher:
                 worker.running.discard(job.id)
                 self._lose(job, f"worker {worker.name} reconnected without it")
         self.workers.changed(worker)
-        self._clock.callLater(0, self.pump)
-        return {"protocol": PROTOCOL_VERSION, "name": worker.name, "resume": resume, "drop": drop}
+        self._clock.callLater(0, self._welcomed, worker, cancels)
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "name": worker.name,
+            "resume": resume,
+            "drop": drop,
+            "clockOffset": round(worker.clock_offset, 6),
+        }
+
+    def _welcomed(self, worker: Worker, cancels: list[int]) -> None:
+        if not self.workers.holds(worker):
+            return  # gone already: its next hello starts over
+        for job_id in cancels:
+            if job_id in self._cancels:
+                log.info("delivering the cancel of job {job_id} to worker {name}", job_id=job_id, name=worker.name)
+                worker.link.send("cancel", job=job_id)
+        self.pump()
 
     def disconnected(self, worker: Worker) -> None:
         if not self.workers.remove(worker):
@@ -367,6 +405,11 @@ class Dispatcher:
         self._lose(job, f"worker {name} went away and did not come back within {self.lost_after:g}s")
 
     def _lose(self, job: Job, reason: str) -> None:
+        if job.id in self._cancels:
+            # What was asked for happened, if not by the worker's hand.
+            log.info("job {job_id} cancelled: {reason}", job_id=job.id, reason=reason)
+            self._finish(job, JobStatus.CANCELLED, reason=f"cancelled while its worker was away; {reason}")
+            return
         log.warn("job {job_id} lost: {reason}", job_id=job.id, reason=reason)
         self._finish(job, JobStatus.LOST, reason=reason)
 
@@ -383,71 +426,89 @@ class Dispatcher:
         self._current(worker)
         job = self.jobs.get(job_id)
         if job is None or job.worker != worker.name or job_id not in worker.running:
-            raise JobNotFound(f"job {job_id} is not assigned to worker {worker.name}")
+            raise NotRunningHere(job_id, f"job {job_id} is not running on worker {worker.name}")
         return job
 
+    def _worker_time(self, worker: Worker, at: float, not_before: float) -> float:
+        """A time a worker reported, on our clock and within what we saw."""
+        return min(max(at + worker.clock_offset, not_before), self._clock.seconds())
+
     def started(self, worker: Worker, job_id: int, at: float) -> None:
-        job = self._assigned(worker, job_id)
+        self._started(self._assigned(worker, job_id), worker, at)
+
+    def _started(self, job: Job, worker: Worker, at: float) -> Job:
         if job.started_at is not None:
-            return
-        job = self.jobs.update(job, started_at=at)
+            return job
+        job = self.jobs.update(job, started_at=self._worker_time(worker, at, job.created_at))
         self._recorder.put(job)
+        assert job.started_at is not None
         due = job.scheduled_at if job.scheduled_at is not None else job.created_at
         for listener in self.started_listeners:
-            listener(job, max(0.0, self._clock.seconds() - due))
+            listener(job, max(0.0, job.started_at - due))
+        return job
 
     def output(self, worker: Worker, job_id: int, seq: int, stream: str, data: str) -> None:
         self._assigned(worker, job_id)
+        self._output(job_id, seq, stream, data)
+
+    def _output(self, job_id: int, seq: int, stream: str, data: str) -> None:
         if not self._tails.add(job_id, seq, stream, data):
             return  # a resend of what we have
         self._recorder.append_output(job_id, seq, stream, data)
         for listener in self.output_listeners:
             listener(job_id, seq, stream, data)
 
-    def finished(
-        self,
-        worker: Worker,
-        job_id: int,
-        *,
-        exit_code: int | None,
-        signal: int | None,
-        timed_out: bool,
-        cancelled: bool,
-        started_at: float | None,
-        finished_at: float | None,
-    ) -> None:
-        self._current(worker)
-        job = self.jobs.get(job_id)
-        if job is None:
-            # Already recorded (or never ours): acknowledge so it is forgotten.
-            worker.link.send("ack", job=job_id)
-            return
-        job = self._assigned(worker, job_id)
-        if cancelled:
+    def finished(self, worker: Worker, report: Finished) -> None:
+        job = self._assigned(worker, report.job)
+        for stream, seq, data in report.output:
+            self._output(job.id, seq, stream, data)
+        job = self._started(job, worker, report.started_at)
+        assert job.started_at is not None
+        if report.cancelled:
             status = JobStatus.CANCELLED
-        elif timed_out:
+        elif report.timed_out:
             status = JobStatus.TIMED_OUT
-        elif exit_code == 0:
+        elif report.exit_code == 0:
             status = JobStatus.SUCCEEDED
         else:
             status = JobStatus.FAILED
-        worker.running.discard(job_id)
-        now = self._clock.seconds()
+        changes: dict[str, Any] = {}
+        reason = self._missing_output(job.id, report.seq)
+        if reason is not None:
+            changes["reason"] = reason
+        worker.running.discard(job.id)
         self._finish(
             job,
             status,
-            on_recorded=lambda: worker.link.send("ack", job=job_id),
-            exit_code=exit_code,
-            signal=signal,
-            started_at=job.started_at or started_at,
-            finished_at=finished_at or now,
+            on_recorded=lambda: worker.link.send("ack", jobs=[job.id]),
+            exit_code=report.exit_code,
+            signal=report.signal,
+            finished_at=self._worker_time(worker, report.finished_at, job.started_at),
+            **changes,
         )
         self.workers.changed(worker)
         self.pump()
 
+    def _missing_output(self, job_id: int, last: int) -> str | None:
+        """Say so, in the output and as the reason, if chunks up to *last* never came."""
+        gaps = self._tails.missing(job_id, last)
+        if not gaps:
+            return None
+        runs = ", ".join(str(first) if first == end else f"{first}-{end}" for first, end in gaps)
+        reason = f"output incomplete: chunk{'s' if len(gaps) > 1 or gaps[0][0] != gaps[0][1] else ''} {runs} of {last} never arrived"
+        log.warn("job {job_id}: {reason}", job_id=job_id, reason=reason)
+        # After every chunk that came, so it reads last.
+        seq = max(last, self._tails.highest(job_id)) + 1
+        self._output(job_id, seq, "stderr", f"[scheduler: {reason}]\n")
+        return reason
+
     def rejected(self, worker: Worker, job_id: int, reason: str) -> None:
         job = self._assigned(worker, job_id)
         worker.running.discard(job_id)
+        if job_id in self._cancels:
+            self._finish(job, JobStatus.CANCELLED, reason="cancelled before it started")
+            self.workers.changed(worker)
+            return
         job = self.jobs.update(job, status=JobStatus.QUEUED, worker=None)
         self._recorder.put(job)
         log.info("worker {name} rejected job {job_id}: {reason}", name=worker.name, job_id=job_id, reason=reason)
@@ -459,6 +520,11 @@ class Dispatcher:
     # -- ending --------------------------------------------------------
 
     def cancel(self, job_id: int) -> Job:
+        """Cancel *job_id*: at once if queued, else by asking its worker.
+
+        The ask is kept until the job ends: a worker that is away gets it
+        after its next welcome (docs/protocol.md, ``cancel``).
+        """
         job = self.jobs.get(job_id)
         if job is None:
             raise JobNotFound(f"no active job {job_id}")
@@ -468,10 +534,16 @@ class Dispatcher:
             if worker is not None:
                 worker.running.discard(job.id)
             return self._finish(job, JobStatus.CANCELLED, reason="cancelled before it started")
+        self._cancels.add(job.id)
         worker = self.workers.get(job.worker or "")
         if worker is None:
-            raise JobConflict(f"job {job_id} runs on {job.worker}, which is not connected now")
-        worker.link.send("cancel", job=job_id)
+            log.info(
+                "job {job_id}: its worker {name} is away; the cancel waits for it to come back",
+                job_id=job_id,
+                name=job.worker,
+            )
+        else:
+            worker.link.send("cancel", job=job_id)
         return job
 
     def _finish(
@@ -484,6 +556,7 @@ class Dispatcher:
         """
         self._lost_timers.cancel(job.id)
         self._unsent.discard(job.id)
+        self._cancels.discard(job.id)
         self._dequeue(job)
         if "finished_at" not in changes:
             changes["finished_at"] = self._clock.seconds()

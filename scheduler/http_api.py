@@ -23,7 +23,7 @@ from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from scheduler import __version__, cron
-from scheduler.dispatch import Dispatcher, JobConflict, JobNotFound, QueueFull
+from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
 from scheduler.http_json import iso, job_json, task_json, worker_json
@@ -387,8 +387,6 @@ class SchedulerHTTP:
             raise ApiError(409, f"job {job.id} has already finished ({job.status.value})")
         try:
             job = self._dispatcher.cancel(job.id)
-        except JobConflict as error:
-            raise ApiError(409, str(error)) from None
         except JobNotFound:
             raise ApiError(409, f"job {job.id} has already finished") from None
         return _json(request, 202, self._job_json(job))

@@ -148,7 +148,7 @@ OPENAPI: dict[str, Any] = {
             },
             "Worker": {
                 "type": "object",
-                "required": ["name", "labels", "slots", "running", "connectedAt"],
+                "required": ["name", "labels", "slots", "running", "connectedAt", "clockOffset"],
                 "properties": {
                     "name": {"type": "string"},
                     "labels": {"type": "array", "items": {"type": "string"}},
@@ -156,6 +156,10 @@ OPENAPI: dict[str, Any] = {
                     "running": {"type": "integer"},
                     "jobs": {"type": "array", "items": {"type": "integer"}},
                     "connectedAt": _TIME,
+                    "clockOffset": {
+                        "type": "number",
+                        "description": "Seconds the scheduler's clock is ahead of the worker's, measured at its hello",
+                    },
                 },
             },
         },
@@ -255,9 +259,9 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Stop a job",
                 "responses": {
-                    "202": _json(_ref("Job"), "Cancel sent (or a queued job cancelled)"),
+                    "202": _json(_ref("Job"), "Cancel sent (kept until its worker is back, if it is away), or a queued job cancelled"),
                     "404": _error("No such job"),
-                    "409": _error("Already finished, or its worker is not connected"),
+                    "409": _error("Already finished"),
                 },
             },
         },

@@ -11,6 +11,10 @@ To add a message type: a section in docs/protocol.md, a dataclass and a
 parser here, an entry in ``WORKER_MESSAGES`` or ``SCHEDULER_MESSAGES``, and
 a handler on the receiving end (``tests/test_worker_messages.py`` checks the
 document and these tables against each other).
+
+Frames go out through an :class:`Outbox`, which gathers what one end says
+within a turn of its reactor into one frame (a ``batch``); ``unbatch``
+undoes that on the receiving end.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-PROTOCOL_VERSION = 1
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+PROTOCOL_VERSION = 2
 
 # Ids and sequence numbers stay exact in JSON and fit SQLite's integers.
 MAX_INT = 2**53
@@ -36,6 +42,14 @@ MAX_REASON = 200
 # The scheduler sends a cron fire's run up to 50 ms ahead of its second,
 # with the delay to wait; a far larger one would hold a slot for nothing.
 MAX_START_DELAY = 5.0
+# Messages in one batch frame.
+MAX_BATCH = 1000
+# What an Outbox puts in one frame before it starts another: well under
+# the 2 MiB frame limit, whatever the messages hold.
+BATCH_BYTES = 512 * 1024
+# A worker may hold a job's ``started`` back this long: a job that ends
+# sooner is reported by its ``finished`` alone (start, output and exit).
+STARTED_HOLD = 0.05
 
 # Both ends ping every 20 s and drop a peer silent for 20 s more, so a dead
 # NAT mapping is noticed within a minute on both sides.
@@ -69,7 +83,11 @@ def encode(type: str, /, **fields: object) -> bytes:
     valid UTF-8 whatever the strings hold, lone surrogates included (job
     output may carry them).
     """
-    return json.dumps({"type": type, **fields}).encode("ascii")
+    return _dumps(type, fields).encode("ascii")
+
+
+def _dumps(type: str, fields: Mapping[str, object]) -> str:
+    return json.dumps({"type": type, **fields})
 
 
 def decode(payload: bytes | str, *, binary: bool = False) -> object:
@@ -119,12 +137,108 @@ def error_fields(reason: str, received: object = None) -> dict[str, Any]:
     return fields
 
 
+def unbatch(message: dict[str, Any]) -> list[object]:
+    """The messages one received message stands for: a batch's entries, or itself.
+
+    The entries are checked one by one by the caller (each gets its own
+    ``error``), so only the batch's own shape is checked here.
+    """
+    if message["type"] != "batch":
+        return [message]
+    entries = message.get("messages")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BATCH:
+        raise BadMessage(f"field 'messages' must be a list of 1 to {MAX_BATCH} messages")
+    return entries
+
+
+def as_entry(value: object) -> dict[str, Any]:
+    """One entry of a batch as a message (a batch may not hold another)."""
+    message = as_message(value)
+    if message["type"] == "batch":
+        raise BadMessage("a batch may not contain another batch")
+    return message
+
+
 def unsupported_protocol(message: Mapping[str, Any]) -> str | None:
     """Why a hello's protocol is refused, or None if the scheduler speaks it."""
     protocol = message.get("protocol")
     if isinstance(protocol, bool) or protocol != PROTOCOL_VERSION:
-        return f"protocol {protocol!r} is not supported (this scheduler speaks {PROTOCOL_VERSION})"
+        return (
+            f"protocol {protocol!r} is not supported: this scheduler speaks protocol {PROTOCOL_VERSION}; "
+            "upgrade the worker to the scheduler's release"
+        )
     return None
+
+
+class Outbox:
+    """What one end sends, gathered per reactor turn into as few frames as fit.
+
+    ``send`` queues a message and asks *clock* for a call in the same turn's
+    wake (``callLater(0)``); by then every message that turn produced, such
+    as the ``run`` for each job one commit placed on a worker, is queued, and
+    goes out as one frame: a ``batch`` when there are several.  ``ack``
+    messages are merged into one ``ack`` listing all their jobs, at the end
+    of the frame.  ``flush`` sends at once (before a close, say).
+    """
+
+    def __init__(self, clock: IReactorTime, write: Callable[[bytes], None]) -> None:
+        self._clock = clock
+        self._write = write
+        self._queued: list[str] = []
+        self._acks: list[int] = []
+        self._call: IDelayedCall | None = None
+
+    def send(self, type: str, /, **fields: object) -> None:
+        if type == "ack":
+            jobs = fields.get("jobs")
+            assert isinstance(jobs, list)
+            self._acks.extend(jobs)
+        else:
+            self._queued.append(_dumps(type, fields))
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+        queued, self._queued = self._queued, []
+        if self._acks:
+            queued.append(_dumps("ack", {"jobs": self._acks}))
+            self._acks = []
+        for frame in frames(queued):
+            self._write(frame)
+
+    def discard(self) -> None:
+        """Forget what is queued (the connection is gone)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._queued = []
+        self._acks = []
+
+
+def frames(messages: Sequence[str]) -> list[bytes]:
+    """Encoded messages as frames: alone, or batched by MAX_BATCH and BATCH_BYTES."""
+    out: list[bytes] = []
+    group: list[str] = []
+    size = 0
+    for message in messages:
+        if group and (len(group) == MAX_BATCH or size + len(message) > BATCH_BYTES):
+            out.append(_frame(group))
+            group, size = [], 0
+        group.append(message)
+        size += len(message) + 2
+    if group:
+        out.append(_frame(group))
+    return out
+
+
+def _frame(group: list[str]) -> bytes:
+    if len(group) == 1:
+        return group[0].encode("ascii")
+    return ('{"type": "batch", "messages": [' + ", ".join(group) + "]}").encode("ascii")
 
 
 def websocket_options(
@@ -216,9 +330,22 @@ def _duration(message: Mapping[str, Any], name: str) -> float | None:
 
 def _name(message: Mapping[str, Any], name: str) -> str:
     value = message.get(name)
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise BadMessage(f"field '{name}' must be a non-empty string of at most {MAX_NAME} characters")
+    if not _is_name(value):
+        raise BadMessage(
+            f"field '{name}' must be a string of 1 to {MAX_NAME} characters without spaces, commas or colons"
+        )
+    assert isinstance(value, str)
     return value
+
+
+def _is_name(value: object) -> bool:
+    # Names go into targets ("worker:<name>", "label:<label>") and
+    # comma-separated lists, so those characters would be ambiguous.
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_NAME
+        and not any(ch.isspace() or ch in ",:" for ch in value)
+    )
 
 
 def _text(message: Mapping[str, Any], name: str) -> str:
@@ -236,7 +363,7 @@ def _optional_text(message: Mapping[str, Any], name: str) -> str | None:
 
 
 def _bool(message: Mapping[str, Any], name: str) -> bool:
-    value = message.get(name, False)
+    value = message.get(name)
     if not isinstance(value, bool):
         raise BadMessage(f"field '{name}' must be true or false")
     return value
@@ -266,6 +393,24 @@ def _int_list(message: Mapping[str, Any], name: str) -> list[int]:
     return value
 
 
+def _job_list(message: Mapping[str, Any], name: str) -> list[int]:
+    value = message.get(name)
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(_is_int(v) and 1 <= v <= MAX_INT for v in value)
+    ):
+        raise BadMessage(f"field '{name}' must be a non-empty list of job ids")
+    return value
+
+
+def _required(message: Mapping[str, Any], *names: str) -> None:
+    """Fields that may be null but must be there."""
+    for name in names:
+        if name not in message:
+            raise BadMessage(f"field '{name}' is required")
+
+
 def _seq_map(message: Mapping[str, Any], name: str) -> dict[int, int]:
     value = message.get(name, {})
     problem = BadMessage(f"field '{name}' must map job ids to integer seqs")
@@ -291,21 +436,25 @@ class Hello:
     slots: int
     # job id -> (state, last seq) for the jobs the worker still holds.
     jobs: dict[int, tuple[str, int]]
-    # The agent process's id; optional (protocol-1 workers may not send it).
-    instance: str | None
+    # The agent process's id: the same instance reconnecting may take its
+    # name over at once.
+    instance: str
+    # The worker's clock when it sent the hello.
+    time: float
 
 
 def parse_hello(message: Mapping[str, Any]) -> Hello:
     """A hello's fields; its ``protocol`` is checked first, by ``unsupported_protocol``."""
     name = _name(message, "name")
-    if any(ch.isspace() or ch in ",:" for ch in name):
-        raise BadMessage("field 'name' must not contain spaces, commas or colons")
     labels = message.get("labels", [])
-    if not isinstance(labels, list) or not all(
-        isinstance(label, str) and 0 < len(label) <= MAX_NAME for label in labels
-    ):
-        raise BadMessage("field 'labels' must be a list of short strings")
+    if not isinstance(labels, list) or not all(_is_name(label) for label in labels):
+        raise BadMessage(
+            f"field 'labels' must be a list of strings of 1 to {MAX_NAME} characters "
+            "without spaces, commas or colons"
+        )
     slots = _int(message, "slots", low=1, high=MAX_SLOTS)
+    instance = _name(message, "instance")
+    sent = _time(message, "time")
     jobs = message.get("jobs", [])
     if not isinstance(jobs, list):
         raise BadMessage("field 'jobs' must be a list")
@@ -317,8 +466,7 @@ def parse_hello(message: Mapping[str, Any]) -> Hello:
         if state not in ("running", "finished"):
             raise BadMessage("a job's 'state' must be 'running' or 'finished'")
         reported[_job(entry)] = (state, _int(entry, "seq"))
-    instance = None if message.get("instance") is None else _name(message, "instance")
-    return Hello(name, frozenset(labels), slots, reported, instance)
+    return Hello(name, frozenset(labels), slots, reported, instance, sent)
 
 
 @dataclass(frozen=True)
@@ -328,8 +476,11 @@ class Started:
 
 
 def parse_started(message: Mapping[str, Any]) -> Started:
+    job = _job(message)
+    at = _time(message, "at")
     # pid is for people reading the log; nothing depends on it.
-    return Started(_job(message), _time(message, "at"))
+    _int(message, "pid", low=1, high=2**31 - 1)
+    return Started(job, at)
 
 
 @dataclass(frozen=True)
@@ -341,9 +492,13 @@ class Output:
 
 
 def parse_output(message: Mapping[str, Any]) -> Output:
+    return Output(_job(message), *_chunk(message))
+
+
+def _chunk(message: Mapping[str, Any]) -> tuple[str, int, str]:
     stream = _stream(message)
-    data = _text(message, "data")
-    return Output(_job(message), stream, _int(message, "seq", low=1), data)
+    seq = _int(message, "seq", low=1)
+    return stream, seq, _text(message, "data")
 
 
 @dataclass(frozen=True)
@@ -353,23 +508,37 @@ class Finished:
     signal: int | None
     timed_out: bool
     cancelled: bool
-    started_at: float | None
-    finished_at: float | None
+    # The job's last output chunk: the scheduler checks it has them all.
+    seq: int
+    started_at: float
+    finished_at: float
+    # Chunks not sent before, as (stream, seq, data): a quick job's output.
+    output: tuple[tuple[str, int, str], ...]
 
 
 def parse_finished(message: Mapping[str, Any]) -> Finished:
-    # seq is for the worker's own bookkeeping: the scheduler has the output
-    # chunks themselves.
+    job = _job(message)
+    _required(message, "exitCode", "signal")
     exit_code = _signed32(message, "exitCode")
     signal = _signed32(message, "signal")
+    output = message.get("output") or []
+    if not isinstance(output, list):
+        raise BadMessage("field 'output' must be a list of chunks")
+    chunks = []
+    for chunk in output:
+        if not isinstance(chunk, dict):
+            raise BadMessage("each entry of 'output' must be an object")
+        chunks.append(_chunk(chunk))
     return Finished(
-        job=_job(message),
+        job=job,
         exit_code=exit_code,
         signal=signal,
         timed_out=_bool(message, "timedOut"),
         cancelled=_bool(message, "cancelled"),
-        started_at=_optional_time(message, "startedAt"),
-        finished_at=_optional_time(message, "finishedAt"),
+        seq=_int(message, "seq"),
+        started_at=_time(message, "startedAt"),
+        finished_at=_time(message, "finishedAt"),
+        output=tuple(chunks),
     )
 
 
@@ -389,13 +558,18 @@ def parse_rejected(message: Mapping[str, Any]) -> Rejected:
 
 @dataclass(frozen=True)
 class Welcome:
-    # job id -> the last output seq the scheduler has.
+    # job id -> the seq up to which the scheduler has every chunk.
     resume: dict[int, int]
     drop: list[int]
+    # Seconds the scheduler's clock is ahead of the worker's.
+    clock_offset: float
 
 
 def parse_welcome(message: Mapping[str, Any]) -> Welcome:
-    return Welcome(_seq_map(message, "resume"), _int_list(message, "drop"))
+    offset = message.get("clockOffset")
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not abs(offset) <= MAX_TIME:
+        raise BadMessage("field 'clockOffset' must be a number of seconds")
+    return Welcome(_seq_map(message, "resume"), _int_list(message, "drop"), float(offset))
 
 
 @dataclass(frozen=True)
@@ -442,11 +616,22 @@ def parse_cancel(message: Mapping[str, Any]) -> Cancel:
 
 @dataclass(frozen=True)
 class Ack:
-    job: int
+    jobs: list[int]
 
 
 def parse_ack(message: Mapping[str, Any]) -> Ack:
-    return Ack(_job(message))
+    return Ack(_job_list(message, "jobs"))
+
+
+@dataclass(frozen=True)
+class Drop:
+    jobs: list[int]
+    reason: str
+
+
+def parse_drop(message: Mapping[str, Any]) -> Drop:
+    reason = message.get("reason")
+    return Drop(_job_list(message, "jobs"), reason if isinstance(reason, str) else "")
 
 
 # -- either way ---------------------------------------------------------------------
@@ -479,5 +664,6 @@ SCHEDULER_MESSAGES: Mapping[str, Callable[[Mapping[str, Any]], object]] = {
     "run": parse_run,
     "cancel": parse_cancel,
     "ack": parse_ack,
+    "drop": parse_drop,
     "error": parse_error,
 }

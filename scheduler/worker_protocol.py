@@ -18,16 +18,17 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from scheduler.cron import iso
-from scheduler.dispatch import Dispatcher, JobNotFound
+from scheduler.dispatch import Dispatcher, JobNotFound, NotRunningHere
 from scheduler.settings import Settings
 from scheduler.worker_messages import (
     PING_INTERVAL,
     PING_TIMEOUT,
     BadMessage,
     Hello,
+    Outbox,
+    as_entry,
     as_message,
     decode,
-    encode,
     error_fields,
     no_delay,
     parse_finished,
@@ -35,6 +36,7 @@ from scheduler.worker_messages import (
     parse_output,
     parse_rejected,
     parse_started,
+    unbatch,
     unsupported_protocol,
     websocket_options,
 )
@@ -47,6 +49,9 @@ _log = Logger()
 # new connection asks for the name (a live one keeps it).  A worker's
 # reactor answers pings at once, so a few seconds are plenty.
 PROBE_TIMEOUT = 5.0
+# A worker clock further off than this is logged: its times are corrected,
+# but its jobs' own logs and files carry the wrong time.
+CLOCK_WARNING = 1.0
 
 
 def _started(dispatcher: Dispatcher, worker: Worker, message: Mapping[str, Any]) -> None:
@@ -60,17 +65,7 @@ def _output(dispatcher: Dispatcher, worker: Worker, message: Mapping[str, Any]) 
 
 
 def _finished(dispatcher: Dispatcher, worker: Worker, message: Mapping[str, Any]) -> None:
-    finished = parse_finished(message)
-    dispatcher.finished(
-        worker,
-        finished.job,
-        exit_code=finished.exit_code,
-        signal=finished.signal,
-        timed_out=finished.timed_out,
-        cancelled=finished.cancelled,
-        started_at=finished.started_at,
-        finished_at=finished.finished_at,
-    )
+    dispatcher.finished(worker, parse_finished(message))
 
 
 def _rejected(dispatcher: Dispatcher, worker: Worker, message: Mapping[str, Any]) -> None:
@@ -106,6 +101,8 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         self._probes: list[Deferred[bool]] = []
         # Unknown message types: the first is logged, the rest counted.
         self._unknown = 0
+        self._outbox: Outbox | None = None
+        self._clock_offset = 0.0
 
     @property
     def token_name(self) -> str | None:
@@ -115,10 +112,19 @@ class WorkerServerProtocol(WebSocketServerProtocol):
     # -- the link the dispatcher sends through ------------------------
 
     def send(self, type: str, /, **fields: Any) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        if self._outbox is None:
+            self._outbox = Outbox(self.factory.clock, self._write)
+        self._outbox.send(type, **fields)
+
+    def _write(self, frame: bytes) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(encode(type, **fields), isBinary=False)
+            self.sendMessage(frame, isBinary=False)
 
     def close(self, reason: str) -> None:
+        if self._outbox is not None:
+            self._outbox.flush()  # a refused's reason goes before the close
         self.sendClose(code=1000, reason=reason[:100])
 
     def alive(self, timeout: float) -> Deferred[bool]:
@@ -195,7 +201,22 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         try:
             received = decode(payload, binary=isBinary)
             message = as_message(received)
+            if message["type"] == "batch" and self.worker is None:
+                raise BadMessage("the hello travels alone, not in a batch")
+            entries = unbatch(message)
+        except BadMessage as error:
+            self.send("error", **error_fields(str(error.args[0]), received))
+            return
+        for entry in entries:
+            self._receive(entry)
+
+    def _receive(self, received: object) -> None:
+        """One message, alone or from a batch: whatever goes wrong is answered, never raised."""
+        try:
+            message = as_entry(received)
             self._handle(message["type"], message)
+        except NotRunningHere as error:
+            self.send("drop", jobs=[error.job_id], reason=str(error))
         except (BadMessage, JobNotFound) as error:
             self.send("error", **error_fields(str(error.args[0]), received))
         except Exception:
@@ -233,6 +254,8 @@ class WorkerServerProtocol(WebSocketServerProtocol):
             self._refuse(unsupported, "unsupported protocol")
             return
         hello = parse_hello(message)
+        # Measured on arrival: a claim may keep the welcome waiting.
+        self._clock_offset = self.factory.clock.seconds() - hello.time
         name = hello.name
         if self._allowed_name is not None and name != self._allowed_name:
             _log.warn(
@@ -260,7 +283,7 @@ class WorkerServerProtocol(WebSocketServerProtocol):
             self._hello_timer.cancel()
         self._hello_timer = None
         holder = self.factory.dispatcher.workers.get(name)
-        if holder is None or (hello.instance is not None and hello.instance == holder.instance):
+        if holder is None or hello.instance == holder.instance:
             # A free name, or the same agent process coming back (it has one
             # connection at a time, so its old one is dead).
             self._welcome(hello)
@@ -317,9 +340,11 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         self._welcome(hello)
 
     def _welcome(self, hello: Hello) -> None:
-        worker = Worker(
-            hello.name, hello.labels, hello.slots, self, self.factory.clock.seconds(), instance=hello.instance
-        )
+        now = self.factory.clock.seconds()
+        worker = Worker(hello.name, hello.labels, hello.slots, self, now, instance=hello.instance)
+        # Transit time counts as clock offset; on a network where that
+        # matters at all, it is milliseconds.
+        worker.clock_offset = self._clock_offset
         welcome = self.factory.dispatcher.hello(worker, hello.jobs)
         self.worker = worker
         _log.info(
@@ -329,6 +354,14 @@ class WorkerServerProtocol(WebSocketServerProtocol):
             slots=hello.slots,
             labels=",".join(sorted(hello.labels)) or "-",
         )
+        if abs(worker.clock_offset) > CLOCK_WARNING:
+            _log.warn(
+                "worker {name}'s clock is {seconds:.3f} s {direction} the scheduler's: the times it "
+                "reports are corrected, but check its time synchronisation",
+                name=hello.name,
+                seconds=abs(worker.clock_offset),
+                direction="behind" if worker.clock_offset > 0 else "ahead of",
+            )
         self.send("welcome", **welcome)
 
     def _refuse(self, reason: str, close: str = "refused") -> None:
@@ -338,6 +371,8 @@ class WorkerServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
+        if self._outbox is not None:
+            self._outbox.discard()
         self._answer_probes(False)
         if self._unknown > 1:
             _log.info(

@@ -18,9 +18,12 @@ class Worker:
     connected_at: float
     # Jobs placed on this worker and not yet finished (started or not).
     running: set[int] = field(default_factory=set)
-    # The agent process's id from its hello (optional in protocol 1): the
-    # same instance reconnecting may take its name over at once.
+    # The agent process's id from its hello: the same instance reconnecting
+    # may take its name over at once.
     instance: str | None = None
+    # Seconds our clock is ahead of the worker's, measured at its hello:
+    # added to every time it reports.
+    clock_offset: float = 0.0
 
     @property
     def free(self) -> int:
@@ -44,6 +47,7 @@ class Worker:
             "running": len(self.running),
             "jobs": sorted(self.running),
             "connectedAt": self.connected_at,
+            "clockOffset": round(self.clock_offset, 6),
         }
 
 

@@ -10,10 +10,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from scheduler import cron
-from scheduler.dispatch import Dispatcher, JobConflict, JobNotFound, NoRecorder, QueueFull
+from scheduler.dispatch import Dispatcher, JobNotFound, NoRecorder, NotRunningHere, QueueFull
 from scheduler.job_book import JobBook
 from scheduler.jobs import JobStatus
 from scheduler.tasks import Task, TaskOptions
+from scheduler.worker_messages import Finished
 from scheduler.worker_registry import Worker, WorkerRegistry
 from tests.fakes import FakeLink
 
@@ -46,11 +47,20 @@ class World:
         self.tasks[task_id] = task
         return task
 
-    def finish(self, worker: Worker, job_id: int, exit_code: int = 0, **kw: Any) -> None:
+    def finish(self, worker: Worker, job_id: int, exit_code: int | None = 0, **kw: Any) -> None:
+        now = self.clock.seconds()
         self.dispatcher.finished(
-            worker, job_id, exit_code=exit_code, signal=None, timed_out=kw.get("timed_out", False),
-            cancelled=kw.get("cancelled", False), started_at=None, finished_at=None,
+            worker,
+            Finished(
+                job_id, exit_code=exit_code, signal=None, timed_out=kw.get("timed_out", False),
+                cancelled=kw.get("cancelled", False), seq=kw.get("seq", 0), started_at=now, finished_at=now,
+                output=kw.get("output", ()),
+            ),
         )
+
+
+def acked(link: FakeLink) -> list[int]:
+    return [job for m in link.sent if m["type"] == "ack" for job in m["jobs"]]
 
 
 def test_least_loaded_worker_with_a_free_slot() -> None:
@@ -134,7 +144,7 @@ def test_statuses_from_finished() -> None:
     assert [job.status for job in world.ended] == [
         JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED,
     ]
-    assert [m["job"] for m in link.sent if m["type"] == "ack"] == ids
+    assert acked(link) == ids
 
 
 def test_a_worker_may_only_report_its_own_jobs() -> None:
@@ -142,9 +152,9 @@ def test_a_worker_may_only_report_its_own_jobs() -> None:
     a, _ = world.connect("a")
     b, _ = world.connect("b")
     job = world.dispatcher.run_now("x", target="worker:a")[0]
-    with pytest.raises(JobNotFound):
+    with pytest.raises(NotRunningHere):
         world.dispatcher.output(b, job.id, 1, "stdout", "forged")
-    with pytest.raises(JobNotFound):
+    with pytest.raises(NotRunningHere):
         world.finish(b, job.id)
     assert world.jobs.get(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
     world.finish(a, job.id)
@@ -193,10 +203,11 @@ def test_reconnect_in_time_resumes_and_result_counts_once() -> None:
     world.dispatcher.output(again, job.id, 1, "stdout", "one ")
     world.dispatcher.output(again, job.id, 2, "stdout", "two")
     assert world.dispatcher.live_output(job.id) == "one two"
-    world.finish(again, job.id)
-    world.finish(again, job.id)  # resent before the ack arrived
+    world.finish(again, job.id, seq=2)
+    with pytest.raises(NotRunningHere):
+        world.finish(again, job.id, seq=2)  # resent before the ack arrived: the worker gets drop
     assert len(world.ended) == 1
-    assert [m["type"] for m in link.sent[-2:]] == ["ack", "ack"]
+    assert acked(link) == [job.id]
     world.clock.advance(60)
     assert len(world.ended) == 1
 
@@ -210,7 +221,8 @@ def test_lost_job_is_dropped_when_the_worker_returns() -> None:
     assert world.ended[-1].status is JobStatus.LOST
     resumed, link = world.connect("a", jobs={job.id: ("finished", 0)})
     assert link.sent[-1]["drop"] == [job.id]
-    world.finish(resumed, job.id)  # a late report changes nothing
+    with pytest.raises(NotRunningHere):  # the worker gets drop again
+        world.finish(resumed, job.id)  # a late report changes nothing
     assert len(world.ended) == 1
 
 
@@ -270,13 +282,50 @@ def test_cancel() -> None:
         world.dispatcher.cancel(queued.id)
 
 
-def test_cancel_on_a_disconnected_worker_is_a_conflict() -> None:
+def test_a_cancel_waits_for_a_disconnected_worker_and_follows_its_welcome() -> None:
     world = World()
     a, _ = world.connect("a")
     job = world.dispatcher.run_now("x")[0]
     world.dispatcher.disconnected(a)
-    with pytest.raises(JobConflict):
-        world.dispatcher.cancel(job.id)
+    assert world.dispatcher.cancel(job.id).status is JobStatus.RUNNING
+    _, link = world.connect("a", jobs={job.id: ("running", 0)})
+    assert [m["type"] for m in link.sent] == ["welcome", "cancel"]
+    assert link.sent[-1] == {"type": "cancel", "job": job.id}
+
+
+def test_a_cancelled_job_whose_worker_never_returns_ends_cancelled_not_lost() -> None:
+    world = World(lost_after=30)
+    a, _ = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.disconnected(a)
+    world.dispatcher.cancel(job.id)
+    world.clock.advance(30)
+    assert world.ended[-1].status is JobStatus.CANCELLED
+    assert "did not come back within 30s" in world.ended[-1].reason
+
+
+def test_a_cancelled_job_that_its_worker_rejects_ends_cancelled_not_queued() -> None:
+    world = World()
+    a, link = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.cancel(job.id)
+    world.dispatcher.rejected(a, job.id, "no free slot")
+    assert world.ended[-1].status is JobStatus.CANCELLED
+    world.clock.advance(1)
+    assert link.runs() == [job.id]  # not sent again
+
+
+def test_output_out_of_order_is_kept_in_seq_order_and_gaps_are_named() -> None:
+    world = World()
+    a, _ = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    for seq in (1, 3, 2, 5):
+        world.dispatcher.output(a, job.id, seq, "stdout", f"{seq} ")
+    assert world.dispatcher.live_output(job.id) == "1 2 3 5 "
+    assert world.dispatcher.last_seq(job.id) == 3  # every chunk up to 3 is here
+    world.finish(a, job.id, seq=8)
+    assert world.ended[-1].status is JobStatus.SUCCEEDED
+    assert world.ended[-1].reason == "output incomplete: chunks 4, 6-8 of 8 never arrived"
 
 
 def test_rejected_job_goes_back_to_the_front() -> None:
@@ -321,7 +370,7 @@ def test_run_and_ack_wait_for_the_record() -> None:
     world.finish(worker, job.id)
     assert not [m for m in link.sent if m["type"] == "ack"]
     recorder.commit()
-    assert [m["job"] for m in link.sent if m["type"] == "ack"] == [job.id]
+    assert acked(link) == [job.id]
 
 
 def test_cancel_before_run_is_sent_never_sends_it() -> None:

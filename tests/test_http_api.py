@@ -14,6 +14,7 @@ from treq.testing import StubTreq
 from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
+from scheduler.worker_messages import Finished
 from scheduler.worker_registry import Worker
 from tests.helpers import UTC, settled
 
@@ -262,16 +263,7 @@ async def test_run_a_command_and_follow_it(api: Api) -> None:
     assert running["status"] == "running" and running["worker"] == "w1"
     code, workers = await api.call("GET", "/api/workers")
     assert workers[0]["name"] == "w1" and workers[0]["running"] == 1 and workers[0]["slots"] == 2
-    dispatcher.finished(
-        worker,
-        job["id"],
-        exit_code=0,
-        signal=None,
-        timed_out=False,
-        cancelled=False,
-        started_at=1.0,
-        finished_at=2.0,
-    )
+    dispatcher.finished(worker, Finished(job["id"], 0, None, False, False, 1, 1.0, 2.0, ()))
     code, done = await api.call("GET", f"/api/jobs/{job['id']}")
     assert done["status"] == "succeeded" and done["exitCode"] == 0
     assert (await api.call("GET", f"/api/jobs/{job['id']}/log"))[1] == "hi\n"

@@ -13,6 +13,7 @@ from scheduler.job_book import JobBook
 from scheduler.job_queue import JobQueue
 from scheduler.jobs import JobStatus
 from scheduler.tasks import Task, TaskOptions
+from scheduler.worker_messages import Finished
 from scheduler.worker_registry import Worker, WorkerRegistry
 from tests.fakes import FakeLink
 
@@ -102,9 +103,8 @@ def test_an_overlap_queue_job_waits_aside_and_does_not_block_its_target() -> Non
     other = dispatcher.run_now("true")[0]
     assert link.runs() == [running.id, other.id]
     assert dispatcher.queued == 1
-    dispatcher.finished(
-        worker, running.id, exit_code=0, signal=None, timed_out=False, cancelled=False, started_at=None, finished_at=None
-    )
+    now = clock.seconds()
+    dispatcher.finished(worker, Finished(running.id, 0, None, False, False, 0, now, now, ()))
     clock.advance(0)
     assert link.runs()[-1] == waiting.id
     assert dispatcher.queued == 0

@@ -176,6 +176,7 @@ def test_a_worker_socket_flooding_invalid_messages_is_dropped(warnings: list[str
     received = 0
     while not transport.aborted and received < 2000:
         protocol.dataReceived(junk)
+        clock.advance(0)  # the turn ends: the replies go out
         received += 1
     assert transport.aborted, transport.buffered
     # Each error echoes the type and job only, and the peer is dropped at the bound.

@@ -8,6 +8,7 @@ them by type, who may hold a worker name, and who may report.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from scheduler.worker_registry import WorkerRegistry
 from tests.helpers import UTC
 
 SHARED = "shared-token-0123456789"
+_instances = itertools.count(1)
 W1_TOKEN = "w1-own-token-0123456789"
 
 
@@ -48,12 +50,22 @@ class Connection:
         protocol.sendClose = self._closed  # type: ignore[method-assign]
         protocol.sendPing = self._pinged  # type: ignore[method-assign]
         self.protocol = protocol
-        self.sent: list[dict[str, Any]] = []
+        self._sent_messages: list[dict[str, Any]] = []
+        self.frames: list[dict[str, Any]] = []
         self.closes: list[str | None] = []
+        self.instance = f"instance-{next(_instances)}"
         self.pings = 0
 
     def _sent(self, payload: bytes, isBinary: bool = False) -> None:
-        self.sent.append(json.loads(payload))
+        frame = json.loads(payload)
+        self.frames.append(frame)
+        self._sent_messages.extend(frame["messages"] if frame["type"] == "batch" else [frame])
+
+    @property
+    def sent(self) -> list[dict[str, Any]]:
+        """Every message the scheduler sent, batches unpacked (the current turn ended first)."""
+        self.flush()
+        return self._sent_messages
 
     def _closed(self, code: int | None = None, reason: str | None = None) -> None:
         self.closes.append(reason)
@@ -64,10 +76,21 @@ class Connection:
     def say(self, **message: Any) -> list[dict[str, Any]]:
         before = len(self.sent)
         self.protocol.onMessage(json.dumps(message).encode(), False)
+        self.flush()
         return self.sent[before:]
 
+    def flush(self) -> None:
+        """Let the turn end: what the scheduler sends goes out then, in one frame."""
+        clock = self.protocol.factory.clock
+        if isinstance(clock, Clock):
+            clock.advance(0)
+        elif self.protocol._outbox is not None:
+            self.protocol._outbox.flush()
+
     def hello(self, name: str = "w1", **fields: Any) -> list[dict[str, Any]]:
-        return self.say(type="hello", protocol=1, name=name, slots=2, **fields)
+        clock = self.protocol.factory.clock
+        hello = {"protocol": 2, "name": name, "slots": 2, "instance": self.instance, "time": clock.seconds()}
+        return self.say(type="hello", **{**hello, **fields})
 
     def types(self) -> list[str]:
         return [message["type"] for message in self.sent]
@@ -104,8 +127,11 @@ class World:
         return job.id
 
 
-def finished(job: int, exit_code: int = 0) -> dict[str, Any]:
-    return {"type": "finished", "job": job, "exitCode": exit_code, "signal": None, "timedOut": False, "cancelled": False}
+def finished(job: int, exit_code: int = 0, seq: int = 0) -> dict[str, Any]:
+    return {
+        "type": "finished", "job": job, "exitCode": exit_code, "signal": None, "timedOut": False,
+        "cancelled": False, "seq": seq, "startedAt": 1_000_000.0, "finishedAt": 1_000_000.0,
+    }
 
 
 @pytest.fixture
@@ -234,7 +260,7 @@ def test_a_replaced_connection_cannot_report_on_its_jobs() -> None:
     assert world.dispatcher.live_output(job) == ""
     assert world.jobs.get(job).status is JobStatus.RUNNING  # type: ignore[union-attr]
     new.say(type="output", job=job, stream="stdout", seq=1, data="real")
-    new.say(**finished(job))
+    new.say(**finished(job, seq=1))
     assert world.jobs.get(job) is None  # recorded
     assert new.types()[-1] == "ack"
 
@@ -374,7 +400,8 @@ def test_an_instance_must_be_a_short_string() -> None:
     replies = world.connect().hello("w1", instance=7)
     assert [reply["type"] for reply in replies] == ["error"]
     assert "'instance'" in replies[0]["reason"]
-    assert world.connect().hello("w1", instance=None)[0]["type"] == "welcome"
+    replies = world.connect().hello("w1", instance=None)  # protocol 2 requires it
+    assert [reply["type"] for reply in replies] == ["error"]
 
 
 # -- issue 20, item 3 and an info item: what bad messages cost -----------------------
@@ -409,7 +436,7 @@ def test_unknown_types_are_logged_once_per_connection_with_a_count(logged: list[
 def _raw(connection: Connection, payload: bytes, binary: bool = False) -> list[dict[str, Any]]:
     before = len(connection.sent)
     connection.protocol.onMessage(payload, binary)
-    return connection.sent[before:]
+    return connection.sent[before:]  # (sent ends the turn)
 
 
 @pytest.mark.parametrize(
@@ -434,23 +461,31 @@ def test_frames_that_are_not_a_hello_are_answered_with_error(payload: bytes, bin
 
 def test_a_hello_in_another_protocol_is_refused_before_its_fields_are_checked() -> None:
     connection = World().connect()
-    replies = connection.say(type="hello", protocol=2, name="no good name", slots=0)
-    assert replies == [{"type": "refused", "reason": "protocol 2 is not supported (this scheduler speaks 1)"}]
+    replies = connection.say(type="hello", protocol=1, name="no good name", slots=0)
+    assert replies == [
+        {
+            "type": "refused",
+            "reason": "protocol 1 is not supported: this scheduler speaks protocol 2; upgrade the worker "
+            "to the scheduler's release",
+        }
+    ]
     assert connection.closes == ["unsupported protocol"]
 
 
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({"name": "a b"}, "field 'name' must not contain spaces, commas or colons"),
+        ({"name": "a b"}, "field 'name' must be a string of 1 to 100 characters without spaces, commas or colons"),
         ({"slots": 0}, "field 'slots' must be an integer from 1 to 10000"),
-        ({"labels": "gpu"}, "field 'labels' must be a list of short strings"),
+        ({"labels": "gpu"}, "field 'labels' must be a list of strings of 1 to 100 characters without spaces, "
+                            "commas or colons"),
+        ({"time": 1.8e12}, "field 'time' must be a Unix time in seconds"),
         ({"jobs": [{"job": 1, "state": "lost", "seq": 0}]}, "a job's 'state' must be 'running' or 'finished'"),
     ],
 )
 def test_a_malformed_hello_is_answered_with_error(fields: dict[str, Any], reason: str) -> None:
     connection = World().connect()
-    message = {"type": "hello", "protocol": 1, "name": "w1", "slots": 2, **fields}
+    message = {"type": "hello", "protocol": 2, "name": "w1", "slots": 2, "instance": "i", "time": 1.0, **fields}
     assert connection.say(**message) == [{"type": "error", "reason": reason, "message": {"type": "hello"}}]
     assert connection.protocol.worker is None
 
@@ -461,6 +496,7 @@ def test_each_report_type_reaches_the_dispatcher() -> None:
     connection.hello("w1")
     first, second = world.job(), world.job()
     assert connection.runs() == [first, second]
+    world.clock.advance(1)
     assert connection.say(type="started", job=first, pid=7, at=1_000_000.5) == []
     assert world.jobs.get(first).started_at == 1_000_000.5  # type: ignore[union-attr]
     assert connection.say(type="output", job=first, stream="stdout", seq=1, data="hi\n") == []
@@ -471,22 +507,25 @@ def test_each_report_type_reaches_the_dispatcher() -> None:
     connection.say(**finished(first, exit_code=3))
     world.clock.advance(0)
     assert world.jobs.get(first) is None  # recorded
-    assert {"type": "ack", "job": first} in connection.sent
+    assert {"type": "ack", "jobs": [first]} in connection.sent
 
 
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        ({"type": "started", "job": 0, "at": 1.0}, "field 'job' must be an integer from 1 to 9007199254740992"),
-        ({"type": "started", "job": 1, "at": 1.8e12}, "field 'at' must be a Unix time in seconds"),
+        ({"type": "started", "job": 0, "at": 1.0, "pid": 1}, "field 'job' must be an integer from 1 to 9007199254740992"),
+        ({"type": "started", "job": 1, "at": 1.8e12, "pid": 1}, "field 'at' must be a Unix time in seconds"),
+        ({"type": "started", "job": 1, "at": 1.0}, "field 'pid' must be an integer from 1 to 2147483647"),
         ({"type": "output", "job": 1, "stream": "tty", "seq": 1, "data": ""}, "field 'stream' must be 'stdout' or 'stderr'"),
         ({"type": "output", "job": 1, "stream": "stdout", "seq": 1, "data": 5}, "field 'data' must be a string"),
         ({"type": "output", "job": 1, "stream": "stdout", "seq": 0, "data": ""}, "field 'seq' must be an integer from 1 to 9007199254740992"),
-        ({"type": "finished", "job": 1, "exitCode": "0"}, "field 'exitCode' must be a 32-bit integer or null"),
-        ({"type": "finished", "job": 1, "cancelled": "no"}, "field 'cancelled' must be true or false"),
-        ({"type": "finished", "job": 1, "startedAt": -1}, "field 'startedAt' must be a Unix time in seconds"),
+        ({**finished(1), "exitCode": "0"}, "field 'exitCode' must be a 32-bit integer or null"),
+        ({**finished(1), "cancelled": "no"}, "field 'cancelled' must be true or false"),
+        ({**finished(1), "startedAt": -1}, "field 'startedAt' must be a Unix time in seconds"),
+        ({"type": "finished", "job": 1}, "field 'exitCode' is required"),
+        ({**finished(1), "seq": None}, "field 'seq' must be an integer from 0 to 9007199254740992"),
         ({"type": "rejected", "job": "1"}, "field 'job' must be an integer from 1 to 9007199254740992"),
-        ({"type": "hello", "protocol": 1, "name": "w1", "slots": 1}, "hello was already received on this connection"),
+        ({"type": "hello", "protocol": 2, "name": "w1", "slots": 1}, "hello was already received on this connection"),
     ],
 )
 def test_a_malformed_report_is_answered_with_error_and_changes_nothing(message: dict[str, Any], reason: str) -> None:

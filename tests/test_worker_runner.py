@@ -584,16 +584,29 @@ def test_timeout_sends_sigterm_then_sigkill(
     assert signals == []
     clock.advance(0.1)
     assert signals == [("killpg", 4242, signal.SIGTERM)]
-    run.cancel()  # already terminating: no second SIGTERM
+    run.cancel()  # already terminating: no second SIGTERM, and it stays a timeout
     clock.advance(4.9)
     assert signals == [("killpg", 4242, signal.SIGTERM)]
     clock.advance(0.1)
     assert signals[1:] == [("killpg", 4242, signal.SIGKILL)]
     run.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
     result = _result(run)
-    assert result.timed_out and result.cancelled
+    assert result.timed_out and not result.cancelled  # the first of the two decides
     assert result.signal == signal.SIGKILL and result.exit_code is None
     assert result.finished_at - result.started_at == pytest.approx(15)
+
+
+def test_a_cancel_before_the_timeout_stays_a_cancel(signals: list[tuple[str, int, int]]) -> None:
+    clock = _SpawnClock()
+    run = JobRun(cast(RunnerReactor, clock), "x", Output(), timeout=10, kill_grace=5)
+    run.start()
+    clock.advance(9)
+    run.cancel()
+    clock.advance(1)  # the timeout falls due while the cancel's SIGTERM works
+    run.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+    result = _result(run)
+    assert result.cancelled and not result.timed_out
+    assert signals == [("killpg", 4242, signal.SIGTERM)]
 
 
 def test_no_signal_after_process_ended(signals: list[tuple[str, int, int]]) -> None:

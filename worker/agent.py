@@ -25,17 +25,21 @@ from twisted.python.failure import Failure
 
 from scheduler.worker_messages import (
     PROTOCOL_VERSION,
+    STARTED_HOLD,
     BadMessage,
     Link,
+    as_entry,
     as_message,
     decode,
     error_fields,
     parse_ack,
     parse_cancel,
+    parse_drop,
     parse_error,
     parse_refused,
     parse_run,
     parse_welcome,
+    unbatch,
 )
 from worker.output_buffer import DEFAULT_OUTPUT_BUFFER, Chunk, OutputBuffer
 from worker.runner import JobRun, OutputSink, RunnerReactor, RunResult
@@ -47,6 +51,12 @@ _agent_log = Logger(namespace="worker.agent")
 # Until the welcome, the protocol allows the worker to send nothing but its
 # hello, so these are the only messages it acts on before then.
 _HANDSHAKE_TYPES = frozenset({"welcome", "refused"})
+# A scheduler clock further off than this is worth a warning in our log.
+_CLOCK_WARNING = 1.0
+# Characters of output a finished may carry; past this, started and the
+# output go out as they are.  A chunk is at most 64 KiB, so output over
+# this is already several messages.
+_MAX_INLINE_OUTPUT = 64 * 1024
 
 
 # -- collaborators ------------------------------------------------------------
@@ -105,7 +115,13 @@ class _Job:
     run: RunHandle | None = None
     seq: int = 0  # last output chunk produced
     pid: int | None = None  # once started
+    started_at: float | None = None
     start_call: IDelayedCall | None = None  # a start on its second, pending
+    # While ``started`` is held back (STARTED_HOLD): the call that sends it,
+    # and the chunks that wait with it.  A job that ends first sends them in
+    # its ``finished``.
+    started_call: IDelayedCall | None = None
+    held: list[Chunk] | None = None
     result: RunResult | None = None
     # Whether the scheduler on the current connection wants to hear about
     # this job; otherwise sends for it only go to the buffer.
@@ -192,6 +208,7 @@ class WorkerAgent:
             "run": self._on_run,
             "cancel": self._on_cancel,
             "ack": self._on_ack,
+            "drop": self._on_drop,
             "error": self._on_error,
         }
 
@@ -223,6 +240,7 @@ class WorkerAgent:
             labels=list(self._labels),
             slots=self._slots,
             instance=self.instance,
+            time=self._clock.seconds(),
             jobs=[
                 {"job": job.id, "state": "running" if job.result is None else "finished", "seq": job.seq}
                 for job in sorted(self._jobs.values(), key=lambda j: j.id)
@@ -240,10 +258,19 @@ class WorkerAgent:
         received: object = None
         try:
             received = decode(payload, binary=binary)
-            message = as_message(received)
+            entries = unbatch(as_message(received))
         except BadMessage as e:
             self.malformed(str(e), received)
             return
+        for entry in entries:
+            try:
+                message = as_entry(entry)
+            except BadMessage as e:
+                self.malformed(str(e), entry)
+                continue
+            self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if not self._welcomed and kind not in _HANDSHAKE_TYPES:
             _agent_log.warn("ignoring {type!r} from the scheduler before its welcome", type=kind)
@@ -315,6 +342,13 @@ class WorkerAgent:
         self._welcomed = True
         self._cancel_welcome_call()
         self._on_welcome()
+        if abs(welcome.clock_offset) > _CLOCK_WARNING:
+            _agent_log.warn(
+                "this machine's clock is {seconds:.3f} s {direction} the scheduler's; the scheduler "
+                "corrects the job times we report, but check time synchronisation here",
+                seconds=abs(welcome.clock_offset),
+                direction="behind" if welcome.clock_offset > 0 else "ahead of",
+            )
         _agent_log.info(
             "welcomed by the scheduler: resuming {resume} job(s), dropping {drop}",
             resume=len(resume),
@@ -395,6 +429,7 @@ class WorkerAgent:
         job.start_call = None
         run = job.run
         assert run is not None
+        job.started_at = self._clock.seconds()
         run.start()
         # A command that could not even be spawned has already finished
         # (exit 127, reason on stderr): the protocol sends no started then.
@@ -402,7 +437,17 @@ class WorkerAgent:
             # No log line here: one per job, at its end, is what an operator
             # reads, and a second cost ~10 % of the agent's CPU for short jobs.
             job.pid = run.pid
-            self._send_for(job, "started", job=job.id, pid=run.pid, at=self._clock.seconds())
+            # Held back a little: a job that ends by then is reported by
+            # one message, not three (docs/protocol.md, ``started``).
+            job.held = []
+            job.started_call = self._clock.callLater(STARTED_HOLD, self._report_started, job)
+
+    def _report_started(self, job: _Job) -> None:
+        job.started_call = None
+        held, job.held = job.held or [], None
+        self._send_for(job, "started", job=job.id, pid=job.pid, at=job.started_at)
+        for chunk in held:
+            self._send_output(job, chunk)
 
     def _on_cancel(self, message: dict[str, Any]) -> None:
         job = self._jobs.get(parse_cancel(message).job)
@@ -411,14 +456,23 @@ class WorkerAgent:
             job.run.cancel()
 
     def _on_ack(self, message: dict[str, Any]) -> None:
-        job_id = parse_ack(message).job
-        job = self._jobs.get(job_id)
-        if job is None:
-            return  # a repeated ack: nothing left to forget
-        if job.result is None:
-            _agent_log.warn("ignoring ack for job {job}, which is still running", job=job_id)
-            return
-        del self._jobs[job_id]
+        for job_id in parse_ack(message).jobs:
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue  # a repeated ack: nothing left to forget
+            if job.result is None:
+                _agent_log.warn("ignoring ack for job {job}, which is still running", job=job_id)
+                continue
+            del self._jobs[job_id]
+
+    def _on_drop(self, message: dict[str, Any]) -> None:
+        drop = parse_drop(message)
+        for job_id in drop.jobs:
+            if job_id in self._jobs:
+                _agent_log.info(
+                    "the scheduler dropped job {job}: {reason}", job=job_id, reason=drop.reason[:200] or "-"
+                )
+                self._forget(job_id)
 
     def _on_error(self, message: dict[str, Any]) -> None:
         error = parse_error(message)
@@ -436,12 +490,28 @@ class WorkerAgent:
         job.seq += 1
         chunk = Chunk(job.seq, stream, text)
         job.output.append(chunk)
-        self._send_for(job, "output", job=job.id, stream=stream, seq=chunk.seq, data=text)
+        if job.held is None:
+            self._send_output(job, chunk)
+            return
+        job.held.append(chunk)
+        if sum(len(held.data) for held in job.held) > _MAX_INLINE_OUTPUT:
+            # A fast writer: its output must not pile up into one finished
+            # larger than a frame may be.
+            assert job.started_call is not None
+            job.started_call.cancel()
+            self._report_started(job)
+
+    def _send_output(self, job: _Job, chunk: Chunk) -> None:
+        self._send_for(job, "output", job=job.id, stream=chunk.stream, seq=chunk.seq, data=chunk.data)
 
     def _on_run_ended(self, result: RunResult, job: _Job) -> None:
         if job.start_call is not None and job.start_call.active():
             job.start_call.cancel()  # cancelled before its start
         job.start_call = None
+        if job.started_call is not None and job.started_call.active():
+            job.started_call.cancel()  # ended quickly: finished says it all
+        job.started_call = None
+        held, job.held = job.held, None
         self._running.discard(job)
         if not job.forgotten:
             job.result = result
@@ -452,7 +522,10 @@ class WorkerAgent:
                 seconds=result.finished_at - result.started_at,
                 outcome=_outcome(result),
             )
-            self._send_for(job, "finished", **self._finished_fields(job))
+            fields = self._finished_fields(job)
+            if held:
+                fields["output"] = [{"stream": c.stream, "seq": c.seq, "data": c.data} for c in held]
+            self._send_for(job, "finished", **fields)
         self._check_idle()
 
     def _on_run_failed(self, failure: Failure, job: _Job) -> None:
@@ -503,6 +576,11 @@ class WorkerAgent:
         self._welcomed = False
         for job in self._jobs.values():
             job.live = False
+            if job.started_call is not None and job.started_call.active():
+                # The next hello says it runs, and its buffer has the chunks.
+                job.started_call.cancel()
+            job.started_call = None
+            job.held = None
 
     def _welcome_overdue(self) -> None:
         self._welcome_call = None

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.logger import Logger
 
-from scheduler.worker_messages import Link, encode, no_delay, websocket_options
+from scheduler.worker_messages import Link, Outbox, no_delay, websocket_options
 
 __all__ = ["MAX_MESSAGE_SIZE", "Session", "WorkerClientFactory", "WorkerProtocol"]
 
@@ -40,7 +40,13 @@ class Session(Protocol):
 
 
 class WorkerProtocol(WebSocketClientProtocol):
-    """Frames in and out; everything else is the agent's business."""
+    """Frames in and out; everything else is the agent's business.
+
+    What the agent says within one reactor turn goes out as one frame (see
+    ``scheduler.worker_messages.Outbox``).
+    """
+
+    _outbox: Outbox | None = None
 
     def _agent(self) -> Session:
         agent: Session = self.factory.agent
@@ -72,6 +78,8 @@ class WorkerProtocol(WebSocketClientProtocol):
             # not have us (bad token, wrong URL): worth more than info.
             level = _log.info if agent.welcomed else _log.warn
             level("connection to the scheduler closed ({code}: {reason})", code=code, reason=reason)
+            if self._outbox is not None:
+                self._outbox.discard()
             agent.disconnected(self)
         except Exception:
             _log.failure("handling the end of the connection failed")
@@ -79,11 +87,20 @@ class WorkerProtocol(WebSocketClientProtocol):
     def send(self, type: str, /, **fields: object) -> None:
         # Anything unsent is in the job buffers already; the next welcome
         # asks for it again.
+        if self.state != WebSocketClientProtocol.STATE_OPEN:
+            return
+        if self._outbox is None:
+            self._outbox = Outbox(self.factory.reactor, self._write)
+        self._outbox.send(type, **fields)
+
+    def _write(self, frame: bytes) -> None:
         if self.state == WebSocketClientProtocol.STATE_OPEN:
-            self.sendMessage(encode(type, **fields), isBinary=False)
+            self.sendMessage(frame, isBinary=False)
 
     def close(self, reason: str) -> None:
         if self.state == WebSocketClientProtocol.STATE_OPEN:
+            if self._outbox is not None:
+                self._outbox.flush()
             self.sendClose(code=1000, reason=reason)
 
 

@@ -207,8 +207,12 @@ class JobRun(ProcessProtocol):
             )
 
     def cancel(self) -> None:
-        """SIGTERM the process group, SIGKILL it after kill_grace.  Idempotent."""
-        if self._done:
+        """SIGTERM the process group, SIGKILL it after kill_grace.  Idempotent.
+
+        A run whose timeout already fired stays timed out: whichever of the
+        two came first is what the job's result says (docs/protocol.md).
+        """
+        if self._done or self._timed_out:
             return
         self._cancelled = True
         if not self._started:
@@ -258,7 +262,7 @@ class JobRun(ProcessProtocol):
 
     def _on_timeout(self) -> None:
         self._timeout_call = None
-        if self._done:
+        if self._done or self._cancelled:
             return
         self._timed_out = True
         self._terminate()
