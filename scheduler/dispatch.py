@@ -490,16 +490,22 @@ class Dispatcher:
         self.pump()
 
     def _missing_output(self, job_id: int, last: int) -> str | None:
-        """Say so, in the output and as the reason, if chunks up to *last* never came."""
+        """Say so, in the output and as the reason, if the chunks do not match *last*."""
+        problems = []
         gaps = self._tails.missing(job_id, last)
-        if not gaps:
+        if gaps:
+            runs = ", ".join(str(first) if first == end else f"{first}-{end}" for first, end in gaps)
+            plural = "s" if len(gaps) > 1 or gaps[0][0] != gaps[0][1] else ""
+            problems.append(f"output incomplete: chunk{plural} {runs} of {last} never arrived")
+        highest = self._tails.highest(job_id)
+        if highest > last:
+            problems.append(f"output inconsistent: chunks up to {highest} arrived, but finished says {last}")
+        if not problems:
             return None
-        runs = ", ".join(str(first) if first == end else f"{first}-{end}" for first, end in gaps)
-        reason = f"output incomplete: chunk{'s' if len(gaps) > 1 or gaps[0][0] != gaps[0][1] else ''} {runs} of {last} never arrived"
+        reason = "; ".join(problems)
         log.warn("job {job_id}: {reason}", job_id=job_id, reason=reason)
         # After every chunk that came, so it reads last.
-        seq = max(last, self._tails.highest(job_id)) + 1
-        self._output(job_id, seq, "stderr", f"[scheduler: {reason}]\n")
+        self._output(job_id, max(last, highest) + 1, "stderr", f"[scheduler: {reason}]\n")
         return reason
 
     def rejected(self, worker: Worker, job_id: int, reason: str) -> None:

@@ -529,12 +529,17 @@ def parse_finished(message: Mapping[str, Any]) -> Finished:
         if not isinstance(chunk, dict):
             raise BadMessage("each entry of 'output' must be an object")
         chunks.append(_chunk(chunk))
+    timed_out = _bool(message, "timedOut")
+    cancelled = _bool(message, "cancelled")
+    if timed_out and cancelled:
+        # The worker decides which came first; the scheduler will not guess.
+        raise BadMessage("fields 'timedOut' and 'cancelled' cannot both be true")
     return Finished(
         job=job,
         exit_code=exit_code,
         signal=signal,
-        timed_out=_bool(message, "timedOut"),
-        cancelled=_bool(message, "cancelled"),
+        timed_out=timed_out,
+        cancelled=cancelled,
         seq=_int(message, "seq"),
         started_at=_time(message, "startedAt"),
         finished_at=_time(message, "finishedAt"),
@@ -549,8 +554,9 @@ class Rejected:
 
 
 def parse_rejected(message: Mapping[str, Any]) -> Rejected:
-    reason = str(message.get("reason", ""))[:MAX_REASON]
-    return Rejected(_job(message), reason)
+    job = _job(message)
+    reason = _optional_text(message, "reason") or ""
+    return Rejected(job, reason[:MAX_REASON])
 
 
 # -- scheduler to worker ------------------------------------------------------------

@@ -45,9 +45,22 @@ function renderWorkers() {
       worker.labels.length
         ? h('div', {class: 'labels'}, worker.labels.map((label) => h('span', {class: 'chip'}, visible(label))))
         : null,
-      h('div', {class: 'muted small'}, 'connected since ', timeEl(worker.connectedAt))));
+      h('div', {class: 'muted small'}, 'connected since ', timeEl(worker.connectedAt)),
+      clockNote(worker.clockOffset)));
   }
   renderTargetChoices();
+}
+
+// The scheduler corrects a worker's times by its clock offset; past this
+// the worker's own logs and files carry wrong times, worth telling.
+const CLOCK_NOTE_SECONDS = 1;
+
+/** A note on a worker whose clock is off (seconds our clock is ahead of it). */
+function clockNote(offset) {
+  if (!(Math.abs(offset) > CLOCK_NOTE_SECONDS)) return null;
+  const direction = offset > 0 ? 'behind' : 'ahead of';
+  return h('div', {class: 'small warn-text', title: 'Job times from this worker are corrected for it'},
+    `clock ${Math.abs(offset).toFixed(1)} s ${direction} the scheduler's`);
 }
 
 /** Fill every target <select> from the workers list, keeping the choice. */

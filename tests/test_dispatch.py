@@ -328,6 +328,16 @@ def test_output_out_of_order_is_kept_in_seq_order_and_gaps_are_named() -> None:
     assert world.ended[-1].reason == "output incomplete: chunks 4, 6-8 of 8 never arrived"
 
 
+def test_chunks_beyond_the_last_one_finished_reports_are_kept_and_named() -> None:
+    world = World()
+    a, _ = world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    world.dispatcher.output(a, job.id, 1, "stdout", "1 ")
+    world.dispatcher.output(a, job.id, 5, "stdout", "5 ")
+    world.finish(a, job.id, seq=1)
+    assert world.ended[-1].reason == "output inconsistent: chunks up to 5 arrived, but finished says 1"
+
+
 def test_rejected_job_goes_back_to_the_front() -> None:
     world = World()
     a, link = world.connect("a")

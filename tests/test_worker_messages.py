@@ -165,7 +165,8 @@ def test_parsers_return_typed_messages() -> None:
     assert wm.parse_finished(FINISHED) == wm.Finished(3, 0, None, False, False, 0, 5.0, 6.0, ())
     inline = {**FINISHED, "seq": 1, "output": [{"stream": "stdout", "seq": 1, "data": "hi"}]}
     assert wm.parse_finished(inline).output == (("stdout", 1, "hi"),)
-    assert wm.parse_rejected({"job": 3, "reason": 7}) == wm.Rejected(3, "7")
+    assert wm.parse_rejected({"job": 3, "reason": "x" * 300}) == wm.Rejected(3, "x" * wm.MAX_REASON)
+    assert wm.parse_rejected({"job": 3}) == wm.Rejected(3, "")
     welcome = {"resume": {"17": 38}, "drop": [12], "clockOffset": -1}
     assert wm.parse_welcome(welcome) == wm.Welcome({17: 38}, [12], -1.0)
     assert wm.parse_refused({"reason": None}) == wm.Refused("None")
@@ -192,6 +193,9 @@ def test_parsers_return_typed_messages() -> None:
         (wm.parse_finished, {**FINISHED, "exitCode": 2**31}, "field 'exitCode' must be a 32-bit integer or null"),
         (wm.parse_finished, {**FINISHED, "timedOut": 1}, "field 'timedOut' must be true or false"),
         (wm.parse_finished, {"job": 18}, "field 'exitCode' is required"),
+        (wm.parse_finished, {**FINISHED, "timedOut": True, "cancelled": True},
+         "fields 'timedOut' and 'cancelled' cannot both be true"),
+        (wm.parse_rejected, {"job": 3, "reason": 7}, "field 'reason' must be a string or null"),
         (wm.parse_finished, {**FINISHED, "seq": -1}, "field 'seq' must be an integer from 0"),
         (wm.parse_finished, {**FINISHED, "output": [{"stream": "stdout", "seq": 0, "data": ""}]},
          "field 'seq' must be an integer from 1"),
