@@ -108,6 +108,8 @@ class Dispatcher:
         # worker's next welcome, and ended as cancelled (not lost) if it
         # comes back without them or not at all.
         self._cancels: set[int] = set()
+        # Jobs a worker rejected: (its name, until when it is not asked again).
+        self._rejected: dict[int, tuple[str, float]] = {}
         self.output_listeners: list[OutputListener] = []
         # Feeds the metrics: how late jobs start, and how they end.
         self.started_listeners: list[Callable[[Job, float], None]] = []
@@ -261,7 +263,7 @@ class Dispatcher:
                 self._held_count += 1
                 worker = None
             else:
-                worker = self._place(target)
+                worker = self._place(target, self._rejected_by(job_id))
                 if worker is None:
                     # No has_free_slot() up front: it scans the workers, and
                     # most passes place something.  This target is full.
@@ -286,11 +288,24 @@ class Dispatcher:
                 self._queue.push(job_id, job.target)
         self._clock.callLater(0, self.pump)
 
-    def _place(self, target: str) -> Worker | None:
+    def _place(self, target: str, avoid: str | None = None) -> Worker | None:
         if target.startswith("worker:"):
             worker = self.workers.get(target[7:])
-            return worker if worker is not None and worker.free > 0 else None
-        return self.workers.place(target)
+            ok = worker is not None and worker.free > 0 and worker.name != avoid
+            return worker if ok else None
+        return self.workers.place(target, avoid)
+
+    def _rejected_by(self, job_id: int) -> str | None:
+        """The worker that rejected *job_id* less than REJECTED_REST ago, if any."""
+        if not self._rejected:
+            return None
+        rejected = self._rejected.get(job_id)
+        if rejected is None:
+            return None
+        if rejected[1] <= self._clock.seconds():
+            del self._rejected[job_id]
+            return None
+        return rejected[0]
 
     def _must_wait(self, job: Job) -> bool:
         if job.task_id is None:
@@ -508,6 +523,10 @@ class Dispatcher:
         self._output(job_id, max(last, highest) + 1, "stderr", f"[scheduler: {reason}]\n")
         return reason
 
+    # Seconds before a job goes back to the worker that rejected it: a full
+    # worker answers at once, and would otherwise be asked again at once.
+    REJECTED_REST = 1.0
+
     def rejected(self, worker: Worker, job_id: int, reason: str) -> None:
         job = self._assigned(worker, job_id)
         worker.running.discard(job_id)
@@ -518,10 +537,13 @@ class Dispatcher:
         job = self.jobs.update(job, status=JobStatus.QUEUED, worker=None)
         self._recorder.put(job)
         log.info("worker {name} rejected job {job_id}: {reason}", name=worker.name, job_id=job_id, reason=reason)
+        self._rejected[job_id] = (worker.name, self._clock.seconds() + self.REJECTED_REST)
         self._queue.push(job_id, job.target)
         if job.task_id is not None:
             self._release_held(job.task_id)
-        self._clock.callLater(1.0, self.pump)
+        # Another worker may take it now; this one in a second.
+        self.pump(job.target)
+        self._clock.callLater(self.REJECTED_REST, self.pump)
 
     # -- ending --------------------------------------------------------
 
@@ -563,6 +585,7 @@ class Dispatcher:
         self._lost_timers.cancel(job.id)
         self._unsent.discard(job.id)
         self._cancels.discard(job.id)
+        self._rejected.pop(job.id, None)
         self._dequeue(job)
         if "finished_at" not in changes:
             changes["finished_at"] = self._clock.seconds()

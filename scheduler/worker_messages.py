@@ -404,6 +404,12 @@ def _job_list(message: Mapping[str, Any], name: str) -> list[int]:
     return value
 
 
+def _optional(message: Mapping[str, Any], name: str, default: Any) -> Any:
+    """An optional field's value: missing and null both mean *default*."""
+    value = message.get(name)
+    return default if value is None else value
+
+
 def _required(message: Mapping[str, Any], *names: str) -> None:
     """Fields that may be null but must be there."""
     for name in names:
@@ -446,7 +452,7 @@ class Hello:
 def parse_hello(message: Mapping[str, Any]) -> Hello:
     """A hello's fields; its ``protocol`` is checked first, by ``unsupported_protocol``."""
     name = _name(message, "name")
-    labels = message.get("labels", [])
+    labels = _optional(message, "labels", [])
     if not isinstance(labels, list) or not all(_is_name(label) for label in labels):
         raise BadMessage(
             f"field 'labels' must be a list of strings of 1 to {MAX_NAME} characters "
@@ -455,7 +461,7 @@ def parse_hello(message: Mapping[str, Any]) -> Hello:
     slots = _int(message, "slots", low=1, high=MAX_SLOTS)
     instance = _name(message, "instance")
     sent = _time(message, "time")
-    jobs = message.get("jobs", [])
+    jobs = _optional(message, "jobs", [])
     if not isinstance(jobs, list):
         raise BadMessage("field 'jobs' must be a list")
     reported: dict[int, tuple[str, int]] = {}
@@ -521,7 +527,7 @@ def parse_finished(message: Mapping[str, Any]) -> Finished:
     _required(message, "exitCode", "signal")
     exit_code = _signed32(message, "exitCode")
     signal = _signed32(message, "signal")
-    output = message.get("output") or []
+    output = _optional(message, "output", [])
     if not isinstance(output, list):
         raise BadMessage("field 'output' must be a list of chunks")
     chunks = []

@@ -97,8 +97,9 @@ class WorkerRegistry:
         self._notify("disconnected", worker)
         return True
 
-    def place(self, target: str) -> Worker | None:
-        """The least-loaded worker that accepts *target* and has a free slot.
+    def place(self, target: str, avoid: str | None = None) -> Worker | None:
+        """The least-loaded worker that accepts *target* and has a free slot
+        (other than the one named *avoid*).
 
         Least loaded means fewest running jobs, then most free slots, then
         the lowest name.  This runs once per job over every worker, so the
@@ -119,6 +120,8 @@ class WorkerRegistry:
             ):
                 continue
             if not anyone and not worker.accepts(target):
+                continue
+            if avoid is not None and worker.name == avoid:
                 continue
             best, best_running, best_free = worker, running, free
         return best
