@@ -163,8 +163,10 @@ def unsupported_protocol(message: Mapping[str, Any]) -> str | None:
     """Why a hello's protocol is refused, or None if the scheduler speaks it."""
     protocol = message.get("protocol")
     if isinstance(protocol, bool) or protocol != PROTOCOL_VERSION:
+        # As JSON, as the worker wrote it (null, not None), and short.
+        written = json.dumps(protocol)[:20]
         return (
-            f"protocol {protocol!r} is not supported: this scheduler speaks protocol {PROTOCOL_VERSION}; "
+            f"protocol {written} is not supported: this scheduler speaks protocol {PROTOCOL_VERSION}; "
             "upgrade the worker to the scheduler's release"
         )
     return None
