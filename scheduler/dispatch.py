@@ -130,14 +130,17 @@ class Dispatcher:
                 del self._held[job.task_id]  # type: ignore[arg-type]
 
     def fire(self, task: Task, scheduled: float) -> list[Job]:
-        """Jobs for one cron fire of *task* (none if skipped or already run)."""
+        """Jobs for one cron fire of *task* (none if paused, skipped or already run)."""
         if self.jobs.seen(task.id, scheduled):
             return []
-        if task.options.overlap == "skip" and self.jobs.active_for(task.id):
+        options = task.options
+        if options.paused and (options.pausedUntil is None or scheduled < options.pausedUntil):
+            return []
+        if options.overlap == "skip" and self.jobs.active_for(task.id):
             self.jobs.mark_fired(task.id, scheduled)
             self._log_skip(task, scheduled)
             return []
-        fields: dict[str, Any] = {"timeout": task.options.timeout}
+        fields: dict[str, Any] = {"timeout": options.timeout, "env": dict(options.env), "cwd": options.cwd}
         targets = self._targets(task.options.target)
         first = self.jobs.fire(task.id, scheduled, task.command, target=targets[0], **fields)
         if first is None:

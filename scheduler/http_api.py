@@ -119,15 +119,6 @@ def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
 
 
-def _check_env(env: Any) -> dict[str, str]:
-    if env is None:
-        return {}
-    if not isinstance(env, dict) or not all(
-        isinstance(key, str) and isinstance(value, str) and key and "=" not in key and "\0" not in key + value
-        for key, value in env.items()
-    ):
-        raise ApiError(400, "env must be an object of string names (without '=') to string values")
-    return env
 
 
 class SchedulerHTTP:
@@ -236,7 +227,7 @@ class SchedulerHTTP:
         try:
             command = check_command(data.get("command"))
             options = TaskOptions.from_mapping(data)
-            cron.parse(schedule, self._tz)
+            cron.parse(schedule, options.tz or self._tz)
         except (TaskError, cron.InvalidSchedule) as error:
             raise ApiError(400, str(error)) from None
 
@@ -317,20 +308,11 @@ class SchedulerHTTP:
         try:
             command = check_command(data.get("command"))
             options = TaskOptions.from_mapping(
-                {key: data[key] for key in ("target", "timeout") if key in data and data[key] is not None}
+                {key: data[key] for key in ("target", "timeout", "env", "cwd") if key in data and data[key] is not None}
             )
         except TaskError as error:
             raise ApiError(400, str(error)) from None
-        cwd = data.get("cwd")
-        if cwd is not None and (not isinstance(cwd, str) or not cwd or "\0" in cwd):
-            raise ApiError(400, "cwd must be a non-empty path string")
-        jobs = self._run(
-            command,
-            target=options.target,
-            timeout=options.timeout,
-            env=_check_env(data.get("env")),
-            cwd=cwd,
-        )
+        jobs = self._run(command, target=options.target, timeout=options.timeout, env=options.env, cwd=options.cwd)
         if len(jobs) == 1:
             request.setHeader(b"Location", f"/api/jobs/{jobs[0].id}".encode())
             return _json(request, 202, self._job_json(jobs[0]))

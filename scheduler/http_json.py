@@ -30,6 +30,7 @@ def task_json(task: Task, next_run: float | None, tz: tzinfo) -> dict[str, Any]:
         "command": task.command,
         "nextRun": iso(next_run, tz),
         **task.options.as_dict(),
+        "pausedUntil": iso(task.options.pausedUntil, tz),
     }
 
 

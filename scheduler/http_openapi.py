@@ -9,16 +9,20 @@ of the Klein app is here, so the document cannot silently fall behind it.
 
 from __future__ import annotations
 
-from typing import Any, get_args, get_type_hints
+from collections.abc import Mapping
+from typing import Any, get_args, get_origin, get_type_hints
 
 from scheduler.http_api import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT
 from scheduler.http_guard import is_public
 from scheduler.jobs import JobStatus
 from scheduler.tasks import (
     DEFAULT_OPTIONS,
+    JITTER_RANGE,
+    MAX_CONCURRENT_RANGE,
     MISSED_CAP_RANGE,
     MISSED_POLICIES,
     OVERLAP_POLICIES,
+    POOL_NAME,
     RETRIES_RANGE,
     RETRY_DELAY_RANGE,
     TIMEOUT_RANGE,
@@ -45,6 +49,8 @@ _TIME = {"type": ["string", "null"], "format": "date-time"}
 
 def _option_schema(name: str, hint: Any, default: Any) -> dict[str, Any]:
     """A task option's schema from its type in TaskOptions and its bounds in tasks.py."""
+    if get_origin(hint) is Mapping:
+        return {"type": "object", "additionalProperties": {"type": "string"}, "default": {}}
     kinds = get_args(hint) or (hint,)
     types = [_JSON_TYPES[kind] for kind in kinds]
     schema: dict[str, Any] = {"type": types[0] if len(types) == 1 else types}
@@ -56,18 +62,26 @@ def _option_schema(name: str, hint: Any, default: Any) -> dict[str, Any]:
         schema["maximum"] = bounds.high
     if name == "target":
         schema["description"] = "any, all, worker:<name> or label:<label>"
+    if name == "timezone":
+        schema["description"] = "an IANA time zone for the schedule, such as Europe/Berlin (default: the scheduler's)"
+    if name == "pool":
+        schema["pattern"] = POOL_NAME.pattern
+    if name == "pausedUntil":
+        schema = {"type": ["string", "null"], "format": "date-time", "description": "resumes by itself then"}
     if default is not None:
         schema["default"] = default
     return schema
 
 
-_JSON_TYPES = {str: "string", int: "integer", float: "number", type(None): "null"}
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
 _OPTION_ENUMS = {"overlap": OVERLAP_POLICIES, "missed": MISSED_POLICIES}
 _OPTION_RANGES = {
     "timeout": TIMEOUT_RANGE,
     "retries": RETRIES_RANGE,
     "retryDelay": RETRY_DELAY_RANGE,
     "missedCap": MISSED_CAP_RANGE,
+    "maxConcurrent": MAX_CONCURRENT_RANGE,
+    "jitter": JITTER_RANGE,
 }
 _OPTIONS: dict[str, Any] = {
     name: _option_schema(name, hint, getattr(DEFAULT_OPTIONS, name))

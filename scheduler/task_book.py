@@ -107,8 +107,9 @@ class TaskBook:
         options: TaskOptions | None = None,
         job_name: str | None = None,
     ) -> Task:
+        options = options or TaskOptions()
         try:
-            parsed = cron.parse(schedule, self.tz)
+            parsed = cron.parse(schedule, options.tz or self.tz)
         except cron.InvalidSchedule as error:
             raise TaskError(str(error)) from None
         check_command(command)
@@ -117,7 +118,7 @@ class TaskBook:
             job_name = f"task_{task_id}"
         else:
             self._check_job_name(job_name, task_id)
-        task = Task(task_id, job_name, parsed, command, options or TaskOptions())
+        task = Task(task_id, job_name, parsed, command, options)
         self._put(task)
         return task
 

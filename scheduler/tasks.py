@@ -13,10 +13,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import tzinfo
-from functools import cached_property
+from datetime import UTC, datetime, tzinfo
+from functools import cached_property, lru_cache
 from types import MappingProxyType
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from scheduler import cron
 
@@ -26,6 +27,14 @@ OVERLAP_POLICIES = ("allow", "skip", "queue")
 MISSED_POLICIES = ("skip", "once", "all")
 TARGET = re.compile(r"^(any|all|worker:[^\s]+|label:[^\s]+)$")
 MAX_COMMAND = 64 * 1024
+# Environment variable names as POSIX shells take them.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What env and cwd may hold, together: an environment is copied into
+# every run's process, and lives in tasks.db.
+MAX_ENV = 64 * 1024
+# Pool names: like worker names, short and without separators.
+POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_REASON = 500
 
 
 class TaskError(ValueError):
@@ -49,11 +58,68 @@ TIMEOUT_RANGE = OptionRange(0, 7 * 86400, low_included=False)  # above 0, at mos
 RETRIES_RANGE = OptionRange(0, 100)
 RETRY_DELAY_RANGE = OptionRange(0, 86400)
 MISSED_CAP_RANGE = OptionRange(1, 1000)
+MAX_CONCURRENT_RANGE = OptionRange(1, 10_000)
+# A run may start up to this many seconds after its time, spread at random.
+JITTER_RANGE = OptionRange(0, 3600)
+
+
+@lru_cache(maxsize=1024)
+def zone(name: str) -> tzinfo:
+    """The IANA time zone *name*; TaskError if there is none by that name."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise TaskError(f"timezone '{name[:100]}' is not an IANA time zone (such as Europe/Berlin)") from None
+
+
+def check_env(env: object) -> dict[str, str]:
+    """Environment variables for a run: names as shells take them, string values."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict) or not all(
+        isinstance(key, str) and ENV_NAME.match(key) and isinstance(value, str) and "\0" not in value
+        for key, value in env.items()
+    ):
+        raise TaskError("env must be an object of variable names (letters, digits, _) to string values")
+    if sum(len(key) + len(value) for key, value in env.items()) > MAX_ENV:
+        raise TaskError(f"env is larger than {MAX_ENV} characters")
+    return dict(env)
+
+
+def check_cwd(cwd: object) -> str | None:
+    """A run's working directory (relative to the worker's --workdir), or None."""
+    if cwd is None:
+        return None
+    if not isinstance(cwd, str) or not cwd or "\0" in cwd or len(cwd) > 4096:
+        raise TaskError("cwd must be a non-empty path string")
+    return cwd
+
+
+def parse_time(value: object, name: str) -> float | None:
+    """A time given as ISO 8601 with an offset (or Unix seconds), or None."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 253402300799:
+        return float(value)
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed.timestamp()
+    raise TaskError(f"{name} must be an ISO 8601 time with its offset, such as 2026-12-24T18:00:00+01:00")
 
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """How runs of a task are placed and retried (see docs/protocol.md)."""
+    """Everything a task carries beyond its schedule and command.
+
+    How its runs are placed, retried and shaped, what they run with, and
+    whether the task is paused.  Each is a key of the task's tasks.db
+    record, written only when it differs from the default.
+    """
 
     target: str = "any"
     timeout: float | None = None
@@ -62,6 +128,22 @@ class TaskOptions:
     overlap: str = "allow"
     missed: str = "skip"
     missedCap: int = 10
+    # The IANA zone the schedule is read in; None: the scheduler's --tz.
+    timezone: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    # At most this many runs of the task at once (beyond ``overlap``).
+    maxConcurrent: int | None = None
+    # A named pool whose size caps the runs of every task in it.
+    pool: str | None = None
+    # Each run starts up to this many seconds late, at random.
+    jitter: float = 0.0
+    paused: bool = False
+    # Unix time the task resumes by itself; only with ``paused``.
+    pausedUntil: float | None = None
+    pauseReason: str | None = None
+    # The next fire is skipped, then the task runs as usual.
+    skipNext: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TaskOptions:
@@ -96,6 +178,33 @@ class TaskOptions:
         cap = data.get("missedCap", defaults.missedCap)
         if isinstance(cap, bool) or not isinstance(cap, int) or cap not in MISSED_CAP_RANGE:
             raise TaskError(f"missedCap must be an integer from {MISSED_CAP_RANGE.low} to {MISSED_CAP_RANGE.high}")
+        timezone = data.get("timezone")
+        if timezone is not None:
+            if not isinstance(timezone, str):
+                raise TaskError("timezone must be an IANA time zone name, such as Europe/Berlin")
+            zone(timezone)
+        most = data.get("maxConcurrent")
+        if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most not in MAX_CONCURRENT_RANGE):
+            raise TaskError(
+                f"maxConcurrent must be an integer from {MAX_CONCURRENT_RANGE.low} to {MAX_CONCURRENT_RANGE.high}"
+            )
+        pool = data.get("pool")
+        if pool is not None and (not isinstance(pool, str) or not POOL_NAME.match(pool)):
+            raise TaskError("pool must be a name of 1 to 100 letters, digits, '.', '_' or '-'")
+        jitter = data.get("jitter", defaults.jitter)
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or jitter not in JITTER_RANGE:
+            raise TaskError(f"jitter must be a number of seconds from {JITTER_RANGE.low} to {JITTER_RANGE.high}")
+        paused = data.get("paused", defaults.paused)
+        skip_next = data.get("skipNext", defaults.skipNext)
+        for name, flag in (("paused", paused), ("skipNext", skip_next)):
+            if not isinstance(flag, bool):
+                raise TaskError(f"{name} must be true or false")
+        until = parse_time(data.get("pausedUntil"), "pausedUntil")
+        reason = data.get("pauseReason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON or "\n" in reason):
+            raise TaskError(f"pauseReason must be one line of at most {MAX_REASON} characters")
+        if not paused and (until is not None or reason is not None):
+            raise TaskError("pausedUntil and pauseReason go with paused: true")
         return cls(
             target=target,
             timeout=None if timeout is None else float(timeout),
@@ -104,18 +213,41 @@ class TaskOptions:
             overlap=overlap,
             missed=missed,
             missedCap=cap,
+            timezone=timezone,
+            env=check_env(data.get("env")),
+            cwd=check_cwd(data.get("cwd")),
+            maxConcurrent=most,
+            pool=pool,
+            jitter=float(jitter),
+            paused=paused,
+            pausedUntil=until,
+            pauseReason=reason,
+            skipNext=skip_next,
         )
 
     def non_defaults(self) -> dict[str, Any]:
+        """The options as tasks.db keys: only those that differ from the default."""
         defaults = TaskOptions()
-        return {
+        record = {
             name: value
             for name, value in vars(self).items()
             if value != getattr(defaults, name)
         }
+        if self.pausedUntil is not None:
+            record["pausedUntil"] = datetime.fromtimestamp(self.pausedUntil, UTC).isoformat()
+        return record
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+    def evolve(self, **changes: Any) -> TaskOptions:
+        """These options with *changes* (JSON names), checked like new ones."""
+        return TaskOptions.from_mapping({**self.non_defaults(), **changes})
+
+    @property
+    def tz(self) -> tzinfo | None:
+        """The task's own time zone, if it names one."""
+        return None if self.timezone is None else zone(self.timezone)
 
 
 OPTION_KEYS = frozenset(vars(TaskOptions()))
@@ -194,15 +326,15 @@ def parse_record(data: object, tz: tzinfo) -> TaskRecord:
     job_name = data["jobName"]
     if not isinstance(job_name, str) or not job_name.strip():
         raise TaskError("jobName must be a non-empty string")
-    try:
-        schedule = cron.parse(schedule_text, tz)
-    except cron.InvalidSchedule as error:
-        raise TaskError(str(error)) from None
     options = (
         TaskOptions.from_mapping(data)
         if not OPTION_KEYS.isdisjoint(data)
         else DEFAULT_OPTIONS
     )
+    try:
+        schedule = cron.parse(schedule_text, options.tz or tz)
+    except cron.InvalidSchedule as error:
+        raise TaskError(str(error)) from None
     task_id = data.get("id", id_from_job_name(job_name))
     if task_id is not None and (
         isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 1
