@@ -18,7 +18,10 @@ log = Logger()
 class FireHandler:
     """Turns fires into jobs through the dispatcher, and says so in the log.
 
-    *book* gives the task book in force (``LOAD`` replaces it).
+    *book* gives the task book in force (``LOAD`` replaces it).  While
+    *holding* says so (the maintenance switch), fires are dropped; a task
+    whose ``skipNext`` is set has its fire dropped and *skipped* called,
+    which clears the flag.
     """
 
     # A tick with more fires than this logs one summary line, not one line
@@ -26,16 +29,37 @@ class FireHandler:
     # a line per job would delay the dispatch of every job behind it.
     LOG_EACH_FIRE_UP_TO = 10
 
-    def __init__(self, book: Callable[[], TaskBook], dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        book: Callable[[], TaskBook],
+        dispatcher: Dispatcher,
+        *,
+        holding: Callable[[], bool] = lambda: False,
+        skipped: Callable[[Task], object] = lambda task: None,
+    ) -> None:
         self._book = book
         self._dispatcher = dispatcher
+        self._holding = holding
+        self._skipped = skipped
 
     def on_fires(self, fires: list[Fire]) -> None:
+        if self._holding():
+            if fires:
+                log.info("maintenance: {count} run(s) due now skipped", count=len(fires))
+            return
         book = self._book()
         queued: list[tuple[Task, float, int]] = []
         for fire in fires:
             task = book.get(fire.task_id)
             if task is None:
+                continue
+            if task.options.skipNext and not task.options.paused:
+                log.info(
+                    "{job_name}: skipping the run due at {when}, as asked (skip next)",
+                    job_name=task.job_name,
+                    when=iso(fire.scheduled, book.tz),
+                )
+                self._skipped(task)
                 continue
             queued.extend((task, fire.scheduled, job.id) for job in self._dispatcher.fire(task, fire.scheduled))
         if len(queued) <= self.LOG_EACH_FIRE_UP_TO:
@@ -64,10 +88,13 @@ class FireHandler:
 
         *last_scheduled* is each task's last scheduled time in the job history.
         """
+        if self._holding():
+            log.info("maintenance is on: runs missed while the scheduler was down are not caught up")
+            return
         book = self._book()
         for task in book:
             last = last_scheduled.get(task.id)
-            if last is None or task.options.missed == "skip":
+            if last is None or task.options.missed == "skip" or task.options.paused:
                 continue
             times = missed_times(task.schedule, last, now, task.options.missed, task.options.missedCap)
             for scheduled in times:

@@ -122,6 +122,44 @@ class TaskBook:
         self._put(task)
         return task
 
+    def replace(
+        self,
+        task_id: int,
+        *,
+        schedule: str | None = None,
+        command: str | None = None,
+        options: TaskOptions | None = None,
+        job_name: str | None = None,
+    ) -> Task:
+        """Change a task in place: it keeps its id, so its job history stays with it.
+
+        What is not given stays as it was; the result is checked like a new
+        task.  Unknown keys of its record are kept.
+        """
+        old = self._tasks.get(task_id)
+        if old is None:
+            raise TaskNotFound(f"no task with id {task_id}")
+        options = options if options is not None else old.options
+        expression = schedule if schedule is not None else old.schedule.expression
+        try:
+            parsed = cron.parse(expression, options.tz or self.tz)
+        except cron.InvalidSchedule as error:
+            raise TaskError(str(error)) from None
+        if command is not None:
+            check_command(command)
+        if job_name is not None and job_name != old.job_name:
+            self._check_job_name(job_name, task_id)
+        task = Task(
+            task_id,
+            job_name if job_name is not None else old.job_name,
+            parsed,
+            command if command is not None else old.command,
+            options,
+            old.extra,
+        )
+        self._tasks[task_id] = task
+        return task
+
     def remove(self, task_id: int) -> Task:
         task = self._tasks.pop(task_id, None)
         if task is None:

@@ -21,15 +21,12 @@ two calls.
 from __future__ import annotations
 
 import gc
-import glob
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import tzinfo
-from pathlib import Path
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -37,6 +34,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from scheduler.atomic_file import AtomicFile
 from scheduler.tasks import Task, TaskError, TaskRecord, parse_record
 
 log = Logger()
@@ -140,15 +138,13 @@ class FlatFileTaskStore:
         fsync: Callable[[int], None] = os.fsync,
         replace: Callable[[str, str], None] = os.replace,
     ) -> None:
-        self.path = str(Path(path).absolute())
+        self._file = AtomicFile(path, fsync=fsync, replace=replace)
+        self.path = self._file.path
         # What error messages call the file (see the module's docstring).
-        self.name = os.path.basename(self.path)
+        self.name = self._file.name
         self._tz = tz
         self._pool = threadpool
         self._reactor = reactor
-        # Injectable so tests can make the disk fail at each step.
-        self._fsync = fsync
-        self._replace = replace
 
     def load_now(self, *, missing_ok: bool = True) -> list[TaskRecord]:
         """Blocking load, for start-up before the reactor runs.
@@ -198,69 +194,15 @@ class FlatFileTaskStore:
     def _write_tasks(self, tasks: Sequence[Task]) -> None:
         self.write_now([task.line for task in tasks])
 
-    def _temp_prefix(self) -> str:
-        # Temp files are .<name>.<random>.tmp; remove_stale_temps finds them.
-        return f".{self.name}."
-
     def remove_stale_temps(self) -> list[str]:
-        """Delete temp files a killed writer left behind (never the real file).
-
-        Only regular files and symbolic links are removed; unlinking a link
-        removes the link, never what it points to.
-        """
-        folder = os.path.dirname(self.path)
-        removed = []
-        for stale in Path(folder).glob(f"{glob.escape(self._temp_prefix())}*.tmp"):
-            try:
-                mode = os.lstat(stale).st_mode
-                if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-                    stale.unlink()
-                    removed.append(str(stale))
-            except OSError:
-                pass
-        return removed
-
-    def _mode(self) -> int:
-        """The permissions for the new file: the old file's, else private."""
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            return 0o600
-        return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else 0o600
+        """Delete temp files a killed writer left behind (never the real file)."""
+        return self._file.remove_stale_temps()
 
     def write_now(self, lines: Sequence[str]) -> None:
-        folder = os.path.dirname(self.path)
         payload = "".join(line + "\n" for line in lines).encode("utf-8")
-        temp: str | None = None
         try:
-            # mkstemp: a random name, O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600.
-            fd, temp = tempfile.mkstemp(prefix=self._temp_prefix(), suffix=".tmp", dir=folder)
-            with open(fd, "wb") as handle:
-                os.fchmod(fd, self._mode())
-                handle.write(payload)
-                handle.flush()
-                self._fsync(handle.fileno())
-            self._replace(temp, self.path)
+            self._file.write(payload)
         except OSError as error:
-            if temp is not None:
-                try:
-                    os.unlink(temp)
-                except OSError:
-                    pass
             reason = error.strerror or str(error)
             log.error("could not write {path}: {error}", path=self.path, error=reason)
             raise StoreError(f"could not write {self.name}: {reason}") from None
-        try:
-            directory = os.open(folder, os.O_RDONLY)
-            try:
-                self._fsync(directory)
-            finally:
-                os.close(directory)
-        except OSError as error:
-            # The new file is already in place, so failing now would leave
-            # memory and disk disagreeing; the next write syncs again.
-            log.warn(
-                "wrote {path} but could not sync its folder: {error}",
-                path=self.path,
-                error=error.strerror or str(error),
-            )
