@@ -25,13 +25,15 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from scheduler.job_history.database import JobStoreClosed, JobStoreError
+from scheduler.job_history.database import REVISIONS_PER_TASK, JobStoreClosed, JobStoreError
 from scheduler.job_history.sqlite import SqliteDatabase
 from scheduler.job_history.sqlite_schema import SCHEMA_VERSION
 from scheduler.job_history.threaded import ThreadedJobHistory
 from scheduler.jobs import Job
+from scheduler.triggers import Revision
 
 __all__ = [
+    "REVISIONS_PER_TASK",
     "SCHEMA_VERSION",
     "JobHistory",
     "JobRecorder",
@@ -101,6 +103,19 @@ class JobHistory(JobRecorder, Protocol):
     def prune(self, now: float) -> Deferred[int]:
         """Delete finished jobs past retention, with their output; returns how many."""
 
+    # Task revisions: kept here rather than in tasks.db, whose format is the
+    # seed's, and written in order with the job records.
+
+    def record_revision(self, revision: Revision) -> Deferred[int]:
+        """Queue a task revision (its ``id`` is ignored); fires with the id it was given once committed.
+
+        At most ``REVISIONS_PER_TASK`` are kept per task: the commit that
+        adds one past it deletes the task's oldest.
+        """
+
+    def revisions(self, task_id: int, limit: int = 100, before_id: int | None = None) -> Deferred[list[Revision]]:
+        """The task's revisions with an id below *before_id* (if given), newest first, at most *limit*."""
+
     def close(self) -> Deferred[None]:
         """Write what is queued, then close the database."""
 
@@ -116,11 +131,17 @@ class JobStore(ThreadedJobHistory):
         output_cap: int = 1024 * 1024,
         keep_per_task: int = 100,
         keep_seconds: float = 7 * 86400,
+        keep_revisions: int = REVISIONS_PER_TASK,
         connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
     ) -> None:
         self.path = path
         # connect is injectable so tests can make the database fail or stall.
         self.database = SqliteDatabase(
-            path, output_cap=output_cap, keep_per_task=keep_per_task, keep_seconds=keep_seconds, connect=connect
+            path,
+            output_cap=output_cap,
+            keep_per_task=keep_per_task,
+            keep_seconds=keep_seconds,
+            keep_revisions=keep_revisions,
+            connect=connect,
         )
         super().__init__(self.database, reactor, thread_name="jobstore")

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from scheduler.triggers import TriggeredBy
+
 
 class JobStatus(StrEnum):
     QUEUED = "queued"
@@ -43,6 +45,8 @@ class Job:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     attempt: int = 1
+    # What created the job; None in records written before it was kept.
+    triggered_by: TriggeredBy | None = None
     status: JobStatus = JobStatus.QUEUED
     worker: str | None = None
     exit_code: int | None = None

@@ -21,6 +21,7 @@ from twisted.internet.task import deferLater
 
 from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
+from scheduler.triggers import TriggeredBy
 
 SAFETY_TIMEOUT = 10.0
 
@@ -104,6 +105,7 @@ def full_job() -> Job:
         env={"GREETING": "héllo wörld", "EMPTY": ""},
         cwd="/srv/app",
         attempt=2,
+        triggered_by=TriggeredBy.retry_of(6),
         status=JobStatus.TIMED_OUT,
         worker="worker-b",
         exit_code=None,

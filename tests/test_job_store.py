@@ -19,6 +19,7 @@ from twisted.internet.defer import gatherResults
 
 from scheduler.job_store import SCHEMA_VERSION, JobStore, JobStoreClosed, JobStoreError
 from scheduler.jobs import Job, JobStatus
+from scheduler.triggers import SCHEDULE, TriggeredBy
 from tests import job_history_support
 from tests.job_history_support import FlakyConnection, Opener, finished, flaky, full_job, job, next_turn
 
@@ -360,3 +361,119 @@ async def test_errors_name_the_database_not_its_folder(stores: Opener, path: str
         await store.put(full_job())
     assert str(caught.value).startswith("jobs.sqlite: job store is closed")
     assert os.path.dirname(path) not in str(caught.value)
+
+
+# -- schema versions --------------------------------------------------------------
+
+# jobs.sqlite as schema version 1 made it (the scheduler before triggeredBy
+# and task revisions), statement for statement.
+_VERSION_1 = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        "id" INTEGER PRIMARY KEY AUTOINCREMENT,
+        "command" TEXT NOT NULL,
+        "created_at" REAL NOT NULL,
+        "task_id" INTEGER,
+        "key" TEXT UNIQUE,
+        "scheduled_at" REAL,
+        "target" TEXT NOT NULL,
+        "timeout" REAL,
+        "env" TEXT NOT NULL,
+        "cwd" TEXT,
+        "attempt" INTEGER NOT NULL,
+        "status" TEXT NOT NULL,
+        "worker" TEXT,
+        "exit_code" INTEGER,
+        "signal" INTEGER,
+        "started_at" REAL,
+        "finished_at" REAL,
+        "reason" TEXT,
+        "output_dropped" INTEGER NOT NULL DEFAULT 0
+    )""",
+    'CREATE INDEX IF NOT EXISTS jobs_status ON jobs ("status")',
+    'CREATE INDEX IF NOT EXISTS jobs_task ON jobs ("task_id", "id")',
+    'CREATE INDEX IF NOT EXISTS jobs_worker ON jobs ("worker", "id")',
+    'CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs ("scheduled_at")',
+    """CREATE TABLE IF NOT EXISTS output (
+        "job_id" INTEGER NOT NULL,
+        "seq" INTEGER NOT NULL,
+        "stream" TEXT NOT NULL,
+        "data" TEXT NOT NULL,
+        PRIMARY KEY ("job_id", "seq")
+    ) WITHOUT ROWID""",
+    "PRAGMA user_version = 1",
+)
+_V1_COLUMNS = (
+    '"id", "command", "created_at", "task_id", "key", "scheduled_at", "target", "timeout", "env", "cwd", '
+    '"attempt", "status", "worker", "exit_code", "signal", "started_at", "finished_at", "reason"'
+)
+
+
+def _version_1_database(path: str) -> None:
+    """A finished job with output and a running one, written as version 1 wrote them."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for statement in _VERSION_1:
+            conn.execute(statement)
+        insert = f"INSERT INTO jobs ({_V1_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+        conn.execute(
+            insert,
+            (1, "echo old", 1000.0, 4, "4@960", 960.0, "any", None, "{}", None, 1, "succeeded", "w1", 0, None,
+             1001.0, 1002.0, None),
+        )
+        conn.execute(
+            insert,
+            (2, "sleep 60", 1010.0, 4, "4@1020", 1020.0, "any", None, '{"A": "b"}', "/tmp", 1, "running", "w1",
+             None, None, 1011.0, None, None),
+        )
+        conn.execute("INSERT INTO output (job_id, seq, stream, data) VALUES (1, 1, 'stdout', 'old\n')")
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_1_database_opens_migrated_and_keeps_its_jobs(stores: Opener, path: str) -> None:
+    _version_1_database(path)
+    store = stores()
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert {f.name for f in fields(Job)} | {"output_dropped"} == columns
+    assert "task_revisions" in tables
+
+    # Old records read back with no trigger (null in the API), the rest intact.
+    running = Job(
+        id=2, command="sleep 60", created_at=1010.0, task_id=4, key="4@1020", scheduled_at=1020.0,
+        env={"A": "b"}, cwd="/tmp", status=JobStatus.RUNNING, worker="w1", started_at=1011.0,
+    )
+    assert store.load_active() == [(running, 0)]
+    old = await store.get(1)
+    assert old is not None and old.triggered_by is None and old.exit_code == 0
+    assert await store.output(1) == "old\n"
+    assert store.recent_keys(0.0) == {"4@960", "4@1020"}
+    assert store.max_job_id() == 2
+
+    # The running job's next state and new jobs carry on in the migrated file.
+    await store.put(running.evolve(status=JobStatus.SUCCEEDED, finished_at=1070.0, exit_code=0))
+    await store.put(job(3, task_id=4, triggered_by=SCHEDULE))
+    await store.close()
+
+    # Opening it again (now version 2) migrates nothing twice.
+    again = stores()
+    got = await again.get(3)
+    assert got is not None and got.triggered_by == SCHEDULE
+    done = await again.get(2)
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.triggered_by is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_active_jobs_keep_what_triggered_them_across_a_restart(stores: Opener) -> None:
+    first = stores()
+    triggers = [SCHEDULE, TriggeredBy("dashboard"), TriggeredBy.retry_of(1), TriggeredBy("tcp", name="10.0.0.5")]
+    for job_id, trigger in enumerate(triggers, start=2):
+        first.put(job(job_id, task_id=1, triggered_by=trigger, status=JobStatus.RUNNING, worker="w1"))
+    await first.close()
+
+    restored = stores().load_active()
+    assert [(each.id, each.triggered_by) for each, _ in restored] == list(enumerate(triggers, start=2))

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from scheduler.jobs import Job
+from scheduler.triggers import Revision
+
+# Revisions kept per task; older ones go in the commit that adds a newer one.
+REVISIONS_PER_TASK = 1000
 
 
 class JobStoreError(Exception):
@@ -43,7 +47,17 @@ class Chunk:
     data: str
 
 
-Write: TypeAlias = Put | Chunk
+@dataclass(frozen=True, slots=True)
+class NewRevision:
+    """One task revision to add, as the backend's column values."""
+
+    task_id: int
+    row: tuple[object, ...]
+
+
+Write: TypeAlias = Put | Chunk | NewRevision
+# Per put, None or the error that refused it; per new revision, its id or the error.
+Outcome: TypeAlias = Exception | int | None
 
 
 class Database(Protocol):
@@ -74,11 +88,16 @@ class Database(Protocol):
         """The job as column values, made on the reactor thread when it is put:
         later changes to its (mutable) env cannot leak into a queued write."""
 
-    def write_batch(self, writes: Sequence[Write]) -> list[Exception | None]:
-        """Write a batch in one transaction; per put, None or the error that refused it.
+    def revision_row(self, revision: Revision) -> tuple[object, ...]:
+        """The revision as column values, made on the reactor thread like ``row``."""
 
-        A put refused for its own content must not fail the rest of the
-        batch; anything raised fails the whole batch, which is then undone.
+    def write_batch(self, writes: Sequence[Write]) -> list[Outcome]:
+        """Write a batch in one transaction, in order; an ``Outcome`` per put and new revision.
+
+        A put or revision refused for its own content must not fail the rest
+        of the batch; anything raised fails the whole batch, which is then
+        undone.  Adding a revision deletes its task's oldest beyond
+        ``REVISIONS_PER_TASK`` (or the backend's own bound).
         """
 
     def get(self, job_id: int) -> Job | None: ...
@@ -93,6 +112,8 @@ class Database(Protocol):
     ) -> list[Job]: ...
 
     def output(self, job_id: int) -> str | None: ...
+
+    def revisions(self, task_id: int, limit: int, before_id: int | None) -> list[Revision]: ...
 
     def prune(self, now: float) -> int: ...
 

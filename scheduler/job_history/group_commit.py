@@ -23,7 +23,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from scheduler.job_history.database import Chunk, JobStoreClosed, JobStoreError, Put, Write
+from scheduler.job_history.database import (
+    Chunk,
+    JobStoreClosed,
+    JobStoreError,
+    NewRevision,
+    Outcome,
+    Put,
+    Write,
+)
 
 log = Logger()
 
@@ -33,7 +41,7 @@ _T = TypeVar("_T")
 class BatchWriter(Protocol):
     """What the thread runs: a backend's batch write and its close (see ``Database``)."""
 
-    def write_batch(self, writes: Sequence[Write]) -> list[Exception | None]: ...
+    def write_batch(self, writes: Sequence[Write]) -> list[Outcome]: ...
 
     def close(self) -> None: ...
 
@@ -51,6 +59,8 @@ def superseded(writes: Sequence[Write]) -> dict[int, int]:
     replaced: dict[int, int] = {}
     for index in range(len(writes) - 1, -1, -1):
         write = writes[index]
+        if isinstance(write, NewRevision):
+            continue
         if isinstance(write, Chunk):
             last.pop(write.job_id, None)
         elif write.job_id in last:
@@ -72,10 +82,10 @@ class GroupCommitter:
         # Committed write batches; tests use it to see how writes were grouped.
         self.transactions = 0
         self._pool: ThreadPool | None = None
-        # Writes not yet handed to the thread, the put Deferreds among them,
-        # and reads that must run after them.
+        # Writes not yet handed to the thread, the Deferreds of the puts and
+        # new revisions among them, and reads that must run after them.
         self._writes: list[Write] = []
-        self._waiters: list[Deferred[None]] = []
+        self._waiters: list[Deferred[Any]] = []
         self._after_writes: list[Callable[[], None]] = []
         self._busy = False
         self._flush_call: IDelayedCall | None = None
@@ -111,8 +121,15 @@ class GroupCommitter:
 
     def put(self, put: Put) -> Deferred[None]:
         """Queue a record; fires once its transaction has committed."""
-        done: Deferred[None] = Deferred()
-        self._writes.append(put)
+        return self._acknowledged(put)
+
+    def add_revision(self, revision: NewRevision) -> Deferred[int]:
+        """Queue a task revision; fires with its id once its transaction has committed."""
+        return self._acknowledged(revision)
+
+    def _acknowledged(self, write: Put | NewRevision) -> Deferred[Any]:
+        done: Deferred[Any] = Deferred()
+        self._writes.append(write)
         self._waiters.append(done)
         self._schedule_flush()
         return done
@@ -145,34 +162,39 @@ class GroupCommitter:
         for submit in after:
             submit()
 
-    def _write(self, writes: list[Write]) -> list[Exception | None]:
-        """On the thread: the batch without superseded puts; per put, its outcome."""
+    def _write(self, writes: list[Write]) -> list[Outcome]:
+        """On the thread: the batch without superseded puts; per put and new revision, its outcome."""
         replaced_by = superseded(writes)
         kept = [index for index in range(len(writes)) if index not in replaced_by]
         outcomes = self._backend.write_batch([writes[index] for index in kept])
-        written = dict(zip((index for index in kept if isinstance(writes[index], Put)), outcomes, strict=True))
+        written = dict(
+            zip((index for index in kept if not isinstance(writes[index], Chunk)), outcomes, strict=True)
+        )
         return [
             written[replaced_by.get(index, index)]
             for index, write in enumerate(writes)
-            if isinstance(write, Put)
+            if not isinstance(write, Chunk)
         ]
 
     def _written(
         self,
-        result: list[Exception | None] | Failure,
+        result: list[Outcome] | Failure,
         writes: list[Write],
-        waiters: list[Deferred[None]],
+        waiters: list[Deferred[Any]],
     ) -> None:
         self._busy = False
         if isinstance(result, Failure):
             chunks = sum(1 for write in writes if isinstance(write, Chunk))
+            revisions = sum(1 for write in writes if isinstance(write, NewRevision))
             log.failure(
-                "job store transaction failed; {puts} job writes and {chunks} output chunks lost",
+                "job store transaction failed; {puts} job writes, {chunks} output chunks "
+                "and {revisions} task revisions lost",
                 failure=result,
-                puts=len(waiters),
+                puts=len(waiters) - revisions,
                 chunks=chunks,
+                revisions=revisions,
             )
-            outcomes: list[Exception | None] = [
+            outcomes: list[Outcome] = [
                 result.value if isinstance(result.value, Exception) else JobStoreError(str(result.value))
             ] * len(waiters)
         else:
@@ -180,11 +202,11 @@ class GroupCommitter:
             outcomes = result
         if self._writes:
             self._flush()
-        for done, error in zip(waiters, outcomes, strict=True):
-            if error is None:
-                done.callback(None)
+        for done, outcome in zip(waiters, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                done.errback(outcome)
             else:
-                done.errback(error)
+                done.callback(outcome)
         if not self._busy and not self._writes:
             idle, self._idle = self._idle, []
             for waiting in idle:

@@ -18,18 +18,32 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from scheduler.job_history.database import Chunk, JobStoreClosed, Put, Write
+from scheduler.job_history.database import (
+    REVISIONS_PER_TASK,
+    Chunk,
+    JobStoreClosed,
+    NewRevision,
+    Outcome,
+    Put,
+    Write,
+)
 from scheduler.job_history.output import Tally, fit_chunk, with_marker
 from scheduler.job_history.sqlite_schema import (
     ACTIVE_SQL,
     COLUMNS,
+    INSERT_REVISION,
+    REVISION_COLUMNS,
     SELECT_JOB,
+    TRIM_REVISIONS,
     UPSERT,
     create_or_check,
     job_row,
+    revision_row,
     row_job,
+    row_revision,
 )
 from scheduler.jobs import Job, fire_key
+from scheduler.triggers import Revision
 
 log = Logger()
 
@@ -70,12 +84,14 @@ class SqliteDatabase:
         keep_per_task: int,
         keep_seconds: float,
         connect: Callable[..., sqlite3.Connection],
+        keep_revisions: int = REVISIONS_PER_TASK,
     ) -> None:
         self.path = path
         self.name = os.path.basename(path) or path
         self.output_cap = output_cap
         self.keep_per_task = keep_per_task
         self.keep_seconds = keep_seconds
+        self.keep_revisions = keep_revisions
         self._connect = connect
         self.connection: sqlite3.Connection | None = None
         self.lock = threading.Lock()
@@ -146,7 +162,10 @@ class SqliteDatabase:
     def row(self, job: Job) -> tuple[object, ...]:
         return job_row(job)
 
-    def write_batch(self, writes: Sequence[Write]) -> list[Exception | None]:
+    def revision_row(self, revision: Revision) -> tuple[object, ...]:
+        return revision_row(revision)
+
+    def write_batch(self, writes: Sequence[Write]) -> list[Outcome]:
         conn = self._open_connection()
         with self.lock:
             try:
@@ -154,12 +173,14 @@ class SqliteDatabase:
                     # A failed ROLLBACK last time must not wedge every later batch.
                     conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
-                outcomes: list[Exception | None] = []
+                outcomes: list[Outcome] = []
                 for write in writes:
                     if isinstance(write, Chunk):
                         self._append(conn, write)
-                    else:
+                    elif isinstance(write, Put):
                         outcomes.append(self._upsert(conn, write))
+                    else:
+                        outcomes.append(self._add_revision(conn, write))
                 conn.execute("COMMIT")
             except BaseException:
                 # The rollback undoes appends that the tallies have counted.
@@ -184,6 +205,19 @@ class SqliteDatabase:
             # must not pile up in memory.
             self._tallies.pop(put.job_id, None)
         return None
+
+    def _add_revision(self, conn: sqlite3.Connection, revision: NewRevision) -> Outcome:
+        try:
+            cursor = conn.execute(INSERT_REVISION, revision.row)
+        except _BAD_RECORD as error:
+            log.warn("job store refused a revision of task {task_id}: {error}", task_id=revision.task_id, error=error)
+            return error
+        new_id = cursor.lastrowid
+        assert new_id is not None
+        # In the same transaction: a task's revisions never exceed the bound,
+        # and once at it each new one deletes the oldest (one index range).
+        conn.execute(TRIM_REVISIONS, (revision.task_id, self.keep_revisions))
+        return new_id
 
     def _tally(self, conn: sqlite3.Connection, job_id: int) -> Tally:
         tally = self._tallies.get(job_id)
@@ -271,6 +305,16 @@ class SqliteDatabase:
                 for (data,) in conn.execute("SELECT data FROM output WHERE job_id = ? ORDER BY seq", (job_id,))
             )
         return with_marker(text, row[0])
+
+    def revisions(self, task_id: int, limit: int, before_id: int | None) -> list[Revision]:
+        where = "task_id = ?" if before_id is None else "task_id = ? AND id < ?"
+        params: list[object] = [task_id] if before_id is None else [task_id, before_id]
+        # A negative LIMIT means no limit to SQLite.
+        params.append(max(0, limit))
+        rows = self._rows(
+            f"SELECT {REVISION_COLUMNS} FROM task_revisions WHERE {where} ORDER BY id DESC LIMIT ?", params
+        )
+        return [row_revision(row) for row in rows]
 
     def prune(self, now: float) -> int:
         conn = self._open_connection()

@@ -1,7 +1,10 @@
-"""The job database's SQLite schema, and a Job's row in it.
+"""The job database's SQLite schema, and the rows of a Job and a task Revision in it.
 
 The schema version is kept in ``PRAGMA user_version``; a database newer than
-this code is refused.  A new Job field needs a new column and a new version.
+this code is refused, an older one is brought up to date in the transaction
+that opens it.  A new Job field needs a new column, a new version and the
+step from the one before in ``_MIGRATIONS`` (a new table only needs its
+``CREATE ... IF NOT EXISTS`` in ``_SCHEMA``, which runs on every open).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 
 from scheduler.job_history.database import JobStoreError
 from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus
+from scheduler.triggers import Revision, TriggeredBy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The Job fields, in column order.
 FIELDS = (
@@ -29,6 +33,7 @@ FIELDS = (
     "env",
     "cwd",
     "attempt",
+    "triggered_by",
     "status",
     "worker",
     "exit_code",
@@ -56,6 +61,7 @@ _SCHEMA = (
         "env" TEXT NOT NULL,
         "cwd" TEXT,
         "attempt" INTEGER NOT NULL,
+        "triggered_by" TEXT,
         "status" TEXT NOT NULL,
         "worker" TEXT,
         "exit_code" INTEGER,
@@ -77,6 +83,36 @@ _SCHEMA = (
         "data" TEXT NOT NULL,
         PRIMARY KEY ("job_id", "seq")
     ) WITHOUT ROWID""",
+    # AUTOINCREMENT: ids only grow, even when a task's newest revisions
+    # are the ones deleted (never today), so they order revisions for good.
+    """CREATE TABLE IF NOT EXISTS task_revisions (
+        "id" INTEGER PRIMARY KEY AUTOINCREMENT,
+        "task_id" INTEGER NOT NULL,
+        "at" REAL NOT NULL,
+        "action" TEXT NOT NULL,
+        "by" TEXT NOT NULL,
+        "before" TEXT,
+        "after" TEXT
+    )""",
+    'CREATE INDEX IF NOT EXISTS task_revisions_task ON task_revisions ("task_id", "id")',
+)
+
+# What turns a database of version N - 1 into version N.  A new database
+# gets the whole schema at once and skips them.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ('ALTER TABLE jobs ADD COLUMN "triggered_by" TEXT',),
+}
+
+REVISION_FIELDS = ("id", "task_id", "at", "action", "by", "before", "after")
+REVISION_COLUMNS = ", ".join(f'"{name}"' for name in REVISION_FIELDS)
+# The store gives the id: a Revision's own is ignored.
+INSERT_REVISION = "INSERT INTO task_revisions ({}) VALUES ({})".format(
+    ", ".join(f'"{name}"' for name in REVISION_FIELDS[1:]), ", ".join("?" * (len(REVISION_FIELDS) - 1))
+)
+# The task's revisions from the (keep + 1)th newest down; one index range.
+TRIM_REVISIONS = (
+    "DELETE FROM task_revisions WHERE task_id = ?1 AND id <= "
+    "(SELECT id FROM task_revisions WHERE task_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)"
 )
 
 # output_dropped is only set when the row is created: a put carries the Job,
@@ -101,6 +137,11 @@ def create_or_check(conn: sqlite3.Connection, name: str) -> None:
             f"scheduler's ({SCHEMA_VERSION})"
         )
     conn.execute("BEGIN IMMEDIATE")
+    # Version 0 is a new (empty) database: _SCHEMA creates all of it.
+    if version > 0:
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
     for statement in _SCHEMA:
         conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -121,6 +162,7 @@ def job_row(job: Job) -> tuple[object, ...]:
         json.dumps(dict(job.env), sort_keys=True),
         job.cwd,
         job.attempt,
+        _dumps(job.triggered_by.as_json()) if job.triggered_by is not None else None,
         JobStatus(job.status).value,
         job.worker,
         job.exit_code,
@@ -136,4 +178,33 @@ def row_job(row: Sequence[Any]) -> Job:
     values = dict(zip(FIELDS, row, strict=True))
     values["env"] = json.loads(values["env"])
     values["status"] = JobStatus(values["status"])
+    by = values["triggered_by"]
+    values["triggered_by"] = TriggeredBy.from_json(json.loads(by)) if by is not None else None
     return Job(**values)
+
+
+def _dumps(value: object) -> str:
+    # Compact: it is stored once per job and revision.
+    return json.dumps(value, separators=(",", ":"))
+
+
+def revision_row(revision: Revision) -> tuple[object, ...]:
+    """The revision's values for ``INSERT_REVISION``: ``REVISION_FIELDS`` but the id."""
+    return (
+        revision.task_id,
+        revision.at,
+        revision.action,
+        _dumps(revision.by.as_json()),
+        _dumps(dict(revision.before)) if revision.before is not None else None,
+        _dumps(dict(revision.after)) if revision.after is not None else None,
+    )
+
+
+def row_revision(row: Sequence[Any]) -> Revision:
+    """The Revision of a row selected with ``REVISION_COLUMNS``."""
+    values = dict(zip(REVISION_FIELDS, row, strict=True))
+    for name in ("before", "after"):
+        if values[name] is not None:
+            values[name] = json.loads(values[name])
+    values["by"] = TriggeredBy.from_json(json.loads(values["by"]))
+    return Revision(**values)

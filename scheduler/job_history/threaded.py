@@ -14,9 +14,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from scheduler.job_history.database import Chunk, Database, JobStoreClosed, JobStoreError, Put
+from scheduler.job_history.database import Chunk, Database, JobStoreClosed, JobStoreError, NewRevision, Put
 from scheduler.job_history.group_commit import GroupCommitter
 from scheduler.jobs import Job, JobStatus
+from scheduler.triggers import Revision
 
 log = Logger()
 
@@ -80,6 +81,17 @@ class ThreadedJobHistory:
             return
         self._commits.append(Chunk(job_id, seq, stream, data))
 
+    def record_revision(self, revision: Revision) -> Deferred[int]:
+        if not self._commits.accepting:
+            return fail(
+                JobStoreClosed(f"{self.name}: job store is closed; revision of task {revision.task_id} not saved")
+            )
+        try:
+            row = self._database.revision_row(revision)
+        except (TypeError, ValueError) as error:
+            return fail(error)
+        return self._commits.add_revision(NewRevision(revision.task_id, row))
+
     # -- reads ----------------------------------------------------------------
 
     def get(self, job_id: int) -> Deferred[Job | None]:
@@ -98,6 +110,9 @@ class ThreadedJobHistory:
 
     def output(self, job_id: int) -> Deferred[str | None]:
         return self._commits.read(lambda: self._database.output(job_id))
+
+    def revisions(self, task_id: int, limit: int = 100, before_id: int | None = None) -> Deferred[list[Revision]]:
+        return self._commits.read(lambda: self._database.revisions(task_id, limit, before_id))
 
     def prune(self, now: float) -> Deferred[int]:
         return self._commits.read(lambda: self._database.prune(now))
