@@ -26,14 +26,17 @@ from scheduler import __version__, cron
 from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
-from scheduler.http_json import iso, job_json, task_json, worker_json
+from scheduler.http_json import iso, job_json, revision_json, task_json, worker_json
 from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
+from scheduler.maintenance import Maintenance
 from scheduler.metrics import SchedulerMetrics
 from scheduler.settings import Settings
-from scheduler.task_book import TaskBook, TaskNotFound
+from scheduler.task_book import TaskNotFound
+from scheduler.task_changes import EDITABLE, StaleTask, TaskChanges
 from scheduler.task_state import TaskState
-from scheduler.tasks import Task, TaskError, TaskOptions, check_command
+from scheduler.tasks import Task, TaskError, TaskOptions, check_command, etag, parse_time
+from scheduler.triggers import TriggeredBy
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import WorkerRegistry
 
@@ -113,6 +116,34 @@ def _path_id(text: str) -> int:
     return int(text)
 
 
+# What POST /api/tasks/{id}/run may change for one run.
+RUN_OVERRIDES = ("env", "cwd", "timeout", "target")
+
+
+def _optional_body(request: IRequest, max_body: int) -> dict[str, Any]:
+    """The JSON object of a request whose body may be left out (an action's options)."""
+    assert request.content is not None
+    if not request.content.read(1):
+        return {}
+    request.content.seek(0)
+    return _body(request, max_body)
+
+
+def _if_match(request: IRequest) -> str | None:
+    header = request.getHeader(b"if-match")
+    return None if header is None else header.decode("latin-1")
+
+
+def trigger_of(request: IRequest) -> TriggeredBy:
+    """Who asks: the dashboard says so in a header; anything else is the API.
+
+    Named tokens (who exactly) come with access control; until then the
+    name is left empty.
+    """
+    client = request.getHeader(b"x-triggered-by")
+    return TriggeredBy("dashboard" if client == b"dashboard" else "api")
+
+
 def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -129,6 +160,8 @@ class SchedulerHTTP:
         state: TaskState,
         worker_factory: WorkerServerFactory,
         *,
+        changes: TaskChanges,
+        maintenance: Maintenance,
         dispatcher: Dispatcher,
         job_store: JobStore,
         workers: WorkerRegistry,
@@ -138,6 +171,8 @@ class SchedulerHTTP:
         max_body: int = MAX_BODY,
     ) -> None:
         self._state = state
+        self._changes = changes
+        self._maintenance = maintenance
         self._dispatcher = dispatcher
         self._job_store = job_store
         self._workers = workers
@@ -231,34 +266,127 @@ class SchedulerHTTP:
         except (TaskError, cron.InvalidSchedule) as error:
             raise ApiError(400, str(error)) from None
 
-        def add(book: TaskBook) -> Task:
-            return book.add(schedule, command, options, job_name)
-
-        task = await self._edit(add)
+        task = await self._change(
+            lambda: self._changes.add(schedule, command, options, job_name, by=trigger_of(request))
+        )
         request.setHeader(b"Location", f"/api/tasks/{task.id}".encode())
-        return _json(request, 201, self._task_json(task))
+        return self._one_task(request, 201, task)
 
     @app.route("/api/tasks/<task_id>", methods=["GET"])
     def get_task(self, request: IRequest, task_id: str) -> bytes:
-        return _json(request, 200, self._task_json(self._find_task(task_id)))
+        return self._one_task(request, 200, self._find_task(task_id))
+
+    @app.route("/api/tasks/<task_id>", methods=["PATCH"])
+    async def edit_task(self, request: IRequest, task_id: str) -> bytes:
+        wanted = self._find_task(task_id).id
+        data = _body(request, self._max_body)
+        _check_fields(data, set(EDITABLE))
+        task = await self._change(
+            lambda: self._changes.edit(wanted, data, by=trigger_of(request), if_match=_if_match(request))
+        )
+        return self._one_task(request, 200, task)
 
     @app.route("/api/tasks/<task_id>", methods=["DELETE"])
     async def delete_task(self, request: IRequest, task_id: str) -> bytes:
         wanted = self._find_task(task_id).id
-        await self._edit(lambda book: book.remove(wanted))
+        await self._change(lambda: self._changes.remove(wanted, by=trigger_of(request), if_match=_if_match(request)))
         request.setResponseCode(204)
         return b""
+
+    @app.route("/api/tasks/<task_id>/pause", methods=["POST"])
+    async def pause_task(self, request: IRequest, task_id: str) -> bytes:
+        wanted = self._find_task(task_id).id
+        data = _optional_body(request, self._max_body)
+        _check_fields(data, {"until", "reason"})
+        try:
+            until = parse_time(data.get("until"), "until")
+            reason = data.get("reason")
+            TaskOptions.from_mapping({"paused": True, "pauseReason": reason})
+        except TaskError as error:
+            raise ApiError(400, str(error)) from None
+        task = await self._change(
+            lambda: self._changes.pause(
+                wanted, by=trigger_of(request), until=until, reason=reason, if_match=_if_match(request)
+            )
+        )
+        return self._one_task(request, 200, task)
+
+    @app.route("/api/tasks/<task_id>/resume", methods=["POST"])
+    async def resume_task(self, request: IRequest, task_id: str) -> bytes:
+        wanted = self._find_task(task_id).id
+        _check_fields(_optional_body(request, self._max_body), set())
+        task = await self._change(
+            lambda: self._changes.resume(wanted, by=trigger_of(request), if_match=_if_match(request))
+        )
+        return self._one_task(request, 200, task)
+
+    @app.route("/api/tasks/<task_id>/revisions", methods=["GET"])
+    async def task_revisions(self, request: IRequest, task_id: str) -> bytes:
+        number = _path_id(task_id)
+        limit = _int_arg(request, "limit", 100, 1, 1000) or 100
+        before = _int_arg(request, "before", None, 1, 10**18)
+        revisions = await self._changes.revisions(number, limit, before)
+        if not revisions and self._state.book.get(number) is None and before is None:
+            raise ApiError(404, f"no task with id {task_id} and no revisions of one")
+        return _json(request, 200, [revision_json(revision, self._tz) for revision in revisions])
+
+    @app.route("/api/tasks/<task_id>/revisions/<revision_id>/restore", methods=["POST"])
+    async def restore_revision(self, request: IRequest, task_id: str, revision_id: str) -> bytes:
+        number = _path_id(task_id)
+        wanted = _path_id(revision_id)
+        _check_fields(_optional_body(request, self._max_body), set())
+        revision = next(
+            (each for each in await self._changes.revisions(number, 1, wanted + 1) if each.id == wanted), None
+        )
+        if revision is None:
+            raise ApiError(404, f"task {task_id} has no revision {revision_id}")
+        task = await self._change(lambda: self._changes.restore(number, revision, by=trigger_of(request)))
+        return self._one_task(request, 200, task)
 
     @app.route("/api/tasks/<task_id>/run", methods=["POST"])
     def run_task(self, request: IRequest, task_id: str) -> bytes:
         task = self._find_task(task_id)
+        overrides = _optional_body(request, self._max_body)
+        _check_fields(overrides, set(RUN_OVERRIDES))
+        try:
+            options = task.options.evolve(**{key: value for key, value in overrides.items() if value is not None})
+        except TaskError as error:
+            raise ApiError(400, str(error)) from None
         jobs = self._run(
             task.command,
-            target=task.options.target,
-            timeout=task.options.timeout,
+            target=options.target,
+            timeout=options.timeout,
+            env=options.env,
+            cwd=options.cwd,
             task_id=task.id,
         )
         return _json(request, 202, self._job_json(jobs[0]) if len(jobs) == 1 else [self._job_json(j) for j in jobs])
+
+    @app.route("/api/maintenance", methods=["GET"])
+    def get_maintenance(self, request: IRequest) -> bytes:
+        return _json(request, 200, self._maintenance_json())
+
+    @app.route("/api/maintenance", methods=["POST"])
+    async def set_maintenance(self, request: IRequest) -> bytes:
+        data = _body(request, self._max_body)
+        _check_fields(data, {"on"})
+        if not isinstance(data.get("on"), bool):
+            raise ApiError(400, "field 'on' is required and must be true or false")
+        now = self._state_now()
+        try:
+            await self._maintenance.switch(data["on"], now, trigger_of(request).text)
+        except Exception as error:
+            raise ApiError(503, f"could not save the maintenance switch: {error}") from None
+        return _json(request, 200, self._maintenance_json())
+
+    def _maintenance_json(self) -> dict[str, Any]:
+        state = self._maintenance.state
+        return {"on": state.on, "since": iso(state.since, self._tz), "by": state.by}
+
+    def _one_task(self, request: IRequest, status: int, task: Task) -> bytes:
+        # The ETag lets a later PATCH or DELETE say which version it changes.
+        request.setHeader(b"ETag", etag(task).encode())
+        return _json(request, status, self._task_json(task))
 
     @app.route("/api/schedules/check", methods=["GET"])
     def check_schedule(self, request: IRequest) -> bytes:
@@ -289,11 +417,13 @@ class SchedulerHTTP:
             raise ApiError(404, f"no task with id {task_id}")
         return task
 
-    async def _edit(self, change: Callable[[TaskBook], Any]) -> Any:
+    async def _change(self, change: Callable[[], Deferred[Any]]) -> Any:
         try:
-            return await self._state.edit(change)
+            return await change()
         except TaskNotFound as error:
             raise ApiError(404, str(error.args[0])) from None
+        except StaleTask as error:
+            raise ApiError(412, str(error)) from None
         except TaskError as error:
             raise ApiError(400, str(error)) from None
         except Exception as error:

@@ -14,6 +14,7 @@ from typing import Any
 from scheduler import cron
 from scheduler.jobs import Job
 from scheduler.tasks import Task
+from scheduler.triggers import Revision
 from scheduler.worker_registry import Worker
 
 
@@ -56,6 +57,18 @@ def job_json(job: Job, tz: tzinfo) -> dict[str, Any]:
         "startedAt": iso(job.started_at, tz),
         "finishedAt": iso(job.finished_at, tz),
         "duration": duration,
+    }
+
+
+def revision_json(revision: Revision, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "id": revision.id,
+        "taskId": revision.task_id,
+        "at": iso(revision.at, tz),
+        "action": revision.action,
+        "by": revision.by.as_json(),
+        "before": revision.before,
+        "after": revision.after,
     }
 
 

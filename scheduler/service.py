@@ -27,15 +27,19 @@ from scheduler.job_book import JobBook
 from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.limits import ConnectionLimits
+from scheduler.maintenance import Maintenance
 from scheduler.memory import release_free_memory
 from scheduler.metrics import SchedulerMetrics
 from scheduler.settings import Settings
 from scheduler.task_book import TaskBook
+from scheduler.task_changes import TaskChanges
+from scheduler.task_pauses import PauseTimer
 from scheduler.task_state import TaskState
 from scheduler.task_store import FlatFileTaskStore, LoadError
 from scheduler.tasks import Task
 from scheduler.tcp_commands import TcpCommands
 from scheduler.tcp_protocol import CommandFactory
+from scheduler.triggers import SCHEDULE
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import Worker, WorkerRegistry
 
@@ -109,7 +113,18 @@ class SchedulerService(MultiService):
             output_cap=settings.output_cap,
         )
         self.dispatcher.restore(active)
-        self.fires = FireHandler(lambda: self.state.book, self.dispatcher)
+        self.changes = TaskChanges(self.state, self.job_store, clock)
+        self.pauses = PauseTimer(clock, self.state, self.changes)
+        self.maintenance = Maintenance(
+            os.path.join(os.path.dirname(self.store.path), "maintenance.json"), reactor.getThreadPool(), reactor
+        )
+        self.maintenance.load_now()
+        self.fires = FireHandler(
+            lambda: self.state.book,
+            self.dispatcher,
+            holding=lambda: self.maintenance.on,
+            skipped=self._skipped_next,
+        )
         self.ticker = CronTicker(clock, self.engine, self.fires.on_fires, lead=self.FIRE_LEAD)
         self.ticker.setServiceParent(self)
         self.pruner = TimerService(3600, self._prune)
@@ -145,7 +160,7 @@ class SchedulerService(MultiService):
         self.feed = EventHub(clock)
         self._connect_feed()
 
-        commands = TcpCommands(self.state, self.engine.next_run, self.status)
+        commands = TcpCommands(self.changes, self.engine.next_run, self.status)
         tcp_factory = CommandFactory(
             commands,
             clock,
@@ -169,6 +184,8 @@ class SchedulerService(MultiService):
         self.http = SchedulerHTTP(
             self.state,
             self.worker_factory,
+            changes=self.changes,
+            maintenance=self.maintenance,
             dispatcher=self.dispatcher,
             job_store=self.job_store,
             workers=self.workers,
@@ -272,11 +289,13 @@ class SchedulerService(MultiService):
         )
         super().startService()
         self.feed.start()
+        self.pauses.start()
         self.fires.run_missed(self._last_scheduled, self.reactor.seconds())
         self.dispatcher.pump()
 
     def stopService(self) -> Deferred[None]:
         self.dispatcher.stop()
+        self.pauses.stop()
         self.feed.stop()
         stopped = super().stopService()
 
@@ -320,13 +339,24 @@ class SchedulerService(MultiService):
             lambda failure: log.failure("pruning job history failed", failure)
         )
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> dict[str, int | str]:
+        # The seed's four counts first; more go at the end (README).
         return {
             "tasks": len(self.state.book),
             "workers": len(self.workers),
             "queued": self.dispatcher.queued,
             "running": self.jobs.count(JobStatus.RUNNING),
+            "paused": sum(1 for task in self.state.book if task.options.paused),
+            "maintenance": "on" if self.maintenance.on else "off",
         }
+
+    def _skipped_next(self, task: Task) -> None:
+        """A task's ``skipNext`` has done its work: clear it."""
+        self.changes.skip_next(task.id, False, by=SCHEDULE).addErrback(
+            lambda failure: log.error(
+                "could not clear skipNext of task {task_id}: {error}", task_id=task.id, error=failure.getErrorMessage()
+            )
+        )
 
     # Seconds ahead of its second that a tick records, places and sends the
     # jobs due on it; the workers wait for the second to start them.  A

@@ -160,6 +160,14 @@ class TaskBook:
         self._tasks[task_id] = task
         return task
 
+    def restore(self, task_id: int, record: TaskRecord) -> Task:
+        """Put *record* back as task *task_id* (a revision being restored), replacing it if there."""
+        if any(task.job_name == record.job_name and task.id != task_id for task in self._tasks.values()):
+            raise TaskError(f"jobName '{record.job_name}' is now used by another task")
+        task = Task(task_id, record.job_name, record.schedule, record.command, record.options, record.extra)
+        self._put(task)
+        return task
+
     def remove(self, task_id: int) -> Task:
         task = self._tasks.pop(task_id, None)
         if task is None:

@@ -26,15 +26,18 @@ from twisted.python.failure import Failure
 
 from scheduler.cron import iso
 from scheduler.task_book import TaskBook, TaskNotFound
-from scheduler.task_state import TaskState
+from scheduler.task_changes import TaskChanges
 from scheduler.task_store import LoadError, StoreError
-from scheduler.tasks import Task, TaskError
+from scheduler.tasks import Task, TaskError, parse_time
+from scheduler.triggers import TriggeredBy
 
 log = Logger()
 
 Reply = str | Deferred[str]
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
+# A client whose address is not known (the protocol passes its own).
+TCP = TriggeredBy("tcp")
 
 
 def read_command(line: str) -> tuple[str, str]:
@@ -112,101 +115,140 @@ class TcpCommands:
 
     def __init__(
         self,
-        state: TaskState,
+        changes: TaskChanges,
         next_run: Callable[[int], float | None],
-        status: Callable[[], dict[str, int]],
+        status: Callable[[], dict[str, int | str]],
     ) -> None:
-        self._state = state
+        self._changes = changes
         self._next_run = next_run
         self._status = status
 
-    def handle(self, line: str) -> Reply:
-        return self.answer(*read_command(line))
+    def handle(self, line: str, by: TriggeredBy = TCP) -> Reply:
+        return self.answer(*read_command(line), by=by)
 
-    def answer(self, word: str, argument: str) -> Reply:
-        """The reply to verb *word* (upper-cased) with *argument*."""
+    def answer(self, word: str, argument: str, by: TriggeredBy = TCP) -> Reply:
+        """The reply to verb *word* (upper-cased) with *argument*, from the client *by*."""
         if not word:
             return "ERR empty line (try HELP)"
         verb = VERBS.get(word)
         if verb is None or verb.handler is None:
             shown = word if len(word) <= 40 else word[:40] + "..."
             return f"ERR unknown command '{shown}' (try HELP)"
-        return verb.handler(self, argument)
+        return verb.handler(self, argument, by)
 
-    def do_PING(self, argument: str) -> Reply:
+    def do_PING(self, argument: str, by: TriggeredBy) -> Reply:
         return "PONG"
 
-    def do_HELP(self, argument: str) -> Reply:
+    def do_HELP(self, argument: str, by: TriggeredBy) -> Reply:
         return HELP + "\nOK"
 
-    def do_ADD(self, argument: str) -> Reply:
+    def do_ADD(self, argument: str, by: TriggeredBy) -> Reply:
         try:
             schedule, command = split_add(argument)
         except TaskError as error:
             return f"ERR {error}"
 
-        def add(book: TaskBook) -> Task:
-            return book.add(schedule, command)
+        return self._changes.add(schedule, command, by=by).addCallbacks(
+            lambda task: f"OK id={task.id} jobName={task.job_name} next={self._when(task)}", _error
+        )
 
-        return self._state.edit(add).addCallbacks(
-            lambda task: (
-                f"OK id={task.id} jobName={task.job_name}"
-                f" next={_iso(self._next_run(task.id), self._state.book)}"
-            ),
+    def do_EDIT(self, argument: str, by: TriggeredBy) -> Reply:
+        key, _, rest = argument.partition(" ")
+        if not key or not rest.strip():
+            return "ERR EDIT needs a task id or jobName, a schedule and a command, e.g. EDIT 2 */5 * * * * echo hi"
+        try:
+            schedule, command = split_add(rest)
+            changed = self._changes.edit(key, {"schedule": schedule, "command": command}, by=by)
+        except TaskError as error:
+            return f"ERR {error}"
+        return changed.addCallbacks(
+            lambda task: f"OK edited id={task.id} jobName={visible(task.job_name)} next={self._when(task)}", _error
+        )
+
+    def do_PAUSE(self, argument: str, by: TriggeredBy) -> Reply:
+        key, _, rest = argument.partition(" ")
+        if not key:
+            return "ERR PAUSE needs a task id or jobName, e.g. PAUSE 2 or PAUSE 2 until 2026-12-24T18:00:00+01:00"
+        until = None
+        rest = rest.strip()
+        if rest:
+            word, _, when = rest.partition(" ")
+            if word.lower() != "until" or not when.strip():
+                return "ERR PAUSE takes a task and optionally 'until <ISO time>', e.g. PAUSE 2 until 2026-12-24T18:00:00+01:00"
+            try:
+                until = parse_time(when.strip(), "the time after 'until'")
+                paused = self._changes.pause(key, by=by, until=until)
+            except TaskError as error:
+                return f"ERR {error}"
+        else:
+            paused = self._changes.pause(key, by=by)
+        return paused.addCallbacks(
+            lambda task: f"OK paused id={task.id} jobName={visible(task.job_name)}"
+            + (f" until={_iso(task.options.pausedUntil, self._changes.book)}" if task.options.pausedUntil else ""),
             _error,
         )
 
-    def do_LIST(self, argument: str) -> Reply:
-        book = self._state.book
+    def do_RESUME(self, argument: str, by: TriggeredBy) -> Reply:
+        if not argument:
+            return "ERR RESUME needs a task id or jobName, e.g. RESUME 2"
+        return self._changes.resume(argument, by=by).addCallbacks(
+            lambda task: f"OK resumed id={task.id} jobName={visible(task.job_name)} next={self._when(task)}", _error
+        )
+
+    def _when(self, task: Task) -> str:
+        return _iso(self._next_run(task.id), self._changes.book)
+
+    def do_LIST(self, argument: str, by: TriggeredBy) -> Reply:
+        book = self._changes.book
         # Tasks on one schedule share their next run, and formatting a time
         # costs more than the rest of a line: format each time once.
         formatted: dict[float | None, str] = {}
 
-        def when(task_id: int) -> str:
-            timestamp = self._next_run(task_id)
+        def when(task: Task) -> str:
+            timestamp = self._next_run(task.id)
             text = formatted.get(timestamp)
             if text is None:
                 text = formatted[timestamp] = _iso(timestamp, book)
+            if task.options.paused:
+                # The column still says when it would run: the next run is
+                # kept computed for when the task resumes.
+                return f"paused (next {text})"
             return text
 
         lines = [
-            f"{task.id}\t{visible(task.job_name)}\t{visible(task.schedule.expression)}\t{when(task.id)}\t{visible(task.command)}"
+            f"{task.id}\t{visible(task.job_name)}\t{visible(task.schedule.expression)}\t{when(task)}\t{visible(task.command)}"
             for task in book
         ]
         lines.append(f"OK {len(book)} task{'' if len(book) == 1 else 's'}")
         return "\n".join(lines)
 
-    def do_REMOVE(self, argument: str) -> Reply:
+    def do_REMOVE(self, argument: str, by: TriggeredBy) -> Reply:
         if not argument:
             return "ERR REMOVE needs a task id or jobName, e.g. REMOVE 2"
-
-        def remove(book: TaskBook) -> Task:
-            return book.remove(book.find(argument).id)
-
-        return self._state.edit(remove).addCallbacks(
+        return self._changes.remove(argument, by=by).addCallbacks(
             lambda task: f"OK removed id={task.id} jobName={visible(task.job_name)}", _error
         )
 
-    def do_CLEAR(self, argument: str) -> Reply:
-        return self._state.edit(lambda book: len(book.clear())).addCallbacks(
+    def do_CLEAR(self, argument: str, by: TriggeredBy) -> Reply:
+        return self._changes.clear(by=by).addCallbacks(
             lambda count: f"OK cleared {count} task{'' if count == 1 else 's'}", _error
         )
 
-    def do_STATUS(self, argument: str) -> Reply:
+    def do_STATUS(self, argument: str, by: TriggeredBy) -> Reply:
         counts = self._status()
         return "OK " + " ".join(f"{name}={value}" for name, value in counts.items())
 
-    def do_SAVE(self, argument: str) -> Reply:
+    def do_SAVE(self, argument: str, by: TriggeredBy) -> Reply:
         if argument:
             return "ERR SAVE takes no argument (the file is set when the scheduler starts)"
-        return self._state.save().addCallbacks(
+        return self._changes.save().addCallbacks(
             lambda count: f"OK saved {count} task{'' if count == 1 else 's'}", _error
         )
 
-    def do_LOAD(self, argument: str) -> Reply:
+    def do_LOAD(self, argument: str, by: TriggeredBy) -> Reply:
         if argument:
             return "ERR LOAD takes no argument (the file is set when the scheduler starts)"
-        return self._state.load().addCallbacks(
+        return self._changes.load(by=by).addCallbacks(
             lambda count: f"OK loaded {count} task{'' if count == 1 else 's'}", _error
         )
 
@@ -229,7 +271,7 @@ class Verb:
     summary: str  # HELP's one-line description
     # None: the line protocol answers it, since it acts on the connection
     # (AUTH, SESSION, QUIT), not on the tasks.
-    handler: Callable[[TcpCommands, str], Reply] | None
+    handler: Callable[[TcpCommands, str, TriggeredBy], Reply] | None
     # May run on a connection that has not sent AUTH yet (when a TCP token
     # is set).  Not SESSION: it would keep a connection that has shown no
     # token open for the idle timeout.
@@ -260,6 +302,19 @@ _TABLE = (
         "one line per task: id, jobName, schedule, next run, command (tab-separated)",
         TcpCommands.do_LIST,
     ),
+    Verb(
+        "EDIT <id|jobName> <schedule> <command>",
+        "change a task's schedule and command in place (it keeps its id and history)",
+        TcpCommands.do_EDIT,
+        queues=True,
+    ),
+    Verb(
+        "PAUSE <id|jobName> [until <time>]",
+        "stop a task from firing (until an ISO 8601 time with offset, if given)",
+        TcpCommands.do_PAUSE,
+        queues=True,
+    ),
+    Verb("RESUME <id|jobName>", "let a paused task fire again", TcpCommands.do_RESUME, queues=True),
     Verb("REMOVE <id|jobName>", "remove a task", TcpCommands.do_REMOVE, queues=True),
     Verb("CLEAR", "remove every task", TcpCommands.do_CLEAR, queues=True),
     Verb("STATUS", "counts of tasks, workers and jobs", TcpCommands.do_STATUS),

@@ -37,7 +37,8 @@ from zope.interface import implementer
 
 from scheduler.settings import Settings
 from scheduler.tcp_auth import ConnectionAuth, TcpAuth
-from scheduler.tcp_commands import VERBS, Reply, TcpCommands, Verb, read_command
+from scheduler.tcp_commands import TCP, VERBS, Reply, TcpCommands, Verb, read_command
+from scheduler.triggers import TriggeredBy
 
 log = Logger()
 
@@ -80,6 +81,7 @@ class CommandLineProtocol(Protocol):
     ) -> None:
         self._commands = commands
         self._auth = ConnectionAuth(auth, clock, self._refuse)
+        self._by = TCP
         self._clock = clock
         self._max_line = max_line
         self._linger = linger
@@ -104,7 +106,10 @@ class CommandLineProtocol(Protocol):
     def connectionMade(self) -> None:
         self._arm(self._idle_timeout)
         peer = self.transport.getPeer()
-        self._auth.start(str(getattr(peer, "host", None) or "local"))
+        host = str(getattr(peer, "host", None) or "local")
+        self._auth.start(host)
+        # Who changed a task or ran a job, in its revision or record.
+        self._by = TriggeredBy("tcp", name=host)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -216,7 +221,7 @@ class CommandLineProtocol(Protocol):
         if "\0" in line:
             return "ERR line contains a NUL byte"
         try:
-            return self._commands.answer(word, argument)
+            return self._commands.answer(word, argument, self._by)
         except Exception:
             log.failure("command {line!r} failed", line=line[:200])
             return "ERR internal error (logged on the scheduler)"

@@ -27,6 +27,7 @@ from scheduler.access import (
     read_token,
 )
 from scheduler.limits import ConnectionLimits
+from scheduler.task_changes import TaskChanges
 from scheduler.tcp_commands import TcpCommands
 from scheduler.tcp_protocol import CommandFactory
 from tests.fakes import FakeLink
@@ -236,7 +237,7 @@ def test_connection_limits_total_and_per_peer() -> None:
 
 def tcp_client(tmp_path: Path, token: str | None) -> tuple[Protocol, StringTransport]:
     state = make_state(tmp_path / "tasks.db")
-    commands = TcpCommands(state, state._engine.next_run, lambda: {"tasks": len(state.book)})
+    commands = TcpCommands(TaskChanges(state, None, Clock()), state._engine.next_run, lambda: {"tasks": len(state.book)})
     protocol = CommandFactory(commands, Clock(), token=token).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)

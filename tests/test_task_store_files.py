@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
+from scheduler.task_changes import TaskChanges
 from scheduler.task_state import TaskState
 from scheduler.task_store import LoadError, StoreError
 from scheduler.tcp_commands import TcpCommands
@@ -31,7 +32,7 @@ def mode(path: Path) -> int:
 
 
 def command(state: TaskState, line: str) -> list[str]:
-    commands = TcpCommands(state, state._engine.next_run, lambda: {})
+    commands = TcpCommands(TaskChanges(state, None, Clock()), state._engine.next_run, lambda: {})
     protocol = CommandFactory(commands, Clock()).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)

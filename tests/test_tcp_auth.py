@@ -16,6 +16,7 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from scheduler.limits import ConnectionLimits
+from scheduler.task_changes import TaskChanges
 from scheduler.task_state import TaskState
 from scheduler.tcp_auth import (
     AUTH_FREE_FAILURES,
@@ -80,7 +81,7 @@ def clock() -> Clock:
 
 
 def factory(state: TaskState, clock: Clock, **kw: Any) -> CommandFactory:
-    commands = TcpCommands(state, state._engine.next_run, lambda: {"tasks": len(state.book)})
+    commands = TcpCommands(TaskChanges(state, None, Clock()), state._engine.next_run, lambda: {"tasks": len(state.book)})
     return CommandFactory(commands, clock, token=TOKEN, **kw)
 
 
@@ -142,7 +143,7 @@ def test_the_deadline_ends_with_auth(state: TaskState, clock: Clock) -> None:
 
 
 def test_no_deadline_without_a_token(state: TaskState, clock: Clock) -> None:
-    commands = TcpCommands(state, state._engine.next_run, lambda: {})
+    commands = TcpCommands(TaskChanges(state, None, Clock()), state._engine.next_run, lambda: {})
     peer = Peer(CommandFactory(commands, clock, auth_timeout=10, idle_timeout=300))
     peer.send(b"SESSION\n")
     clock.advance(100)

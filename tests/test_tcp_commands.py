@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 
 from scheduler.cron_engine import CronEngine
 from scheduler.task_book import TaskBook
+from scheduler.task_changes import TaskChanges
 from scheduler.task_state import TaskState
 from scheduler.task_store import FlatFileTaskStore
 from scheduler.tasks import TaskError
@@ -25,7 +26,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 class Client:
     def __init__(self, state: TaskState, clock: Clock, **kw: object) -> None:
-        commands = TcpCommands(state, state._engine.next_run, lambda: {"tasks": len(state.book)})
+        commands = TcpCommands(TaskChanges(state, None, Clock()), state._engine.next_run, lambda: {"tasks": len(state.book)})
         factory = CommandFactory(commands, clock, **kw)  # type: ignore[arg-type]
         self.protocol = factory.buildProtocol(None)
         self.transport = StringTransport()

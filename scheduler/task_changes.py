@@ -1,0 +1,232 @@
+"""Changing tasks, each change kept as a revision (who, when, before and after).
+
+Port 5050 and the REST API change tasks only through :class:`TaskChanges`:
+add, edit in place (guarded by an ETag where the caller has one), pause
+and resume, skip the next run, remove, clear, load, and restore an earlier
+revision.  Each change is applied through :class:`TaskState` (on disk
+before it counts); once it is committed, a :class:`Revision` goes to the
+job store, where ``GET /api/tasks/{id}/revisions`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from scheduler.task_book import TaskBook, TaskNotFound
+from scheduler.task_state import TaskState
+from scheduler.tasks import OPTION_KEYS, Task, TaskError, TaskOptions, etag, parse_record
+from scheduler.triggers import Revision, RevisionAction, TriggeredBy
+
+log = Logger()
+
+# What an edit may change besides the options.
+EDITABLE = frozenset({"schedule", "command", "jobName"}) | OPTION_KEYS
+
+
+class StaleTask(Exception):
+    """The task changed since the caller read it (its ETag no longer matches)."""
+
+
+class RevisionStore(Protocol):
+    def record_revision(self, revision: Revision) -> Deferred[int]: ...
+
+    def revisions(self, task_id: int, limit: int = 100, before_id: int | None = None) -> Deferred[list[Revision]]: ...
+
+
+def task_record(task: Task) -> dict[str, Any]:
+    """A task as its revisions keep it: its tasks.db record, with its id."""
+    record: dict[str, Any] = json.loads(task.line)
+    record["id"] = task.id
+    return record
+
+
+class TaskChanges:
+    def __init__(self, state: TaskState, revisions: RevisionStore | None, clock: IReactorTime) -> None:
+        self._state = state
+        self._revisions = revisions
+        self._clock = clock
+
+    @property
+    def book(self) -> TaskBook:
+        return self._state.book
+
+    # -- one task ------------------------------------------------------------
+
+    def add(
+        self,
+        schedule: str,
+        command: str,
+        options: TaskOptions | None = None,
+        job_name: str | None = None,
+        *,
+        by: TriggeredBy,
+    ) -> Deferred[Task]:
+        def apply(book: TaskBook) -> tuple[None, Task]:
+            return None, book.add(schedule, command, options, job_name)
+
+        return self._change("add", by, apply)
+
+    def edit(
+        self, key: str | int, changes: Mapping[str, Any], *, by: TriggeredBy, if_match: str | None = None
+    ) -> Deferred[Task]:
+        """Change any of a task's fields in place (``EDITABLE``); it keeps its id."""
+        unknown = sorted(set(changes) - EDITABLE)
+        if unknown:
+            raise TaskError(f"unknown field(s): {', '.join(unknown)}")
+        for name in ("schedule", "command", "jobName"):
+            if name in changes and not isinstance(changes[name], str):
+                raise TaskError(f"{name} must be a string")
+        option_changes = {name: value for name, value in changes.items() if name in OPTION_KEYS}
+
+        def apply(book: TaskBook) -> tuple[Task, Task]:
+            old = self._find(book, key, if_match)
+            options = old.options.evolve(**option_changes) if option_changes else None
+            return old, book.replace(
+                old.id,
+                schedule=changes.get("schedule"),
+                command=changes.get("command"),
+                job_name=changes.get("jobName"),
+                options=options,
+            )
+
+        return self._change("edit", by, apply)
+
+    def pause(
+        self,
+        key: str | int,
+        *,
+        by: TriggeredBy,
+        until: float | None = None,
+        reason: str | None = None,
+        if_match: str | None = None,
+    ) -> Deferred[Task]:
+        """Stop a task from firing (until *until*, if given); its next run stays computed."""
+        if until is not None and until <= self._clock.seconds():
+            raise TaskError("the time to resume at is already past")
+        return self._set_options(
+            "pause", key, by, if_match, paused=True, pausedUntil=until, pauseReason=reason
+        )
+
+    def resume(self, key: str | int, *, by: TriggeredBy, if_match: str | None = None) -> Deferred[Task]:
+        return self._set_options("resume", key, by, if_match, paused=False, pausedUntil=None, pauseReason=None)
+
+    def skip_next(self, key: str | int, skip: bool, *, by: TriggeredBy) -> Deferred[Task]:
+        return self._set_options("edit", key, by, None, skipNext=skip)
+
+    def remove(self, key: str | int, *, by: TriggeredBy, if_match: str | None = None) -> Deferred[Task]:
+        def apply(book: TaskBook) -> tuple[Task, None]:
+            old = self._find(book, key, if_match)
+            return book.remove(old.id), None
+
+        return self._change("remove", by, apply)
+
+    def restore(self, task_id: int, revision: Revision, *, by: TriggeredBy) -> Deferred[Task]:
+        """Put a task back as *revision* left it (re-adding it, with its id, if removed since)."""
+        record = revision.after if revision.after is not None else revision.before
+        if revision.task_id != task_id or record is None:
+            raise TaskError(f"revision {revision.id} does not hold task {task_id}")
+        parsed = parse_record({key: value for key, value in record.items() if key != "id"} | {"id": task_id}, self.book.tz)
+
+        def apply(book: TaskBook) -> tuple[Task | None, Task]:
+            return book.get(task_id), book.restore(task_id, parsed)
+
+        return self._change("restore", by, apply)
+
+    # -- every task ------------------------------------------------------------
+
+    def clear(self, *, by: TriggeredBy) -> Deferred[int]:
+        def apply(book: TaskBook) -> list[Task]:
+            return book.clear()
+
+        def recorded(removed: list[Task]) -> int:
+            for task in removed:
+                self._record("clear", by, task, None)
+            return len(removed)
+
+        return self._state.edit(apply).addCallback(recorded)
+
+    def load(self, *, by: TriggeredBy) -> Deferred[int]:
+        """LOAD: replace the tasks with the file's; a revision for each task it changes."""
+        before = {task.id: task for task in self._state.book}
+
+        def recorded(count: int) -> int:
+            after = self._state.book
+            for task in after:
+                old = before.pop(task.id, None)
+                if old is None or old != task:
+                    self._record("load", by, old, task)
+            for old in before.values():
+                self._record("load", by, old, None)
+            return count
+
+        return self._state.load().addCallback(recorded)
+
+    def save(self) -> Deferred[int]:
+        return self._state.save()
+
+    # -- revisions ---------------------------------------------------------------
+
+    def revisions(self, task_id: int, limit: int = 100, before_id: int | None = None) -> Deferred[list[Revision]]:
+        if self._revisions is None:
+            return succeed([])
+        return self._revisions.revisions(task_id, limit, before_id)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _set_options(
+        self, action: RevisionAction, key: str | int, by: TriggeredBy, if_match: str | None, **options: Any
+    ) -> Deferred[Task]:
+        def apply(book: TaskBook) -> tuple[Task, Task]:
+            old = self._find(book, key, if_match)
+            return old, book.replace(old.id, options=old.options.evolve(**options))
+
+        return self._change(action, by, apply)
+
+    def _find(self, book: TaskBook, key: str | int, if_match: str | None) -> Task:
+        task = book.get(key) if isinstance(key, int) else book.find(key)
+        if task is None:
+            raise TaskNotFound(f"no task with id {key}")
+        if if_match is not None and if_match.strip() not in ("*", etag(task)):
+            raise StaleTask(f"task {task.id} has changed since it was read (its ETag is now {etag(task)})")
+        return task
+
+    def _change(
+        self,
+        action: RevisionAction,
+        by: TriggeredBy,
+        apply: Callable[[TaskBook], tuple[Task | None, Task | None]],
+    ) -> Deferred[Any]:
+        def done(pair: tuple[Task | None, Task | None]) -> Task | None:
+            before, after = pair
+            if before is None or after is None or before != after:
+                self._record(action, by, before, after)
+            return after if after is not None else before
+
+        return self._state.edit(apply).addCallback(done)
+
+    def _record(self, action: RevisionAction, by: TriggeredBy, before: Task | None, after: Task | None) -> None:
+        if self._revisions is None:
+            return
+        task = after if after is not None else before
+        assert task is not None
+        revision = Revision(
+            task_id=task.id,
+            at=self._clock.seconds(),
+            action=action,
+            by=by,
+            before=None if before is None else task_record(before),
+            after=None if after is None else task_record(after),
+        )
+        self._revisions.record_revision(revision).addErrback(
+            lambda failure: log.error(
+                "could not record a revision of task {task_id}: {error}",
+                task_id=task.id,
+                error=failure.getErrorMessage(),
+            )
+        )
