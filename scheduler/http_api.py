@@ -330,17 +330,15 @@ class SchedulerHTTP:
             raise ApiError(404, f"no task with id {task_id} and no revisions of one")
         return _json(request, 200, [revision_json(revision, self._tz) for revision in revisions])
 
-    @app.route("/api/tasks/<task_id>/revisions/<revision_id>/restore", methods=["POST"])
-    async def restore_revision(self, request: IRequest, task_id: str, revision_id: str) -> bytes:
+    @app.route("/api/tasks/<task_id>/revisions/<revision>/restore", methods=["POST"])
+    async def restore_revision(self, request: IRequest, task_id: str, revision: str) -> bytes:
         number = _path_id(task_id)
-        wanted = _path_id(revision_id)
+        wanted = _path_id(revision)
         _check_fields(_optional_body(request, self._max_body), set())
-        revision = next(
-            (each for each in await self._changes.revisions(number, 1, wanted + 1) if each.id == wanted), None
-        )
-        if revision is None:
-            raise ApiError(404, f"task {task_id} has no revision {revision_id}")
-        task = await self._change(lambda: self._changes.restore(number, revision, by=trigger_of(request)))
+        found = next((each for each in await self._changes.revisions(number, 1, wanted + 1) if each.id == wanted), None)
+        if found is None:
+            raise ApiError(404, f"task {task_id} has no revision {revision}")
+        task = await self._change(lambda: self._changes.restore(number, found, by=trigger_of(request)))
         return self._one_task(request, 200, task)
 
     @app.route("/api/tasks/<task_id>/run", methods=["POST"])
@@ -359,6 +357,7 @@ class SchedulerHTTP:
             env=options.env,
             cwd=options.cwd,
             task_id=task.id,
+            triggered_by=trigger_of(request),
         )
         return _json(request, 202, self._job_json(jobs[0]) if len(jobs) == 1 else [self._job_json(j) for j in jobs])
 
@@ -442,7 +441,14 @@ class SchedulerHTTP:
             )
         except TaskError as error:
             raise ApiError(400, str(error)) from None
-        jobs = self._run(command, target=options.target, timeout=options.timeout, env=options.env, cwd=options.cwd)
+        jobs = self._run(
+            command,
+            target=options.target,
+            timeout=options.timeout,
+            env=options.env,
+            cwd=options.cwd,
+            triggered_by=trigger_of(request),
+        )
         if len(jobs) == 1:
             request.setHeader(b"Location", f"/api/jobs/{jobs[0].id}".encode())
             return _json(request, 202, self._job_json(jobs[0]))

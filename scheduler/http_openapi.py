@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, get_args, get_origin, get_type_hints
 
-from scheduler.http_api import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT
+from scheduler.http_api import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT, RUN_OVERRIDES
 from scheduler.http_guard import is_public
 from scheduler.jobs import JobStatus
 from scheduler.tasks import (
     DEFAULT_OPTIONS,
     JITTER_RANGE,
     MAX_CONCURRENT_RANGE,
+    MAX_REASON,
     MISSED_CAP_RANGE,
     MISSED_POLICIES,
     OVERLAP_POLICIES,
@@ -28,6 +29,7 @@ from scheduler.tasks import (
     TIMEOUT_RANGE,
     TaskOptions,
 )
+from scheduler.triggers import REVISION_ACTIONS, TRIGGER_KINDS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -87,6 +89,20 @@ _OPTIONS: dict[str, Any] = {
     name: _option_schema(name, hint, getattr(DEFAULT_OPTIONS, name))
     for name, hint in get_type_hints(TaskOptions).items()
 }
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The ETag the change is based on; a task that has changed since gets 412",
+}
+
+
+def _tagged(response: dict[str, Any]) -> dict[str, Any]:
+    """A task response, with the ETag header it carries."""
+    return {**response, "headers": {"ETag": {"description": "The task's version, for If-Match", "schema": {"type": "string"}}}}
+
+
 _COMMON_ERRORS = {
     "400": _error("Malformed JSON, a missing or mistyped field, or an invalid schedule"),
     "401": _error("Missing or wrong bearer token (when an API token is configured)"),
@@ -125,6 +141,59 @@ OPENAPI: dict[str, Any] = {
                     **_OPTIONS,
                 },
             },
+            "TriggeredBy": {
+                "type": "object",
+                "required": ["kind", "name", "job"],
+                "description": "What started a job or changed a task",
+                "properties": {
+                    "kind": {"enum": list(TRIGGER_KINDS)},
+                    "name": {"type": ["string", "null"], "description": "the token's or person's name; for tcp, the client"},
+                    "job": {"type": ["integer", "null"], "description": "the job a retry re-runs"},
+                },
+            },
+            "TaskChanges": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "Any of a task's fields; the rest stay as they are",
+                "properties": {
+                    "schedule": {"type": "string"},
+                    "command": {"type": "string"},
+                    "jobName": {"type": "string"},
+                    **_OPTIONS,
+                },
+            },
+            "Pause": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "until": {"type": ["string", "null"], "format": "date-time", "description": "resume by itself then"},
+                    "reason": {"type": ["string", "null"], "maxLength": MAX_REASON},
+                },
+            },
+            "RunOverrides": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "What this one run uses instead of the task's own",
+                "properties": {name: _OPTIONS[name] for name in RUN_OVERRIDES},
+            },
+            "Revision": {
+                "type": "object",
+                "required": ["id", "taskId", "at", "action", "by", "before", "after"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "taskId": {"type": "integer"},
+                    "at": _TIME,
+                    "action": {"enum": list(REVISION_ACTIONS)},
+                    "by": _ref("TriggeredBy"),
+                    "before": {"type": ["object", "null"], "description": "the task's tasks.db record before"},
+                    "after": {"type": ["object", "null"], "description": "and after"},
+                },
+            },
+            "Maintenance": {
+                "type": "object",
+                "required": ["on", "since", "by"],
+                "properties": {"on": {"type": "boolean"}, "since": _TIME, "by": {"type": ["string", "null"]}},
+            },
             "NewJob": {
                 "type": "object",
                 "required": ["command"],
@@ -152,6 +221,10 @@ OPENAPI: dict[str, Any] = {
                     "timeout": {"type": ["number", "null"]},
                     "cwd": {"type": ["string", "null"]},
                     "attempt": {"type": "integer"},
+                    "triggeredBy": {
+                        "anyOf": [_ref("TriggeredBy"), {"type": "null"}],
+                        "description": "What started the job; null for jobs recorded before this was kept",
+                    },
                     "reason": {"type": ["string", "null"]},
                     "createdAt": _TIME,
                     "scheduledAt": _TIME,
@@ -219,14 +292,120 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/tasks/{id}": {
             "parameters": [_ID],
-            "get": {"summary": "One task", "responses": {"200": _json(_ref("Task"), "The task"), "404": _error("No such task")}},
-            "delete": {"summary": "Remove a task", "responses": {"204": {"description": "Removed"}, "404": _error("No such task")}},
+            "get": {"summary": "One task", "responses": {"200": _tagged(_json(_ref("Task"), "The task")), "404": _error("No such task")}},
+            "patch": {
+                "summary": "Change a task in place (it keeps its id and job history)",
+                "parameters": [_IF_MATCH],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TaskChanges")}}},
+                "responses": {
+                    "200": _tagged(_json(_ref("Task"), "Changed")),
+                    "404": _error("No such task"),
+                    "412": _error("The task changed since the ETag given in If-Match"),
+                    **_COMMON_ERRORS,
+                    "503": _error("tasks file could not be written"),
+                },
+            },
+            "delete": {
+                "summary": "Remove a task",
+                "parameters": [_IF_MATCH],
+                "responses": {
+                    "204": {"description": "Removed"},
+                    "404": _error("No such task"),
+                    "412": _error("The task changed since the ETag given in If-Match"),
+                    "503": _error("tasks file could not be written"),
+                },
+            },
         },
         "/api/tasks/{id}/run": {
             "parameters": [_ID],
             "post": {
-                "summary": "Run a task now",
-                "responses": {"202": _json(_ref("Job"), "The job (a list for target all)"), "404": _error("No such task")},
+                "summary": "Run a task now (optionally with other env, cwd, timeout or target)",
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("RunOverrides")}}},
+                "responses": {
+                    "202": _json(_ref("Job"), "The job (a list for target all)"),
+                    "404": _error("No such task"),
+                    **_COMMON_ERRORS,
+                    "503": _error("Queue full"),
+                },
+            },
+        },
+        "/api/tasks/{id}/pause": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "Stop a task from firing (until a time, if given); its next run stays computed",
+                "parameters": [_IF_MATCH],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("Pause")}}},
+                "responses": {
+                    "200": _tagged(_json(_ref("Task"), "Paused")),
+                    "404": _error("No such task"),
+                    "412": _error("The task changed since the ETag given in If-Match"),
+                    **_COMMON_ERRORS,
+                    "503": _error("tasks file could not be written"),
+                },
+            },
+        },
+        "/api/tasks/{id}/resume": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "Let a paused task fire again",
+                "parameters": [_IF_MATCH],
+                "responses": {
+                    "200": _tagged(_json(_ref("Task"), "Resumed")),
+                    "404": _error("No such task"),
+                    "412": _error("The task changed since the ETag given in If-Match"),
+                    **_COMMON_ERRORS,
+                    "503": _error("tasks file could not be written"),
+                },
+            },
+        },
+        "/api/tasks/{id}/revisions": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "Every change to the task, newest first",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "only ids below this (paging)"},
+                ],
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("Revision")}, "Revisions"),
+                    "404": _error("No such task, and none ever had revisions"),
+                },
+            },
+        },
+        "/api/tasks/{id}/revisions/{revision}/restore": {
+            "parameters": [_ID, {"name": "revision", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}],
+            "post": {
+                "summary": "Put the task back as this revision left it (re-added, with its id, if removed)",
+                "responses": {
+                    "200": _tagged(_json(_ref("Task"), "Restored")),
+                    "404": _error("No such revision of this task"),
+                    **_COMMON_ERRORS,
+                    "503": _error("tasks file could not be written"),
+                },
+            },
+        },
+        "/api/maintenance": {
+            "get": {"summary": "The maintenance switch", "responses": {"200": _json(_ref("Maintenance"), "The switch")}},
+            "post": {
+                "summary": "Turn the maintenance switch: while on, no cron fire becomes a job; running jobs finish",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["on"],
+                                "additionalProperties": False,
+                                "properties": {"on": {"type": "boolean"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("Maintenance"), "The switch"),
+                    **_COMMON_ERRORS,
+                    "503": _error("the switch could not be saved"),
+                },
             },
         },
         "/api/schedules/check": {

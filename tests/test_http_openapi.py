@@ -3,6 +3,7 @@ and its lists (statuses, task options, bounds) read from the code."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -60,6 +61,7 @@ def _klein_routes() -> set[tuple[str, str]]:
     routes = set()
     for rule in SchedulerHTTP.app.url_map.iter_rules():
         path = rule.rule.replace("<task_id>", "{id}").replace("<job_id>", "{id}")
+        path = re.sub(r"<([a-z_]+)>", r"{\1}", path)
         if rule.rule.startswith("/static/"):
             path = "/static/{path}"
         for method in rule.methods or ():
