@@ -11,6 +11,7 @@ from scheduler.cron_engine import Fire, missed_times
 from scheduler.dispatch import Dispatcher
 from scheduler.task_book import TaskBook
 from scheduler.tasks import Task
+from scheduler.triggers import MISSED
 
 log = Logger()
 
@@ -104,4 +105,4 @@ class FireHandler:
                     when=iso(scheduled, book.tz),
                     policy=task.options.missed,
                 )
-                self._dispatcher.fire(task, scheduled)
+                self._dispatcher.fire(task, scheduled, triggered_by=MISSED)

@@ -29,6 +29,7 @@ from scheduler.jobs import Job, JobStatus
 from scheduler.settings import Settings
 from scheduler.tasks import Task
 from scheduler.timers import KeyedTimers
+from scheduler.triggers import SCHEDULE, TriggeredBy
 from scheduler.worker_messages import PROTOCOL_VERSION, Finished
 from scheduler.worker_registry import Worker, WorkerRegistry
 
@@ -129,8 +130,11 @@ class Dispatcher:
             if not held:
                 del self._held[job.task_id]  # type: ignore[arg-type]
 
-    def fire(self, task: Task, scheduled: float) -> list[Job]:
-        """Jobs for one cron fire of *task* (none if paused, skipped or already run)."""
+    def fire(self, task: Task, scheduled: float, *, triggered_by: TriggeredBy = SCHEDULE) -> list[Job]:
+        """Jobs for one cron fire of *task* (none if paused, skipped or already run).
+
+        *triggered_by* is the schedule, or ``MISSED`` for a time caught up after a restart.
+        """
         if self.jobs.seen(task.id, scheduled):
             return []
         options = task.options
@@ -140,7 +144,12 @@ class Dispatcher:
             self.jobs.mark_fired(task.id, scheduled)
             self._log_skip(task, scheduled)
             return []
-        fields: dict[str, Any] = {"timeout": options.timeout, "env": dict(options.env), "cwd": options.cwd}
+        fields: dict[str, Any] = {
+            "timeout": options.timeout,
+            "env": dict(options.env),
+            "cwd": options.cwd,
+            "triggered_by": triggered_by,
+        }
         targets = self._targets(task.options.target)
         first = self.jobs.fire(task.id, scheduled, task.command, target=targets[0], **fields)
         if first is None:
@@ -193,15 +202,24 @@ class Dispatcher:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         task_id: int | None = None,
+        triggered_by: TriggeredBy | None = None,
     ) -> list[Job]:
-        """Jobs to run *command* now (one per worker for target ``all``)."""
+        """Jobs to run *command* now (one per worker for target ``all``), started by *triggered_by*."""
         targets = self._targets(target)
         if self.queued + len(targets) > self.queue_limit:
             raise QueueFull(
                 f"the job queue is full ({self.queued} queued, limit {self.queue_limit}); try again later"
             )
-        fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id}
-        return [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
+        fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id, "triggered_by": triggered_by}
+        jobs = [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
+        if triggered_by is not None:
+            # Runs on request are few: one line each says who asked.
+            log.info(
+                "job {job_ids} queued to run now ({by})",
+                job_ids=", ".join(str(job.id) for job in jobs),
+                by=triggered_by.text,
+            )
+        return jobs
 
     def _targets(self, target: str) -> list[str]:
         """One target per job: ``all`` is one job per connected worker (or

@@ -51,6 +51,7 @@ def job_json(job: Job, tz: tzinfo) -> dict[str, Any]:
         "timeout": job.timeout,
         "cwd": job.cwd,
         "attempt": job.attempt,
+        "triggeredBy": job.triggered_by.as_json() if job.triggered_by is not None else None,
         "reason": job.reason,
         "createdAt": iso(job.created_at, tz),
         "scheduledAt": iso(job.scheduled_at, tz),

@@ -17,6 +17,7 @@ from scheduler.job_book import JobBook
 from scheduler.jobs import Job, JobStatus
 from scheduler.tasks import Task, TaskOptions
 from scheduler.timers import KeyedTimers
+from scheduler.triggers import TriggeredBy
 
 log = Logger()
 
@@ -82,6 +83,7 @@ class Retries:
                 env=dict(job.env),
                 cwd=job.cwd,
                 attempt=job.attempt + 1,
+                triggered_by=TriggeredBy.retry_of(job.id),
             )
         )
 

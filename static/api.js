@@ -89,7 +89,9 @@ export async function request(method, path, {body, headers = {}, signal} = {}) {
       method,
       cache: 'no-store',
       signal,
-      headers: {Accept: 'application/json', ...headers, ...authHeaders()},
+      // X-Triggered-By: jobs and task changes made here are recorded as the
+      // dashboard's rather than the API's (scheduler/http_api.py, trigger_of).
+      headers: {Accept: 'application/json', 'X-Triggered-By': 'dashboard', ...headers, ...authHeaders()},
     };
     // The server takes POSTs only as JSON (its CSRF defence), body or not.
     if (body !== undefined || method === 'POST') {

@@ -8,6 +8,7 @@ import {isFinal, statusBadge} from './job_status.js';
 import {notStarted} from './jobs.js';
 import {taskById} from './tasks.js';
 import {toast} from './toast.js';
+import {triggerText} from './triggers.js';
 
 const OUTPUT_CAP = 2_000_000; // characters kept in the output box
 
@@ -143,6 +144,7 @@ function renderJobDetails(data) {
     data.taskId !== null && ['Task', task ? `${visible(task.jobName)} (#${data.taskId})` : `#${data.taskId}`],
     data.exitCode !== null && ['Exit code', String(data.exitCode)],
     data.signal !== null && data.signal !== undefined && ['Signal', String(data.signal)],
+    data.triggeredBy && ['Triggered by', triggerText(data.triggeredBy)],
     data.reason && ['Reason', data.reason],
     data.attempt > 1 && ['Attempt', String(data.attempt)],
     ['Created', timeEl(data.createdAt)],

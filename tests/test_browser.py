@@ -188,6 +188,8 @@ def test_run_now_shows_live_output(page: Page, server: Scheduler, worker: str, t
     expect(output).to_contain_text("hello-from-browser", timeout=WAIT)
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=WAIT)
     expect(page.locator("#job-details")).to_contain_text(worker)
+    # The page's fetches say they are the dashboard's.
+    expect(page.locator("#job-details")).to_contain_text("Triggered bydashboard")
     shot(page, tmp_path, "job-page")
 
     # Output that comes after the page has loaded arrives over the feed, once.

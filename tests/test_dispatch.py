@@ -10,10 +10,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from scheduler import cron
+from scheduler.cron_fires import FireHandler
 from scheduler.dispatch import Dispatcher, JobNotFound, NoRecorder, NotRunningHere, QueueFull
 from scheduler.job_book import JobBook
 from scheduler.jobs import JobStatus
+from scheduler.task_book import TaskBook
 from scheduler.tasks import Task, TaskOptions
+from scheduler.triggers import MISSED, SCHEDULE, TriggeredBy
 from scheduler.worker_messages import Finished
 from scheduler.worker_registry import Worker, WorkerRegistry
 from tests.fakes import FakeLink
@@ -417,3 +420,28 @@ def test_a_fire_ahead_of_its_second_is_sent_with_the_delay_to_wait() -> None:
     (late,) = world.dispatcher.fire(world.task(2), world.clock.seconds() - 1)
     world.clock.advance(0)
     assert "delay" not in link.sent[-1] and link.sent[-1]["job"] == late.id
+
+
+def test_every_job_says_what_triggered_it() -> None:
+    world = World()
+    a, _ = world.connect("a", slots=8)
+    world.connect("b", slots=8)
+    task = world.task(retries=1, retryDelay=5, target="all")
+    fired = world.dispatcher.fire(task, 999_940.0)
+    assert len(fired) == 2 and {job.triggered_by for job in fired} == {SCHEDULE}
+
+    book = TaskBook(UTC, [world.task(2, missed="once")])
+    FireHandler(lambda: book, world.dispatcher).run_missed({2: 999_820.0}, world.clock.seconds())
+    (missed,) = [job for job in world.jobs if job.task_id == 2]
+    assert missed.triggered_by == MISSED
+
+    by = TriggeredBy("dashboard")
+    (now,) = world.dispatcher.run_now("true", triggered_by=by)
+    assert now.triggered_by is by
+
+    # A retry names the job it runs again.
+    (failed,) = [job for job in fired if job.target == "worker:a"]
+    world.finish(a, failed.id, exit_code=1)
+    world.clock.advance(5)
+    (retry,) = [job for job in world.jobs if job.attempt == 2]
+    assert retry.triggered_by == TriggeredBy.retry_of(failed.id)

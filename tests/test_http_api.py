@@ -322,3 +322,26 @@ async def test_schedule_check(api: Api) -> None:
 async def test_openapi_is_served(api: Api) -> None:
     code, body = await api.call("GET", "/api/openapi.json")
     assert code == 200 and body["openapi"].startswith("3.")
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_say_who_ran_them_the_api_or_the_dashboard(api: Api) -> None:
+    dashboard = {b"X-Triggered-By": [b"dashboard"]}
+    assert (await api.call("POST", "/api/tasks", {"schedule": "@daily", "command": "true"}))[0] == 201
+    runs = [
+        await api.call("POST", "/api/jobs", {"command": "true"}),
+        await api.call("POST", "/api/jobs", {"command": "true"}, headers=dashboard),
+        await api.call("POST", "/api/tasks/1/run"),
+        await api.call("POST", "/api/tasks/1/run", headers=dashboard),
+        # Any other value is not the dashboard: the header is a hint, not a credential.
+        await api.call("POST", "/api/jobs", {"command": "true"}, headers={b"X-Triggered-By": [b"schedule"]}),
+    ]
+    assert [code for code, _ in runs] == [202] * 5
+    expected = [{"kind": kind, "name": None, "job": None} for kind in ("api", "dashboard", "api", "dashboard", "api")]
+    assert [job["triggeredBy"] for _, job in runs] == expected
+    # The stored record says the same, in the list and on its own.
+    await api.service.job_store.get(runs[-1][1]["id"])
+    listed = (await api.call("GET", "/api/jobs"))[1]
+    assert [job["triggeredBy"] for job in reversed(listed)] == expected
+    stored = await api.service.job_store.get(runs[1][1]["id"])
+    assert stored is not None and stored.triggered_by is not None and stored.triggered_by.kind == "dashboard"

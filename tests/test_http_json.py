@@ -9,6 +9,7 @@ from scheduler.http_json import job_json, output_event, task_event, task_json, w
 from scheduler.http_openapi import OPENAPI
 from scheduler.jobs import Job, JobStatus
 from scheduler.tasks import Task, TaskOptions
+from scheduler.triggers import TRIGGER_KINDS, TriggeredBy
 from scheduler.worker_registry import Worker
 from tests.fakes import FakeLink
 
@@ -50,3 +51,13 @@ def test_worker_json_and_the_feeds_worker_event() -> None:
 def test_feed_events_wrap_the_same_shapes() -> None:
     assert task_event("added", make_task(), None, UTC) == {"change": "added", "task": task_json(make_task(), None, UTC)}
     assert output_event(3, 1, "stdout", "x") == {"job": 3, "seq": 1, "stream": "stdout", "data": "x"}
+
+
+def test_job_json_says_what_triggered_the_job_with_the_kinds_of_triggers_py() -> None:
+    retry = Job(5, "true", created_at=0.0, attempt=2, triggered_by=TriggeredBy.retry_of(4))
+    assert job_json(retry, UTC)["triggeredBy"] == {"kind": "retry", "name": None, "job": 4}
+    # Records from before it was kept have none.
+    assert job_json(Job(4, "true", created_at=0.0), UTC)["triggeredBy"] is None
+    schema = SCHEMAS["TriggeredBy"]
+    assert schema["properties"]["kind"]["enum"] == list(TRIGGER_KINDS)
+    assert set(schema["required"]) == set(retry.triggered_by.as_json()) == set(schema["properties"])  # type: ignore[union-attr]
