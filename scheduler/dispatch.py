@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from scheduler.cron import iso
 from scheduler.job_book import JobBook
+from scheduler.job_caps import RunCaps
 from scheduler.job_output import OutputTails
 from scheduler.job_queue import JobQueue
 from scheduler.job_retry import Retries
@@ -82,6 +83,7 @@ class Dispatcher:
         lost_after: float = Settings.lost_after,
         queue_limit: int = Settings.queue_limit,
         output_cap: int = Settings.output_cap,
+        caps: RunCaps | None = None,
     ) -> None:
         self._clock = clock
         self.jobs = jobs
@@ -93,10 +95,12 @@ class Dispatcher:
         # Queued jobs by target, oldest first; a job that ends while queued
         # (cancelled, say) leaves the queue and its count at once.
         self._queue = JobQueue()
-        # overlap=queue jobs taken out of the queue while their task has a
-        # job running, by task: they go back when it ends.
-        self._held: dict[int, list[int]] = {}
-        self._held_count = 0
+        # Jobs set aside until something ends, by what holds them: a task's
+        # running job (overlap=queue, key "overlap:<task>") or a full cap
+        # (scheduler.job_caps key); with the reason, for the API.
+        self._held: dict[str, list[int]] = {}
+        self._held_reason: dict[int, tuple[str, str]] = {}
+        self._caps = caps if caps is not None else RunCaps()
         # Runs skipped (overlap=skip) by scheduled time, until logged.
         self._skipped_at: dict[float, int] = {}
         # Jobs of a worker that went away, waiting lost_after for it.
@@ -119,16 +123,16 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._queue) + self._held_count
+        return len(self._queue) + len(self._held_reason)
 
     def _dequeue(self, job: Job) -> None:
         self._queue.remove(job.id)
-        held = self._held.get(job.task_id) if job.task_id is not None else None
-        if held is not None and job.id in held:
-            held.remove(job.id)
-            self._held_count -= 1
-            if not held:
-                del self._held[job.task_id]  # type: ignore[arg-type]
+        held = self._held_reason.pop(job.id, None)
+        if held is not None:
+            key = held[0]
+            self._held[key].remove(job.id)
+            if not self._held[key]:
+                del self._held[key]
 
     def fire(self, task: Task, scheduled: float, *, triggered_by: TriggeredBy = SCHEDULE) -> list[Job]:
         """Jobs for one cron fire of *task* (none if paused, skipped or already run).
@@ -277,11 +281,10 @@ class Dispatcher:
             if job is None or job.status is not JobStatus.QUEUED:
                 queue.remove(job_id)  # defensive: every end dequeues
                 worker = None
-            elif self._must_wait(job):
+            elif (hold := self._must_wait(job)) is not None:
                 queue.remove(job_id)
-                assert job.task_id is not None
-                self._held.setdefault(job.task_id, []).append(job_id)
-                self._held_count += 1
+                self._held.setdefault(hold[0], []).append(job_id)
+                self._held_reason[job_id] = hold
                 worker = None
             else:
                 worker = self._place(target, self._rejected_by(job_id))
@@ -297,17 +300,22 @@ class Dispatcher:
             if following is not None:
                 heapq.heappush(heads, (following, target))
 
-    def _release_held(self, task_id: int) -> None:
-        """Queue again the overlap=queue jobs of a task that no longer has a job running."""
-        if task_id not in self._held or self.jobs.running_for(task_id):
-            return
-        held = self._held.pop(task_id)
-        self._held_count -= len(held)
-        for job_id in held:
-            job = self.jobs.get(job_id)
-            if job is not None and job.status is JobStatus.QUEUED:
-                self._queue.push(job_id, job.target)
-        self._clock.callLater(0, self.pump)
+    def _stopped_running(self, job: Job) -> None:
+        """*job* left a worker (ended, rejected or lost): look again at what it held up."""
+        keys = list(self._caps.stop(job.id))
+        if job.task_id is not None and not self.jobs.running_for(job.task_id):
+            keys.append(f"overlap:{job.task_id}")
+        released = False
+        for key in keys:
+            for job_id in self._held.pop(key, ()):
+                self._held_reason.pop(job_id, None)
+                held = self.jobs.get(job_id)
+                if held is not None and held.status is JobStatus.QUEUED:
+                    # Back in its place by id: ahead of every newer job.
+                    self._queue.push(job_id, held.target)
+                    released = True
+        if released:
+            self._clock.callLater(0, self.pump)
 
     def _place(self, target: str, avoid: str | None = None) -> Worker | None:
         if target.startswith("worker:"):
@@ -328,15 +336,42 @@ class Dispatcher:
             return None
         return rejected[0]
 
-    def _must_wait(self, job: Job) -> bool:
-        if job.task_id is None:
-            return False
-        task = self._task(job.task_id)
-        if task is None or task.options.overlap != "queue":
-            return False
-        return self.jobs.running_for(job.task_id)
+    def _must_wait(self, job: Job) -> tuple[str, str] | None:
+        """What holds *job* back now (a key and why), or None if it may start."""
+        task = self._task(job.task_id) if job.task_id is not None else None
+        if task is not None and task.options.overlap == "queue" and self.jobs.running_for(task.id):
+            return f"overlap:{task.id}", "its previous run is still going (overlap: queue)"
+        return self._caps.blocked(job, task)
+
+    @property
+    def caps(self) -> RunCaps:
+        return self._caps
+
+    def waiting(self, job_id: int) -> str | None:
+        """Why a queued job is not running yet, in words; None if it is not waiting."""
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.QUEUED:
+            return None
+        held = self._held_reason.get(job_id)
+        if held is not None:
+            return held[1]
+        target = job.target
+        eligible = [worker for worker in self.workers if worker.accepts(target)]
+        if not eligible:
+            if target.startswith("worker:"):
+                return f"worker {target[7:]} is not connected"
+            if target.startswith("label:"):
+                return f"no worker with label {target[6:]} is connected"
+            return "no worker is connected"
+        rejected = self._rejected_by(job_id)
+        if rejected is not None:
+            return f"worker {rejected} had no room for it; it is tried again in a moment"
+        if all(worker.free <= 0 for worker in eligible):
+            return "every slot of the workers it may run on is busy"
+        return "waiting its turn behind older jobs"
 
     def _dispatch(self, job: Job, worker: Worker) -> None:
+        self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
         worker.running.add(job.id)
         job = self.jobs.update(job, status=JobStatus.RUNNING, worker=worker.name)
         self.workers.changed(worker)
@@ -560,8 +595,7 @@ class Dispatcher:
         log.info("worker {name} rejected job {job_id}: {reason}", name=worker.name, job_id=job_id, reason=reason)
         self._rejected[job_id] = (worker.name, self._clock.seconds() + self.REJECTED_REST)
         self._queue.push(job_id, job.target)
-        if job.task_id is not None:
-            self._release_held(job.task_id)
+        self._stopped_running(job)
         # Another worker may take it now; this one in a second.
         self.pump(job.target)
         self._clock.callLater(self.REJECTED_REST, self.pump)
@@ -620,8 +654,7 @@ class Dispatcher:
             )
         )
         self._tails.close(job.id)
-        if job.task_id is not None:
-            self._release_held(job.task_id)
+        self._stopped_running(job)
         self._retries.after(done)
         return done
 
@@ -636,6 +669,7 @@ class Dispatcher:
             if job.status is JobStatus.QUEUED:
                 self._queue.push(job.id, job.target)
             elif job.worker is not None:
+                self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
                 self._lost_timers.start(job.id, self.lost_after, self._lost_timeout, job.id, job.worker)
 
     def live_output(self, job_id: int) -> str | None:

@@ -193,7 +193,10 @@ class SchedulerHTTP:
         return task_json(task, self._next_run(task.id), self._tz)
 
     def _job_json(self, job: Job) -> dict[str, Any]:
-        return job_json(job, self._tz)
+        shape = job_json(job, self._tz)
+        # Why a queued job has not started, from the dispatcher's view now.
+        shape["waiting"] = self._dispatcher.waiting(job.id)
+        return shape
 
     # -- errors ----------------------------------------------------------
 
@@ -360,6 +363,20 @@ class SchedulerHTTP:
             triggered_by=trigger_of(request),
         )
         return _json(request, 202, self._job_json(jobs[0]) if len(jobs) == 1 else [self._job_json(j) for j in jobs])
+
+    @app.route("/api/pools", methods=["GET"])
+    def list_pools(self, request: IRequest) -> bytes:
+        caps = self._dispatcher.caps
+        named = {task.options.pool for task in self._state.book if task.options.pool is not None}
+        pools = [
+            {"name": name, "size": caps.pools.get(name), "running": caps.running(f"pool:{name}")}
+            for name in sorted(named | set(caps.pools))
+        ]
+        labels = [
+            {"label": label, "cap": cap, "running": caps.running(f"label:{label}")}
+            for label, cap in sorted(caps.labels.items())
+        ]
+        return _json(request, 200, {"pools": pools, "labels": labels})
 
     @app.route("/api/maintenance", methods=["GET"])
     def get_maintenance(self, request: IRequest) -> bytes:

@@ -231,6 +231,7 @@ OPENAPI: dict[str, Any] = {
                     "startedAt": _TIME,
                     "finishedAt": _TIME,
                     "duration": {"type": ["number", "null"]},
+                    "waiting": {"type": ["string", "null"], "description": "why a queued job has not started yet"},
                 },
             },
             "Worker": {
@@ -383,6 +384,42 @@ OPENAPI: dict[str, Any] = {
                     "503": _error("tasks file could not be written"),
                 },
             },
+        },
+        "/api/pools": {
+            "get": {
+                "summary": "Pools (--pools) and label caps (--label-caps), with the jobs running in each",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["pools", "labels"],
+                            "properties": {
+                                "pools": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["name", "size", "running"],
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "size": {"type": ["integer", "null"], "description": "null: named by a task, but given no size (no cap)"},
+                                            "running": {"type": "integer"},
+                                        },
+                                    },
+                                },
+                                "labels": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["label", "cap", "running"],
+                                        "properties": {"label": {"type": "string"}, "cap": {"type": "integer"}, "running": {"type": "integer"}},
+                                    },
+                                },
+                            },
+                        },
+                        "Pools and label caps",
+                    )
+                },
+            }
         },
         "/api/maintenance": {
             "get": {"summary": "The maintenance switch", "responses": {"200": _json(_ref("Maintenance"), "The switch")}},

@@ -24,6 +24,7 @@ from scheduler.http_guard import Guard, deadline_channels, limited_requests
 from scheduler.http_json import job_json, output_event, task_event, worker_event
 from scheduler.http_log import LoggingSite
 from scheduler.job_book import JobBook
+from scheduler.job_caps import RunCaps
 from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.limits import ConnectionLimits
@@ -111,6 +112,7 @@ class SchedulerService(MultiService):
             lost_after=settings.lost_after,
             queue_limit=settings.queue_limit,
             output_cap=settings.output_cap,
+            caps=RunCaps(settings.pools, settings.label_caps),
         )
         self.dispatcher.restore(active)
         self.changes = TaskChanges(self.state, self.job_store, clock)

@@ -71,6 +71,10 @@ class Settings:
     output_cap: int = 1024 * 1024
     keep_jobs: int = 100
     keep_days: float = 7.0
+    # Load shaping (scheduler.job_caps): pool sizes, and caps on the jobs
+    # aimed at a label, by name.
+    pools: Mapping[str, int] = field(default_factory=dict)
+    label_caps: Mapping[str, int] = field(default_factory=dict)
     # Access (see SECURITY.md); never from the command line.
     tcp_token: str | None = None
     api_token: str | None = None
@@ -133,6 +137,8 @@ class Settings:
             output_cap=options["output-cap"],
             keep_jobs=options["keep-jobs"],
             keep_days=options["keep-days"],
+            pools=options["pools-map"],
+            label_caps=options["label-caps-map"],
             tcp_token=read_token(options["tcp-token-file"], env, "SCHEDULER_TCP_TOKEN", "TCP token"),
             api_token=read_token(options["api-token-file"], env, "SCHEDULER_API_TOKEN", "API token"),
             worker_tokens=workers,

@@ -14,7 +14,9 @@ from twisted.python import usage
 
 from scheduler.cron import local_zone
 from scheduler.http_log import check_target
+from scheduler.job_caps import parse_sizes
 from scheduler.settings import Settings
+from scheduler.tasks import TaskError
 
 
 def _zone(name: str) -> tzinfo:
@@ -65,6 +67,8 @@ class Options(usage.Options):
         ["output-cap", None, Settings.output_cap, "Bytes of output kept per job (the oldest are dropped first).", _positive_int],
         ["keep-jobs", None, Settings.keep_jobs, "Finished jobs kept per task in the history.", _positive_int],
         ["keep-days", None, Settings.keep_days, "Days finished jobs are kept in the history.", _positive],
+        ["pools", None, None, "Named pools and their sizes, e.g. backups=2,db=4: the tasks naming a pool run at most that many jobs at once."],
+        ["label-caps", None, None, "Caps on the jobs aimed at a label across all workers, e.g. gpu=4."],
         # Access.  Tokens only ever come from files or the environment.
         ["worker-token-file", None, None, "File with the token every worker must send (or set SCHEDULER_WORKER_TOKEN)."],
         ["worker-tokens-file", None, None, "File of '<worker name> <token>' lines; re-read when it changes, removed names are disconnected."],
@@ -95,6 +99,11 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         extra = {name.strip().lower() for name in (self["allowed-hosts"] or "").split(",") if name.strip()}
         self["allowed-hosts-set"] = extra
+        try:
+            self["pools-map"] = parse_sizes(self["pools"], "--pools")
+            self["label-caps-map"] = parse_sizes(self["label-caps"], "--label-caps")
+        except TaskError as error:
+            raise usage.UsageError(str(error)) from None
 
 
 def makeService(options: Options) -> IService:
