@@ -81,6 +81,10 @@ class JobHistory(JobRecorder, Protocol):
     def max_job_id(self) -> int:
         """The highest job id ever stored, even if that job was pruned since."""
 
+    def max_task_id(self) -> int:
+        """The highest task id any stored job or revision names: a new task must not
+        take it, or it would inherit another task's history."""
+
     # Reads, queued behind the writes asked for before them.
 
     def get(self, job_id: int) -> Deferred[Job | None]:

@@ -98,6 +98,9 @@ class SchedulerService(MultiService):
             keys = self.job_store.recent_keys(keys_since)
             self._last_scheduled = self.job_store.last_scheduled()
             max_id = self.job_store.max_job_id()
+            # A removed task's id must not come back after a restart: its
+            # jobs and revisions would pass for the new task's.
+            self.state.book.reserve_ids(self.job_store.max_task_id())
         except Exception as error:
             raise StartupError(f"cannot open the job database {jobs_db}: {error}") from None
         self.jobs = JobBook(clock, recorded=self.job_store.fired)

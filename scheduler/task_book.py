@@ -84,6 +84,10 @@ class TaskBook:
     def high_water(self) -> int:
         return self._high_water
 
+    def reserve_ids(self, up_to: int) -> None:
+        """New tasks get ids above *up_to* (ids the job history still names)."""
+        self._high_water = max(self._high_water, up_to)
+
     def find(self, key: str) -> Task:
         """A task by id (``12``) or jobName (``task_12``, ``backup``)."""
         key = key.strip()
@@ -108,12 +112,14 @@ class TaskBook:
         job_name: str | None = None,
     ) -> Task:
         options = options or TaskOptions()
+        # Taken first: H in the schedule hashes the jobName, task_<id> by
+        # default.  A failed add leaves the id unused, which ids allow.
+        task_id = self._next_id()
         try:
-            parsed = cron.parse(schedule, options.tz or self.tz)
+            parsed = cron.parse(schedule, options.tz or self.tz, seed=job_name or f"task_{task_id}")
         except cron.InvalidSchedule as error:
             raise TaskError(str(error)) from None
         check_command(command)
-        task_id = self._next_id()
         if job_name is None:
             job_name = f"task_{task_id}"
         else:
@@ -142,7 +148,7 @@ class TaskBook:
         options = options if options is not None else old.options
         expression = schedule if schedule is not None else old.schedule.expression
         try:
-            parsed = cron.parse(expression, options.tz or self.tz)
+            parsed = cron.parse(expression, options.tz or self.tz, seed=job_name or old.job_name)
         except cron.InvalidSchedule as error:
             raise TaskError(str(error)) from None
         if command is not None:

@@ -87,6 +87,7 @@ async def test_history_survives_close_and_reopen(stores: Opener) -> None:
     assert second.recent_keys(0.0) == {"1@1000", "1@1060", "2@1030"}
     assert second.last_scheduled() == {1: 1060.0, 2: 1030.0}
     assert second.max_job_id() == 4
+    assert second.max_task_id() == 2  # the tasks its jobs name
     assert await second.output(2) == "line 1\nline 2\nline 3\n"
     assert await second.get(1) == jobs[0]
 
@@ -98,6 +99,7 @@ async def test_empty_store_and_pruned_ids_are_not_reused(stores: Opener) -> None
     assert store.recent_keys(0.0) == set()
     assert store.last_scheduled() == {}
     assert store.max_job_id() == 0
+    assert store.max_task_id() == 0
     await store.put(finished(41, 100.0))
     assert await store.prune(1000.0) == 1
     await store.close()

@@ -84,6 +84,8 @@ class Database(Protocol):
 
     def max_job_id(self) -> int: ...
 
+    def max_task_id(self) -> int: ...
+
     def row(self, job: Job) -> tuple[object, ...]:
         """The job as column values, made on the reactor thread when it is put:
         later changes to its (mutable) env cannot leak into a queued write."""

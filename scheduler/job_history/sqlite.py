@@ -150,6 +150,13 @@ class SqliteDatabase:
         )
         return {int(task_id): float(when) for task_id, when in rows}
 
+    def max_task_id(self) -> int:
+        rows = self._rows(
+            "SELECT MAX(COALESCE((SELECT MAX(task_id) FROM jobs), 0), "
+            "COALESCE((SELECT MAX(task_id) FROM task_revisions), 0))"
+        )
+        return int(rows[0][0])
+
     def max_job_id(self) -> int:
         rows = self._rows(
             "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "

@@ -62,6 +62,9 @@ class ThreadedJobHistory:
     def max_job_id(self) -> int:
         return self._database.max_job_id()
 
+    def max_task_id(self) -> int:
+        return self._database.max_task_id()
+
     # -- writes ---------------------------------------------------------------
 
     def put(self, job: Job) -> Deferred[None]:
