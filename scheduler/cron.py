@@ -11,13 +11,28 @@ croniter does the date arithmetic.  Two things are added on top of it:
 
 Many tasks share a few expressions, so parsed schedules are cached and
 shared (see :func:`parse`).
+
+Two more things are this module's own:
+
+* ``H`` in a field (as Jenkins has it): a value hashed from the task, so a
+  hundred tasks written ``H * * * *`` spread over the hour instead of all
+  starting at minute 0, and each keeps its minute across restarts.
+* Clock changes, exact (:class:`FireTimes`).  A schedule with fixed hours
+  names times of day: one that does not exist that day (02:30 when the
+  clocks go forward) runs once, at the moment the clocks skip to (03:00);
+  one that happens twice (02:30 when they go back) runs once, the first
+  time.  croniter alone runs the latter twice.  A schedule that runs every
+  hour (``*/15 * * * *``, ``@hourly``) names a rhythm, not times of day: it
+  follows the clock as cron(8) does, so it also runs in the repeated hour
+  and has nothing to catch up after the skipped one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 
 from croniter import croniter
@@ -59,6 +74,11 @@ _FIELDS = (
 _SECOND = _Field("second", 0, 59)
 
 _ATOM = re.compile(r"^(\*|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/([0-9]+))?$")
+# H, H(low-high), H/step, H(low-high)/step: Jenkins' hashed values.
+_HASHED = re.compile(r"^h(?:\(([0-9]{1,4})-([0-9]{1,4})\))?(?:/([0-9]{1,4}))?$")
+# Where a bare H picks from: days 1-28 exist in every month, and day of
+# week 7 is day 0 again.
+_HASH_HIGH = {"day of month": 28, "day of week": 6}
 
 
 class InvalidSchedule(ValueError):
@@ -116,8 +136,8 @@ def _check_field(spec: _Field, text: str) -> str | None:
     return None
 
 
-def _fields(expression: str) -> tuple[list[str], list[str]]:
-    """The fields as written, and spelled out for croniter."""
+def _fields(expression: str) -> list[str]:
+    """The fields as written (a macro spelled out), checked but for ``H``."""
     text = expression.strip()
     if text.startswith("@"):
         macro = MACROS.get(text.lower())
@@ -126,7 +146,7 @@ def _fields(expression: str) -> tuple[list[str], list[str]]:
                 expression,
                 f"unknown macro (use one of {', '.join(MACROS)})",
             )
-        return macro.split(), macro.split()
+        return macro.split()
     fields = text.split()
     if len(fields) not in (5, 6):
         raise InvalidSchedule(
@@ -134,12 +154,44 @@ def _fields(expression: str) -> tuple[list[str], list[str]]:
             f"expected 5 fields (minute hour day-of-month month day-of-week) "
             f"or 6 with seconds last, got {len(fields)}",
         )
-    specs = (*_FIELDS, _SECOND)
-    for spec, text_field in zip(specs, fields, strict=False):
-        reason = _check_field(spec, text_field)
-        if reason is not None:
-            raise InvalidSchedule(expression, reason)
-    return fields, [_normalise(spec, text_field) for spec, text_field in zip(specs, fields, strict=False)]
+    return fields
+
+
+def _has_hash(fields: list[str]) -> bool:
+    return any(_HASHED.match(part) for text in fields for part in text.lower().split(","))
+
+
+def _hashed_value(seed: str, spec: _Field) -> int:
+    # sha256, not hash(): the same on every run and every machine.  Each
+    # field has its own value, so ``H H * * *`` is not always 3:03 or 7:07.
+    digest = hashlib.sha256(f"{spec.name}\0{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _resolve_hash(expression: str, spec: _Field, text: str, seed: str) -> str:
+    """*text* with each H part replaced by what it gives for *seed*."""
+    parts = []
+    for part in text.split(","):
+        match = _HASHED.match(part.lower())
+        if match is None:
+            parts.append(part)
+            continue
+        first, last, step = match.groups()
+        low, high = spec.low, _HASH_HIGH.get(spec.name, spec.high)
+        if first is not None:
+            low, high = int(first), int(last)
+            if not spec.low <= low <= high <= spec.high:
+                raise InvalidSchedule(
+                    expression, f"{spec.name} H({first}-{last}) must be a range within {spec.low}-{spec.high}"
+                )
+        value = _hashed_value(seed, spec)
+        if step is None:
+            parts.append(str(low + value % (high - low + 1)))
+            continue
+        if not 1 <= int(step) <= high - low + 1:
+            raise InvalidSchedule(expression, f"{spec.name} H step must be 1-{high - low + 1}")
+        parts.append(f"{low + value % int(step)}-{high}/{int(step)}")
+    return ",".join(parts)
 
 
 def _normalise(spec: _Field, text: str) -> str:
@@ -172,36 +224,173 @@ def _normalise(spec: _Field, text: str) -> str:
 class Schedule:
     """A validated cron expression in one time zone.
 
-    Immutable and shared between every task that uses the same expression.
+    Immutable and shared between every task that uses the same expression
+    (and, with ``H``, resolves it to the same values).
     """
 
     expression: str
     tz: tzinfo
     _cron: str
     _day_or: bool
+    # The hour field holds every hour: the schedule is a rhythm that
+    # follows the clock through its changes, not a set of times of day.
+    _hourly: bool = False
+    # Each field with H, and what H gave there (for describe()).
+    hashed: tuple[tuple[str, str], ...] = ()
 
-    def iterator(self, after: float) -> croniter:
-        """A croniter yielding fire times (epoch floats) strictly after *after*."""
-        start = datetime.fromtimestamp(after, self.tz)
-        return croniter(self._cron, start, ret_type=float, day_or=self._day_or)
+    @property
+    def resolved(self) -> str:
+        """The expression with each H replaced by the value it gave."""
+        if not self.hashed:
+            return self.expression
+        fields = _fields(self.expression)
+        names = [spec.name for spec in (*_FIELDS, _SECOND)]
+        given = dict(self.hashed)
+        return " ".join(given.get(names[index], text) for index, text in enumerate(fields))
 
-    def backwards(self, before: float) -> croniter:
-        """A croniter whose get_prev yields fire times before *before*."""
-        start = datetime.fromtimestamp(before, self.tz)
-        return croniter(self._cron, start, ret_type=float, day_or=self._day_or)
+    def iterator(self, after: float) -> FireTimes:
+        """Fire times (epoch floats) strictly after *after*, from get_next."""
+        return FireTimes(self, after)
+
+    def backwards(self, before: float) -> FireTimes:
+        """Fire times strictly before *before*, latest first, from get_prev."""
+        return FireTimes(self, before, backwards=True)
 
     def next_after(self, after: float) -> float:
         """The first fire time strictly after *after* (epoch seconds)."""
-        return float(self.iterator(after).get_next(float))
+        return self.iterator(after).get_next(float)
+
+
+def _wall(timestamp: float, tz: tzinfo) -> datetime:
+    """The wall-clock time (naive) in *tz* at *timestamp*."""
+    return datetime.fromtimestamp(timestamp, tz).replace(tzinfo=None)
+
+
+class FireTimes:
+    """A schedule's fire times from a moment on (get_next) or back (get_prev).
+
+    A schedule that runs every hour is croniter on the zone's clock, which
+    fires at every moment whose local time matches (checked against that
+    rule, minute by minute, on DST days in tests/test_cron_dst.py).  Any
+    other names times of day: croniter walks the wall clock without a zone,
+    and each time is placed by :meth:`_moment`, which is where the rule for
+    skipped and repeated times lives.  Times a clock change merges into one
+    moment come out once.  ``note`` says how a clock change moved the time
+    last returned, or is None.
+    """
+
+    def __init__(self, schedule: Schedule, at: float, *, backwards: bool = False) -> None:
+        self._schedule = schedule
+        self._tz = schedule.tz
+        self._last = at
+        self.note: str | None = None
+        start: datetime
+        if schedule._hourly:
+            start = datetime.fromtimestamp(at, self._tz)
+        elif not backwards:
+            # Every wall time before *at*'s own happens before *at*.
+            start = _wall(at, self._tz)
+        else:
+            # From a moment in the second pass of repeated times, the first
+            # pass of the times after it on the wall clock is still before
+            # it: go back from the clock as it read before the change.
+            offset = _wall(at, self._tz).replace(tzinfo=self._tz, fold=0).utcoffset()
+            assert offset is not None
+            start = (datetime.fromtimestamp(at, UTC) + offset).replace(tzinfo=None)
+        self._cron = croniter(schedule._cron, start, ret_type=datetime, day_or=schedule._day_or)
+
+    def get_next(self, ret_type: type = float) -> float:
+        """The next fire time after the last one returned (or the start)."""
+        while True:
+            moment = self._step(self._cron.get_next(datetime))
+            if moment > self._last:
+                self._last = moment
+                return moment
+
+    def get_prev(self, ret_type: type = float) -> float:
+        """The fire time before the last one returned (or the start)."""
+        while True:
+            moment = self._step(self._cron.get_prev(datetime))
+            if moment < self._last:
+                self._last = moment
+                return moment
+
+    def _step(self, when: datetime) -> float:
+        if self._schedule._hourly:
+            moment = when.timestamp()
+            self.note = self._hourly_note(when)
+            return moment
+        return self._moment(when)
+
+    def _hourly_note(self, when: datetime) -> str | None:
+        wall = when.replace(tzinfo=None)
+        first = wall.replace(tzinfo=self._tz, fold=0).timestamp()
+        second = wall.replace(tzinfo=self._tz, fold=1).timestamp()
+        if first != second:
+            which = "first" if when.timestamp() == first else "second"
+            return f"clocks go back: {wall:%H:%M} happens twice on {wall:%Y-%m-%d}; this run is the {which}"
+        return None
+
+    def _moment(self, wall: datetime) -> float:
+        """When the wall-clock time *wall* happens: the first time if it
+        happens twice, the moment the clocks skip to if it does not."""
+        tz = self._tz
+        first = wall.replace(tzinfo=tz, fold=0).timestamp()
+        if _wall(first, tz) == wall:
+            second = wall.replace(tzinfo=tz, fold=1).timestamp()
+            self.note = (
+                None
+                if second == first
+                else f"clocks go back: {wall:%H:%M} happens twice on {wall:%Y-%m-%d}; runs once, the first time"
+            )
+            return first
+        # In the gap: fold=1 reads it on the clock after the change (a
+        # moment before the change), fold=0 on the one before (after it).
+        # The change is the first whole second whose clock reads past *wall*.
+        low = int(wall.replace(tzinfo=tz, fold=1).timestamp())
+        high = int(first) + 1
+        while high - low > 1:
+            middle = (low + high) // 2
+            if _wall(middle, tz) > wall:
+                high = middle
+            else:
+                low = middle
+        self.note = (
+            f"clocks go forward: {wall:%H:%M} does not exist on {wall:%Y-%m-%d}; runs at {_wall(high, tz):%H:%M}"
+        )
+        return float(high)
+
+
+def parse(expression: str, tz: tzinfo, seed: str | None = None) -> Schedule:
+    """Validate *expression* and return its (cached, shared) Schedule.
+
+    *seed* is what ``H`` hashes (the task's jobName); an expression without
+    H ignores it, so those stay shared between every task.  Raises
+    InvalidSchedule with a reason a person understands.
+    """
+    if "h" not in expression.lower() or not _has_hash(_fields(expression)):
+        return _parse(expression, tz, None)
+    if seed is None:
+        raise InvalidSchedule(expression, "H needs a task to hash (none was given)")
+    return _parse(expression, tz, seed)
 
 
 @lru_cache(maxsize=4096)
-def parse(expression: str, tz: tzinfo) -> Schedule:
-    """Validate *expression* and return its (cached, shared) Schedule.
-
-    Raises InvalidSchedule with a reason a person understands.
-    """
-    written, fields = _fields(expression)
+def _parse(expression: str, tz: tzinfo, seed: str | None) -> Schedule:
+    written = _fields(expression)
+    hashed: list[tuple[str, str]] = []
+    specs = (*_FIELDS, _SECOND)
+    if seed is not None:
+        for index, (spec, text) in enumerate(zip(specs, written, strict=False)):
+            resolved = _resolve_hash(expression, spec, text, seed)
+            if resolved != text:
+                hashed.append((spec.name, resolved))
+                written[index] = resolved
+    for spec, text in zip(specs, written, strict=False):
+        reason = _check_field(spec, text)
+        if reason is not None:
+            raise InvalidSchedule(expression, reason)
+    fields = [_normalise(spec, text) for spec, text in zip(specs, written, strict=False)]
     day_of_month, day_of_week = written[2], written[4]
     # crontab(5): OR the day fields only if neither starts with '*'.
     day_or = not (day_of_month.startswith("*") or day_of_week.startswith("*"))
@@ -213,7 +402,8 @@ def parse(expression: str, tz: tzinfo) -> Schedule:
         raise InvalidSchedule(expression, "it never fires") from None
     except (CroniterError, ValueError, KeyError) as error:
         raise InvalidSchedule(expression, str(error) or type(error).__name__) from None
-    return Schedule(expression.strip(), tz, cron, day_or)
+    hourly = fields[1] == "*" or fields[1] == ",".join(str(hour) for hour in range(24))
+    return Schedule(expression.strip(), tz, cron, day_or, hourly, tuple(hashed))
 
 
 def iso(timestamp: float | None, tz: tzinfo, timespec: str = "seconds") -> str | None:
@@ -296,11 +486,18 @@ def _ordinal(number: int) -> str:
 
 
 def describe(schedule: Schedule) -> str:
-    """The schedule in plain words, for the dashboard."""
+    """The schedule in plain words, for the dashboard (with what H gave)."""
     text = schedule.expression.strip()
     if text.startswith("@"):
         return _MACROS[text.lower()][1]
-    fields = text.split()
+    words = _describe(schedule.resolved.split())
+    if schedule.hashed:
+        picked = ", ".join(f"{name} {value}" for name, value in schedule.hashed)
+        words += f" (H, hashed from the task: {picked})"
+    return words
+
+
+def _describe(fields: list[str]) -> str:
     minute, hour, dom, month, dow = fields[:5]
     second = fields[5] if len(fields) == 6 else None
     if minute.isdigit() and hour.isdigit():

@@ -1,7 +1,7 @@
 """The cron engine: which tasks are due, from a heap of next-fire times.
 
 Pure bookkeeping with no reactor: the caller passes the time.  Tasks that
-share a schedule expression form one group with one croniter, so a tick
+share a schedule expression form one group with one iterator, so a tick
 costs one heap peek when nothing is due, however many tasks there are,
 and 100,000 tasks on a dozen expressions cost a dozen date computations.
 """
@@ -12,9 +12,7 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from croniter import croniter
-
-from scheduler.cron import Schedule
+from scheduler.cron import FireTimes, Schedule
 
 
 @dataclass(frozen=True, order=True)
@@ -28,7 +26,7 @@ class Fire:
 @dataclass
 class _Group:
     schedule: Schedule
-    iterator: croniter
+    iterator: FireTimes
     next_time: float
     task_ids: set[int] = field(default_factory=set)
     # Identifies the group's one live heap entry; older entries are stale.

@@ -96,6 +96,30 @@ def check_cwd(cwd: object) -> str | None:
     return cwd
 
 
+# A schedule's zone written in front of it, as cronie and Kubernetes take it.
+CRON_TZ = "CRON_TZ="
+
+
+def split_zone(schedule: str, timezone: str | None = None) -> tuple[str, str | None]:
+    """*schedule* without a ``CRON_TZ=<zone> `` prefix, and the zone it names.
+
+    tasks.db keeps the two apart (the plain schedule, which the seed's C
+    scheduler reads, and ``timezone``); *timezone*, a zone given besides
+    (the task's field), must then be the same.  Without a prefix, the
+    zone is *timezone*.
+    """
+    text = schedule.strip()
+    if not text.startswith(CRON_TZ):
+        return schedule, timezone
+    name, _, rest = text[len(CRON_TZ):].partition(" ")
+    if not name or not rest.strip():
+        raise TaskError(f"{CRON_TZ}<zone> must be followed by a space and the schedule, e.g. {CRON_TZ}Europe/Berlin 30 2 * * *")
+    zone(name)
+    if timezone is not None and timezone != name:
+        raise TaskError(f"the schedule says {CRON_TZ}{name[:100]} but timezone is {str(timezone)[:100]!r}")
+    return rest.strip(), name
+
+
 def parse_time(value: object, name: str) -> float | None:
     """A time given as ISO 8601 with an offset (or Unix seconds), or None."""
     if value is None:
@@ -339,7 +363,7 @@ def parse_record(data: object, tz: tzinfo) -> TaskRecord:
         else DEFAULT_OPTIONS
     )
     try:
-        schedule = cron.parse(schedule_text, options.tz or tz)
+        schedule = cron.parse(schedule_text, options.tz or tz, seed=job_name)
     except cron.InvalidSchedule as error:
         raise TaskError(str(error)) from None
     task_id = data.get("id", id_from_job_name(job_name))
