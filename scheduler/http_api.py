@@ -35,7 +35,7 @@ from scheduler.settings import Settings
 from scheduler.task_book import TaskNotFound
 from scheduler.task_changes import EDITABLE, StaleTask, TaskChanges
 from scheduler.task_state import TaskState
-from scheduler.tasks import Task, TaskError, TaskOptions, check_command, etag, parse_time
+from scheduler.tasks import Task, TaskError, TaskOptions, check_command, etag, parse_time, split_zone, zone
 from scheduler.triggers import TriggeredBy
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import WorkerRegistry
@@ -44,6 +44,9 @@ MAX_BODY = Settings.http_max_body
 # GET /api/jobs?limit=: how many jobs a page holds by default and at most.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# GET /api/schedules/check?count=: next runs shown by default and at most.
+CHECK_RUNS = 3
+MAX_CHECK_RUNS = 50
 
 
 class ApiError(Exception):
@@ -265,7 +268,10 @@ class SchedulerHTTP:
         try:
             command = check_command(data.get("command"))
             options = TaskOptions.from_mapping(data)
-            cron.parse(schedule, options.tz or self._tz)
+            # A CRON_TZ= prefix becomes the task's timezone (the change splits
+            # it off again); H's value does not matter to this check.
+            plain, timezone = split_zone(schedule, options.timezone)
+            cron.parse(plain, self._tz if timezone is None else zone(timezone), seed=job_name or "")
         except (TaskError, cron.InvalidSchedule) as error:
             raise ApiError(400, str(error)) from None
 
@@ -409,19 +415,37 @@ class SchedulerHTTP:
         expression = _str_arg(request, "expr")
         if expression is None:
             raise ApiError(400, "query parameter 'expr' is required")
+        timezone = _str_arg(request, "timezone")
+        count = _int_arg(request, "count", CHECK_RUNS, 1, MAX_CHECK_RUNS) or CHECK_RUNS
         try:
-            schedule = cron.parse(expression, self._tz)
-        except cron.InvalidSchedule as error:
+            tz = self._tz if timezone is None else zone(timezone)
+            after = parse_time(_str_arg(request, "after"), "query parameter 'after'")
+        except TaskError as error:
+            raise ApiError(400, str(error)) from None
+        try:
+            plain, timezone = split_zone(expression, timezone)
+            if timezone is not None:
+                tz = zone(timezone)
+            # H is hashed from the jobName the task has or will have.
+            schedule = cron.parse(plain, tz, seed=_str_arg(request, "jobName") or "")
+        except (TaskError, cron.InvalidSchedule) as error:
             return _json(request, 200, {"valid": False, "error": str(error)})
-        now = self._state_now()
-        upcoming = []
-        iterator = schedule.iterator(now)
-        for _ in range(3):
-            upcoming.append(iso(iterator.get_next(float), self._tz))
+        runs = []
+        iterator = schedule.iterator(self._state_now() if after is None else after)
+        for _ in range(count):
+            at = iso(iterator.get_next(float), tz)
+            # Says how a change of clocks moves this run, if it does.
+            runs.append({"at": at, "shifted": iterator.note})
         return _json(
             request,
             200,
-            {"valid": True, "description": cron.describe(schedule), "next": upcoming},
+            {
+                "valid": True,
+                "description": cron.describe(schedule),
+                "timezone": str(tz),
+                "next": [run["at"] for run in runs],
+                "runs": runs,
+            },
         )
 
     def _state_now(self) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, get_args, get_origin, get_type_hints
 
-from scheduler.http_api import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT, RUN_OVERRIDES
+from scheduler.http_api import CHECK_RUNS, DEFAULT_LIMIT, MAX_BODY, MAX_CHECK_RUNS, MAX_LIMIT, RUN_OVERRIDES
 from scheduler.http_guard import is_public
 from scheduler.jobs import JobStatus
 from scheduler.tasks import (
@@ -447,9 +447,60 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/schedules/check": {
             "get": {
-                "summary": "Validate and describe a schedule",
-                "parameters": [{"name": "expr", "in": "query", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json({"type": "object"}, "valid, error or description and next times"), "400": _error("No expr")},
+                "summary": "Validate and describe a schedule, with its next runs and how clock changes move them",
+                "parameters": [
+                    {
+                        "name": "expr",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "a schedule, optionally after CRON_TZ=<zone> and a space",
+                    },
+                    {
+                        "name": "timezone",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "IANA zone to read it in (default: the scheduler's); a CRON_TZ= in expr must agree",
+                    },
+                    {"name": "jobName", "in": "query", "schema": {"type": "string"}, "description": "the task H is hashed from"},
+                    {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "ISO 8601 time with offset (default: now)"},
+                    {
+                        "name": "count",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CHECK_RUNS, "default": CHECK_RUNS},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["valid"],
+                            "properties": {
+                                "valid": {"type": "boolean"},
+                                "error": {"type": "string"},
+                                "description": {"type": "string"},
+                                "timezone": {"type": "string"},
+                                "next": {"type": "array", "items": {"type": "string", "format": "date-time"}},
+                                "runs": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["at", "shifted"],
+                                        "properties": {
+                                            "at": {"type": "string", "format": "date-time"},
+                                            "shifted": {
+                                                "type": ["string", "null"],
+                                                "description": "how a change of clocks moves this run, or null",
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "valid and error, or valid, description, timezone and the next runs",
+                    ),
+                    "400": _error("No expr, or a bad timezone, after or count"),
+                },
             }
         },
         "/api/jobs": {

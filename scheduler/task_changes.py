@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from scheduler.task_book import TaskBook, TaskNotFound
 from scheduler.task_state import TaskState
-from scheduler.tasks import OPTION_KEYS, Task, TaskError, TaskOptions, etag, parse_record
+from scheduler.tasks import OPTION_KEYS, Task, TaskError, TaskOptions, etag, parse_record, split_zone
 from scheduler.triggers import Revision, RevisionAction, TriggeredBy
 
 log = Logger()
@@ -68,7 +68,9 @@ class TaskChanges:
         by: TriggeredBy,
     ) -> Deferred[Task]:
         def apply(book: TaskBook) -> tuple[None, Task]:
-            return None, book.add(schedule, command, options, job_name)
+            plain, zone = split_zone(schedule, options.timezone if options is not None else None)
+            zoned = (options or TaskOptions()).evolve(timezone=zone) if zone is not None else options
+            return None, book.add(plain, command, zoned, job_name)
 
         return self._change("add", by, apply)
 
@@ -83,6 +85,11 @@ class TaskChanges:
             if name in changes and not isinstance(changes[name], str):
                 raise TaskError(f"{name} must be a string")
         option_changes = {name: value for name, value in changes.items() if name in OPTION_KEYS}
+        if "schedule" in changes:
+            plain, zone = split_zone(changes["schedule"], changes.get("timezone"))
+            changes = {**changes, "schedule": plain}
+            if zone is not None:
+                option_changes["timezone"] = zone
 
         def apply(book: TaskBook) -> tuple[Task, Task]:
             old = self._find(book, key, if_match)

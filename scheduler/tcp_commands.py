@@ -28,7 +28,7 @@ from scheduler.cron import iso
 from scheduler.task_book import TaskBook, TaskNotFound
 from scheduler.task_changes import TaskChanges
 from scheduler.task_store import LoadError, StoreError
-from scheduler.tasks import Task, TaskError, parse_time
+from scheduler.tasks import CRON_TZ, Task, TaskError, parse_time
 from scheduler.triggers import TriggeredBy
 
 log = Logger()
@@ -51,17 +51,20 @@ def split_add(argument: str) -> tuple[str, str]:
 
     A ``@macro`` is one word; otherwise five fields, or six when the sixth
     looks like a cron field (seconds, croniter's convention) and a command
-    still follows it.
+    still follows it.  A ``CRON_TZ=<zone>`` word in front stays with the
+    schedule (the task's change splits it off into its ``timezone``).
     """
     words = argument.split()
     if not words:
         raise TaskError("ADD needs a schedule and a command, e.g. ADD */5 * * * * echo hi")
-    if words[0].startswith("@"):
+    zoned = 1 if words[0].startswith(CRON_TZ) else 0
+    if len(words) > zoned and words[zoned].startswith("@"):
         count = 1
-    elif len(words) >= 6 and _CRON_FIELD.match(words[5]):
+    elif len(words) >= zoned + 6 and _CRON_FIELD.match(words[zoned + 5]):
         count = 6
     else:
         count = 5
+    count += zoned
     if len(words) <= count:
         raise TaskError(
             "ADD needs a schedule and a command, e.g. ADD */5 * * * * echo hi"
@@ -215,8 +218,13 @@ class TcpCommands:
                 return f"paused (next {text})"
             return text
 
+        def zone(task: Task) -> str:
+            # Only tasks with a zone of their own: the seed's columns stay.
+            name = task.options.timezone
+            return "" if name is None else f"{CRON_TZ}{visible(name)} "
+
         lines = [
-            f"{task.id}\t{visible(task.job_name)}\t{visible(task.schedule.expression)}\t{when(task)}\t{visible(task.command)}"
+            f"{task.id}\t{visible(task.job_name)}\t{zone(task)}{visible(task.schedule.expression)}\t{when(task)}\t{visible(task.command)}"
             for task in book
         ]
         lines.append(f"OK {len(book)} task{'' if len(book) == 1 else 's'}")
@@ -293,7 +301,8 @@ class Verb:
 _TABLE = (
     Verb(
         "ADD <schedule> <command>",
-        "add a task; schedule is 5 cron fields, a @macro, or 6 fields with seconds last",
+        "add a task; schedule is 5 cron fields (H: hashed), a @macro, or 6 fields with seconds last;"
+        " CRON_TZ=<zone> before it sets its time zone",
         TcpCommands.do_ADD,
         queues=True,
     ),
