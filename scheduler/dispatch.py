@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from scheduler.cron import iso
 from scheduler.job_book import JobBook
 from scheduler.job_caps import RunCaps
+from scheduler.job_jitter import JitterHold, start_of
 from scheduler.job_output import OutputTails
 from scheduler.job_queue import JobQueue
 from scheduler.job_retry import Retries
@@ -31,7 +32,7 @@ from scheduler.settings import Settings
 from scheduler.tasks import Task
 from scheduler.timers import KeyedTimers
 from scheduler.triggers import SCHEDULE, TriggeredBy
-from scheduler.worker_messages import PROTOCOL_VERSION, Finished
+from scheduler.worker_messages import MAX_START_DELAY, PROTOCOL_VERSION, Finished
 from scheduler.worker_registry import Worker, WorkerRegistry
 
 log = Logger()
@@ -105,6 +106,8 @@ class Dispatcher:
         self._skipped_at: dict[float, int] = {}
         # Jobs of a worker that went away, waiting lost_after for it.
         self._lost_timers = KeyedTimers(clock)
+        # Cron jobs whose jitter starts them beyond a run's delay, until then.
+        self._jitter = JitterHold(clock, self._jitter_due)
         self._tails = OutputTails(output_cap)
         self._retries = Retries(clock, jobs, tasks, self._submit)
         # Placed on a worker, waiting for the record to commit before `run`.
@@ -123,7 +126,7 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._queue) + len(self._held_reason)
+        return len(self._queue) + len(self._held_reason) + len(self._jitter)
 
     def _dequeue(self, job: Job) -> None:
         self._queue.remove(job.id)
@@ -241,10 +244,22 @@ class Dispatcher:
         # committed, and the job store commits in order, so this record is
         # on disk before any worker hears of the job.
         self._recorder.put(job).addErrback(lambda failure: self._not_recorded(job.id, failure))
+        if self._jitter.hold(job.id, self._start_of(job)):
+            return job
         self._queue.push(job.id, job.target)
         # Only this job's target: nothing else changed since the last pump.
         self.pump(job.target)
         return job
+
+    def _start_of(self, job: Job) -> float | None:
+        """When a cron job of a task with jitter starts (None: at its time)."""
+        return start_of(job, self._task(job.task_id)) if job.task_id is not None else None
+
+    def _jitter_due(self, job_id: int) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.status is JobStatus.QUEUED:
+            self._queue.push(job_id, job.target)
+            self.pump(job.target)
 
     def _not_recorded(self, job_id: int, failure: Any) -> None:
         log.error("could not record job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
@@ -355,6 +370,8 @@ class Dispatcher:
         held = self._held_reason.get(job_id)
         if held is not None:
             return held[1]
+        if job_id in self._jitter:
+            return "its jitter starts it a little after its time"
         target = job.target
         eligible = [worker for worker in self.workers if worker.accepts(target)]
         if not eligible:
@@ -389,11 +406,13 @@ class Dispatcher:
                 "cwd": job.cwd,
                 "timeout": job.timeout,
             }
-            early = (job.scheduled_at or 0.0) - self._clock.seconds()
+            start = self._start_of(job) or job.scheduled_at or 0.0
+            early = min(start - self._clock.seconds(), MAX_START_DELAY)
             if early > 0:
-                # Fired ahead of its second (see CronTicker's lead): the worker
-                # waits this long, so the job starts on the second, not before,
-                # and the transit to the worker is off the critical path.
+                # Fired ahead of its second (see CronTicker's lead), or of its
+                # jittered start (held until within reach): the worker waits
+                # this long, so the job starts on time, not before, and the
+                # transit to the worker is off the critical path.
                 fields["delay"] = round(early, 6)
             worker.link.send("run", **fields)
 
@@ -513,7 +532,7 @@ class Dispatcher:
         job = self.jobs.update(job, started_at=self._worker_time(worker, at, job.created_at))
         self._recorder.put(job)
         assert job.started_at is not None
-        due = job.scheduled_at if job.scheduled_at is not None else job.created_at
+        due = self._start_of(job) or (job.scheduled_at if job.scheduled_at is not None else job.created_at)
         for listener in self.started_listeners:
             listener(job, max(0.0, job.started_at - due))
         return job
@@ -638,6 +657,7 @@ class Dispatcher:
         when a crash can no longer lose it.
         """
         self._lost_timers.cancel(job.id)
+        self._jitter.cancel(job.id)
         self._unsent.discard(job.id)
         self._cancels.discard(job.id)
         self._rejected.pop(job.id, None)
@@ -667,7 +687,8 @@ class Dispatcher:
         for job, last_seq in sorted(jobs, key=lambda pair: pair[0].id):
             self._tails.open(job.id, last_seq)
             if job.status is JobStatus.QUEUED:
-                self._queue.push(job.id, job.target)
+                if not self._jitter.hold(job.id, self._start_of(job)):
+                    self._queue.push(job.id, job.target)
             elif job.worker is not None:
                 self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
                 self._lost_timers.start(job.id, self.lost_after, self._lost_timeout, job.id, job.worker)
@@ -683,6 +704,7 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._lost_timers.stop()
+        self._jitter.stop()
         self._retries.stop()
 
 
