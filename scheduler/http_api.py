@@ -196,10 +196,7 @@ class SchedulerHTTP:
         return task_json(task, self._next_run(task.id), self._tz)
 
     def _job_json(self, job: Job) -> dict[str, Any]:
-        shape = job_json(job, self._tz)
-        # Why a queued job has not started, from the dispatcher's view now.
-        shape["waiting"] = self._dispatcher.waiting(job.id)
-        return shape
+        return job_json(job, self._tz, self._dispatcher.waiting(job.id))
 
     # -- errors ----------------------------------------------------------
 

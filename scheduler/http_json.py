@@ -35,7 +35,8 @@ def task_json(task: Task, next_run: float | None, tz: tzinfo) -> dict[str, Any]:
     }
 
 
-def job_json(job: Job, tz: tzinfo) -> dict[str, Any]:
+def job_json(job: Job, tz: tzinfo, waiting: str | None = None) -> dict[str, Any]:
+    """A job; *waiting* is why a queued one has not started (the dispatcher knows)."""
     duration = None
     if job.started_at is not None and job.finished_at is not None:
         duration = round(job.finished_at - job.started_at, 3)
@@ -52,6 +53,7 @@ def job_json(job: Job, tz: tzinfo) -> dict[str, Any]:
         "cwd": job.cwd,
         "attempt": job.attempt,
         "triggeredBy": job.triggered_by.as_json() if job.triggered_by is not None else None,
+        "waiting": waiting,
         "reason": job.reason,
         "createdAt": iso(job.created_at, tz),
         "scheduledAt": iso(job.scheduled_at, tz),

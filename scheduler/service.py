@@ -324,7 +324,8 @@ class SchedulerService(MultiService):
 
         def job_changed(job: Job) -> None:
             if feed:
-                feed.publish("job", job_json(job, self.state.book.tz))
+                waiting = self.dispatcher.waiting(job.id) if job.status is JobStatus.QUEUED else None
+                feed.publish("job", job_json(job, self.state.book.tz, waiting))
 
         def worker_changed(change: str, worker: Worker) -> None:
             if feed:
