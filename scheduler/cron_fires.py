@@ -42,6 +42,11 @@ class FireHandler:
         self._dispatcher = dispatcher
         self._holding = holding
         self._skipped = skipped
+        # The task (the very object) whose skipNext each task id has used,
+        # until the flag's clearing is committed: its other fires in the same
+        # batch (a late tick hands on several seconds at once), or before
+        # the write lands, are not skipped too.
+        self._skip_used: dict[int, Task] = {}
 
     def on_fires(self, fires: list[Fire]) -> None:
         if self._holding():
@@ -54,7 +59,11 @@ class FireHandler:
             task = book.get(fire.task_id)
             if task is None:
                 continue
-            if task.options.skipNext and not task.options.paused:
+            if not task.options.skipNext:
+                if self._skip_used:
+                    self._skip_used.pop(task.id, None)
+            elif not task.options.paused and self._skip_used.get(task.id) is not task:
+                self._skip_used[task.id] = task
                 log.info(
                     "{job_name}: skipping the run due at {when}, as asked (skip next)",
                     job_name=task.job_name,

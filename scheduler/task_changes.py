@@ -85,6 +85,10 @@ class TaskChanges:
             if name in changes and not isinstance(changes[name], str):
                 raise TaskError(f"{name} must be a string")
         option_changes = {name: value for name, value in changes.items() if name in OPTION_KEYS}
+        if option_changes.get("paused") is False:
+            # Unpaused, as by resume: the pause's end time and reason go with it.
+            option_changes.setdefault("pausedUntil", None)
+            option_changes.setdefault("pauseReason", None)
         if "schedule" in changes:
             plain, zone = split_zone(changes["schedule"], changes.get("timezone"))
             changes = {**changes, "schedule": plain}

@@ -52,6 +52,20 @@ def test_seed_one_liners_with_real_nc(tmp_path: Path) -> None:
         assert (tmp_path / "tasks.db").read_text() == (
             '{"schedule": "* * * * *", "command": "echo Hello every minute!", "jobName": "task_1"}\n'
         )
+        # Issue 13's verbs: edit in place, pause until a time, LIST and STATUS say so, resume.
+        out, _ = nc(
+            running.tcp,
+            "EDIT 1 */2 * * * * echo edited\nPAUSE task_1 until 2099-01-01T00:00:00+00:00\nLIST\nSTATUS\n"
+            "PAUSE 1 until yesterday\nRESUME 1\n",
+        )
+        edited, paused, listed, count, status, bad, resumed = out.splitlines()
+        assert edited.startswith("OK edited id=1 jobName=task_1 next=")
+        assert paused.startswith("OK paused id=1 jobName=task_1 until=")
+        assert listed.startswith("1\ttask_1\t*/2 * * * *\tpaused (next ") and listed.endswith("\techo edited")
+        assert count == "OK 1 task"
+        assert status == "OK tasks=1 workers=0 queued=0 running=0 paused=1 maintenance=off"
+        assert bad.startswith("ERR the time after 'until' must be an ISO 8601 time")
+        assert resumed.startswith("OK resumed id=1 jobName=task_1 next=")
         assert nc(running.tcp, "CLEAR\nLOAD\n")[0] == "OK cleared 1 task\nOK loaded 0 tasks\n"
 
 
