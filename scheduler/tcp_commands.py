@@ -46,7 +46,10 @@ def read_command(line: str) -> tuple[str, str]:
     return word.upper(), argument.strip()
 
 
-def split_add(argument: str) -> tuple[str, str]:
+_EXAMPLES = {"ADD": "ADD */5 * * * * echo hi", "EDIT": "EDIT 2 */5 * * * * echo hi"}
+
+
+def split_add(argument: str, verb: str = "ADD") -> tuple[str, str]:
     """Split ``ADD``'s argument into (schedule, command).
 
     A ``@macro`` is one word; otherwise five fields, or six when the sixth
@@ -56,7 +59,7 @@ def split_add(argument: str) -> tuple[str, str]:
     """
     words = argument.split()
     if not words:
-        raise TaskError("ADD needs a schedule and a command, e.g. ADD */5 * * * * echo hi")
+        raise TaskError(f"{verb} needs a schedule and a command, e.g. {_EXAMPLES[verb]}")
     zoned = 1 if words[0].startswith(CRON_TZ) else 0
     if len(words) > zoned and words[zoned].startswith("@"):
         count = 1
@@ -67,7 +70,7 @@ def split_add(argument: str) -> tuple[str, str]:
     count += zoned
     if len(words) <= count:
         raise TaskError(
-            "ADD needs a schedule and a command, e.g. ADD */5 * * * * echo hi"
+            f"{verb} needs a schedule and a command, e.g. {_EXAMPLES[verb]}"
             f" (got {len(words)} word{'s' if len(words) != 1 else ''})"
         )
     # Keep the command's own spacing: cut after the schedule's last word.
@@ -160,7 +163,7 @@ class TcpCommands:
         if not key or not rest.strip():
             return "ERR EDIT needs a task id or jobName, a schedule and a command, e.g. EDIT 2 */5 * * * * echo hi"
         try:
-            schedule, command = split_add(rest)
+            schedule, command = split_add(rest, "EDIT")
             changed = self._changes.edit(key, {"schedule": schedule, "command": command}, by=by)
         except TaskError as error:
             return f"ERR {error}"

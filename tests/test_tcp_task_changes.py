@@ -84,8 +84,7 @@ def test_edit_changes_schedule_and_command_in_place(client: Client) -> None:
     [
         ("EDIT\n", "ERR EDIT needs a task id or jobName, a schedule and a command, e.g. EDIT 2 */5 * * * * echo hi"),
         ("EDIT 1\n", "ERR EDIT needs a task id or jobName, a schedule and a command, e.g. EDIT 2 */5 * * * * echo hi"),
-        # (The reply names ADD, whose syntax EDIT takes.)
-        ("EDIT 1 * * * * *\n", "ERR ADD needs a schedule and a command, e.g. ADD */5 * * * * echo hi (got 5 words)"),
+        ("EDIT 1 * * * * *\n", "ERR EDIT needs a schedule and a command, e.g. EDIT 2 */5 * * * * echo hi (got 5 words)"),
         ("EDIT 1 61 * * * * x\n", "ERR invalid schedule '61 * * * *': minute must be 0-59"),
         ("EDIT 9 * * * * * x\n", "ERR no task with id or jobName '9'"),
     ],
