@@ -134,6 +134,22 @@ export const get = (path) => api('GET', path);
 export const post = (path, body) => api('POST', path, body);
 export const del = (path) => api('DELETE', path);
 
+/**
+ * A JSON resource with its version: {data, etag}.  Send the etag back as
+ * *ifMatch* to change it only if nobody else has since (else ApiError 412).
+ */
+export async function getVersioned(path) {
+  const response = await request('GET', path);
+  return {data: await response.json(), etag: response.headers.get('ETag')};
+}
+
+/** PATCH *changes* into a resource, only if it is still at *ifMatch* (when given). */
+export async function patch(path, changes, ifMatch = null) {
+  const headers = ifMatch ? {'If-Match': ifMatch} : {};
+  const response = await request('PATCH', path, {body: changes, headers});
+  return {data: await response.json(), etag: response.headers.get('ETag')};
+}
+
 /** A query string from an object, skipping empty values. */
 export function query(params) {
   const search = new URLSearchParams();

@@ -3,11 +3,15 @@
 // (re)connect.  Each panel is a module of its own:
 //
 //   workers.js    the Workers panel and the forms' Target choices
-//   tasks.js      the Tasks panel (next run, last result, Run now, Delete)
+//   tasks.js      the Tasks panel (next run, last result, paused or not)
+//   task_actions.js  a task's buttons;  task_pause.js "Pause…";  run_with.js "Run with…"
+//   task_form.js  "Add a task", and editing one in place (task_fields.js: its fields)
+//   task_history.js  a task's changes, with a diff each, and "Restore this version"
+//   maintenance.js   the maintenance switch and its banner
 //   jobs.js       the Jobs panel and its status filter
-//   job.js        a job's page with its live output
-//   run_form.js   "Run a command now";  task_form.js  "Add a task"
-//   router.js     which page shows (#/ or #/jobs/<id>)
+//   job.js        a job's page with its live output (run_again.js: "Run again…")
+//   run_form.js   "Run a command now"
+//   router.js     which page shows (#/, #/jobs/<id> or #/tasks/<id>/history)
 //   job_status.js how a job status reads and looks;  job_events.js  "a job changed"
 //   api.js, feed.js, dom.js, toast.js   REST calls, the live feed, DOM building, notices
 //
@@ -23,9 +27,11 @@ import {Feed} from './feed.js';
 import {feedStateChanged, loadJobPage, setupJobPage, showOutput, showPageJob} from './job.js';
 import {jobChanged, onJobChange} from './job_events.js';
 import {loadJobs, loadStatusChoices, setupJobsFilter, showJob} from './jobs.js';
+import {loadMaintenance, setupMaintenance} from './maintenance.js';
 import {startRouter} from './router.js';
 import {setupRunForm} from './run_form.js';
 import {setupTaskForm} from './task_form.js';
+import {loadTaskHistory, taskHistoryChanged} from './task_history.js';
 import {loadTasks, removeTask, showTaskJob, upsertTask} from './tasks.js';
 import {loadWorkers, refreshWorkersSoon, renderTargetChoices} from './workers.js';
 
@@ -64,6 +70,7 @@ function applyEvent(name, data) {
     case 'task':
       if (data.change === 'removed') removeTask(data.task.id);
       else upsertTask(data.task);
+      taskHistoryChanged(data.task.id);
       break;
     case 'job':
       jobChanged(data);
@@ -87,6 +94,7 @@ function setConnection(kind, text) {
 function refreshVisible() {
   loadAll();
   loadJobPage();
+  loadTaskHistory();
 }
 
 let loading = null;
@@ -102,7 +110,9 @@ function loadAll() {
       loadAgain = false;
       recording = [];
       const recentJobs = loadJobs();
-      await Promise.allSettled([loadWorkers(), recentJobs, loadTasks(recentJobs), loadStatusChoices()]);
+      await Promise.allSettled([
+        loadWorkers(), recentJobs, loadTasks(recentJobs), loadStatusChoices(), loadMaintenance(),
+      ]);
       const recorded = recording;
       recording = null;
       // Events that raced the snapshot are newer than it: apply them again.
@@ -131,6 +141,7 @@ function boot() {
   setupJobPage(feed);
   setupRunForm();
   setupTaskForm();
+  setupMaintenance();
   setupJobsFilter();
   renderTargetChoices();
   startRouter(feed);

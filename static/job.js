@@ -6,6 +6,7 @@ import {$, formatDuration, h, show, timeEl, visible} from './dom.js';
 import {jobChanged} from './job_events.js';
 import {isFinal, statusBadge} from './job_status.js';
 import {notStarted} from './jobs.js';
+import {runAgainButton} from './run_again.js';
 import {taskById} from './tasks.js';
 import {toast} from './toast.js';
 import {triggerText} from './triggers.js';
@@ -171,11 +172,12 @@ function renderJobDetails(data) {
           cancel.disabled = false;
         }
       });
-      actions.replaceChildren(cancel);
+      actions.prepend(cancel);
     }
   } else {
-    actions.replaceChildren();
+    actions.querySelector('.cancel')?.remove();
   }
+  if (!actions.querySelector('.run-again')) actions.append(runAgainButton(() => jobView.job));
   setOutputState();
 }
 

@@ -1,14 +1,29 @@
-// Which page shows: the dashboard (#/) or a job's page (#/jobs/<id>), and
-// which job's output the live feed follows.
+// Which page shows: the dashboard (#/), a job's page (#/jobs/<id>) or a
+// task's history (#/tasks/<id>/history), and which job's output the live
+// feed follows.
 
 import {$, clear, show} from './dom.js';
 import {closeJobPage, loadJobPage, openJobPage} from './job.js';
+import {closeTaskHistory, openTaskHistory} from './task_history.js';
 
 let feed = null;
 let view = {name: 'dashboard'};
 let booted = false;
 
+function leave() {
+  if (view.name === 'job') {
+    closeJobPage();
+    show($('job-view'), false);
+    clear($('job-view'));
+  } else if (view.name === 'history') {
+    closeTaskHistory();
+    show($('task-view'), false);
+    clear($('task-view'));
+  }
+}
+
 function openJob(id) {
+  leave();
   view = {name: 'job', id};
   document.title = `Job #${id} · Job scheduler`;
   show($('dashboard'), false);
@@ -22,21 +37,33 @@ function openJob(id) {
   if (!willReconnect && booted) loadJobPage();
 }
 
+function openHistory(id) {
+  leave();
+  view = {name: 'history', id};
+  document.title = `Task #${id} history · Job scheduler`;
+  show($('dashboard'), false);
+  openTaskHistory(id);
+  show($('task-view'), true);
+  window.scrollTo(0, 0);
+  feed.watch(null);
+}
+
 function openDashboard() {
-  const wasJob = view.name === 'job';
+  const wasPage = view.name !== 'dashboard';
+  leave();
   view = {name: 'dashboard'};
   document.title = 'Job scheduler';
   closeJobPage();
-  show($('job-view'), false);
-  clear($('job-view'));
   show($('dashboard'), true);
   feed.watch(null);
-  if (wasJob) window.scrollTo(0, 0);
+  if (wasPage) window.scrollTo(0, 0);
 }
 
 function route() {
-  const match = /^#\/jobs\/(\d{1,18})$/.exec(location.hash);
-  if (match) openJob(Number(match[1]));
+  const job = /^#\/jobs\/(\d{1,18})$/.exec(location.hash);
+  const history = /^#\/tasks\/(\d{1,18})\/history$/.exec(location.hash);
+  if (job) openJob(Number(job[1]));
+  else if (history) openHistory(Number(history[1]));
   else if (view.name !== 'dashboard' || !booted) openDashboard();
 }
 

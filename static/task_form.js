@@ -1,18 +1,35 @@
-// The "Add a task" form, which checks the schedule while it is typed.
+// The task form: "Add a task", and the same form editing a task in place.
+// An edit sends only the fields that changed, as a PATCH with If-Match (the
+// ETag read when the edit began): if the task was changed elsewhere since,
+// the server answers 412 and nothing is overwritten.  The schedule is
+// checked, in the task's time zone, while it is typed.
 
-import {get, post, query} from './api.js';
-import {$, debounce, h, showError, timeEl} from './dom.js';
+import {ApiError, get, getVersioned, patch, post, query} from './api.js';
+import {$, debounce, h, show, showError, timeEl, visible} from './dom.js';
+import {
+  FieldError, changes, clearFields, fillFields, inputOf, nonDefaults, optionsSummary, readFields,
+} from './task_fields.js';
 import {upsertTask} from './tasks.js';
 import {toast} from './toast.js';
+
+const STALE = 'This task was changed elsewhere; reload it to see the change. Nothing was saved.';
+
+// The task being edited, as read, with its ETag; null while adding.
+let editing = null;
+let checkSchedule = () => {};
 
 export function setupTaskForm() {
   const form = $('task-form');
   const schedule = $('task-schedule');
+  const timezone = $('task-timezone');
   const hint = $('schedule-hint');
   const defaultHint = [...hint.childNodes].map((n) => n.cloneNode(true));
   let checks = 0;
 
+  fillTimezones();
+
   const resetHint = () => {
+    checks++; // any answer in flight is for older text
     hint.dataset.state = '';
     hint.replaceChildren(...defaultHint.map((n) => n.cloneNode(true)));
     schedule.removeAttribute('aria-invalid');
@@ -26,15 +43,17 @@ export function setupTaskForm() {
       return;
     }
     try {
-      const result = await get(`/api/schedules/check${query({expr})}`);
+      const params = {expr, timezone: timezone.value.trim(), jobName: $('task-name').value.trim()};
+      const result = await get(`/api/schedules/check${query(params)}`);
       if (mine !== checks) return;
       if (result.valid) {
         hint.dataset.state = 'valid';
         schedule.setAttribute('aria-invalid', 'false');
+        const zone = timezone.value.trim() ? result.timezone || timezone.value.trim() : null;
+        const runs = result.runs || result.next.map((at) => ({at, shifted: null}));
         hint.replaceChildren(
           h('span', {class: 'hint-ok'}, '✓ ', result.description),
-          h('span', {class: 'hint-next'}, ' · next: ',
-            result.next.map((iso, i) => [i ? ', ' : '', timeEl(iso)])));
+          h('span', {class: 'hint-next'}, ' · next: ', runs.map((run, i) => [i ? ', ' : '', nextRunEl(run, zone)])));
       } else {
         hint.dataset.state = 'invalid';
         schedule.setAttribute('aria-invalid', 'true');
@@ -47,41 +66,214 @@ export function setupTaskForm() {
     }
   }, 300);
 
-  schedule.addEventListener('input', () => {
-    checks++; // any answer in flight is for older text
+  checkSchedule = () => {
+    checks++;
     hint.dataset.state = 'checking';
     check();
+  };
+  schedule.addEventListener('input', checkSchedule);
+  $('task-name').addEventListener('input', () => {
+    if (/H/.test(schedule.value)) checkSchedule(); // H is hashed from the name
+  });
+  timezone.addEventListener('change', () => {
+    if (schedule.value.trim()) checkSchedule();
+  });
+  form.addEventListener('input', () => {
+    $('task-more-summary').textContent = summary();
+  });
+
+  const reset = () => {
+    check.cancel();
+    clearFields();
+    resetHint();
+    $('task-more-summary').textContent = '';
+  };
+
+  $('task-form-cancel').addEventListener('click', () => {
+    const row = editing && document.querySelector(`#tasks-list li.task[data-id="${editing.task.id}"]`);
+    endEdit(reset);
+    row?.querySelector('button')?.focus();
   });
 
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
-    const body = {
-      schedule: schedule.value.trim(),
-      command: $('task-command').value,
-      target: $('task-target').value || 'any',
-    };
-    const name = $('task-name').value.trim();
-    if (name) body.jobName = name;
-    if (!body.schedule || !body.command.trim()) {
+    let fields;
+    try {
+      fields = readFields();
+    } catch (error) {
+      if (!(error instanceof FieldError)) throw error;
+      showError('task-error', error.message);
+      $('task-more').open = true;
+      inputOf(error.field).focus();
+      return;
+    }
+    if (!fields.schedule || !fields.command.trim()) {
       showError('task-error', 'A task needs a schedule and a command.');
-      (body.schedule ? $('task-command') : schedule).focus();
+      (fields.schedule ? $('task-command') : schedule).focus();
       return;
     }
     showError('task-error', null);
-    const button = form.querySelector('button[type=submit]');
+    const button = $('task-submit');
     button.disabled = true;
     try {
-      const task = await post('/api/tasks', body);
-      upsertTask(task);
-      for (const id of ['task-schedule', 'task-command', 'task-name']) $(id).value = '';
-      check.cancel();
-      checks++;
-      resetHint();
-      toast(`Added ${task.jobName}: ${task.description}.`);
-    } catch (error) {
-      showError('task-error', error.message);
+      if (editing) await saveEdit(fields, reset);
+      else await add(fields, reset);
     } finally {
       button.disabled = false;
     }
   });
+}
+
+async function add(fields, reset) {
+  const body = nonDefaults(fields);
+  if (!body.jobName) delete body.jobName;
+  body.target = fields.target; // as the form always sent it
+  try {
+    const task = await post('/api/tasks', body);
+    upsertTask(task);
+    reset();
+    toast(`Added ${task.jobName}: ${task.description}.`);
+  } catch (error) {
+    showError('task-error', error.message);
+  }
+}
+
+async function saveEdit(fields, reset) {
+  const {task, etag} = editing;
+  const body = changes(fields, task);
+  if (!Object.keys(body).length) {
+    toast(`Nothing changed in ${task.jobName}.`);
+    endEdit(reset);
+    return;
+  }
+  try {
+    const {data} = await patch(`/api/tasks/${task.id}`, body, etag);
+    upsertTask(data);
+    endEdit(reset);
+    toast(`Saved ${data.jobName}: ${Object.keys(body).join(', ')} changed.`);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 412) showStale(task.id);
+    else if (error instanceof ApiError && error.status === 404) {
+      showError('task-error', `${task.jobName} was deleted elsewhere; nothing was saved.`);
+    } else showError('task-error', error.message);
+  }
+}
+
+/** The 412 notice, with a button that reads the task again (dropping the edits). */
+function showStale(id) {
+  const reload = h('button', {type: 'button', class: 'inline-button'}, 'Reload');
+  reload.addEventListener('click', () => editTask(id));
+  const el = $('task-error');
+  el.replaceChildren(h('span', {}, STALE, ' '), reload);
+  show(el, true);
+  el.dataset.stale = 'true';
+  toast(STALE, {kind: 'error'});
+}
+
+/** Open the form on task *id*, as it is now on the server. */
+export async function editTask(id) {
+  let read;
+  try {
+    read = await getVersioned(`/api/tasks/${id}`);
+  } catch (error) {
+    toast(`Could not read task #${id}: ${error.message}`, {kind: 'error'});
+    return;
+  }
+  const task = read.data;
+  editing = {task, etag: read.etag};
+  markEditing();
+  const form = $('task-form');
+  form.dataset.mode = 'edit';
+  $('task-form-title').textContent = `Edit ${visible(task.jobName)} (#${task.id})`;
+  const note = $('task-form-note');
+  note.textContent = 'Saved in place: the task keeps its id and its job history. '
+    + 'If someone changes it meanwhile, nothing is overwritten.';
+  show(note, true);
+  $('task-submit').textContent = 'Save changes';
+  show($('task-form-cancel'), true);
+  showError('task-error', null);
+  delete $('task-error').dataset.stale;
+  ensureTarget(task.target);
+  fillFields(task);
+  const more = summary();
+  $('task-more-summary').textContent = more;
+  $('task-more').open = Boolean(more);
+  checkSchedule();
+  form.scrollIntoView({block: 'start', behavior: 'smooth'});
+  $('task-schedule').focus({preventScroll: true});
+}
+
+/** The task being edited, if any (tasks.js marks its row). */
+export function editingId() {
+  return editing ? editing.task.id : null;
+}
+
+/** Mark the row of the task being edited (and only it). */
+function markEditing() {
+  for (const row of document.querySelectorAll('#tasks-list li.task')) {
+    if (editing && Number(row.dataset.id) === editing.task.id) row.dataset.editing = 'true';
+    else delete row.dataset.editing;
+  }
+}
+
+function endEdit(reset) {
+  editing = null;
+  markEditing();
+  const form = $('task-form');
+  delete form.dataset.mode;
+  $('task-form-title').textContent = 'Add a task';
+  show($('task-form-note'), false);
+  $('task-submit').textContent = 'Add task';
+  show($('task-form-cancel'), false);
+  showError('task-error', null);
+  delete $('task-error').dataset.stale;
+  reset();
+}
+
+function summary() {
+  try {
+    return optionsSummary(readFields());
+  } catch {
+    return '';
+  }
+}
+
+/** A target no worker offers now (an offline one) still shows as chosen. */
+function ensureTarget(target) {
+  const select = $('task-target');
+  if (![...select.options].some((option) => option.value === target)) {
+    select.append(h('option', {value: target}, `${target} (offline)`));
+  }
+}
+
+/**
+ * One of the next runs ({at, shifted}): in the task's own zone when it has
+ * one ("Sun 30 Mar, 03:00 CEST"), else in this browser's; flagged when a
+ * change of clocks moves it (*shifted* says how).
+ */
+function nextRunEl(run, zone) {
+  let when = timeEl(run.at);
+  if (zone) {
+    try {
+      const text = new Intl.DateTimeFormat(undefined, {
+        timeZone: zone, weekday: 'short', day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit',
+        timeZoneName: 'short',
+      }).format(new Date(run.at));
+      when = h('time', {datetime: run.at, title: `${new Date(run.at).toString()}`}, text);
+    } catch {
+      // A zone this browser does not know: its own time, then.
+    }
+  }
+  return h('span', {class: 'next-run-at'}, when,
+    run.shifted ? h('span', {class: 'dst-flag', title: visible(String(run.shifted))}, ' ⚠ ', visible(String(run.shifted))) : null);
+}
+
+function fillTimezones() {
+  let zones = [];
+  try {
+    zones = Intl.supportedValuesOf('timeZone');
+  } catch {
+    return; // older browsers: the field still takes any name
+  }
+  $('timezones').replaceChildren(...zones.map((zone) => h('option', {value: zone})));
 }

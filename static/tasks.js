@@ -1,16 +1,18 @@
 // The Tasks panel: each task with its schedule, next run and last result,
-// and its Run now and Delete buttons.
+// whether it is paused (until when, why) or skips its next run, and its
+// buttons (task_actions.js).  A row is rebuilt whenever its task changes; a
+// form opened in it (pause, run with...) is carried over to the new row.
 
-import {ApiError, del, get, post, query} from './api.js';
+import {ApiError, get, query} from './api.js';
 import {$, clear, debounce, h, showError, timeEl, visible} from './dom.js';
-import {jobChanged} from './job_events.js';
 import {statusBadge} from './job_status.js';
-import {announceJobs} from './jobs.js';
-import {toast} from './toast.js';
+import {renderTaskActions} from './task_actions.js';
+import {editingId} from './task_form.js';
 
 const tasks = new Map(); // id -> task
 const taskRows = new Map(); // id -> <li>
 const lastResult = new Map(); // task id -> newest job of that task
+const panels = new Map(); // task id -> the form open under its row
 
 export function taskById(id) {
   return tasks.get(id);
@@ -100,26 +102,63 @@ export function removeTask(id) {
   tasks.delete(id);
   taskRows.get(id)?.remove();
   taskRows.delete(id);
+  panels.delete(id);
   renderTasksEmpty();
+}
+
+/** Show *form* under task *id*'s row (replacing any other form there). */
+export function openTaskPanel(id, form) {
+  const row = taskRows.get(id);
+  if (!row) return;
+  row.querySelector(':scope > .task-panel')?.remove();
+  panels.set(id, form);
+  form.classList.add('task-panel');
+  row.append(form);
+  form.querySelector('input, textarea, select, button')?.focus();
+}
+
+export function closeTaskPanel(id, form = null) {
+  const open = panels.get(id);
+  if (!open || (form && open !== form)) return;
+  panels.delete(id);
+  open.remove();
 }
 
 function taskRow(task) {
   const actions = h('div', {class: 'task-actions'});
-  const row = h('li', {class: 'task', 'data-id': task.id},
+  const pausedNote = task.paused
+    ? h('div', {class: 'pause-note'},
+      h('span', {class: 'badge badge-paused'}, 'Paused'),
+      task.pausedUntil ? h('span', {}, ' until ', timeEl(task.pausedUntil)) : h('span', {class: 'muted'}, ' until resumed'),
+      task.pauseReason ? h('span', {class: 'pause-reason'}, ' — ', visible(task.pauseReason)) : null)
+    : null;
+  const row = h('li', {
+    class: 'task', 'data-id': task.id, 'data-paused': task.paused ? 'true' : null,
+    'data-editing': editingId() === task.id ? 'true' : null,
+  },
+  h('div', {class: 'task-body'},
     h('div', {class: 'task-main'},
       h('div', {class: 'task-title'},
         h('span', {class: 'task-name'}, visible(task.jobName)),
         h('span', {class: 'muted small'}, ` #${task.id}`),
-        task.target && task.target !== 'any' ? h('span', {class: 'chip'}, visible(task.target)) : null),
+        task.target && task.target !== 'any' ? h('span', {class: 'chip'}, visible(task.target)) : null,
+        task.timezone ? h('span', {class: 'chip', title: 'Time zone of the schedule'}, visible(task.timezone)) : null,
+        task.pool ? h('span', {class: 'chip', title: 'Pool'}, `pool ${visible(task.pool)}`) : null,
+        task.skipNext ? h('span', {class: 'badge badge-skip'}, 'skips next run') : null),
+      pausedNote,
       h('code', {class: 'task-command', title: visible(task.command)}, visible(task.command)),
       h('div', {class: 'task-schedule'},
         h('code', {class: 'cron'}, task.schedule),
         h('span', {class: 'task-desc'}, task.description || '')),
       h('dl', {class: 'task-meta'},
-        h('div', {}, h('dt', {}, 'Next run'), h('dd', {class: 'next-run'}, timeEl(task.nextRun, 'not scheduled'))),
+        h('div', {},
+          h('dt', {}, task.paused ? 'Next run, once resumed' : 'Next run'),
+          h('dd', {class: 'next-run'}, timeEl(task.nextRun, 'not scheduled'))),
         h('div', {}, h('dt', {}, 'Last result'), h('dd', {class: 'last-result'}, lastResultEl(task.id))))),
-    actions);
+    actions));
   renderTaskActions(task, actions);
+  const panel = panels.get(task.id);
+  if (panel) row.append(panel);
   return row;
 }
 
@@ -130,51 +169,6 @@ function lastResultEl(taskId) {
     statusBadge(job.status), ' ',
     h('span', {class: 'muted small'}, `#${job.id} `),
     timeEl(job.finishedAt || job.startedAt || job.createdAt, ''));
-}
-
-function renderTaskActions(task, actions) {
-  const run = h('button', {type: 'button', 'aria-label': `Run ${task.jobName} now`}, 'Run now');
-  const remove = h('button', {type: 'button', class: 'danger-quiet', 'aria-label': `Delete ${task.jobName}`}, 'Delete');
-  run.addEventListener('click', async () => {
-    run.disabled = true;
-    try {
-      const result = await post(`/api/tasks/${task.id}/run`);
-      const started = Array.isArray(result) ? result : [result];
-      started.forEach(jobChanged);
-      announceJobs(started, `${task.jobName}`);
-    } catch (error) {
-      toast(`Could not run ${task.jobName}: ${error.message}`, {kind: 'error'});
-    } finally {
-      run.disabled = false;
-    }
-  });
-  remove.addEventListener('click', () => {
-    const yes = h('button', {type: 'button', class: 'danger'}, 'Delete');
-    const no = h('button', {type: 'button'}, 'Cancel');
-    const question = h('div', {class: 'confirm', role: 'group', 'aria-label': `Confirm deleting ${task.jobName}`},
-      h('span', {}, `Delete ${task.jobName}?`), yes, no);
-    actions.replaceChildren(question);
-    no.addEventListener('click', () => {
-      renderTaskActions(task, actions);
-      actions.querySelector('button')?.focus();
-    });
-    yes.addEventListener('click', async () => {
-      yes.disabled = no.disabled = true;
-      try {
-        await del(`/api/tasks/${task.id}`);
-        removeTask(task.id);
-        toast(`Deleted ${task.jobName}.`);
-      } catch (error) {
-        if (error instanceof ApiError && error.status === 404) removeTask(task.id);
-        else {
-          toast(`Could not delete ${task.jobName}: ${error.message}`, {kind: 'error'});
-          renderTaskActions(task, actions);
-        }
-      }
-    });
-    no.focus();
-  });
-  actions.replaceChildren(run, remove);
 }
 
 // A task fired: its next run moved on.  Fetch that one task again.

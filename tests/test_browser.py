@@ -56,6 +56,17 @@ def api(scheduler: Scheduler, path: str) -> Any:
         return json.load(response)
 
 
+def send(scheduler: Scheduler, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    request = urllib.request.Request(
+        scheduler.url + path,
+        data=json.dumps(body or {}).encode(),
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
 def restart(scheduler: Scheduler) -> Scheduler:
     """Start the scheduler again in the same directory on the same ports."""
     log = open(scheduler.workdir / "scheduler.log", "ab")  # closed when the process exits
@@ -156,11 +167,20 @@ def page(browser: Browser) -> Iterator[Page]:
     # The scheduler's Content-Security-Policy must not block anything the
     # dashboard does: Chromium reports each refusal on the console.
     refused: list[str] = []
-    opened.on("console", lambda message: refused.append(message.text) if CSP_REFUSAL in message.text else None)
+    opened.on(
+        "console", lambda message: refused.append(message.text) if CSP_REFUSAL in message.text else None
+    )
     yield opened
     context.close()
     assert errors == [], f"uncaught errors in the page: {errors}"
     assert refused == [], f"the Content-Security-Policy refused: {refused}"
+
+
+def dismiss_toasts(page: Page) -> None:
+    """Close the notices, which cover the buttons in the bottom right corner."""
+    toasts = page.locator(".toast-close")
+    while toasts.count():
+        toasts.first.click()
 
 
 def open_dashboard(page: Page, scheduler: Scheduler) -> None:
@@ -436,3 +456,84 @@ def test_control_and_bidi_characters_show_as_escapes(page: Page, server: Schedul
     row = page.locator("#tasks-list li.task", has_text="bidi\\u2066name")
     expect(row.locator(".task-command")).to_have_text("echo \\u202egpj.exe \\x1b[2J")
     assert "\u202e" not in row.inner_text() and "\u2066" not in row.inner_text()
+
+
+def test_pause_edit_in_place_history_and_maintenance(page: Page, server: Scheduler, tmp_path: Path) -> None:
+    task = send(
+        server,
+        "POST",
+        "/api/tasks",
+        {"schedule": "@daily", "command": "echo pausable", "jobName": "pausable"},
+    )
+    path = f"/api/tasks/{task['id']}"
+    open_dashboard(page, server)
+    row = page.locator("#tasks-list li.task", has_text="pausable")
+
+    # Pause, with a reason; the row says so; Resume undoes it.
+    row.get_by_role("button", name="Pause pausable").click()
+    row.get_by_label("Reason").fill("disk swap")
+    row.get_by_role("button", name="Pause", exact=True).click()
+    expect(row.locator(".badge-paused")).to_have_text("Paused")
+    expect(row).to_contain_text("until resumed — disk swap")
+    expect(row).to_contain_text("Next run, once resumed")
+    paused = api(server, path)
+    assert paused["paused"] is True and paused["pauseReason"] == "disk swap"
+    row.get_by_role("button", name="Resume pausable").click()
+    expect(row.locator(".badge-paused")).to_have_count(0)
+    assert api(server, path)["paused"] is False
+
+    # Edit in place: a change made elsewhere after the form was opened wins
+    # (412 on the stale ETag), and the form says to reload.
+    row.get_by_role("button", name="Edit pausable").click()
+    form = page.locator("#task-form")
+    expect(form.get_by_label("Command")).to_have_value("echo pausable")
+    send(server, "PATCH", path, {"command": "echo changed-elsewhere"})
+    form.get_by_label("Command").fill("echo mine")
+    form.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#task-error")).to_contain_text("changed elsewhere")
+    assert api(server, path)["command"] == "echo changed-elsewhere"
+    page.locator("#task-error").get_by_role("button", name="Reload").click()
+    expect(form.get_by_label("Command")).to_have_value("echo changed-elsewhere")
+    form.get_by_label("Schedule").fill("@hourly")
+    form.get_by_role("button", name="Save changes").click()
+    expect(row).to_contain_text("@hourly")
+    expect(form.get_by_role("button", name="Add task")).to_be_visible()
+    edited = api(server, path)
+    assert (edited["id"], edited["schedule"], edited["command"]) == (
+        task["id"],
+        "@hourly",
+        "echo changed-elsewhere",
+    )
+
+    # History: each change, newest first, by whom, with what changed; restore the first.
+    row.get_by_role("link", name="History of pausable").click()
+    revisions = page.locator(".revision")
+    expect(revisions).to_have_count(5)  # add, pause, resume, edit (API), edit (dashboard)
+    expect(revisions.first).to_contain_text("by dashboard")
+    expect(revisions.first.locator(".diff")).to_contain_text("@daily→@hourly")
+    expect(revisions.nth(3)).to_contain_text("disk swap")
+    shot(page, tmp_path, "task-history")
+    dismiss_toasts(page)
+    revisions.last.get_by_role("button", name="Restore this version").click()
+    expect(revisions).to_have_count(6)
+    restored = api(server, path)
+    assert (restored["schedule"], restored["command"]) == ("@daily", "echo pausable")
+
+    # Maintenance: the switch, then a banner on every page until it is off.
+    page.get_by_role("link", name="← Dashboard").click()
+    banner = page.locator("#maintenance-banner")
+    expect(banner).to_be_hidden()
+    try:
+        page.get_by_role("button", name="Start maintenance").click()
+        expect(banner).to_contain_text("Maintenance: no new runs start")
+        expect(banner).to_contain_text("by dashboard")
+        assert api(server, "/api/maintenance")["on"] is True
+        page.reload()
+        expect(banner).to_be_visible(timeout=WAIT)
+        expect(page.get_by_role("button", name="End maintenance")).to_have_attribute("aria-pressed", "true")
+        shot(page, tmp_path, "maintenance")
+        banner.get_by_role("button", name="Turn maintenance off").click()
+        expect(banner).to_be_hidden()
+        assert api(server, "/api/maintenance")["on"] is False
+    finally:
+        send(server, "POST", "/api/maintenance", {"on": False})
