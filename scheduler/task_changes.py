@@ -98,6 +98,8 @@ class TaskChanges:
         def apply(book: TaskBook) -> tuple[Task, Task]:
             old = self._find(book, key, if_match)
             options = old.options.evolve(**option_changes) if option_changes else None
+            if "pausedUntil" in option_changes and options is not None:
+                self._check_until(options.pausedUntil)
             return old, book.replace(
                 old.id,
                 schedule=changes.get("schedule"),
@@ -118,8 +120,7 @@ class TaskChanges:
         if_match: str | None = None,
     ) -> Deferred[Task]:
         """Stop a task from firing (until *until*, if given); its next run stays computed."""
-        if until is not None and until <= self._clock.seconds():
-            raise TaskError("the time to resume at is already past")
+        self._check_until(until)
         return self._set_options(
             "pause", key, by, if_match, paused=True, pausedUntil=until, pauseReason=reason
         )
@@ -198,6 +199,10 @@ class TaskChanges:
             return old, book.replace(old.id, options=old.options.evolve(**options))
 
         return self._change(action, by, apply)
+
+    def _check_until(self, until: float | None) -> None:
+        if until is not None and until <= self._clock.seconds():
+            raise TaskError("the time to resume at is already past")
 
     def _find(self, book: TaskBook, key: str | int, if_match: str | None) -> Task:
         task = book.get(key) if isinstance(key, int) else book.find(key)

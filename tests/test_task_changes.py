@@ -503,3 +503,10 @@ def test_the_tasks_env_and_cwd_reach_the_job_and_the_worker(world: World) -> Non
     world.ok(world.changes.edit(task.id, {"env": {"DB": "replica"}, "cwd": None}, by=API))
     (second,) = world.dispatcher.fire(world.task(task.id), START + 90)
     assert dict(second.env) == {"DB": "replica"} and second.cwd is None
+
+
+def test_an_edit_cannot_pause_until_a_time_already_past(world: World) -> None:
+    task = world.add()
+    error = world.fails(world.changes.edit(task.id, {"paused": True, "pausedUntil": START - 1}, by=API))
+    assert isinstance(error, TaskError) and "already past" in str(error)
+    assert not world.task(task.id).options.paused
