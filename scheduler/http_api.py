@@ -396,6 +396,8 @@ class SchedulerHTTP:
             await self._maintenance.switch(data["on"], now, trigger_of(request).text)
         except Exception as error:
             raise ApiError(503, f"could not save the maintenance switch: {error}") from None
+        # Every open dashboard shows the switch at once.
+        self._feed.publish("maintenance", self._maintenance_json())
         return _json(request, 200, self._maintenance_json())
 
     def _maintenance_json(self) -> dict[str, Any]:
@@ -535,6 +537,23 @@ class SchedulerHTTP:
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         return text.encode("utf-8")
+
+    @app.route("/api/jobs/<job_id>/rerun", methods=["POST"])
+    async def rerun_job(self, request: IRequest, job_id: str) -> bytes:
+        """The same command with the same inputs (env included, which the job JSON does not show)."""
+        job = await self._find_job(job_id)
+        _check_fields(_optional_body(request, self._max_body), set())
+        jobs = self._run(
+            job.command,
+            target=job.target,
+            timeout=job.timeout,
+            env=job.env,
+            cwd=job.cwd,
+            task_id=job.task_id,
+            triggered_by=trigger_of(request),
+        )
+        request.setHeader(b"Location", f"/api/jobs/{jobs[0].id}".encode())
+        return _json(request, 202, self._job_json(jobs[0]))
 
     @app.route("/api/jobs/<job_id>/cancel", methods=["POST"])
     async def cancel_job(self, request: IRequest, job_id: str) -> bytes:

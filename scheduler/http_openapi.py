@@ -535,6 +535,18 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
+        "/api/jobs/{id}/rerun": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "Run the job's command again with the same inputs (environment, working directory, timeout, target, task)",
+                "responses": {
+                    "202": _json(_ref("Job"), "The new job"),
+                    "404": _error("No such job"),
+                    **_COMMON_ERRORS,
+                    "503": _error("Queue full"),
+                },
+            },
+        },
         "/api/jobs/{id}/cancel": {
             "parameters": [_ID],
             "post": {
@@ -551,7 +563,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/events": {
             "get": {
-                "summary": "Live feed (Server-Sent Events): task, job, worker and output events",
+                "summary": "Live feed (Server-Sent Events): task, job, worker, output and maintenance events",
                 "parameters": [{"name": "job", "in": "query", "schema": {"type": "integer"}, "description": "also stream this job's output"}],
                 "responses": {"200": {"description": "Event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
             }

@@ -27,7 +27,7 @@ import {Feed} from './feed.js';
 import {feedStateChanged, loadJobPage, setupJobPage, showOutput, showPageJob} from './job.js';
 import {jobChanged, onJobChange} from './job_events.js';
 import {loadJobs, loadStatusChoices, setupJobsFilter, showJob} from './jobs.js';
-import {loadMaintenance, setupMaintenance} from './maintenance.js';
+import {loadMaintenance, maintenanceChanged, setupMaintenance} from './maintenance.js';
 import {startRouter} from './router.js';
 import {setupRunForm} from './run_form.js';
 import {setupTaskForm} from './task_form.js';
@@ -80,6 +80,9 @@ function applyEvent(name, data) {
       break;
     case 'output':
       showOutput(data);
+      break;
+    case 'maintenance':
+      maintenanceChanged(data);
       break;
     default:
       break;

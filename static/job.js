@@ -147,6 +147,7 @@ function renderJobDetails(data) {
     data.signal !== null && data.signal !== undefined && ['Signal', String(data.signal)],
     data.triggeredBy && ['Triggered by', triggerText(data.triggeredBy)],
     data.reason && ['Reason', data.reason],
+    data.waiting && ['Waiting', data.waiting],
     data.attempt > 1 && ['Attempt', String(data.attempt)],
     ['Created', timeEl(data.createdAt)],
     data.scheduledAt && ['Scheduled for', timeEl(data.scheduledAt)],

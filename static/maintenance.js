@@ -1,8 +1,8 @@
 // The global maintenance switch: while it is on no scheduled run starts
 // (running jobs finish).  A banner under the header says so, with since
-// when and by whom; the Tasks panel has the switch.  The live feed does not
-// carry the switch, so it is read at each (re)connect, when the tab comes
-// back into view, and after each change.
+// when and by whom; the Tasks panel has the switch.  The live feed's
+// maintenance events keep it current; it is also read at each (re)connect,
+// when the tab comes back into view, and after each change.
 
 import {get, post} from './api.js';
 import {$, h, show, timeEl, visible} from './dom.js';
@@ -16,6 +16,11 @@ export async function loadMaintenance() {
   } catch (error) {
     $('maintenance-state').textContent = `maintenance: unknown (${error.message})`;
   }
+}
+
+/** A maintenance event from the live feed (another tab or client switched it). */
+export function maintenanceChanged(next) {
+  render(next);
 }
 
 export function setupMaintenance() {

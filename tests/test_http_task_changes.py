@@ -322,3 +322,20 @@ async def test_action_routes_take_a_json_body_with_its_content_type(api: Api, ro
     task = await add(api)
     code, _, _ = await call(api, "POST", f"/api/tasks/{task['id']}/{route}", {})
     assert code in (200, 202)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_runs_again_with_the_same_inputs_env_included(api: Api) -> None:
+    task = await add(api)
+    code, first, _ = await call(
+        api, "POST", f"/api/tasks/{task['id']}/run", {"env": {"SECRET": "s3"}, "cwd": "there", "timeout": 7}
+    )
+    assert code == 202 and "env" not in first  # the job JSON does not show the environment
+    code, again, headers = await call(api, "POST", f"/api/jobs/{first['id']}/rerun", raw=b"", headers=DASHBOARD)
+    assert code == 202, again
+    assert (again["taskId"], again["cwd"], again["timeout"], again["target"]) == (task["id"], "there", 7, "any")
+    assert again["triggeredBy"]["kind"] == "dashboard"
+    stored = await api.service.job_store.get(again["id"])
+    assert stored is not None and dict(stored.env) == {"SECRET": "s3"}
+    code, error, _ = await call(api, "POST", "/api/jobs/999999/rerun", raw=b"")
+    assert code == 404
