@@ -271,7 +271,7 @@ def _kill_rounds(work: Path, base: Path, seed: int, rounds: int, deadline: float
                 names = _read_tasks_file(tasks_file)
                 scheduler = start_scheduler(work, "--timezone", "UTC", "--tcp-idle-timeout", "600")
             plan = Round(rng, names)
-            acknowledged, mid_write, when = _run_round(scheduler, plan, rng, aim=number % 3 == 2)
+            acknowledged, mid_write, when = _run_round(scheduler, plan, rng, aim=number % 2 == 1)
             names = _read_tasks_file(tasks_file)
             on_disk = set(names)
             matches = [done for done, state, _ in plan.replay() if done >= acknowledged and state == on_disk]
@@ -308,7 +308,7 @@ def test_kill_9_while_writing_100k_tasks_loses_nothing(tmp_path: Path) -> None:
     the file is exactly the task set after some prefix of the batch that
     includes every acknowledged command (so it holds every acknowledged ADD
     and no acknowledged REMOVE); and the next start-up loads all of it.
-    Every third round aims at a write (a moment after its temporary file
+    Every other round aims at a write (a moment after its temporary file
     appears); a kill counts as mid-write when that file outlives the process.
     """
     from concurrent.futures import ThreadPoolExecutor
