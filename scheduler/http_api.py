@@ -593,7 +593,16 @@ class SchedulerHTTP:
     # -- the workers' socket and the dashboard ----------------------------------
 
     @app.route(WORKER_PATH, branch=False, methods=["GET"])
-    def worker_socket(self, request: IRequest) -> IResource:
+    def worker_socket(self, request: IRequest) -> IResource | bytes:
+        # Autobahn answers a plain GET with an HTML page naming itself and
+        # its version (and follows ?redirect= to anywhere): only upgrades
+        # reach it, anything else gets a short JSON error here.
+        upgrade = (request.getHeader(b"upgrade") or b"").decode("latin-1")
+        if "websocket" not in (token.strip().lower() for token in upgrade.split(",")):
+            request.setHeader(b"Upgrade", b"websocket")
+            body = _json(request, 426, {"error": f"{WORKER_PATH} is the workers' WebSocket: connect with a WebSocket client"})
+            request.setResponseCode(426, b"Upgrade Required")  # Twisted knows no reason phrase for 426
+            return body
         return self._workers_ws
 
     @app.route("/", methods=["GET", "HEAD"])
