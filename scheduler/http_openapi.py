@@ -5,19 +5,36 @@ Its lists are read from the code: the job statuses from JobStatus
 from scheduler/tasks.py, the page size of GET /api/jobs from
 scheduler/http_api.py.  tests/test_http_openapi.py checks that every route
 of the Klein app is here, so the document cannot silently fall behind it.
+Request schemas are as strict as the routes' checks and every status a
+route or the Guard gives is listed: tests/test_api_schemathesis.py runs
+schemathesis against a live scheduler to hold the two together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, get_args, get_origin, get_type_hints
+from zoneinfo import available_timezones
 
-from scheduler.http_api import CHECK_RUNS, DEFAULT_LIMIT, MAX_BODY, MAX_CHECK_RUNS, MAX_LIMIT, RUN_OVERRIDES
+from twisted.web.static import File
+
+from scheduler import cron
+from scheduler.http_api import (
+    CHECK_RUNS,
+    DEFAULT_LIMIT,
+    MAX_BODY,
+    MAX_CHECK_RUNS,
+    MAX_LIMIT,
+    RUN_OVERRIDES,
+    static_root,
+)
 from scheduler.http_guard import is_public
 from scheduler.jobs import JobStatus
 from scheduler.tasks import (
     DEFAULT_OPTIONS,
+    ENV_NAME,
     JITTER_RANGE,
+    MAX_COMMAND,
     MAX_CONCURRENT_RANGE,
     MAX_REASON,
     MISSED_CAP_RANGE,
@@ -26,6 +43,7 @@ from scheduler.tasks import (
     POOL_NAME,
     RETRIES_RANGE,
     RETRY_DELAY_RANGE,
+    TARGET,
     TIMEOUT_RANGE,
     TaskOptions,
 )
@@ -45,14 +63,82 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _STATUSES = [status.value for status in JobStatus]
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+# Ids are at most 18 digits (_path_id and _int_arg in http_api.py).
+_MAX_ID = 10**18
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID}}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _space_class() -> str:
+    """Python's whitespace (str.isspace, split, strip), spelled out for a regex character class.
+
+    The server's checks use Python's idea of whitespace, and ``\\s`` means
+    another set in the regex dialects a client reads a JSON Schema with
+    (ECMA's lacks \\x1c-\\x1f and \\x85 and has \\ufeff), so a pattern that
+    says ``\\s`` would be stricter or looser than the check.  All of
+    Unicode's whitespace is in the Basic Multilingual Plane.
+    """
+    spaces = [code for code in range(0x10000) if chr(code).isspace()]
+    ranges: list[tuple[int, int]] = []
+    for code in spaces:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return "".join(f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges)
+
+
+_SPACE = _space_class()
+
+
+def _portable(pattern: str) -> str:
+    """A pattern from the code, with each ``\\s`` (used inside character classes) as Python means it."""
+    return pattern.replace("\\s", _SPACE)
+
+
+# Requests are checked as exactly as the routes check them.  A schedule is
+# 5 or 6 fields (7 tokens with a CRON_TZ= prefix) or a macro: the first two
+# alternatives are schedules that are always valid, so that generated
+# requests reach the route; the last is everything cron.parse might take.
+_SCHEDULE = {
+    "type": "string",
+    "pattern": (
+        f"^(({'|'.join(cron.MACROS)})|[1-9] [1-9] [1-9] [1-9] [0-6]|"
+        f"[{_SPACE}]*(@[^{_SPACE}]+|[^{_SPACE}]+([{_SPACE}]+[^{_SPACE}]+){{4,6}})[{_SPACE}]*)$"
+    ),
+    "examples": ["*/5 * * * *", "@daily", "0 9 * * MON-FRI", "CRON_TZ=Europe/Berlin 30 2 * * *"],
+}
+# check_command: not blank, one line, no NUL, at most MAX_COMMAND bytes.
+# Said as "has a non-space" and "has no line break or NUL" (patterns are
+# searches), not as one anchored pattern: a client generating commands
+# that break an anchored one filters random text for a line break, slowly.
+_COMMAND = {
+    "type": "string",
+    "maxLength": MAX_COMMAND,
+    "allOf": [{"pattern": f"[^{_SPACE}]"}, {"not": {"pattern": "[\\r\\n\\x00]"}}],
+}
+# TaskBook._check_job_name: 1 to 200 characters, none of them whitespace.
+_JOB_NAME = {"type": "string", "pattern": f"^[^{_SPACE}]{{1,200}}$"}
+_NO_NUL = "^[^\\x00]*$"
+# tasks.parse_time: ISO 8601 with its offset, or Unix seconds up to the year 9999.
+_TIME_INPUT = {
+    "anyOf": [
+        {"type": "string", "format": "date-time", "maxLength": 64},
+        {"type": "number", "minimum": 0, "maximum": 253402300799},
+        {"type": "null"},
+    ]
+}
 
 
 def _option_schema(name: str, hint: Any, default: Any) -> dict[str, Any]:
     """A task option's schema from its type in TaskOptions and its bounds in tasks.py."""
-    if get_origin(hint) is Mapping:
-        return {"type": "object", "additionalProperties": {"type": "string"}, "default": {}}
+    if get_origin(hint) is Mapping:  # env, as check_env takes it (null is no variables)
+        return {
+            "type": ["object", "null"],
+            "propertyNames": {"pattern": ENV_NAME.pattern},
+            "additionalProperties": {"type": "string", "pattern": _NO_NUL},
+            "default": {},
+        }
     kinds = get_args(hint) or (hint,)
     types = [_JSON_TYPES[kind] for kind in kinds]
     schema: dict[str, Any] = {"type": types[0] if len(types) == 1 else types}
@@ -64,10 +150,18 @@ def _option_schema(name: str, hint: Any, default: Any) -> dict[str, Any]:
         schema["maximum"] = bounds.high
     if name == "target":
         schema["description"] = "any, all, worker:<name> or label:<label>"
+        schema["pattern"] = _portable(TARGET.pattern)
     if name == "timezone":
-        schema["description"] = "an IANA time zone for the schedule, such as Europe/Berlin (default: the scheduler's)"
+        schema = {
+            "anyOf": [_ref("TimeZone"), {"type": "null"}],
+            "description": "an IANA time zone for the schedule, such as Europe/Berlin (default: the scheduler's)",
+        }
     if name == "pool":
         schema["pattern"] = POOL_NAME.pattern
+    if name == "cwd":
+        schema.update(minLength=1, maxLength=4096, pattern=_NO_NUL)
+    if name == "pauseReason":
+        schema.update(maxLength=MAX_REASON, pattern="^[^\\n]*$")
     if name == "pausedUntil":
         schema = {"type": ["string", "null"], "format": "date-time", "description": "resumes by itself then"}
     if default is not None:
@@ -89,6 +183,22 @@ _OPTIONS: dict[str, Any] = {
     name: _option_schema(name, hint, getattr(DEFAULT_OPTIONS, name))
     for name, hint in get_type_hints(TaskOptions).items()
 }
+# As requests may give them: a time to resume at may also be Unix seconds.
+_REQUEST_OPTIONS: dict[str, Any] = {**_OPTIONS, "pausedUntil": {**_TIME_INPUT, "description": "resumes by itself then"}}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """*schema* or null: the run routes drop a field given as null, as if left out."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+# POST /api/tasks: a pause's time and reason go with paused: true (TaskOptions.from_mapping).
+_GOES_WITH_PAUSED = {
+    "dependentSchemas": {
+        name: {"anyOf": [{"required": ["paused"], "properties": {"paused": {"const": True}}}, {"properties": {name: {"type": "null"}}}]}
+        for name in ("pausedUntil", "pauseReason")
+    }
+}
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
@@ -102,6 +212,13 @@ def _tagged(response: dict[str, Any]) -> dict[str, Any]:
     """A task response, with the ETag header it carries."""
     return {**response, "headers": {"ETag": {"description": "The task's version, for If-Match", "schema": {"type": "string"}}}}
 
+
+_HTML = {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
+# The dashboard's files as they are installed, and their types as File serves them.
+_STATIC_FILES = sorted(path.name for path in static_root().iterdir() if path.is_file())
+_STATIC_TYPES = sorted(
+    {File.contentTypes.get("." + name.rpartition(".")[2], "application/octet-stream") for name in _STATIC_FILES}
+)
 
 _COMMON_ERRORS = {
     "400": _error("Malformed JSON, a missing or mistyped field, or an invalid schedule"),
@@ -122,12 +239,14 @@ OPENAPI: dict[str, Any] = {
                 "required": ["schedule", "command"],
                 "additionalProperties": False,
                 "properties": {
-                    "schedule": {"type": "string", "examples": ["*/5 * * * *", "@daily", "0 9 * * MON-FRI"]},
-                    "command": {"type": "string"},
-                    "jobName": {"type": "string"},
-                    **_OPTIONS,
+                    "schedule": _SCHEDULE,
+                    "command": _COMMAND,
+                    "jobName": {**_JOB_NAME, "type": ["string", "null"], "description": "default: task_<id>"},
+                    **_REQUEST_OPTIONS,
                 },
+                **_GOES_WITH_PAUSED,
             },
+            "TimeZone": {"enum": sorted(available_timezones()), "description": "An IANA time zone"},
             "Task": {
                 "type": "object",
                 "required": ["id", "jobName", "schedule", "command", "nextRun"],
@@ -155,26 +274,21 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "description": "Any of a task's fields; the rest stay as they are",
-                "properties": {
-                    "schedule": {"type": "string"},
-                    "command": {"type": "string"},
-                    "jobName": {"type": "string"},
-                    **_OPTIONS,
-                },
+                "properties": {"schedule": _SCHEDULE, "command": _COMMAND, "jobName": _JOB_NAME, **_REQUEST_OPTIONS},
             },
             "Pause": {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    "until": {"type": ["string", "null"], "format": "date-time", "description": "resume by itself then"},
-                    "reason": {"type": ["string", "null"], "maxLength": MAX_REASON},
+                    "until": {**_TIME_INPUT, "description": "resume by itself then"},
+                    "reason": _OPTIONS["pauseReason"],
                 },
             },
             "RunOverrides": {
                 "type": "object",
                 "additionalProperties": False,
                 "description": "What this one run uses instead of the task's own",
-                "properties": {name: _OPTIONS[name] for name in RUN_OVERRIDES},
+                "properties": {name: _nullable(_REQUEST_OPTIONS[name]) for name in RUN_OVERRIDES},
             },
             "Revision": {
                 "type": "object",
@@ -199,11 +313,8 @@ OPENAPI: dict[str, Any] = {
                 "required": ["command"],
                 "additionalProperties": False,
                 "properties": {
-                    "command": {"type": "string"},
-                    "target": _OPTIONS["target"],
-                    "timeout": _OPTIONS["timeout"],
-                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "cwd": {"type": ["string", "null"]},
+                    "command": _COMMAND,
+                    **{name: _nullable(_REQUEST_OPTIONS[name]) for name in ("target", "timeout", "env", "cwd")},
                 },
             },
             "Job": {
@@ -508,10 +619,15 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Jobs, newest first",
                 "parameters": [
                     {"name": "status", "in": "query", "schema": {"enum": _STATUSES}},
-                    {"name": "task", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "task", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID}},
                     {"name": "worker", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
-                    {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "only ids below this (paging)"},
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID},
+                        "description": "only ids below this (paging)",
+                    },
                 ],
                 "responses": {"200": _json({"type": "array", "items": _ref("Job")}, "Jobs"), "400": _error("Bad filter")},
             },
@@ -564,21 +680,49 @@ OPENAPI: dict[str, Any] = {
         "/api/events": {
             "get": {
                 "summary": "Live feed (Server-Sent Events): task, job, worker, output and maintenance events",
-                "parameters": [{"name": "job", "in": "query", "schema": {"type": "integer"}, "description": "also stream this job's output"}],
-                "responses": {"200": {"description": "Event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                "parameters": [
+                    {
+                        "name": "job",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID},
+                        "description": "also stream this job's output",
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "Event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "400": _error("job is not an id"),
+                    "503": _error("Too many live-feed clients"),
+                },
             }
         },
         "/ws/worker": {
             "get": {
                 "summary": "Worker WebSocket (see docs/protocol.md)",
                 "security": [{}],
-                "responses": {"101": {"description": "Switching protocols"}, "401": {"description": "Bad or missing worker token"}},
+                "responses": {
+                    "101": {"description": "Switching protocols"},
+                    "426": {
+                        **_error("Not a WebSocket upgrade (a plain GET)"),
+                        "headers": {"Upgrade": {"schema": {"const": "websocket"}}},
+                    },
+                    # Autobahn's handshake answers these itself, without a body.
+                    "400": {"description": "A malformed WebSocket handshake"},
+                    "401": {"description": "Bad or missing worker token"},
+                    "403": {"description": "A browser (it sent an Origin)"},
+                },
             }
         },
-        "/": {"get": {"summary": "The dashboard", "security": [{}], "responses": {"200": {"description": "HTML"}}}},
+        "/": {"get": {"summary": "The dashboard", "security": [{}], "responses": {"200": _HTML}}},
         "/static/{path}": {
-            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": {"summary": "Dashboard files", "security": [{}], "responses": {"200": {"description": "A file"}, "404": {"description": "No such file"}}},
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"enum": _STATIC_FILES}}],
+            "get": {
+                "summary": "Dashboard files",
+                "security": [{}],
+                "responses": {
+                    "200": {"description": "A file", "content": {kind: {"schema": {"type": "string"}} for kind in _STATIC_TYPES}},
+                    "404": {"description": "No such file", "content": {"text/html": {"schema": {"type": "string"}}}},
+                },
+            },
         },
     },
 }
@@ -592,6 +736,7 @@ _GUARD_ERRORS = {
     ),
     "403": _error("Host not in --allowed-hosts, or a request that changes state from another Origin"),
     "408": _error("The request did not arrive whole within --http-request-timeout seconds"),
+    "413": _COMMON_ERRORS["413"],
 }
 
 
@@ -603,6 +748,8 @@ def _add_guard_errors(paths: dict[str, Any]) -> None:
             responses = operation["responses"]
             for code, response in _GUARD_ERRORS.items():
                 responses.setdefault(code, response)
+            if method == "post":  # json_or_bodiless: a body, or a Content-Type, other than JSON
+                responses.setdefault("415", _COMMON_ERRORS["415"])
             if not is_public(path.replace("{path}", "file")):
                 responses.setdefault("401", _COMMON_ERRORS["401"])
 

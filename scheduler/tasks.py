@@ -78,7 +78,7 @@ def check_env(env: object) -> dict[str, str]:
     if env is None:
         return {}
     if not isinstance(env, dict) or not all(
-        isinstance(key, str) and ENV_NAME.match(key) and isinstance(value, str) and "\0" not in value
+        isinstance(key, str) and ENV_NAME.fullmatch(key) and isinstance(value, str) and "\0" not in value
         for key, value in env.items()
     ):
         raise TaskError("env must be an object of variable names (letters, digits, _) to string values")
@@ -175,7 +175,7 @@ class TaskOptions:
         """Build options from JSON-ish data, rejecting wrong types and values."""
         defaults = cls()
         target = data.get("target", defaults.target)
-        if not isinstance(target, str) or not TARGET.match(target):
+        if not isinstance(target, str) or not TARGET.fullmatch(target):
             raise TaskError(
                 "target must be 'any', 'all', 'worker:<name>' or 'label:<label>'"
             )
@@ -214,7 +214,7 @@ class TaskOptions:
                 f"maxConcurrent must be an integer from {MAX_CONCURRENT_RANGE.low} to {MAX_CONCURRENT_RANGE.high}"
             )
         pool = data.get("pool")
-        if pool is not None and (not isinstance(pool, str) or not POOL_NAME.match(pool)):
+        if pool is not None and (not isinstance(pool, str) or not POOL_NAME.fullmatch(pool)):
             raise TaskError("pool must be a name of 1 to 100 letters, digits, '.', '_' or '-'")
         jitter = data.get("jitter", defaults.jitter)
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or jitter not in JITTER_RANGE:
