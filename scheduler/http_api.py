@@ -332,7 +332,8 @@ class SchedulerHTTP:
         limit = _int_arg(request, "limit", 100, 1, 1000) or 100
         before = _int_arg(request, "before", None, 1, 10**18)
         revisions = await self._changes.revisions(number, limit, before)
-        if not revisions and self._state.book.get(number) is None and before is None:
+        # A task removed since still has its history; one never seen has none.
+        if not revisions and self._state.book.get(number) is None and not await self._changes.revisions(number, 1):
             raise ApiError(404, f"no task with id {task_id} and no revisions of one")
         return _json(request, 200, [revision_json(revision, self._tz) for revision in revisions])
 

@@ -65,7 +65,13 @@ def _error(description: str) -> dict[str, Any]:
 _STATUSES = [status.value for status in JobStatus]
 # Ids are at most 18 digits (_path_id and _int_arg in http_api.py).
 _MAX_ID = 10**18
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID}}
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID},
+    "examples": {"first": {"value": 1}},
+}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
 
@@ -192,7 +198,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-# POST /api/tasks: a pause's time and reason go with paused: true (TaskOptions.from_mapping).
+# POST /api/tasks and PATCH: a pause's time and reason go with paused: true
+# in the same request (TaskOptions.from_mapping, TaskChanges.edit).
 _GOES_WITH_PAUSED = {
     "dependentSchemas": {
         name: {"anyOf": [{"required": ["paused"], "properties": {"paused": {"const": True}}}, {"properties": {name: {"type": "null"}}}]}
@@ -204,7 +211,9 @@ _IF_MATCH = {
     "in": "header",
     "required": False,
     "schema": {"type": "string"},
-    "description": "The ETag the change is based on; a task that has changed since gets 412",
+    # "*" matches any version: the change is made whatever it is now.
+    "examples": {"any version": {"value": "*"}},
+    "description": "The ETag the change is based on (or * for any); a task that has changed since gets 412",
 }
 
 
@@ -274,6 +283,7 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "description": "Any of a task's fields; the rest stay as they are",
+                **_GOES_WITH_PAUSED,
                 "properties": {"schedule": _SCHEDULE, "command": _COMMAND, "jobName": _JOB_NAME, **_REQUEST_OPTIONS},
             },
             "Pause": {

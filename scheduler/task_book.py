@@ -142,6 +142,20 @@ class TaskBook:
         What is not given stays as it was; the result is checked like a new
         task.  Unknown keys of its record are kept.
         """
+        task = self.replacement(task_id, schedule=schedule, command=command, options=options, job_name=job_name)
+        self._tasks[task_id] = task
+        return task
+
+    def replacement(
+        self,
+        task_id: int,
+        *,
+        schedule: str | None = None,
+        command: str | None = None,
+        options: TaskOptions | None = None,
+        job_name: str | None = None,
+    ) -> Task:
+        """What ``replace`` would make of the task, checked, without changing the book."""
         old = self._tasks.get(task_id)
         if old is None:
             raise TaskNotFound(f"no task with id {task_id}")
@@ -155,7 +169,7 @@ class TaskBook:
             check_command(command)
         if job_name is not None and job_name != old.job_name:
             self._check_job_name(job_name, task_id)
-        task = Task(
+        return Task(
             task_id,
             job_name if job_name is not None else old.job_name,
             parsed,
@@ -163,8 +177,6 @@ class TaskBook:
             options,
             old.extra,
         )
-        self._tasks[task_id] = task
-        return task
 
     def restore(self, task_id: int, record: TaskRecord) -> Task:
         """Put *record* back as task *task_id* (a revision being restored), replacing it if there."""

@@ -85,6 +85,12 @@ class TaskChanges:
             if name in changes and not isinstance(changes[name], str):
                 raise TaskError(f"{name} must be a string")
         option_changes = {name: value for name, value in changes.items() if name in OPTION_KEYS}
+        # As when a task is added: a pause's end and reason come with the
+        # pause itself, so a request means the same whatever the task was.
+        if (changes.get("pausedUntil") is not None or changes.get("pauseReason") is not None) and changes.get(
+            "paused"
+        ) is not True:
+            raise TaskError("pausedUntil and pauseReason go with paused: true")
         if option_changes.get("paused") is False:
             # Unpaused, as by resume: the pause's end time and reason go with it.
             option_changes.setdefault("pausedUntil", None)
@@ -96,16 +102,25 @@ class TaskChanges:
                 option_changes["timezone"] = zone
 
         def apply(book: TaskBook) -> tuple[Task, Task]:
-            old = self._find(book, key, if_match)
+            old = self._find(book, key, None)
             options = old.options.evolve(**option_changes) if option_changes else None
             if "pausedUntil" in option_changes and options is not None:
                 self._check_until(options.pausedUntil)
-            return old, book.replace(
+            new = book.replacement(
                 old.id,
                 schedule=changes.get("schedule"),
                 command=changes.get("command"),
                 job_name=changes.get("jobName"),
                 options=options,
+            )
+            # A change that would be refused anyway says why, stale or not.
+            self._check_version(old, if_match)
+            return old, book.replace(
+                old.id,
+                schedule=changes.get("schedule"),
+                command=changes.get("command"),
+                job_name=changes.get("jobName"),
+                options=new.options,
             )
 
         return self._change("edit", by, apply)
@@ -208,9 +223,12 @@ class TaskChanges:
         task = book.get(key) if isinstance(key, int) else book.find(key)
         if task is None:
             raise TaskNotFound(f"no task with id {key}")
+        self._check_version(task, if_match)
+        return task
+
+    def _check_version(self, task: Task, if_match: str | None) -> None:
         if if_match is not None and if_match.strip() not in ("*", etag(task)):
             raise StaleTask(f"task {task.id} has changed since it was read (its ETag is now {etag(task)})")
-        return task
 
     def _change(
         self,

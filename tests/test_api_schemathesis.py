@@ -94,6 +94,14 @@ def test_the_api_keeps_its_openapi_contract(tmp_path: Path) -> None:
                 int(os.environ.get("SCHEMATHESIS_SEED", "1")),
             )
         )
+        # Task 1 and its job: the documented example id, so routes on one
+        # task or job have something to act on besides 404s.
+        for path, body in (("/api/tasks", {"schedule": "@daily", "command": "true"}), ("/api/tasks/1/run", {})):
+            posted = urllib.request.Request(
+                f"{running.url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(posted, timeout=10) as answer:
+                assert answer.status in (201, 202)
         worker = urllib.request.Request(f"{running.url}/ws/worker")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(worker, timeout=10)

@@ -331,7 +331,7 @@ async def test_a_job_runs_again_with_the_same_inputs_env_included(api: Api) -> N
         api, "POST", f"/api/tasks/{task['id']}/run", {"env": {"SECRET": "s3"}, "cwd": "there", "timeout": 7}
     )
     assert code == 202 and "env" not in first  # the job JSON does not show the environment
-    code, again, headers = await call(api, "POST", f"/api/jobs/{first['id']}/rerun", raw=b"", headers=DASHBOARD)
+    code, again, _ = await call(api, "POST", f"/api/jobs/{first['id']}/rerun", raw=b"", headers=DASHBOARD)
     assert code == 202, again
     assert (again["taskId"], again["cwd"], again["timeout"], again["target"]) == (task["id"], "there", 7, "any")
     assert again["triggeredBy"]["kind"] == "dashboard"
