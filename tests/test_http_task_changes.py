@@ -337,5 +337,5 @@ async def test_a_job_runs_again_with_the_same_inputs_env_included(api: Api) -> N
     assert again["triggeredBy"]["kind"] == "dashboard"
     stored = await api.service.job_store.get(again["id"])
     assert stored is not None and dict(stored.env) == {"SECRET": "s3"}
-    code, error, _ = await call(api, "POST", "/api/jobs/999999/rerun", raw=b"")
+    code, _, _ = await call(api, "POST", "/api/jobs/999999/rerun", raw=b"")
     assert code == 404
