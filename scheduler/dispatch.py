@@ -693,6 +693,10 @@ class Dispatcher:
                 self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
                 self._lost_timers.start(job.id, self.lost_after, self._lost_timeout, job.id, job.worker)
 
+    def resume_retries(self, ended: list[Job]) -> None:
+        """Arm the retries the previous run owed (``Retries.resume``)."""
+        self._retries.resume(ended)
+
     def live_output(self, job_id: int) -> str | None:
         """Kept output of an active job, or None if it is not active."""
         if self.jobs.get(job_id) is None:

@@ -4,11 +4,15 @@ A job of a task that failed, timed out or was lost runs again, as a new job
 with attempt + 1, after ``retryDelay · 2^(attempt-1)`` seconds, while
 ``attempt <= retries`` (both bounded in ``scheduler.tasks``).  Jobs run
 with ``POST /api/jobs`` (no task) are not retried.
+
+The timers live in memory; the job history is what survives a restart.  A
+retry is a later job of its task, so a task whose newest job ended badly
+is owed one, and ``resume`` arms it again at start-up, due when it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -67,6 +71,36 @@ class Retries:
             delay=delay,
         )
         self._timers.start(job.id, delay, self._retry, job, task.id)
+
+    def resume(self, ended: Iterable[Job]) -> None:
+        """Arm again the retries a previous run of the scheduler still owed.
+
+        *ended* are the jobs with no later job of their task (the job
+        history's ``unretried``).  Each retry is due ``retry_delay`` after
+        its job finished, as it was before the restart, or at once if that
+        time has passed; one timer per job, and its job not yet created, is
+        what makes it run once.  The task's options now in force decide,
+        as they do for a retry armed while running.
+        """
+        now = self._clock.seconds()
+        for job in ended:
+            if job.status not in RETRIED or job.task_id is None:
+                continue
+            task = self._task(job.task_id)
+            if task is None or job.attempt > task.options.retries:
+                continue
+            ended_at = job.finished_at if job.finished_at is not None else job.created_at
+            due = ended_at + retry_delay(task.options, job.attempt)
+            log.info(
+                "job {job_id} {status} before the restart: retry {attempt} of {retries} for {job_name} in {delay:g}s",
+                job_id=job.id,
+                status=job.status.value,
+                attempt=job.attempt,
+                retries=task.options.retries,
+                job_name=task.job_name,
+                delay=max(0.0, due - now),
+            )
+            self._timers.start(job.id, max(0.0, due - now), self._retry, job, task.id)
 
     def _retry(self, job: Job, task_id: int) -> None:
         # The task may have been removed in the meantime.

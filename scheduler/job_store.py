@@ -78,6 +78,14 @@ class JobHistory(JobRecorder, Protocol):
     def last_scheduled(self) -> dict[int, float]:
         """The latest scheduled time recorded for each task."""
 
+    def unretried(self) -> list[Job]:
+        """Each task's newest job, where it ended failed, timed out or lost, oldest first.
+
+        A retry is a later job of its task, so these are the jobs whose
+        retry may still be owed: the retry timers of the last run of the
+        scheduler lived in memory, and start-up arms them again from here.
+        """
+
     def max_job_id(self) -> int:
         """The highest job id ever stored, even if that job was pruned since."""
 

@@ -97,6 +97,8 @@ class SchedulerService(MultiService):
             keys_since = clock.seconds() - JobBook.FIRED_HORIZON
             keys = self.job_store.recent_keys(keys_since)
             self._last_scheduled = self.job_store.last_scheduled()
+            # Retry timers lived in memory: the history says which are owed.
+            self._unretried = self.job_store.unretried()
             max_id = self.job_store.max_job_id()
             # A removed task's id must not come back after a restart: its
             # jobs and revisions would pass for the new task's.
@@ -296,6 +298,8 @@ class SchedulerService(MultiService):
         self.feed.start()
         self.pauses.start()
         self.fires.run_missed(self._last_scheduled, self.reactor.seconds())
+        self.dispatcher.resume_retries(self._unretried)
+        self._unretried = []
         self.dispatcher.pump()
 
     def stopService(self) -> Deferred[None]:

@@ -339,3 +339,48 @@ async def test_a_job_runs_again_with_the_same_inputs_env_included(api: Api) -> N
     assert stored is not None and dict(stored.env) == {"SECRET": "s3"}
     code, _, _ = await call(api, "POST", "/api/jobs/999999/rerun", raw=b"")
     assert code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pending_retry_survives_a_restart(tmp_path: Path, reactor: Any) -> None:
+    from twisted.internet.task import deferLater
+
+    from scheduler.jobs import Job, JobStatus
+
+    first = await make_api(tmp_path, reactor)
+    try:
+        task = await add(first, schedule="0 0 1 1 *", retries=1, retryDelay=8)
+        # Attempt 1 failed 7.5 s ago: its retry is due 0.5 s from now, and
+        # its timer dies with this scheduler.
+        ended = reactor.seconds() - 7.5
+        await first.service.job_store.put(
+            Job(
+                1, "echo hi", created_at=ended - 1, task_id=task["id"], key=f"{task['id']}@1000",
+                scheduled_at=1000.0, status=JobStatus.FAILED, exit_code=1, started_at=ended - 1, finished_at=ended,
+            )
+        )
+    finally:
+        await close_api(first)
+
+    second = await make_api(tmp_path, reactor)
+    second.service.startService()
+    try:
+        _, link = second.connect_worker()
+        assert [m for m in link.sent if m["type"] == "run"] == []  # not before it is due
+        retry = None
+        for _ in range(40):
+            retry = next((job for job in second.service.jobs if job.attempt == 2), None)
+            if retry is not None:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert retry is not None and reactor.seconds() >= ended + 8
+        assert retry.key == f"{task['id']}@1000#2" and retry.triggered_by is not None and retry.triggered_by.job == 1
+        assert (await sent_run(link, retry.id))["job"] == retry.id
+    finally:
+        await second.service.stopService()
+    # Once: the history now holds the retry, and a third start owes nothing.
+    third = await make_api(tmp_path, reactor)
+    try:
+        assert third.service.job_store.unretried() == []
+    finally:
+        await close_api(third)

@@ -52,3 +52,63 @@ def test_keyed_timers_keep_one_call_per_key_and_stop_them_all() -> None:
     timers.stop()
     clock.advance(10)
     assert calls == ["two"] and 1 not in timers
+
+
+def test_retries_owed_before_a_restart_are_armed_again_due_when_they_were() -> None:
+    from datetime import UTC
+
+    from twisted.internet.task import Clock
+
+    from scheduler import cron
+    from scheduler.job_book import JobBook
+    from scheduler.job_retry import Retries
+    from scheduler.jobs import JobStatus
+    from scheduler.tasks import Task
+
+    clock = Clock()
+    clock.advance(1000)
+    every_minute = cron.parse("* * * * *", UTC)
+    tasks = {
+        1: Task(1, "task_1", every_minute, "a", TaskOptions(retries=1, retryDelay=8.0)),
+        2: Task(2, "task_2", every_minute, "b", TaskOptions(retries=2, retryDelay=10.0)),
+        3: Task(3, "task_3", every_minute, "c", TaskOptions(retries=1, retryDelay=8.0)),
+        4: Task(4, "task_4", every_minute, "d", TaskOptions(retries=0)),
+    }
+    submitted: list[Job] = []
+
+    def submit(job: Job) -> Job:
+        submitted.append(job)
+        return job
+
+    retries = Retries(clock, JobBook(clock, next_id=100), tasks.get, submit)
+
+    def ended(job_id: int, task_id: int, status: JobStatus, finished_at: float, attempt: int = 1) -> Job:
+        return Job(
+            job_id, "x", created_at=finished_at - 1, task_id=task_id, key=f"{task_id}@960",
+            scheduled_at=960.0, attempt=attempt, status=status, finished_at=finished_at,
+        )
+
+    retries.resume(
+        [
+            ended(1, 1, JobStatus.FAILED, 995.0),  # due at 1003
+            ended(2, 2, JobStatus.TIMED_OUT, 950.0, attempt=2),  # 20 s backoff, due at 970: at once
+            ended(3, 3, JobStatus.FAILED, 990.0, attempt=2),  # its one retry has run
+            ended(4, 4, JobStatus.LOST, 999.0),  # no retries
+            ended(5, 9, JobStatus.FAILED, 999.0),  # its task is gone
+            ended(6, 1, JobStatus.SUCCEEDED, 999.0),  # not a status that retries
+        ]
+    )
+    clock.advance(0)
+    assert [(job.task_id, job.attempt, job.key) for job in submitted] == [(2, 3, "2@960#3")]
+    clock.advance(2.9)
+    assert len(submitted) == 1
+    clock.advance(0.1)
+    assert [(job.task_id, job.attempt, job.key) for job in submitted[1:]] == [(1, 2, "1@960#2")]
+    assert submitted[1].triggered_by is not None and submitted[1].triggered_by.job == 1
+    # One timer per job: a job's retry armed twice (as it ends, and from
+    # the history) still runs once.
+    again = ended(7, 1, JobStatus.FAILED, clock.seconds())
+    retries.after(again)
+    retries.resume([again])
+    clock.advance(100)
+    assert [job.key for job in submitted[2:]] == ["1@960#2"] and submitted[2].attempt == 2

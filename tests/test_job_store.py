@@ -93,11 +93,35 @@ async def test_history_survives_close_and_reopen(stores: Opener) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_unretried_lists_each_tasks_newest_job_where_it_ended_badly(stores: Opener) -> None:
+    first = stores()
+    failed = JobStatus.FAILED
+    jobs = [
+        finished(1, 1100.0, task_id=1, key="1@1000", status=failed),
+        # Task 1's retry ran: its first attempt is owed nothing.
+        finished(2, 1110.0, task_id=1, key="1@1000#2", attempt=2, status=failed),
+        finished(3, 1100.0, task_id=2, key="2@1000", status=JobStatus.TIMED_OUT),
+        finished(4, 1100.0, task_id=3, key="3@1000", status=failed),
+        finished(5, 1200.0, task_id=3, key="3@1060"),  # a later run succeeded
+        finished(6, 1100.0, task_id=4, key="4@1000", status=JobStatus.CANCELLED),
+        job(7, task_id=5, key="5@1000", status=JobStatus.LOST, finished_at=1100.0),
+        finished(8, 1100.0, command="adhoc", status=failed),  # no task: not retried
+        finished(9, 1100.0, task_id=6, key="6@1000", status=failed),
+        job(10, task_id=6, key="6@1060", status=JobStatus.RUNNING, worker="w1"),
+    ]
+    for each in jobs:
+        first.put(each)
+    await first.close()
+    assert [each.id for each in stores().unretried()] == [2, 3, 7]
+
+
+@pytest_twisted.ensureDeferred
 async def test_empty_store_and_pruned_ids_are_not_reused(stores: Opener) -> None:
     store = stores(keep_seconds=10.0)
     assert store.load_active() == []
     assert store.recent_keys(0.0) == set()
     assert store.last_scheduled() == {}
+    assert store.unretried() == []
     assert store.max_job_id() == 0
     assert store.max_task_id() == 0
     await store.put(finished(41, 100.0))

@@ -42,7 +42,7 @@ from scheduler.job_history.sqlite_schema import (
     row_job,
     row_revision,
 )
-from scheduler.jobs import Job, fire_key
+from scheduler.jobs import Job, JobStatus, fire_key
 from scheduler.triggers import Revision
 
 log = Logger()
@@ -50,6 +50,9 @@ log = Logger()
 # Errors caused by one record's content, not by the database: SQLite undoes
 # only the failing statement, so the rest of the batch can still commit.
 _BAD_RECORD = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, ValueError, OverflowError)
+
+# The statuses a task's retries apply to (scheduler.job_retry.RETRIED).
+_RETRIED_SQL = ", ".join(f"'{status.value}'" for status in (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.LOST))
 
 # Well under SQLite's limit on bound parameters, even in old builds.
 _DELETE_CHUNK = 500
@@ -149,6 +152,16 @@ class SqliteDatabase:
             "WHERE task_id IS NOT NULL AND scheduled_at IS NOT NULL GROUP BY task_id"
         )
         return {int(task_id): float(when) for task_id, when in rows}
+
+    def unretried(self) -> list[Job]:
+        # The newest job of each task (the (task_id, id) index answers the
+        # MAX per task), kept if it ended in a status that retries: a retry
+        # is a later job of the same task, so a newest job has none yet.
+        rows = self._rows(
+            f"{SELECT_JOB} WHERE id IN (SELECT MAX(id) FROM jobs WHERE task_id IS NOT NULL GROUP BY task_id) "
+            f"AND status IN ({_RETRIED_SQL}) ORDER BY id"
+        )
+        return [row_job(row) for row in rows]
 
     def max_task_id(self) -> int:
         rows = self._rows(

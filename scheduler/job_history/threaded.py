@@ -59,6 +59,9 @@ class ThreadedJobHistory:
     def last_scheduled(self) -> dict[int, float]:
         return self._database.last_scheduled()
 
+    def unretried(self) -> list[Job]:
+        return self._database.unretried()
+
     def max_job_id(self) -> int:
         return self._database.max_job_id()
 
