@@ -142,6 +142,15 @@ class CronEngine:
         fires.sort()
         return fires
 
+    def skip_to(self, now: float) -> None:
+        """Hand out nothing up to *now*: the clock stepped forward to it.
+
+        The times skipped are the caller's to handle, as downtime (each
+        task's missed-run policy), not a burst of catch-up fires.
+        """
+        if now > self._last:
+            self._restart(now)
+
     def _restart(self, now: float) -> None:
         self._heap.clear()
         for group in self._groups.values():

@@ -98,12 +98,22 @@ class FireHandler:
 
         *last_scheduled* is each task's last scheduled time in the job history.
         """
+        self._catch_up(last_scheduled.get, now, "while the scheduler was down")
+
+    def run_skipped(self, since: float, now: float) -> None:
+        """The clock stepped forward from *since* to *now*: downtime, as after a restart.
+
+        Every task's missed-run policy decides what of (since, now] runs.
+        """
+        self._catch_up(lambda task_id: since, now, "skipped by the clock step")
+
+    def _catch_up(self, last_of: Callable[[int], float | None], now: float, why: str) -> None:
         if self._holding():
-            log.info("maintenance is on: runs missed while the scheduler was down are not caught up")
+            log.info("maintenance is on: runs missed {why} are not caught up", why=why)
             return
         book = self._book()
         for task in book:
-            last = last_scheduled.get(task.id)
+            last = last_of(task.id)
             if last is None or task.options.missed == "skip" or task.options.paused:
                 continue
             times = missed_times(task.schedule, last, now, task.options.missed, task.options.missedCap)

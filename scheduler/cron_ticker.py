@@ -26,7 +26,28 @@ class CronTicker(Service):
     jobs start on the second rather than some milliseconds after it.
     ``lag`` records how late the last tick ran after its planned time, for
     the metrics.
+
+    Each tick also compares how far the wall clock moved since the last one
+    with how far *monotonic* did.  A stall (a blocked reactor) moves both,
+    and its late tick hands on what it owes.  A step forward (the clock set,
+    a suspended VM waking) moves only the wall clock: the times it skipped
+    are downtime, handed to ``on_downtime(since, now)`` (each task's missed
+    policy) rather than fired in a burst.  A step back needs nothing: the
+    engine hands out no time twice, and the next tick comes when the wall
+    clock passes the second it is aimed at.  Either is logged once, with its
+    size, and told to ``step_listeners`` (the metrics).  Without
+    *monotonic* (tests on ``task.Clock``) the clock is its own reference and
+    no step is ever seen.
     """
+
+    #: Seconds a wall clock step must exceed to be one.  A step of a second
+    #: or two (chrony's default ``makestep`` threshold is 1 s) still fires
+    #: the second or two it passes, as a late tick does, rather than lose a
+    #: run to a routine time correction; anything larger is a clock set or a
+    #: suspend, and handled like downtime.  Lateness alone never counts: the
+    #: comparison is against the monotonic clock, so a tick 0.5 s or 30 s
+    #: late from a busy reactor still fires what it owes.
+    STEP = 2.0
 
     def __init__(
         self,
@@ -35,6 +56,9 @@ class CronTicker(Service):
         on_fires: Callable[[list[Fire]], None],
         interval: float = 1.0,
         lead: float = 0.0,
+        *,
+        monotonic: Callable[[], float] | None = None,
+        on_downtime: Callable[[float, float], None] = lambda since, now: None,
     ) -> None:
         if not 0 <= lead < interval:
             raise ValueError(f"lead must be at least 0 and less than the interval, got {lead}")
@@ -47,9 +71,17 @@ class CronTicker(Service):
         self._second = 0.0  # the second the next tick serves
         self.lag = 0.0
         self.ticks = 0
+        self._monotonic = monotonic if monotonic is not None else clock.seconds
+        self._on_downtime = on_downtime
+        # (wall, monotonic) at the last tick (or the start).
+        self._reference = (0.0, 0.0)
+        self.step_listeners: list[Callable[[str, float], None]] = []
+        #: The last step seen: its direction, size in seconds and wall time.
+        self.last_step: tuple[str, float, float] | None = None
 
     def startService(self) -> None:
         super().startService()
+        self._reference = (self._clock.seconds(), self._monotonic())
         self._schedule(self._clock.seconds())
 
     def stopService(self) -> None:
@@ -72,12 +104,56 @@ class CronTicker(Service):
         self._call = None
         now = self._clock.seconds()
         self.lag = max(0.0, now - (self._second - self._lead))
-        # Late past the second itself (a stall), everything due by now.
-        self.tick(max(self._second, now))
+        step = self._step(now)
+        if step > self.STEP:
+            self._skip(now - step, now)
+        else:
+            # Late past the second itself (a stall), everything due by now.
+            self.tick(max(self._second, now))
         if self.running:
             # From the time the tick's work ended, not began: callLater
             # counts from now, and a tick of thousands of fires takes a while.
             self._schedule(self._clock.seconds())
+
+    def _step(self, now: float) -> float:
+        """How far the wall clock moved since the last tick beyond the monotonic clock; logs a step."""
+        wall, steady = self._reference
+        mono = self._monotonic()
+        self._reference = (now, mono)
+        step = (now - wall) - (mono - steady)
+        if abs(step) <= self.STEP:
+            return step
+        direction = "forward" if step > 0 else "back"
+        self.last_step = (direction, abs(step), now)
+        if step > 0:
+            log.warn(
+                "the clock stepped forward {size:.1f}s: the fire times it skipped count as downtime "
+                "(each task's missed policy)",
+                size=step,
+            )
+        else:
+            log.warn(
+                "the clock stepped back {size:.1f}s: no scheduled time runs twice; "
+                "firing resumes as the clock passes the last second fired",
+                size=-step,
+            )
+        for listener in self.step_listeners:
+            try:
+                listener(direction, abs(step))
+            except Exception:
+                log.failure("clock step listener {listener!r} failed", listener=listener)
+        return step
+
+    def _skip(self, owed: float, now: float) -> None:
+        """What was due by *owed* (the wall time had the clock not stepped) fires; (owed, now] is downtime."""
+        try:
+            if owed > self._engine.last_tick:
+                self.tick(owed)
+            since = max(owed, self._engine.last_tick)
+            self._engine.skip_to(now)
+            self._on_downtime(since, now)
+        except Exception:
+            log.failure("cron tick failed; ticking on")
 
     def tick(self, second: float) -> None:
         """Hand on what is due up to *second*.  Never raises, so ticking goes on."""

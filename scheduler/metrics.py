@@ -32,6 +32,14 @@ class SchedulerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.clock_steps = Counter(
+            "scheduler_clock_steps",
+            "Steps of the wall clock (against the monotonic clock) seen by the cron tick, by direction.",
+            ["direction"],
+            registry=self.registry,
+        )
+        for direction in ("forward", "back"):
+            self.clock_steps.labels(direction=direction)
         for name, doc, source in (
             ("scheduler_jobs_queued", "Jobs waiting for a worker.", queued),
             ("scheduler_jobs_running", "Jobs placed on a worker and not finished.", running),
@@ -44,6 +52,9 @@ class SchedulerMetrics:
     def job_changed(self, job: Job) -> None:
         if job.status.final:
             self.jobs_finished.labels(status=job.status.value).inc()
+
+    def clock_stepped(self, direction: str, size: float) -> None:
+        self.clock_steps.labels(direction=direction).inc()
 
     def job_started(self, job: Job, latency: float) -> None:
         self.dispatch_latency.observe(latency)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -132,7 +133,14 @@ class SchedulerService(MultiService):
             holding=lambda: self.maintenance.on,
             skipped=self._skipped_next,
         )
-        self.ticker = CronTicker(clock, self.engine, self.fires.on_fires, lead=self.FIRE_LEAD)
+        self.ticker = CronTicker(
+            clock,
+            self.engine,
+            self.fires.on_fires,
+            lead=self.FIRE_LEAD,
+            monotonic=time.monotonic,
+            on_downtime=self.fires.run_skipped,
+        )
         self.ticker.setServiceParent(self)
         self.pruner = TimerService(3600, self._prune)
         self.pruner.clock = clock
@@ -163,6 +171,7 @@ class SchedulerService(MultiService):
             tick_lag=lambda: self.ticker.lag,
         )
         self.jobs.listeners.append(self.metrics.job_changed)
+        self.ticker.step_listeners.append(self.metrics.clock_stepped)
         self.dispatcher.started_listeners.append(self.metrics.job_started)
         self.feed = EventHub(clock)
         self._connect_feed()

@@ -158,6 +158,9 @@ async def test_health_and_metrics(api: Api) -> None:
         "scheduler_cron_tick_lag_seconds",
     ):
         assert name in text
+    # Both directions from the start, at 0.
+    assert 'scheduler_clock_steps_total{direction="forward"} 0.0' in text
+    assert 'scheduler_clock_steps_total{direction="back"} 0.0' in text
 
 
 @pytest_twisted.ensureDeferred
