@@ -70,7 +70,9 @@ async def settled(treq: Any, deferred: Deferred[Any]) -> Any:
     # `called` is not enough: a Deferred waiting on a chained one is "called".
     while not outcome:
         treq.flush()
-        await deferLater(reactor, 0, lambda: None)
+        # A millisecond, not zero: a reactor that spins holds the GIL the
+        # thread pool and the job store's thread need to finish the work.
+        await deferLater(reactor, 0.001, lambda: None)
     result = outcome[0]
     if isinstance(result, Failure):
         result.raiseException()

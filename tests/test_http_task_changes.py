@@ -47,12 +47,14 @@ async def sent_run(link: Link, job_id: int) -> dict[str, Any]:
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    for _ in range(10_000):
+    # The record commits on the job store's thread: look again every few
+    # milliseconds (a count of reactor turns is no measure of that).
+    for _ in range(1000):
         for message in link.sent:
             if message["type"] == "run" and message["job"] == job_id:
                 return message
-        await deferLater(reactor, 0, lambda: None)
-    raise AssertionError(f"job {job_id} was never sent: {link.sent}")
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"job {job_id} was not sent within 10 s: {link.sent}")
 
 
 async def add(api: Api, **fields: Any) -> dict[str, Any]:
