@@ -637,6 +637,10 @@ class Dispatcher:
                 worker.running.discard(job.id)
             return self._finish(job, JobStatus.CANCELLED, reason="cancelled before it started")
         self._cancels.add(job.id)
+        if job.cancel_requested_at is None:
+            # Kept with the job, so a restart still owes the cancel (restore).
+            job = self.jobs.update(job, cancel_requested_at=self._clock.seconds())
+            self._recorder.put(job)
         worker = self.workers.get(job.worker or "")
         if worker is None:
             log.info(
@@ -683,6 +687,8 @@ class Dispatcher:
 
         Queued jobs queue again in their order; running ones wait for their
         worker to say hello, and are lost if it does not within lost_after.
+        A running job whose cancel was asked for keeps that cancel: it is
+        sent after its worker's welcome, or the job ends cancelled.
         """
         for job, last_seq in sorted(jobs, key=lambda pair: pair[0].id):
             self._tails.open(job.id, last_seq)
@@ -692,6 +698,8 @@ class Dispatcher:
             elif job.worker is not None:
                 self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
                 self._lost_timers.start(job.id, self.lost_after, self._lost_timeout, job.id, job.worker)
+                if job.cancel_requested_at is not None:
+                    self._cancels.add(job.id)
 
     def resume_retries(self, ended: list[Job]) -> None:
         """Arm the retries the previous run owed (``Retries.resume``)."""

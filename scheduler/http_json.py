@@ -59,6 +59,7 @@ def job_json(job: Job, tz: tzinfo, waiting: str | None = None) -> dict[str, Any]
         "scheduledAt": iso(job.scheduled_at, tz),
         "startedAt": iso(job.started_at, tz),
         "finishedAt": iso(job.finished_at, tz),
+        "cancelRequestedAt": iso(job.cancel_requested_at, tz),
         "duration": duration,
     }
 

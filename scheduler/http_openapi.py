@@ -351,6 +351,10 @@ OPENAPI: dict[str, Any] = {
                     "scheduledAt": _TIME,
                     "startedAt": _TIME,
                     "finishedAt": _TIME,
+                    "cancelRequestedAt": {
+                        **_TIME,
+                        "description": "When a cancel was asked for while the job ran; null if never",
+                    },
                     "duration": {"type": ["number", "null"]},
                     "waiting": {"type": ["string", "null"], "description": "why a queued job has not started yet"},
                 },

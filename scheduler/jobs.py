@@ -28,7 +28,9 @@ class JobStatus(StrEnum):
 # What may change once a job exists; everything else is fixed when it is
 # created.  The job store rewrites only these columns (and only the indexes
 # over them) when a job's state changes.
-MUTABLE_FIELDS = frozenset({"status", "worker", "exit_code", "signal", "started_at", "finished_at", "reason"})
+MUTABLE_FIELDS = frozenset(
+    {"status", "worker", "exit_code", "signal", "started_at", "finished_at", "reason", "cancel_requested_at"}
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     reason: str | None = None
+    # When a cancel was asked for while the job ran (None if never): kept
+    # until the job ends, across a restart, for a worker that is away.
+    cancel_requested_at: float | None = None
 
     def evolve(self, **changes: Any) -> Job:
         return replace(self, **changes)

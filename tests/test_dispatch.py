@@ -445,3 +445,67 @@ def test_every_job_says_what_triggered_it() -> None:
     world.clock.advance(5)
     (retry,) = [job for job in world.jobs if job.attempt == 2]
     assert retry.triggered_by == TriggeredBy.retry_of(failed.id)
+
+
+def _cancel_requested_running_job(world: World) -> Any:
+    """A running job on worker a whose cancel was asked for while a was away, as a restart finds it."""
+    first = World()
+    a, _ = first.connect("a")
+    job = first.dispatcher.run_now("x")[0]
+    first.dispatcher.disconnected(a)
+    kept = first.dispatcher.cancel(job.id)
+    assert kept.status is JobStatus.RUNNING and kept.cancel_requested_at == first.clock.seconds()
+    world.jobs.restore([kept], [], kept.id, keys_since=0.0)
+    world.dispatcher.restore([(kept, 0)])
+    return kept
+
+
+def test_a_kept_cancel_survives_a_restart_and_ends_the_job_cancelled_if_its_worker_never_returns() -> None:
+    world = World(lost_after=30)
+    job = _cancel_requested_running_job(world)
+    world.clock.advance(30)
+    assert world.ended[-1].id == job.id and world.ended[-1].status is JobStatus.CANCELLED
+    assert "did not come back within 30s" in world.ended[-1].reason
+
+
+def test_a_kept_cancel_survives_a_restart_and_follows_the_welcome_of_the_returning_worker() -> None:
+    world = World(lost_after=30)
+    job = _cancel_requested_running_job(world)
+    a, link = world.connect("a", jobs={job.id: ("running", 0)})
+    assert [m["type"] for m in link.sent] == ["welcome", "cancel"]
+    assert link.sent[-1] == {"type": "cancel", "job": job.id}
+    world.finish(a, job.id, exit_code=None, cancelled=True)
+    assert world.ended[-1].status is JobStatus.CANCELLED
+    world.clock.advance(30)  # no lost timer left behind
+    assert [each.id for each in world.ended] == [job.id]
+
+
+def test_a_kept_cancel_survives_a_restart_and_a_worker_back_without_the_job_ends_it_cancelled() -> None:
+    world = World(lost_after=30)
+    job = _cancel_requested_running_job(world)
+    _, link = world.connect("a")
+    assert [m["type"] for m in link.sent] == ["welcome"]
+    assert world.ended[-1].id == job.id and world.ended[-1].status is JobStatus.CANCELLED
+
+
+def test_cancel_of_a_running_job_is_recorded_once_with_when_it_was_asked() -> None:
+    world = World()
+    recorder = SlowRecorder()
+    world.dispatcher._recorder = recorder
+    puts: list[Any] = []
+    put = recorder.put
+    recorder.put = lambda job: puts.append(job) or put(job)  # type: ignore[method-assign]
+    world.connect("a")
+    job = world.dispatcher.run_now("x")[0]
+    recorder.commit()
+    asked = world.clock.seconds()
+    puts.clear()
+    world.dispatcher.cancel(job.id)
+    world.clock.advance(5)
+    again = world.dispatcher.cancel(job.id)
+    assert again.cancel_requested_at == asked
+    assert world.jobs.get(job.id).cancel_requested_at == asked  # type: ignore[union-attr]
+    assert [(each.id, each.status, each.cancel_requested_at) for each in puts] == [(job.id, JobStatus.RUNNING, asked)]
+    # Untouched: a job nobody cancelled.
+    other = world.dispatcher.run_now("y")[0]
+    assert other.cancel_requested_at is None

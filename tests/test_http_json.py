@@ -39,6 +39,12 @@ def test_job_json_times_are_in_the_schedulers_zone_with_a_duration() -> None:
     assert job_json(Job(4, "true", created_at=0.0), UTC)["duration"] is None
 
 
+def test_job_json_says_when_a_cancel_was_asked_for() -> None:
+    asked = Job(6, "sleep 9", created_at=0.0, status=JobStatus.RUNNING, worker="w1", cancel_requested_at=1.25)
+    assert job_json(asked, UTC)["cancelRequestedAt"] == "1970-01-01T00:00:01.250+00:00"
+    assert job_json(Job(7, "true", created_at=0.0), UTC)["cancelRequestedAt"] is None
+
+
 def test_worker_json_and_the_feeds_worker_event() -> None:
     worker = Worker("w1", frozenset({"b", "a"}), 2, FakeLink(), 60.0, running={5})
     body = worker_json(worker, UTC)

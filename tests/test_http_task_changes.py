@@ -386,3 +386,45 @@ async def test_a_pending_retry_survives_a_restart(tmp_path: Path, reactor: Any) 
         assert third.service.job_store.unretried() == []
     finally:
         await close_api(third)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_cancel_survives_a_restart(tmp_path: Path, reactor: Any) -> None:
+    from twisted.internet.task import deferLater
+
+    from scheduler.jobs import JobStatus
+    from scheduler.worker_messages import Finished
+    from scheduler.worker_registry import Worker
+
+    first = await make_api(tmp_path, reactor)
+    try:
+        worker, link = first.connect_worker()
+        code, job, _ = await call(first, "POST", "/api/jobs", {"command": "sleep 60"})
+        assert code == 202
+        await sent_run(link, job["id"])
+        # The worker goes away; the cancel asked for now waits for it.
+        first.service.dispatcher.disconnected(worker)
+        code, kept, _ = await call(first, "POST", f"/api/jobs/{job['id']}/cancel", raw=b"")
+        assert code == 202 and kept["status"] == "running" and kept["cancelRequestedAt"] is not None
+    finally:
+        await close_api(first)
+
+    second = await make_api(tmp_path, reactor)
+    try:
+        code, again, _ = await call(second, "GET", f"/api/jobs/{job['id']}")
+        assert code == 200 and again["status"] == "running" and again["cancelRequestedAt"] == kept["cancelRequestedAt"]
+        # The worker comes back with the job: the cancel follows its welcome.
+        worker_link = Link()
+        worker = Worker("w1", frozenset({"linux"}), 2, worker_link, 0.0)
+        second.service.dispatcher.hello(worker, {job["id"]: ("running", 0)})
+        for _ in range(100):
+            if worker_link.sent:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert worker_link.sent[0] == {"type": "cancel", "job": job["id"]}
+        now = reactor.seconds()
+        second.service.dispatcher.finished(worker, Finished(job["id"], None, 15, False, True, 0, now, now, ()))
+        stored = await second.service.job_store.get(job["id"])
+        assert stored is not None and stored.status is JobStatus.CANCELLED and stored.cancel_requested_at is not None
+    finally:
+        await close_api(second)

@@ -461,7 +461,7 @@ async def test_a_version_1_database_opens_migrated_and_keeps_its_jobs(stores: Op
     store = stores()
 
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
@@ -485,7 +485,7 @@ async def test_a_version_1_database_opens_migrated_and_keeps_its_jobs(stores: Op
     await store.put(job(3, task_id=4, triggered_by=SCHEDULE))
     await store.close()
 
-    # Opening it again (now version 2) migrates nothing twice.
+    # Opening it again (now version 3) migrates nothing twice.
     again = stores()
     got = await again.get(3)
     assert got is not None and got.triggered_by == SCHEDULE
@@ -503,3 +503,131 @@ async def test_active_jobs_keep_what_triggered_them_across_a_restart(stores: Ope
 
     restored = stores().load_active()
     assert [(each.id, each.triggered_by) for each, _ in restored] == list(enumerate(triggers, start=2))
+
+
+# jobs.sqlite as schema version 2 made it (before cancel_requested_at): the
+# jobs table of version 1 with triggered_by, and task revisions.
+_VERSION_2 = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        "id" INTEGER PRIMARY KEY AUTOINCREMENT,
+        "command" TEXT NOT NULL,
+        "created_at" REAL NOT NULL,
+        "task_id" INTEGER,
+        "key" TEXT UNIQUE,
+        "scheduled_at" REAL,
+        "target" TEXT NOT NULL,
+        "timeout" REAL,
+        "env" TEXT NOT NULL,
+        "cwd" TEXT,
+        "attempt" INTEGER NOT NULL,
+        "triggered_by" TEXT,
+        "status" TEXT NOT NULL,
+        "worker" TEXT,
+        "exit_code" INTEGER,
+        "signal" INTEGER,
+        "started_at" REAL,
+        "finished_at" REAL,
+        "reason" TEXT,
+        "output_dropped" INTEGER NOT NULL DEFAULT 0
+    )""",
+    'CREATE INDEX IF NOT EXISTS jobs_status ON jobs ("status")',
+    'CREATE INDEX IF NOT EXISTS jobs_task ON jobs ("task_id", "id")',
+    'CREATE INDEX IF NOT EXISTS jobs_worker ON jobs ("worker", "id")',
+    'CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs ("scheduled_at")',
+    """CREATE TABLE IF NOT EXISTS output (
+        "job_id" INTEGER NOT NULL,
+        "seq" INTEGER NOT NULL,
+        "stream" TEXT NOT NULL,
+        "data" TEXT NOT NULL,
+        PRIMARY KEY ("job_id", "seq")
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS task_revisions (
+        "id" INTEGER PRIMARY KEY AUTOINCREMENT,
+        "task_id" INTEGER NOT NULL,
+        "at" REAL NOT NULL,
+        "action" TEXT NOT NULL,
+        "by" TEXT NOT NULL,
+        "before" TEXT,
+        "after" TEXT
+    )""",
+    'CREATE INDEX IF NOT EXISTS task_revisions_task ON task_revisions ("task_id", "id")',
+    "PRAGMA user_version = 2",
+)
+_V2_COLUMNS = (
+    '"id", "command", "created_at", "task_id", "key", "scheduled_at", "target", "timeout", "env", "cwd", '
+    '"attempt", "triggered_by", "status", "worker", "exit_code", "signal", "started_at", "finished_at", "reason"'
+)
+
+
+def _version_2_database(path: str) -> None:
+    """A finished job with output and a running one, written as version 2 wrote them."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for statement in _VERSION_2:
+            conn.execute(statement)
+        insert = f"INSERT INTO jobs ({_V2_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+        conn.execute(
+            insert,
+            (1, "echo old", 1000.0, 4, "4@960", 960.0, "any", None, "{}", None, 1, '{"kind":"schedule"}', "succeeded",
+             "w1", 0, None, 1001.0, 1002.0, None),
+        )
+        conn.execute(
+            insert,
+            (2, "sleep 60", 1010.0, 4, "4@1020", 1020.0, "any", None, '{"A": "b"}', "/tmp", 1, None, "running", "w1",
+             None, None, 1011.0, None, None),
+        )
+        conn.execute("INSERT INTO output (job_id, seq, stream, data) VALUES (1, 1, 'stdout', 'old\n')")
+        conn.execute(
+            "INSERT INTO task_revisions (task_id, at, action, by, before, after) "
+            """VALUES (4, 900.0, 'add', '{"kind":"api"}', NULL, '{"id":4}')"""
+        )
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_2_database_opens_migrated_and_keeps_its_jobs(stores: Opener, path: str) -> None:
+    _version_2_database(path)
+    store = stores()
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    conn.close()
+    assert {f.name for f in fields(Job)} | {"output_dropped"} == columns
+
+    # Old records read back with no cancel asked for, the rest intact.
+    running = Job(
+        id=2, command="sleep 60", created_at=1010.0, task_id=4, key="4@1020", scheduled_at=1020.0,
+        env={"A": "b"}, cwd="/tmp", status=JobStatus.RUNNING, worker="w1", started_at=1011.0,
+    )
+    assert store.load_active() == [(running, 0)]
+    old = await store.get(1)
+    assert old is not None and old.triggered_by == SCHEDULE and old.cancel_requested_at is None
+    assert await store.output(1) == "old\n"
+    assert [each.action for each in await store.revisions(4)] == ["add"]
+
+    # The running job's cancel is kept in the migrated file.
+    await store.put(running.evolve(cancel_requested_at=1030.5))
+    await store.close()
+
+    # Opening it again (now version 3) migrates nothing twice.
+    again = stores()
+    assert again.load_active() == [(running.evolve(cancel_requested_at=1030.5), 0)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_jobs_cancel_request_is_kept_across_a_restart(stores: Opener) -> None:
+    first = stores()
+    asked = job(2, task_id=1, status=JobStatus.RUNNING, worker="w1", started_at=5.0, cancel_requested_at=7.25)
+    first.put(asked)
+    first.put(job(3, task_id=1, status=JobStatus.RUNNING, worker="w1"))
+    await first.close()
+
+    second = stores()
+    restored = second.load_active()
+    assert [(each.id, each.cancel_requested_at) for each, _ in restored] == [(2, 7.25), (3, None)]
+    assert await second.get(2) == asked
+    # Only the mutable columns change on update: the cancel time is one of them.
+    await second.put(asked.evolve(status=JobStatus.CANCELLED, finished_at=9.0))
+    done = await second.get(2)
+    assert done is not None and done.status is JobStatus.CANCELLED and done.cancel_requested_at == 7.25

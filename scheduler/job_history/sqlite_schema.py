@@ -18,7 +18,7 @@ from scheduler.job_history.database import JobStoreError
 from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus
 from scheduler.triggers import Revision, TriggeredBy
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The Job fields, in column order.
 FIELDS = (
@@ -41,6 +41,7 @@ FIELDS = (
     "started_at",
     "finished_at",
     "reason",
+    "cancel_requested_at",
 )
 COLUMNS = ", ".join(f'"{name}"' for name in FIELDS)
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs"
@@ -69,6 +70,7 @@ _SCHEMA = (
         "started_at" REAL,
         "finished_at" REAL,
         "reason" TEXT,
+        "cancel_requested_at" REAL,
         "output_dropped" INTEGER NOT NULL DEFAULT 0
     )""",
     'CREATE INDEX IF NOT EXISTS jobs_status ON jobs ("status")',
@@ -101,6 +103,7 @@ _SCHEMA = (
 # gets the whole schema at once and skips them.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ('ALTER TABLE jobs ADD COLUMN "triggered_by" TEXT',),
+    3: ('ALTER TABLE jobs ADD COLUMN "cancel_requested_at" REAL',),
 }
 
 REVISION_FIELDS = ("id", "task_id", "at", "action", "by", "before", "after")
@@ -170,6 +173,7 @@ def job_row(job: Job) -> tuple[object, ...]:
         job.started_at,
         job.finished_at,
         job.reason,
+        job.cancel_requested_at,
     )
 
 
