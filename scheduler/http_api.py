@@ -172,6 +172,7 @@ class SchedulerHTTP:
         metrics: SchedulerMetrics,
         feed: EventHub,
         max_body: int = MAX_BODY,
+        last_clock_step: Callable[[], tuple[str, float, float] | None] = lambda: None,
     ) -> None:
         self._state = state
         self._changes = changes
@@ -183,6 +184,7 @@ class SchedulerHTTP:
         self._metrics = metrics
         self._feed = feed
         self._max_body = max_body
+        self._last_clock_step = last_clock_step
         self._workers_ws = WebSocketResource(worker_factory)
         root = static_root()
         self._static = File(str(root))
@@ -228,12 +230,21 @@ class SchedulerHTTP:
             "tasks": len(self._state.book),
             "workers": len(self._workers),
             "queued": self._dispatcher.queued,
+            "lastClockStep": self._clock_step_json(),
         }
         if token_checked(request):
             # Only to holders of the API token: a version helps an attacker
             # pick the exploits to try.
             body["version"] = __version__
         return _json(request, 200, body)
+
+    def _clock_step_json(self) -> dict[str, Any] | None:
+        """The last wall clock step the cron tick saw since the start (CronTicker.last_step), or None."""
+        step = self._last_clock_step()
+        if step is None:
+            return None
+        direction, size, at = step
+        return {"direction": direction, "seconds": round(size, 3), "at": iso(at, self._tz)}
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:

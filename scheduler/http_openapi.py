@@ -393,6 +393,23 @@ OPENAPI: dict[str, Any] = {
                                 "tasks": {"type": "integer"},
                                 "workers": {"type": "integer"},
                                 "queued": {"type": "integer"},
+                                "lastClockStep": {
+                                    "description": "The last step of the wall clock (against the monotonic clock) the "
+                                    "cron tick saw since the start, or null",
+                                    "oneOf": [
+                                        {"type": "null"},
+                                        {
+                                            "type": "object",
+                                            "required": ["direction", "seconds", "at"],
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "direction": {"enum": ["forward", "back"]},
+                                                "seconds": {"type": "number", "minimum": 0, "description": "Its size"},
+                                                "at": {"type": "string", "format": "date-time", "description": "When it was seen (the wall time after it)"},
+                                            },
+                                        },
+                                    ],
+                                },
                                 "version": {"type": "string", "description": "only with the API token"},
                             },
                         },

@@ -209,6 +209,7 @@ class SchedulerService(MultiService):
             metrics=self.metrics,
             feed=self.feed,
             max_body=settings.http_max_body,
+            last_clock_step=lambda: self.ticker.last_step,
         )
         self.guard = Guard(
             self.http.app.resource(),

@@ -21,8 +21,8 @@
 // so control and bidi characters show as escapes instead of reordering or
 // hiding what the operator reads.
 
-import {setTokenPrompt} from './api.js';
-import {$, show} from './dom.js';
+import {get, setTokenPrompt} from './api.js';
+import {$, formatTime, show} from './dom.js';
 import {Feed} from './feed.js';
 import {feedStateChanged, loadJobPage, setupJobPage, showOutput, showPageJob} from './job.js';
 import {jobChanged, onJobChange} from './job_events.js';
@@ -52,6 +52,7 @@ const feed = new Feed({
     setConnection('live', 'Live');
     show($('banner'), false);
     refreshVisible();
+    loadClockStep();
   },
   onDown: ({reason, delay}) => {
     const needsToken = reason && /token/.test(String(reason.message));
@@ -92,6 +93,24 @@ function applyEvent(name, data) {
 function setConnection(kind, text) {
   $('conn').dataset.state = kind;
   $('conn-text').textContent = text;
+}
+
+// The last wall clock step the scheduler's cron tick saw since it started
+// (/api/health's lastClockStep), as a muted note by the status; read on each
+// (re)connect, hidden when there has been none.
+async function loadClockStep() {
+  let step = null;
+  try {
+    step = (await get('/api/health')).lastClockStep || null;
+  } catch {
+    return; // the note stays as it was; the next connect tries again
+  }
+  const note = $('clock-step');
+  note.textContent = step
+    ? `clock stepped ${step.direction} ${Math.round(step.seconds)} s at ${formatTime(step.at)}`
+    : '';
+  note.title = step ? `The scheduler's wall clock stepped ${step.direction} ${step.seconds} s (seen ${step.at})` : '';
+  show(note, Boolean(step));
 }
 
 function refreshVisible() {

@@ -537,3 +537,22 @@ def test_pause_edit_in_place_history_and_maintenance(page: Page, server: Schedul
         assert api(server, "/api/maintenance")["on"] is False
     finally:
         send(server, "POST", "/api/maintenance", {"on": False})
+
+
+def test_the_status_line_notes_the_last_clock_step(page: Page, server: Scheduler) -> None:
+    """Hidden with no step since the start; after one (the health answer is
+    replaced here: the real clock does not step), a muted note by the status."""
+    open_dashboard(page, server)
+    expect(page.locator("#clock-step")).to_be_hidden()
+
+    def stepped(route: Any) -> None:
+        body = {"status": "ok", "tasks": 0, "workers": 0, "queued": 0,
+                "lastClockStep": {"direction": "forward", "seconds": 20.4, "at": "2024-03-05T11:05:02.000+00:00"}}
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/api/health", stepped)
+    page.reload()  # a (re)connect reads it again
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT)
+    note = page.locator("#clock-step")
+    expect(note).to_be_visible()
+    expect(note).to_have_text(re.compile(r"^clock stepped forward 20 s at \S"))

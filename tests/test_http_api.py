@@ -164,6 +164,24 @@ async def test_health_and_metrics(api: Api) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_health_tells_the_last_clock_step(locked: Api) -> None:
+    auth = {b"Authorization": [f"Bearer {TOKEN}".encode()]}
+    code, body = await locked.call("GET", "/api/health", headers=auth)
+    assert code == 200 and body["lastClockStep"] is None  # none since the start
+    # The service ticks on the real reactor and monotonic clock, so the step
+    # is set where the ticker keeps it (test_clock_steps.py drives the ticker
+    # itself on task.Clock): 20.25 s forward, seen at 2024-03-05 11:05:02 UTC.
+    locked.service.ticker.last_step = ("forward", 20.25, 1709636702.0)
+    code, body = await locked.call("GET", "/api/health", headers=auth)
+    assert body["lastClockStep"] == {"direction": "forward", "seconds": 20.25, "at": "2024-03-05T11:05:02.000+00:00"}
+    locked.service.ticker.last_step = ("back", 30.0, 1709636762.5)
+    code, body = await locked.call("GET", "/api/health", headers=auth)
+    assert body["lastClockStep"] == {"direction": "back", "seconds": 30.0, "at": "2024-03-05T11:06:02.500+00:00"}
+    # Without the token only the status, as before.
+    assert (await locked.call("GET", "/api/health")) == (200, {"status": "ok"})
+
+
+@pytest_twisted.ensureDeferred
 async def test_task_lifecycle(api: Api, tmp_path: Path) -> None:
     code, task = await api.call(
         "POST", "/api/tasks", {"schedule": "*/5 * * * *", "command": "echo hi", "retries": 2}
