@@ -576,6 +576,9 @@ class SchedulerHTTP:
             job = self._dispatcher.cancel(job.id)
         except JobNotFound:
             raise ApiError(409, f"job {job.id} has already finished") from None
+        # Reads queue behind the writes asked for before them: once this one
+        # answers, the kept cancel is on disk and a crash cannot lose it.
+        await self._job_store.get(job.id)
         return _json(request, 202, self._job_json(job))
 
     async def _find_job(self, job_id: str) -> Job:
