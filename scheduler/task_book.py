@@ -128,22 +128,11 @@ class TaskBook:
         self._put(task)
         return task
 
-    def replace(
-        self,
-        task_id: int,
-        *,
-        schedule: str | None = None,
-        command: str | None = None,
-        options: TaskOptions | None = None,
-        job_name: str | None = None,
-    ) -> Task:
-        """Change a task in place: it keeps its id, so its job history stays with it.
-
-        What is not given stays as it was; the result is checked like a new
-        task.  Unknown keys of its record are kept.
-        """
-        task = self.replacement(task_id, schedule=schedule, command=command, options=options, job_name=job_name)
-        self._tasks[task_id] = task
+    def replace(self, task: Task) -> Task:
+        """Put *task*, made by ``replacement``, in place of the task with its id."""
+        if task.id not in self._tasks:
+            raise TaskNotFound(f"no task with id {task.id}")
+        self._tasks[task.id] = task
         return task
 
     def replacement(
@@ -155,7 +144,12 @@ class TaskBook:
         options: TaskOptions | None = None,
         job_name: str | None = None,
     ) -> Task:
-        """What ``replace`` would make of the task, checked, without changing the book."""
+        """The task *task_id* changed in place, checked like a new task, without changing the book.
+
+        It keeps its id, so its job history stays with it; what is not given
+        stays as it was, and unknown keys of its record are kept.  ``replace``
+        puts it in the book.
+        """
         old = self._tasks.get(task_id)
         if old is None:
             raise TaskNotFound(f"no task with id {task_id}")

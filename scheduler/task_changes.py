@@ -115,13 +115,7 @@ class TaskChanges:
             )
             # A change that would be refused anyway says why, stale or not.
             self._check_version(old, if_match)
-            return old, book.replace(
-                old.id,
-                schedule=changes.get("schedule"),
-                command=changes.get("command"),
-                job_name=changes.get("jobName"),
-                options=new.options,
-            )
+            return old, book.replace(new)
 
         return self._change("edit", by, apply)
 
@@ -211,7 +205,7 @@ class TaskChanges:
     ) -> Deferred[Task]:
         def apply(book: TaskBook) -> tuple[Task, Task]:
             old = self._find(book, key, if_match)
-            return old, book.replace(old.id, options=old.options.evolve(**options))
+            return old, book.replace(book.replacement(old.id, options=old.options.evolve(**options)))
 
         return self._change(action, by, apply)
 
