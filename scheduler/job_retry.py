@@ -53,12 +53,19 @@ class Retries:
         self._submit = submit
         self._timers = KeyedTimers(clock)
 
-    def after(self, job: Job) -> None:
-        """*job* has just ended: schedule its next attempt if its task asks for one."""
+    def _owed(self, job: Job) -> Task | None:
+        """The task whose options ask for a retry of the ended *job*, if any."""
         if job.status not in RETRIED or job.task_id is None:
-            return
+            return None
         task = self._task(job.task_id)
         if task is None or job.attempt > task.options.retries:
+            return None
+        return task
+
+    def after(self, job: Job) -> None:
+        """*job* has just ended: schedule its next attempt if its task asks for one."""
+        task = self._owed(job)
+        if task is None:
             return
         delay = retry_delay(task.options, job.attempt)
         log.info(
@@ -84,10 +91,8 @@ class Retries:
         """
         now = self._clock.seconds()
         for job in ended:
-            if job.status not in RETRIED or job.task_id is None:
-                continue
-            task = self._task(job.task_id)
-            if task is None or job.attempt > task.options.retries:
+            task = self._owed(job)
+            if task is None:
                 continue
             ended_at = job.finished_at if job.finished_at is not None else job.created_at
             due = ended_at + retry_delay(task.options, job.attempt)
