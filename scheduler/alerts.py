@@ -4,7 +4,7 @@ Two sides meet here.  The rules (``alert_rules``) watch jobs, tasks and
 workers and decide that an event happened; each event becomes one
 :class:`Alert` per channel its rules name.  The outbox (``alert_outbox``)
 keeps every alert in the job store, written in the same commit as the job
-record whose change caused it, and a sender delivers it to its channel
+record whose change caused it (see :class:`AlertQueue`), and a sender delivers it to its channel
 (``alert_channels``) with retries until it is sent or given up.
 
 An alert's ``key`` is its event's idempotency key: the task, the scheduled
@@ -72,10 +72,12 @@ class KnownChannels(Protocol):
 
 
 class AlertQueue(Protocol):
-    """Where the rules put alerts that no job record carries (the job store).
+    """Where the rules put alerts: the job store's outbox.
 
-    Alerts caused by a job's change ride on that job's record instead
-    (``JobRecorder.put(job, alerts=...)``), in the same commit.
+    The job store's group committer writes everything queued in one reactor
+    turn in one transaction, so alerts queued in the same turn as the
+    ``put`` of the job record whose change caused them are committed with
+    it: both or neither survive a crash.
     """
 
     def record_alerts(self, alerts: list[Alert]) -> Deferred[None]:
