@@ -42,6 +42,7 @@ from scheduler.tasks import Task
 from scheduler.tcp_commands import TcpCommands
 from scheduler.tcp_protocol import CommandFactory
 from scheduler.triggers import SCHEDULE
+from scheduler.worker_messages import GOING_AWAY_WAIT
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import Worker, WorkerRegistry
 
@@ -313,13 +314,22 @@ class SchedulerService(MultiService):
         self.dispatcher.pump()
 
     def stopService(self) -> Deferred[None]:
-        self.dispatcher.stop()
-        self.pauses.stop()
-        self.feed.stop()
-        stopped = super().stopService()
+        # Workers first, while everything still runs: each hears "going
+        # away" and dials again at once instead of seeing a crash (1006).
+        # The port stops listening first, so that dial cannot reach this
+        # process on its way out (stopping it twice, as the MultiService
+        # does below, is harmless).
+        listening = self.http_service.stopService() if self.http_service.running else None
+        workers_told = self.worker_factory.going_away(GOING_AWAY_WAIT)
 
         async def close() -> None:
-            await stopped
+            await workers_told
+            if listening is not None:
+                await listening
+            self.dispatcher.stop()
+            self.pauses.stop()
+            self.feed.stop()
+            await super(SchedulerService, self).stopService()
             await self.job_store.close()
 
         return Deferred.fromCoroutine(close())

@@ -57,6 +57,14 @@ PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
 
+# A scheduler that stops on purpose (SIGTERM, Ctrl-C, docker stop) closes
+# each worker connection with WebSocket's "going away" code, so a worker
+# tells a restart from a crash (1006) and dials again at once.
+GOING_AWAY = 1001
+GOING_AWAY_REASON = "scheduler restarting"
+# How long a stopping scheduler waits for its workers to answer that close.
+GOING_AWAY_WAIT = 2.0
+
 
 class BadMessage(ValueError):
     """A message that breaks the protocol; ``str()`` is the reason ``error`` sends."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -21,6 +21,8 @@ from scheduler.cron import iso
 from scheduler.dispatch import Dispatcher, JobNotFound, NotRunningHere
 from scheduler.settings import Settings
 from scheduler.worker_messages import (
+    GOING_AWAY,
+    GOING_AWAY_REASON,
     PING_INTERVAL,
     PING_TIMEOUT,
     BadMessage,
@@ -103,6 +105,7 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         self._unknown = 0
         self._outbox: Outbox | None = None
         self._clock_offset = 0.0
+        self._closed_waiters: list[Deferred[None]] = []
 
     @property
     def token_name(self) -> str | None:
@@ -126,6 +129,17 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         if self._outbox is not None:
             self._outbox.flush()  # a refused's reason goes before the close
         self.sendClose(code=1000, reason=reason[:100])
+
+    def go_away(self) -> Deferred[None]:
+        """Close with "going away"; fires once the connection is closed."""
+        closed: Deferred[None] = Deferred()
+        self._closed_waiters.append(closed)
+        if self._outbox is not None:
+            self._outbox.flush()
+        # sendClose() allows applications 1000 and 3000-4999 only; 1001 is
+        # the protocol's own code for this, sent through the frame-level call.
+        self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=GOING_AWAY_REASON.encode("utf-8"), isReply=False)
+        return closed
 
     def alive(self, timeout: float) -> Deferred[bool]:
         """Does the worker at the other end still answer?
@@ -168,6 +182,10 @@ class WorkerServerProtocol(WebSocketServerProtocol):
     # -- Autobahn callbacks --------------------------------------------
 
     def onConnect(self, request: ConnectionRequest) -> None:
+        if self.factory.leaving:
+            # A worker told "going away" dials again at once; this process
+            # is not the one to welcome it.
+            raise ConnectionDeny(503, "the scheduler is shutting down")
         # Autobahn would swallow anything but ConnectionDeny silently.
         try:
             self._allowed_name = self.factory.check_handshake(request)
@@ -182,6 +200,7 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         no_delay(self.transport)
 
     def onOpen(self) -> None:
+        self.factory.connections.add(self)
         try:
             self._hello_timer = self.factory.clock.callLater(
                 self.factory.hello_timeout, self._no_hello
@@ -369,6 +388,10 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         self.close(close)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.connections.discard(self)
+        for waiter in self._closed_waiters:
+            waiter.callback(None)
+        self._closed_waiters.clear()
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         if self._outbox is not None:
@@ -412,6 +435,9 @@ class WorkerServerFactory(WebSocketServerFactory):
         self.reserved = reserved
         self.hello_timeout = hello_timeout
         self.probe_timeout = probe_timeout
+        # The open connections, for going_away().
+        self.connections: set[WorkerServerProtocol] = set()
+        self.leaving = False
         self.setProtocolOptions(
             **websocket_options(
                 max_message=max_message,
@@ -420,3 +446,27 @@ class WorkerServerFactory(WebSocketServerFactory):
                 ping_timeout=ping_timeout,
             )
         )
+
+    def going_away(self, timeout: float) -> Deferred[None]:
+        """Refuse new workers and close every open connection with "going away".
+
+        Fires when every worker has answered the close, or after *timeout*
+        (a worker that does not answer is dropped with the process, as
+        before).
+        """
+        self.leaving = True
+        if not self.connections:
+            return succeed(None)
+        _log.info("telling {count} worker(s) the scheduler is going away", count=len(self.connections))
+        told: list[Deferred[None]] = []
+        for connection in list(self.connections):
+            # A stop must go on whatever one connection does.
+            try:
+                told.append(connection.go_away())
+            except Exception:
+                _log.failure("telling a worker the scheduler is going away failed")
+        closed = DeferredList(told, consumeErrors=True)
+        closed.addTimeout(timeout, self.clock)
+        done: Deferred[None] = Deferred()
+        closed.addBoth(lambda _: done.callback(None))
+        return done

@@ -3,9 +3,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import UTC, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The twistd processes the end-to-end tests start run this checkout's code,
+# not whichever copy `pip install .` put in the venv last (the plugins found
+# there import `scheduler` and `worker` through this path first).
+_CHECKOUT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_CHECKOUT, os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture

@@ -271,3 +271,15 @@ def test_a_second_worker_under_a_taken_name_is_refused_and_nothing_is_lost(clust
     assert "refused worker w1 from" in log and "are two workers running with the same --name?" in log
     assert "lost" not in log
     assert c.online() == ["w1"]
+
+
+def test_a_stopped_scheduler_says_so_and_its_workers_come_straight_back(cluster: Any) -> None:
+    c: Cluster = cluster()
+    c.worker("w1")
+    c.restart_scheduler()
+    wait_until(lambda: "w1" in c.online(), what="w1 back on the restarted scheduler")
+    log = (c.workdir / "worker-w1.log").read_text()
+    assert "the scheduler is restarting (1001: scheduler restarting); reconnecting at once" in log
+    # 1006 is what a worker sees when the connection just drops: a crash.
+    assert "1006" not in log and "uncleanly" not in log, log
+    assert "telling 1 worker(s) the scheduler is going away" in c.scheduler.log.read_text()

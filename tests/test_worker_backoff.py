@@ -93,3 +93,10 @@ def test_backoff_with_client_service_resets_on_welcome_not_on_tcp_connect() -> N
     drop_connection()
     assert next_delay() == 1
     service.stopService()
+
+
+def test_backoff_at_once_dials_now_then_starts_again_from_base() -> None:
+    backoff = Backoff(base=1.0, cap=60.0, uniform=lambda a, b: b)
+    assert [backoff(1) for _ in range(4)] == [1, 2, 4, 8]
+    backoff.at_once()  # the scheduler said "going away"
+    assert [backoff(1) for _ in range(3)] == [0.0, 1, 2]

@@ -41,6 +41,7 @@ class Backoff:
         self._cap = cap
         self._uniform = uniform
         self._attempt = 0
+        self._at_once = False
 
     @property
     def attempt(self) -> int:
@@ -51,9 +52,17 @@ class Backoff:
         return min(self._cap, self._base * 2.0 ** min(attempt, self._MAX_EXPONENT))
 
     def __call__(self, failed_attempts: int) -> float:
+        if self._at_once:
+            self._at_once = False
+            return 0.0
         delay = self._uniform(0.0, self.ceiling(self._attempt))
         self._attempt += 1
         return delay
 
     def reset(self) -> None:
         self._attempt = 0
+
+    def at_once(self) -> None:
+        """The scheduler said it is restarting: dial again now, then back off from the start."""
+        self._attempt = 0
+        self._at_once = True

@@ -8,12 +8,13 @@ WebSocket settings.  ``worker/tap.py`` puts the factory in a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.logger import Logger
 
-from scheduler.worker_messages import Link, Outbox, no_delay, websocket_options
+from scheduler.worker_messages import GOING_AWAY, Link, Outbox, no_delay, websocket_options
 
 __all__ = ["MAX_MESSAGE_SIZE", "Session", "WorkerClientFactory", "WorkerProtocol"]
 
@@ -74,10 +75,14 @@ class WorkerProtocol(WebSocketClientProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         try:
             agent = self._agent()
-            # Before the welcome, a close usually means the scheduler would
-            # not have us (bad token, wrong URL): worth more than info.
-            level = _log.info if agent.welcomed else _log.warn
-            level("connection to the scheduler closed ({code}: {reason})", code=code, reason=reason)
+            if code == GOING_AWAY:
+                _log.info("the scheduler is restarting ({code}: {reason}); reconnecting at once", code=code, reason=reason)
+                self.factory.on_going_away()
+            else:
+                # Before the welcome, a close usually means the scheduler
+                # would not have us (bad token, wrong URL): worth more than info.
+                level = _log.info if agent.welcomed else _log.warn
+                level("connection to the scheduler closed ({code}: {reason})", code=code, reason=reason)
             if self._outbox is not None:
                 self._outbox.discard()
             agent.disconnected(self)
@@ -111,9 +116,17 @@ class WorkerClientFactory(WebSocketClientFactory):
     noisy = False
 
     def __init__(
-        self, agent: Session, url: str, *, token: str | None = None, reactor: Any = None
+        self,
+        agent: Session,
+        url: str,
+        *,
+        token: str | None = None,
+        reactor: Any = None,
+        on_going_away: Callable[[], object] = lambda: None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         super().__init__(url, headers=headers, reactor=reactor)
         self.agent = agent
+        # Called when the scheduler closes with "going away" (a restart).
+        self.on_going_away = on_going_away
         self.setProtocolOptions(**websocket_options(max_message=MAX_MESSAGE_SIZE, handshake_timeout=30))

@@ -151,7 +151,9 @@ def makeService(options: Options) -> IService:
         # connect (see Backoff).
         on_welcome=backoff.reset,
     )
-    factory = WorkerClientFactory(agent, options["url"], token=options["token"], reactor=reactor)
+    factory = WorkerClientFactory(
+        agent, options["url"], token=options["token"], reactor=reactor, on_going_away=backoff.at_once
+    )
     endpoint = endpoint_for(reactor, secure=options["secure"], host=options["host"], port=options["port"])
     connection = ClientService(endpoint, factory, retryPolicy=backoff, clock=reactor)
     return WorkerService(agent, connection)
