@@ -7,6 +7,24 @@
 # variables; deploy/docker-entrypoint.sh explains which, and deploy/README.md
 # shows docker run, docker compose and systemd set-ups.  Data (tasks.db,
 # jobs.sqlite) lives in the /data volume.
+
+# The build stage installs the project and its dependencies under /install
+# and strips what a running scheduler never reads: the dependencies' own
+# test suites (Twisted's alone is about 20 MB with their bytecode).  Only
+# /install reaches the final image: no source tree, no pip cache.
+FROM python:3.11-slim-bookworm AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# Bytecode for everything left is compiled here: the root file system is
+# read-only at run time, so Python could never cache it there.
+COPY . /src
+RUN pip install --prefix=/install /src \
+    && find /install/lib -depth -type d \( -name test -o -name tests \) -exec rm -rf {} + \
+    && python -m compileall -q -j 0 /install/lib
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -21,25 +39,32 @@ RUN groupadd --system --gid 10001 jobsched \
     && useradd --system --uid 10001 --gid jobsched --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin jobsched
 
-COPY . /tmp/src
-WORKDIR /tmp/src
-# The project's own install, as in `make install` and `make test`: pip install .
-# Then, still as root and outside the source tree, scan the plugins once so
-# Twisted writes twisted/plugins/dropin.cache into site-packages: at run time
-# the install is read-only to the jobsched user, and `twistd scheduler` and
-# `twistd worker` must be found without writing anything there.  The --help
-# runs prove both plugins load.
-RUN pip install . \
-    && cd / \
+COPY --from=build /install /usr/local
+COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+
+# Twisted finds the twistd plugins by scanning twisted/plugins/ and keeps
+# the result in dropin.cache there, rescanning (and trying to rewrite it)
+# whenever a plugin file is not strictly older than the cache.  At run time
+# that directory is read-only to the jobsched user, and image layers keep
+# file times to the whole second: a cache written in the same second as the
+# plugin files would look stale at every start.  So the plugin files are
+# dated back before the scan, and the build fails if, as stored in this
+# layer, the cache is not strictly newer than every plugin file.  The
+# --help runs prove both plugins load.
+RUN plugins="$(python -c 'import os, twisted.plugins; print(os.path.dirname(twisted.plugins.__file__))')" \
+    && touch -d '2000-01-01 00:00:00' "$plugins"/*.py \
+    && python -m compileall -q "$plugins" \
     && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
-    && test -f "$(python -c 'import os, twisted.plugins; print(os.path.dirname(twisted.plugins.__file__))')/dropin.cache" \
     && twistd scheduler --help > /dev/null \
     && twistd worker --help > /dev/null \
-    && install -m 0755 /tmp/src/deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh \
-    && rm -rf /tmp/src \
     && mkdir -p /data \
     && chown jobsched:jobsched /data \
     && chmod 0750 /data
+RUN python -c "import os, sys, twisted.plugins; \
+d = os.path.dirname(twisted.plugins.__file__); \
+cache = int(os.stat(os.path.join(d, 'dropin.cache')).st_mtime); \
+stale = [n for n in os.listdir(d) if n.endswith('.py') and int(os.stat(os.path.join(d, n)).st_mtime) >= cache]; \
+sys.exit('dropin.cache is not strictly newer than ' + ', '.join(stale) if stale else 0)"
 
 # tasks.db and jobs.sqlite are relative to the working directory.
 WORKDIR /data
