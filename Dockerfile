@@ -8,23 +8,6 @@
 # shows docker run, docker compose and systemd set-ups.  Data (tasks.db,
 # jobs.sqlite) lives in the /data volume.
 
-# The build stage installs the project and its dependencies under /install
-# and strips what a running scheduler never reads: the dependencies' own
-# test suites (Twisted's alone is about 20 MB with their bytecode).  Only
-# /install reaches the final image: no source tree, no pip cache.
-FROM python:3.11-slim-bookworm AS build
-
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
-
-# Bytecode for everything left is compiled here: the root file system is
-# read-only at run time, so Python could never cache it there.
-COPY . /src
-RUN pip install --prefix=/install /src \
-    && find /install/lib -depth -type d \( -name test -o -name tests \) -exec rm -rf {} + \
-    && python -m compileall -q -j 0 /install/lib
-
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -39,8 +22,19 @@ RUN groupadd --system --gid 10001 jobsched \
     && useradd --system --uid 10001 --gid jobsched --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin jobsched
 
-COPY --from=build /install /usr/local
-COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+# The project's own install, as in `make install` and `make test`: pip
+# install .  In the same layer, what a running scheduler never reads goes:
+# the dependencies' own test suites (Twisted's alone is about 20 MB with
+# their bytecode) and the source tree.  Bytecode for everything left is
+# compiled here, since at run time the root file system is read-only and
+# Python could never cache it there.
+COPY . /tmp/src
+RUN pip install /tmp/src \
+    && site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && find "$site" -depth -type d \( -name test -o -name tests \) -exec rm -rf {} + \
+    && python -m compileall -q -j 0 "$site" \
+    && install -m 0755 /tmp/src/deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh \
+    && rm -rf /tmp/src
 
 # Twisted finds the twistd plugins by scanning twisted/plugins/ and keeps
 # the result in dropin.cache there, rescanning (and trying to rewrite it)

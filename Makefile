@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := netcat-openbsd chromium faketime
 
-.PHONY: run test lint typecheck unit bench soak debian-deps install test-install clean
+.PHONY: run test lint typecheck unit bench soak container-check debian-deps install test-install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,21 @@ bench: test-install
 SOAK_SECONDS ?= 600
 soak: test-install
 	$(BIN)/python bench/run.py --only soak --no-peers --soak-seconds $(SOAK_SECONDS)
+
+# The image built and run for real from the committed tree (minutes; not
+# part of `make test`): after any change to the Dockerfile, the entrypoint,
+# docker-compose.yml or the service units.  The shared container checks
+# (podman, and a stand-in base image where the official one cannot be
+# pulled), then this project's stop-and-restart check, then the same with
+# Docker where a Docker engine is installed.
+CONTAINER_TOOLS ?= ../shared/tools/containers
+container-check:
+	@test -f $(CONTAINER_TOOLS)/run-all.sh || { \
+	  echo "container-check needs the shared container checks in $(CONTAINER_TOOLS) (set CONTAINER_TOOLS=...)"; exit 2; }
+	PROJECT_DIR=$(CURDIR) bash $(CONTAINER_TOOLS)/run-all.sh
+	CONTAINER_TOOLS=$(CONTAINER_TOOLS) bash deploy/check-container-stop.sh
+	@if command -v dockerd >/dev/null; then PROJECT_DIR=$(CURDIR) bash $(CONTAINER_TOOLS)/check-docker.sh; \
+	else echo "no Docker engine here (dockerd): the Docker variant was not run"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info
