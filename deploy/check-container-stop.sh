@@ -12,21 +12,29 @@ set -uo pipefail
 TOOLS=${CONTAINER_TOOLS:-../shared/tools/containers}
 . "$TOOLS/env.sh"
 NET=jobs-stop-check
-T=$(mktemp -d)
+T=
 cleanup() {
     podman rm -f -v stop-sched stop-w1 >/dev/null 2>&1
     podman network rm -f "$NET" >/dev/null 2>&1
-    rm -rf "$T"
+    [ -n "$T" ] && rm -rf "$T"
     true
 }
 cleanup
 trap cleanup EXIT
+T=$(mktemp -d)
+podman image exists "$IMAGE" || { echo "no image $IMAGE: build it first (make container-check does)"; exit 2; }
 
 echo "== the image after save and load: plugin cache still fresh"
-podman save -o "$T/image.tar" "$IMAGE" 2>&1 | quiet
-podman rmi -f "$IMAGE" >/dev/null 2>&1
-podman load -i "$T/image.tar" 2>&1 | quiet | tail -1
-rm -f "$T/image.tar"
+# The image is removed only once it is safely saved, and loaded back under
+# the same name.
+if podman save -o "$T/image.tar" "$IMAGE" 2>&1 | quiet && [ -s "$T/image.tar" ]; then
+    podman rmi -f "$IMAGE" >/dev/null 2>&1
+    podman load -i "$T/image.tar" 2>&1 | quiet | tail -1
+    rm -f "$T/image.tar"
+    check "the image came back from save and load" podman image exists "$IMAGE"
+else
+    bad "podman save $IMAGE"
+fi
 out=$(podman run --rm --read-only --user 10001:10001 "$IMAGE" twistd --help 2>&1 | quiet)
 check "twistd lists both plugins" grep -q 'scheduler' <<<"$out"
 check "no 'Unable to write to plugin cache' on a read-only root" [ "$(grep -c 'Unable to write to plugin cache' <<<"$out")" = 0 ]
