@@ -235,13 +235,15 @@ class SchedulerHTTP:
             "workers": len(self._workers),
             "queued": self._dispatcher.queued,
             "lastClockStep": self._clock_step_json(),
+            # The page shows it with every time.  Like the counts, the Guard
+            # keeps it from requests without the API token, when one is set.
+            # (ZoneInfo's key is the IANA name; a zone without one, its offset.)
+            "timezone": getattr(self._tz, "key", None) or str(self._tz),
         }
         if token_checked(request):
             # Only to holders of the API token: a version helps an attacker
             # pick the exploits to try.
             body["version"] = __version__
-            # ZoneInfo's key is the IANA name; a zone without one says its offset.
-            body["timezone"] = getattr(self._tz, "key", None) or str(self._tz)
         return _json(request, 200, body)
 
     def _clock_step_json(self) -> dict[str, Any] | None:

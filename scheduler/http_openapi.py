@@ -442,8 +442,8 @@ OPENAPI: dict[str, Any] = {
                                 "version": {"type": "string", "description": "only with the API token"},
                                 "timezone": {
                                     "type": "string",
-                                    "description": "only with the API token: the scheduler's time zone, an IANA name "
-                                    "(such as Europe/Berlin), which schedules without their own are read in",
+                                    "description": "the scheduler's time zone, an IANA name (such as Europe/Berlin), "
+                                    "which schedules without their own are read in",
                                 },
                             },
                         },

@@ -12,8 +12,8 @@ gets 304 while the ETag still matches.  A versioned name with another
 version is 404: the file it named is gone, and today's file under
 yesterday's name would be cached for a year.
 
-Answers are bytes already in memory, so serving one never blocks the
-reactor; static/ is some 100 KB.
+Answers are bytes already in memory (static/ is small), so serving one
+never blocks the reactor.
 """
 
 from __future__ import annotations

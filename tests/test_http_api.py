@@ -479,7 +479,7 @@ async def test_the_cancel_answer_is_the_freshest_record(api: Api) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_health_names_the_time_zone_to_token_holders(tmp_path: Path, reactor: Any) -> None:
+async def test_health_names_the_time_zone_only_to_token_holders_where_one_is_set(tmp_path: Path, reactor: Any) -> None:
     from zoneinfo import ZoneInfo
 
     settings = Settings(
@@ -497,3 +497,9 @@ async def test_health_names_the_time_zone_to_token_holders(tmp_path: Path, react
         assert (await api.call("GET", "/api/health")) == (200, {"status": "ok"})
     finally:
         await close_api(api)
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_names_the_time_zone_where_no_token_is_set(api: Api) -> None:
+    _code, body = await api.call("GET", "/api/health")
+    assert body["timezone"] == "UTC" and "version" not in body
