@@ -503,3 +503,29 @@ async def test_health_names_the_time_zone_only_to_token_holders_where_one_is_set
 async def test_health_names_the_time_zone_where_no_token_is_set(api: Api) -> None:
     _code, body = await api.call("GET", "/api/health")
     assert body["timezone"] == "UTC" and "version" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_cancel_answer_is_older_than_the_feeds_cancelled_event(api: Api) -> None:
+    # The bug: the page applied the cancel's answer ("running")
+    # after the feed's "cancelled".  The versions say which is newer.
+    from twisted.web.test.requesthelper import DummyRequest
+
+    listener = DummyRequest([b""])
+    listener.channel = None  # type: ignore[attr-defined]  # no transport: no backlog to measure
+    assert api.service.feed.subscribe(listener, None)  # type: ignore[arg-type]
+    worker, _link = api.connect_worker()
+    _code, job = await api.call("POST", "/api/jobs", {"command": "sleep 60"})
+    await api.service.job_store.get(job["id"])
+    api.service.dispatcher.started(worker, job["id"], 1.0)
+    code, answer = await api.call("POST", f"/api/jobs/{job['id']}/cancel")
+    assert code == 202 and answer["status"] == "running"
+    api.service.dispatcher.finished(worker, Finished(job["id"], None, 15, False, True, 0, 1.0, 2.0, ()))
+
+    frames = b"".join(listener.written).decode().split("\n\n")
+    events = [json.loads(frame.split("data: ", 1)[1]) for frame in frames if frame.startswith("event: job")]
+    assert [event["status"] for event in events] == ["queued", "running", "running", "running", "cancelled"]
+    versions = [event["version"] for event in events]
+    assert versions == sorted(set(versions))
+    assert events[-2] == answer  # the cancel's answer is the feed's event of the same change
+    assert answer["version"] < events[-1]["version"]
