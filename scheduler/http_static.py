@@ -130,7 +130,8 @@ class StaticFiles:
         self.index = None
         if index is not None:
             rewritten = _REFERENCE.sub(f"/static/{VERSIONED_PREFIX}{self.version}/", index.decode("utf-8"))
-            self.index = StaticFile.of(INDEX, rewritten.encode("utf-8"), modified[INDEX])
+            # It names every file's version: it changed when any of them did.
+            self.index = StaticFile.of(INDEX, rewritten.encode("utf-8"), max(modified.values()))
 
     def find(self, name: str) -> StaticFile | None:
         return self.files.get(name)
