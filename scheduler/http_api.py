@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -29,6 +28,7 @@ from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
 from scheduler.http_json import iso, job_json, revision_json, task_json, worker_json
+from scheduler.http_static import IMMUTABLE, REVALIDATE, StaticFile, StaticFiles
 from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.maintenance import Maintenance
@@ -188,9 +188,7 @@ class SchedulerHTTP:
         self._max_body = max_body
         self._last_clock_step = last_clock_step
         self._workers_ws = WebSocketResource(worker_factory)
-        root = static_root()
-        self._static = File(str(root))
-        self._index = File(str(root / "index.html"))
+        self._static = StaticFiles(static_root())
 
     @property
     def _tz(self) -> tzinfo:
@@ -198,6 +196,12 @@ class SchedulerHTTP:
 
     def _task_json(self, task: Task) -> dict[str, Any]:
         return task_json(task, self._next_run(task.id), self._tz)
+
+    def _with_last_job(self, task: Task, newest: Job | None) -> dict[str, Any]:
+        """The task and its newest job (GET only: the answers to changes and the feed leave it out)."""
+        # The live record of an active job is fresher than its stored row.
+        last = None if newest is None else self._job_json(self._dispatcher.jobs.get(newest.id) or newest)
+        return {**self._task_json(task), "lastJob": last}
 
     def _job_json(self, job: Job) -> dict[str, Any]:
         return job_json(job, self._tz, self._dispatcher.waiting(job.id))
@@ -247,6 +251,10 @@ class SchedulerHTTP:
             "workers": len(self._workers),
             "queued": self._dispatcher.queued,
             "lastClockStep": self._clock_step_json(),
+            # The page shows it with every time.  Like the counts, the Guard
+            # keeps it from requests without the API token, when one is set.
+            # (ZoneInfo's key is the IANA name; a zone without one, its offset.)
+            "timezone": getattr(self._tz, "key", None) or str(self._tz),
         }
         if token_checked(request):
             # Only to holders of the API token: a version helps an attacker
@@ -276,8 +284,10 @@ class SchedulerHTTP:
     # -- tasks ---------------------------------------------------------------
 
     @app.route("/api/tasks", methods=["GET"])
-    def list_tasks(self, request: IRequest) -> bytes:
-        return _json(request, 200, [self._task_json(task) for task in self._state.book])
+    async def list_tasks(self, request: IRequest) -> bytes:
+        tasks = list(self._state.book)
+        newest = {job.task_id: job for job in await self._job_store.newest([task.id for task in tasks])}
+        return _json(request, 200, [self._with_last_job(task, newest.get(task.id)) for task in tasks])
 
     @app.route("/api/tasks", methods=["POST"])
     async def add_task(self, request: IRequest) -> bytes:
@@ -306,8 +316,12 @@ class SchedulerHTTP:
         return self._one_task(request, 201, task)
 
     @app.route("/api/tasks/<task_id>", methods=["GET"])
-    def get_task(self, request: IRequest, task_id: str) -> bytes:
-        return self._one_task(request, 200, self._find_task(task_id))
+    async def get_task(self, request: IRequest, task_id: str) -> bytes:
+        newest = await self._job_store.query(task_id=self._find_task(task_id).id, limit=1)
+        # Found again: the task may have changed or gone during the read.
+        task = self._find_task(task_id)
+        request.setHeader(b"ETag", etag(task).encode())
+        return _json(request, 200, self._with_last_job(task, newest[0] if newest else None))
 
     @app.route("/api/tasks/<task_id>", methods=["PATCH"])
     async def edit_task(self, request: IRequest, task_id: str) -> bytes:
@@ -537,10 +551,15 @@ class SchedulerHTTP:
         worker = _str_arg(request, "worker")
         limit = _int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
         before = _int_arg(request, "before", None, 1, 10**18)
-        stored = await self._job_store.query(
-            status=status, task_id=task, worker=worker, limit=limit, before_id=before
-        )
+        # Asked for in one turn, so they run back to back on the store's
+        # thread, with no write between them: the count is of the same rows.
+        page = self._job_store.query(status=status, task_id=task, worker=worker, limit=limit, before_id=before)
+        total = self._job_store.count(status=status, task_id=task, worker=worker)
+        stored = await page
+        request.setHeader(b"X-Total-Count", str(await total).encode())
         # The live record of an active job is fresher than its stored row.
+        # (Reads run after every write asked for before them, so the two
+        # differ only by changes made since; the count is as of the read.)
         jobs = [self._dispatcher.jobs.get(job.id) or job for job in stored]
         if status is not None:
             jobs = [job for job in jobs if job.status.value == status]
@@ -594,8 +613,11 @@ class SchedulerHTTP:
             raise ApiError(409, f"job {job.id} has already finished") from None
         # Reads queue behind the writes asked for before them: once this one
         # answers, the kept cancel is on disk and a crash cannot lose it.
-        await self._job_store.get(job.id)
-        return _json(request, 202, self._job_json(job))
+        stored = await self._job_store.get(job.id)
+        # The job may have moved on while the write committed (a queued one
+        # ends at once; a worker may have answered already): the freshest
+        # record, so a page does not show an older state than the feed did.
+        return _json(request, 202, self._job_json(self._dispatcher.jobs.get(job.id) or stored or job))
 
     async def _find_job(self, job_id: str) -> Job:
         number = _path_id(job_id)
@@ -637,11 +659,25 @@ class SchedulerHTTP:
         return self._workers_ws
 
     @app.route("/", methods=["GET", "HEAD"])
-    def dashboard(self, request: IRequest) -> IResource:
-        request.postpath = []  # type: ignore[attr-defined]  # "/" leaves [""], which a plain-file File 404s
-        return self._index
+    def dashboard(self, request: IRequest) -> bytes:
+        if self._static.index is None:
+            raise ApiError(404, "the dashboard is not installed")
+        return self._static.serve(request, self._static.index, REVALIDATE)
 
-    @app.route("/static/", branch=True, methods=["GET", "HEAD"])
-    def static(self, request: IRequest) -> IResource:
-        return self._static
+    @app.route("/static/<name>", methods=["GET", "HEAD"])
+    def static(self, request: IRequest, name: str) -> bytes:
+        return self._static.serve(request, self._static_file(name), REVALIDATE)
+
+    @app.route("/static/v-<version>/<name>", methods=["GET", "HEAD"])
+    def static_versioned(self, request: IRequest, version: str, name: str) -> bytes:
+        return self._static.serve(request, self._static_file(name, version), IMMUTABLE)
+
+    def _static_file(self, name: str, version: str | None = None) -> StaticFile:
+        if version is not None and version != self._static.version:
+            # A page from before an upgrade: its files are gone (http_static).
+            raise ApiError(404, f"the dashboard is now version {self._static.version}, not {version[:40]}: reload the page")
+        found = self._static.find(name)
+        if found is None:
+            raise ApiError(404, f"no such file: {name[:100]}")
+        return found
 

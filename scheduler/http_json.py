@@ -61,6 +61,7 @@ def job_json(job: Job, tz: tzinfo, waiting: str | None = None) -> dict[str, Any]
         "finishedAt": iso(job.finished_at, tz),
         "cancelRequestedAt": iso(job.cancel_requested_at, tz),
         "duration": duration,
+        "version": job.version,
     }
 
 

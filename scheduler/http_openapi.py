@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from typing import Any, get_args, get_origin, get_type_hints
 from zoneinfo import available_timezones
 
-from twisted.web.static import File
-
 from scheduler import cron
 from scheduler.http_api import (
     CHECK_RUNS,
@@ -29,6 +27,7 @@ from scheduler.http_api import (
     static_root,
 )
 from scheduler.http_guard import is_public
+from scheduler.http_static import StaticFiles, content_type
 from scheduler.jobs import JobStatus
 from scheduler.tasks import (
     DEFAULT_OPTIONS,
@@ -222,12 +221,28 @@ def _tagged(response: dict[str, Any]) -> dict[str, Any]:
     return {**response, "headers": {"ETag": {"description": "The task's version, for If-Match", "schema": {"type": "string"}}}}
 
 
-_HTML = {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
-# The dashboard's files as they are installed, and their types as File serves them.
-_STATIC_FILES = sorted(path.name for path in static_root().iterdir() if path.is_file())
-_STATIC_TYPES = sorted(
-    {File.contentTypes.get("." + name.rpartition(".")[2], "application/octet-stream") for name in _STATIC_FILES}
-)
+# The dashboard's files as they are installed, their version and their types.
+_STATIC = StaticFiles(static_root())
+_STATIC_FILES = sorted(_STATIC.files)
+_STATIC_TYPES = sorted({content_type(name) for name in _STATIC_FILES})
+
+
+def _static_answer(description: str, kinds: list[str], cache: str) -> dict[str, Any]:
+    """A dashboard file's 200, with the headers scheduler/http_static.py sends."""
+    text = {"schema": {"type": "string"}}
+    return {
+        "description": description,
+        "content": {kind: text for kind in kinds},
+        "headers": {
+            "Cache-Control": {"schema": {"type": "string"}, "description": cache},
+            "ETag": {"schema": {"type": "string"}, "description": "a hash of the content (with -gz when gzipped)"},
+            "Vary": {"schema": {"const": "Accept-Encoding"}, "description": "when the file is also kept gzipped"},
+            "Content-Encoding": {"schema": {"const": "gzip"}, "description": "when Accept-Encoding allows gzip"},
+        },
+    }
+
+
+_NOT_MODIFIED = {"description": "Not modified: the ETag sent in If-None-Match is current"}
 
 _COMMON_ERRORS = {
     "400": _error("Malformed JSON, a missing or mistyped field, or an invalid schedule"),
@@ -267,6 +282,11 @@ OPENAPI: dict[str, Any] = {
                     "command": {"type": "string"},
                     "nextRun": _TIME,
                     **_OPTIONS,
+                    "lastJob": {
+                        "anyOf": [_ref("Job"), {"type": "null"}],
+                        "description": "The task's newest job (the live record while it is active), null if it has "
+                        "none; only in GET /api/tasks and GET /api/tasks/{id}, not in the answers to changes or the feed",
+                    },
                 },
             },
             "TriggeredBy": {
@@ -329,7 +349,10 @@ OPENAPI: dict[str, Any] = {
             },
             "Job": {
                 "type": "object",
-                "required": ["id", "taskId", "command", "status", "worker", "exitCode", "createdAt", "startedAt", "finishedAt"],
+                "required": [
+                    "id", "taskId", "command", "status", "worker", "exitCode", "createdAt", "startedAt", "finishedAt",
+                    "version",
+                ],
                 "properties": {
                     "id": {"type": "integer"},
                     "taskId": {"type": ["integer", "null"]},
@@ -357,6 +380,12 @@ OPENAPI: dict[str, Any] = {
                     },
                     "duration": {"type": ["number", "null"]},
                     "waiting": {"type": ["string", "null"], "description": "why a queued job has not started yet"},
+                    "version": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Grows with every change of the job's record, across restarts too: of two "
+                        "copies of a job (an answer, a feed event), the higher version is the newer",
+                    },
                 },
             },
             "Worker": {
@@ -411,6 +440,11 @@ OPENAPI: dict[str, Any] = {
                                     ],
                                 },
                                 "version": {"type": "string", "description": "only with the API token"},
+                                "timezone": {
+                                    "type": "string",
+                                    "description": "the scheduler's time zone, an IANA name (such as Europe/Berlin), "
+                                    "which schedules without their own are read in",
+                                },
                             },
                         },
                         'Up. With an API token set, a request without it gets only {"status": "ok"}',
@@ -435,7 +469,10 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/tasks/{id}": {
             "parameters": [_ID],
-            "get": {"summary": "One task", "responses": {"200": _tagged(_json(_ref("Task"), "The task")), "404": _error("No such task")}},
+            "get": {
+                "summary": "One task, with its newest job",
+                "responses": {"200": _tagged(_json(_ref("Task"), "The task")), "404": _error("No such task")},
+            },
             "patch": {
                 "summary": "Change a task in place (it keeps its id and job history)",
                 "parameters": [_IF_MATCH],
@@ -660,7 +697,19 @@ OPENAPI: dict[str, Any] = {
                         "description": "only ids below this (paging)",
                     },
                 ],
-                "responses": {"200": _json({"type": "array", "items": _ref("Job")}, "Jobs"), "400": _error("Bad filter")},
+                "responses": {
+                    "200": {
+                        **_json({"type": "array", "items": _ref("Job")}, "Jobs"),
+                        "headers": {
+                            "X-Total-Count": {
+                                "schema": {"type": "integer", "minimum": 0},
+                                "description": "How many jobs match the filters in all (before and limit aside), "
+                                "as the job database held them when the page was read",
+                            }
+                        },
+                    },
+                    "400": _error("Bad filter"),
+                },
             },
             "post": {
                 "summary": "Run a command now",
@@ -743,15 +792,46 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/": {"get": {"summary": "The dashboard", "security": [{}], "responses": {"200": _HTML}}},
+        "/": {
+            "get": {
+                "summary": "The dashboard: index.html, naming its files under /static/v-{version}/",
+                "security": [{}],
+                "responses": {
+                    "200": _static_answer("HTML", [content_type("index.html")], "no-cache"),
+                    "304": _NOT_MODIFIED,
+                },
+            }
+        },
         "/static/{path}": {
             "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"enum": _STATIC_FILES}}],
             "get": {
-                "summary": "Dashboard files",
+                "summary": "A dashboard file by its plain name (for pages from before an upgrade)",
                 "security": [{}],
                 "responses": {
-                    "200": {"description": "A file", "content": {kind: {"schema": {"type": "string"}} for kind in _STATIC_TYPES}},
-                    "404": {"description": "No such file", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "200": _static_answer("A file", _STATIC_TYPES, "no-cache"),
+                    "304": _NOT_MODIFIED,
+                    "404": _error("No such file"),
+                },
+            },
+        },
+        "/static/v-{version}/{path}": {
+            "parameters": [
+                {
+                    "name": "version",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": [_STATIC.version]},
+                    "description": "a hash of every file: the one the dashboard's page names",
+                },
+                {"name": "path", "in": "path", "required": True, "schema": {"enum": _STATIC_FILES}},
+            ],
+            "get": {
+                "summary": "A dashboard file under its versioned name, cached for a year",
+                "security": [{}],
+                "responses": {
+                    "200": _static_answer("A file", _STATIC_TYPES, "public, max-age=31536000, immutable"),
+                    "304": _NOT_MODIFIED,
+                    "404": _error("No such file, or another version (the page is older than the scheduler: reload it)"),
                 },
             },
         },

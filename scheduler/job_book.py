@@ -88,6 +88,8 @@ class JobBook:
     #: Seconds of fires kept in memory: the engine's 60 s catch-up window
     #: with room to spare for a slow tick and records still being written.
     FIRED_HORIZON = 120.0
+    #: How far a restored job's version jumps (``restore``).
+    RESTORED_VERSION_STEP = 1000
 
     def __init__(
         self,
@@ -170,7 +172,7 @@ class JobBook:
         fixed = changes.keys() - MUTABLE_FIELDS
         if fixed:
             raise ValueError(f"job {job.id}: {', '.join(sorted(fixed))} cannot change once a job exists")
-        changed = job.evolve(**changes)
+        changed = job.evolve(**changes, version=job.version + 1)
         self.put(changed)
         return changed
 
@@ -181,6 +183,10 @@ class JobBook:
         times the job history answers.
         """
         for job in jobs:
+            # The feed and the API show a change before it commits, and a
+            # hard crash loses the last batch: jump past any version that
+            # may have been shown (a job changes a few times per batch).
+            job = job.evolve(version=job.version + self.RESTORED_VERSION_STEP)
             self._unindex(self._jobs.get(job.id))
             self._jobs[job.id] = job
             self._index(job)

@@ -20,7 +20,7 @@ class like :class:`JobStore` that builds it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -108,6 +108,12 @@ class JobHistory(JobRecorder, Protocol):
         before_id: int | None = None,
     ) -> Deferred[list[Job]]:
         """Jobs matching every filter given, newest (highest id) first."""
+
+    def count(self, *, status: str | None = None, task_id: int | None = None, worker: str | None = None) -> Deferred[int]:
+        """How many jobs match every filter given (``query`` without its page)."""
+
+    def newest(self, task_ids: Sequence[int]) -> Deferred[list[Job]]:
+        """The newest (highest id) job of each task asked for that has one, in no order."""
 
     def output(self, job_id: int) -> Deferred[str | None]:
         """The kept output in seq order, after a marker if the cap dropped some; None if no such job."""

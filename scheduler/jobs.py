@@ -29,7 +29,7 @@ class JobStatus(StrEnum):
 # created.  The job store rewrites only these columns (and only the indexes
 # over them) when a job's state changes.
 MUTABLE_FIELDS = frozenset(
-    {"status", "worker", "exit_code", "signal", "started_at", "finished_at", "reason", "cancel_requested_at"}
+    {"status", "worker", "exit_code", "signal", "started_at", "finished_at", "reason", "cancel_requested_at", "version"}
 )
 
 
@@ -59,6 +59,11 @@ class Job:
     # When a cancel was asked for while the job ran (None if never): kept
     # until the job ends, across a restart, for a worker that is away.
     cancel_requested_at: float | None = None
+    # One more with every change of the record (JobBook.update), stored
+    # with it: a reader holding two copies keeps the higher, whatever order
+    # they arrived in.  A status cannot give that order, since a rejected
+    # job goes from running back to queued.
+    version: int = 1
 
     def evolve(self, **changes: Any) -> Job:
         return replace(self, **changes)

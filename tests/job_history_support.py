@@ -113,4 +113,5 @@ def full_job() -> Job:
         started_at=1700000001.5,
         finished_at=1700000013.75,
         reason="timed out after 12.5s",
+        version=5,
     )

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from treq.testing import StubTreq
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
 
 from scheduler.jobs import JobStatus
 from scheduler.service import SchedulerService
@@ -52,6 +54,15 @@ class Api:
         if kind.startswith(b"application/json"):
             return response.code, json.loads(content)
         return response.code, content.decode()
+
+    async def raw(self, method: str, path: str, headers: dict[bytes, list[bytes]] | None = None) -> tuple[Any, bytes]:
+        """The response (headers and all) and its body as sent: StubTreq's
+        agent without the treq client, which would decompress gzip."""
+        agent = self.treq._agent
+        response = await settled(
+            self.treq, agent.request(method.encode(), b"http://localhost" + path.encode(), Headers(headers or {}))
+        )
+        return response, await settled(self.treq, readBody(response))
 
     def connect_worker(self, name: str = "w1", slots: int = 2) -> tuple[Worker, Link]:
         link = Link()
@@ -191,8 +202,9 @@ async def test_task_lifecycle(api: Api, tmp_path: Path) -> None:
     assert task["nextRun"].endswith("+00:00")
     assert task["description"] == "every 5 minutes, every day"
     assert '"retries": 2' in (tmp_path / "tasks.db").read_text()
-    assert (await api.call("GET", "/api/tasks"))[1] == [task]
-    assert (await api.call("GET", "/api/tasks/1"))[1] == task
+    # A GET adds the task's newest job: none yet.
+    assert (await api.call("GET", "/api/tasks"))[1] == [{**task, "lastJob": None}]
+    assert (await api.call("GET", "/api/tasks/1"))[1] == {**task, "lastJob": None}
     code, job = await api.call("POST", "/api/tasks/1/run")
     assert code == 202 and job["taskId"] == 1 and job["status"] == "queued"
     assert (await api.call("DELETE", "/api/tasks/1"))[0] == 204
@@ -366,3 +378,154 @@ async def test_jobs_say_who_ran_them_the_api_or_the_dashboard(api: Api) -> None:
     assert [job["triggeredBy"] for job in reversed(listed)] == expected
     stored = await api.service.job_store.get(runs[1][1]["id"])
     assert stored is not None and stored.triggered_by is not None and stored.triggered_by.kind == "dashboard"
+
+
+# -- what the dashboard reads: last jobs, totals, versions, the zone ------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_tasks_carry_their_newest_job_live_while_it_runs(api: Api) -> None:
+    for command in ("first", "second", "third"):
+        assert (await api.call("POST", "/api/tasks", {"schedule": "@daily", "command": command}))[0] == 201
+    worker, _link = api.connect_worker(slots=4)
+    _code, older = await api.call("POST", "/api/tasks/1/run")
+    _code, newer = await api.call("POST", "/api/tasks/1/run")
+    _code, other = await api.call("POST", "/api/tasks/2/run")
+    await api.service.job_store.get(other["id"])  # placed: running on w1
+    api.service.dispatcher.finished(worker, Finished(older["id"], 0, None, False, False, 0, 1.0, 2.0, ()))
+    api.service.dispatcher.started(worker, newer["id"], 1.0)
+
+    _code, tasks = await api.call("GET", "/api/tasks")
+    last = {task["id"]: task["lastJob"] for task in tasks}
+    assert last[3] is None
+    assert last[2]["id"] == other["id"] and last[2]["status"] == "running"
+    # The newest by id, not the one that ended last; the live record (started).
+    assert last[1]["id"] == newer["id"] and last[1]["startedAt"] is not None
+    _code, one = await api.call("GET", "/api/tasks/1")
+    assert one["lastJob"] == last[1]
+    # The answers to changes leave it out (the page keeps its own).
+    _code, paused = await api.call("POST", "/api/tasks/1/pause")
+    assert "lastJob" not in paused
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_lists_say_how_many_match_in_all(api: Api) -> None:
+    worker, _link = api.connect_worker(slots=1)
+    ids = [(await api.call("POST", "/api/jobs", {"command": f"echo {n}"}))[1]["id"] for n in range(5)]
+    await api.service.job_store.get(ids[-1])
+    api.service.dispatcher.finished(worker, Finished(ids[0], 1, None, False, False, 0, 1.0, 2.0, ()))
+    await api.service.job_store.get(ids[-1])  # the next one placed
+
+    async def listed(query: str) -> tuple[list[int], int]:
+        response, body = await api.raw("GET", "/api/jobs" + query)
+        assert response.code == 200
+        return [job["id"] for job in json.loads(body)], int(response.headers.getRawHeaders(b"x-total-count")[0])
+
+    assert await listed("") == (ids[::-1], 5)
+    assert await listed("?limit=2") == (ids[:2:-1], 5)
+    assert await listed(f"?limit=2&before={ids[2]}") == ([ids[1], ids[0]], 5)
+    assert await listed("?status=queued") == (ids[:1:-1], 3)
+    assert await listed("?status=running&limit=1") == ([ids[1]], 1)
+    assert await listed("?status=failed") == ([ids[0]], 1)
+    assert await listed("?worker=w1") == ([ids[1], ids[0]], 2)
+    assert await listed("?task=1") == ([], 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_jobs_version_grows_with_each_change_the_api_shows(api: Api) -> None:
+    worker, _link = api.connect_worker()
+    _code, job = await api.call("POST", "/api/jobs", {"command": "sleep 60"})
+    seen = [job["version"]]
+    await api.service.job_store.get(job["id"])
+    seen.append((await api.call("GET", f"/api/jobs/{job['id']}"))[1]["version"])  # running
+    api.service.dispatcher.started(worker, job["id"], 1.0)
+    seen.append((await api.call("GET", "/api/jobs"))[1][0]["version"])  # started
+    code, asked = await api.call("POST", f"/api/jobs/{job['id']}/cancel")
+    assert code == 202 and asked["status"] == "running" and asked["cancelRequestedAt"] is not None
+    seen.append(asked["version"])
+    api.service.dispatcher.finished(worker, Finished(job["id"], None, 15, False, True, 0, 1.0, 2.0, ()))
+    seen.append((await api.call("GET", f"/api/jobs/{job['id']}"))[1]["version"])  # from the store now
+    assert seen == sorted(set(seen)) and len(seen) == 5
+
+
+class AnsweringLink(Link):
+    """A worker that reports a job cancelled the moment it is asked to cancel it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer: Any = None
+
+    def send(self, type: str, **fields: Any) -> None:
+        super().send(type, **fields)
+        if type == "cancel" and self.answer is not None:
+            self.answer(fields["job"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cancel_answer_is_the_freshest_record(api: Api) -> None:
+    link = AnsweringLink()
+    worker = Worker("w1", frozenset(), 1, link, 0.0)
+    dispatcher = api.service.dispatcher
+    dispatcher.hello(worker, {})
+    _code, job = await api.call("POST", "/api/jobs", {"command": "sleep 60"})
+    await api.service.job_store.get(job["id"])
+    dispatcher.started(worker, job["id"], 1.0)
+    # The worker's "cancelled" arrives while the cancel's write commits.
+    link.answer = lambda job_id: dispatcher.finished(worker, Finished(job_id, None, 15, False, True, 0, 1.0, 2.0, ()))
+    code, answer = await api.call("POST", f"/api/jobs/{job['id']}/cancel")
+    assert code == 202 and answer["status"] == "cancelled"
+    _code, stored = await api.call("GET", f"/api/jobs/{job['id']}")
+    assert answer == stored
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_names_the_time_zone_only_to_token_holders_where_one_is_set(tmp_path: Path, reactor: Any) -> None:
+    from zoneinfo import ZoneInfo
+
+    settings = Settings(
+        tasks_file=str(tmp_path / "tasks.db"),
+        tcp="tcp:0:interface=127.0.0.1",
+        http="tcp:0:interface=127.0.0.1",
+        tz=ZoneInfo("America/New_York"),
+        api_token=TOKEN,
+    )
+    api = Api(SchedulerService(reactor, settings))
+    try:
+        auth = {b"Authorization": [f"Bearer {TOKEN}".encode()]}
+        _code, body = await api.call("GET", "/api/health", headers=auth)
+        assert body["timezone"] == "America/New_York"
+        assert (await api.call("GET", "/api/health")) == (200, {"status": "ok"})
+    finally:
+        await close_api(api)
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_names_the_time_zone_where_no_token_is_set(api: Api) -> None:
+    _code, body = await api.call("GET", "/api/health")
+    assert body["timezone"] == "UTC" and "version" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_cancel_answer_is_older_than_the_feeds_cancelled_event(api: Api) -> None:
+    # The issue's bug: the page applied the cancel's answer ("running")
+    # after the feed's "cancelled".  The versions say which is newer.
+    from twisted.web.test.requesthelper import DummyRequest
+
+    listener = DummyRequest([b""])
+    listener.channel = None  # type: ignore[attr-defined]  # no transport: no backlog to measure
+    assert api.service.feed.subscribe(listener, None)  # type: ignore[arg-type]
+    worker, _link = api.connect_worker()
+    _code, job = await api.call("POST", "/api/jobs", {"command": "sleep 60"})
+    await api.service.job_store.get(job["id"])
+    api.service.dispatcher.started(worker, job["id"], 1.0)
+    code, answer = await api.call("POST", f"/api/jobs/{job['id']}/cancel")
+    assert code == 202 and answer["status"] == "running"
+    api.service.dispatcher.finished(worker, Finished(job["id"], None, 15, False, True, 0, 1.0, 2.0, ()))
+
+    frames = b"".join(listener.written).decode().split("\n\n")
+    events = [json.loads(frame.split("data: ", 1)[1]) for frame in frames if frame.startswith("event: job")]
+    assert [event["status"] for event in events] == ["queued", "running", "running", "running", "cancelled"]
+    versions = [event["version"] for event in events]
+    assert versions == sorted(set(versions))
+    assert events[-2] == answer  # the cancel's answer is the feed's event of the same change
+    assert answer["version"] < events[-1]["version"]

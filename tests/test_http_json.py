@@ -25,7 +25,8 @@ def test_task_json_has_the_documented_fields() -> None:
     assert body["id"] == 7 and body["jobName"] == "task_7" and body["retries"] == 2
     assert body["nextRun"] == "1970-01-01T00:05:00.000+00:00"
     assert body["description"] == cron.describe(make_task().schedule)
-    assert set(body) == set(SCHEMAS["Task"]["properties"])
+    # lastJob is added by the GET routes only (scheduler/http_api.py).
+    assert set(body) | {"lastJob"} == set(SCHEMAS["Task"]["properties"])
     assert task_json(make_task(), None, UTC)["nextRun"] is None
 
 
@@ -37,6 +38,7 @@ def test_job_json_times_are_in_the_schedulers_zone_with_a_duration() -> None:
     assert body["duration"] == 1.5
     assert set(body) == set(SCHEMAS["Job"]["properties"])
     assert job_json(Job(4, "true", created_at=0.0), UTC)["duration"] is None
+    assert body["version"] == 1 and job_json(job.evolve(version=9), UTC)["version"] == 9
 
 
 def test_job_json_says_when_a_cancel_was_asked_for() -> None:

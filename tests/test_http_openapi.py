@@ -63,7 +63,7 @@ def _klein_routes() -> set[tuple[str, str]]:
         path = rule.rule.replace("<task_id>", "{id}").replace("<job_id>", "{id}")
         path = re.sub(r"<([a-z_]+)>", r"{\1}", path)
         if rule.rule.startswith("/static/"):
-            path = "/static/{path}"
+            path = "/static/v-{version}/{path}" if rule.rule.startswith("/static/v-") else "/static/{path}"
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
                 routes.add((path, method.lower()))

@@ -130,6 +130,30 @@ def test_restore_indexes_the_active_jobs() -> None:
     assert not book.active_for(4) and book.count(JobStatus.RUNNING) == 0
 
 
+def test_every_change_of_a_job_raises_its_version_even_back_to_an_earlier_status() -> None:
+    book = JobBook(clock_at())
+    seen: list[tuple[str, int]] = []
+    book.listeners.append(lambda job: seen.append((job.status.value, job.version)))
+    job = book.create("true", task_id=1)
+    job = book.update(job, status=JobStatus.RUNNING, worker="w1")
+    job = book.update(job, status=JobStatus.QUEUED, worker=None)  # the worker rejected it
+    job = book.update(job, status=JobStatus.RUNNING, worker="w2")
+    job = book.update(job, started_at=START + 1)
+    job = book.update(job, cancel_requested_at=START + 2)
+    book.update(job, status=JobStatus.CANCELLED, finished_at=START + 3)
+    assert [status for status, _ in seen] == ["queued", "running", "queued", "running", "running", "running", "cancelled"]
+    assert [version for _, version in seen] == list(range(1, 8))
+
+
+def test_a_restored_job_jumps_past_versions_a_lost_batch_may_have_shown() -> None:
+    book = JobBook(clock_at())
+    stored = Job(id=6, command="true", created_at=START, status=JobStatus.RUNNING, worker="w", version=3)
+    book.restore([stored], [], 6, keys_since=START)
+    restored = book.get(6)
+    assert restored is not None and restored.version == 3 + JobBook.RESTORED_VERSION_STEP
+    assert book.update(restored, status=JobStatus.LOST).version == restored.version + 1
+
+
 def task(task_id: int, **options: object) -> Task:
     return Task(task_id, f"t{task_id}", cron.parse("* * * * * *", UTC), "true", TaskOptions(**options))  # type: ignore[arg-type]
 

@@ -165,6 +165,32 @@ async def test_query_filters_order_limit_and_before_id(stores: Opener) -> None:
     assert ids(await store.query(limit=0)) == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_count_matches_the_query_without_its_page(stores: Opener) -> None:
+    store = stores()
+    for i in range(1, 11):
+        status = JobStatus.RUNNING if i % 2 else JobStatus.SUCCEEDED
+        store.put(job(i, task_id=1 if i <= 5 else 2, worker=f"w{i % 3}", status=status))
+
+    for filters in ({}, {"status": "running"}, {"task_id": 1}, {"worker": "w1"}, {"task_id": 2, "status": "running"}):
+        assert await store.count(**filters) == len(await store.query(limit=1000, **filters)), filters
+    assert await store.count() == 10
+    assert await store.count(task_id=2, status="running", worker="w0") == 1
+    assert await store.count(status="lost") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_newest_is_each_asked_tasks_highest_job(stores: Opener) -> None:
+    store = stores()
+    for job_id, task_id in [(1, 1), (2, 2), (3, 1), (4, None), (5, 3), (6, 2), (7, 1)]:
+        store.put(job(job_id, task_id=task_id))
+
+    newest = await store.newest([1, 2, 9])
+    assert sorted((each.task_id, each.id) for each in newest) == [(1, 7), (2, 6)]
+    assert await store.newest([]) == []
+    assert [each.id for each in await store.newest([3])] == [5]
+
+
 # -- output ---------------------------------------------------------------------
 
 
@@ -461,7 +487,7 @@ async def test_a_version_1_database_opens_migrated_and_keeps_its_jobs(stores: Op
     store = stores()
 
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
@@ -590,7 +616,7 @@ async def test_a_version_2_database_opens_migrated_and_keeps_its_jobs(stores: Op
     store = stores()
 
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     conn.close()
     assert {f.name for f in fields(Job)} | {"output_dropped"} == columns
@@ -631,3 +657,34 @@ async def test_a_running_jobs_cancel_request_is_kept_across_a_restart(stores: Op
     await second.put(asked.evolve(status=JobStatus.CANCELLED, finished_at=9.0))
     done = await second.get(2)
     assert done is not None and done.status is JobStatus.CANCELLED and done.cancel_requested_at == 7.25
+
+
+def _version_3_database(path: str) -> None:
+    """The version 2 database above, as version 3 left it (a cancel time, no versions)."""
+    _version_2_database(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute('ALTER TABLE jobs ADD COLUMN "cancel_requested_at" REAL')
+        conn.execute("PRAGMA user_version = 3")
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_3_database_opens_with_every_job_at_version_1(stores: Opener, path: str) -> None:
+    _version_3_database(path)
+    store = stores()
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 4
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    conn.close()
+    assert {f.name for f in fields(Job)} | {"output_dropped"} == columns
+    [(running, _seq)] = store.load_active()
+    old = await store.get(1)
+    assert running.version == 1 and old is not None and old.version == 1
+
+    # A later record's version is kept, and read back after a restart.
+    await store.put(running.evolve(status=JobStatus.SUCCEEDED, finished_at=1070.0, version=4))
+    await store.close()
+    again = stores()
+    done = await again.get(2)
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.version == 4

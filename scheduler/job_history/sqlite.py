@@ -10,6 +10,7 @@ folder (they can reach clients); the log has the full path.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -56,6 +57,24 @@ _RETRIED_SQL = ", ".join(f"'{status.value}'" for status in (JobStatus.FAILED, Jo
 
 # Well under SQLite's limit on bound parameters, even in old builds.
 _DELETE_CHUNK = 500
+
+
+def _filters(
+    status: str | None, task_id: int | None, worker: str | None, before_id: int | None
+) -> tuple[str, list[object]]:
+    """The WHERE clause (or "") and its parameters for the filters given."""
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, value in (
+        ("status", status),
+        ("task_id", task_id),
+        ("worker", worker),
+        ("id", before_id),
+    ):
+        if value is not None:
+            clauses.append(f'"{column}" {"<" if column == "id" else "="} ?')
+            params.append(str(value) if column == "status" else value)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def create_private(path: str) -> None:
@@ -298,21 +317,24 @@ class SqliteDatabase:
         limit: int,
         before_id: int | None,
     ) -> list[Job]:
-        clauses: list[str] = []
-        params: list[object] = []
-        for column, value in (
-            ("status", status),
-            ("task_id", task_id),
-            ("worker", worker),
-            ("id", before_id),
-        ):
-            if value is not None:
-                clauses.append(f'"{column}" {"<" if column == "id" else "="} ?')
-                params.append(str(value) if column == "status" else value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _filters(status, task_id, worker, before_id)
         # A negative LIMIT means no limit to SQLite.
         params.append(max(0, limit))
         return [row_job(row) for row in self._rows(f"{SELECT_JOB}{where} ORDER BY id DESC LIMIT ?", params)]
+
+    def count(self, status: str | None, task_id: int | None, worker: str | None) -> int:
+        where, params = _filters(status, task_id, worker, None)
+        return int(self._rows(f"SELECT COUNT(*) FROM jobs{where}", params)[0][0])
+
+    def newest(self, task_ids: Sequence[int]) -> list[Job]:
+        # One statement, one (task_id, id) index lookup per task: the cost
+        # grows with the tasks asked for, not with the jobs kept.
+        rows = self._rows(
+            f"{SELECT_JOB} WHERE id IN (SELECT (SELECT MAX(id) FROM jobs WHERE task_id = asked.value) "
+            "FROM json_each(?) AS asked)",
+            (json.dumps([int(task_id) for task_id in task_ids]),),
+        )
+        return [row_job(row) for row in rows]
 
     def output(self, job_id: int) -> str | None:
         conn = self._open_connection()

@@ -18,7 +18,7 @@ from scheduler.job_history.database import JobStoreError
 from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus
 from scheduler.triggers import Revision, TriggeredBy
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The Job fields, in column order.
 FIELDS = (
@@ -42,6 +42,7 @@ FIELDS = (
     "finished_at",
     "reason",
     "cancel_requested_at",
+    "version",
 )
 COLUMNS = ", ".join(f'"{name}"' for name in FIELDS)
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs"
@@ -71,7 +72,8 @@ _SCHEMA = (
         "finished_at" REAL,
         "reason" TEXT,
         "cancel_requested_at" REAL,
-        "output_dropped" INTEGER NOT NULL DEFAULT 0
+        "output_dropped" INTEGER NOT NULL DEFAULT 0,
+        "version" INTEGER NOT NULL DEFAULT 1
     )""",
     'CREATE INDEX IF NOT EXISTS jobs_status ON jobs ("status")',
     'CREATE INDEX IF NOT EXISTS jobs_task ON jobs ("task_id", "id")',
@@ -104,6 +106,7 @@ _SCHEMA = (
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ('ALTER TABLE jobs ADD COLUMN "triggered_by" TEXT',),
     3: ('ALTER TABLE jobs ADD COLUMN "cancel_requested_at" REAL',),
+    4: ('ALTER TABLE jobs ADD COLUMN "version" INTEGER NOT NULL DEFAULT 1',),
 }
 
 REVISION_FIELDS = ("id", "task_id", "at", "action", "by", "before", "after")
@@ -174,6 +177,7 @@ def job_row(job: Job) -> tuple[object, ...]:
         job.finished_at,
         job.reason,
         job.cancel_requested_at,
+        job.version,
     )
 
 

@@ -9,6 +9,7 @@ backend subclasses this only to build its :class:`Database`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -113,6 +114,13 @@ class ThreadedJobHistory:
         before_id: int | None = None,
     ) -> Deferred[list[Job]]:
         return self._commits.read(lambda: self._database.query(status, task_id, worker, limit, before_id))
+
+    def count(self, *, status: str | None = None, task_id: int | None = None, worker: str | None = None) -> Deferred[int]:
+        return self._commits.read(lambda: self._database.count(status, task_id, worker))
+
+    def newest(self, task_ids: Sequence[int]) -> Deferred[list[Job]]:
+        asked = list(task_ids)
+        return self._commits.read(lambda: self._database.newest(asked))
 
     def output(self, job_id: int) -> Deferred[str | None]:
         return self._commits.read(lambda: self._database.output(job_id))
