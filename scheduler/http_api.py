@@ -12,7 +12,6 @@ from collections.abc import Callable
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from klein import Klein
@@ -21,7 +20,6 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.routing import RequestRedirect
 
 from scheduler import __version__, cron
 from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
@@ -217,20 +215,6 @@ class SchedulerHTTP:
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
         return _json(request, 404, {"error": f"no such resource: {request.path.decode('utf-8', 'replace')[:200]}"})
-
-    @app.handle_errors(RequestRedirect)
-    def redirect(self, request: IRequest, failure: Failure) -> bytes:
-        # Werkzeug's redirect (``/static`` to ``/static/``) is absolute, built
-        # from the port this process listens on, which behind a container's
-        # port mapping or a proxy is not the one the client used.  A path
-        # alone (RFC 9110 allows a relative Location) is right wherever the
-        # client stands.
-        error = failure.value
-        assert isinstance(error, RequestRedirect)
-        target = urlsplit(error.new_url)
-        location = target.path + (f"?{target.query}" if target.query else "")
-        request.setHeader(b"Location", location.encode("utf-8"))
-        return _json(request, error.code, {"error": f"moved to {location}"})
 
     @app.handle_errors(MethodNotAllowed)
     def not_allowed(self, request: IRequest, failure: Failure) -> bytes:
