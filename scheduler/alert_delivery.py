@@ -119,6 +119,11 @@ class Deliverer:
             pool=pool,
         )
 
+    def close(self) -> Deferred[None]:
+        """Close the kept-alive connections."""
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed
+
     def deliver(self, channel: Channel, key: str, data: Mapping[str, Any]) -> Deferred[Reply]:
         """One attempt; never fails (an error is a Reply), and answers within the timeout."""
         if channel.kind == "email":
@@ -150,7 +155,7 @@ class Deliverer:
         sent: Deferred[Any] = Deferred()
         context = optionsForClientTLS(settings.host, trustRoot=self._trust_root) if settings.starttls else None
         factory = smtp.ESMTPSenderFactory(
-            settings.username,
+            settings.username.encode("utf-8") if settings.username is not None else None,
             settings.password.encode("utf-8") if settings.password is not None else None,
             settings.sender,
             list(settings.to),
