@@ -25,17 +25,24 @@ from twisted.internet.defer import Deferred
 from scheduler.alerts import CHANNEL_KINDS, ChannelKind
 from scheduler.job_history.database import NameTaken
 
+# The checks are patterns the OpenAPI document repeats (scheduler/http_openapi.py),
+# all ASCII, so a client's regex dialect reads them as Python does.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_URL = 2048
+URL = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#][!-~]*)?")
 SECRET_LENGTH = (16, 256)
+SECRET = re.compile(r"[!-~]{16,256}")
+# An SMTP login: printable ASCII, spaces included.
+CREDENTIAL = re.compile(r"[ -~]{1,256}")
+MAX_ADDRESS = 254
 # Kinds whose URL carries the credential (Slack's and Discord's webhook URLs):
 # only its scheme and host are ever shown.
 URL_IS_SECRET = frozenset({"slack", "discord"})
 URL_KINDS = ("webhook", "slack", "discord", "ntfy")
 SMTP_PORT = 587
 MAX_RECIPIENTS = 20
-_ADDRESS = re.compile(r"[^\s@<>,;\"]+@[^\s@<>,;\"]+")
-_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]")
+ADDRESS = re.compile(r"[A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+")
+HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 # The fields a request may give, per kind ("name" and "kind" always).
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -89,7 +96,7 @@ class Channel:
             smtp = asdict(self.smtp)
             smtp["from"] = smtp.pop("sender")
             smtp["to"] = list(smtp["to"])
-            data.update(smtp)
+            data.update({key: value for key, value in smtp.items() if value is not None})
         return json.dumps(data, sort_keys=True)
 
     def public(self) -> dict[str, Any]:
@@ -144,33 +151,33 @@ def parse_channel(data: Mapping[str, Any]) -> Channel:
         return Channel(name, kind, smtp=_smtp(data))
     url = _url(data.get("url"))
     secret = data.get("secret")
-    if secret is not None:
-        low, high = SECRET_LENGTH
-        if not isinstance(secret, str) or not low <= len(secret) <= high or not secret.isprintable():
-            raise ChannelError(f"field 'secret' must be {low} to {high} printable characters")
+    if "secret" in data:
+        if not isinstance(secret, str) or not SECRET.fullmatch(secret):
+            low, high = SECRET_LENGTH
+            raise ChannelError(f"field 'secret' must be {low} to {high} printable ASCII characters, no spaces")
     elif kind == "webhook":
         raise ChannelError(f"field 'secret' is required for a webhook: it signs every request ({SECRET_LENGTH[0]}+ characters)")
     return Channel(name, kind, url=url, secret=secret)
 
 
 def _url(url: object) -> str:
-    if not isinstance(url, str) or len(url) > MAX_URL:
-        raise ChannelError(f"field 'url' is required: an http or https URL of at most {MAX_URL} characters")
+    if not isinstance(url, str) or len(url) > MAX_URL or not URL.fullmatch(url):
+        raise ChannelError(
+            f"field 'url' is required: an http:// or https:// URL with a host and no user:password@, "
+            f"in printable ASCII, at most {MAX_URL} characters"
+        )
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as error:
-        raise ChannelError(f"field 'url' is not a URL: {error}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ChannelError("field 'url' must be an http:// or https:// URL with a host")
-    if any(char.isspace() or not char.isprintable() for char in url):
-        raise ChannelError("field 'url' must not contain spaces or control characters")
+        port = urlsplit(url).port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ChannelError("field 'url' has a port outside 1 to 65535")
     return url
 
 
 def _smtp(data: Mapping[str, Any]) -> SmtpSettings:
     host = data.get("host")
-    if not isinstance(host, str) or not _HOST.fullmatch(host):
+    if not isinstance(host, str) or not HOST.fullmatch(host):
         raise ChannelError("field 'host' is required for email: the SMTP server's name or address")
     port = data.get("port", SMTP_PORT)
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
@@ -180,21 +187,21 @@ def _smtp(data: Mapping[str, Any]) -> SmtpSettings:
         raise ChannelError("field 'starttls' must be true or false (default true)")
     username, password = data.get("username"), data.get("password")
     for field_name, value in (("username", username), ("password", password)):
-        if value is not None and (not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable()):
-            raise ChannelError(f"field '{field_name}' must be 1 to 256 printable characters")
-    if (username is None) != (password is None):
+        if field_name in data and (not isinstance(value, str) or not CREDENTIAL.fullmatch(value)):
+            raise ChannelError(f"field '{field_name}' must be 1 to 256 printable ASCII characters")
+    if ("username" in data) != ("password" in data):
         raise ChannelError("fields 'username' and 'password' go together")
-    if password is not None and not starttls:
+    if "password" in data and not starttls:
         raise ChannelError("field 'starttls' must be true with a password: it would cross the network in clear")
     sender = data.get("from")
-    if not isinstance(sender, str) or not _ADDRESS.fullmatch(sender) or len(sender) > 254:
+    if not isinstance(sender, str) or not ADDRESS.fullmatch(sender) or len(sender) > MAX_ADDRESS:
         raise ChannelError("field 'from' is required for email: one address, like scheduler@example.com")
     to = data.get("to")
     recipients = [to] if isinstance(to, str) else to
     if (
         not isinstance(recipients, list)
         or not 1 <= len(recipients) <= MAX_RECIPIENTS
-        or not all(isinstance(each, str) and _ADDRESS.fullmatch(each) and len(each) <= 254 for each in recipients)
+        or not all(isinstance(each, str) and ADDRESS.fullmatch(each) and len(each) <= MAX_ADDRESS for each in recipients)
     ):
         raise ChannelError(f"field 'to' is required for email: an address or a list of 1 to {MAX_RECIPIENTS}")
     return SmtpSettings(host, port, starttls, username, password, sender, tuple(recipients))
