@@ -159,8 +159,11 @@ def default_public_url(http: str) -> str:
     its interface (this machine's name if it listens on all of them) and port."""
     args, kw = endpoints._parse(http)
     kind = str(args[0]).lower()
-    port = kw.get("port", args[1] if len(args) > 1 else "3000")
     interface = listen_interface(http)
+    if kind not in ("tcp", "tcp6", "ssl"):
+        # A local socket, or one systemd hands over: a proxy in front says where.
+        return "http://localhost"
+    port = kw.get("port", args[1] if len(args) > 1 else "3000")
     if interface is None:
         host = "localhost"
     elif interface in ("", "0.0.0.0", "::"):
