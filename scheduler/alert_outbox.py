@@ -31,9 +31,10 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from scheduler.alert_channels import Channel
 from scheduler.alert_deliveries import Delivery
@@ -230,7 +231,7 @@ class AlertSender(Service):
         elif delay is not None:
             self._arm(delay)
 
-    def _take_failed(self, failure: Any) -> None:
+    def _take_failed(self, failure: Failure) -> None:
         self._pumping = False
         log.failure("could not read the alert outbox; trying again in {delay} s", failure, delay=self._first_delay)
         if self.running:
@@ -247,7 +248,7 @@ class AlertSender(Service):
         self._per_channel_now[row.channel] = self._per_channel_now.get(row.channel, 0) + 1
         attempt = Deferred.fromCoroutine(self._attempt(row, channel))
         self._flying[row.id] = attempt
-        attempt.addErrback(lambda failure: log.failure("alert {key} to {channel}: attempt failed", failure, key=row.key, channel=row.channel))
+        attempt.addErrback(self._attempt_failed, row)
         attempt.addBoth(lambda _: self._finished(row))
 
     async def _attempt(self, row: Delivery, channel: Channel) -> None:
@@ -259,6 +260,10 @@ class AlertSender(Service):
         reply = await self._deliver(channel, row.key, data)
         if self.running:
             self._record(row, channel, reply, self._clock.seconds())
+
+    def _attempt_failed(self, failure: Failure, row: Delivery) -> None:
+        if not failure.check(CancelledError):  # stopped while reading its output: it stays due
+            log.failure("alert {key} to {channel}: the attempt failed", failure, key=row.key, channel=row.channel)
 
     def _finished(self, row: Delivery) -> None:
         self._flying.pop(row.id, None)
