@@ -22,10 +22,13 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from scheduler import __version__, cron
+from scheduler.alert_channels import ChannelBook, ChannelError, ChannelExists, NoSuchChannel, parse_channel
+from scheduler.alert_deliveries import DELIVERY_STATES
+from scheduler.alert_outbox import AlertSender
 from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
-from scheduler.http_json import iso, job_json, revision_json, task_json, worker_json
+from scheduler.http_json import delivery_json, iso, job_json, revision_json, task_json, worker_json
 from scheduler.http_static import IMMUTABLE, REVALIDATE, StaticFile, StaticFiles
 from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
@@ -173,6 +176,8 @@ class SchedulerHTTP:
         feed: EventHub,
         max_body: int = MAX_BODY,
         last_clock_step: Callable[[], tuple[str, float, float] | None] = lambda: None,
+        channels: ChannelBook,
+        alerts: AlertSender,
     ) -> None:
         self._state = state
         self._changes = changes
@@ -185,6 +190,8 @@ class SchedulerHTTP:
         self._feed = feed
         self._max_body = max_body
         self._last_clock_step = last_clock_step
+        self._channels = channels
+        self._alerts = alerts
         self._workers_ws = WebSocketResource(worker_factory)
         self._static = StaticFiles(static_root())
 
@@ -609,6 +616,72 @@ class SchedulerHTTP:
         if job is None:
             raise ApiError(404, f"no job with id {job_id}")
         return job
+
+    # -- alerts: channels and what was sent (scheduler/alert_*.py) -------------
+
+    @app.route("/api/channels", methods=["GET"])
+    def list_channels(self, request: IRequest) -> bytes:
+        return _json(request, 200, [channel.public() for channel in self._channels])
+
+    @app.route("/api/channels", methods=["POST"])
+    async def add_channel(self, request: IRequest) -> bytes:
+        try:
+            channel = parse_channel(_body(request, self._max_body))
+        except ChannelError as error:
+            raise ApiError(400, str(error)) from None
+        try:
+            await self._channels.add(channel)
+        except ChannelExists as error:
+            raise ApiError(409, str(error)) from None
+        except Exception as error:
+            raise ApiError(503, f"could not save the channel: {error}") from None
+        request.setHeader(b"Location", f"/api/channels/{channel.name}".encode())
+        return _json(request, 201, channel.public())
+
+    @app.route("/api/channels/<name>", methods=["DELETE"])
+    async def delete_channel(self, request: IRequest, name: str) -> bytes:
+        try:
+            await self._channels.remove(name)
+        except NoSuchChannel:
+            raise ApiError(404, f"no channel named '{name[:64]}'") from None
+        except Exception as error:
+            raise ApiError(503, f"could not remove the channel: {error}") from None
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/api/channels/<name>/test", methods=["POST"])
+    async def test_channel(self, request: IRequest, name: str) -> bytes:
+        channel = self._channels.get(name)
+        if channel is None:
+            raise ApiError(404, f"no channel named '{name[:64]}'")
+        _check_fields(_optional_body(request, self._max_body), set())
+        reply = await self._alerts.send_test(channel)
+        return _json(request, 200, {"outcome": reply.outcome, "status": reply.status, "reply": reply.text})
+
+    @app.route("/api/alerts", methods=["GET"])
+    async def list_alerts(self, request: IRequest) -> bytes:
+        state = _str_arg(request, "state")
+        if state is not None and state not in DELIVERY_STATES:
+            raise ApiError(400, f"query parameter 'state' must be one of {', '.join(DELIVERY_STATES)}")
+        rows = await self._job_store.deliveries(
+            task_id=_int_arg(request, "task", None, 1, 10**18),
+            state=state,
+            channel=_str_arg(request, "channel"),
+            limit=_int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT,
+            before_id=_int_arg(request, "before", None, 1, 10**18),
+        )
+        return _json(request, 200, [delivery_json(row, self._tz) for row in rows])
+
+    @app.route("/api/tasks/<task_id>/alerts", methods=["GET"])
+    async def task_alerts(self, request: IRequest, task_id: str) -> bytes:
+        number = _path_id(task_id)
+        limit = _int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
+        before = _int_arg(request, "before", None, 1, 10**18)
+        rows = await self._job_store.deliveries(task_id=number, limit=limit, before_id=before)
+        # Like revisions: a task removed since still has its alerts; one never seen has none.
+        if not rows and self._state.book.get(number) is None and not await self._job_store.deliveries(task_id=number, limit=1):
+            raise ApiError(404, f"no task with id {task_id} and no alerts of one")
+        return _json(request, 200, [delivery_json(row, self._tz) for row in rows])
 
     # -- workers, feed -----------------------------------------------------------
 

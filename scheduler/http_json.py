@@ -12,6 +12,7 @@ from datetime import tzinfo
 from typing import Any
 
 from scheduler import cron
+from scheduler.alert_deliveries import Delivery
 from scheduler.jobs import Job
 from scheduler.tasks import Task
 from scheduler.triggers import Revision
@@ -81,6 +82,27 @@ def worker_json(worker: Worker, tz: tzinfo) -> dict[str, Any]:
     described = worker.describe()
     described["connectedAt"] = iso(worker.connected_at, tz)
     return described
+
+
+def delivery_json(delivery: Delivery, tz: tzinfo) -> dict[str, Any]:
+    """An alert in the outbox: what was sent, when, and the receiver's reply."""
+    detail = delivery.body.get("detail")
+    return {
+        "id": delivery.id,
+        "key": delivery.key,
+        "channel": delivery.channel,
+        "event": delivery.event,
+        "taskId": delivery.task_id,
+        "jobId": delivery.job_id,
+        "detail": detail if isinstance(detail, str) else None,
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "createdAt": iso(delivery.created_at, tz),
+        "lastAttemptAt": iso(delivery.last_attempt_at, tz),
+        "nextAttemptAt": iso(delivery.next_attempt_at, tz) if delivery.state == "pending" else None,
+        "sentAt": iso(delivery.sent_at, tz),
+        "reply": delivery.reply,
+    }
 
 
 # -- the live feed's events (scheduler/feed.py sends them as SSE) -------------

@@ -17,6 +17,21 @@ from typing import Any, get_args, get_origin, get_type_hints
 from zoneinfo import available_timezones
 
 from scheduler import cron
+from scheduler.alert_channels import (
+    ADDRESS,
+    CREDENTIAL,
+    FIELDS,
+    HOST,
+    MAX_ADDRESS,
+    MAX_RECIPIENTS,
+    MAX_URL,
+    NAME,
+    SECRET,
+    SMTP_PORT,
+    URL,
+)
+from scheduler.alert_deliveries import DELIVERY_STATES
+from scheduler.alerts import CHANNEL_KINDS
 from scheduler.http_api import (
     CHECK_RUNS,
     DEFAULT_LIMIT,
@@ -837,6 +852,176 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+# -- alerts: channels and deliveries (scheduler/alert_channels.py, alert_outbox.py) --
+
+_CHANNEL_NAME = {"type": "string", "pattern": f"^{NAME.pattern}$"}
+_ADDRESS_SCHEMA = {"type": "string", "pattern": f"^{ADDRESS.pattern}$", "maxLength": MAX_ADDRESS}
+_CHANNEL_FIELDS: dict[str, Any] = {
+    "url": {"type": "string", "pattern": f"^{URL.pattern}$", "maxLength": MAX_URL},
+    "secret": {
+        "type": "string",
+        "pattern": f"^{SECRET.pattern}$",
+        "description": "webhook: signs each request (HMAC-SHA256); ntfy: its access token. Never shown again",
+    },
+    "host": {"type": "string", "pattern": f"^({HOST.pattern})$"},
+    "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": SMTP_PORT},
+    "starttls": {"type": "boolean", "default": True},
+    "username": {"type": "string", "pattern": f"^{CREDENTIAL.pattern}$"},
+    "password": {"type": "string", "pattern": f"^{CREDENTIAL.pattern}$", "description": "never shown again"},
+    "from": _ADDRESS_SCHEMA,
+    "to": {"anyOf": [_ADDRESS_SCHEMA, {"type": "array", "items": _ADDRESS_SCHEMA, "minItems": 1, "maxItems": MAX_RECIPIENTS}]},
+}
+# Per kind: the fields it takes (FIELDS) and which it needs.
+_CHANNEL_REQUIRED = {"webhook": ["url", "secret"], "slack": ["url"], "discord": ["url"], "ntfy": ["url"], "email": ["host", "from", "to"]}
+
+
+def _new_channel(kind: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "title": kind,
+        "required": ["name", "kind", *_CHANNEL_REQUIRED[kind]],
+        "additionalProperties": False,
+        "properties": {
+            "name": _CHANNEL_NAME,
+            "kind": {"const": kind},
+            **{name: _CHANNEL_FIELDS[name] for name in FIELDS[kind]},
+        },
+    }
+    if kind == "email":
+        # A login goes whole, and never in clear.
+        schema["dependentRequired"] = {"username": ["password"], "password": ["username"]}
+        schema["dependentSchemas"] = {"password": {"properties": {"starttls": {"const": True}}}}
+    return schema
+
+
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_ALERT_SCHEMAS: dict[str, Any] = {
+    "NewChannel": {"oneOf": [_new_channel(kind) for kind in CHANNEL_KINDS]},
+    "Channel": {
+        "type": "object",
+        "required": ["name", "kind"],
+        "description": "A channel as shown: secrets and passwords are never shown, only whether one is set; "
+        "a Slack or Discord URL (which is its credential) shows only its scheme and host",
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"enum": list(CHANNEL_KINDS)},
+            "url": {"type": "string"},
+            "secretSet": {"type": "boolean"},
+            "host": {"type": "string"},
+            "port": {"type": "integer"},
+            "starttls": {"type": "boolean"},
+            "username": {"type": ["string", "null"]},
+            "passwordSet": {"type": "boolean"},
+            "from": {"type": "string"},
+            "to": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Delivery": {
+        "type": "object",
+        "required": ["id", "key", "channel", "event", "state", "attempts", "createdAt", "reply"],
+        "properties": {
+            "id": {"type": "integer"},
+            "key": {"type": "string", "description": "the event's idempotency key, sent as Idempotency-Key"},
+            "channel": {"type": "string"},
+            "event": {"type": "string"},
+            "taskId": {"type": ["integer", "null"]},
+            "jobId": {"type": ["integer", "null"]},
+            "detail": {"type": ["string", "null"]},
+            "state": {"enum": list(DELIVERY_STATES)},
+            "attempts": {"type": "integer"},
+            "createdAt": _TIME_OR_NULL,
+            "lastAttemptAt": _TIME_OR_NULL,
+            "nextAttemptAt": {**_TIME_OR_NULL, "description": "while pending"},
+            "sentAt": _TIME_OR_NULL,
+            "reply": {"type": ["string", "null"], "description": "the receiver's status and first bytes, or the error"},
+        },
+    },
+}
+_CHANNEL_PATH = {"name": "name", "in": "path", "required": True, "schema": _CHANNEL_NAME, "examples": {"ops": {"value": "ops"}}}
+_PAGE = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID}, "description": "only ids below this (paging)"},
+]
+_DELIVERIES = _json({"type": "array", "items": _ref("Delivery")}, "Alerts, newest first")
+_ALERT_PATHS: dict[str, Any] = {
+    "/api/channels": {
+        "get": {"summary": "Alert channels", "responses": {"200": _json({"type": "array", "items": _ref("Channel")}, "Channels by name")}},
+        "post": {
+            "summary": "Create an alert channel (a name is taken once: delete a channel to replace it)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("NewChannel")}}},
+            "responses": {
+                "201": {
+                    **_json(_ref("Channel"), "Created"),
+                    "headers": {"Location": {"description": "/api/channels/<name>", "schema": {"type": "string"}}},
+                },
+                "409": _error("A channel by that name exists"),
+                **_COMMON_ERRORS,
+                "503": _error("The job database could not be written"),
+            },
+        },
+    },
+    "/api/channels/{name}": {
+        "parameters": [_CHANNEL_PATH],
+        "delete": {
+            "summary": "Delete a channel (its alerts still queued fail when their turn comes)",
+            "responses": {
+                "204": {"description": "Deleted"},
+                "404": _error("No such channel"),
+                "503": _error("The job database could not be written"),
+            },
+        },
+    },
+    "/api/channels/{name}/test": {
+        "parameters": [_CHANNEL_PATH],
+        "post": {
+            "summary": "Send a test alert to the channel now (not through the outbox) and tell what the receiver said",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["outcome", "status", "reply"],
+                        "properties": {
+                            "outcome": {"enum": ["sent", "retry", "failed"], "description": "retry: the receiver was unreachable or asked for later"},
+                            "status": {"type": ["integer", "null"], "description": "the receiver's HTTP status, if it answered over HTTP"},
+                            "reply": {"type": "string", "description": "the status and first bytes of the answer, or the error"},
+                        },
+                    },
+                    "Tried (whether or not it arrived: see outcome)",
+                ),
+                "404": _error("No such channel"),
+                **_COMMON_ERRORS,
+            },
+        },
+    },
+    "/api/alerts": {
+        "get": {
+            "summary": "Every alert queued, sent or given up, newest first",
+            "parameters": [
+                {"name": "state", "in": "query", "schema": {"enum": list(DELIVERY_STATES)}},
+                {"name": "channel", "in": "query", "schema": {"type": "string"}},
+                {"name": "task", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID}},
+                *_PAGE,
+            ],
+            "responses": {"200": _DELIVERIES, "400": _error("A bad query parameter")},
+        }
+    },
+    "/api/tasks/{id}/alerts": {
+        "parameters": [_ID],
+        "get": {
+            "summary": "The task's alerts: what was sent, when, and the reply; newest first",
+            "parameters": _PAGE,
+            "responses": {
+                "200": _DELIVERIES,
+                "400": _error("A bad query parameter"),
+                "404": _error("No such task, and none ever had alerts"),
+            },
+        },
+    },
+}
+OPENAPI["components"]["schemas"].update(_ALERT_SCHEMAS)
+OPENAPI["paths"].update(_ALERT_PATHS)
 
 
 # What the Guard in front of every route may answer (scheduler/http_guard.py).

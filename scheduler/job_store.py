@@ -25,7 +25,15 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from scheduler.job_history.database import REVISIONS_PER_TASK, JobStoreClosed, JobStoreError
+from scheduler.alert_deliveries import Delivery
+from scheduler.alerts import Alert
+from scheduler.job_history.database import (
+    REVISIONS_PER_TASK,
+    AlertAttempt,
+    JobStoreClosed,
+    JobStoreError,
+    NameTaken,
+)
 from scheduler.job_history.sqlite import SqliteDatabase
 from scheduler.job_history.sqlite_schema import SCHEMA_VERSION
 from scheduler.job_history.threaded import ThreadedJobHistory
@@ -40,6 +48,7 @@ __all__ = [
     "JobStore",
     "JobStoreClosed",
     "JobStoreError",
+    "NameTaken",
 ]
 
 
@@ -134,6 +143,45 @@ class JobHistory(JobRecorder, Protocol):
     def revisions(self, task_id: int, limit: int = 100, before_id: int | None = None) -> Deferred[list[Revision]]:
         """The task's revisions with an id below *before_id* (if given), newest first, at most *limit*."""
 
+    # The alert outbox (scheduler/alert_outbox.py): alerts ride in the
+    # transaction of the job records written in the same reactor turn.
+
+    def record_alerts(self, alerts: list[Alert]) -> Deferred[None]:
+        """Queue alerts (an ``AlertQueue``); a (key, channel) already kept is ignored,
+        and past the outbox's bound an alert is refused (logged and counted, not an error)."""
+
+    def record_attempt(self, attempt: AlertAttempt) -> Deferred[None]:
+        """Queue what a delivery attempt of an outbox row came to."""
+
+    def due_alerts(
+        self, now: float, limit: int, skip_ids: Sequence[int] = (), skip_channels: Sequence[str] = ()
+    ) -> Deferred[tuple[list[Delivery], float | None, int]]:
+        """Pending rows due by *now* (oldest first, at most *limit*, without the ids and
+        channels given), the next due time of the other pending rows, and the pending count."""
+
+    def deliveries(
+        self,
+        *,
+        task_id: int | None = None,
+        state: str | None = None,
+        channel: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> Deferred[list[Delivery]]:
+        """Outbox rows matching every filter given, newest first."""
+
+    def output_tail(self, job_id: int, max_bytes: int) -> Deferred[str | None]:
+        """The end of the job's kept output (about *max_bytes*); None if no such job."""
+
+    def channels(self) -> dict[str, str]:
+        """Every stored channel's config (JSON) by name; at start-up, blocking."""
+
+    def add_channel(self, name: str, config: str) -> Deferred[None]:
+        """Store a new channel; fails with NameTaken if the name is taken."""
+
+    def remove_channel(self, name: str) -> Deferred[None]:
+        """Forget a channel (its outbox rows stay, and fail when their turn comes)."""
+
     def close(self) -> Deferred[None]:
         """Write what is queued, then close the database."""
 
@@ -150,6 +198,7 @@ class JobStore(ThreadedJobHistory):
         keep_per_task: int = 100,
         keep_seconds: float = 7 * 86400,
         keep_revisions: int = REVISIONS_PER_TASK,
+        outbox_limit: int = 10_000,
         connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
     ) -> None:
         self.path = path
@@ -160,6 +209,7 @@ class JobStore(ThreadedJobHistory):
             keep_per_task=keep_per_task,
             keep_seconds=keep_seconds,
             keep_revisions=keep_revisions,
+            outbox_limit=outbox_limit,
             connect=connect,
         )
         super().__init__(self.database, reactor, thread_name="jobstore")

@@ -15,6 +15,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
+from scheduler.alert_channels import ChannelBook
+from scheduler.alert_delivery import Deliverer
+from scheduler.alert_outbox import AlertMetrics, AlertSender
 from scheduler.cron_engine import CronEngine
 from scheduler.cron_fires import FireHandler
 from scheduler.cron_ticker import CronTicker
@@ -32,7 +35,7 @@ from scheduler.limits import ConnectionLimits
 from scheduler.maintenance import Maintenance
 from scheduler.memory import release_free_memory
 from scheduler.metrics import SchedulerMetrics
-from scheduler.settings import Settings
+from scheduler.settings import Settings, default_public_url
 from scheduler.task_book import TaskBook
 from scheduler.task_changes import TaskChanges
 from scheduler.task_pauses import PauseTimer
@@ -90,6 +93,7 @@ class SchedulerService(MultiService):
             output_cap=settings.output_cap,
             keep_per_task=settings.keep_jobs,
             keep_seconds=settings.keep_days * 86400,
+            outbox_limit=settings.alert_outbox_limit,
         )
         try:
             self.job_store.open()
@@ -177,6 +181,25 @@ class SchedulerService(MultiService):
         self.feed = EventHub(clock)
         self._connect_feed()
 
+        # Alerts: the channels (kept in the job store) and the sender of its outbox.
+        try:
+            self.channels = ChannelBook(self.job_store, self.job_store.channels())
+        except (ValueError, TypeError, KeyError) as error:
+            raise StartupError(f"cannot read the alert channels in {jobs_db}: {error}") from None
+        self.deliverer = Deliverer(reactor)
+        self.alert_sender = AlertSender(
+            clock,
+            self.job_store,
+            self.channels.get,
+            self.deliverer.deliver,
+            public_url=settings.public_url or default_public_url(settings.http),
+            tz=settings.tz,
+            limit=settings.alert_outbox_limit,
+            metrics=AlertMetrics(self.metrics.registry),
+        )
+        self.job_store.alert_listeners.append(self.alert_sender.queued)
+        self.alert_sender.setServiceParent(self)
+
         commands = TcpCommands(self.changes, self.engine.next_run, self.status)
         tcp_factory = CommandFactory(
             commands,
@@ -211,6 +234,8 @@ class SchedulerService(MultiService):
             feed=self.feed,
             max_body=settings.http_max_body,
             last_clock_step=lambda: self.ticker.last_step,
+            channels=self.channels,
+            alerts=self.alert_sender,
         )
         self.guard = Guard(
             self.http.app.resource(),

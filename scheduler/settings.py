@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from typing import Any
 
+from twisted.internet import endpoints
 from twisted.logger import Logger
 
-from scheduler.access import WorkerTokens, read_token
+from scheduler.access import WorkerTokens, listen_interface, read_token
 from scheduler.limits import SEND_BACKLOG
 from scheduler.worker_messages import PING_INTERVAL, PING_TIMEOUT
 
@@ -75,6 +77,11 @@ class Settings:
     # aimed at a label, by name.
     pools: Mapping[str, int] = field(default_factory=dict)
     label_caps: Mapping[str, int] = field(default_factory=dict)
+    # Alerts: the outbox's bound (pending alerts; more are refused and
+    # counted), and the dashboard's address for the links alerts carry
+    # (None: derived from the --http endpoint, see default_public_url).
+    alert_outbox_limit: int = 10_000
+    public_url: str | None = None
     # Access (see SECURITY.md); never from the command line.
     tcp_token: str | None = None
     api_token: str | None = None
@@ -139,7 +146,28 @@ class Settings:
             keep_days=options["keep-days"],
             pools=options["pools-map"],
             label_caps=options["label-caps-map"],
+            alert_outbox_limit=options["alert-outbox-limit"],
+            public_url=options["public-url"],
             tcp_token=read_token(options["tcp-token-file"], env, "SCHEDULER_TCP_TOKEN", "TCP token"),
             api_token=read_token(options["api-token-file"], env, "SCHEDULER_API_TOKEN", "API token"),
             worker_tokens=workers,
         )
+
+
+def default_public_url(http: str) -> str:
+    """Where people reach the dashboard, as far as the --http endpoint tells:
+    its interface (this machine's name if it listens on all of them) and port."""
+    args, kw = endpoints._parse(http)
+    kind = str(args[0]).lower()
+    interface = listen_interface(http)
+    if kind not in ("tcp", "tcp6", "ssl"):
+        # A local socket, or one systemd hands over: a proxy in front says where.
+        return "http://localhost"
+    port = kw.get("port", args[1] if len(args) > 1 else "3000")
+    if interface is None:
+        host = "localhost"
+    elif interface in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn().lower() or "localhost"
+    else:
+        host = f"[{interface}]" if ":" in interface else interface
+    return f"{'https' if kind == 'ssl' else 'http'}://{host}:{port}"

@@ -40,6 +40,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _public_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or len(text.split("/", 3)[2]) == 0:
+        raise ValueError("must be an http:// or https:// URL, like https://scheduler.example.com")
+    return text.rstrip("/")
+
+
+_public_url.coerceDoc = "An http:// or https:// URL."  # type: ignore[attr-defined]
 _positive.coerceDoc = "A number above 0."  # type: ignore[attr-defined]
 _positive_int.coerceDoc = "An integer above 0."  # type: ignore[attr-defined]
 
@@ -69,6 +76,9 @@ class Options(usage.Options):
         ["keep-days", None, Settings.keep_days, "Days finished jobs are kept in the history.", _positive],
         ["pools", None, None, "Named pools and their sizes, e.g. backups=2,db=4: the tasks naming a pool run at most that many jobs at once."],
         ["label-caps", None, None, "Caps on the jobs aimed at a label across all workers, e.g. gpu=4."],
+        # Alerts.
+        ["public-url", None, None, "The dashboard's address as people reach it, for the links in alerts (default: from --http, e.g. http://127.0.0.1:3000).", _public_url],
+        ["alert-outbox-limit", None, Settings.alert_outbox_limit, "Most alerts waiting to be delivered; more are not queued (counted in /metrics and logged).", _positive_int],
         # Access.  Tokens only ever come from files or the environment.
         ["worker-token-file", None, None, "File with the token every worker must send (or set SCHEDULER_WORKER_TOKEN)."],
         ["worker-tokens-file", None, None, "File of '<worker name> <token>' lines; re-read when it changes, removed names are disconnected."],

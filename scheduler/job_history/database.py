@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
+from scheduler.alert_deliveries import Delivery
+from scheduler.alerts import Alert
 from scheduler.jobs import Job
 from scheduler.triggers import Revision
 
@@ -26,6 +28,10 @@ class JobStoreError(Exception):
 
 class JobStoreClosed(JobStoreError):
     """The store was closed (or never opened); nothing was written."""
+
+
+class NameTaken(JobStoreError):
+    """A channel by that name is already stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +61,51 @@ class NewRevision:
     row: tuple[object, ...]
 
 
-Write: TypeAlias = Put | Chunk | NewRevision
-# Per put, None or the error that refused it; per new revision, its id or the error.
-Outcome: TypeAlias = Exception | int | None
+# -- the alert outbox and its channels (scheduler/alert_outbox.py) -------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlerts:
+    """Alerts to add to the outbox, as the backend's column values (``ALERT_FIELDS`` but the
+    id and delivery state); one whose (key, channel) is already kept is ignored."""
+
+    rows: tuple[tuple[object, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsQueued:
+    """What a ``NewAlerts`` came to: rows added, rows refused for a full outbox, pending after."""
+
+    added: int
+    refused: int
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertAttempt:
+    """What one delivery attempt of an outbox row came to."""
+
+    row_id: int
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_attempt_at: float
+    reply: str
+    sent_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelChange:
+    """Add a channel (refused if its name is taken) or, with no config, remove it."""
+
+    name: str
+    config: str | None
+
+
+Write: TypeAlias = Put | Chunk | NewRevision | NewAlerts | AlertAttempt | ChannelChange
+# Per put, alert attempt and channel change, None or the error that refused it;
+# per new revision, its id or the error; per new alerts, AlertsQueued.
+Outcome: TypeAlias = Exception | int | AlertsQueued | None
 
 
 class Database(Protocol):
@@ -95,6 +143,9 @@ class Database(Protocol):
     def revision_row(self, revision: Revision) -> tuple[object, ...]:
         """The revision as column values, made on the reactor thread like ``row``."""
 
+    def alert_row(self, alert: Alert) -> tuple[object, ...]:
+        """The alert as column values, made on the reactor thread like ``row``."""
+
     def write_batch(self, writes: Sequence[Write]) -> list[Outcome]:
         """Write a batch in one transaction, in order; an ``Outcome`` per put and new revision.
 
@@ -124,5 +175,25 @@ class Database(Protocol):
     def revisions(self, task_id: int, limit: int, before_id: int | None) -> list[Revision]: ...
 
     def prune(self, now: float) -> int: ...
+
+    # The alert outbox: what the sender reads, and the channels it sends to.
+
+    def channels(self) -> dict[str, str]:
+        """Every channel's stored config (JSON text) by name; at start-up, blocking."""
+
+    def due_alerts(
+        self, now: float, limit: int, skip_ids: Sequence[int], skip_channels: Sequence[str]
+    ) -> tuple[list[Delivery], float | None, int]:
+        """Pending rows due by *now*, oldest first, at most *limit*, leaving out the ids and
+        channels given; the next due time of the pending rows not given (None if none); and
+        how many rows are pending."""
+
+    def deliveries(
+        self, task_id: int | None, state: str | None, channel: str | None, limit: int, before_id: int | None
+    ) -> list[Delivery]:
+        """Outbox rows matching every filter given, newest (highest id) first."""
+
+    def output_tail(self, job_id: int, max_bytes: int) -> str | None:
+        """The end of the job's kept output, at most about *max_bytes*; None if no such job."""
 
     def close(self) -> None: ...

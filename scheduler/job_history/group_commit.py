@@ -24,9 +24,13 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from scheduler.job_history.database import (
+    AlertAttempt,
+    AlertsQueued,
+    ChannelChange,
     Chunk,
     JobStoreClosed,
     JobStoreError,
+    NewAlerts,
     NewRevision,
     Outcome,
     Put,
@@ -59,7 +63,7 @@ def superseded(writes: Sequence[Write]) -> dict[int, int]:
     replaced: dict[int, int] = {}
     for index in range(len(writes) - 1, -1, -1):
         write = writes[index]
-        if isinstance(write, NewRevision):
+        if not isinstance(write, Put | Chunk):
             continue
         if isinstance(write, Chunk):
             last.pop(write.job_id, None)
@@ -127,7 +131,19 @@ class GroupCommitter:
         """Queue a task revision; fires with its id once its transaction has committed."""
         return self._acknowledged(revision)
 
-    def _acknowledged(self, write: Put | NewRevision) -> Deferred[Any]:
+    def add_alerts(self, alerts: NewAlerts) -> Deferred[AlertsQueued]:
+        """Queue alerts for the outbox; fires with what became of them once committed."""
+        return self._acknowledged(alerts)
+
+    def record_attempt(self, attempt: AlertAttempt) -> Deferred[None]:
+        """Queue what a delivery attempt came to; fires once committed."""
+        return self._acknowledged(attempt)
+
+    def change_channel(self, change: ChannelChange) -> Deferred[None]:
+        """Queue a channel's addition or removal; fires once committed (or with the refusal)."""
+        return self._acknowledged(change)
+
+    def _acknowledged(self, write: Put | NewRevision | NewAlerts | AlertAttempt | ChannelChange) -> Deferred[Any]:
         done: Deferred[Any] = Deferred()
         self._writes.append(write)
         self._waiters.append(done)
@@ -186,13 +202,15 @@ class GroupCommitter:
         if isinstance(result, Failure):
             chunks = sum(1 for write in writes if isinstance(write, Chunk))
             revisions = sum(1 for write in writes if isinstance(write, NewRevision))
+            puts = sum(1 for write in writes if isinstance(write, Put))
             log.failure(
-                "job store transaction failed; {puts} job writes, {chunks} output chunks "
-                "and {revisions} task revisions lost",
+                "job store transaction failed; {puts} job writes, {chunks} output chunks, "
+                "{revisions} task revisions and {alerts} alert writes lost",
                 failure=result,
-                puts=len(waiters) - revisions,
+                puts=puts,
                 chunks=chunks,
                 revisions=revisions,
+                alerts=len(waiters) - puts - revisions,
             )
             outcomes: list[Outcome] = [
                 result.value if isinstance(result.value, Exception) else JobStoreError(str(result.value))

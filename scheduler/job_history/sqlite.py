@@ -19,10 +19,17 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from scheduler.alert_deliveries import Delivery
+from scheduler.alerts import Alert
 from scheduler.job_history.database import (
     REVISIONS_PER_TASK,
+    AlertAttempt,
+    AlertsQueued,
+    ChannelChange,
     Chunk,
     JobStoreClosed,
+    NameTaken,
+    NewAlerts,
     NewRevision,
     Outcome,
     Put,
@@ -31,15 +38,19 @@ from scheduler.job_history.database import (
 from scheduler.job_history.output import Tally, fit_chunk, with_marker
 from scheduler.job_history.sqlite_schema import (
     ACTIVE_SQL,
+    ALERT_COLUMNS,
     COLUMNS,
+    INSERT_ALERT,
     INSERT_REVISION,
     REVISION_COLUMNS,
     SELECT_JOB,
     TRIM_REVISIONS,
     UPSERT,
+    alert_row,
     create_or_check,
     job_row,
     revision_row,
+    row_delivery,
     row_job,
     row_revision,
 )
@@ -107,8 +118,11 @@ class SqliteDatabase:
         keep_seconds: float,
         connect: Callable[..., sqlite3.Connection],
         keep_revisions: int = REVISIONS_PER_TASK,
+        outbox_limit: int = 10_000,
     ) -> None:
         self.path = path
+        # Most pending rows in the alert outbox; alerts past it are refused.
+        self.outbox_limit = outbox_limit
         self.name = os.path.basename(path) or path
         self.output_cap = output_cap
         self.keep_per_task = keep_per_task
@@ -204,6 +218,9 @@ class SqliteDatabase:
     def revision_row(self, revision: Revision) -> tuple[object, ...]:
         return revision_row(revision)
 
+    def alert_row(self, alert: Alert) -> tuple[object, ...]:
+        return alert_row(alert)
+
     def write_batch(self, writes: Sequence[Write]) -> list[Outcome]:
         conn = self._open_connection()
         with self.lock:
@@ -218,8 +235,15 @@ class SqliteDatabase:
                         self._append(conn, write)
                     elif isinstance(write, Put):
                         outcomes.append(self._upsert(conn, write))
-                    else:
+                    elif isinstance(write, NewRevision):
                         outcomes.append(self._add_revision(conn, write))
+                    elif isinstance(write, NewAlerts):
+                        outcomes.append(self._add_alerts(conn, write))
+                    elif isinstance(write, AlertAttempt):
+                        self._record_attempt(conn, write)
+                        outcomes.append(None)
+                    else:
+                        outcomes.append(self._change_channel(conn, write))
                 conn.execute("COMMIT")
             except BaseException:
                 # The rollback undoes appends that the tallies have counted.
@@ -257,6 +281,49 @@ class SqliteDatabase:
         # and once at it each new one deletes the oldest (one index range).
         conn.execute(TRIM_REVISIONS, (revision.task_id, self.keep_revisions))
         return new_id
+
+    def _add_alerts(self, conn: sqlite3.Connection, alerts: NewAlerts) -> AlertsQueued:
+        # Counted in the transaction that adds them, so the bound holds
+        # however many batches race; the (state, next_attempt_at) index answers.
+        pending = int(conn.execute("SELECT COUNT(*) FROM alert_outbox WHERE state = 'pending'").fetchone()[0])
+        added = refused = 0
+        for row in alerts.rows:
+            if pending >= self.outbox_limit:
+                # A duplicate of a kept row is not refused: it is already queued.
+                kept = conn.execute(
+                    'SELECT 1 FROM alert_outbox WHERE "key" = ? AND "channel" = ?', (row[0], row[1])
+                ).fetchone()
+                refused += kept is None
+                continue
+            if conn.execute(INSERT_ALERT, row).rowcount:
+                added += 1
+                pending += 1
+        return AlertsQueued(added, refused, pending)
+
+    def _record_attempt(self, conn: sqlite3.Connection, attempt: AlertAttempt) -> None:
+        conn.execute(
+            "UPDATE alert_outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_attempt_at = ?, "
+            "reply = ?, sent_at = ? WHERE id = ?",
+            (
+                attempt.state,
+                attempt.attempts,
+                attempt.next_attempt_at,
+                attempt.last_attempt_at,
+                attempt.reply,
+                attempt.sent_at,
+                attempt.row_id,
+            ),
+        )
+
+    def _change_channel(self, conn: sqlite3.Connection, change: ChannelChange) -> Exception | None:
+        if change.config is None:
+            conn.execute("DELETE FROM alert_channels WHERE name = ?", (change.name,))
+            return None
+        try:
+            conn.execute("INSERT INTO alert_channels (name, config) VALUES (?, ?)", (change.name, change.config))
+        except sqlite3.IntegrityError:
+            return NameTaken(f"a channel named {change.name!r} exists")
+        return None
 
     def _tally(self, conn: sqlite3.Connection, job_id: int) -> Tally:
         tally = self._tallies.get(job_id)
@@ -358,6 +425,73 @@ class SqliteDatabase:
         )
         return [row_revision(row) for row in rows]
 
+    # -- the alert outbox ------------------------------------------------------
+
+    def channels(self) -> dict[str, str]:
+        return {name: config for name, config in self._rows("SELECT name, config FROM alert_channels")}
+
+    def due_alerts(
+        self, now: float, limit: int, skip_ids: Sequence[int], skip_channels: Sequence[str]
+    ) -> tuple[list[Delivery], float | None, int]:
+        where = "state = 'pending'"
+        params: list[object] = []
+        if skip_ids:
+            where += f" AND id NOT IN ({', '.join('?' * len(skip_ids))})"
+            params.extend(skip_ids)
+        if skip_channels:
+            where += f" AND channel NOT IN ({', '.join('?' * len(skip_channels))})"
+            params.extend(skip_channels)
+        conn = self._open_connection()
+        with self.lock:
+            rows = conn.execute(
+                f"SELECT {ALERT_COLUMNS} FROM alert_outbox WHERE {where} AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, id LIMIT ?",
+                (*params, now, max(0, limit)),
+            ).fetchall()
+            (next_due,) = conn.execute(
+                f"SELECT MIN(next_attempt_at) FROM alert_outbox WHERE {where}", params
+            ).fetchone()
+            (pending,) = conn.execute("SELECT COUNT(*) FROM alert_outbox WHERE state = 'pending'").fetchone()
+        return [row_delivery(row) for row in rows], next_due, int(pending)
+
+    def deliveries(
+        self, task_id: int | None, state: str | None, channel: str | None, limit: int, before_id: int | None
+    ) -> list[Delivery]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (("task_id", task_id), ("state", state), ("channel", channel)):
+            if value is not None:
+                clauses.append(f'"{column}" = ?')
+                params.append(value)
+        if before_id is not None:
+            clauses.append('"id" < ?')
+            params.append(before_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(max(0, limit))
+        rows = self._rows(f"SELECT {ALERT_COLUMNS} FROM alert_outbox{where} ORDER BY id DESC LIMIT ?", params)
+        return [row_delivery(row) for row in rows]
+
+    def output_tail(self, job_id: int, max_bytes: int) -> str | None:
+        conn = self._open_connection()
+        with self.lock:
+            row = conn.execute("SELECT output_dropped FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            # Newest chunks first, only until enough: the whole kept output
+            # may be a megabyte, the tail a few kilobytes.
+            chunks: list[str] = []
+            size = 0
+            cursor = conn.execute("SELECT data FROM output WHERE job_id = ? ORDER BY seq DESC", (job_id,))
+            try:
+                for (data,) in iter(cursor.fetchone, None):
+                    chunks.append(data)
+                    size += len(data)
+                    if size >= max_bytes:
+                        break
+            finally:
+                cursor.close()
+        return "".join(reversed(chunks))
+
     def prune(self, now: float) -> int:
         conn = self._open_connection()
         with self.lock:
@@ -384,6 +518,14 @@ class SqliteDatabase:
                     marks = ", ".join("?" * len(ids))
                     conn.execute(f"DELETE FROM output WHERE job_id IN ({marks})", ids)
                     conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+                    # An alert's delivery log goes with its job; a pending one stays.
+                    conn.execute(f"DELETE FROM alert_outbox WHERE state != 'pending' AND job_id IN ({marks})", ids)
+                # Alerts of no kept job (worker offline, stale tasks) age like jobs.
+                conn.execute(
+                    "DELETE FROM alert_outbox WHERE state != 'pending' AND created_at < ? "
+                    "AND (job_id IS NULL OR job_id NOT IN (SELECT id FROM jobs))",
+                    (now - self.keep_seconds,),
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from scheduler.alert_deliveries import Delivery
+from scheduler.alerts import Alert
 from scheduler.job_history.database import JobStoreError
 from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus
 from scheduler.triggers import Revision, TriggeredBy
@@ -99,6 +101,34 @@ _SCHEMA = (
         "after" TEXT
     )""",
     'CREATE INDEX IF NOT EXISTS task_revisions_task ON task_revisions ("task_id", "id")',
+    # The alert outbox: one row per (key, channel), so an event seen twice
+    # is queued once.  New tables need no schema version: _SCHEMA runs on
+    # every open, and an older scheduler leaves them alone.
+    """CREATE TABLE IF NOT EXISTS alert_outbox (
+        "id" INTEGER PRIMARY KEY AUTOINCREMENT,
+        "key" TEXT NOT NULL,
+        "channel" TEXT NOT NULL,
+        "event" TEXT NOT NULL,
+        "task_id" INTEGER,
+        "job_id" INTEGER,
+        "created_at" REAL NOT NULL,
+        "body" TEXT NOT NULL,
+        "state" TEXT NOT NULL,
+        "attempts" INTEGER NOT NULL,
+        "next_attempt_at" REAL NOT NULL,
+        "last_attempt_at" REAL,
+        "reply" TEXT,
+        "sent_at" REAL,
+        UNIQUE ("key", "channel")
+    )""",
+    'CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox ("state", "next_attempt_at")',
+    'CREATE INDEX IF NOT EXISTS alert_outbox_task ON alert_outbox ("task_id", "id")',
+    'CREATE INDEX IF NOT EXISTS alert_outbox_job ON alert_outbox ("job_id")',
+    # A channel's config as JSON (secrets included: the file is 0600).
+    """CREATE TABLE IF NOT EXISTS alert_channels (
+        "name" TEXT PRIMARY KEY,
+        "config" TEXT NOT NULL
+    )""",
 )
 
 # What turns a database of version N - 1 into version N.  A new database
@@ -216,3 +246,49 @@ def row_revision(row: Sequence[Any]) -> Revision:
             values[name] = json.loads(values[name])
     values["by"] = TriggeredBy.from_json(json.loads(values["by"]))
     return Revision(**values)
+
+
+# -- the alert outbox ---------------------------------------------------------
+
+ALERT_FIELDS = (
+    "id",
+    "key",
+    "channel",
+    "event",
+    "task_id",
+    "job_id",
+    "created_at",
+    "body",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "last_attempt_at",
+    "reply",
+    "sent_at",
+)
+ALERT_COLUMNS = ", ".join(f'"{name}"' for name in ALERT_FIELDS)
+# A new row: due at once, never tried.
+INSERT_ALERT = (
+    'INSERT OR IGNORE INTO alert_outbox ("key", "channel", "event", "task_id", "job_id", "created_at", "body", '
+    '"state", "attempts", "next_attempt_at") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \'pending\', 0, ?6)'
+)
+
+
+def alert_row(alert: Alert) -> tuple[object, ...]:
+    """The alert's values for ``INSERT_ALERT``."""
+    return (
+        alert.key,
+        alert.channel,
+        alert.event,
+        alert.task_id,
+        alert.job_id,
+        alert.created_at,
+        _dumps(dict(alert.body)),
+    )
+
+
+def row_delivery(row: Sequence[Any]) -> Delivery:
+    """The Delivery of a row selected with ``ALERT_COLUMNS``."""
+    values = dict(zip(ALERT_FIELDS, row, strict=True))
+    values["body"] = json.loads(values["body"])
+    return Delivery(**values)

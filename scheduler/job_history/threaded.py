@@ -9,13 +9,26 @@ backend subclasses this only to build its :class:`Database`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
-from scheduler.job_history.database import Chunk, Database, JobStoreClosed, JobStoreError, NewRevision, Put
+from scheduler.alert_deliveries import Delivery
+from scheduler.alerts import Alert
+from scheduler.job_history.database import (
+    AlertAttempt,
+    AlertsQueued,
+    ChannelChange,
+    Chunk,
+    Database,
+    JobStoreClosed,
+    JobStoreError,
+    NewAlerts,
+    NewRevision,
+    Put,
+)
 from scheduler.job_history.group_commit import GroupCommitter
 from scheduler.jobs import Job, JobStatus
 from scheduler.triggers import Revision
@@ -30,6 +43,9 @@ class ThreadedJobHistory:
         self._database = database
         self.name = database.name
         self._commits = GroupCommitter(database, reactor, name=database.name, thread_name=thread_name)
+        # Told what became of each committed record_alerts: the sender wakes,
+        # the metrics count what a full outbox refused.
+        self.alert_listeners: list[Callable[[AlertsQueued], None]] = []
 
     @property
     def transactions(self) -> int:
@@ -98,6 +114,69 @@ class ThreadedJobHistory:
         except (TypeError, ValueError) as error:
             return fail(error)
         return self._commits.add_revision(NewRevision(revision.task_id, row))
+
+    def record_alerts(self, alerts: list[Alert]) -> Deferred[None]:
+        """Queue alerts in the outbox, in the transaction of whatever else this reactor turn wrote.
+
+        A (key, channel) already kept is ignored; past the outbox's bound an
+        alert is refused, which the listeners hear of (it is no error to the caller).
+        """
+        if not alerts:
+            return succeed(None)
+        if not self._commits.accepting:
+            return fail(JobStoreClosed(f"{self.name}: job store is closed; {len(alerts)} alerts not saved"))
+        try:
+            rows = tuple(self._database.alert_row(alert) for alert in alerts)
+        except (TypeError, ValueError) as error:
+            return fail(error)
+
+        def queued(outcome: AlertsQueued) -> None:
+            for listener in self.alert_listeners:
+                try:
+                    listener(outcome)
+                except Exception:
+                    log.failure("an alert listener failed")
+
+        return self._commits.add_alerts(NewAlerts(rows)).addCallback(queued)
+
+    def record_attempt(self, attempt: AlertAttempt) -> Deferred[None]:
+        if not self._commits.accepting:
+            return fail(JobStoreClosed(f"{self.name}: job store is closed; alert {attempt.row_id} not updated"))
+        return self._commits.record_attempt(attempt)
+
+    def add_channel(self, name: str, config: str) -> Deferred[None]:
+        """Store a new channel; fails with NameTaken if there is one by that name."""
+        if not self._commits.accepting:
+            return fail(JobStoreClosed(f"{self.name}: job store is closed; channel {name} not saved"))
+        return self._commits.change_channel(ChannelChange(name, config))
+
+    def remove_channel(self, name: str) -> Deferred[None]:
+        if not self._commits.accepting:
+            return fail(JobStoreClosed(f"{self.name}: job store is closed; channel {name} not removed"))
+        return self._commits.change_channel(ChannelChange(name, None))
+
+    def channels(self) -> dict[str, str]:
+        return self._database.channels()
+
+    def due_alerts(
+        self, now: float, limit: int, skip_ids: Sequence[int] = (), skip_channels: Sequence[str] = ()
+    ) -> Deferred[tuple[list[Delivery], float | None, int]]:
+        ids, names = tuple(skip_ids), tuple(skip_channels)
+        return self._commits.read(lambda: self._database.due_alerts(now, limit, ids, names))
+
+    def deliveries(
+        self,
+        *,
+        task_id: int | None = None,
+        state: str | None = None,
+        channel: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> Deferred[list[Delivery]]:
+        return self._commits.read(lambda: self._database.deliveries(task_id, state, channel, limit, before_id))
+
+    def output_tail(self, job_id: int, max_bytes: int) -> Deferred[str | None]:
+        return self._commits.read(lambda: self._database.output_tail(job_id, max_bytes))
 
     # -- reads ----------------------------------------------------------------
 
