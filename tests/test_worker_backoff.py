@@ -95,8 +95,19 @@ def test_backoff_with_client_service_resets_on_welcome_not_on_tcp_connect() -> N
     service.stopService()
 
 
-def test_backoff_at_once_dials_now_then_starts_again_from_base() -> None:
+def test_backoff_after_a_restart_dials_now_then_about_every_base_then_backs_off() -> None:
     backoff = Backoff(base=1.0, cap=60.0, uniform=lambda a, b: b)
     assert [backoff(1) for _ in range(4)] == [1, 2, 4, 8]
     backoff.at_once()  # the scheduler said "going away"
-    assert [backoff(1) for _ in range(3)] == [0.0, 1, 2]
+    delays = [backoff(1) for _ in range(1 + Backoff.RESTART_TRIES + 3)]
+    assert delays[0] == 0.0
+    assert delays[1 : 1 + Backoff.RESTART_TRIES] == [1.5] * Backoff.RESTART_TRIES
+    assert delays[1 + Backoff.RESTART_TRIES :] == [1, 2, 4]
+
+
+def test_a_welcome_ends_the_quick_tries_after_a_restart() -> None:
+    backoff = Backoff(base=1.0, cap=60.0, uniform=lambda a, b: b)
+    backoff.at_once()
+    assert backoff(1) == 0.0
+    backoff.reset()  # welcomed
+    assert [backoff(1) for _ in range(3)] == [1, 2, 4]

@@ -25,6 +25,8 @@ class Backoff:
     # 2**64 seconds is beyond any cap; stopping there keeps the float
     # arithmetic from overflowing after a very long outage.
     _MAX_EXPONENT = 64
+    # Tries at about the base interval after the scheduler said it restarts.
+    RESTART_TRIES = 60
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class Backoff:
         self._uniform = uniform
         self._attempt = 0
         self._at_once = False
+        self._restart_tries = 0
 
     @property
     def attempt(self) -> int:
@@ -55,14 +58,23 @@ class Backoff:
         if self._at_once:
             self._at_once = False
             return 0.0
+        if self._restart_tries > 0:
+            # A restarting scheduler is usually back within seconds: keep
+            # trying about once a base interval (jittered, so a fleet does
+            # not dial in step) rather than backing off to a minute.
+            self._restart_tries -= 1
+            return self._uniform(self._base / 2, self._base * 1.5)
         delay = self._uniform(0.0, self.ceiling(self._attempt))
         self._attempt += 1
         return delay
 
     def reset(self) -> None:
         self._attempt = 0
+        self._restart_tries = 0
 
     def at_once(self) -> None:
-        """The scheduler said it is restarting: dial again now, then back off from the start."""
+        """The scheduler said it is restarting: dial again now, then about once a base
+        interval for RESTART_TRIES tries, then back off from the start."""
         self._attempt = 0
         self._at_once = True
+        self._restart_tries = self.RESTART_TRIES
