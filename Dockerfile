@@ -42,23 +42,23 @@ RUN pip install /tmp/src \
 # that directory is read-only to the jobsched user, and image layers keep
 # file times to the whole second: a cache written in the same second as the
 # plugin files would look stale at every start.  So the plugin files are
-# dated back before the scan, and the build fails if, as stored in this
-# layer, the cache is not strictly newer than every plugin file.  The
-# --help runs prove both plugins load.
+# dated back before the scan, and the build fails if, counted in whole
+# seconds as a layer stores them, the cache is not strictly newer than
+# every plugin file.  The --help runs prove both plugins load.
 RUN plugins="$(python -c 'import os, twisted.plugins; print(os.path.dirname(twisted.plugins.__file__))')" \
     && touch -d '2000-01-01 00:00:00' "$plugins"/*.py \
     && python -m compileall -q "$plugins" \
     && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
     && twistd scheduler --help > /dev/null \
     && twistd worker --help > /dev/null \
-    && mkdir -p /data \
-    && chown jobsched:jobsched /data \
-    && chmod 0750 /data
-RUN python -c "import os, sys, twisted.plugins; \
+    && python -c "import os, sys, twisted.plugins; \
 d = os.path.dirname(twisted.plugins.__file__); \
 cache = int(os.stat(os.path.join(d, 'dropin.cache')).st_mtime); \
 stale = [n for n in os.listdir(d) if n.endswith('.py') and int(os.stat(os.path.join(d, n)).st_mtime) >= cache]; \
-sys.exit('dropin.cache is not strictly newer than ' + ', '.join(stale) if stale else 0)"
+sys.exit('dropin.cache is not strictly newer than ' + ', '.join(stale) if stale else 0)" \
+    && mkdir -p /data \
+    && chown jobsched:jobsched /data \
+    && chmod 0750 /data
 
 # tasks.db and jobs.sqlite are relative to the working directory.
 WORKDIR /data

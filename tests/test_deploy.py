@@ -168,16 +168,23 @@ def test_dockerfile_installs_the_project_as_make_does() -> None:
     # The same install `make install`/`make test` run: pip install of this checkout.
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"pip install\b[^\n]*\s\.$", makefile, re.MULTILINE)
-    # Not editable (-e): the image keeps no source tree.
-    installs = [run for run in instructions("RUN") if re.search(r"\bpip install \.( |$)", run)]
+    assert ". /tmp/src" in instructions("COPY")
+    # Not editable (-e), and the source tree goes in the same layer.
+    installs = [run for run in instructions("RUN") if re.search(r"\bpip install /tmp/src( |$)", run)]
     assert len(installs) == 1
     install = installs[0]
-    # The plugin cache is built right after, as root, so a read-only install loads the plugins.
-    cache = install.index("from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))")
-    assert install.index("pip install") < cache
-    assert "dropin.cache" in install
-    assert "twistd scheduler --help" in install and "twistd worker --help" in install
+    assert install.rstrip().endswith("rm -rf /tmp/src")
     assert "deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh" in install
+    assert install.index("pip install") < install.index("compileall")
+    # The plugin cache is built after, as root, from plugin files dated back,
+    # so a read-only install loads the plugins without rescanning.
+    (cache_step,) = [run for run in instructions("RUN") if "getPlugins(IPlugin)" in run]
+    assert instructions("RUN").index(install) < instructions("RUN").index(cache_step)
+    assert cache_step.index("touch -d") < cache_step.index("getPlugins(IPlugin)")
+    assert "twistd scheduler --help" in cache_step and "twistd worker --help" in cache_step
+    # ... and the build fails if the cache is not strictly newer, in whole seconds.
+    assert "is not strictly newer than" in cache_step
+    assert "int(os.stat(" in cache_step and ">= cache" in cache_step
 
 
 def test_dockerfile_runs_unprivileged_with_data_in_a_volume() -> None:
@@ -742,7 +749,7 @@ LIBRARY_NAMES = {
     "MultiService", "Service", "ClientService", "StreamServerEndpointService", "TimerService",
     "LoopingCall", "Site", "Resource", "Klein", "WebSocketResource", "WebSocketServerFactory",
     "WebSocketClientFactory", "ThreadPool", "Deferred", "ServiceMaker", "Options", "ProcessProtocol",
-    "HostnameEndpoint",
+    "HostnameEndpoint", "Agent",
 }
 
 
