@@ -9,12 +9,15 @@ from typing import Any
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
+from scheduler.alert_defaults import AlertDefaultsFile
+from scheduler.alert_watch import AlertWatch
+from scheduler.alerts import Alert, AlertQueue, KnownChannels
 from scheduler.cron_engine import CronEngine
 from scheduler.cron_fires import FireHandler
 from scheduler.cron_ticker import CronTicker
@@ -26,6 +29,7 @@ from scheduler.http_json import job_json, output_event, task_event, worker_event
 from scheduler.http_log import LoggingSite
 from scheduler.job_book import JobBook
 from scheduler.job_caps import RunCaps
+from scheduler.job_outcomes import read_outcomes
 from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.limits import ConnectionLimits
@@ -36,6 +40,7 @@ from scheduler.settings import Settings
 from scheduler.task_book import TaskBook
 from scheduler.task_changes import TaskChanges
 from scheduler.task_pauses import PauseTimer
+from scheduler.task_pings import TaskPings
 from scheduler.task_state import TaskState
 from scheduler.task_store import FlatFileTaskStore, LoadError
 from scheduler.tasks import Task
@@ -52,8 +57,24 @@ class StartupError(Exception):
     """The scheduler cannot start; the message says why and what to do."""
 
 
+class UnwiredOutbox:
+    """Stands in for the job store's alert outbox until it is wired (it drops, with a log line)."""
+
+    def record_alerts(self, alerts: list[Alert]) -> Deferred[None]:
+        for alert in alerts:
+            log.warn("alert {key} for channel {channel} dropped: no alert outbox", key=alert.key, channel=alert.channel)
+        return succeed(None)
+
+
 class SchedulerService(MultiService):
-    def __init__(self, reactor: Any, settings: Settings) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: Settings,
+        *,
+        alert_queue: AlertQueue | None = None,
+        channels: KnownChannels | None = None,
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.settings = settings
@@ -100,6 +121,8 @@ class SchedulerService(MultiService):
             self._last_scheduled = self.job_store.last_scheduled()
             # Retry timers lived in memory: the history says which are owed.
             self._unretried = self.job_store.unretried()
+            # So did the alert timers and each task's streak: likewise.
+            self._outcomes = read_outcomes(self.job_store.database)
             max_id = self.job_store.max_job_id()
             # A removed task's id must not come back after a restart: its
             # jobs and revisions would pass for the new task's.
@@ -121,7 +144,39 @@ class SchedulerService(MultiService):
             caps=RunCaps(settings.pools, settings.label_caps),
         )
         self.dispatcher.restore(active)
-        self.changes = TaskChanges(self.state, self.job_store, clock)
+        # The alert outbox and the channels (scheduler/alerts.py); the lead
+        # wires the job store's outbox and the channel book here.
+        self.alert_queue: AlertQueue = alert_queue if alert_queue is not None else UnwiredOutbox()
+        self.channels: KnownChannels = channels if channels is not None else set()
+        self.alert_defaults = AlertDefaultsFile(
+            os.path.join(os.path.dirname(self.store.path), "alerts.json"), reactor.getThreadPool(), reactor
+        )
+        self.alert_defaults.load_now()
+        self.alerts = AlertWatch(
+            clock,
+            tasks=lambda task_id: self.state.book.get(task_id),
+            all_tasks=lambda: self.state.book,
+            active=self.jobs.get,
+            queue=self.alert_queue,
+            channels=self.channels,
+            defaults=lambda: self.alert_defaults.defaults,
+            online=lambda name: self.workers.get(name) is not None,
+            describe_job=lambda job: job_json(job, self.state.book.tz, self.dispatcher.waiting(job.id)),
+            tz=settings.tz,
+        )
+        self.jobs.listeners.append(self.alerts.job_changed)
+        self.dispatcher.ended_listeners.append(self.alerts.job_ended)
+        self.state.listeners.append(self.alerts.task_changed)
+        self.workers.listeners.append(lambda change, worker: self.alerts.worker_changed(change, worker.name))
+        self.pings = TaskPings(
+            clock,
+            lambda: self.state.book,
+            self.jobs,
+            self.job_store,
+            ended=self.alerts.job_ended,
+            pinged=self.alerts.pinged,
+        )
+        self.changes = TaskChanges(self.state, self.job_store, clock, self.channels)
         self.pauses = PauseTimer(clock, self.state, self.changes)
         self.maintenance = Maintenance(
             os.path.join(os.path.dirname(self.store.path), "maintenance.json"), reactor.getThreadPool(), reactor
@@ -132,6 +187,8 @@ class SchedulerService(MultiService):
             self.dispatcher,
             holding=lambda: self.maintenance.on,
             skipped=self._skipped_next,
+            expected=self.alerts.expect_ping,
+            missed=self.alerts.missed,
         )
         self.ticker = CronTicker(
             clock,
@@ -169,6 +226,7 @@ class SchedulerService(MultiService):
             workers=lambda: len(self.workers),
             tasks=lambda: len(self.state.book),
             tick_lag=lambda: self.ticker.lag,
+            task_health=self._task_health,
         )
         self.jobs.listeners.append(self.metrics.job_changed)
         self.ticker.step_listeners.append(self.metrics.clock_stepped)
@@ -176,7 +234,7 @@ class SchedulerService(MultiService):
         self.feed = EventHub(clock)
         self._connect_feed()
 
-        commands = TcpCommands(self.changes, self.engine.next_run, self.status)
+        commands = TcpCommands(self.changes, self.engine.next_run, self.status, health=self.alerts.health)
         tcp_factory = CommandFactory(
             commands,
             clock,
@@ -208,6 +266,9 @@ class SchedulerService(MultiService):
             next_run=self.engine.next_run,
             metrics=self.metrics,
             feed=self.feed,
+            alerts=self.alerts,
+            alert_defaults=self.alert_defaults,
+            pings=self.pings,
             max_body=settings.http_max_body,
             last_clock_step=lambda: self.ticker.last_step,
         )
@@ -307,6 +368,8 @@ class SchedulerService(MultiService):
         super().startService()
         self.feed.start()
         self.pauses.start()
+        self.alerts.restore(self._outcomes, self.jobs)
+        self._outcomes = {}
         self.fires.run_missed(self._last_scheduled, self.reactor.seconds())
         self.dispatcher.resume_retries(self._unretried)
         self._unretried = []
@@ -314,6 +377,7 @@ class SchedulerService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         self.dispatcher.stop()
+        self.alerts.stop()
         self.pauses.stop()
         self.feed.stop()
         stopped = super().stopService()
@@ -334,7 +398,10 @@ class SchedulerService(MultiService):
 
         def task_changed(change: str, task: Task) -> None:
             if feed:
-                feed.publish("task", task_event(change, task, self.engine.next_run(task.id), self.state.book.tz))
+                feed.publish(
+                    "task",
+                    task_event(change, task, self.engine.next_run(task.id), self.state.book.tz, self.alerts.health(task)),
+                )
 
         def job_changed(job: Job) -> None:
             if feed:
@@ -369,6 +436,14 @@ class SchedulerService(MultiService):
             "paused": sum(1 for task in self.state.book if task.options.paused),
             "maintenance": "on" if self.maintenance.on else "off",
         }
+
+    def _task_health(self) -> list[tuple[str, float | None, int, str]]:
+        """Per task: its name, last success, consecutive failures and health (the /metrics gauges)."""
+        alerts = self.alerts
+        return [
+            (task.job_name, alerts.last_success(task.id), alerts.consecutive_failures(task.id), alerts.health(task))
+            for task in self.state.book
+        ]
 
     def _skipped_next(self, task: Task) -> None:
         """A task's ``skipNext`` has done its work: clear it."""

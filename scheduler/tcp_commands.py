@@ -124,10 +124,12 @@ class TcpCommands:
         changes: TaskChanges,
         next_run: Callable[[int], float | None],
         status: Callable[[], dict[str, int | str]],
+        health: Callable[[Task], str] = lambda task: "paused" if task.options.paused else "up",
     ) -> None:
         self._changes = changes
         self._next_run = next_run
         self._status = status
+        self._health = health
 
     def handle(self, line: str, by: TriggeredBy = TCP) -> Reply:
         return self.answer(*read_command(line), by=by)
@@ -226,8 +228,11 @@ class TcpCommands:
             name = task.options.timezone
             return "" if name is None else f"{CRON_TZ}{visible(name)} "
 
+        # Health goes last, after the command: the seed's five columns stay
+        # where clients look for them.
         lines = [
-            f"{task.id}\t{visible(task.job_name)}\t{zone(task)}{visible(task.schedule.expression)}\t{when(task)}\t{visible(task.command)}"
+            f"{task.id}\t{visible(task.job_name)}\t{zone(task)}{visible(task.schedule.expression)}\t{when(task)}"
+            f"\t{visible(task.command)}\t{self._health(task)}"
             for task in book
         ]
         lines.append(f"OK {len(book)} task{'' if len(book) == 1 else 's'}")
