@@ -234,7 +234,7 @@ class SchedulerService(MultiService):
         self.feed = EventHub(clock)
         self._connect_feed()
 
-        commands = TcpCommands(self.changes, self.engine.next_run, self.status, health=self.alerts.health)
+        self.commands = commands = TcpCommands(self.changes, self.engine.next_run, self.status, health=self.alerts.health)
         tcp_factory = CommandFactory(
             commands,
             clock,
