@@ -221,18 +221,18 @@ class TcpCommands:
                 # The column still says when it would run: the next run is
                 # kept computed for when the task resumes.
                 return f"paused (next {text})"
-            return text
+            # A task that is not up says so after its time, as paused does
+            # before it: the columns stay where clients split them.
+            health = self._health(task)
+            return text if health == "up" else f"{text} ({health})"
 
         def zone(task: Task) -> str:
             # Only tasks with a zone of their own: the seed's columns stay.
             name = task.options.timezone
             return "" if name is None else f"{CRON_TZ}{visible(name)} "
 
-        # Health goes last, after the command: the seed's five columns stay
-        # where clients look for them.
         lines = [
-            f"{task.id}\t{visible(task.job_name)}\t{zone(task)}{visible(task.schedule.expression)}\t{when(task)}"
-            f"\t{visible(task.command)}\t{self._health(task)}"
+            f"{task.id}\t{visible(task.job_name)}\t{zone(task)}{visible(task.schedule.expression)}\t{when(task)}\t{visible(task.command)}"
             for task in book
         ]
         lines.append(f"OK {len(book)} task{'' if len(book) == 1 else 's'}")

@@ -20,7 +20,6 @@ from twisted.internet.task import deferLater
 from scheduler.alerts import Alert
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
-from scheduler.triggers import TriggeredBy
 from scheduler.worker_messages import Finished
 from scheduler.worker_registry import Worker
 from tests.helpers import UTC
@@ -222,12 +221,17 @@ async def test_health_shows_in_the_api_metrics_and_list(api: Api) -> None:
     code, text, _ = await call(api, "GET", "/metrics", headers=AUTH)
     assert 'scheduler_task_health{health="up",task="nightly"} 1.0' in text
     assert re.search(r'scheduler_task_last_success_timestamp\{task="nightly"\} [0-9.e+]+', text)
+    # LIST: the next-run column says so when a task is not up, as it says paused; the command stays last.
     listed = api.service.commands.handle("LIST")
     assert isinstance(listed, str)
-    assert listed.splitlines()[0].split("\t")[4:] == ["false", "up"]
-    await api.service.changes.pause("nightly", by=TriggeredBy("api"))
+    columns = listed.splitlines()[0].split("\t", 4)
+    assert re.fullmatch(r"\S+", columns[3]) and columns[4] == "false"
+    job = api.service.dispatcher.run_now("false", task_id=task["id"])[0]
+    fail(api, worker, job.id)
     listed = api.service.commands.handle("LIST")
-    assert isinstance(listed, str) and listed.splitlines()[0].split("\t")[-1] == "paused"
+    assert isinstance(listed, str)
+    columns = listed.splitlines()[0].split("\t", 4)
+    assert re.fullmatch(r"\S+ \(failing\)", columns[3]) and columns[4] == "false"
 
 
 def connect(api: Api, name: str = "w1", labels: frozenset[str] = frozenset({"linux"})) -> tuple[Worker, Link]:
