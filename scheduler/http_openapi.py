@@ -87,6 +87,8 @@ _ID = {
     "examples": {"first": {"value": 1}},
 }
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+# The ping check tests/test_api_schemathesis.py makes, so generated pings reach one.
+PING_EXAMPLE = "6f1c7d5e-8b1a-4c3e-9f00-0123456789ab"
 
 
 def _space_class() -> str:
@@ -645,7 +647,16 @@ OPENAPI: dict[str, Any] = {
         },
         **{
             f"/api/ping/{{check}}{tail}": {
-                "parameters": [{"name": "check", "in": "path", "required": True, "schema": {"type": "string"}, "description": "the task's ping uuid"}],
+                "parameters": [
+                    {
+                        "name": "check",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": PING_UUID.pattern},
+                        "examples": {"documented": {"value": PING_EXAMPLE}},
+                        "description": "the task's ping uuid",
+                    }
+                ],
                 "post": {
                     "summary": summary,
                     "security": [{}],
