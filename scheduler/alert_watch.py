@@ -326,7 +326,8 @@ class AlertWatch:
     def _arm_stale(self, task: Task) -> None:
         self._stale.cancel(task.id)
         freshness = self.deadline(task, "freshness")
-        if freshness is None:
+        # Health needs no timer (it is computed when asked); only a stale rule does.
+        if freshness is None or not any(rule.on == "stale" for rule in self.rules_for(task)):
             return
         track = self._track(task.id)
         due = (track.last_success if track.last_success is not None else track.since) + freshness
@@ -368,6 +369,11 @@ class AlertWatch:
             self._pings.cancel(task.id)
             # Dropped once it is really gone (a replaced task is added back at once).
             self._clock.callLater(0, self._forget, task.id)
+
+    def defaults_changed(self) -> None:
+        """The global defaults were replaced: freshness timers follow the new rules and windows."""
+        for task in self._all_tasks():
+            self._arm_stale(task)
 
     def _forget(self, task_id: int) -> None:
         if self._task(task_id) is None:

@@ -452,6 +452,7 @@ class SchedulerHTTP:
             await self._alert_defaults.replace(defaults)
         except Exception as error:
             raise ApiError(503, f"could not save the alert defaults: {error}") from None
+        self._alerts.defaults_changed()
         return _json(request, 200, defaults.as_json())
 
     # Ping checks (scheduler.task_pings): the uuid is the secret, so these

@@ -449,3 +449,17 @@ def test_a_restart_replays_the_streak_so_no_rule_speaks_twice_and_re_arms_late_t
     after.dispatcher.pump()
     after.finish(worker2, queued.id, 1)
     assert [alert.event for alert in before.outbox.kept.values()].count("failure") == 1
+
+
+def test_defaults_with_a_stale_rule_and_freshness_apply_to_tasks_without_rules_once_put_in_force() -> None:
+    world = World()
+    worker, _ = world.connect()
+    task = world.task()
+    world.run(task, worker, 0)
+    world.clock.advance(100)
+    world.defaults = AlertDefaults(rules=check_alerts([rule("stale")]), freshness=600)
+    world.watch.defaults_changed()
+    world.clock.advance(499)
+    assert world.outbox.calls == [] and world.watch.health(task) == "up"
+    world.clock.advance(2)
+    assert world.outbox.events() == ["stale"] and world.watch.health(task) == "down"
