@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -285,5 +286,36 @@ async def test_a_restart_queues_no_alert_twice_and_re_arms_the_late_timer(tmp_pa
         fail(second, worker, job.id)
         assert outbox.events().count("failure") == 1
         assert second.service.alerts.consecutive_failures(task["id"]) == 3
+    finally:
+        await second.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_runs_missed_while_down_are_in_the_job_history_as_missed_and_alerted_once(tmp_path: Path, reactor: Any) -> None:
+    outbox = Outbox()
+    first = build(tmp_path, reactor, outbox)
+    code, task, _ = await call(
+        first, "POST", "/api/tasks",
+        {"schedule": "* * * * *", "command": "true", "missed": "once", "alerts": [{"on": "missed", "channel": "ops"}]},
+    )
+    assert code == 201, task
+    # Its last run was five minutes ago: as if the scheduler had been down since.
+    now = reactor.seconds()
+    last = (now // 60 - 5) * 60
+    added = first.service.state.book.get(task["id"])
+    assert added is not None
+    first.service.dispatcher.fire(added, last)
+    await first.service.job_store.close()
+
+    second = build(tmp_path, reactor, outbox)
+    second.service.startService()
+    try:
+        code, missed, _ = await call(second, "GET", f"/api/jobs?task={task['id']}&status=missed")
+        assert code == 200
+        times = sorted(datetime.fromisoformat(job["scheduledAt"]).timestamp() for job in missed)
+        # Four of the five passed times are recorded as missed; the latest runs (missed=once).
+        assert times == [last + 60, last + 120, last + 180, last + 240]
+        assert all(job["triggeredBy"]["kind"] == "missed" and job["finishedAt"] for job in missed)
+        assert [alert.key for alert in outbox.calls] == [f"{task['id']}@{last + 60:.0f}:missed"]
     finally:
         await second.service.stopService()

@@ -463,3 +463,26 @@ def test_defaults_with_a_stale_rule_and_freshness_apply_to_tasks_without_rules_o
     assert world.outbox.calls == [] and world.watch.health(task) == "up"
     world.clock.advance(2)
     assert world.outbox.events() == ["stale"] and world.watch.health(task) == "down"
+
+
+def test_an_alert_about_a_job_s_end_is_queued_right_after_its_record_in_the_same_turn() -> None:
+    world = World()
+    order: list[str] = []
+    put = world.recorder.put
+
+    def recording(job: Job) -> Deferred[None]:
+        order.append(f"put {job.id} {job.status.value}")
+        return put(job)
+
+    def queued(alerts: list[Alert]) -> Deferred[None]:
+        order.append(f"alerts {alerts[0].job_id}")
+        return succeed(None)
+
+    world.recorder.put = recording  # type: ignore[method-assign]
+    world.outbox.record_alerts = queued  # type: ignore[method-assign]
+    worker, _ = world.connect()
+    task = world.task(rules=[rule("failure")])
+    job = world.dispatcher.fire(task, world.clock.seconds())[0]
+    world.finish(worker, job.id, 1)
+    # No reactor turn between them: the job store commits both in one transaction.
+    assert order[-2:] == [f"put {job.id} failed", f"alerts {job.id}"]
