@@ -274,8 +274,8 @@ class AlertWatch:
                 suffix=f"#{job.attempt}",
             )
 
-    def missed(self, task: Task, jobs: list[Job], count: int) -> None:
-        """Runs of *task* missed while the scheduler was down; *jobs* record them (oldest first)."""
+    def missed(self, task: Task, jobs: list[Job], count: int, more: bool = False) -> None:
+        """*count* runs of *task* (or *more*) missed while the scheduler was down; *jobs* record them (oldest first)."""
         if not jobs:
             return
         first, last = _moment(jobs[0]), _moment(jobs[-1])
@@ -286,7 +286,8 @@ class AlertWatch:
             "missed",
             first,
             jobs[-1],
-            f"{count} run{'s' if count != 1 else ''} missed while the scheduler was down ({span})",
+            f"{'at least ' if more else ''}{count} run{'s' if count != 1 or more else ''} missed while the scheduler "
+            f"was down ({span}{'; the latest recorded as missed' if len(jobs) < count or more else ''})",
         )
 
     # -- ping checks -------------------------------------------------------------

@@ -41,7 +41,7 @@ class FireHandler:
         holding: Callable[[], bool] = lambda: False,
         skipped: Callable[[Task], object] = lambda task: None,
         expected: Callable[[Task, float], object] = lambda task, scheduled: None,
-        missed: Callable[[Task, list[Job], int], object] = lambda task, jobs, count: None,
+        missed: Callable[[Task, list[Job], int, bool], object] = lambda task, jobs, count, more: None,
     ) -> None:
         self._book = book
         self._dispatcher = dispatcher
@@ -104,12 +104,15 @@ class FireHandler:
             last_job=last[2],
         )
 
-    def run_missed(self, last_scheduled: dict[int, float], now: float) -> None:
+    def run_missed(self, last_scheduled: dict[int, float], now: float, up_until: float | None = None) -> None:
         """Apply each task's missed-run policy to the downtime that ends at *now*.
 
-        *last_scheduled* is each task's last scheduled time in the job history.
+        *last_scheduled* is each task's last scheduled time in the job history;
+        *up_until*, the last moment the history shows the scheduler at work.
+        Only times after it are recorded as missed: a fire before it that
+        left no job (``overlap: skip``) was not missed for downtime.
         """
-        self._catch_up(last_scheduled.get, now, "while the scheduler was down")
+        self._catch_up(last_scheduled.get, now, "while the scheduler was down", up_until)
 
     def run_skipped(self, since: float, now: float) -> None:
         """The clock stepped forward from *since* to *now*: downtime, as after a restart.
@@ -118,7 +121,9 @@ class FireHandler:
         """
         self._catch_up(lambda task_id: since, now, "skipped by the clock step")
 
-    def _catch_up(self, last_of: Callable[[int], float | None], now: float, why: str) -> None:
+    def _catch_up(
+        self, last_of: Callable[[int], float | None], now: float, why: str, up_until: float | None = None
+    ) -> None:
         if self._holding():
             log.info("maintenance is on: runs missed {why} are not caught up", why=why)
             return
@@ -135,7 +140,10 @@ class FireHandler:
             if walk is None:
                 walk = walks[(task.schedule, last, cap)] = missed_times(task.schedule, last, now, "all", 2 * cap + 1)
             times = missed_times(task.schedule, last, now, task.options.missed, cap) if task.options.missed != "skip" else []
-            self._record_missed(task, [when for when in walk if when not in times], why)
+            # The walk holds one more time than the cap it could record: then there were more.
+            down_since = up_until if up_until is not None else last
+            more = len(walk) == 2 * cap + 1 and walk[0] > down_since
+            self._record_missed(task, [when for when in walk if when not in times and when > down_since], why, more)
             for scheduled in times:
                 log.info(
                     "{job_name}: running the missed time {when} (missed={policy})",
@@ -145,7 +153,7 @@ class FireHandler:
                 )
                 self._dispatcher.fire(task, scheduled, triggered_by=MISSED)
 
-    def _record_missed(self, task: Task, times: list[float], why: str) -> None:
+    def _record_missed(self, task: Task, times: list[float], why: str, more: bool) -> None:
         """Record the latest missedCap of *times* as missed jobs; say so once for the task."""
         if not times:
             return
@@ -163,4 +171,4 @@ class FireHandler:
                 why=why,
                 policy=task.options.missed,
             )
-            self._missed(task, recorded, len(times))
+            self._missed(task, recorded, len(times), more)

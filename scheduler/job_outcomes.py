@@ -76,3 +76,20 @@ def read_outcomes(database: SqliteRows) -> dict[int, TaskOutcomes]:
         if len(ends) > MAX_ENDS:
             del ends[0]
     return outcomes
+
+
+def last_at_work(database: SqliteRows) -> float | None:
+    """The last moment the history shows the scheduler at work: the newest jobs' latest time.
+
+    Ids grow with creation, so the newest thousand jobs hold it, read
+    through the primary key without a scan.
+    """
+    conn = database.connection
+    if conn is None:
+        return None
+    with database.lock:
+        row = conn.execute(
+            "SELECT MAX(MAX(created_at, COALESCE(started_at, 0), COALESCE(finished_at, 0))) "
+            "FROM (SELECT created_at, started_at, finished_at FROM jobs ORDER BY id DESC LIMIT 1000)"
+        ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])

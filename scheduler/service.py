@@ -29,7 +29,7 @@ from scheduler.http_json import job_json, output_event, task_event, worker_event
 from scheduler.http_log import LoggingSite
 from scheduler.job_book import JobBook
 from scheduler.job_caps import RunCaps
-from scheduler.job_outcomes import read_outcomes
+from scheduler.job_outcomes import last_at_work, read_outcomes
 from scheduler.job_store import JobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.limits import ConnectionLimits
@@ -123,6 +123,7 @@ class SchedulerService(MultiService):
             self._unretried = self.job_store.unretried()
             # So did the alert timers and each task's streak: likewise.
             self._outcomes = read_outcomes(self.job_store.database)
+            self._up_until = last_at_work(self.job_store.database)
             max_id = self.job_store.max_job_id()
             # A removed task's id must not come back after a restart: its
             # jobs and revisions would pass for the new task's.
@@ -370,7 +371,7 @@ class SchedulerService(MultiService):
         self.pauses.start()
         self.alerts.restore(self._outcomes, self.jobs)
         self._outcomes = {}
-        self.fires.run_missed(self._last_scheduled, self.reactor.seconds())
+        self.fires.run_missed(self._last_scheduled, self.reactor.seconds(), self._up_until)
         self.dispatcher.resume_retries(self._unretried)
         self._unretried = []
         self.dispatcher.pump()

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 
 from scheduler.alerts import Alert
+from scheduler.jobs import Job, JobStatus, fire_key
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
 from scheduler.worker_messages import Finished
@@ -299,12 +300,13 @@ async def test_runs_missed_while_down_are_in_the_job_history_as_missed_and_alert
         {"schedule": "* * * * *", "command": "true", "missed": "once", "alerts": [{"on": "missed", "channel": "ops"}]},
     )
     assert code == 201, task
-    # Its last run was five minutes ago: as if the scheduler had been down since.
+    # Its last run was five minutes ago, and the scheduler has done nothing since: it was down.
     now = reactor.seconds()
     last = (now // 60 - 5) * 60
-    added = first.service.state.book.get(task["id"])
-    assert added is not None
-    first.service.dispatcher.fire(added, last)
+    await first.service.job_store.put(
+        Job(1, "true", last, task_id=task["id"], key=fire_key(task["id"], last), scheduled_at=last,
+            status=JobStatus.SUCCEEDED, started_at=last, finished_at=last + 1)
+    )
     await first.service.job_store.close()
 
     second = build(tmp_path, reactor, outbox)
@@ -317,5 +319,31 @@ async def test_runs_missed_while_down_are_in_the_job_history_as_missed_and_alert
         assert times == [last + 60, last + 120, last + 180, last + 240]
         assert all(job["triggeredBy"]["kind"] == "missed" and job["finishedAt"] for job in missed)
         assert [alert.key for alert in outbox.calls] == [f"{task['id']}@{last + 60:.0f}:missed"]
+        assert "4 runs missed while the scheduler was down" in outbox.calls[0].body["detail"]
+    finally:
+        await second.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fires_skipped_while_the_scheduler_was_at_work_are_not_recorded_as_missed(tmp_path: Path, reactor: Any) -> None:
+    """A fire that left no job (overlap: skip) before the scheduler stopped was not missed for downtime."""
+    outbox = Outbox()
+    first = build(tmp_path, reactor, outbox)
+    code, task, _ = await call(first, "POST", "/api/tasks", {"schedule": "* * * * *", "command": "true", "overlap": "skip"})
+    assert code == 201, task
+    now = reactor.seconds()
+    last = (now // 60 - 5) * 60
+    # The last run started five minutes ago and ended just now: the fires in between were skipped, not missed.
+    await first.service.job_store.put(
+        Job(1, "true", last, task_id=task["id"], key=fire_key(task["id"], last), scheduled_at=last,
+            status=JobStatus.SUCCEEDED, started_at=last, finished_at=now)
+    )
+    await first.service.job_store.close()
+
+    second = build(tmp_path, reactor, outbox)
+    second.service.startService()
+    try:
+        code, missed, _ = await call(second, "GET", f"/api/jobs?task={task['id']}&status=missed")
+        assert code == 200 and missed == []
     finally:
         await second.service.stopService()
