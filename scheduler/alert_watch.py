@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, tzinfo
 from typing import Any
 
@@ -66,20 +66,25 @@ def plain_job(job: Job) -> dict[str, Any]:
     return {"id": job.id, "taskId": job.task_id, "status": job.status.value, "attempt": job.attempt}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Track:
-    """What the watch knows of one task."""
+    """What the watch knows of one task; made when something happens to it (a few words each)."""
 
     # Since when the watch has looked: a task that never succeeded is
     # measured against its freshness from here.
     since: float
     last_success: float | None = None
     last_job: float | None = None
-    streak: Streak = field(default_factory=Streak)
+    # Runs that ended badly since the last success; None while there are none.
+    streak: Streak | None = None
     # Queued jobs past their start deadline.
-    late_jobs: set[int] = field(default_factory=set)
+    late_jobs: set[int] | None = None
     # A ping check's scheduled time whose ping is overdue.
     ping_overdue: float | None = None
+
+    @property
+    def failures(self) -> int:
+        return 0 if self.streak is None else len(self.streak)
 
 
 class AlertWatch:
@@ -108,6 +113,10 @@ class AlertWatch:
         self._describe = describe_job
         self._tz = tz
         self._tracks: dict[int, _Track] = {}
+        # When the watch began, and when tasks added since were: what a task
+        # that never succeeded is measured from, until it has a track.
+        self._started = clock.seconds()
+        self._added: dict[int, float] = {}
         self._late = KeyedTimers(clock)
         self._overrun = KeyedTimers(clock)
         self._stale = KeyedTimers(clock)
@@ -134,26 +143,34 @@ class AlertWatch:
     def _track(self, task_id: int) -> _Track:
         track = self._tracks.get(task_id)
         if track is None:
-            track = self._tracks[task_id] = _Track(since=self._clock.seconds())
+            track = self._tracks[task_id] = _Track(since=self._added.pop(task_id, self._started))
         return track
+
+    def _since(self, task_id: int) -> float:
+        """The last success, or else since when the task has been watched."""
+        track = self._tracks.get(task_id)
+        if track is None:
+            return self._added.get(task_id, self._started)
+        return track.last_success if track.last_success is not None else track.since
 
     # -- start-up ----------------------------------------------------------------
 
     def restore(self, outcomes: Mapping[int, TaskOutcomes], active: Iterable[Job]) -> None:
         """Take up what the job history says, and arm every timer the previous run had."""
-        now = self._clock.seconds()
+        now = self._started = self._clock.seconds()
         for task in self._all_tasks():
-            track = self._track(task.id)
             known = outcomes.get(task.id)
             if known is not None:
+                track = self._track(task.id)
                 track.last_success = known.last_success
                 track.last_job = known.last_job
                 finals = [(status, at) for status, attempt, at in known.bad_ends if self._final(task, attempt)]
-                track.streak = replay(self.rules_for(task), finals)
+                track.streak = replay(self.rules_for(task), finals) if finals else None
             self._arm_stale(task)
             if task.options.ping is not None:
                 expected = self._last_fire(task, now)
-                if expected is not None and (track.last_job is None or track.last_job < expected):
+                last_job = None if known is None else known.last_job
+                if expected is not None and (last_job is None or last_job < expected):
                     self.expect_ping(task, expected)
         for job in active:
             self.job_changed(job)
@@ -177,7 +194,7 @@ class AlertWatch:
             return
         if job.status is JobStatus.QUEUED:
             track = self._tracks.get(job.task_id)
-            if track is not None and job.id in track.late_jobs:
+            if track is not None and track.late_jobs and job.id in track.late_jobs:
                 return
             task = self._task(job.task_id)
             limit = None if task is None else self.deadline(task, "startDeadline")
@@ -187,7 +204,7 @@ class AlertWatch:
             return
         self._late.cancel(job.id)
         track = self._tracks.get(job.task_id)
-        if track is not None:
+        if track is not None and track.late_jobs:
             track.late_jobs.discard(job.id)
         if job.status is JobStatus.RUNNING:
             task = self._task(job.task_id)
@@ -205,7 +222,9 @@ class AlertWatch:
         task = self._task(job.task_id)
         if task is None:
             return
-        self._track(task.id).late_jobs.add(job.id)
+        track = self._track(task.id)
+        track.late_jobs = track.late_jobs or set()
+        track.late_jobs.add(job.id)
         self._emit(
             task,
             [rule for rule in self.rules_for(task) if plain_speaks(rule, "late", self._clock.seconds())],
@@ -244,8 +263,8 @@ class AlertWatch:
         track.last_job = max(track.last_job or 0.0, job.created_at)
         rules = self.rules_for(task)
         if job.status is JobStatus.SUCCEEDED:
-            ended = len(track.streak)
-            track.streak = Streak()
+            ended = track.failures
+            track.streak = None
             track.last_success = at
             self._arm_stale(task)
             speaking = [rule for rule in rules if recovery_speaks(rule, ended, now)]
@@ -260,13 +279,14 @@ class AlertWatch:
         each = [rule for rule in rules if attempt_speaks(rule, job.status, now)]
         last: list[AlertRule] = []
         if final:
-            track.streak.add(job.status, at)
-            last = [rule for rule in rules if failure_speaks(rule, track.streak, job.status, at, len(track.streak))]
+            streak = track.streak = track.streak or Streak()
+            streak.add(job.status, at)
+            last = [rule for rule in rules if failure_speaks(rule, streak, job.status, at, len(streak))]
         what = _ENDINGS.get(job.status, job.status.value)
         retry = "" if final else f"; attempt {job.attempt} of {task.options.retries + 1}, it will be retried"
         detail = f"the run due at {self._iso(_moment(job))} {what}{retry}"
-        if final and len(track.streak) > 1:
-            detail += f" ({len(track.streak)} runs in a row have not succeeded)"
+        if final and track.failures > 1:
+            detail += f" ({track.failures} runs in a row have not succeeded)"
         for event in ("failure", "timeout", "lost"):
             self._emit(task, [rule for rule in last if rule.on == event], event, _moment(job), job, detail)
             self._emit(
@@ -330,8 +350,7 @@ class AlertWatch:
         # Health needs no timer (it is computed when asked); only a stale rule does.
         if freshness is None or not any(rule.on == "stale" for rule in self.rules_for(task)):
             return
-        track = self._track(task.id)
-        due = (track.last_success if track.last_success is not None else track.since) + freshness
+        due = self._since(task.id) + freshness
         self._stale.start(task.id, max(0.0, due - self._clock.seconds()), self._stale_due, task.id, due)
 
     def _stale_due(self, task_id: int, due: float) -> None:
@@ -340,8 +359,7 @@ class AlertWatch:
             return
         now = self._clock.seconds()
         freshness = self.deadline(task, "freshness")
-        track = self._track(task_id)
-        since = track.last_success if track.last_success is not None else track.since
+        since = self._since(task_id)
         if freshness is None or since + freshness != due:
             self._arm_stale(task)
             return
@@ -353,7 +371,7 @@ class AlertWatch:
             steps = math.floor((now - due) / every) if every > 0 else 0
             if every > 0:
                 following.append(due + (steps + 1) * every)
-            what = "no successful run yet" if track.last_success is None else f"no successful run since {self._iso(since)}"
+            what = "no successful run yet" if self.last_success(task_id) is None else f"no successful run since {self._iso(since)}"
             self._emit(task, [rule], "stale", due + steps * every, None, f"{what} (freshness {freshness:g}s)")
         if following:
             self._stale.start(task_id, max(0.0, min(following) - now), self._stale_due, task_id, due)
@@ -363,7 +381,8 @@ class AlertWatch:
     def task_changed(self, change: str, task: Task) -> None:
         """A TaskState listener: a task added or replaced re-arms its freshness timer."""
         if change == "added":
-            self._track(task.id)
+            if task.id not in self._tracks and task.id not in self._added:
+                self._added[task.id] = self._clock.seconds()
             self._arm_stale(task)
         else:
             self._stale.cancel(task.id)
@@ -379,6 +398,7 @@ class AlertWatch:
     def _forget(self, task_id: int) -> None:
         if self._task(task_id) is None:
             self._tracks.pop(task_id, None)
+            self._added.pop(task_id, None)
 
     def worker_changed(self, change: str, name: str) -> None:
         if change == "connected":
@@ -405,13 +425,12 @@ class AlertWatch:
         """paused, down (no success within freshness), failing (its last run ended badly), late, or up."""
         if task.options.paused:
             return "paused"
+        freshness = self.deadline(task, "freshness")
+        if freshness is not None and self._clock.seconds() - self._since(task.id) > freshness:
+            return "down"
         track = self._tracks.get(task.id)
         if track is None:
             return "up"
-        freshness = self.deadline(task, "freshness")
-        since = track.last_success if track.last_success is not None else track.since
-        if freshness is not None and self._clock.seconds() - since > freshness:
-            return "down"
         if track.streak:
             return "failing"
         if track.late_jobs or track.ping_overdue is not None:
@@ -424,7 +443,7 @@ class AlertWatch:
 
     def consecutive_failures(self, task_id: int) -> int:
         track = self._tracks.get(task_id)
-        return 0 if track is None else len(track.streak)
+        return 0 if track is None else track.failures
 
     def stop(self) -> None:
         for timers in (self._late, self._overrun, self._stale, self._pings):
