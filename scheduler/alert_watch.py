@@ -117,6 +117,7 @@ class AlertWatch:
         # that never succeeded is measured from, until it has a track.
         self._started = clock.seconds()
         self._added: dict[int, float] = {}
+        self._removed: set[int] = set()
         self._late = KeyedTimers(clock)
         self._overrun = KeyedTimers(clock)
         self._stale = KeyedTimers(clock)
@@ -381,24 +382,29 @@ class AlertWatch:
     def task_changed(self, change: str, task: Task) -> None:
         """A TaskState listener: a task added or replaced re-arms its freshness timer."""
         if change == "added":
-            if task.id not in self._tracks and task.id not in self._added:
+            if task.id not in self._tracks and task.id not in self._added and self.deadline(task, "freshness") is not None:
                 self._added[task.id] = self._clock.seconds()
             self._arm_stale(task)
         else:
             self._stale.cancel(task.id)
             self._pings.cancel(task.id)
-            # Dropped once it is really gone (a replaced task is added back at once).
-            self._clock.callLater(0, self._forget, task.id)
+            # Dropped once really gone (a replaced task is added back at once),
+            # all in one later call: a CLEAR or LOAD removes thousands.
+            if not self._removed:
+                self._clock.callLater(0, self._forget)
+            self._removed.add(task.id)
 
     def defaults_changed(self) -> None:
         """The global defaults were replaced: freshness timers follow the new rules and windows."""
         for task in self._all_tasks():
             self._arm_stale(task)
 
-    def _forget(self, task_id: int) -> None:
-        if self._task(task_id) is None:
-            self._tracks.pop(task_id, None)
-            self._added.pop(task_id, None)
+    def _forget(self) -> None:
+        removed, self._removed = self._removed, set()
+        for task_id in removed:
+            if self._task(task_id) is None:
+                self._tracks.pop(task_id, None)
+                self._added.pop(task_id, None)
 
     def worker_changed(self, change: str, name: str) -> None:
         if change == "connected":
