@@ -173,8 +173,18 @@ class AlertWatch:
                 last_job = None if known is None else known.last_job
                 if expected is not None and (last_job is None or last_job < expected):
                     self.expect_ping(task, expected)
+        # Workers that had runs when the scheduler stopped are away until
+        # they say hello again: keyed by their last run's start, the same
+        # after every restart.
+        away: dict[str, float] = {}
         for job in active:
             self.job_changed(job)
+            if job.status is JobStatus.RUNNING and job.worker is not None:
+                started = job.started_at if job.started_at is not None else job.created_at
+                away[job.worker] = max(away.get(job.worker, 0.0), started)
+        for name, since in away.items():
+            if not self._online(name):
+                self._away(name, since)
 
     @staticmethod
     def _final(task: Task, attempt: int) -> bool:
@@ -411,11 +421,14 @@ class AlertWatch:
             pending = self._offline.pop(name, None)
             if pending is not None and pending.active():
                 pending.cancel()
-        elif change == "disconnected" and name not in self._offline:
-            if not any(rule.on == "worker_offline" for rule in self._defaults().rules):
-                return
-            after = self._defaults().workerOfflineAfter
-            self._offline[name] = self._clock.callLater(after, self._offline_due, name, self._clock.seconds(), after)
+        elif change == "disconnected":
+            self._away(name, self._clock.seconds())
+
+    def _away(self, name: str, gone: float) -> None:
+        if name in self._offline or not any(rule.on == "worker_offline" for rule in self._defaults().rules):
+            return
+        after = self._defaults().workerOfflineAfter
+        self._offline[name] = self._clock.callLater(after, self._offline_due, name, gone, after)
 
     def _offline_due(self, name: str, gone: float, after: float) -> None:
         self._offline.pop(name, None)

@@ -486,3 +486,29 @@ def test_an_alert_about_a_job_s_end_is_queued_right_after_its_record_in_the_same
     world.finish(worker, job.id, 1)
     # No reactor turn between them: the job store commits both in one transaction.
     assert order[-2:] == [f"put {job.id} failed", f"alerts {job.id}"]
+
+
+def test_a_worker_that_had_runs_when_the_scheduler_stopped_and_does_not_come_back_is_offline() -> None:
+    clock = Clock()
+    clock.advance(START)
+    defaults = AlertDefaults(rules=check_alerts([rule("worker_offline")], global_rules=True), workerOfflineAfter=60)
+    before = World(defaults, clock=clock)
+    before.connect("w1")
+    before.connect("w2")
+    task = before.task()
+    first = before.dispatcher.fire(task, clock.seconds())[0]
+    second = before.dispatcher.fire(task, clock.seconds() + 1)[0]
+    running = [job for job in (before.jobs.get(first.id), before.jobs.get(second.id)) if job is not None]
+    assert sorted(job.worker or "" for job in running) == ["w1", "w2"]
+    before.watch.stop()
+
+    clock.advance(30)
+    after = World(defaults, clock=clock)
+    after.tasks[task.id] = task
+    after.connect("w2")  # w2 comes back; w1 does not
+    after.watch.restore({}, running)
+    clock.advance(59)
+    assert after.outbox.calls == []
+    clock.advance(1)
+    w1_job = next(job for job in running if job.worker == "w1")
+    assert after.outbox.keys() == [f"worker:w1@{w1_job.created_at:.0f}:worker_offline"]
