@@ -162,7 +162,8 @@ def check_alerts(value: object, *, where: str = "alerts", global_rules: bool = F
         every = data.get("every")
         if every is not None and (not _seconds(every) or not EVERY_RANGE[0] <= every <= EVERY_RANGE[1]):
             raise TaskError(f"{here}.every must be a number of seconds from {EVERY_RANGE[0]} to {EVERY_RANGE[1]}")
-        attempts = data.get("attempts") or "last"
+        attempts = data.get("attempts")
+        attempts = "last" if attempts is None else attempts
         if attempts not in ATTEMPTS_MODES:
             raise TaskError(f"{here}.attempts must be one of {', '.join(ATTEMPTS_MODES)}")
         if attempts == "each" and (after != 1 or every is not None):

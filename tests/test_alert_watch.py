@@ -7,6 +7,7 @@ the channels a set of names.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 from typing import Any
 
@@ -512,3 +513,26 @@ def test_a_worker_that_had_runs_when_the_scheduler_stopped_and_does_not_come_bac
     clock.advance(1)
     w1_job = next(job for job in running if job.worker == "w1")
     assert after.outbox.keys() == [f"worker:w1@{w1_job.created_at:.0f}:worker_offline"]
+
+
+def test_rule_checks_name_the_rule_and_field() -> None:
+    import pytest
+
+    from scheduler.tasks import TaskError
+
+    cases = [
+        ([{"on": "failure"}], "alerts[0].channel"),
+        ([{"on": "fail", "channel": "ops"}], "alerts[0].on"),
+        ([rule("failure"), rule("late", every=60)], "alerts[1].every"),
+        ([rule("failure", attempts="")], "alerts[0].attempts"),
+        ([rule("failure", attempts="each", after=2)], "attempts: each"),
+        ([rule("recovery", after=0)], "alerts[0].after"),
+        ([rule("stale", mutedUntil="tomorrow")], "alerts[0].mutedUntil"),
+        ([rule("failure", colour="red")], "unknown field(s) colour"),
+        ([rule("worker_offline")], "/api/alerts/defaults"),
+        ([rule("failure")] * 21, "at most 20"),
+    ]
+    for rules, said in cases:
+        with pytest.raises(TaskError, match=re.escape(said)):
+            check_alerts(rules)
+    assert check_alerts([rule("failure", after=None, attempts=None, every=None)]) == check_alerts([rule("failure")])
