@@ -471,12 +471,12 @@ class SchedulerHTTP:
         return self._ping(request, check, "start")
 
     def _ping(self, request: IRequest, check: str, kind: PingKind) -> bytes:
-        if not self._pings.limit.take():
-            request.setHeader(b"Retry-After", b"1")
-            raise ApiError(429, "too many pings; try again in a second")
         task = self._pings.find(check)
         if task is None:
             raise ApiError(404, "no such ping check")
+        if not self._pings.allowed(task):
+            request.setHeader(b"Retry-After", b"1")
+            raise ApiError(429, "too many pings; try again in a second")
         if task.options.paused:
             return _json(request, 200, {"ok": True, "counted": False})
         self._pings.ping(task, kind)

@@ -75,7 +75,11 @@ class TaskPings:
         self._recorder = recorder
         self._ended = ended
         self._pinged = pinged
+        # Only pings to a real check are counted (a wrong uuid costs a
+        # lookup, and writes nothing): each check has a bucket of its own,
+        # so a noisy one cannot starve the others, and all share one more.
         self.limit = RateLimit(clock)
+        self._per_check: dict[int, RateLimit] = {}
         # uuid -> task id, rebuilt when the task book object changes.
         self._index: dict[str, int] = {}
         self._indexed: object = None
@@ -87,6 +91,19 @@ class TaskPings:
             self._indexed = book
         task_id = self._index.get(check)
         return None if task_id is None else book.get(task_id)
+
+    # One check: a ping a second, bursts of ten.
+    CHECK_RATE = 1.0
+    CHECK_BURST = 10.0
+
+    def allowed(self, task: Task) -> bool:
+        """May a ping to *task* be recorded now (within its bucket and the route's)?"""
+        bucket = self._per_check.get(task.id)
+        if bucket is None:
+            if len(self._per_check) > len(self._index) + 1000:
+                self._per_check.clear()  # checks removed since: start over
+            bucket = self._per_check[task.id] = RateLimit(self._clock, self.CHECK_RATE, self.CHECK_BURST)
+        return bucket.take() and self.limit.take()
 
     def ping(self, task: Task, kind: PingKind) -> Job:
         """Record what the ping says as a job of *task* (a ping check)."""

@@ -195,10 +195,17 @@ async def test_a_ping_check_takes_pings_without_the_token_and_alerts_like_any_ta
     assert code == 404 and body == {"error": "no such ping check"}
     code, _, _ = await call(api, "GET", "/api/tasks")
     assert code == 401
-    # Bounded: past the bucket, 429.
-    api.service.pings.limit._tokens = 0
+    # Bounded: ten pings at once to one check are taken, the eleventh is not,
+    # and wrong uuids (which write nothing) do not use up its bucket.
+    api.service.pings._per_check.clear()
+    api.service.pings.CHECK_RATE = 0.0  # no refill while the test runs, however slow the machine
+    for _ in range(20):
+        code, _, _ = await call(api, "POST", "/api/ping/6f1c7d5e-8b1a-4c3e-9f00-0123456789ab")
+        assert code == 404
+    codes = [(await call(api, "POST", f"/api/ping/{uuid}/start"))[0] for _ in range(11)]
+    assert codes == [200] * 10 + [429]
     code, body, headers = await call(api, "POST", f"/api/ping/{uuid}")
-    assert code == 429 and headers["retry-after"] == "1"
+    assert code == 429 and headers["retry-after"] == "1" and set(body) == {"error"}
 
 
 # -- health: API, metrics, LIST ------------------------------------------------------------------
