@@ -670,7 +670,7 @@ OPENAPI: dict[str, Any] = {
                             "Taken",
                         ),
                         "404": _error("No ping check with this uuid"),
-                        "429": _error("Too many pings to the scheduler; try again in a second"),
+                        "429": _error("Too many pings to this check (1/s, bursts of 10) or to all (20/s); try again in a second"),
                     },
                 },
             }
