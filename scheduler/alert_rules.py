@@ -4,7 +4,9 @@ A rule is ``{"on": <event>, "channel": <name>}`` with options:
 
 - ``after`` (failure, timeout, lost, recovery): how many runs in a row must
   have ended badly.  A failure rule speaks when a streak of bad ends reaches
-  it; a recovery rule speaks when a success ends a streak at least that long.
+  it; a recovery rule speaks when a success ends a streak at least that long
+  in which a failure, timeout or lost rule of the task spoke (any streak, if
+  the task has none).
 - ``every`` (failure, timeout, lost, stale): seconds between reminders while
   the trouble lasts.  Without it a rule speaks once per streak (or once per
   stale spell); ``0`` speaks on every bad end.
@@ -144,8 +146,18 @@ def attempt_speaks(rule: AlertRule, status: JobStatus, at: float) -> bool:
     return rule.attempts == "each" and rule.on in BAD_ENDS and status in BAD_ENDS[rule.on] and not rule.muted(at)
 
 
-def recovery_speaks(rule: AlertRule, ended_streak: int, at: float) -> bool:
-    return rule.on == "recovery" and ended_streak >= rule.after and ended_streak > 0 and not rule.muted(at)
+def recovery_speaks(rule: AlertRule, ended: Streak | None, rules: Sequence[AlertRule], at: float) -> bool:
+    """Does *rule* speak of a success that ended the streak *ended*?
+
+    Only after trouble someone was told of: when the task has failure,
+    timeout or lost rules, one of them must have spoken in that streak (a
+    muted one did not); either way the streak must be ``after`` long.
+    """
+    if rule.on != "recovery" or ended is None or len(ended) < rule.after or rule.muted(at):
+        return False
+    if any(other.on in BAD_ENDS for other in rules):
+        return bool(ended.spoke)
+    return True
 
 
 def stale_speaks(rule: AlertRule, at: float) -> bool:

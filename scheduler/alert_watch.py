@@ -274,14 +274,14 @@ class AlertWatch:
         track.last_job = max(track.last_job or 0.0, job.created_at)
         rules = self.rules_for(task)
         if job.status is JobStatus.SUCCEEDED:
-            ended = track.failures
+            ended = track.streak
             track.streak = None
             track.last_success = at
             self._arm_stale(task)
-            speaking = [rule for rule in rules if recovery_speaks(rule, ended, now)]
+            speaking = [rule for rule in rules if recovery_speaks(rule, ended, rules, now)]
             self._emit(
                 task, speaking, "recovery", _moment(job), job,
-                f"succeeded after {ended} run{'s' if ended != 1 else ''} that did not",
+                f"succeeded after {len(ended or ())} run{'s' if len(ended or ()) != 1 else ''} that did not",
             )
             return
         if job.status not in ENDED_BADLY:

@@ -536,3 +536,23 @@ def test_rule_checks_name_the_rule_and_field() -> None:
         with pytest.raises(TaskError, match=re.escape(said)):
             check_alerts(rules)
     assert check_alerts([rule("failure", after=None, attempts=None, every=None)]) == check_alerts([rule("failure")])
+
+
+def test_recovery_follows_only_trouble_that_was_told() -> None:
+    world = World()
+    worker, _ = world.connect()
+    task = world.task(rules=[rule("failure", after=3), rule("recovery")])
+    world.run(task, worker, 1)
+    world.clock.advance(60)
+    world.run(task, worker, 0)
+    assert world.outbox.calls == []  # one failure, never told: no recovery either
+    muted = world.task(2, rules=[rule("failure", mutedUntil=START + 600), rule("recovery")])
+    world.run(muted, worker, 1)
+    world.clock.advance(60)
+    world.run(muted, worker, 0)
+    assert world.outbox.calls == []  # the failure rule was muted: nothing to recover from
+    alone = world.task(3, rules=[rule("recovery")])
+    world.run(alone, worker, 1)
+    world.clock.advance(60)
+    world.run(alone, worker, 0)
+    assert world.outbox.events() == ["recovery"]  # without failure rules, any streak
