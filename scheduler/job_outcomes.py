@@ -54,21 +54,28 @@ def read_outcomes(database: SqliteRows) -> dict[int, TaskOutcomes]:
         return found
 
     with database.lock:
-        # The (task_id, id) index answers both per task.
+        # Each task's newest job, through the (task_id, id) index.
         for task_id, created in conn.execute(
-            "SELECT task_id, MAX(created_at) FROM jobs WHERE task_id IS NOT NULL GROUP BY task_id"
+            "SELECT task_id, created_at FROM jobs WHERE id IN "
+            "(SELECT MAX(id) FROM jobs WHERE task_id IS NOT NULL GROUP BY task_id)"
         ):
             of(int(task_id)).last_job = float(created)
+        # Each task's newest success, and the bad ends after it: the newest
+        # success per task is worked out once (an aggregate, materialised),
+        # not searched for again for each bad end.
+        newest_ok = (
+            "SELECT task_id, MAX(id) AS id FROM jobs WHERE task_id IS NOT NULL AND status = 'succeeded' GROUP BY task_id"
+        )
         for task_id, finished in conn.execute(
-            "SELECT task_id, MAX(COALESCE(finished_at, created_at)) FROM jobs "
-            "WHERE task_id IS NOT NULL AND status = 'succeeded' GROUP BY task_id"
+            f"SELECT j.task_id, COALESCE(j.finished_at, j.created_at) FROM jobs AS j WHERE j.id IN (SELECT id FROM ({newest_ok}))"
         ):
             of(int(task_id)).last_success = float(finished)
         rows = conn.execute(
-            "SELECT task_id, status, attempt, COALESCE(finished_at, created_at) FROM jobs AS j "
-            f"WHERE task_id IS NOT NULL AND status IN ({_BAD_SQL}) AND id > COALESCE("
-            "(SELECT MAX(id) FROM jobs AS s WHERE s.task_id = j.task_id AND s.status = 'succeeded'), 0) "
-            "ORDER BY task_id, id"
+            f"WITH ok AS ({newest_ok}) "
+            "SELECT j.task_id, j.status, j.attempt, COALESCE(j.finished_at, j.created_at) FROM jobs AS j "
+            "LEFT JOIN ok ON ok.task_id = j.task_id "
+            f"WHERE j.task_id IS NOT NULL AND j.status IN ({_BAD_SQL}) AND j.id > COALESCE(ok.id, 0) "
+            "ORDER BY j.task_id, j.id"
         ).fetchall()
     for task_id, status, attempt, finished in rows:
         ends = of(int(task_id)).bad_ends
