@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from scheduler.cron import iso
 from scheduler.cron_engine import Fire, missed_times
 from scheduler.dispatch import Dispatcher
+from scheduler.jobs import Job
 from scheduler.task_book import TaskBook
 from scheduler.tasks import Task
 from scheduler.triggers import MISSED
@@ -22,7 +23,9 @@ class FireHandler:
     *book* gives the task book in force (``LOAD`` replaces it).  While
     *holding* says so (the maintenance switch), fires are dropped; a task
     whose ``skipNext`` is set has its fire dropped and *skipped* called,
-    which clears the flag.
+    which clears the flag.  A ping check's fire runs nothing: *expected*
+    is told its ping is due.  Runs missed in downtime that the missed
+    policy does not run are recorded as ``missed`` jobs and told to *missed*.
     """
 
     # A tick with more fires than this logs one summary line, not one line
@@ -37,11 +40,15 @@ class FireHandler:
         *,
         holding: Callable[[], bool] = lambda: False,
         skipped: Callable[[Task], object] = lambda task: None,
+        expected: Callable[[Task, float], object] = lambda task, scheduled: None,
+        missed: Callable[[Task, list[Job], int, bool], object] = lambda task, jobs, count, more: None,
     ) -> None:
         self._book = book
         self._dispatcher = dispatcher
         self._holding = holding
         self._skipped = skipped
+        self._expected = expected
+        self._missed = missed
         # The task (the very object) whose skipNext each task id has used,
         # until the flag's clearing is committed: its other fires in the same
         # batch (a late tick hands on several seconds at once), or before
@@ -58,6 +65,10 @@ class FireHandler:
         for fire in fires:
             task = book.get(fire.task_id)
             if task is None:
+                continue
+            if task.options.ping is not None:
+                if not task.options.paused:
+                    self._expected(task, fire.scheduled)
                 continue
             if not task.options.skipNext:
                 if self._skip_used:
@@ -93,12 +104,15 @@ class FireHandler:
             last_job=last[2],
         )
 
-    def run_missed(self, last_scheduled: dict[int, float], now: float) -> None:
+    def run_missed(self, last_scheduled: dict[int, float], now: float, up_until: float | None = None) -> None:
         """Apply each task's missed-run policy to the downtime that ends at *now*.
 
-        *last_scheduled* is each task's last scheduled time in the job history.
+        *last_scheduled* is each task's last scheduled time in the job history;
+        *up_until*, the last moment the history shows the scheduler at work.
+        Only times after it are recorded as missed: a fire before it that
+        left no job (``overlap: skip``) was not missed for downtime.
         """
-        self._catch_up(last_scheduled.get, now, "while the scheduler was down")
+        self._catch_up(last_scheduled.get, now, "while the scheduler was down", up_until)
 
     def run_skipped(self, since: float, now: float) -> None:
         """The clock stepped forward from *since* to *now*: downtime, as after a restart.
@@ -107,16 +121,29 @@ class FireHandler:
         """
         self._catch_up(lambda task_id: since, now, "skipped by the clock step")
 
-    def _catch_up(self, last_of: Callable[[int], float | None], now: float, why: str) -> None:
+    def _catch_up(
+        self, last_of: Callable[[int], float | None], now: float, why: str, up_until: float | None = None
+    ) -> None:
         if self._holding():
             log.info("maintenance is on: runs missed {why} are not caught up", why=why)
             return
         book = self._book()
+        # Tasks on one schedule that last ran at the same time walk it once.
+        walks: dict[tuple[object, float, int], list[float]] = {}
         for task in book:
             last = last_of(task.id)
-            if last is None or task.options.missed == "skip" or task.options.paused:
+            if last is None or task.options.paused or task.options.ping is not None:
                 continue
-            times = missed_times(task.schedule, last, now, task.options.missed, task.options.missedCap)
+            cap = task.options.missedCap
+            # One more than can be recorded, to know whether there were more.
+            walk = walks.get((task.schedule, last, cap))
+            if walk is None:
+                walk = walks[(task.schedule, last, cap)] = missed_times(task.schedule, last, now, "all", 2 * cap + 1)
+            times = missed_times(task.schedule, last, now, task.options.missed, cap) if task.options.missed != "skip" else []
+            # The walk holds one more time than the cap it could record: then there were more.
+            down_since = up_until if up_until is not None else last
+            more = len(walk) == 2 * cap + 1 and walk[0] > down_since
+            self._record_missed(task, [when for when in walk if when not in times and when > down_since], why, more)
             for scheduled in times:
                 log.info(
                     "{job_name}: running the missed time {when} (missed={policy})",
@@ -125,3 +152,23 @@ class FireHandler:
                     policy=task.options.missed,
                 )
                 self._dispatcher.fire(task, scheduled, triggered_by=MISSED)
+
+    def _record_missed(self, task: Task, times: list[float], why: str, more: bool) -> None:
+        """Record the latest missedCap of *times* as missed jobs; say so once for the task."""
+        if not times:
+            return
+        cap = task.options.missedCap
+        recorded = [
+            job
+            for job in (self._dispatcher.miss(task, when, f"missed {why} (missed={task.options.missed})") for when in times[-cap:])
+            if job is not None
+        ]
+        if recorded:
+            log.info(
+                "{job_name}: {count} run(s) missed {why} recorded as missed (missed={policy})",
+                job_name=task.job_name,
+                count=len(recorded),
+                why=why,
+                policy=task.options.missed,
+            )
+            self._missed(task, recorded, len(times), more)

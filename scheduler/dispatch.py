@@ -31,7 +31,7 @@ from scheduler.jobs import Job, JobStatus
 from scheduler.settings import Settings
 from scheduler.tasks import Task
 from scheduler.timers import KeyedTimers
-from scheduler.triggers import SCHEDULE, TriggeredBy
+from scheduler.triggers import MISSED, SCHEDULE, TriggeredBy
 from scheduler.worker_messages import MAX_START_DELAY, PROTOCOL_VERSION, Finished
 from scheduler.worker_registry import Worker, WorkerRegistry
 
@@ -121,6 +121,10 @@ class Dispatcher:
         self.output_listeners: list[OutputListener] = []
         # Feeds the metrics: how late jobs start, and how they end.
         self.started_listeners: list[Callable[[Job, float], None]] = []
+        # Told of each job's end right after its record is queued for the
+        # job store, in the same reactor turn: what they queue (alerts)
+        # is committed with it.
+        self.ended_listeners: list[Callable[[Job], None]] = []
 
     # -- submitting ----------------------------------------------------
 
@@ -670,6 +674,7 @@ class Dispatcher:
             changes["finished_at"] = self._clock.seconds()
         done = self.jobs.update(job, status=status, **changes)
         recorded = self._recorder.put(done)
+        self._ended(done)
         if on_recorded is not None:
             recorded.addCallback(lambda _: on_recorded())
         recorded.addErrback(
@@ -680,6 +685,27 @@ class Dispatcher:
         self._tails.close(job.id)
         self._stopped_running(job)
         self._retries.after(done)
+        return done
+
+    def _ended(self, job: Job) -> None:
+        for listener in self.ended_listeners:
+            try:
+                listener(job)
+            except Exception:
+                log.failure("job end listener {listener!r} failed", listener=listener)
+
+    def miss(self, task: Task, scheduled: float, reason: str) -> Job | None:
+        """Record a fire of *task* that will not run (missed in downtime); None if that time was handled."""
+        job = self.jobs.fire(task.id, scheduled, task.command, target=task.options.target, triggered_by=MISSED)
+        if job is None:
+            return None
+        done = self.jobs.update(job, status=JobStatus.MISSED, finished_at=self._clock.seconds(), reason=reason)
+        self._recorder.put(done).addErrback(
+            lambda failure: log.error(
+                "could not record missed run {job_id}: {error}", job_id=job.id, error=failure.getErrorMessage()
+            )
+        )
+        self._ended(done)
         return done
 
     def restore(self, jobs: list[tuple[Job, int]]) -> None:

@@ -23,8 +23,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from scheduler import __version__, cron
 from scheduler.alert_channels import ChannelBook, ChannelError, ChannelExists, NoSuchChannel, parse_channel
+from scheduler.alert_defaults import AlertDefaults, AlertDefaultsFile
 from scheduler.alert_deliveries import DELIVERY_STATES
 from scheduler.alert_outbox import AlertSender
+from scheduler.alert_watch import AlertWatch
 from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
@@ -37,8 +39,19 @@ from scheduler.metrics import SchedulerMetrics
 from scheduler.settings import Settings
 from scheduler.task_book import TaskNotFound
 from scheduler.task_changes import EDITABLE, StaleTask, TaskChanges
+from scheduler.task_pings import PingKind, TaskPings
 from scheduler.task_state import TaskState
-from scheduler.tasks import Task, TaskError, TaskOptions, check_command, etag, parse_time, split_zone, zone
+from scheduler.tasks import (
+    Task,
+    TaskError,
+    TaskOptions,
+    check_command,
+    etag,
+    parse_time,
+    split_zone,
+    with_new_ping,
+    zone,
+)
 from scheduler.triggers import TriggeredBy
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import WorkerRegistry
@@ -174,10 +187,13 @@ class SchedulerHTTP:
         next_run: Callable[[int], float | None],
         metrics: SchedulerMetrics,
         feed: EventHub,
+        alerts: AlertWatch,
+        alert_defaults: AlertDefaultsFile,
+        pings: TaskPings,
         max_body: int = MAX_BODY,
         last_clock_step: Callable[[], tuple[str, float, float] | None] = lambda: None,
         channels: ChannelBook,
-        alerts: AlertSender,
+        alert_sender: AlertSender,
     ) -> None:
         self._state = state
         self._changes = changes
@@ -191,7 +207,10 @@ class SchedulerHTTP:
         self._max_body = max_body
         self._last_clock_step = last_clock_step
         self._channels = channels
+        self._alert_sender = alert_sender
         self._alerts = alerts
+        self._alert_defaults = alert_defaults
+        self._pings = pings
         self._workers_ws = WebSocketResource(worker_factory)
         self._static = StaticFiles(static_root())
 
@@ -200,7 +219,7 @@ class SchedulerHTTP:
         return self._state.book.tz
 
     def _task_json(self, task: Task) -> dict[str, Any]:
-        return task_json(task, self._next_run(task.id), self._tz)
+        return task_json(task, self._next_run(task.id), self._tz, self._alerts.health(task))
 
     def _with_last_job(self, task: Task, newest: Job | None) -> dict[str, Any]:
         """The task and its newest job (GET only: the answers to changes and the feed leave it out)."""
@@ -282,7 +301,7 @@ class SchedulerHTTP:
 
     @app.route("/api/tasks", methods=["POST"])
     async def add_task(self, request: IRequest) -> bytes:
-        data = _body(request, self._max_body)
+        data = with_new_ping(_body(request, self._max_body))
         _check_fields(data, {"schedule", "command", "jobName", *TaskOptions().as_dict()})
         schedule = data.get("schedule")
         if not isinstance(schedule, str):
@@ -383,6 +402,8 @@ class SchedulerHTTP:
     @app.route("/api/tasks/<task_id>/run", methods=["POST"])
     def run_task(self, request: IRequest, task_id: str) -> bytes:
         task = self._find_task(task_id)
+        if task.options.ping is not None:
+            raise ApiError(409, f"task {task.id} is a ping check: it runs elsewhere and reports by POST /api/ping/<uuid>")
         overrides = _optional_body(request, self._max_body)
         _check_fields(overrides, set(RUN_OVERRIDES))
         try:
@@ -432,6 +453,55 @@ class SchedulerHTTP:
         # Every open dashboard shows the switch at once.
         self._feed.publish("maintenance", self._maintenance_json())
         return _json(request, 200, self._maintenance_json())
+
+    # -- alerts ----------------------------------------------------------------
+
+    @app.route("/api/alerts/defaults", methods=["GET"])
+    def get_alert_defaults(self, request: IRequest) -> bytes:
+        return _json(request, 200, self._alert_defaults.defaults.as_json())
+
+    @app.route("/api/alerts/defaults", methods=["PUT"])
+    async def put_alert_defaults(self, request: IRequest) -> bytes:
+        try:
+            defaults = AlertDefaults.from_json(_body(request, self._max_body))
+        except TaskError as error:
+            raise ApiError(400, str(error)) from None
+        for index, rule in enumerate(defaults.rules):
+            if rule.channel not in self._alerts.channels:
+                raise ApiError(400, f"rules[{index}].channel: no channel named '{rule.channel}' (POST /api/channels first)")
+        try:
+            await self._alert_defaults.replace(defaults)
+        except Exception as error:
+            raise ApiError(503, f"could not save the alert defaults: {error}") from None
+        self._alerts.defaults_changed()
+        return _json(request, 200, defaults.as_json())
+
+    # Ping checks (scheduler.task_pings): the uuid is the secret, so these
+    # take no API token (http_guard.PUBLIC_PREFIXES) and answer nothing but
+    # whether the ping counted.
+    @app.route("/api/ping/<check>", methods=["POST"])
+    def ping(self, request: IRequest, check: str) -> bytes:
+        return self._ping(request, check, "success")
+
+    @app.route("/api/ping/<check>/fail", methods=["POST"])
+    def ping_fail(self, request: IRequest, check: str) -> bytes:
+        return self._ping(request, check, "fail")
+
+    @app.route("/api/ping/<check>/start", methods=["POST"])
+    def ping_start(self, request: IRequest, check: str) -> bytes:
+        return self._ping(request, check, "start")
+
+    def _ping(self, request: IRequest, check: str, kind: PingKind) -> bytes:
+        task = self._pings.find(check)
+        if task is None:
+            raise ApiError(404, "no such ping check")
+        if not self._pings.allowed(task):
+            request.setHeader(b"Retry-After", b"1")
+            raise ApiError(429, "too many pings; try again in a second")
+        if task.options.paused:
+            return _json(request, 200, {"ok": True, "counted": False})
+        self._pings.ping(task, kind)
+        return _json(request, 200, {"ok": True, "counted": True})
 
     def _maintenance_json(self) -> dict[str, Any]:
         state = self._maintenance.state
@@ -655,7 +725,7 @@ class SchedulerHTTP:
         if channel is None:
             raise ApiError(404, f"no channel named '{name[:64]}'")
         _check_fields(_optional_body(request, self._max_body), set())
-        reply = await self._alerts.send_test(channel)
+        reply = await self._alert_sender.send_test(channel)
         return _json(request, 200, {"outcome": reply.outcome, "status": reply.status, "reply": reply.text})
 
     @app.route("/api/alerts", methods=["GET"])

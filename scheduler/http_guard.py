@@ -59,7 +59,8 @@ log = Logger()
 WORKER_PATH = "/ws/worker"
 HEALTH_PATH = "/api/health"
 PUBLIC_PATHS = frozenset({"/", HEALTH_PATH, WORKER_PATH})
-PUBLIC_PREFIXES = ("/static/",)
+# Ping checks: the uuid in the path is the secret (SECURITY.md, "Ping checks").
+PUBLIC_PREFIXES = ("/static/", "/api/ping/")
 
 SAFE_METHODS = {b"GET", b"HEAD", b"OPTIONS"}
 # Headers a request may carry once only.

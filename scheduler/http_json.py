@@ -23,7 +23,8 @@ def iso(timestamp: float | None, tz: tzinfo) -> str | None:
     return cron.iso(timestamp, tz, "milliseconds")
 
 
-def task_json(task: Task, next_run: float | None, tz: tzinfo) -> dict[str, Any]:
+def task_json(task: Task, next_run: float | None, tz: tzinfo, health: str = "up") -> dict[str, Any]:
+    """A task; *health* is what the alert watch says of it (scheduler.alert_watch)."""
     return {
         "id": task.id,
         "jobName": task.job_name,
@@ -33,6 +34,7 @@ def task_json(task: Task, next_run: float | None, tz: tzinfo) -> dict[str, Any]:
         "nextRun": iso(next_run, tz),
         **task.options.as_dict(),
         "pausedUntil": iso(task.options.pausedUntil, tz),
+        "health": health,
     }
 
 
@@ -108,8 +110,8 @@ def delivery_json(delivery: Delivery, tz: tzinfo) -> dict[str, Any]:
 # -- the live feed's events (scheduler/feed.py sends them as SSE) -------------
 
 
-def task_event(change: str, task: Task, next_run: float | None, tz: tzinfo) -> dict[str, Any]:
-    return {"change": change, "task": task_json(task, next_run, tz)}
+def task_event(change: str, task: Task, next_run: float | None, tz: tzinfo, health: str = "up") -> dict[str, Any]:
+    return {"change": change, "task": task_json(task, next_run, tz, health)}
 
 
 def worker_event(change: str, worker: Worker) -> dict[str, Any]:

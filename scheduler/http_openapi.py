@@ -31,7 +31,18 @@ from scheduler.alert_channels import (
     URL,
 )
 from scheduler.alert_deliveries import DELIVERY_STATES
-from scheduler.alerts import CHANNEL_KINDS
+from scheduler.alert_rules import (
+    AFTER_RANGE,
+    ATTEMPTS_MODES,
+    DEADLINE_RANGE,
+    EVERY_RANGE,
+    GLOBAL_ONLY,
+    MAX_RULES,
+    TAKES_AFTER,
+    TAKES_ATTEMPTS,
+    TAKES_EVERY,
+)
+from scheduler.alerts import ALERT_EVENTS, CHANNEL_KINDS, TASK_HEALTHS
 from scheduler.http_api import (
     CHECK_RUNS,
     DEFAULT_LIMIT,
@@ -54,6 +65,7 @@ from scheduler.tasks import (
     MISSED_CAP_RANGE,
     MISSED_POLICIES,
     OVERLAP_POLICIES,
+    PING_UUID,
     POOL_NAME,
     RETRIES_RANGE,
     RETRY_DELAY_RANGE,
@@ -87,6 +99,9 @@ _ID = {
     "examples": {"first": {"value": 1}},
 }
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+_CHANNEL_NAME = {"type": "string", "pattern": f"^{NAME.pattern}$"}
+# The ping check tests/test_api_schemathesis.py makes, so generated pings reach one.
+PING_EXAMPLE = "6f1c7d5e-8b1a-4c3e-9f00-0123456789ab"
 
 
 def _space_class() -> str:
@@ -150,8 +165,72 @@ _TIME_INPUT = {
 }
 
 
+def _alert_rule(events: tuple[str, ...]) -> dict[str, Any]:
+    """An alert rule as tasks.check_alerts takes it: which options go with which events."""
+
+    def only_with(name: str, events_taking: frozenset[str]) -> dict[str, Any]:
+        return {
+            "if": {"properties": {"on": {"not": {"enum": sorted(events_taking)}}}},
+            "then": {"properties": {name: {"type": "null"}}},
+        }
+
+    return {
+        "type": "object",
+        "required": ["on", "channel"],
+        "additionalProperties": False,
+        "properties": {
+            "on": {"enum": list(events)},
+            "channel": {**_CHANNEL_NAME, "description": "a channel's name (GET /api/channels)"},
+            "after": {
+                "type": ["integer", "null"], "minimum": AFTER_RANGE[0], "maximum": AFTER_RANGE[1], "default": 1,
+                "description": "failure, timeout, lost: speak once this many runs in a row ended badly; "
+                "recovery: when a success ends a streak at least this long",
+            },
+            "every": {
+                "type": ["number", "null"], "minimum": EVERY_RANGE[0], "maximum": EVERY_RANGE[1],
+                "description": "seconds between reminders while it lasts (failure, timeout, lost, stale); 0: every bad end",
+            },
+            "mutedUntil": {**_TIME_INPUT, "description": "silent until then"},
+            "attempts": {
+                "enum": [*ATTEMPTS_MODES, None], "default": "last",
+                "description": "last: only a run's final attempt (after its retries); each: every attempt, without after or every",
+            },
+        },
+        "allOf": [
+            only_with("after", TAKES_AFTER),
+            only_with("every", TAKES_EVERY),
+            only_with("attempts", TAKES_ATTEMPTS),
+            {
+                "if": {"required": ["attempts"], "properties": {"attempts": {"const": "each"}}},
+                "then": {"properties": {"after": {"enum": [1, None]}, "every": {"type": "null"}}},
+            },
+        ],
+    }
+
+
+_TASK_EVENTS = tuple(event for event in ALERT_EVENTS if event not in GLOBAL_ONLY)
+_DEADLINE = {"type": ["number", "null"], "minimum": DEADLINE_RANGE[0], "maximum": DEADLINE_RANGE[1]}
+_DEADLINE_HELP = {
+    "startDeadline": "seconds after its scheduled time by which a run must have started (else: late)",
+    "finishDeadline": "seconds after its scheduled time by which a run must have finished (else: overrun)",
+    "freshness": "seconds within which some run must have succeeded (else: stale, health down)",
+}
+
+
 def _option_schema(name: str, hint: Any, default: Any) -> dict[str, Any]:
     """A task option's schema from its type in TaskOptions and its bounds in tasks.py."""
+    if name == "alerts":
+        return {
+            "type": ["array", "null"], "items": _ref("AlertRule"), "maxItems": MAX_RULES, "default": [],
+            "description": "who is told what; none: the rules of /api/alerts/defaults",
+        }
+    if name in _DEADLINE_HELP:
+        return {**_DEADLINE, "description": _DEADLINE_HELP[name] + "; null: the default's"}
+    if name == "ping":
+        return {
+            "anyOf": [{"type": "string", "pattern": PING_UUID.pattern}, {"type": "null"}],
+            "description": "a ping check's uuid (POST /api/ping/<uuid>); the task is never run here",
+        }
     if get_origin(hint) is Mapping:  # env, as check_env takes it (null is no variables)
         return {
             "type": ["object", "null"],
@@ -203,8 +282,16 @@ _OPTIONS: dict[str, Any] = {
     name: _option_schema(name, hint, getattr(DEFAULT_OPTIONS, name))
     for name, hint in get_type_hints(TaskOptions).items()
 }
-# As requests may give them: a time to resume at may also be Unix seconds.
-_REQUEST_OPTIONS: dict[str, Any] = {**_OPTIONS, "pausedUntil": {**_TIME_INPUT, "description": "resumes by itself then"}}
+# As requests may give them: a time to resume at may also be Unix seconds,
+# and ping: true asks for a new uuid.
+_REQUEST_OPTIONS: dict[str, Any] = {
+    **_OPTIONS,
+    "pausedUntil": {**_TIME_INPUT, "description": "resumes by itself then"},
+    "ping": {
+        "anyOf": [{"type": "string", "pattern": PING_UUID.pattern}, {"type": "null"}, {"const": True}],
+        "description": "true: make the task a ping check with a new random uuid (or give it a new one); null: not one",
+    },
+}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -302,6 +389,22 @@ OPENAPI: dict[str, Any] = {
                         "description": "The task's newest job (the live record while it is active), null if it has "
                         "none; only in GET /api/tasks and GET /api/tasks/{id}, not in the answers to changes or the feed",
                     },
+                    "health": {"enum": list(TASK_HEALTHS), "description": "up, late, failing, down (no success within freshness) or paused"},
+                },
+            },
+            "AlertRule": _alert_rule(_TASK_EVENTS),
+            "DefaultAlertRule": _alert_rule(ALERT_EVENTS),
+            "AlertDefaults": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "What applies to every task that says nothing itself, and the rules about workers",
+                "properties": {
+                    "rules": {
+                        "type": ["array", "null"], "items": _ref("DefaultAlertRule"), "maxItems": MAX_RULES,
+                        "description": "for tasks without alerts of their own; worker_offline rules only here",
+                    },
+                    **{name: {**_DEADLINE, "description": text} for name, text in _DEADLINE_HELP.items()},
+                    "workerOfflineAfter": {**_DEADLINE, "description": "seconds a worker may be away before worker_offline", "default": 300},
                 },
             },
             "TriggeredBy": {
@@ -519,6 +622,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "202": _json(_ref("Job"), "The job (a list for target all)"),
                     "404": _error("No such task"),
+                    "409": _error("The task is a ping check: it is not run here"),
                     **_COMMON_ERRORS,
                     "503": _error("Queue full"),
                 },
@@ -578,6 +682,54 @@ OPENAPI: dict[str, Any] = {
                     "503": _error("tasks file could not be written"),
                 },
             },
+        },
+        "/api/alerts/defaults": {
+            "get": {"summary": "The global alert defaults", "responses": {"200": _json(_ref("AlertDefaults"), "The defaults")}},
+            "put": {
+                "summary": "Replace the global alert defaults (kept across restarts)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AlertDefaults")}}},
+                "responses": {
+                    "200": _json(_ref("AlertDefaults"), "In force"),
+                    **_COMMON_ERRORS,
+                    "400": _error("A field out of range, or a rule naming an unknown channel"),
+                    "503": _error("alerts.json could not be written"),
+                },
+            },
+        },
+        **{
+            f"/api/ping/{{check}}{tail}": {
+                "parameters": [
+                    {
+                        "name": "check",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": PING_UUID.pattern},
+                        "examples": {"documented": {"value": PING_EXAMPLE}},
+                        "description": "the task's ping uuid",
+                    }
+                ],
+                "post": {
+                    "summary": summary,
+                    "security": [{}],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["ok", "counted"],
+                                "properties": {"ok": {"const": True}, "counted": {"type": "boolean", "description": "false while the task is paused"}},
+                            },
+                            "Taken",
+                        ),
+                        "404": _error("No ping check with this uuid"),
+                        "429": _error("Too many pings to this check (1/s, bursts of 10) or to all (20/s); try again in a second"),
+                    },
+                },
+            }
+            for tail, summary in (
+                ("", "A ping check's run succeeded (no API token: the uuid is the secret)"),
+                ("/fail", "A ping check's run failed"),
+                ("/start", "A ping check's run started"),
+            )
         },
         "/api/pools": {
             "get": {
@@ -856,7 +1008,6 @@ OPENAPI: dict[str, Any] = {
 
 # -- alerts: channels and deliveries (scheduler/alert_channels.py, alert_outbox.py) --
 
-_CHANNEL_NAME = {"type": "string", "pattern": f"^{NAME.pattern}$"}
 _ADDRESS_SCHEMA = {"type": "string", "pattern": f"^{ADDRESS.pattern}$", "maxLength": MAX_ADDRESS}
 _CHANNEL_FIELDS: dict[str, Any] = {
     "url": {"type": "string", "pattern": f"^{URL.pattern}$", "maxLength": MAX_URL},

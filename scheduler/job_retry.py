@@ -33,6 +33,11 @@ def retry_delay(options: TaskOptions, attempt: int) -> float:
     return options.retryDelay * 2.0 ** (attempt - 1)
 
 
+def owes_retry(job: Job, task: Task | None) -> bool:
+    """Does the ended *job* run again?  (Its task, if it has one, decides.)"""
+    return job.status in RETRIED and task is not None and job.attempt <= task.options.retries
+
+
 def retry_key(job: Job) -> str:
     return f"{job.key or job.id}#{job.attempt + 1}"
 
@@ -58,9 +63,7 @@ class Retries:
         if job.status not in RETRIED or job.task_id is None:
             return None
         task = self._task(job.task_id)
-        if task is None or job.attempt > task.options.retries:
-            return None
-        return task
+        return task if owes_retry(job, task) else None
 
     def after(self, job: Job) -> None:
         """*job* has just ended: schedule its next attempt if its task asks for one."""

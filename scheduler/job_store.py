@@ -37,6 +37,7 @@ from scheduler.job_history.database import (
 from scheduler.job_history.sqlite import SqliteDatabase
 from scheduler.job_history.sqlite_schema import SCHEMA_VERSION
 from scheduler.job_history.threaded import ThreadedJobHistory
+from scheduler.job_outcomes import TaskOutcomes
 from scheduler.jobs import Job
 from scheduler.triggers import Revision
 
@@ -94,6 +95,15 @@ class JobHistory(JobRecorder, Protocol):
         retry may still be owed: the retry timers of the last run of the
         scheduler lived in memory, and start-up arms them again from here.
         """
+
+    def outcomes(self) -> dict[int, TaskOutcomes]:
+        """Each task's last success, last job and the runs that ended badly since that success.
+
+        The alert watch rebuilds its streaks and timers from it at start-up.
+        """
+
+    def last_at_work(self) -> float | None:
+        """The last moment the history shows the scheduler at work (a job created, started or ended)."""
 
     def max_job_id(self) -> int:
         """The highest job id ever stored, even if that job was pruned since."""

@@ -19,6 +19,9 @@ class JobStatus(StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     LOST = "lost"
+    # A scheduled time that passed while the scheduler was down and that
+    # its task's missed policy does not run: recorded, never run.
+    MISSED = "missed"
 
     @property
     def final(self) -> bool:

@@ -2,11 +2,60 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from scheduler.jobs import Job
+
+# Per task: its jobName, last success (Unix time or None), consecutive
+# failures and health (scheduler.alert_watch).
+TaskHealthRow = tuple[str, float | None, int, str]
+
+
+class TaskHealthCollector(Collector):
+    """The per-task gauges, read at each scrape.
+
+    One series per task for each (the health gauge carries only the current
+    health, with value 1), so the series are bounded by the number of tasks.
+    """
+
+    def __init__(self, rows: Callable[[], list[TaskHealthRow]]) -> None:
+        self._rows = rows
+
+    def describe(self) -> Iterator[Metric]:
+        # Without it, registering would call collect(), before the tasks exist.
+        return self._families(False)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(True)
+
+    def _families(self, with_samples: bool) -> Iterator[Metric]:
+        success = GaugeMetricFamily(
+            "scheduler_task_last_success_timestamp",
+            "When the task's last successful run ended (Unix seconds); absent if it never succeeded.",
+            labels=["task"],
+        )
+        failures = GaugeMetricFamily(
+            "scheduler_task_consecutive_failures",
+            "Runs of the task in a row that ended badly (after their retries) since its last success.",
+            labels=["task"],
+        )
+        health = GaugeMetricFamily(
+            "scheduler_task_health",
+            "1 for the task's current health: up, late, failing, down or paused.",
+            labels=["task", "health"],
+        )
+        for name, last, streak, now in self._rows() if with_samples else ():
+            if last is not None:
+                success.add_metric([name], last)
+            failures.add_metric([name], streak)
+            health.add_metric([name, now], 1)
+        yield success
+        yield failures
+        yield health
 
 
 class SchedulerMetrics:
@@ -18,8 +67,10 @@ class SchedulerMetrics:
         workers: Callable[[], float],
         tasks: Callable[[], float],
         tick_lag: Callable[[], float],
+        task_health: Callable[[], list[TaskHealthRow]] = list,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(TaskHealthCollector(task_health))
         self.jobs_finished = Counter(
             "scheduler_jobs_finished",
             "Jobs that reached a final status, by status.",

@@ -16,8 +16,10 @@ from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
 from scheduler.alert_channels import ChannelBook
+from scheduler.alert_defaults import AlertDefaultsFile
 from scheduler.alert_delivery import Deliverer
 from scheduler.alert_outbox import AlertMetrics, AlertSender
+from scheduler.alert_watch import AlertWatch
 from scheduler.cron_engine import CronEngine
 from scheduler.cron_fires import FireHandler
 from scheduler.cron_ticker import CronTicker
@@ -39,6 +41,7 @@ from scheduler.settings import Settings, default_public_url
 from scheduler.task_book import TaskBook
 from scheduler.task_changes import TaskChanges
 from scheduler.task_pauses import PauseTimer
+from scheduler.task_pings import TaskPings
 from scheduler.task_state import TaskState
 from scheduler.task_store import FlatFileTaskStore, LoadError
 from scheduler.tasks import Task
@@ -57,7 +60,11 @@ class StartupError(Exception):
 
 
 class SchedulerService(MultiService):
-    def __init__(self, reactor: Any, settings: Settings) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: Settings,
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.settings = settings
@@ -105,6 +112,9 @@ class SchedulerService(MultiService):
             self._last_scheduled = self.job_store.last_scheduled()
             # Retry timers lived in memory: the history says which are owed.
             self._unretried = self.job_store.unretried()
+            # So did the alert timers and each task's streak: likewise.
+            self._outcomes = self.job_store.outcomes()
+            self._up_until = self.job_store.last_at_work()
             max_id = self.job_store.max_job_id()
             # A removed task's id must not come back after a restart: its
             # jobs and revisions would pass for the new task's.
@@ -126,7 +136,41 @@ class SchedulerService(MultiService):
             caps=RunCaps(settings.pools, settings.label_caps),
         )
         self.dispatcher.restore(active)
-        self.changes = TaskChanges(self.state, self.job_store, clock)
+        # Alerts (scheduler/alerts.py): the channels are kept in the job
+        # store, whose outbox the rules queue into.
+        try:
+            self.channels = ChannelBook(self.job_store, self.job_store.channels())
+        except (ValueError, TypeError, KeyError) as error:
+            raise StartupError(f"cannot read the alert channels in {jobs_db}: {error}") from None
+        self.alert_defaults = AlertDefaultsFile(
+            os.path.join(os.path.dirname(self.store.path), "alerts.json"), reactor.getThreadPool(), reactor
+        )
+        self.alert_defaults.load_now()
+        self.alerts = AlertWatch(
+            clock,
+            tasks=lambda task_id: self.state.book.get(task_id),
+            all_tasks=lambda: self.state.book,
+            active=self.jobs.get,
+            queue=self.job_store,
+            channels=self.channels,
+            defaults=lambda: self.alert_defaults.defaults,
+            online=lambda name: self.workers.get(name) is not None,
+            describe_job=lambda job: job_json(job, self.state.book.tz, self.dispatcher.waiting(job.id)),
+            tz=settings.tz,
+        )
+        self.jobs.listeners.append(self.alerts.job_changed)
+        self.dispatcher.ended_listeners.append(self.alerts.job_ended)
+        self.state.listeners.append(self.alerts.task_changed)
+        self.workers.listeners.append(lambda change, worker: self.alerts.worker_changed(change, worker.name))
+        self.pings = TaskPings(
+            clock,
+            lambda: self.state.book,
+            self.jobs,
+            self.job_store,
+            ended=self.alerts.job_ended,
+            pinged=self.alerts.pinged,
+        )
+        self.changes = TaskChanges(self.state, self.job_store, clock, self.channels)
         self.pauses = PauseTimer(clock, self.state, self.changes)
         self.maintenance = Maintenance(
             os.path.join(os.path.dirname(self.store.path), "maintenance.json"), reactor.getThreadPool(), reactor
@@ -137,6 +181,8 @@ class SchedulerService(MultiService):
             self.dispatcher,
             holding=lambda: self.maintenance.on,
             skipped=self._skipped_next,
+            expected=self.alerts.expect_ping,
+            missed=self.alerts.missed,
         )
         self.ticker = CronTicker(
             clock,
@@ -174,6 +220,7 @@ class SchedulerService(MultiService):
             workers=lambda: len(self.workers),
             tasks=lambda: len(self.state.book),
             tick_lag=lambda: self.ticker.lag,
+            task_health=self._task_health,
         )
         self.jobs.listeners.append(self.metrics.job_changed)
         self.ticker.step_listeners.append(self.metrics.clock_stepped)
@@ -181,11 +228,7 @@ class SchedulerService(MultiService):
         self.feed = EventHub(clock)
         self._connect_feed()
 
-        # Alerts: the channels (kept in the job store) and the sender of its outbox.
-        try:
-            self.channels = ChannelBook(self.job_store, self.job_store.channels())
-        except (ValueError, TypeError, KeyError) as error:
-            raise StartupError(f"cannot read the alert channels in {jobs_db}: {error}") from None
+        # The sender of the alert outbox.
         self.deliverer = Deliverer(reactor)
         self.alert_sender = AlertSender(
             clock,
@@ -200,7 +243,7 @@ class SchedulerService(MultiService):
         self.job_store.alert_listeners.append(self.alert_sender.queued)
         self.alert_sender.setServiceParent(self)
 
-        commands = TcpCommands(self.changes, self.engine.next_run, self.status)
+        self.commands = commands = TcpCommands(self.changes, self.engine.next_run, self.status, health=self.alerts.health)
         tcp_factory = CommandFactory(
             commands,
             clock,
@@ -232,10 +275,13 @@ class SchedulerService(MultiService):
             next_run=self.engine.next_run,
             metrics=self.metrics,
             feed=self.feed,
+            alerts=self.alerts,
+            alert_defaults=self.alert_defaults,
+            pings=self.pings,
             max_body=settings.http_max_body,
             last_clock_step=lambda: self.ticker.last_step,
             channels=self.channels,
-            alerts=self.alert_sender,
+            alert_sender=self.alert_sender,
         )
         self.guard = Guard(
             self.http.app.resource(),
@@ -333,7 +379,9 @@ class SchedulerService(MultiService):
         super().startService()
         self.feed.start()
         self.pauses.start()
-        self.fires.run_missed(self._last_scheduled, self.reactor.seconds())
+        self.alerts.restore(self._outcomes, self.jobs)
+        self._outcomes = {}
+        self.fires.run_missed(self._last_scheduled, self.reactor.seconds(), self._up_until)
         self.dispatcher.resume_retries(self._unretried)
         self._unretried = []
         self.dispatcher.pump()
@@ -352,6 +400,7 @@ class SchedulerService(MultiService):
             if listening is not None:
                 await listening
             self.dispatcher.stop()
+            self.alerts.stop()
             self.pauses.stop()
             self.feed.stop()
             await super(SchedulerService, self).stopService()
@@ -369,7 +418,10 @@ class SchedulerService(MultiService):
 
         def task_changed(change: str, task: Task) -> None:
             if feed:
-                feed.publish("task", task_event(change, task, self.engine.next_run(task.id), self.state.book.tz))
+                feed.publish(
+                    "task",
+                    task_event(change, task, self.engine.next_run(task.id), self.state.book.tz, self.alerts.health(task)),
+                )
 
         def job_changed(job: Job) -> None:
             if feed:
@@ -404,6 +456,14 @@ class SchedulerService(MultiService):
             "paused": sum(1 for task in self.state.book if task.options.paused),
             "maintenance": "on" if self.maintenance.on else "off",
         }
+
+    def _task_health(self) -> list[tuple[str, float | None, int, str]]:
+        """Per task: its name, last success, consecutive failures and health (the /metrics gauges)."""
+        alerts = self.alerts
+        return [
+            (task.job_name, alerts.last_success(task.id), alerts.consecutive_failures(task.id), alerts.health(task))
+            for task in self.state.book
+        ]
 
     def _skipped_next(self, task: Task) -> None:
         """A task's ``skipNext`` has done its work: clear it."""

@@ -18,9 +18,19 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from scheduler.alerts import KnownChannels
 from scheduler.task_book import TaskBook, TaskNotFound
 from scheduler.task_state import TaskState
-from scheduler.tasks import OPTION_KEYS, Task, TaskError, TaskOptions, etag, parse_record, split_zone
+from scheduler.tasks import (
+    OPTION_KEYS,
+    Task,
+    TaskError,
+    TaskOptions,
+    etag,
+    parse_record,
+    split_zone,
+    with_new_ping,
+)
 from scheduler.triggers import Revision, RevisionAction, TriggeredBy
 
 log = Logger()
@@ -47,10 +57,26 @@ def task_record(task: Task) -> dict[str, Any]:
 
 
 class TaskChanges:
-    def __init__(self, state: TaskState, revisions: RevisionStore | None, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        state: TaskState,
+        revisions: RevisionStore | None,
+        clock: IReactorTime,
+        channels: KnownChannels | None = None,
+    ) -> None:
         self._state = state
         self._revisions = revisions
         self._clock = clock
+        # Alert rules may name only channels that exist (when given).
+        self._channels = channels
+
+    def check_channels(self, options: TaskOptions) -> None:
+        """TaskError naming the first channel an alert rule names that does not exist."""
+        if self._channels is None:
+            return
+        for index, rule in enumerate(options.alerts):
+            if rule.channel not in self._channels:
+                raise TaskError(f"alerts[{index}].channel: no channel named '{rule.channel}' (POST /api/channels first)")
 
     @property
     def book(self) -> TaskBook:
@@ -67,6 +93,9 @@ class TaskChanges:
         *,
         by: TriggeredBy,
     ) -> Deferred[Task]:
+        if options is not None:
+            self.check_channels(options)
+
         def apply(book: TaskBook) -> tuple[None, Task]:
             plain, zone = split_zone(schedule, options.timezone if options is not None else None)
             zoned = (options or TaskOptions()).evolve(timezone=zone) if zone is not None else options
@@ -84,7 +113,7 @@ class TaskChanges:
         for name in ("schedule", "command", "jobName"):
             if name in changes and not isinstance(changes[name], str):
                 raise TaskError(f"{name} must be a string")
-        option_changes = {name: value for name, value in changes.items() if name in OPTION_KEYS}
+        option_changes = with_new_ping({name: value for name, value in changes.items() if name in OPTION_KEYS})
         # As when a task is added: a pause's end and reason come with the
         # pause itself, so a request means the same whatever the task was.
         if (changes.get("pausedUntil") is not None or changes.get("pauseReason") is not None) and changes.get(
@@ -106,6 +135,8 @@ class TaskChanges:
             options = old.options.evolve(**option_changes) if option_changes else None
             if "pausedUntil" in option_changes and options is not None:
                 self._check_until(options.pausedUntil)
+            if "alerts" in option_changes and options is not None:
+                self.check_channels(options)
             new = book.replacement(
                 old.id,
                 schedule=changes.get("schedule"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -21,6 +22,20 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from scheduler import cron
+from scheduler.alert_channels import NAME as CHANNEL_NAME
+from scheduler.alert_rules import (
+    AFTER_RANGE,
+    ATTEMPTS_MODES,
+    DEADLINE_RANGE,
+    EVERY_RANGE,
+    GLOBAL_ONLY,
+    MAX_RULES,
+    TAKES_AFTER,
+    TAKES_ATTEMPTS,
+    TAKES_EVERY,
+    AlertRule,
+)
+from scheduler.alerts import ALERT_EVENTS
 
 JOB_NAME = re.compile(r"^task_([0-9]{1,18})$")
 
@@ -96,6 +111,90 @@ def check_cwd(cwd: object) -> str | None:
     return cwd
 
 
+_RULE_KEYS = ("on", "channel", "after", "every", "mutedUntil", "attempts")
+# A ping check's uuid: 122 random bits, in the canonical lower-case form.
+PING_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_alerts(value: object, *, where: str = "alerts", global_rules: bool = False) -> tuple[AlertRule, ...]:
+    """A list of alert rules (scheduler.alert_rules), checked; TaskError names the rule and field."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise TaskError(f"{where} must be a list of rules such as {{\"on\": \"failure\", \"channel\": \"ops\"}}")
+    if len(value) > MAX_RULES:
+        raise TaskError(f"{where} holds at most {MAX_RULES} rules")
+    rules = []
+    for index, data in enumerate(value):
+        here = f"{where}[{index}]"
+        if isinstance(data, AlertRule):
+            data = data.as_json()
+        if not isinstance(data, dict):
+            raise TaskError(f"{here} must be an object with 'on' and 'channel'")
+        unknown = sorted(set(data) - set(_RULE_KEYS))
+        if unknown:
+            raise TaskError(f"{here}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(_RULE_KEYS)})")
+        on = data.get("on")
+        if on not in ALERT_EVENTS:
+            raise TaskError(f"{here}.on must be one of {', '.join(ALERT_EVENTS)}")
+        if on in GLOBAL_ONLY and not global_rules:
+            raise TaskError(f"{here}: {on} is about workers, not a task: set it in /api/alerts/defaults")
+        channel = data.get("channel")
+        if not isinstance(channel, str) or not CHANNEL_NAME.fullmatch(channel):
+            raise TaskError(f"{here}.channel must be a channel name (1 to 100 letters, digits, '.', '_' or '-')")
+        for name, takes in (("after", TAKES_AFTER), ("every", TAKES_EVERY), ("attempts", TAKES_ATTEMPTS)):
+            if name in data and data[name] is not None and on not in takes:
+                raise TaskError(f"{here}.{name} goes only with on: {', '.join(sorted(takes))}")
+        after = data.get("after")
+        after = 1 if after is None else after
+        if not _whole(after) or not AFTER_RANGE[0] <= after <= AFTER_RANGE[1]:
+            raise TaskError(f"{here}.after must be an integer from {AFTER_RANGE[0]} to {AFTER_RANGE[1]}")
+        every = data.get("every")
+        if every is not None and (not _seconds(every) or not EVERY_RANGE[0] <= every <= EVERY_RANGE[1]):
+            raise TaskError(f"{here}.every must be a number of seconds from {EVERY_RANGE[0]} to {EVERY_RANGE[1]}")
+        attempts = data.get("attempts")
+        attempts = "last" if attempts is None else attempts
+        if attempts not in ATTEMPTS_MODES:
+            raise TaskError(f"{here}.attempts must be one of {', '.join(ATTEMPTS_MODES)}")
+        if attempts == "each" and (after != 1 or every is not None):
+            raise TaskError(f"{here}: attempts: each speaks of every attempt, without after or every")
+        rules.append(
+            AlertRule(
+                on=on,
+                channel=channel,
+                after=after,
+                every=None if every is None else float(every),
+                mutedUntil=parse_time(data.get("mutedUntil"), f"{here}.mutedUntil"),
+                attempts=attempts,
+            )
+        )
+    return tuple(rules)
+
+
+def with_new_ping(data: Mapping[str, Any]) -> dict[str, Any]:
+    """*data* with ``ping: true`` (ask for a ping check) replaced by a new random uuid."""
+    if data.get("ping") is True:
+        return {**data, "ping": str(uuid.uuid4())}
+    return dict(data)
+
+
+def check_deadline(value: object, name: str) -> float | None:
+    """startDeadline, finishDeadline, freshness and the like: seconds, or None."""
+    if value is None:
+        return None
+    if not _seconds(value) or not DEADLINE_RANGE[0] <= value <= DEADLINE_RANGE[1]:  # type: ignore[operator]
+        raise TaskError(f"{name} must be a number of seconds from {DEADLINE_RANGE[0]} to {DEADLINE_RANGE[1]}")
+    return float(value)  # type: ignore[arg-type]
+
+
 # A schedule's zone written in front of it, as cronie and Kubernetes take it.
 CRON_TZ = "CRON_TZ="
 
@@ -169,6 +268,16 @@ class TaskOptions:
     pauseReason: str | None = None
     # The next fire is skipped, then the task runs as usual.
     skipNext: bool = False
+    # Who is told what (scheduler.alert_rules); none: the global defaults'.
+    alerts: tuple[AlertRule, ...] = ()
+    # Seconds after its scheduled time by which a run must have started,
+    # and finished; seconds within which some run must have succeeded.
+    startDeadline: float | None = None
+    finishDeadline: float | None = None
+    freshness: float | None = None
+    # A ping check's uuid: the task is never run here, its runs are reported
+    # by POST /api/ping/<uuid> (scheduler.task_pings).
+    ping: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TaskOptions:
@@ -230,6 +339,11 @@ class TaskOptions:
             raise TaskError(f"pauseReason must be one line of at most {MAX_REASON} characters")
         if not paused and (until is not None or reason is not None):
             raise TaskError("pausedUntil and pauseReason go with paused: true")
+        ping = data.get("ping")
+        if ping is not None and (not isinstance(ping, str) or not PING_UUID.fullmatch(ping)):
+            raise TaskError("ping must be a random (version 4) UUID in lower case, or true for a new one")
+        if ping is not None and retries:
+            raise TaskError("a ping check (ping) is not run by the scheduler, so it takes no retries")
         return cls(
             target=target,
             timeout=None if timeout is None else float(timeout),
@@ -248,6 +362,11 @@ class TaskOptions:
             pausedUntil=until,
             pauseReason=reason,
             skipNext=skip_next,
+            alerts=check_alerts(data.get("alerts")),
+            startDeadline=check_deadline(data.get("startDeadline"), "startDeadline"),
+            finishDeadline=check_deadline(data.get("finishDeadline"), "finishDeadline"),
+            freshness=check_deadline(data.get("freshness"), "freshness"),
+            ping=ping,
         )
 
     def non_defaults(self) -> dict[str, Any]:
@@ -260,10 +379,15 @@ class TaskOptions:
         }
         if self.pausedUntil is not None:
             record["pausedUntil"] = datetime.fromtimestamp(self.pausedUntil, UTC).isoformat()
+        if self.alerts:
+            record["alerts"] = [rule.as_json(_utc) for rule in self.alerts]
         return record
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        """The options as JSON values (the API shows them so)."""
+        values = dict(vars(self))
+        values["alerts"] = [rule.as_json(_utc) for rule in self.alerts]
+        return values
 
     def evolve(self, **changes: Any) -> TaskOptions:
         """These options with *changes* (JSON names), checked like new ones."""
@@ -273,6 +397,10 @@ class TaskOptions:
     def tz(self) -> tzinfo | None:
         """The task's own time zone, if it names one."""
         return None if self.timezone is None else zone(self.timezone)
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 OPTION_KEYS = frozenset(vars(TaskOptions()))

@@ -124,10 +124,12 @@ class TcpCommands:
         changes: TaskChanges,
         next_run: Callable[[int], float | None],
         status: Callable[[], dict[str, int | str]],
+        health: Callable[[Task], str] = lambda task: "paused" if task.options.paused else "up",
     ) -> None:
         self._changes = changes
         self._next_run = next_run
         self._status = status
+        self._health = health
 
     def handle(self, line: str, by: TriggeredBy = TCP) -> Reply:
         return self.answer(*read_command(line), by=by)
@@ -219,7 +221,10 @@ class TcpCommands:
                 # The column still says when it would run: the next run is
                 # kept computed for when the task resumes.
                 return f"paused (next {text})"
-            return text
+            # A task that is not up says so after its time, as paused does
+            # before it: the columns stay where clients split them.
+            health = self._health(task)
+            return text if health == "up" else f"{text} ({health})"
 
         def zone(task: Task) -> str:
             # Only tasks with a zone of their own: the seed's columns stay.

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
-TriggerKind = Literal["schedule", "api", "tcp", "retry", "missed", "dashboard"]
+TriggerKind = Literal["schedule", "api", "tcp", "retry", "missed", "dashboard", "ping"]
 TRIGGER_KINDS: tuple[TriggerKind, ...] = get_args(TriggerKind)
 
 RevisionAction = Literal["add", "edit", "pause", "resume", "remove", "load", "clear", "restore"]
@@ -93,6 +93,7 @@ class TriggeredBy:
 # The triggers that carry nothing but their kind.
 SCHEDULE = TriggeredBy("schedule")
 MISSED = TriggeredBy("missed")
+PING = TriggeredBy("ping")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.http_openapi import PING_EXAMPLE
 from tests.e2e import start_scheduler, stop
 
 pytest.importorskip("schemathesis")
@@ -95,8 +96,13 @@ def test_the_api_keeps_its_openapi_contract(tmp_path: Path) -> None:
             )
         )
         # Task 1 and its job: the documented example id, so routes on one
-        # task or job have something to act on besides 404s.
-        for path, body in (("/api/tasks", {"schedule": "@daily", "command": "true"}), ("/api/tasks/1/run", {})):
+        # task or job have something to act on besides 404s; and a ping
+        # check with the documented example uuid, for the ping routes.
+        for path, body in (
+            ("/api/tasks", {"schedule": "@daily", "command": "true"}),
+            ("/api/tasks/1/run", {}),
+            ("/api/tasks", {"schedule": "@daily", "command": "elsewhere", "ping": PING_EXAMPLE}),
+        ):
             posted = urllib.request.Request(
                 f"{running.url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
             )

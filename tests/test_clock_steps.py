@@ -17,7 +17,7 @@ from scheduler.cron_fires import FireHandler
 from scheduler.cron_ticker import CronTicker
 from scheduler.dispatch import Dispatcher, NoRecorder
 from scheduler.job_book import JobBook
-from scheduler.jobs import Job
+from scheduler.jobs import Job, JobStatus
 from scheduler.metrics import SchedulerMetrics
 from scheduler.task_book import TaskBook
 from scheduler.tasks import Task, TaskOptions
@@ -68,7 +68,17 @@ class Scheduler:
             self.clock.advance(min(0.25, when - self.clock.seconds()))
 
     def fired(self) -> list[tuple[float | None, str | None]]:
-        return [(job.scheduled_at, job.triggered_by.kind if job.triggered_by else None) for job in self.jobs]
+        """The jobs that run (as first queued); not the records of missed runs."""
+        missed = {job.id for job in self.jobs if job.status is JobStatus.MISSED}
+        return [
+            (job.scheduled_at, job.triggered_by.kind if job.triggered_by else None)
+            for job in self.jobs
+            if job.id not in missed and job.status is JobStatus.QUEUED
+        ]
+
+    def missed(self) -> list[float | None]:
+        """The scheduled times recorded as missed (issue 14: in the history, not skipped silently)."""
+        return [job.scheduled_at for job in self.jobs if job.status is JobStatus.MISSED]
 
     def steps(self, direction: str) -> float:
         value = self.metrics.registry.get_sample_value("scheduler_clock_steps_total", {"direction": direction})
@@ -81,15 +91,15 @@ def scheduled(at: float) -> tuple[float, str]:
 
 
 @pytest.mark.parametrize(
-    ("missed", "after_step"),
+    ("missed", "after_step", "recorded"),
     [
-        ("skip", []),
-        ("once", [(1021.0, MISSED.kind)]),
-        ("all", [(float(second), MISSED.kind) for second in range(1002, 1022)]),
+        ("skip", [], [float(second) for second in range(1002, 1022)]),
+        ("once", [(1021.0, MISSED.kind)], [float(second) for second in range(1002, 1021)]),
+        ("all", [(float(second), MISSED.kind) for second in range(1002, 1022)], []),
     ],
 )
 def test_a_step_forward_is_downtime_under_each_missed_policy(
-    missed: str, after_step: list[tuple[float, str]]
+    missed: str, after_step: list[tuple[float, str]], recorded: list[float]
 ) -> None:
     world = Scheduler(missed)
     world.run_to(1001.5)
@@ -97,6 +107,8 @@ def test_a_step_forward_is_downtime_under_each_missed_policy(
     world.step(20.0)  # 1001.5 -> 1021.5
     world.run_to(1023.5)
     assert world.fired() == [scheduled(1001.0), *after_step, scheduled(1022.0), scheduled(1023.0)]
+    # What the policy does not run is in the history as missed, once each.
+    assert world.missed() == recorded
     assert world.ticker.last_step is not None and world.ticker.last_step[:2] == ("forward", pytest.approx(20.0))
     assert world.steps("forward") == 1 and world.steps("back") == 0
 
@@ -107,6 +119,8 @@ def test_all_is_bounded_by_missed_cap() -> None:
     world.step(20.0)
     world.run_to(1021.6)
     assert [at for at, kind in world.fired() if kind == MISSED.kind] == [1017.0, 1018.0, 1019.0, 1020.0, 1021.0]
+    # Those beyond the cap are recorded as missed, up to the cap again: the latest of them.
+    assert world.missed() == [1012.0, 1013.0, 1014.0, 1015.0, 1016.0]
 
 
 def test_a_step_back_runs_no_second_twice_and_resumes_past_the_last_fired() -> None:

@@ -48,11 +48,12 @@ def set_offset(path: Path, spec: str) -> None:
     os.replace(partial, path)
 
 
-def jobs(url: str) -> list[dict[str, Any]]:
+def jobs(url: str, *, missed: bool = False) -> list[dict[str, Any]]:
+    """The task's jobs that ran (or, with *missed*, the seconds recorded as missed), oldest first."""
     status, body = http_json("GET", f"{url}/api/jobs?task=1&limit=1000")
     assert status == 200, body
     assert isinstance(body, list)
-    return sorted(body, key=lambda job: job["id"])
+    return sorted((job for job in body if (job["status"] == "missed") == missed), key=lambda job: job["id"])
 
 
 def jobs_from(url: str, count: int) -> list[dict[str, Any]] | None:
@@ -113,6 +114,9 @@ def test_clock_steps_under_libfaketime(tmp_path: Path) -> None:
         assert min(new) >= last + 15, f"a skipped second ran: {sorted(new)} after {last}"
         assert all(job["triggeredBy"]["kind"] == "schedule" for job in after), after
         assert steps(running.url, "back") == 0
+        # The seconds the step skipped are in the history as missed, not run.
+        skipped = [scheduled(job) for job in jobs(running.url, missed=True)]
+        assert skipped and all(last < when < min(new) for when in skipped), (skipped, last, sorted(new))
 
         # Back 6 s: the tick waits for the wall clock to pass the last second
         # fired (about 6 s), then fires on; no second runs twice.

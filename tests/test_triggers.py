@@ -10,7 +10,8 @@ from scheduler.triggers import MISSED, SCHEDULE, TRIGGER_KINDS, TriggeredBy
 
 
 def test_the_kinds_are_the_issue_s_names() -> None:
-    assert TRIGGER_KINDS == ("schedule", "api", "tcp", "retry", "missed", "dashboard")
+    # "ping": the runs of ping checks (issue 14), reported by POST /api/ping/<uuid>.
+    assert TRIGGER_KINDS == ("schedule", "api", "tcp", "retry", "missed", "dashboard", "ping")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from typing import Protocol, TypeAlias
 
 from scheduler.alert_deliveries import Delivery
 from scheduler.alerts import Alert
+from scheduler.job_outcomes import TaskOutcomes
 from scheduler.jobs import Job
 from scheduler.triggers import Revision
 
@@ -131,6 +132,10 @@ class Database(Protocol):
     def last_scheduled(self) -> dict[int, float]: ...
 
     def unretried(self) -> list[Job]: ...
+
+    def outcomes(self) -> dict[int, TaskOutcomes]: ...
+
+    def last_at_work(self) -> float | None: ...
 
     def max_job_id(self) -> int: ...
 

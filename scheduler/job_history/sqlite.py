@@ -20,6 +20,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from scheduler.alert_deliveries import Delivery
+from scheduler.alert_rules import ENDED_BADLY
 from scheduler.alerts import Alert
 from scheduler.job_history.database import (
     REVISIONS_PER_TASK,
@@ -54,6 +55,7 @@ from scheduler.job_history.sqlite_schema import (
     row_job,
     row_revision,
 )
+from scheduler.job_outcomes import MAX_ENDS, TaskOutcomes
 from scheduler.jobs import Job, JobStatus, fire_key
 from scheduler.triggers import Revision
 
@@ -64,6 +66,7 @@ log = Logger()
 _BAD_RECORD = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, ValueError, OverflowError)
 
 # The statuses a task's retries apply to (scheduler.job_retry.RETRIED).
+_ENDED_BADLY_SQL = ", ".join(f"'{status.value}'" for status in sorted(ENDED_BADLY))
 _RETRIED_SQL = ", ".join(f"'{status.value}'" for status in (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.LOST))
 
 # Well under SQLite's limit on bound parameters, even in old builds.
@@ -195,6 +198,55 @@ class SqliteDatabase:
             f"AND status IN ({_RETRIED_SQL}) ORDER BY id"
         )
         return [row_job(row) for row in rows]
+
+    def outcomes(self) -> dict[int, TaskOutcomes]:
+        outcomes: dict[int, TaskOutcomes] = {}
+
+        def of(task_id: int) -> TaskOutcomes:
+            found = outcomes.get(task_id)
+            if found is None:
+                found = outcomes[task_id] = TaskOutcomes()
+            return found
+
+        # Each task's newest job, through the (task_id, id) index.
+        for task_id, created in self._rows(
+            "SELECT task_id, created_at FROM jobs WHERE id IN "
+            "(SELECT MAX(id) FROM jobs WHERE task_id IS NOT NULL GROUP BY task_id)"
+        ):
+            of(int(task_id)).last_job = float(created)
+        # Each task's newest success, and the bad ends after it: the newest
+        # success per task is worked out once (an aggregate, materialised),
+        # not searched for again for each bad end.
+        newest_ok = (
+            "SELECT task_id, MAX(id) AS id FROM jobs WHERE task_id IS NOT NULL AND status = 'succeeded' GROUP BY task_id"
+        )
+        for task_id, finished in self._rows(
+            "SELECT j.task_id, COALESCE(j.finished_at, j.created_at) FROM jobs AS j "
+            f"WHERE j.id IN (SELECT id FROM ({newest_ok}))"
+        ):
+            of(int(task_id)).last_success = float(finished)
+        rows = self._rows(
+            f"WITH ok AS ({newest_ok}) "
+            "SELECT j.task_id, j.status, j.attempt, COALESCE(j.finished_at, j.created_at) FROM jobs AS j "
+            "LEFT JOIN ok ON ok.task_id = j.task_id "
+            f"WHERE j.task_id IS NOT NULL AND j.status IN ({_ENDED_BADLY_SQL}) AND j.id > COALESCE(ok.id, 0) "
+            "ORDER BY j.task_id, j.id"
+        )
+        for task_id, status, attempt, finished in rows:
+            ends = of(int(task_id)).bad_ends
+            ends.append((JobStatus(status), int(attempt), float(finished)))
+            if len(ends) > MAX_ENDS:
+                del ends[0]
+        return outcomes
+
+    def last_at_work(self) -> float | None:
+        # Ids grow with creation, so the newest thousand jobs hold it, read
+        # through the primary key without a scan.
+        rows = self._rows(
+            "SELECT MAX(MAX(created_at, COALESCE(started_at, 0), COALESCE(finished_at, 0))) "
+            "FROM (SELECT created_at, started_at, finished_at FROM jobs ORDER BY id DESC LIMIT 1000)"
+        )
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def max_task_id(self) -> int:
         rows = self._rows(

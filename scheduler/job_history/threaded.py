@@ -30,6 +30,7 @@ from scheduler.job_history.database import (
     Put,
 )
 from scheduler.job_history.group_commit import GroupCommitter
+from scheduler.job_outcomes import TaskOutcomes
 from scheduler.jobs import Job, JobStatus
 from scheduler.triggers import Revision
 
@@ -78,6 +79,12 @@ class ThreadedJobHistory:
 
     def unretried(self) -> list[Job]:
         return self._database.unretried()
+
+    def outcomes(self) -> dict[int, TaskOutcomes]:
+        return self._database.outcomes()
+
+    def last_at_work(self) -> float | None:
+        return self._database.last_at_work()
 
     def max_job_id(self) -> int:
         return self._database.max_job_id()
