@@ -27,7 +27,7 @@ from scheduler.alerts import Alert, alert_key
 from scheduler.job_history.database import NewAlerts
 from scheduler.job_history.sqlite import SqliteDatabase
 from scheduler.job_history.sqlite_schema import alert_row
-from tests.e2e import http_json, start_scheduler, stop, wait_until
+from tests.e2e import http_json, start_scheduler, start_worker, stop, wait_until
 
 SECRET = "e2e-secret-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +156,72 @@ def test_killed_while_sending_it_sends_again_after_the_restart_with_the_same_key
         assert isinstance(rows, list) and rows[0]["attempts"] == 1 and rows[0]["reply"].startswith("204")
     finally:
         stop(again.process)
+
+
+def test_a_failing_task_alerts_once_through_a_signed_webhook_and_again_when_it_recovers(
+    tmp_path: Path, inbox: Inbox
+) -> None:
+    running = start_scheduler(tmp_path, env=ENV)
+    worker = start_worker(running.http, "w1", workdir=tmp_path, env=ENV)
+    url = running.url
+    try:
+        hook = f"http://127.0.0.1:{inbox.server_address[1]}/hook"
+        code, _ = http_json("POST", f"{url}/api/channels", {"name": "ops", "kind": "webhook", "url": hook, "secret": SECRET})
+        assert code == 201
+        # Fails the first time, succeeds after: a flag file tells the runs apart.
+        flag = tmp_path / "ran-once"
+        command = f"if [ -e {flag} ]; then echo fine; else touch {flag}; echo boom >&2; exit 3; fi"
+        code, task = http_json(
+            "POST",
+            f"{url}/api/tasks",
+            {
+                "schedule": "0 0 1 1 *",
+                "command": command,
+                "alerts": [{"on": "failure", "channel": "ops"}, {"on": "recovery", "channel": "ops"}],
+            },
+        )
+        assert code == 201 and isinstance(task, dict), task
+        wait_until(lambda: "w1" in [w["name"] for w in http_json("GET", f"{url}/api/workers")[1]], what="w1")  # type: ignore[union-attr]
+
+        def run_once() -> dict[str, Any]:
+            code, job = http_json("POST", f"{url}/api/tasks/{task['id']}/run")
+            assert code == 202 and isinstance(job, dict), job
+
+            def ended() -> dict[str, Any] | None:
+                _, now = http_json("GET", f"{url}/api/jobs/{job['id']}")
+                assert isinstance(now, dict)
+                return now if now["status"] not in ("queued", "running") else None
+
+            return wait_until(ended, what=f"job {job['id']} to end")
+
+        failed = run_once()
+        assert failed["status"] == "failed" and failed["exitCode"] == 3
+        wait_until(lambda: len(inbox.keys()) == 1, what="the failure alert")
+        (alert,) = inbox.received
+        assert alert["valid"], "the signature checks out with the channel's secret"
+        body = alert["body"]
+        assert body["event"] == "failure"
+        assert body["task"]["id"] == task["id"] and body["task"]["schedule"] == "0 0 1 1 *"
+        assert body["job"]["id"] == failed["id"] and body["job"]["exitCode"] == 3
+        assert body["url"].endswith(f"/#/jobs/{failed['id']}")
+        assert "boom" in body["output"]
+        assert alert["key"].endswith(":failure")
+
+        recovered = run_once()
+        assert recovered["status"] == "succeeded"
+        wait_until(lambda: len(inbox.keys()) == 2, what="the recovery alert")
+        assert inbox.received[1]["body"]["event"] == "recovery" and inbox.received[1]["valid"]
+
+        # What was sent, when, and the reply: the task's delivery log.
+        def sent() -> list[dict[str, Any]] | None:
+            _, rows = http_json("GET", f"{url}/api/tasks/{task['id']}/alerts")
+            assert isinstance(rows, list)
+            return rows if len(rows) == 2 and all(row["state"] == "sent" for row in rows) else None
+
+        rows = wait_until(sent, what="both deliveries recorded as sent")
+        assert sorted(row["event"] for row in rows) == ["failure", "recovery"]
+        assert all(row["reply"].startswith("204") for row in rows)
+        assert len(inbox.keys()) == 2, "nothing sent twice"
+    finally:
+        stop(worker)
+        stop(running.process)
