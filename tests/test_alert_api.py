@@ -1,24 +1,31 @@
 """Alerts through the real service: task fields, /api/alerts/defaults, ping checks, health in the
 API, LIST and /metrics, and a restart on the same files (issue 14, the rules half).
 
-The outbox is a list-backed AlertQueue shared across restarts (as the job
-store's outbox survives them) and the channels a set of names.
+The outbox is the job store's; a spy on the service's job store records
+every alert queued (duplicates included, which the store itself ignores),
+and the channels "ops" and "pager" are real webhook channels kept in
+jobs.sqlite, pointing at a port nobody listens on (their deliveries only
+retry).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from scheduler.alert_channels import parse_channel
 from scheduler.alerts import Alert
+from scheduler.job_history.database import ChannelChange
+from scheduler.job_history.sqlite import SqliteDatabase
 from scheduler.jobs import Job, JobStatus, fire_key
 from scheduler.service import SchedulerService
 from scheduler.settings import Settings
@@ -32,20 +39,42 @@ TOKEN = "s3cret-api-token-0123456789"
 
 
 class Outbox:
-    """One alert per (key, channel), as the job store's outbox keeps them."""
+    """What the rules queued: every call, and one alert per (key, channel) as the job store keeps them."""
 
     def __init__(self) -> None:
         self.calls: list[Alert] = []
         self.kept: dict[tuple[str, str], Alert] = {}
 
-    def record_alerts(self, alerts: list[Alert]) -> Deferred[None]:
+    def record(self, alerts: list[Alert]) -> None:
         self.calls.extend(alerts)
         for alert in alerts:
             self.kept.setdefault((alert.key, alert.channel), alert)
-        return succeed(None)
 
     def events(self) -> list[str]:
         return [alert.event for alert in self.kept.values()]
+
+
+CHANNELS = ("ops", "pager")
+
+
+def keep_channels(tmp_path: Path) -> None:
+    """Webhook channels in jobs.sqlite, as a scheduler that made them leaves them."""
+    database = SqliteDatabase(
+        str(tmp_path / "jobs.sqlite"), output_cap=1 << 20, keep_per_task=100, keep_seconds=7 * 86400,
+        connect=sqlite3.connect,
+    )
+    database.open()
+    try:
+        taken = set(database.channels())
+        changes = [
+            ChannelChange(name, parse_channel({"name": name, "kind": "webhook", "url": "http://127.0.0.1:9/hook",
+                                               "secret": "0123456789abcdef"}).config())
+            for name in CHANNELS
+            if name not in taken
+        ]
+        database.write_batch(changes)
+    finally:
+        database.close()
 
 
 def build(tmp_path: Path, reactor: Any, outbox: Outbox, **settings: Any) -> Api:
@@ -56,7 +85,19 @@ def build(tmp_path: Path, reactor: Any, outbox: Outbox, **settings: Any) -> Api:
         tz=UTC,
         **settings,
     )
-    return Api(SchedulerService(reactor, chosen, alert_queue=outbox, channels={"ops", "pager"}))
+    keep_channels(tmp_path)
+    service = SchedulerService(reactor, chosen)
+    store = service.job_store
+    queue = store.record_alerts
+
+    def spied(alerts: list[Alert]) -> Deferred[None]:
+        outbox.record(alerts)
+        return queue(alerts)
+
+    store.record_alerts = spied  # type: ignore[method-assign]
+    made = Api(service)
+    made.outbox = outbox  # type: ignore[attr-defined]
+    return made
 
 
 @pytest_twisted.async_yield_fixture
@@ -81,9 +122,9 @@ async def wait_for(what: Callable[[], bool], message: str) -> None:
 
 
 def outbox_of(api: Api) -> Outbox:
-    queue = api.service.alert_queue
-    assert isinstance(queue, Outbox)
-    return queue
+    outbox = api.outbox  # type: ignore[attr-defined]
+    assert isinstance(outbox, Outbox)
+    return outbox
 
 
 def fail(api: Api, worker: Worker, job_id: int, exit_code: int = 1) -> None:
