@@ -42,7 +42,11 @@ URL_KINDS = ("webhook", "slack", "discord", "ntfy")
 SMTP_PORT = 587
 MAX_RECIPIENTS = 20
 ADDRESS = re.compile(r"[A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+")
-HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+# An SMTP server: a DNS name (labels of letters, digits and inner hyphens)
+# or an IPv4 address, as a TCP connect and a TLS server name both take it.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+MAX_HOST = 253
 
 # The fields a request may give, per kind ("name" and "kind" always).
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -177,8 +181,8 @@ def _url(url: object) -> str:
 
 def _smtp(data: Mapping[str, Any]) -> SmtpSettings:
     host = data.get("host")
-    if not isinstance(host, str) or not HOST.fullmatch(host):
-        raise ChannelError("field 'host' is required for email: the SMTP server's name or address")
+    if not isinstance(host, str) or len(host) > MAX_HOST or not HOST.fullmatch(host):
+        raise ChannelError("field 'host' is required for email: the SMTP server's DNS name or IPv4 address")
     port = data.get("port", SMTP_PORT)
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ChannelError("field 'port' must be an integer from 1 to 65535 (default 587)")

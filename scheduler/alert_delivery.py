@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Literal
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.mail import smtp
@@ -127,7 +127,9 @@ class Deliverer:
     def deliver(self, channel: Channel, key: str, data: Mapping[str, Any]) -> Deferred[Reply]:
         """One attempt; never fails (an error is a Reply), and answers within the timeout."""
         if channel.kind == "email":
-            attempt = self._mail(channel, key, data)
+            # maybeDeferred: a channel kept from an older release with a host
+            # the TLS layer refuses must answer a Reply, not raise.
+            attempt = maybeDeferred(self._mail, channel, key, data)
         else:
             attempt = Deferred.fromCoroutine(self._post(channel, key, data))
         attempt.addTimeout(self._timeout, self._reactor)

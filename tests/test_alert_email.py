@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
-from scheduler.alert_channels import Channel, parse_channel
+from scheduler.alert_channels import Channel, ChannelError, parse_channel
 from scheduler.alert_delivery import Deliverer
 
 aiosmtpd = pytest.importorskip("aiosmtpd")
@@ -179,3 +180,19 @@ async def test_nobody_listening_is_worth_a_retry() -> None:
         closed = probe.getsockname()[1]
     reply = await Deliverer(reactor, timeout=10.0).deliver(mail_channel(closed), "k", DATA)
     assert reply.outcome == "retry" and "refused" in reply.text.lower(), reply
+
+
+@pytest.mark.parametrize("host", ["[98", "a..b", "-mail", "mail-", "smtp_example.com", "x" * 254])
+def test_a_host_neither_dns_nor_tls_could_use_is_refused(host: str) -> None:
+    with pytest.raises(ChannelError, match="field 'host'"):
+        mail_channel(587, host=host)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_channel_whose_host_tls_refuses_answers_a_reply_not_an_error() -> None:
+    # As a channel stored by an older, looser release would come back.
+    channel = mail_channel(587)
+    assert channel.smtp is not None
+    odd = replace(channel, smtp=replace(channel.smtp, host="[98"))
+    reply = await Deliverer(reactor, timeout=10.0).deliver(odd, "k", DATA)
+    assert reply.outcome == "retry" and reply.text, reply
