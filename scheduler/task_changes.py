@@ -51,6 +51,8 @@ class TaskChanges:
         self._state = state
         self._revisions = revisions
         self._clock = clock
+        # Told of every revision as it is recorded (the audit log).
+        self.listeners: list[Callable[[Revision], None]] = []
 
     @property
     def book(self) -> TaskBook:
@@ -239,7 +241,7 @@ class TaskChanges:
         return self._state.edit(apply).addCallback(done)
 
     def _record(self, action: RevisionAction, by: TriggeredBy, before: Task | None, after: Task | None) -> None:
-        if self._revisions is None:
+        if self._revisions is None and not self.listeners:
             return
         task = after if after is not None else before
         assert task is not None
@@ -251,6 +253,13 @@ class TaskChanges:
             before=None if before is None else task_record(before),
             after=None if after is None else task_record(after),
         )
+        for listener in self.listeners:
+            try:
+                listener(revision)
+            except Exception:
+                log.failure("a task change listener failed")
+        if self._revisions is None:
+            return
         self._revisions.record_revision(revision).addErrback(
             lambda failure: log.error(
                 "could not record a revision of task {task_id}: {error}",
