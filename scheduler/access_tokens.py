@@ -308,7 +308,8 @@ class Access:
 
     @property
     def http_required(self) -> bool:
-        return self.api_token is not None or self.book.configured
+        # A proxy header too: a request that does not come through the proxy needs a token.
+        return self.api_token is not None or self.book.configured or self.proxy_header is not None
 
     @property
     def tcp_required(self) -> bool:
