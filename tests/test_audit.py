@@ -130,7 +130,7 @@ async def test_a_scripted_session_is_in_the_audit_log(api: Api, audit_events: li
     assert len(first) == 2 and response.headers.getRawHeaders(b"x-total-count") == [str(len(entries)).encode()]
     code, rest = await api.call("GET", f"/api/audit?before={first[-1]['id']}", headers=bearer(CI))
     assert [e["id"] for e in first + rest] == [e["id"] for e in entries]
-    code, bad = await api.call("GET", "/api/audit?action=fly", headers=bearer(CI))
+    code, _ = await api.call("GET", "/api/audit?action=fly", headers=bearer(CI))
     assert code == 400
 
     # The main log has each as a structured event.
