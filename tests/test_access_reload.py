@@ -9,10 +9,15 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
-from scheduler.access_tokens import TokenBook, token_hash
-from tests.helpers import settled
+from scheduler.access_tokens import Access, TokenBook, token_hash
+from scheduler.task_changes import TaskChanges
+from scheduler.tcp_commands import TcpCommands
+from scheduler.tcp_protocol import CommandFactory
+from tests.helpers import make_state, settled
 from tests.test_http_api import Api, close_api, make_api
+from tests.test_tcp_auth import Peer
 
 VIEWER = "viewer-token-0123456789abcdef"
 OTHER = "other-token-0123456789abcdef"
@@ -69,3 +74,19 @@ async def test_a_removed_line_is_refused_and_its_live_feed_closed(api: Api, tmp_
     code, _ = await api.call("GET", "/api/tasks", headers=bearer(OTHER))
     assert code == 200
     api.service.feed.stop()
+
+
+def test_a_session_on_port_5050_closes_at_its_next_line_once_its_token_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"viewer read {token_hash(VIEWER)}\n")
+    book = TokenBook(str(path))
+    book.load()
+    state = make_state(tmp_path / "tasks.db")
+    commands = TcpCommands(TaskChanges(state, None, Clock()), state._engine.next_run, lambda: {"tasks": 0})
+    peer = Peer(CommandFactory(commands, Clock(), access=Access(book)))
+    assert peer.send(f"AUTH {VIEWER}\nSESSION\nSTATUS\n".encode())[-1] == "OK tasks=0"
+    path.write_text("")
+    os.utime(path, ns=(9, 9))
+    book.load()
+    assert peer.send(b"STATUS\n")[-1] == "ERR the token 'viewer' was revoked or changed; closing"
+    assert peer.closed

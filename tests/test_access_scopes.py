@@ -143,3 +143,13 @@ def test_the_command_port_needs_auth_once_a_tokens_file_is_set(tmp_path: Path) -
     peer = Peer(factory)
     assert peer.send(b"LIST\n") == ["ERR authentication required: send AUTH <token> first"]
     assert peer.send(b"PING\n")[-1] == "PONG"
+
+
+def test_security_md_has_the_same_table() -> None:
+    text = (Path(__file__).resolve().parent.parent / "SECURITY.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in text.splitlines() if line.startswith("| `")}
+    for (method, rule), need in ROUTE_NEEDS.items():
+        shown = re.sub(r"<([^>]+)>", r"{\1}", rule)
+        assert f"`{method} {shown}`" in rows[need], (method, rule, need)
+    for word, need in VERB_NEEDS.items():
+        assert f"`{word}`" in rows[need], (word, need)
