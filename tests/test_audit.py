@@ -15,6 +15,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 
 from scheduler.access_tokens import TokenBook, token_hash
 from scheduler.audit import AuditEntry, AuditLog, WrongTokens
+from scheduler.job_store import AuditQuery, JobStore
 from tests.test_http_api import Api, close_api, make_api
 from tests.test_tcp_auth import Peer
 
@@ -160,3 +161,18 @@ def test_wrong_tokens_are_one_entry_per_address_and_minute() -> None:
     assert sorted((e.address, e.detail["count"]) for e in store.entries if e.detail) == [("10.0.0.1", 50), ("10.0.0.2", 1)]
     clock.advance(600)
     assert len(store.entries) == 2  # nothing more without new failures
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_audit_log_is_kept_for_its_retention_only(tmp_path: Path, reactor: Any) -> None:
+    store = JobStore(str(tmp_path / "jobs.sqlite"), reactor, keep_audit_seconds=100)
+    store.open()
+    try:
+        old = await store.record_audit(AuditEntry(1000.0, "job.run", "ci", "10.0.0.1", 1, 5, {"target": "any"}))
+        new = await store.record_audit(AuditEntry(1500.0, "task.edit", "ops", None, 1, None, {"before": None, "after": None}))
+        assert new > old
+        await store.prune(1550.0)
+        entries, total = await store.audit(AuditQuery())
+        assert total == 1 and [entry.action for entry in entries] == ["task.edit"] and entries[0].id == new
+    finally:
+        await store.close()

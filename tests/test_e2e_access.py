@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import threading
 from pathlib import Path
 
 from scheduler.access_tokens import token_hash
 from scheduler.worker_messages import MASK
-from tests.e2e import http_json, start_scheduler, start_worker, stop, wait_until
+from tests.e2e import SCHEDULER_ON_ANY_PORTS, http_json, start_scheduler, start_worker, stop, wait_until
 
 OPS = "ops-token-0123456789abcdef"  # write
 CI = "ci-token-0123456789abcdef"  # read, run
@@ -119,3 +120,21 @@ def test_a_secret_echoed_by_a_job_appears_nowhere(tmp_path: Path) -> None:
     assert SECRET.encode() not in feed_bytes
     assert SECRET not in json.dumps(answers)
     assert (data / "scheduler.log").exists() and (work / "worker-w1.log").exists()
+
+
+def test_a_bad_tokens_line_or_a_readable_secret_stops_the_start_with_the_reason(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"ops write {token_hash(OPS)}\nci read,fly {token_hash(CI)}\n")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "DB_PASSWORD").write_text(SECRET)
+    (secrets / "DB_PASSWORD").chmod(0o644)
+    for extra, said in (
+        (["--tokens-file", str(tokens)], f"{tokens}, line 2: scopes must be a comma-separated list"),
+        (["--secrets-dir", str(secrets)], f"{secrets / 'DB_PASSWORD'} can be read by others than the scheduler's user (mode 0644)"),
+    ):
+        done = subprocess.run([*SCHEDULER_ON_ANY_PORTS, *extra], cwd=tmp_path, capture_output=True, timeout=60)
+        assert done.returncode == 1
+        message = done.stderr.decode()
+        assert said in message and "Traceback" not in message, message
+        assert SECRET not in message + done.stdout.decode()
