@@ -87,8 +87,14 @@ async def test_a_scripted_session_is_in_the_audit_log(api: Api, audit_events: li
     assert code == 202
     code, refusal = await api.call("POST", "/api/jobs", {"command": "id"}, headers=bearer(CI))
     assert code == 403 and "may run only tasks 2" in refusal["error"]
-    code, _ = await api.call("POST", "/api/maintenance", {"on": True}, headers=bearer(BOSS))
+    code, _ = await api.call(
+        "POST", "/api/maintenance", {"on": True}, headers={**bearer(BOSS), b"X-Triggered-By": [b"dashboard"]}
+    )
     assert code == 200
+    code, paused = await api.call(
+        "POST", "/api/tasks/2/pause", headers={**bearer(BOSS), b"X-Triggered-By": [b"dashboard"]}
+    )
+    assert code == 200, paused
     for _ in range(3):
         code, _ = await api.call("GET", "/api/tasks", headers=bearer("guess-0123456789abcdef"))
         assert code == 401
@@ -99,13 +105,14 @@ async def test_a_scripted_session_is_in_the_audit_log(api: Api, audit_events: li
     code, entries = await api.call("GET", "/api/audit", headers=bearer(CI))
     assert code == 200
     shown = [(e["action"], e["who"], e["taskId"]) for e in reversed(entries)]
-    assert shown[:6] == [
+    assert shown[:7] == [
         ("task.add", "ops", 1),
         ("task.clear", "ops", 1),
         ("task.add", "ops", 2),
         ("job.run", "ci", 2),
         ("job.cancel", "ci", 2),
         ("maintenance.on", "boss", None),
+        ("task.pause", "boss", 2),
     ]
     add = next(e for e in reversed(entries) if e["action"] == "task.add")
     assert add["address"] == "10.0.0.7"
@@ -120,6 +127,8 @@ async def test_a_scripted_session_is_in_the_audit_log(api: Api, audit_events: li
     # Filters and paging, as GET /api/jobs pages.
     code, mine = await api.call("GET", "/api/audit?who=ops", headers=bearer(CI))
     assert [e["action"] for e in mine] == ["task.add", "task.clear", "task.add"]
+    code, revisions = await api.call("GET", "/api/tasks/2/revisions", headers=bearer(CI))
+    assert revisions[0]["by"] == {"kind": "dashboard", "name": "boss", "job": None}  # the dashboard, as boss
     code, runs = await api.call("GET", "/api/audit?action=job.run", headers=bearer(CI))
     assert [e["jobId"] for e in runs] == [job["id"]]
     code, of_task = await api.call("GET", "/api/audit?task=1", headers=bearer(CI))
