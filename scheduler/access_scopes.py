@@ -20,9 +20,17 @@ from typing import Literal
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
-from scheduler.access_tokens import Scope
+from scheduler.access_tokens import SCOPES, Scope
 
 Need = Scope | Literal["any", "public"]
+
+
+def scope_of(need: Need) -> Scope | None:
+    """The scope a need asks for; None for ``any`` and ``public``."""
+    for scope in SCOPES:
+        if need == scope:
+            return scope
+    return None
 
 ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     # Public: the Guard lets these through without a credential.

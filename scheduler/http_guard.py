@@ -50,8 +50,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from scheduler.access import bearer, host_allowed
-from scheduler.access_scopes import Need
-from scheduler.access_tokens import SCOPES, Access, Caller, refusal_text
+from scheduler.access_scopes import Need, scope_of
+from scheduler.access_tokens import Access, Caller, refusal_text
 from scheduler.http_log import redact
 from scheduler.settings import Settings
 
@@ -384,9 +384,9 @@ class Guard(Resource):
         if caller is None:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="scheduler"')
             return 401, "missing or wrong API token: send Authorization: Bearer <token>"
-        need = self._need(method.decode("ascii"), path) if self._need is not None else "any"
-        if need in SCOPES and not caller.allows(need):  # type: ignore[arg-type]
-            return 403, refusal_text(caller, need)  # type: ignore[arg-type]
+        scope = scope_of(self._need(method.decode("ascii"), path)) if self._need is not None else None
+        if scope is not None and not caller.allows(scope):
+            return 403, refusal_text(caller, scope)
         return None
 
     def _caller(self, request: Request) -> Caller | None:
@@ -401,7 +401,6 @@ class Guard(Resource):
         if caller is None and token is not None and self._wrong_token is not None:
             self._wrong_token(address)
         return caller
-
 
 
 def _reply_ok(request: Request) -> bytes:

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
 from scheduler.access_scopes import route_need
+from scheduler.access_tokens import AccessToken
 from scheduler.alert_channels import ChannelBook
 from scheduler.alert_delivery import Deliverer
 from scheduler.alert_outbox import AlertMetrics, AlertSender
@@ -361,7 +362,7 @@ class SchedulerService(MultiService):
             self._access_errors.pop("tokens", None)
         if changed:
             revoked = set(tokens.revoked)
-            closed = self.feed.close_where(lambda owner: not tokens.current(owner))  # type: ignore[arg-type]
+            closed = self.feed.close_where(lambda owner: isinstance(owner, AccessToken) and not tokens.current(owner))
             log.info(
                 "tokens file {path}: {count} tokens now; revoked or changed: {revoked}; closed {closed} live feeds",
                 path=tokens.path,

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from scheduler.access_scopes import VERB_NEEDS
-from scheduler.access_tokens import SCOPES, TCP_TOKEN_NAME, Access, Caller, anyone, refusal_text
+from scheduler.access_scopes import VERB_NEEDS, scope_of
+from scheduler.access_tokens import TCP_TOKEN_NAME, Access, Caller, anyone, refusal_text
 from scheduler.tcp_commands import VERBS
 
 log = Logger()
@@ -275,9 +275,9 @@ class ConnectionAuth:
         if not self._auth.access.still_valid(caller):
             return self._refuse(f"ERR the token '{caller.name}' was revoked or changed; closing")
         # A verb of the table missing from VERB_NEEDS fails closed; an unknown word gets its "unknown command".
-        need = VERB_NEEDS.get(word, "admin" if word in VERBS else "public")
-        if need in SCOPES and not caller.allows(need):  # type: ignore[arg-type]
-            return f"ERR {word} refused: {refusal_text(caller, need)}"  # type: ignore[arg-type]
+        scope = scope_of(VERB_NEEDS.get(word, "admin" if word in VERBS else "public"))
+        if scope is not None and not caller.allows(scope):
+            return f"ERR {word} refused: {refusal_text(caller, scope)}"
         return None
 
     def check(self, given: str) -> str:
