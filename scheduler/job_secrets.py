@@ -27,7 +27,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scheduler.access import AccessError
@@ -46,20 +46,17 @@ class SecretError(Exception):
 @dataclass(frozen=True)
 class Secret:
     name: str
-    value: str = ""
+    value: str = field(default="", repr=False)
     labels: frozenset[str] | None = None  # None: any worker
-
-    def __repr__(self) -> str:  # never the value, whatever prints it
-        return f"Secret({self.name!r}, labels={sorted(self.labels) if self.labels else None})"
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A job's command and env with their secrets in, and the values to mask."""
+    """A job's command and env with their secrets in, and the values to mask (none of it in its repr)."""
 
-    command: str
-    env: dict[str, str]
-    mask: tuple[str, ...]
+    command: str = field(repr=False)
+    env: dict[str, str] = field(repr=False)
+    mask: tuple[str, ...] = field(repr=False)
 
 
 def references(command: str, env: Mapping[str, str]) -> list[str]:
