@@ -226,9 +226,21 @@ def is_loopback(endpoint: str) -> bool:
 
 
 def check_protected(
-    *, tcp: str, http: str, tcp_token: str | None, api_token: str | None, workers: WorkerTokens
+    *,
+    tcp: str,
+    http: str,
+    tcp_token: str | None,
+    api_token: str | None,
+    workers: WorkerTokens,
+    tokens_file: bool = False,
 ) -> None:
-    """Refuse a listener open to the network without the tokens guarding it."""
+    """Refuse a listener open to the network without the tokens guarding it.
+
+    A tokens file (*tokens_file*) guards both ports, as the TCP and API tokens do.
+    """
+    if tokens_file:
+        tcp_token = tcp_token or "(tokens file)"
+        api_token = api_token or "(tokens file)"
     problems = []
     if not is_loopback(tcp) and tcp_token is None:
         problems.append(f"--tcp {tcp} is not loopback-only but no TCP token is set (--tcp-token-file or SCHEDULER_TCP_TOKEN)")

@@ -26,13 +26,14 @@ from scheduler.job_jitter import JitterHold, start_of
 from scheduler.job_output import OutputTails
 from scheduler.job_queue import JobQueue
 from scheduler.job_retry import Retries
+from scheduler.job_secrets import SecretBook, SecretError
 from scheduler.job_store import JobRecorder
 from scheduler.jobs import Job, JobStatus
 from scheduler.settings import Settings
 from scheduler.tasks import Task
 from scheduler.timers import KeyedTimers
 from scheduler.triggers import MISSED, SCHEDULE, TriggeredBy
-from scheduler.worker_messages import MAX_START_DELAY, PROTOCOL_VERSION, Finished
+from scheduler.worker_messages import MAX_START_DELAY, PROTOCOL_VERSION, Finished, mask_text
 from scheduler.worker_registry import Worker, WorkerRegistry
 
 log = Logger()
@@ -85,8 +86,13 @@ class Dispatcher:
         queue_limit: int = Settings.queue_limit,
         output_cap: int = Settings.output_cap,
         caps: RunCaps | None = None,
+        secrets: SecretBook | None = None,
     ) -> None:
         self._clock = clock
+        # Resolved into each run message only (scheduler.job_secrets).
+        self._secrets = secrets
+        # The secret values to mask in each active job's output, once known.
+        self._masks: dict[int, tuple[str, ...]] = {}
         self.jobs = jobs
         self.workers = workers
         self._recorder = recorder
@@ -392,6 +398,18 @@ class Dispatcher:
         return "waiting its turn behind older jobs"
 
     def _dispatch(self, job: Job, worker: Worker) -> None:
+        command, env = job.command, dict(job.env)
+        if self._secrets is not None:
+            try:
+                resolved = self._secrets.resolve(command, env, worker.name, worker.labels)
+            except SecretError as error:
+                # Before anything is sent or started: the job fails, saying why.
+                log.warn("job {job_id} not sent to {worker}: {reason}", job_id=job.id, worker=worker.name, reason=str(error))
+                self._finish(job, JobStatus.FAILED, reason=str(error))
+                return
+            command, env = resolved.command, resolved.env
+            if resolved.mask:
+                self._masks[job.id] = resolved.mask
         self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
         worker.running.add(job.id)
         job = self.jobs.update(job, status=JobStatus.RUNNING, worker=worker.name)
@@ -405,11 +423,13 @@ class Dispatcher:
             self._unsent.discard(job.id)
             fields: dict[str, Any] = {
                 "job": job.id,
-                "command": job.command,
-                "env": dict(job.env),
+                "command": command,
+                "env": env,
                 "cwd": job.cwd,
                 "timeout": job.timeout,
             }
+            if job.id in self._masks:
+                fields["mask"] = list(self._masks[job.id])
             start = self._start_of(job) or job.scheduled_at or 0.0
             early = min(start - self._clock.seconds(), MAX_START_DELAY)
             if early > 0:
@@ -546,11 +566,24 @@ class Dispatcher:
         self._output(job_id, seq, stream, data)
 
     def _output(self, job_id: int, seq: int, stream: str, data: str) -> None:
+        if self._secrets is not None:
+            # Again, after the worker: whatever is kept or shown is masked.
+            data = mask_text(data, self._mask_of(job_id))
         if not self._tails.add(job_id, seq, stream, data):
             return  # a resend of what we have
         self._recorder.append_output(job_id, seq, stream, data)
         for listener in self.output_listeners:
             listener(job_id, seq, stream, data)
+
+    def _mask_of(self, job_id: int) -> tuple[str, ...]:
+        """The secret values of an active job (found again for a job sent before a restart)."""
+        mask = self._masks.get(job_id)
+        if mask is None:
+            job = self.jobs.get(job_id)
+            if job is None or self._secrets is None:
+                return ()
+            mask = self._masks[job_id] = tuple(self._secrets.values_for(job.command, job.env))
+        return mask
 
     def finished(self, worker: Worker, report: Finished) -> None:
         job = self._assigned(worker, report.job)
@@ -683,6 +716,7 @@ class Dispatcher:
             )
         )
         self._tails.close(job.id)
+        self._masks.pop(job.id, None)
         self._stopped_running(job)
         self._retries.after(done)
         return done

@@ -9,6 +9,7 @@ asked for that job (``?job=<id>``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ MAX_BACKLOG = 4 * 1024 * 1024
 class _Subscriber:
     request: Request
     job: int | None
+    # The tokens-file line it subscribed with, if any: closed when that line is revoked.
+    owner: object | None = None
 
 
 class EventHub:
@@ -50,10 +53,10 @@ class EventHub:
     def __len__(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self, request: Request, job: int | None) -> bool:
+    def subscribe(self, request: Request, job: int | None, owner: object | None = None) -> bool:
         if len(self._subscribers) >= self._limit:
             return False
-        subscriber = _Subscriber(request, job)
+        subscriber = _Subscriber(request, job, owner)
         self._subscribers.add(subscriber)
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
@@ -61,6 +64,14 @@ class EventHub:
         request.write(b": connected\n\n")
         request.notifyFinish().addBoth(lambda _: self._subscribers.discard(subscriber))
         return True
+
+    def close_where(self, revoked: Callable[[object], bool]) -> int:
+        """Finish the streams whose owner *revoked* says is no longer valid; how many."""
+        closing = [each for each in self._subscribers if each.owner is not None and revoked(each.owner)]
+        for subscriber in closing:
+            self._subscribers.discard(subscriber)
+            subscriber.request.finish()
+        return len(closing)
 
     def publish(self, event: str, data: dict[str, Any], *, job: int | None = None) -> None:
         if not self._subscribers:

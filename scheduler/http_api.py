@@ -22,17 +22,27 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from scheduler import __version__, cron
+from scheduler.access_tokens import Caller, anyone
 from scheduler.alert_channels import ChannelBook, ChannelError, ChannelExists, NoSuchChannel, parse_channel
 from scheduler.alert_defaults import AlertDefaults, AlertDefaultsFile
 from scheduler.alert_deliveries import DELIVERY_STATES
 from scheduler.alert_outbox import AlertSender
 from scheduler.alert_watch import AlertWatch
+from scheduler.audit import AUDIT_ACTIONS, AuditAction, AuditLog
 from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
 from scheduler.feed import EventHub
-from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, token_checked
-from scheduler.http_json import delivery_json, iso, job_json, revision_json, task_json, worker_json
+from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, caller_of, token_checked
+from scheduler.http_json import (
+    audit_json,
+    delivery_json,
+    iso,
+    job_json,
+    revision_json,
+    task_json,
+    worker_json,
+)
 from scheduler.http_static import IMMUTABLE, REVALIDATE, StaticFile, StaticFiles
-from scheduler.job_store import JobStore
+from scheduler.job_store import AuditQuery, JobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import SchedulerMetrics
@@ -154,13 +164,25 @@ def _if_match(request: IRequest) -> str | None:
 
 
 def trigger_of(request: IRequest) -> TriggeredBy:
-    """Who asks: the dashboard says so in a header; anything else is the API.
-
-    Named tokens (who exactly) come with access control; until then the
-    name is left empty.
-    """
+    """Who asks: the token or person (the Guard's Caller), through the dashboard or the API."""
     client = request.getHeader(b"x-triggered-by")
-    return TriggeredBy("dashboard" if client == b"dashboard" else "api")
+    caller = caller_of(request)
+    return TriggeredBy(
+        "dashboard" if client == b"dashboard" else "api",
+        name=caller.name if caller is not None else None,
+        address=caller.address if caller is not None else None,
+    )
+
+
+def _caller(request: IRequest) -> Caller:
+    return caller_of(request) or anyone()
+
+
+def _may_run(request: IRequest, task_id: int | None, target: str) -> None:
+    """403 unless the caller's run scope covers this task and target (tasks=, labels=)."""
+    refusal = _caller(request).run_refusal(task_id, target)
+    if refusal is not None:
+        raise ApiError(403, refusal)
 
 
 def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
@@ -194,7 +216,11 @@ class SchedulerHTTP:
         last_clock_step: Callable[[], tuple[str, float, float] | None] = lambda: None,
         channels: ChannelBook,
         alert_sender: AlertSender,
+        audit: AuditLog | None = None,
     ) -> None:
+        # Manual runs, cancels, channels and the maintenance switch; task
+        # changes reach it from TaskChanges.
+        self._audit = audit
         self._state = state
         self._changes = changes
         self._maintenance = maintenance
@@ -410,6 +436,7 @@ class SchedulerHTTP:
             options = task.options.evolve(**{key: value for key, value in overrides.items() if value is not None})
         except TaskError as error:
             raise ApiError(400, str(error)) from None
+        _may_run(request, task.id, options.target)
         jobs = self._run(
             task.command,
             target=options.target,
@@ -419,6 +446,7 @@ class SchedulerHTTP:
             task_id=task.id,
             triggered_by=trigger_of(request),
         )
+        self._audited(request, "job.run", jobs, {"target": options.target, **({"overrides": sorted(overrides)} if overrides else {})})
         return _json(request, 202, self._job_json(jobs[0]) if len(jobs) == 1 else [self._job_json(j) for j in jobs])
 
     @app.route("/api/pools", methods=["GET"])
@@ -450,6 +478,8 @@ class SchedulerHTTP:
             await self._maintenance.switch(data["on"], now, trigger_of(request).text)
         except Exception as error:
             raise ApiError(503, f"could not save the maintenance switch: {error}") from None
+        if self._audit is not None:
+            self._audit.by("maintenance.on" if data["on"] else "maintenance.off", caller_of(request))
         # Every open dashboard shows the switch at once.
         self._feed.publish("maintenance", self._maintenance_json())
         return _json(request, 200, self._maintenance_json())
@@ -584,6 +614,7 @@ class SchedulerHTTP:
             )
         except TaskError as error:
             raise ApiError(400, str(error)) from None
+        _may_run(request, None, options.target)
         jobs = self._run(
             command,
             target=options.target,
@@ -592,10 +623,16 @@ class SchedulerHTTP:
             cwd=options.cwd,
             triggered_by=trigger_of(request),
         )
+        self._audited(request, "job.run", jobs, {"command": command, "target": options.target})
         if len(jobs) == 1:
             request.setHeader(b"Location", f"/api/jobs/{jobs[0].id}".encode())
             return _json(request, 202, self._job_json(jobs[0]))
         return _json(request, 202, [self._job_json(job) for job in jobs])
+
+    def _audited(self, request: IRequest, action: AuditAction, jobs: list[Job], detail: dict[str, Any]) -> None:
+        if self._audit is not None:
+            for job in jobs:
+                self._audit.by(action, caller_of(request), task_id=job.task_id, job_id=job.id, detail=detail)
 
     def _run(self, command: str, **options: Any) -> list[Job]:
         try:
@@ -651,6 +688,7 @@ class SchedulerHTTP:
         """The same command with the same inputs (env included, which the job JSON does not show)."""
         job = await self._find_job(job_id)
         _check_fields(_optional_body(request, self._max_body), set())
+        _may_run(request, job.task_id, job.target)
         jobs = self._run(
             job.command,
             target=job.target,
@@ -660,18 +698,21 @@ class SchedulerHTTP:
             task_id=job.task_id,
             triggered_by=trigger_of(request),
         )
+        self._audited(request, "job.rerun", jobs, {"of": job.id})
         request.setHeader(b"Location", f"/api/jobs/{jobs[0].id}".encode())
         return _json(request, 202, self._job_json(jobs[0]))
 
     @app.route("/api/jobs/<job_id>/cancel", methods=["POST"])
     async def cancel_job(self, request: IRequest, job_id: str) -> bytes:
         job = await self._find_job(job_id)
+        _may_run(request, job.task_id, job.target)
         if job.status.final:
             raise ApiError(409, f"job {job.id} has already finished ({job.status.value})")
         try:
             job = self._dispatcher.cancel(job.id)
         except JobNotFound:
             raise ApiError(409, f"job {job.id} has already finished") from None
+        self._audited(request, "job.cancel", [job], {})
         # Reads queue behind the writes asked for before them: once this one
         # answers, the kept cancel is on disk and a crash cannot lose it.
         stored = await self._job_store.get(job.id)
@@ -705,6 +746,8 @@ class SchedulerHTTP:
             raise ApiError(409, str(error)) from None
         except Exception as error:
             raise ApiError(503, f"could not save the channel: {error}") from None
+        if self._audit is not None:
+            self._audit.by("channel.add", caller_of(request), detail={"name": channel.name, "kind": channel.kind})
         request.setHeader(b"Location", f"/api/channels/{channel.name}".encode())
         return _json(request, 201, channel.public())
 
@@ -716,6 +759,8 @@ class SchedulerHTTP:
             raise ApiError(404, f"no channel named '{name[:64]}'") from None
         except Exception as error:
             raise ApiError(503, f"could not remove the channel: {error}") from None
+        if self._audit is not None:
+            self._audit.by("channel.remove", caller_of(request), detail={"name": name[:64]})
         request.setResponseCode(204)
         return b""
 
@@ -726,6 +771,8 @@ class SchedulerHTTP:
             raise ApiError(404, f"no channel named '{name[:64]}'")
         _check_fields(_optional_body(request, self._max_body), set())
         reply = await self._alert_sender.send_test(channel)
+        if self._audit is not None:
+            self._audit.by("channel.test", caller_of(request), detail={"name": channel.name, "outcome": reply.outcome})
         return _json(request, 200, {"outcome": reply.outcome, "status": reply.status, "reply": reply.text})
 
     @app.route("/api/alerts", methods=["GET"])
@@ -753,6 +800,44 @@ class SchedulerHTTP:
             raise ApiError(404, f"no task with id {task_id} and no alerts of one")
         return _json(request, 200, [delivery_json(row, self._tz) for row in rows])
 
+    # -- who is asking, and who did what (scheduler/access_tokens.py, scheduler/audit.py) --
+
+    @app.route("/api/me", methods=["GET"])
+    def me(self, request: IRequest) -> bytes:
+        caller = _caller(request)
+        return _json(
+            request,
+            200,
+            {
+                "name": caller.name,
+                "person": caller.person,
+                "scopes": caller.granted(),
+                "tasks": sorted(caller.tasks) if caller.tasks is not None else None,
+                "labels": sorted(caller.labels) if caller.labels is not None else None,
+            },
+        )
+
+    @app.route("/api/audit", methods=["GET"])
+    async def list_audit(self, request: IRequest) -> bytes:
+        action = _str_arg(request, "action")
+        if action is not None and action not in AUDIT_ACTIONS:
+            raise ApiError(400, f"query parameter 'action' must be one of {', '.join(AUDIT_ACTIONS)}")
+        try:
+            since = parse_time(_str_arg(request, "since"), "query parameter 'since'")
+        except TaskError as error:
+            raise ApiError(400, str(error)) from None
+        query = AuditQuery(
+            who=_str_arg(request, "who"),
+            action=action,
+            task_id=_int_arg(request, "task", None, 1, 10**18),
+            since=since,
+            limit=_int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT,
+            before_id=_int_arg(request, "before", None, 1, 10**18),
+        )
+        entries, total = await self._job_store.audit(query)
+        request.setHeader(b"X-Total-Count", str(total).encode())
+        return _json(request, 200, [audit_json(entry, self._tz) for entry in entries])
+
     # -- workers, feed -----------------------------------------------------------
 
     @app.route("/api/workers", methods=["GET"])
@@ -763,7 +848,7 @@ class SchedulerHTTP:
     @app.route("/api/events", methods=["GET"])
     def events(self, request: IRequest) -> Any:
         job = _int_arg(request, "job", None, 1, 10**18)
-        if not self._feed.subscribe(request, job):  # type: ignore[arg-type]
+        if not self._feed.subscribe(request, job, owner=_caller(request).token):  # type: ignore[arg-type]
             raise ApiError(503, "too many live-feed clients")
         # Klein finishes the response for any plain result; a Deferred that
         # never fires keeps the stream open (Klein cancels it on disconnect,

@@ -37,6 +37,7 @@ token, and no browser Origin).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,7 +49,9 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from scheduler.access import bearer, host_allowed, same
+from scheduler.access import bearer, host_allowed
+from scheduler.access_scopes import Need, scope_of
+from scheduler.access_tokens import Access, Caller, refusal_text
 from scheduler.http_log import redact
 from scheduler.settings import Settings
 
@@ -290,20 +293,49 @@ def _body_length(request: Request) -> int:
 #: Set on a request that carried the right API token (read by the routes
 #: that show more to token holders, e.g. the version in /api/health).
 TOKEN_CHECKED = "scheduler_token_checked"
+#: The request's Caller (access_tokens), once the Guard has let it through.
+CALLER = "scheduler_caller"
 
 
 def token_checked(request: Any) -> bool:
     return bool(getattr(request, TOKEN_CHECKED, False))
 
 
+def caller_of(request: Any) -> Caller | None:
+    """Who sent *request*, as the Guard found (None only for requests that did not pass it, in tests)."""
+    caller: Caller | None = getattr(request, CALLER, None)
+    return caller
+
+
+def _address(request: Request) -> str | None:
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    return str(host) if host is not None else None
+
+
 class Guard(Resource):
     isLeaf = True
 
-    def __init__(self, inner: IResource, *, allowed_hosts: set[str], api_token: str | None, max_body: int) -> None:
+    def __init__(
+        self,
+        inner: IResource,
+        *,
+        allowed_hosts: set[str],
+        api_token: str | None,
+        max_body: int,
+        access: Access | None = None,
+        need: Callable[[str, str], Need] | None = None,
+        wrong_token: Callable[[str | None], None] | None = None,
+    ) -> None:
         super().__init__()
         self._inner = inner
         self.allowed_hosts = allowed_hosts
-        self._token = api_token
+        # Who may do what (access_tokens); the single API token alone without it.
+        self.access = access if access is not None else Access(api_token=api_token)
+        # The scope a (method, path) needs (access_scopes.route_need); without it, any credential will do.
+        self._need = need
+        # Told of each wrong token (the audit log coalesces them).
+        self._wrong_token = wrong_token
         self.max_body = max_body
 
     def render(self, request: Request) -> Any:
@@ -314,17 +346,19 @@ class Guard(Resource):
             path = route_path(request)
         except BadPath as error:
             return _reply(request, 400, f"{error}: send the canonical path")
-        authorised = self._authorised(request)
+        caller = self._caller(request)
+        authorised = caller is not None and caller.name is not None
         setattr(request, TOKEN_CHECKED, authorised)
-        problem = self._check(request, path, authorised)
+        setattr(request, CALLER, caller)
+        problem = self._check(request, path, caller)
         if problem is not None:
             status, message = problem
             return _reply(request, status, message)
-        if path == HEALTH_PATH and self._token is not None and not authorised and request.method in SAFE_METHODS:
+        if path == HEALTH_PATH and self.access.http_required and not authorised and request.method in SAFE_METHODS:
             return _reply_ok(request)
         return self._inner.render(request)
 
-    def _check(self, request: Request, path: str, authorised: bool) -> tuple[int, str] | None:
+    def _check(self, request: Request, path: str, caller: Caller | None) -> tuple[int, str] | None:
         method = request.method
         if method != method.upper():
             shown = method.decode("ascii", "replace")[:20]
@@ -346,14 +380,28 @@ class Guard(Resource):
                 return 403, "cross-origin requests that change state are not allowed"
             if method == b"POST" and not json_or_bodiless(request):  # what a cross-site form can send
                 return 415, "send Content-Type: application/json (an empty body is fine where none is needed)"
-        if self._token is not None and not authorised and not is_public(path):
+        if is_public(path):
+            return None
+        if caller is None:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="scheduler"')
             return 401, "missing or wrong API token: send Authorization: Bearer <token>"
+        scope = scope_of(self._need(method.decode("ascii"), path)) if self._need is not None else None
+        if scope is not None and not caller.allows(scope):
+            return 403, refusal_text(caller, scope)
         return None
 
-    def _authorised(self, request: Request) -> bool:
+    def _caller(self, request: Request) -> Caller | None:
+        address = _address(request)
         token = bearer(request.getHeader(b"authorization"))
-        return token is not None and self._token is not None and same(token, self._token)
+        person = None
+        header = self.access.proxy_header
+        if header is not None:
+            raw = request.getHeader(header.encode("latin-1"))
+            person = raw.decode("utf-8", "replace").strip() or None if raw is not None else None
+        caller = self.access.http_caller(token, address, person)
+        if caller is None and token is not None and self._wrong_token is not None:
+            self._wrong_token(address)
+        return caller
 
 
 def _reply_ok(request: Request) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any
 
 from scheduler import cron
 from scheduler.alert_deliveries import Delivery
+from scheduler.audit import AuditEntry
 from scheduler.jobs import Job
 from scheduler.tasks import Task
 from scheduler.triggers import Revision
@@ -77,6 +78,20 @@ def revision_json(revision: Revision, tz: tzinfo) -> dict[str, Any]:
         "by": revision.by.as_json(),
         "before": revision.before,
         "after": revision.after,
+    }
+
+
+def audit_json(entry: AuditEntry, tz: tzinfo) -> dict[str, Any]:
+    """One audit log entry (scheduler/audit.py)."""
+    return {
+        "id": entry.id,
+        "at": iso(entry.at, tz),
+        "action": entry.action,
+        "who": entry.who,
+        "address": entry.address,
+        "taskId": entry.task_id,
+        "jobId": entry.job_id,
+        "detail": entry.detail,
     }
 
 

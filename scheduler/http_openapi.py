@@ -12,11 +12,14 @@ schemathesis against a live scheduler to hold the two together.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, get_args, get_origin, get_type_hints
 from zoneinfo import available_timezones
 
 from scheduler import cron
+from scheduler.access_scopes import ROUTE_NEEDS
+from scheduler.access_tokens import SCOPES
 from scheduler.alert_channels import (
     ADDRESS,
     CREDENTIAL,
@@ -44,6 +47,7 @@ from scheduler.alert_rules import (
     TAKES_EVERY,
 )
 from scheduler.alerts import ALERT_EVENTS, CHANNEL_KINDS, TASK_HEALTHS
+from scheduler.audit import AUDIT_ACTIONS
 from scheduler.http_api import (
     CHECK_RUNS,
     DEFAULT_LIMIT,
@@ -349,7 +353,7 @@ _NOT_MODIFIED = {"description": "Not modified: the ETag sent in If-None-Match is
 
 _COMMON_ERRORS = {
     "400": _error("Malformed JSON, a missing or mistyped field, or an invalid schedule"),
-    "401": _error("Missing or wrong bearer token (when an API token is configured)"),
+    "401": _error("Missing or wrong bearer token (when an API token or a tokens file is configured)"),
     "413": _error(f"Body larger than the limit ({MAX_BODY // 1024 // 1024} MiB by default)"),
     "415": _error("Body is not JSON"),
 }
@@ -1175,6 +1179,64 @@ _ALERT_PATHS: dict[str, Any] = {
 OPENAPI["components"]["schemas"].update(_ALERT_SCHEMAS)
 OPENAPI["paths"].update(_ALERT_PATHS)
 
+# Who is asking, and the audit log (scheduler/access_tokens.py, scheduler/audit.py).
+_ID_LIST = {"type": ["array", "null"], "items": {"type": "integer"}}
+OPENAPI["components"]["schemas"].update(
+    {
+        "Me": {
+            "type": "object",
+            "required": ["name", "person", "scopes", "tasks", "labels"],
+            "properties": {
+                "name": {"type": ["string", "null"], "description": "the token's or person's name; null when no token is configured"},
+                "person": {"type": "boolean", "description": "named by the authenticating proxy, not by a token"},
+                "scopes": {"type": "array", "items": {"enum": list(SCOPES)}, "description": "every scope held (admin spelled out)"},
+                "tasks": {**_ID_LIST, "description": "the only tasks 'run' may act on (null: any)"},
+                "labels": {"type": ["array", "null"], "items": {"type": "string"}, "description": "the only label: targets 'run' may use (null: any)"},
+            },
+        },
+        "AuditEntry": {
+            "type": "object",
+            "required": ["id", "at", "action", "who", "address", "taskId", "jobId", "detail"],
+            "properties": {
+                "id": {"type": "integer"},
+                "at": {"type": "string", "format": "date-time"},
+                "action": {"enum": list(AUDIT_ACTIONS)},
+                "who": {"type": "string", "description": "the token's or person's name, or what acted (schedule, tokens file...)"},
+                "address": {"type": ["string", "null"]},
+                "taskId": {"type": ["integer", "null"]},
+                "jobId": {"type": ["integer", "null"]},
+                "detail": {"type": ["object", "null"], "description": "before and after for task changes; the command for runs; never a token or a secret"},
+            },
+        },
+    }
+)
+OPENAPI["paths"].update(
+    {
+        "/api/me": {"get": {"summary": "Who the token or person asking is, and what they may do", "responses": {"200": _json(_ref("Me"), "The caller")}}},
+        "/api/audit": {
+            "get": {
+                "summary": "The audit log: who did what, when and from where; newest first",
+                "parameters": [
+                    {"name": "who", "in": "query", "schema": {"type": "string"}},
+                    {"name": "action", "in": "query", "schema": {"enum": list(AUDIT_ACTIONS)}},
+                    {"name": "task", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_ID}},
+                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "ISO 8601 with offset"},
+                    *_PAGE,
+                ],
+                "responses": {
+                    "200": {
+                        **_json({"type": "array", "items": _ref("AuditEntry")}, "Audit entries"),
+                        "headers": {
+                            "X-Total-Count": {"schema": {"type": "integer", "minimum": 0}, "description": "How many entries match the filters in all"}
+                        },
+                    },
+                    "400": _error("A bad query parameter"),
+                },
+            }
+        },
+    }
+)
+
 
 # What the Guard in front of every route may answer (scheduler/http_guard.py).
 _GUARD_ERRORS = {
@@ -1188,12 +1250,35 @@ _GUARD_ERRORS = {
 }
 
 
+def _rule_shape(path: str) -> str:
+    """/api/tasks/{id} and /api/tasks/<task_id> alike: /api/tasks/{}."""
+    return re.sub(r"\{[^}]*\}|<[^>]*>", "{}", path)
+
+
+_NEEDS = {(method.lower(), _rule_shape(rule)): need for (method, rule), need in ROUTE_NEEDS.items()}
+
+
+def _forbidden(path: str, method: str) -> dict[str, Any] | None:
+    """The 403 of a route that needs a scope (access_scopes.ROUTE_NEEDS), in its words."""
+    need = _NEEDS.get((method, _rule_shape(path)))
+    if need not in SCOPES:
+        return None
+    extra = " (or whose tasks= or labels= do not cover this task or target)" if need == "run" else ""
+    return _error(
+        f"The token or person lacks the '{need}' scope this needs{extra}; or the Host is not in --allowed-hosts, "
+        "or a request that changes state came from another Origin"
+    )
+
+
 def _add_guard_errors(paths: dict[str, Any]) -> None:
     for path, item in paths.items():
         for method, operation in item.items():
             if method == "parameters":
                 continue
             responses = operation["responses"]
+            forbidden = _forbidden(path, method)
+            if forbidden is not None:
+                responses["403"] = forbidden
             for code, response in _GUARD_ERRORS.items():
                 responses.setdefault(code, response)
             if method == "post":  # json_or_bodiless: a body, or a Content-Type, other than JSON

@@ -27,9 +27,11 @@ from twisted.internet.defer import Deferred
 
 from scheduler.alert_deliveries import Delivery
 from scheduler.alerts import Alert
+from scheduler.audit import AuditEntry
 from scheduler.job_history.database import (
     REVISIONS_PER_TASK,
     AlertAttempt,
+    AuditQuery,
     JobStoreClosed,
     JobStoreError,
     NameTaken,
@@ -44,6 +46,7 @@ from scheduler.triggers import Revision
 __all__ = [
     "REVISIONS_PER_TASK",
     "SCHEMA_VERSION",
+    "AuditQuery",
     "JobHistory",
     "JobRecorder",
     "JobStore",
@@ -156,6 +159,14 @@ class JobHistory(JobRecorder, Protocol):
     # The alert outbox (scheduler/alert_outbox.py): alerts ride in the
     # transaction of the job records written in the same reactor turn.
 
+    # The audit log (scheduler/audit.py): written like revisions.
+
+    def record_audit(self, entry: AuditEntry) -> Deferred[int]:
+        """Queue an audit log entry; fires with its id once committed."""
+
+    def audit(self, query: AuditQuery) -> Deferred[tuple[list[AuditEntry], int]]:
+        """Audit entries matching *query*, newest first, and how many match in all (paging aside)."""
+
     def record_alerts(self, alerts: list[Alert]) -> Deferred[None]:
         """Queue alerts (an ``AlertQueue``); a (key, channel) already kept is ignored,
         and past the outbox's bound an alert is refused (logged and counted, not an error)."""
@@ -209,6 +220,7 @@ class JobStore(ThreadedJobHistory):
         keep_seconds: float = 7 * 86400,
         keep_revisions: int = REVISIONS_PER_TASK,
         outbox_limit: int = 10_000,
+        keep_audit_seconds: float = 90 * 86400,
         connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
     ) -> None:
         self.path = path
@@ -220,6 +232,7 @@ class JobStore(ThreadedJobHistory):
             keep_seconds=keep_seconds,
             keep_revisions=keep_revisions,
             outbox_limit=outbox_limit,
+            keep_audit_seconds=keep_audit_seconds,
             connect=connect,
         )
         super().__init__(self.database, reactor, thread_name="jobstore")

@@ -15,11 +15,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
+from scheduler.access_scopes import route_need
+from scheduler.access_tokens import AccessToken
 from scheduler.alert_channels import ChannelBook
 from scheduler.alert_defaults import AlertDefaultsFile
 from scheduler.alert_delivery import Deliverer
 from scheduler.alert_outbox import AlertMetrics, AlertSender
 from scheduler.alert_watch import AlertWatch
+from scheduler.audit import AuditLog, WrongTokens
 from scheduler.cron_engine import CronEngine
 from scheduler.cron_fires import FireHandler
 from scheduler.cron_ticker import CronTicker
@@ -68,6 +71,7 @@ class SchedulerService(MultiService):
         super().__init__()
         self.reactor = reactor
         self.settings = settings
+        self._access_errors = {}
         clock: IReactorTime = reactor
         try:
             check_protected(
@@ -76,7 +80,9 @@ class SchedulerService(MultiService):
                 tcp_token=settings.tcp_token,
                 api_token=settings.api_token,
                 workers=settings.worker_tokens,
+                tokens_file=settings.tokens.configured,
             )
+            self.access = settings.access()
         except AccessError as error:
             raise StartupError(str(error)) from None
         self.store = FlatFileTaskStore(settings.tasks_file, settings.tz, reactor.getThreadPool(), reactor)
@@ -101,6 +107,7 @@ class SchedulerService(MultiService):
             keep_per_task=settings.keep_jobs,
             keep_seconds=settings.keep_days * 86400,
             outbox_limit=settings.alert_outbox_limit,
+            keep_audit_seconds=settings.keep_audit_days * 86400,
         )
         try:
             self.job_store.open()
@@ -134,6 +141,7 @@ class SchedulerService(MultiService):
             queue_limit=settings.queue_limit,
             output_cap=settings.output_cap,
             caps=RunCaps(settings.pools, settings.label_caps),
+            secrets=settings.secrets if settings.secrets.path is not None else None,
         )
         self.dispatcher.restore(active)
         # Alerts (scheduler/alerts.py): the channels are kept in the job
@@ -171,6 +179,10 @@ class SchedulerService(MultiService):
             pinged=self.alerts.pinged,
         )
         self.changes = TaskChanges(self.state, self.job_store, clock, self.channels)
+        # Who did what: task changes as they are recorded, the rest from the wire.
+        self.audit = AuditLog(self.job_store, clock)
+        self.changes.listeners.append(self.audit.revision)
+        self.wrong_tokens = WrongTokens(self.audit, clock)
         self.pauses = PauseTimer(clock, self.state, self.changes)
         self.maintenance = Maintenance(
             os.path.join(os.path.dirname(self.store.path), "maintenance.json"), reactor.getThreadPool(), reactor
@@ -201,6 +213,11 @@ class SchedulerService(MultiService):
             self.token_watch = TimerService(5, self._reload_worker_tokens)
             self.token_watch.clock = clock
             self.token_watch.setServiceParent(self)
+        if settings.tokens.path is not None or settings.secrets.path is not None:
+            # A removed token or a changed secret takes effect within seconds.
+            self.access_watch = TimerService(5, self._reload_access)
+            self.access_watch.clock = clock
+            self.access_watch.setServiceParent(self)
         self.worker_factory = WorkerServerFactory(
             self.dispatcher,
             clock,
@@ -253,7 +270,10 @@ class SchedulerService(MultiService):
             token=settings.tcp_token,
             auth_timeout=settings.tcp_auth_timeout,
             max_unauthenticated=settings.tcp_max_unauthenticated,
+            access=self.access,
         )
+        if tcp_factory.auth is not None:
+            tcp_factory.auth.wrong_token = lambda address: self.wrong_tokens.failed("tcp", address)
         self.tcp_limits = ConnectionLimits(
             tcp_factory,
             total=settings.tcp_max_connections,
@@ -282,12 +302,16 @@ class SchedulerService(MultiService):
             last_clock_step=lambda: self.ticker.last_step,
             channels=self.channels,
             alert_sender=self.alert_sender,
+            audit=self.audit,
         )
         self.guard = Guard(
             self.http.app.resource(),
             allowed_hosts=default_allowed_hosts(settings.http) | settings.allowed_hosts,
             api_token=settings.api_token,
             max_body=settings.http_max_body,
+            access=self.access,
+            need=lambda method, path: route_need(self.http.app.url_map, method, path),
+            wrong_token=lambda address: self.wrong_tokens.failed("http", address),
         )
         # The API takes JSON only.  Without this, Twisted parses every POST's
         # Content-Type with the email package, looking for a form to decode
@@ -370,6 +394,46 @@ class SchedulerService(MultiService):
                 )
                 worker.link.close("name bound to its own token")
 
+    def _reload_access(self) -> None:
+        """Re-read the tokens file and the secrets folder if they changed (every 5 s)."""
+        tokens = self.settings.tokens
+        try:
+            changed = tokens.load()
+        except AccessError as error:
+            # A bad line keeps the tokens read before; a file that is gone
+            # leaves none (load says which).  Said once per reason.
+            self._access_error("tokens", str(error))
+            changed = bool(tokens.revoked)
+        else:
+            self._access_errors.pop("tokens", None)
+        if changed:
+            revoked = set(tokens.revoked)
+            closed = self.feed.close_where(lambda owner: isinstance(owner, AccessToken) and not tokens.current(owner))
+            log.info(
+                "tokens file {path}: {count} tokens now; revoked or changed: {revoked}; closed {closed} live feeds",
+                path=tokens.path,
+                count=len(tokens.tokens),
+                revoked=", ".join(sorted(revoked)) or "none",
+                closed=closed,
+            )
+            self.audit.record("tokens.change", "tokens file", detail={"names": sorted(tokens.tokens), "revoked": sorted(revoked)})
+            tokens.revoked = set()
+        secrets = self.settings.secrets
+        try:
+            if secrets.load():
+                log.info("secrets folder {path}: {count} secrets", path=secrets.path, count=len(secrets.secrets))
+                self.audit.record("secrets.change", "secrets folder", detail={"names": sorted(secrets.secrets)})
+            self._access_errors.pop("secrets", None)
+        except AccessError as error:
+            self._access_error("secrets", f"{error}; the secrets read before stay in use")
+
+    _access_errors: dict[str, str]
+
+    def _access_error(self, what: str, message: str) -> None:
+        if self._access_errors.get(what) != message:
+            log.error("{error}", error=message)
+            self._access_errors[what] = message
+
     def startService(self) -> None:
         log.info(
             "loaded {count} tasks from {path}",
@@ -401,6 +465,7 @@ class SchedulerService(MultiService):
                 await listening
             self.dispatcher.stop()
             self.alerts.stop()
+            self.wrong_tokens.stop()
             self.pauses.stop()
             self.feed.stop()
             await super(SchedulerService, self).stopService()

@@ -14,6 +14,8 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 
 from scheduler.access import WorkerTokens, listen_interface, read_token
+from scheduler.access_tokens import Access, TokenBook, parse_networks, parse_scopes
+from scheduler.job_secrets import SecretBook
 from scheduler.limits import SEND_BACKLOG
 from scheduler.worker_messages import PING_INTERVAL, PING_TIMEOUT
 
@@ -86,6 +88,26 @@ class Settings:
     tcp_token: str | None = None
     api_token: str | None = None
     worker_tokens: WorkerTokens = field(default_factory=WorkerTokens)
+    # Named, scoped tokens (--tokens-file) and the people a proxy names.
+    tokens: TokenBook = field(default_factory=TokenBook)
+    proxy_user_header: str | None = None
+    trusted_proxies: str | None = None
+    proxy_scopes: str = "read"
+    # Secrets resolved into run messages (--secrets-dir).
+    secrets: SecretBook = field(default_factory=SecretBook)
+    # The audit log's retention.
+    keep_audit_days: float = 90.0
+
+    def access(self) -> Access:
+        """Who may do what on both ports; raises AccessError for a bad proxy option."""
+        return Access(
+            self.tokens,
+            api_token=self.api_token,
+            tcp_token=self.tcp_token,
+            proxy_header=self.proxy_user_header,
+            trusted_proxies=parse_networks(self.trusted_proxies),
+            proxy_scopes=parse_scopes(self.proxy_scopes, "--proxy-scopes"),
+        )
 
     @classmethod
     def from_options(
@@ -101,6 +123,10 @@ class Settings:
             path=options["worker-tokens-file"],
         )
         workers.load()
+        tokens = TokenBook(options["tokens-file"] or env.get("SCHEDULER_TOKENS_FILE") or None)
+        tokens.load()
+        secrets = SecretBook(options["secrets-dir"] or env.get("SCHEDULER_SECRETS_DIR") or None)
+        secrets.load()
         if file_limit is None:
             file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         asked = (options["tcp-max-connections"], options["http-max-connections"])
@@ -151,6 +177,12 @@ class Settings:
             tcp_token=read_token(options["tcp-token-file"], env, "SCHEDULER_TCP_TOKEN", "TCP token"),
             api_token=read_token(options["api-token-file"], env, "SCHEDULER_API_TOKEN", "API token"),
             worker_tokens=workers,
+            tokens=tokens,
+            proxy_user_header=options["proxy-user-header"],
+            trusted_proxies=options["trusted-proxies"],
+            proxy_scopes=options["proxy-scopes"],
+            secrets=secrets,
+            keep_audit_days=options["keep-audit-days"],
         )
 
 

@@ -84,6 +84,12 @@ class Options(usage.Options):
         ["worker-tokens-file", None, None, "File of '<worker name> <token>' lines; re-read when it changes, removed names are disconnected."],
         ["api-token-file", None, None, "File with the bearer token for /api and /metrics (or set SCHEDULER_API_TOKEN)."],
         ["tcp-token-file", None, None, "File with the token for AUTH on the command port (or set SCHEDULER_TCP_TOKEN)."],
+        ["tokens-file", None, None, "File of named, scoped tokens: '<name> <scopes> <sha256 of the token> [tasks=<ids>] [labels=<labels>]' lines (or set SCHEDULER_TOKENS_FILE); re-read when it changes. `python -m scheduler.access_tokens` prints a token's hash."],
+        ["proxy-user-header", None, None, "Header naming the person an authenticating proxy let through (e.g. X-Forwarded-User); trusted only from --trusted-proxies."],
+        ["trusted-proxies", None, None, "Comma-separated addresses or networks of the authenticating proxies whose --proxy-user-header is believed."],
+        ["proxy-scopes", None, Settings.proxy_scopes, "Scopes of a person the proxy names who has no '-' line of their own in the tokens file."],
+        ["secrets-dir", None, None, "Folder of secrets, one file per secret (mode 0600), referenced as ${secret:NAME} in a task's command or env (or set SCHEDULER_SECRETS_DIR)."],
+        ["keep-audit-days", None, Settings.keep_audit_days, "Days the audit log keeps its entries.", _positive],
         ["allowed-hosts", None, None, "Comma-separated extra Host names the HTTP port answers to ('*' for any); localhost and this machine's names are always allowed."],
         # Bounds.
         ["tcp-max-connections", None, Settings.tcp_max_connections, "Most open connections on the command port.", _positive_int],

@@ -69,6 +69,8 @@ class TaskChanges:
         self._clock = clock
         # Alert rules may name only channels that exist (when given).
         self._channels = channels
+        # Told of every revision as it is recorded (the audit log).
+        self.listeners: list[Callable[[Revision], None]] = []
 
     def check_channels(self, options: TaskOptions) -> None:
         """TaskError naming the first channel an alert rule names that does not exist."""
@@ -270,7 +272,7 @@ class TaskChanges:
         return self._state.edit(apply).addCallback(done)
 
     def _record(self, action: RevisionAction, by: TriggeredBy, before: Task | None, after: Task | None) -> None:
-        if self._revisions is None:
+        if self._revisions is None and not self.listeners:
             return
         task = after if after is not None else before
         assert task is not None
@@ -282,6 +284,13 @@ class TaskChanges:
             before=None if before is None else task_record(before),
             after=None if after is None else task_record(after),
         )
+        for listener in self.listeners:
+            try:
+                listener(revision)
+            except Exception:
+                log.failure("a task change listener failed")
+        if self._revisions is None:
+            return
         self._revisions.record_revision(revision).addErrback(
             lambda failure: log.error(
                 "could not record a revision of task {task_id}: {error}",

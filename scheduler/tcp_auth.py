@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from scheduler.access import same
+from scheduler.access_scopes import VERB_NEEDS, scope_of
+from scheduler.access_tokens import TCP_TOKEN_NAME, Access, Caller, anyone, refusal_text
+from scheduler.tcp_commands import VERBS
 
 log = Logger()
 
@@ -180,9 +182,12 @@ class TcpAuth:
     """
 
     def __init__(
-        self, token: str, clock: IReactorTime, *, timeout: float, max_unauthenticated: int
+        self, access: Access, clock: IReactorTime, *, timeout: float, max_unauthenticated: int
     ) -> None:
-        self.token = token
+        # The TCP token and the tokens file (access_tokens.Access).
+        self.access = access
+        # Told of each wrong token, with the peer's address (the audit log coalesces them).
+        self.wrong_token: Callable[[str], None] | None = None
         self.timeout = timeout
         self.max_unauthenticated = max_unauthenticated
         self.unauthenticated = 0
@@ -223,6 +228,8 @@ class ConnectionAuth:
         self._clock = clock
         self._refuse = refuse
         self.authenticated = auth is None
+        # Who authenticated: anyone when the port needs no token.
+        self.caller: Caller | None = anyone() if auth is None else None
         self._failed = 0
         self._peer = "?"
         # Holds one of the places for unauthenticated connections; without
@@ -251,7 +258,7 @@ class ConnectionAuth:
     def refusal(self, word: str, open_before_auth: bool) -> str | None:
         """The reply refusing command *word* on this connection, or None if it may run."""
         if self.authenticated:
-            return None
+            return self._scope_refusal(word)
         if not self._holds_place and word != "AUTH":
             return self._refuse(TOO_MANY_UNAUTHENTICATED)
         if open_before_auth:
@@ -259,6 +266,19 @@ class ConnectionAuth:
         if word == "SESSION":
             return "ERR authentication required: send AUTH <token> before SESSION"
         return "ERR authentication required: send AUTH <token> first"
+
+    def _scope_refusal(self, word: str) -> str | None:
+        """Refuse a verb the caller's token lacks the scope for; close if a reload revoked the token."""
+        caller = self.caller
+        if caller is None or self._auth is None:
+            return None
+        if not self._auth.access.still_valid(caller):
+            return self._refuse(f"ERR the token '{caller.name}' was revoked or changed; closing")
+        # A verb of the table missing from VERB_NEEDS fails closed; an unknown word gets its "unknown command".
+        scope = scope_of(VERB_NEEDS.get(word, "admin" if word in VERBS else "public"))
+        if scope is not None and not caller.allows(scope):
+            return f"ERR {word} refused: {refusal_text(caller, scope)}"
+        return None
 
     def check(self, given: str) -> str:
         """The reply to ``AUTH <given>``."""
@@ -273,12 +293,19 @@ class ConnectionAuth:
             return self._refuse(
                 f"ERR too many wrong tokens from {self._peer}; AUTH is refused for {math.ceil(wait)} s more"
             )
-        if given and same(given, auth.token):
+        caller = auth.access.tcp_caller(given) if given else None
+        if caller is not None:
             throttle.succeeded(self._peer)
             self.authenticated = True
+            self.caller = Caller(
+                caller.name, caller.scopes, self._peer, caller.tasks, caller.labels, token=caller.token
+            )
             self.stop()
-            return "OK authenticated"
+            # The single TCP token's answer stays what scripts expect.
+            return "OK authenticated" if caller.name == TCP_TOKEN_NAME else f"OK authenticated as {caller.name}"
         self._failed += 1
+        if auth.wrong_token is not None:
+            auth.wrong_token(self._peer)
         wait = throttle.failed(self._peer)
         if wait > 0:
             return self._refuse(

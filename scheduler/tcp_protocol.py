@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from scheduler.access_tokens import Access
 from scheduler.settings import Settings
 from scheduler.tcp_auth import ConnectionAuth, TcpAuth
 from scheduler.tcp_commands import TCP, VERBS, Reply, TcpCommands, Verb, read_command
@@ -109,7 +110,7 @@ class CommandLineProtocol(Protocol):
         host = str(getattr(peer, "host", None) or "local")
         self._auth.start(host)
         # Who changed a task or ran a job, in its revision or record.
-        self._by = TriggeredBy("tcp", name=host)
+        self._by = TriggeredBy("tcp", name=host, address=host)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -229,7 +230,12 @@ class CommandLineProtocol(Protocol):
     def _answer_connection_verb(self, verb: Verb, argument: str) -> str:
         """The verbs the table leaves to the connection (handler None)."""
         if verb.word == "AUTH":
-            return self._auth.check(argument)
+            reply = self._auth.check(argument)
+            caller = self._auth.caller
+            if caller is not None and caller.name is not None:
+                # Revisions and jobs name the token; the audit log keeps the address too.
+                self._by = TriggeredBy("tcp", name=caller.name, address=self._by.address)
+            return reply
         if verb.word == "SESSION":
             self._session = True
             return "OK session: the connection stays open; QUIT closes it"
@@ -283,11 +289,14 @@ class CommandFactory(Factory):
         token: str | None = None,
         auth_timeout: float = Settings.tcp_auth_timeout,
         max_unauthenticated: int = Settings.tcp_max_unauthenticated,
+        access: Access | None = None,
     ) -> None:
         self.commands = commands
+        # The TCP token alone, or with the tokens file (access_tokens.Access).
+        access = access if access is not None else Access(tcp_token=token)
         self.auth = (
-            TcpAuth(token, clock, timeout=auth_timeout, max_unauthenticated=max_unauthenticated)
-            if token is not None
+            TcpAuth(access, clock, timeout=auth_timeout, max_unauthenticated=max_unauthenticated)
+            if access.tcp_required
             else None
         )
         self.clock = clock

@@ -14,7 +14,7 @@ each list is written once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
 TriggerKind = Literal["schedule", "api", "tcp", "retry", "missed", "dashboard", "ping"]
@@ -30,15 +30,18 @@ _TRIGGER_FIELDS = ("kind", "name", "job")
 class TriggeredBy:
     """What started a job or changed a task.
 
-    ``name`` is the token's or person's name where one is known (named
-    tokens are yet to come, so the API leaves it None today); for ``tcp``
-    it is the client's address, which is what identifies a caller there.
-    ``job`` is the job a ``retry`` re-runs.
+    ``name`` is the token's or person's name where one is known
+    (``access_tokens``); on a command port without tokens it is the
+    client's address, which is what identifies a caller there.  ``job`` is
+    the job a ``retry`` re-runs.  ``address`` is where the request came
+    from: the audit log keeps it, the job and revision records do not (it
+    is no part of ``as_json``).
     """
 
     kind: TriggerKind
     name: str | None = None
     job: int | None = None
+    address: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # Checked here, not only in from_json: a wrong kind written by code

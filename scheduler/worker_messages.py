@@ -613,6 +613,8 @@ class Run:
     timeout: float | None
     # Seconds to wait before starting (a cron fire sent ahead of its second).
     delay: float
+    # Values to replace with MASK in the output (the job's secrets).
+    mask: tuple[str, ...] = ()
 
 
 def parse_run(message: Mapping[str, Any]) -> Run:
@@ -624,7 +626,63 @@ def parse_run(message: Mapping[str, Any]) -> Run:
     delay = _duration(message, "delay") or 0.0
     if delay > MAX_START_DELAY:
         raise BadMessage(f"field 'delay' must be at most {MAX_START_DELAY:g} seconds")
-    return Run(job, command, env, cwd, timeout, delay)
+    mask = _optional(message, "mask", [])
+    if not isinstance(mask, list) or not all(isinstance(value, str) and value for value in mask):
+        raise BadMessage("field 'mask' must be a list of non-empty strings")
+    return Run(job, command, env, cwd, timeout, delay, tuple(mask))
+
+
+# -- masking secrets in output (the run's ``mask``) -------------------------------
+
+#: What a masked value reads as in the output.
+MASK = "***"
+
+
+def mask_text(text: str, values: Sequence[str]) -> str:
+    """*text* with every one of *values* replaced by MASK, the longest first."""
+    for value in sorted(values, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+class OutputMask:
+    """Masks values in a stream of output chunks, also across chunk boundaries.
+
+    A chunk's end that could be the start of a value is held back until the
+    next chunk (or :meth:`flush`) says whether it is one; each stream is
+    held apart.  Nothing else is delayed.
+    """
+
+    def __init__(self, values: Sequence[str]) -> None:
+        self._values = sorted({value for value in values if value}, key=len, reverse=True)
+        self._held: dict[str, str] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def feed(self, stream: str, text: str) -> str:
+        """The part of the output so far that can be shown, masked."""
+        text = mask_text(self._held.pop(stream, "") + text, self._values)
+        keep = self._open_prefix(text)
+        if keep:
+            self._held[stream] = text[-keep:]
+            text = text[:-keep]
+        return text
+
+    def flush(self, stream: str) -> str:
+        """What is held back of *stream*, at its end."""
+        return self._held.pop(stream, "")
+
+    def _open_prefix(self, text: str) -> int:
+        """The length of the longest end of *text* that begins a value (0: none)."""
+        best = 0
+        for value in self._values:
+            for size in range(min(len(value) - 1, len(text)), best, -1):
+                if text.endswith(value[:size]):
+                    best = size
+                    break
+        return best
 
 
 @dataclass(frozen=True)

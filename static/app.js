@@ -11,7 +11,8 @@
 //   jobs.js       the Jobs panel and its status filter
 //   job.js        a job's page with its live output (run_again.js: "Run again…")
 //   run_form.js   "Run a command now"
-//   router.js     which page shows (#/, #/jobs/<id> or #/tasks/<id>/history)
+//   router.js     which page shows (#/, #/jobs/<id>, #/tasks/<id>/history or #/audit)
+//   access.js     what the token may do (GET /api/me): hides what it cannot;  audit.js  the audit log page
 //   job_status.js how a job status reads and looks;  job_events.js  "a job changed"
 //   api.js, feed.js, dom.js, toast.js   REST calls, the live feed, DOM building, notices
 //
@@ -21,6 +22,7 @@
 // so control and bidi characters show as escapes instead of reordering or
 // hiding what the operator reads.
 
+import {loadAccess} from './access.js';
 import {get, setTokenPrompt} from './api.js';
 import {$, formatTime, show} from './dom.js';
 import {Feed} from './feed.js';
@@ -114,6 +116,7 @@ async function loadClockStep() {
 }
 
 function refreshVisible() {
+  loadAccess();
   loadAll();
   loadJobPage();
   loadTaskHistory();

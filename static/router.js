@@ -1,7 +1,8 @@
-// Which page shows: the dashboard (#/), a job's page (#/jobs/<id>) or a
-// task's history (#/tasks/<id>/history), and which job's output the live
-// feed follows.
+// Which page shows: the dashboard (#/), a job's page (#/jobs/<id>), a
+// task's history (#/tasks/<id>/history) or the audit log (#/audit), and
+// which job's output the live feed follows.
 
+import {closeAudit, openAudit} from './audit.js';
 import {$, clear, show} from './dom.js';
 import {closeJobPage, loadJobPage, openJobPage} from './job.js';
 import {closeTaskHistory, openTaskHistory} from './task_history.js';
@@ -19,7 +20,22 @@ function leave() {
     closeTaskHistory();
     show($('task-view'), false);
     clear($('task-view'));
+  } else if (view.name === 'audit') {
+    closeAudit();
+    show($('audit-view'), false);
+    clear($('audit-view'));
   }
+}
+
+function openAuditPage() {
+  leave();
+  view = {name: 'audit'};
+  document.title = 'Audit log · Job scheduler';
+  show($('dashboard'), false);
+  openAudit();
+  show($('audit-view'), true);
+  window.scrollTo(0, 0);
+  feed.watch(null);
 }
 
 function openJob(id) {
@@ -64,6 +80,7 @@ function route() {
   const history = /^#\/tasks\/(\d{1,18})\/history$/.exec(location.hash);
   if (job) openJob(Number(job[1]));
   else if (history) openHistory(Number(history[1]));
+  else if (location.hash === '#/audit') openAuditPage();
   else if (view.name !== 'dashboard' || !booted) openDashboard();
 }
 

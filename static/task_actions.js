@@ -40,26 +40,28 @@ export async function runTask(task, overrides) {
 
 export function renderTaskActions(task, actions) {
   const name = task.jobName;
-  const run = button('Run now', `Run ${name} now`, (el) => busy(el, `run ${name}`, () => runTask(task)));
+  // data-needs: hidden when the token lacks that scope (access.js).
+  const run = button('Run now', `Run ${name} now`, (el) => busy(el, `run ${name}`, () => runTask(task)),
+    {'data-needs': 'run'});
   const runWith = button('Run with…', `Run ${name} with other inputs`,
-    () => openTaskPanel(task.id, runWithForm(task)));
+    () => openTaskPanel(task.id, runWithForm(task)), {'data-needs': 'run'});
   const pause = task.paused
     ? button('Resume', `Resume ${name}`, (el) => busy(el, `resume ${name}`, async () => {
       upsertTask(await post(`/api/tasks/${task.id}/resume`));
       toast(`Resumed ${name}.`);
-    }))
-    : button('Pause…', `Pause ${name}`, () => openTaskPanel(task.id, pauseForm(task)));
+    }), {'data-needs': 'write'})
+    : button('Pause…', `Pause ${name}`, () => openTaskPanel(task.id, pauseForm(task)), {'data-needs': 'write'});
   const skip = button(task.skipNext ? 'Don’t skip' : 'Skip next',
     task.skipNext ? `Run ${name}'s next run after all` : `Skip ${name}'s next run`,
     (el) => busy(el, `change ${name}`, async () => {
       const {data} = await patch(`/api/tasks/${task.id}`, {skipNext: !task.skipNext});
       upsertTask(data);
       toast(data.skipNext ? `${name} skips its next run only.` : `${name} runs next time as usual.`);
-    }), {'aria-pressed': task.skipNext ? 'true' : 'false'});
-  const edit = button('Edit', `Edit ${name}`, () => editTask(task.id));
+    }), {'aria-pressed': task.skipNext ? 'true' : 'false', 'data-needs': 'write'});
+  const edit = button('Edit', `Edit ${name}`, () => editTask(task.id), {'data-needs': 'write'});
   const history = h('a', {href: `#/tasks/${task.id}/history`, class: 'button-link', 'aria-label': `History of ${name}`},
     'History');
-  const remove = button('Delete', `Delete ${name}`, () => confirmDelete(task, actions), {class: 'danger-quiet'});
+  const remove = button('Delete', `Delete ${name}`, () => confirmDelete(task, actions), {class: 'danger-quiet', 'data-needs': 'write'});
   actions.replaceChildren(run, runWith, pause, skip, edit, history, remove);
 }
 

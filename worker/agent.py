@@ -28,6 +28,7 @@ from scheduler.worker_messages import (
     STARTED_HOLD,
     BadMessage,
     Link,
+    OutputMask,
     as_entry,
     as_message,
     decode,
@@ -129,6 +130,8 @@ class _Job:
     # Dropped by the scheduler while its process still runs: it keeps its
     # slot until it exits, but nothing about it is kept or sent.
     forgotten: bool = False
+    # The run's secrets, masked before the output is buffered or sent.
+    mask: OutputMask | None = None
 
 
 def _outcome(result: RunResult) -> str:
@@ -401,6 +404,8 @@ class WorkerAgent:
             return
 
         job = _Job(job_id, OutputBuffer(self._output_buffer), live=True)
+        if order.mask:
+            job.mask = OutputMask(order.mask)
         # A relative cwd is relative to --workdir, not to wherever twistd
         # happened to be started.
         directory = self._workdir if order.cwd is None else os.path.join(self._workdir, order.cwd)
@@ -487,6 +492,14 @@ class WorkerAgent:
     def _on_output(self, job: _Job, stream: str, text: str) -> None:
         if job.forgotten:
             return
+        if job.mask is not None:
+            # Before the buffer: what is resent after a reconnect is clean too.
+            text = job.mask.feed(stream, text)
+            if not text:
+                return
+        self._add_output(job, stream, text)
+
+    def _add_output(self, job: _Job, stream: str, text: str) -> None:
         job.seq += 1
         chunk = Chunk(job.seq, stream, text)
         job.output.append(chunk)
@@ -505,6 +518,12 @@ class WorkerAgent:
         self._send_for(job, "output", job=job.id, stream=chunk.stream, seq=chunk.seq, data=chunk.data)
 
     def _on_run_ended(self, result: RunResult, job: _Job) -> None:
+        if job.mask is not None and not job.forgotten:
+            # The ends held back in case they began a secret.
+            for stream in ("stdout", "stderr"):
+                rest = job.mask.flush(stream)
+                if rest:
+                    self._add_output(job, stream, rest)
         if job.start_call is not None and job.start_call.active():
             job.start_call.cancel()  # cancelled before its start
         job.start_call = None

@@ -15,9 +15,23 @@ from typing import Protocol, TypeAlias
 
 from scheduler.alert_deliveries import Delivery
 from scheduler.alerts import Alert
+from scheduler.audit import AuditEntry
 from scheduler.job_outcomes import TaskOutcomes
 from scheduler.jobs import Job
 from scheduler.triggers import Revision
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """GET /api/audit's filters (each None: any) and page."""
+
+    who: str | None = None
+    action: str | None = None
+    task_id: int | None = None
+    since: float | None = None
+    limit: int = 100
+    before_id: int | None = None
+
 
 # Revisions kept per task; older ones go in the commit that adds a newer one.
 REVISIONS_PER_TASK = 1000
@@ -62,6 +76,13 @@ class NewRevision:
     row: tuple[object, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class NewAuditEntry:
+    """One audit log entry to add (scheduler/audit.py), as the backend's column values."""
+
+    row: tuple[object, ...]
+
+
 # -- the alert outbox and its channels (scheduler/alert_outbox.py) -------------
 
 
@@ -103,9 +124,9 @@ class ChannelChange:
     config: str | None
 
 
-Write: TypeAlias = Put | Chunk | NewRevision | NewAlerts | AlertAttempt | ChannelChange
+Write: TypeAlias = Put | Chunk | NewRevision | NewAlerts | AlertAttempt | ChannelChange | NewAuditEntry
 # Per put, alert attempt and channel change, None or the error that refused it;
-# per new revision, its id or the error; per new alerts, AlertsQueued.
+# per new revision and audit entry, its id or the error; per new alerts, AlertsQueued.
 Outcome: TypeAlias = Exception | int | AlertsQueued | None
 
 
@@ -178,6 +199,12 @@ class Database(Protocol):
     def output(self, job_id: int) -> str | None: ...
 
     def revisions(self, task_id: int, limit: int, before_id: int | None) -> list[Revision]: ...
+
+    def audit_row(self, entry: AuditEntry) -> tuple[object, ...]:
+        """The audit entry as column values, made on the reactor thread like ``row``."""
+
+    def audit(self, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+        """Audit entries matching the query, newest first, and how many match in all (paging aside)."""
 
     def prune(self, now: float) -> int: ...
 

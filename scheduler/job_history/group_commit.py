@@ -31,6 +31,7 @@ from scheduler.job_history.database import (
     JobStoreClosed,
     JobStoreError,
     NewAlerts,
+    NewAuditEntry,
     NewRevision,
     Outcome,
     Put,
@@ -131,6 +132,10 @@ class GroupCommitter:
         """Queue a task revision; fires with its id once its transaction has committed."""
         return self._acknowledged(revision)
 
+    def add_audit(self, entry: NewAuditEntry) -> Deferred[int]:
+        """Queue an audit log entry; fires with its id once its transaction has committed."""
+        return self._acknowledged(entry)
+
     def add_alerts(self, alerts: NewAlerts) -> Deferred[AlertsQueued]:
         """Queue alerts for the outbox; fires with what became of them once committed."""
         return self._acknowledged(alerts)
@@ -143,7 +148,9 @@ class GroupCommitter:
         """Queue a channel's addition or removal; fires once committed (or with the refusal)."""
         return self._acknowledged(change)
 
-    def _acknowledged(self, write: Put | NewRevision | NewAlerts | AlertAttempt | ChannelChange) -> Deferred[Any]:
+    def _acknowledged(
+        self, write: Put | NewRevision | NewAlerts | AlertAttempt | ChannelChange | NewAuditEntry
+    ) -> Deferred[Any]:
         done: Deferred[Any] = Deferred()
         self._writes.append(write)
         self._waiters.append(done)

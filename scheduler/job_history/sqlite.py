@@ -22,15 +22,18 @@ from twisted.logger import Logger
 from scheduler.alert_deliveries import Delivery
 from scheduler.alert_rules import ENDED_BADLY
 from scheduler.alerts import Alert
+from scheduler.audit import AuditEntry
 from scheduler.job_history.database import (
     REVISIONS_PER_TASK,
     AlertAttempt,
     AlertsQueued,
+    AuditQuery,
     ChannelChange,
     Chunk,
     JobStoreClosed,
     NameTaken,
     NewAlerts,
+    NewAuditEntry,
     NewRevision,
     Outcome,
     Put,
@@ -40,17 +43,21 @@ from scheduler.job_history.output import Tally, fit_chunk, with_marker
 from scheduler.job_history.sqlite_schema import (
     ACTIVE_SQL,
     ALERT_COLUMNS,
+    AUDIT_COLUMNS,
     COLUMNS,
     INSERT_ALERT,
+    INSERT_AUDIT,
     INSERT_REVISION,
     REVISION_COLUMNS,
     SELECT_JOB,
     TRIM_REVISIONS,
     UPSERT,
     alert_row,
+    audit_row,
     create_or_check,
     job_row,
     revision_row,
+    row_audit,
     row_delivery,
     row_job,
     row_revision,
@@ -122,7 +129,10 @@ class SqliteDatabase:
         connect: Callable[..., sqlite3.Connection],
         keep_revisions: int = REVISIONS_PER_TASK,
         outbox_limit: int = 10_000,
+        keep_audit_seconds: float = 90 * 86400,
     ) -> None:
+        # Audit entries older than this go at each prune.
+        self.keep_audit_seconds = keep_audit_seconds
         self.path = path
         # Most pending rows in the alert outbox; alerts past it are refused.
         self.outbox_limit = outbox_limit
@@ -273,6 +283,9 @@ class SqliteDatabase:
     def alert_row(self, alert: Alert) -> tuple[object, ...]:
         return alert_row(alert)
 
+    def audit_row(self, entry: AuditEntry) -> tuple[object, ...]:
+        return audit_row(entry)
+
     def write_batch(self, writes: Sequence[Write]) -> list[Outcome]:
         conn = self._open_connection()
         with self.lock:
@@ -289,6 +302,8 @@ class SqliteDatabase:
                         outcomes.append(self._upsert(conn, write))
                     elif isinstance(write, NewRevision):
                         outcomes.append(self._add_revision(conn, write))
+                    elif isinstance(write, NewAuditEntry):
+                        outcomes.append(self._add_audit(conn, write))
                     elif isinstance(write, NewAlerts):
                         outcomes.append(self._add_alerts(conn, write))
                     elif isinstance(write, AlertAttempt):
@@ -332,6 +347,16 @@ class SqliteDatabase:
         # In the same transaction: a task's revisions never exceed the bound,
         # and once at it each new one deletes the oldest (one index range).
         conn.execute(TRIM_REVISIONS, (revision.task_id, self.keep_revisions))
+        return new_id
+
+    def _add_audit(self, conn: sqlite3.Connection, entry: NewAuditEntry) -> Outcome:
+        try:
+            cursor = conn.execute(INSERT_AUDIT, entry.row)
+        except _BAD_RECORD as error:
+            log.warn("job store refused an audit entry: {error}", error=error)
+            return error
+        new_id = cursor.lastrowid
+        assert new_id is not None
         return new_id
 
     def _add_alerts(self, conn: sqlite3.Connection, alerts: NewAlerts) -> AlertsQueued:
@@ -477,6 +502,29 @@ class SqliteDatabase:
         )
         return [row_revision(row) for row in rows]
 
+    def audit(self, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for clause, value in (
+            ('"who" = ?', query.who),
+            ('"action" = ?', query.action),
+            ('"task_id" = ?', query.task_id),
+            ('"at" >= ?', query.since),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        paged = where + (" AND " if clauses else " WHERE ") + '"id" < ?' if query.before_id is not None else where
+        conn = self._open_connection()
+        with self.lock:
+            rows = conn.execute(
+                f"SELECT {AUDIT_COLUMNS} FROM audit_log{paged} ORDER BY id DESC LIMIT ?",
+                [*params, *([query.before_id] if query.before_id is not None else []), max(0, query.limit)],
+            ).fetchall()
+            (total,) = conn.execute(f"SELECT COUNT(*) FROM audit_log{where}", params).fetchone()
+        return [row_audit(row) for row in rows], int(total)
+
     # -- the alert outbox ------------------------------------------------------
 
     def channels(self) -> dict[str, str]:
@@ -578,6 +626,7 @@ class SqliteDatabase:
                     "AND (job_id IS NULL OR job_id NOT IN (SELECT id FROM jobs))",
                     (now - self.keep_seconds,),
                 )
+                conn.execute("DELETE FROM audit_log WHERE at < ?", (now - self.keep_audit_seconds,))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -16,6 +16,7 @@ from typing import Any
 
 from scheduler.alert_deliveries import Delivery
 from scheduler.alerts import Alert
+from scheduler.audit import AuditEntry
 from scheduler.job_history.database import JobStoreError
 from scheduler.jobs import MUTABLE_FIELDS, Job, JobStatus
 from scheduler.triggers import Revision, TriggeredBy
@@ -129,6 +130,20 @@ _SCHEMA = (
         "name" TEXT PRIMARY KEY,
         "config" TEXT NOT NULL
     )""",
+    # The audit log (scheduler/audit.py): append-only, pruned by age.
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        "id" INTEGER PRIMARY KEY AUTOINCREMENT,
+        "at" REAL NOT NULL,
+        "action" TEXT NOT NULL,
+        "who" TEXT NOT NULL,
+        "address" TEXT,
+        "task_id" INTEGER,
+        "job_id" INTEGER,
+        "detail" TEXT
+    )""",
+    'CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log ("at")',
+    'CREATE INDEX IF NOT EXISTS audit_log_task ON audit_log ("task_id", "id")',
+    'CREATE INDEX IF NOT EXISTS audit_log_who ON audit_log ("who", "id")',
 )
 
 # What turns a database of version N - 1 into version N.  A new database
@@ -246,6 +261,36 @@ def row_revision(row: Sequence[Any]) -> Revision:
             values[name] = json.loads(values[name])
     values["by"] = TriggeredBy.from_json(json.loads(values["by"]))
     return Revision(**values)
+
+
+# -- the audit log ---------------------------------------------------------------
+
+AUDIT_FIELDS = ("id", "at", "action", "who", "address", "task_id", "job_id", "detail")
+AUDIT_COLUMNS = ", ".join(f'"{name}"' for name in AUDIT_FIELDS)
+INSERT_AUDIT = "INSERT INTO audit_log ({}) VALUES ({})".format(
+    ", ".join(f'"{name}"' for name in AUDIT_FIELDS[1:]), ", ".join("?" * (len(AUDIT_FIELDS) - 1))
+)
+
+
+def audit_row(entry: AuditEntry) -> tuple[object, ...]:
+    """The entry's values for ``INSERT_AUDIT``: ``AUDIT_FIELDS`` but the id."""
+    return (
+        entry.at,
+        entry.action,
+        entry.who,
+        entry.address,
+        entry.task_id,
+        entry.job_id,
+        _dumps(dict(entry.detail)) if entry.detail is not None else None,
+    )
+
+
+def row_audit(row: Sequence[Any]) -> AuditEntry:
+    """The AuditEntry of a row selected with ``AUDIT_COLUMNS``."""
+    values = dict(zip(AUDIT_FIELDS, row, strict=True))
+    if values["detail"] is not None:
+        values["detail"] = json.loads(values["detail"])
+    return AuditEntry(**values)
 
 
 # -- the alert outbox ---------------------------------------------------------

@@ -17,15 +17,18 @@ from twisted.logger import Logger
 
 from scheduler.alert_deliveries import Delivery
 from scheduler.alerts import Alert
+from scheduler.audit import AuditEntry
 from scheduler.job_history.database import (
     AlertAttempt,
     AlertsQueued,
+    AuditQuery,
     ChannelChange,
     Chunk,
     Database,
     JobStoreClosed,
     JobStoreError,
     NewAlerts,
+    NewAuditEntry,
     NewRevision,
     Put,
 )
@@ -121,6 +124,20 @@ class ThreadedJobHistory:
         except (TypeError, ValueError) as error:
             return fail(error)
         return self._commits.add_revision(NewRevision(revision.task_id, row))
+
+    def record_audit(self, entry: AuditEntry) -> Deferred[int]:
+        """Queue an audit log entry (its ``id`` is ignored); fires with its id once committed."""
+        if not self._commits.accepting:
+            return fail(JobStoreClosed(f"{self.name}: job store is closed; audit entry {entry.action} not saved"))
+        try:
+            row = self._database.audit_row(entry)
+        except (TypeError, ValueError) as error:
+            return fail(error)
+        return self._commits.add_audit(NewAuditEntry(row))
+
+    def audit(self, query: AuditQuery) -> Deferred[tuple[list[AuditEntry], int]]:
+        """The audit entries matching *query*, newest first, and how many match in all."""
+        return self._commits.read(lambda: self._database.audit(query))
 
     def record_alerts(self, alerts: list[Alert]) -> Deferred[None]:
         """Queue alerts in the outbox, in the transaction of whatever else this reactor turn wrote.

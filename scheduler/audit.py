@@ -1,0 +1,178 @@
+"""The audit log: who did what, when and from where, kept in the job store.
+
+Append-only: entries are added (through the job store's group commit, like
+task revisions) and only ever removed by age (``--keep-audit-days``).  Each
+is also written to the main log as a structured event (``audit_action``,
+``audit_who``, ... fields), so a log shipper sees them too.
+
+What is recorded: every change of a task (from the revisions, with before
+and after), every manual run, rerun and cancel of a job, every channel
+added, removed or tested, the maintenance switch, every change of the
+tokens file (names only) and of the secrets (names only), and bursts of
+wrong tokens per address (:class:`WrongTokens`, one entry a minute at
+most per address).  Never a token or a secret's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from scheduler.access_tokens import Caller
+from scheduler.triggers import Revision, TriggeredBy
+
+log = Logger()
+
+AuditAction = Literal[
+    "task.add",
+    "task.edit",
+    "task.pause",
+    "task.resume",
+    "task.remove",
+    "task.load",
+    "task.clear",
+    "task.restore",
+    "job.run",
+    "job.rerun",
+    "job.cancel",
+    "channel.add",
+    "channel.remove",
+    "channel.test",
+    "maintenance.on",
+    "maintenance.off",
+    "tokens.change",
+    "secrets.change",
+    "auth.failed",
+]
+AUDIT_ACTIONS: tuple[AuditAction, ...] = get_args(AuditAction)
+
+# Wrong tokens from one address are summed up over this many seconds.
+WRONG_TOKEN_WINDOW = 60.0
+# Addresses followed at once; beyond, the rest of a window counts as one.
+MAX_ADDRESSES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: float
+    action: AuditAction
+    who: str
+    address: str | None = None
+    task_id: int | None = None
+    job_id: int | None = None
+    detail: Mapping[str, Any] | None = None
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in AUDIT_ACTIONS:
+            raise ValueError(f"audit action must be one of {', '.join(AUDIT_ACTIONS)}, not {self.action!r}")
+
+
+class AuditStore(Protocol):
+    def record_audit(self, entry: AuditEntry) -> Deferred[int]: ...
+
+
+def who_of(by: TriggeredBy) -> str:
+    """The name an author goes by in the audit log: its token or person, else what it was."""
+    return by.name or by.kind
+
+
+class AuditLog:
+    """Adds entries to the store and the main log."""
+
+    def __init__(self, store: AuditStore, clock: IReactorTime) -> None:
+        self._store = store
+        self._clock = clock
+
+    def record(
+        self,
+        action: AuditAction,
+        who: str,
+        address: str | None = None,
+        *,
+        task_id: int | None = None,
+        job_id: int | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        entry = AuditEntry(self._clock.seconds(), action, who, address, task_id, job_id, detail)
+        log.info(
+            "audit: {audit_action} by {audit_who}{audit_from}{audit_about}",
+            audit_action=action,
+            audit_who=who,
+            audit_address=address,
+            audit_task=task_id,
+            audit_job=job_id,
+            audit_from=f" from {address}" if address else "",
+            audit_about="".join(
+                [f" task {task_id}" if task_id is not None else "", f" job {job_id}" if job_id is not None else ""]
+            ),
+        )
+        self._store.record_audit(entry).addErrback(
+            lambda failure: log.error(
+                "could not record the audit entry {action}: {error}", action=action, error=failure.getErrorMessage()
+            )
+        )
+
+    def by(self, action: AuditAction, caller: Caller | None, **fields: Any) -> None:
+        """An entry for what *caller* did (an HTTP request's or a TCP connection's)."""
+        self.record(
+            action, caller.who if caller is not None else "anyone", caller.address if caller else None, **fields
+        )
+
+    def revision(self, revision: Revision) -> None:
+        """A task change (a TaskChanges listener), with its before and after."""
+        by = revision.by
+        self.record(
+            f"task.{revision.action}",  # type: ignore[arg-type]
+            who_of(by),
+            by.address,
+            task_id=revision.task_id,
+            detail={"before": revision.before, "after": revision.after},
+        )
+
+
+class WrongTokens:
+    """Wrong tokens, summed up per address: one ``auth.failed`` entry per burst.
+
+    The first wrong token from an address opens a window of
+    WRONG_TOKEN_WINDOW seconds; when it closes, one entry says how many came
+    and on which port.  A flood costs one entry a minute per address.
+    """
+
+    def __init__(self, audit: AuditLog, clock: IReactorTime, window: float = WRONG_TOKEN_WINDOW) -> None:
+        self._audit = audit
+        self._clock = clock
+        self._window = window
+        self._counts: dict[tuple[str, str], tuple[int, float]] = {}
+        self._timer: IDelayedCall | None = None
+
+    def failed(self, port: str, address: str | None) -> None:
+        key = (port, address or "?")
+        count, first = self._counts.get(key, (0, self._clock.seconds()))
+        if key not in self._counts and len(self._counts) >= MAX_ADDRESSES:
+            key = (port, "(many addresses)")
+            count, first = self._counts.get(key, (0, first))
+        self._counts[key] = (count + 1, first)
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._window, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        counts, self._counts = self._counts, {}
+        for (port, address), (count, first) in counts.items():
+            self._audit.record(
+                "auth.failed",
+                "unknown",
+                address,
+                detail={"port": port, "count": count, "since": first},
+            )
+
+    def stop(self) -> None:
+        self.flush()
