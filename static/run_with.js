@@ -5,7 +5,7 @@
 import {h} from './dom.js';
 import {runTask} from './task_actions.js';
 import {FieldError, envText, parseEnv, same} from './task_fields.js';
-import {closeTaskPanel} from './tasks.js';
+import {closeTaskPanel} from './task_panel.js';
 import {renderTargetChoices} from './workers.js';
 
 let forms = 0;

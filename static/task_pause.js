@@ -3,7 +3,8 @@
 
 import {post} from './api.js';
 import {h} from './dom.js';
-import {closeTaskPanel, upsertTask} from './tasks.js';
+import {closeTaskPanel} from './task_panel.js';
+import {upsertTask} from './tasks.js';
 import {toast} from './toast.js';
 
 let forms = 0;

@@ -1,0 +1,125 @@
+// The alert channels (#/channels): where alerts go (GET /api/channels),
+// a form to add one, and on each "Send a test" (showing the reply) and
+// "Delete".  On a scheduler without alerts the page says so.
+
+import {ApiError, del, get, post} from './api.js';
+import {$, h, show, visible} from './dom.js';
+import {toast} from './toast.js';
+
+const view = {open: false, load: 0};
+const KINDS = ['webhook', 'slack', 'email', 'command'];
+
+export function openChannels(backHref) {
+  view.open = true;
+  const name = h('input', {id: 'channel-name', type: 'text', autocomplete: 'off', spellcheck: 'false', required: true});
+  const kind = h('select', {id: 'channel-kind'}, KINDS.map((k) => h('option', {value: k}, k)));
+  const target = h('input', {id: 'channel-target', type: 'text', autocomplete: 'off', spellcheck: 'false',
+    placeholder: 'https://hooks.example.com/…', 'aria-describedby': 'channel-target-hint'});
+  const error = h('p', {id: 'channel-error', class: 'form-error', role: 'alert', hidden: true, tabindex: -1});
+  const form = h('form', {id: 'channel-form', class: 'form', novalidate: true, 'aria-labelledby': 'channel-form-title'},
+    h('h2', {id: 'channel-form-title'}, 'Add a channel'),
+    h('div', {class: 'field-row'},
+      h('div', {class: 'field'}, h('label', {for: 'channel-name'}, 'Name'), name),
+      h('div', {class: 'field field-narrow'}, h('label', {for: 'channel-kind'}, 'Kind'), kind),
+      h('div', {class: 'field field-wide'}, h('label', {for: 'channel-target'}, 'Address'), target)),
+    h('span', {id: 'channel-target-hint', class: 'muted small'}, 'A URL for webhook and Slack, an address for email, a command line for command.'),
+    error,
+    h('div', {class: 'actions'}, h('button', {type: 'submit', class: 'primary'}, 'Add channel')));
+  $('page-view').replaceChildren(
+    h('nav', {class: 'crumbs', 'aria-label': 'Breadcrumb'}, h('a', {href: backHref}, '← Dashboard')),
+    h('section', {class: 'card', 'aria-labelledby': 'channels-title'},
+      h('h1', {id: 'channels-title', class: 'view-title', tabindex: -1}, 'Alert channels'),
+      h('p', {id: 'channels-error', class: 'panel-error', role: 'alert', hidden: true}),
+      h('ul', {id: 'channels-list', class: 'channels'}, h('li', {class: 'empty'}, 'Loading…'))),
+    h('section', {class: 'card', id: 'channel-form-card'}, form));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const fail = (message, field) => {
+      error.textContent = message;
+      show(error, true);
+      (field || error).focus();
+    };
+    if (!name.value.trim()) return fail('A channel needs a name.', name);
+    if (!target.value.trim()) return fail('A channel needs an address to send to.', target);
+    const kindName = kind.value;
+    const key = kindName === 'email' ? 'to' : (kindName === 'command' ? 'command' : 'url');
+    try {
+      await post('/api/channels', {name: name.value.trim(), kind: kindName, [key]: target.value.trim()});
+      show(error, false);
+      toast(`Added channel ${name.value.trim()}.`);
+      form.reset();
+      loadChannels();
+    } catch (problem) {
+      fail(problem.message, /name/i.test(problem.message) ? name : (/url|to|command|address/i.test(problem.message) ? target : null));
+    }
+    return undefined;
+  });
+  loadChannels();
+}
+
+export function closeChannels() {
+  view.open = false;
+  view.load++;
+}
+
+async function loadChannels() {
+  const mine = ++view.load;
+  let channels;
+  try {
+    channels = await get('/api/channels');
+  } catch (error) {
+    if (mine !== view.load) return;
+    const missing = error instanceof ApiError && error.status === 404;
+    $('channels-error').textContent = missing
+      ? 'This scheduler has no alert channels (it is older than alerts).'
+      : `Could not load the channels: ${error.message}`;
+    show($('channels-error'), true);
+    $('channels-list').replaceChildren();
+    if (missing) show($('channel-form-card'), false);
+    return;
+  }
+  if (mine !== view.load) return;
+  show($('channels-error'), false);
+  const list = Array.isArray(channels) ? channels : [];
+  $('channels-list').replaceChildren(...(list.length ? list.map(channelItem)
+    : [h('li', {class: 'empty'}, 'No channels yet: alerts go nowhere. Add one below.')]));
+}
+
+function channelItem(channel) {
+  const reply = h('p', {class: 'channel-reply small', 'aria-live': 'polite'});
+  const test = h('button', {type: 'button', 'data-action': 'test'}, 'Send a test',
+    h('span', {class: 'visually-hidden'}, ` to ${channel.name}`));
+  const remove = h('button', {type: 'button', class: 'danger-quiet', 'data-action': 'delete'}, 'Delete',
+    h('span', {class: 'visually-hidden'}, ` ${channel.name}`));
+  test.addEventListener('click', async () => {
+    test.disabled = true;
+    reply.textContent = 'Sending…';
+    try {
+      const answer = await post(`/api/channels/${encodeURIComponent(channel.name)}/test`);
+      reply.textContent = `Reply: ${visible(typeof answer === 'string' ? answer : JSON.stringify(answer))}`;
+    } catch (error) {
+      reply.textContent = `Failed: ${error.message}`;
+    } finally {
+      test.disabled = false;
+    }
+  });
+  remove.addEventListener('click', async () => {
+    remove.disabled = true;
+    try {
+      await del(`/api/channels/${encodeURIComponent(channel.name)}`);
+      toast(`Deleted channel ${channel.name}.`);
+      loadChannels();
+    } catch (error) {
+      toast(`Could not delete ${channel.name}: ${error.message}`, {kind: 'error'});
+      remove.disabled = false;
+    }
+  });
+  const details = Object.entries(channel).filter(([key]) => !['name', 'kind'].includes(key))
+    .map(([key, value]) => `${key}: ${typeof value === 'object' ? JSON.stringify(value) : value}`).join(' · ');
+  return h('li', {class: 'channel', 'data-name': channel.name},
+    h('div', {class: 'channel-head'},
+      h('strong', {}, visible(channel.name)), ' ', h('span', {class: 'chip'}, visible(String(channel.kind || ''))),
+      h('span', {class: 'actions'}, test, remove)),
+    details ? h('div', {class: 'muted small'}, visible(details)) : null,
+    reply);
+}
