@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := netcat-openbsd chromium faketime
 
-.PHONY: run test lint typecheck unit bench soak debian-deps install test-install clean
+.PHONY: run test lint typecheck unit bench soak debian-deps axe install test-install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,20 @@ debian-deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-test-install: $(BIN)/python debian-deps
+# axe-core (the browser tests' accessibility checks) from the npm registry
+# into tests/.axe/ (git-ignored), with Debian's nodejs and npm where missing.
+AXE_VERSION := 4.14.1
+AXE := tests/.axe/node_modules/axe-core/axe.min.js
+
+$(AXE):
+	@command -v npm >/dev/null || { echo "installing Debian packages: nodejs npm"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	mkdir -p tests/.axe
+	npm install --silent --no-audit --no-fund --prefix tests/.axe axe-core@$(AXE_VERSION)
+
+axe: $(AXE)
+
+test-install: $(BIN)/python debian-deps $(AXE)
 	$(BIN)/pip install --quiet '.[test]'
 
 # The scheduler in the foreground, with one local worker beside it (its log

@@ -4,7 +4,7 @@
 // its visible text and ends with the task's name ("Run now backup").
 
 import {ApiError, del, patch, post} from './api.js';
-import {h} from './dom.js';
+import {h, visible} from './dom.js';
 import {jobChanged} from './job_events.js';
 import {announceJobs} from './jobs.js';
 import {runWithForm} from './run_with.js';
@@ -38,12 +38,12 @@ export async function runTask(task, overrides) {
   const result = await post(`/api/tasks/${task.id}/run`, overrides);
   const started = Array.isArray(result) ? result : [result];
   started.forEach(jobChanged);
-  announceJobs(started, task.jobName);
+  announceJobs(started, visible(task.jobName));
   return started;
 }
 
 export function renderTaskActions(task, actions, {compact = false} = {}) {
-  const name = task.jobName;
+  const name = visible(task.jobName);
   const run = button('run', 'Run now', name, (el) => busy(el, `run ${name}`, () => runTask(task)));
   const edit = button('edit', 'Edit', name, () => editTask(task.id));
   if (compact) {
@@ -72,8 +72,8 @@ export function renderTaskActions(task, actions, {compact = false} = {}) {
 function confirmDelete(task, actions) {
   const yes = h('button', {type: 'button', class: 'danger'}, 'Delete');
   const no = h('button', {type: 'button'}, 'Cancel');
-  const question = h('div', {class: 'confirm', role: 'group', 'aria-label': `Confirm deleting ${task.jobName}`},
-    h('span', {}, `Delete ${task.jobName}?`), yes, no);
+  const question = h('div', {class: 'confirm', role: 'group', 'aria-label': `Confirm deleting ${visible(task.jobName)}`},
+    h('span', {}, `Delete ${visible(task.jobName)}?`), yes, no);
   actions.replaceChildren(question);
   no.addEventListener('click', () => {
     renderTaskActions(task, actions);
@@ -84,12 +84,12 @@ function confirmDelete(task, actions) {
     try {
       await del(`/api/tasks/${task.id}`);
       removeTask(task.id);
-      toast(`Deleted ${task.jobName}.`);
+      toast(`Deleted ${visible(task.jobName)}.`);
       location.hash = '#/';
     } catch (error) {
       if (error instanceof ApiError && error.status === 404) removeTask(task.id);
       else {
-        toast(`Could not delete ${task.jobName}: ${error.message}`, {kind: 'error'});
+        toast(`Could not delete ${visible(task.jobName)}: ${error.message}`, {kind: 'error'});
         renderTaskActions(task, actions);
       }
     }

@@ -214,7 +214,7 @@ async function add(fields, reset) {
     upsertTask(task);
     reset();
     closeForm();
-    toast(`Added ${task.jobName}: ${task.description}.`, {link: [`#/tasks/${task.id}`, 'Open']});
+    toast(`Added ${visible(task.jobName)}: ${task.description}.`, {link: [`#/tasks/${task.id}`, 'Open']});
     $('task-add').focus();
   } catch (error) {
     showError('task-error', error.message);
@@ -226,7 +226,7 @@ async function saveEdit(fields, reset) {
   const {task, etag} = editing;
   const body = changes(fields, task);
   if (!Object.keys(body).length) {
-    toast(`Nothing changed in ${task.jobName}.`);
+    toast(`Nothing changed in ${visible(task.jobName)}.`);
     closeForm();
     return;
   }
@@ -234,7 +234,7 @@ async function saveEdit(fields, reset) {
     const {data} = await patch(`/api/tasks/${task.id}`, body, etag);
     upsertTask(data);
     closeForm();
-    toast(`Saved ${data.jobName}: ${Object.keys(body).join(', ')} changed.`);
+    toast(`Saved ${visible(data.jobName)}: ${Object.keys(body).join(', ')} changed.`);
     document.querySelector(`#tasks-body tr[data-id="${data.id}"] [data-action="edit"], #task-actions [data-action="edit"]`)?.focus();
   } catch (error) {
     if (error instanceof ApiError && error.status === 412) showStale(task.id);

@@ -40,7 +40,7 @@ export function openTaskPage(id, backHref) {
         h('h1', {id: 'task-title', class: 'view-title', tabindex: -1}, known ? `${visible(known.jobName)} (#${id})` : `Task #${id}`),
         h('span', {id: 'task-badges'}),
         h('div', {id: 'task-actions', class: 'task-actions job-actions'})),
-      h('p', {id: 'task-error', class: 'panel-error', role: 'alert', hidden: true}),
+      h('p', {id: 'task-page-error', class: 'panel-error', role: 'alert', hidden: true}),
       h('div', {id: 'task-panel'}),
       h('div', {id: 'task-form-slot'}),
       h('div', {class: 'task-summary'},
@@ -97,14 +97,14 @@ export async function loadTaskPage() {
   if (mine !== view.load) return;
   if (task.status === 'rejected') {
     const error = task.reason;
-    $('task-error').textContent = error instanceof ApiError && error.status === 404
+    $('task-page-error').textContent = error instanceof ApiError && error.status === 404
       ? `There is no task #${id}. Its history may still be there.`
       : `Could not load task #${id}: ${error.message}`;
-    $('task-error').append(' ', h('a', {href: `#/tasks/${id}/history`}, 'History'));
-    show($('task-error'), true);
+    $('task-page-error').append(' ', h('a', {href: `#/tasks/${id}/history`}, 'History'));
+    show($('task-page-error'), true);
     return;
   }
-  show($('task-error'), false);
+  show($('task-page-error'), false);
   if (runs.status === 'fulfilled') view.runs = runs.value.map(newest);
   renderTask(task.value);
   drawRuns();
