@@ -45,6 +45,11 @@ export function visible(text) {
   });
 }
 
+/** Like visible(), but newlines stay line breaks (a multi-line command or script). */
+export function visibleLines(text) {
+  return String(text).split('\n').map(visible).join('\n');
+}
+
 export const $ = (id) => document.getElementById(id);
 
 export function clear(el) {

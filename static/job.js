@@ -6,7 +6,7 @@
 // changes.
 
 import {ApiError, get, request} from './api.js';
-import {$, formatDuration, h, show, timeEl, visible} from './dom.js';
+import {$, formatDuration, h, show, timeEl, visible, visibleLines} from './dom.js';
 import {startClocks} from './elapsed.js';
 import {Feed} from './feed.js';
 import {cancelButton, isCancelling} from './job_cancel.js';
@@ -257,7 +257,7 @@ function renderJobDetails(data) {
     elapsed.replaceChildren();
   }
   const rows = [
-    ['Command', h('code', {id: 'job-command', class: 'wrap'}, visible(data.command))],
+    ['Command', h('code', {id: 'job-command', class: 'wrap'}, visibleLines(data.command))],
     ['Worker', data.worker ? visible(data.worker) : h('span', {class: 'muted'}, 'not assigned yet')],
     ['Target', visible(data.target)],
     ['Task', taskLink(data.taskId)],

@@ -4,7 +4,7 @@
 // Tasks table.  Kept current by task and job changes.
 
 import {ApiError, get, query} from './api.js';
-import {$, formatDuration, h, show, timeEl, visible, sameAsViewer} from './dom.js';
+import {$, formatDuration, h, sameAsViewer, show, timeEl, visible, visibleLines} from './dom.js';
 import {newest} from './job_events.js';
 import {isFinal, statusBadge, statusText} from './job_status.js';
 import {renderTaskActions} from './task_actions.js';
@@ -163,7 +163,7 @@ function optionValue(key, value, task) {
     const entries = Object.entries(value || {});
     return entries.length ? h('code', {class: 'wrap'}, visible(entries.map(([k, v]) => `${k}=${v}`).join('\n'))) : 'none';
   }
-  if (key === 'command') return h('code', {class: 'wrap'}, visible(value));
+  if (key === 'command') return h('code', {class: 'wrap'}, visibleLines(value));
   if (key === 'schedule') {
     const zone = taskZone(task);
     return h('span', {}, h('code', {}, value), ' ', task.description ? `(${task.description})` : '',
