@@ -130,13 +130,23 @@ export function zoneAbbreviation(date, zone) {
   return part ? part.value : (zone || '');
 }
 
+const todays = new Map(); // zone -> [day number, valid until (ms)]
+
+function today(zone) {
+  const now = Date.now();
+  const known = todays.get(zone || '');
+  if (known && now < known[1]) return known[0];
+  const day = dayNumber(new Date(now), zone);
+  todays.set(zone || '', [day, now + 60_000 - (now % 60_000)]);
+  return day;
+}
+
 /** A short rendering in *zone* (default: the shown zone): "14:05:09", "tomorrow 00:00", "Thu 27 Nov, 09:00". */
 export function formatTime(iso, zone = displayZone) {
   if (!iso) return '';
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return String(iso);
-  const now = new Date();
-  const days = dayNumber(date, zone) - dayNumber(now, zone);
+  const days = dayNumber(date, zone) - today(zone);
   if (days === 0) return format(date.getUTCSeconds() || date.getUTCMilliseconds() ? 'time' : 'hm', zone).format(date);
   const hm = format('hm', zone).format(date);
   if (days === 1) return `tomorrow ${hm}`;

@@ -3,7 +3,10 @@
 // own (so the browser lays out only the new block, never the whole log
 // again), the unfinished last line in a small tail block redrawn with the
 // next frame.  Whether to follow the end is decided from scroll events, not
-// by measuring the log on every chunk.  Past a size cap the oldest blocks
+// by measuring the log on every chunk, and the box is scrolled to its end
+// at the start of the next frame, when the browser's own layout of the last
+// one is still clean, rather than forcing a layout of its own right after
+// each append.  Past a size cap the oldest blocks
 // go, whatever their stream.  stdout and stderr stay apart as spans.
 // Search uses the CSS Custom Highlight API where the browser has it.
 
@@ -24,13 +27,13 @@ export class OutputView {
     this.size = 0;
     this.trimmed = 0;
     this.follow = true;
-    this.programmatic = false;
+    this.scrollOwed = false;
+    this.scrolledTo = 0; // where the box was last scrolled to its end
     box.addEventListener('scroll', () => {
-      if (this.programmatic) {
-        this.programmatic = false;
-        return;
-      }
-      const follow = box.scrollHeight - box.scrollTop - box.clientHeight < 8;
+      // Our own scroll to the end can be reported after more was appended:
+      // only a move above that point is the reader leaving the end.
+      const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 8;
+      const follow = atEnd || (this.follow && box.scrollTop >= this.scrolledTo - 2);
       if (follow !== this.follow) {
         this.follow = follow;
         this.onFollowChange(follow);
@@ -73,6 +76,10 @@ export class OutputView {
   push(stream, text) {
     if (!text) return;
     this.queue.push([stream, text]);
+    this.schedule();
+  }
+
+  schedule() {
     if (this.frame === null) this.frame = requestAnimationFrame(() => this.flush());
   }
 
@@ -80,6 +87,10 @@ export class OutputView {
   flush() {
     if (this.frame !== null) cancelAnimationFrame(this.frame);
     this.frame = null;
+    if (this.scrollOwed) {
+      this.scrollOwed = false;
+      if (this.follow) this.scrollToEnd(); // laid out already: cheap
+    }
     if (!this.queue.length) return;
     // Merge the tail's segments and the queue, neighbours of one stream joined.
     const segments = [];
@@ -116,7 +127,10 @@ export class OutputView {
       this.box.append(this.tail);
     }
     this.trim();
-    if (this.follow) this.toEnd();
+    if (this.follow) {
+      this.scrollOwed = true;
+      this.schedule();
+    }
   }
 
   block(segments) {
@@ -142,9 +156,13 @@ export class OutputView {
     }
   }
 
-  toEnd() {
-    this.programmatic = true;
+  scrollToEnd() {
     this.box.scrollTop = this.box.scrollHeight;
+    this.scrolledTo = this.box.scrollTop;
+  }
+
+  toEnd() {
+    this.scrollToEnd();
     this.setFollow(true);
   }
 

@@ -109,7 +109,12 @@ export async function loadStatusChoices() {
 }
 
 /** The Task filter's choices: every task (and the one chosen, if gone). */
+let taskNames = '';
+
 export function renderTaskChoices(tasks) {
+  const names = JSON.stringify(tasks.map((task) => [task.id, task.jobName]));
+  if (names === taskNames) return; // a next run moved on: nothing to redraw here
+  taskNames = names;
   const select = $('jobs-task');
   select.replaceChildren(h('option', {value: ''}, 'All'),
     ...tasks.map((task) => h('option', {value: String(task.id)}, `${visible(task.jobName)} (#${task.id})`)));
