@@ -70,7 +70,7 @@ function toolButton(text, attrs, onClick) {
 }
 
 function buildJobView(id, backHref) {
-  const box = h('div', {id: 'output', class: 'output', tabindex: 0, role: 'region', 'aria-labelledby': 'output-title'});
+  const box = h('div', {id: 'output', class: 'output', tabindex: 0, role: 'region', 'aria-label': `Output text of job ${id}`});
   const jump = h('button', {type: 'button', id: 'jump-end', class: 'jump', hidden: true}, 'Jump to end ↓');
   const trimmed = h('p', {id: 'output-trimmed', class: 'muted small', hidden: true});
   jobView.output = new OutputView(box, {

@@ -130,8 +130,8 @@ function diffEl(before, after) {
     h('td', {class: 'diff-new'}, after ? valueEl(key, after[key]) : null)));
   return h('table', {class: 'diff'},
     h('thead', {class: 'visually-hidden'}, h('tr', {},
-      h('th', {scope: 'col'}, 'Field'), h('th', {scope: 'col'}, before ? 'Before' : ''),
-      h('th', {scope: 'col'}, ''), h('th', {scope: 'col'}, after ? 'After' : 'Removed'))),
+      h('th', {scope: 'col'}, 'Field'), h('th', {scope: 'col'}, before ? 'Before' : 'Before (none)'),
+      h('th', {scope: 'col'}, 'Change'), h('th', {scope: 'col'}, after ? 'After' : 'Removed'))),
     h('tbody', {}, rows));
 }
 

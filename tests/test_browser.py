@@ -254,7 +254,9 @@ def test_job_statuses_read_and_look_as_their_names_say(page: Page, server: Sched
     )
     looks = page.evaluate(
         """async (statuses) => {
-            const {statusBadge} = await import('/static/job_status.js');
+            // The page's own module, whatever path the server gives its files.
+            const src = document.querySelector('script[type=module]').src;
+            const {statusBadge} = await import(new URL('./job_status.js', src).href);
             const looks = {};
             for (const status of statuses) {
                 const badge = document.body.appendChild(statusBadge(status));
