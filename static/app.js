@@ -29,6 +29,7 @@
 
 import {get, query, setTokenPrompt} from './api.js';
 import {$, formatTime, show} from './dom.js';
+import {offerChannels} from './channels.js';
 import {Feed} from './feed.js';
 import {showPageJob} from './job.js';
 import {jobChanged, onJobChange} from './job_events.js';
@@ -184,6 +185,7 @@ function boot() {
   // a handful of requests) so nothing between the two is missed.
   feed.start();
   loadAll();
+  offerChannels();
 }
 
 boot();

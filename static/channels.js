@@ -7,22 +7,26 @@ import {$, h, show, visible} from './dom.js';
 import {toast} from './toast.js';
 
 const view = {open: false, load: 0};
-const KINDS = ['webhook', 'slack', 'email', 'command'];
+// The kinds the form adds (email, with its SMTP settings, is added through the API).
+const KINDS = ['webhook', 'slack', 'discord', 'ntfy'];
+const HIDDEN_FIELDS = /secret|password|token/i;
 
 export function openChannels(backHref) {
   view.open = true;
   const name = h('input', {id: 'channel-name', type: 'text', autocomplete: 'off', spellcheck: 'false', required: true});
   const kind = h('select', {id: 'channel-kind'}, KINDS.map((k) => h('option', {value: k}, k)));
-  const target = h('input', {id: 'channel-target', type: 'text', autocomplete: 'off', spellcheck: 'false',
+  const target = h('input', {id: 'channel-target', type: 'url', autocomplete: 'off', spellcheck: 'false',
     placeholder: 'https://hooks.example.com/…', 'aria-describedby': 'channel-target-hint'});
+  const secret = h('input', {id: 'channel-secret', type: 'password', autocomplete: 'off', spellcheck: 'false'});
   const error = h('p', {id: 'channel-error', class: 'form-error', role: 'alert', hidden: true, tabindex: -1});
   const form = h('form', {id: 'channel-form', class: 'form', novalidate: true, 'aria-labelledby': 'channel-form-title'},
     h('h2', {id: 'channel-form-title'}, 'Add a channel'),
     h('div', {class: 'field-row'},
       h('div', {class: 'field'}, h('label', {for: 'channel-name'}, 'Name'), name),
       h('div', {class: 'field field-narrow'}, h('label', {for: 'channel-kind'}, 'Kind'), kind),
-      h('div', {class: 'field field-wide'}, h('label', {for: 'channel-target'}, 'Address'), target)),
-    h('span', {id: 'channel-target-hint', class: 'muted small'}, 'A URL for webhook and Slack, an address for email, a command line for command.'),
+      h('div', {class: 'field field-wide'}, h('label', {for: 'channel-target'}, 'URL'), target),
+      h('div', {class: 'field'}, h('label', {for: 'channel-secret'}, 'Secret ', h('span', {class: 'optional'}, '(signs webhooks)')), secret)),
+    h('span', {id: 'channel-target-hint', class: 'muted small'}, 'Where the alert is posted: the webhook, Slack, Discord or ntfy URL.'),
     error,
     h('div', {class: 'actions'}, h('button', {type: 'submit', class: 'primary'}, 'Add channel')));
   $('page-view').replaceChildren(
@@ -40,21 +44,31 @@ export function openChannels(backHref) {
       (field || error).focus();
     };
     if (!name.value.trim()) return fail('A channel needs a name.', name);
-    if (!target.value.trim()) return fail('A channel needs an address to send to.', target);
-    const kindName = kind.value;
-    const key = kindName === 'email' ? 'to' : (kindName === 'command' ? 'command' : 'url');
+    if (!target.value.trim()) return fail('A channel needs a URL to send to.', target);
+    const body = {name: name.value.trim(), kind: kind.value, url: target.value.trim()};
+    if (secret.value) body.secret = secret.value;
     try {
-      await post('/api/channels', {name: name.value.trim(), kind: kindName, [key]: target.value.trim()});
+      await post('/api/channels', body);
       show(error, false);
       toast(`Added channel ${name.value.trim()}.`);
       form.reset();
       loadChannels();
     } catch (problem) {
-      fail(problem.message, /name/i.test(problem.message) ? name : (/url|to|command|address/i.test(problem.message) ? target : null));
+      fail(problem.message, /name/i.test(problem.message) ? name : (/url|address/i.test(problem.message) ? target : null));
     }
     return undefined;
   });
   loadChannels();
+}
+
+/** Show the header's link to this page when the scheduler has alert channels. */
+export async function offerChannels() {
+  try {
+    await get('/api/channels');
+    show($('channels-link'), true);
+  } catch (error) {
+    show($('channels-link'), !(error instanceof ApiError && error.status === 404));
+  }
 }
 
 export function closeChannels() {
@@ -114,7 +128,7 @@ function channelItem(channel) {
       remove.disabled = false;
     }
   });
-  const details = Object.entries(channel).filter(([key]) => !['name', 'kind'].includes(key))
+  const details = Object.entries(channel).filter(([key]) => !['name', 'kind'].includes(key) && !HIDDEN_FIELDS.test(key))
     .map(([key, value]) => `${key}: ${typeof value === 'object' ? JSON.stringify(value) : value}`).join(' · ');
   return h('li', {class: 'channel', 'data-name': channel.name},
     h('div', {class: 'channel-head'},

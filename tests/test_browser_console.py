@@ -500,3 +500,88 @@ def test_axe_finds_nothing_on_any_view(browser: Browser, server: Scheduler, work
         send(server, "POST", f"/api/jobs/{running['id']}/cancel")
     print(f"axe: {runs} runs, {len(failures)} violations")
     assert failures == [], "\n".join(failures)
+
+
+# -- alerts (issue 14), against its contract ---------------------------------------------------
+
+
+def test_alert_views_degrade_and_follow_the_alerts_contract(browser: Browser, server: Scheduler) -> None:
+    """Without the alerts routes (404) the page shows nothing of them; with
+    them (answered here as issue 14's contract has it, until the alerts
+    branches are in) a task's health and a "not up" filter, the channels with
+    "Send a test", and the alerts sent for a task."""
+    task = send(server, "POST", "/api/tasks", {"schedule": "@yearly", "command": "false", "jobName": "alerting"})
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    try:
+        if api_status(server, "/api/channels") == 404:
+            open_dashboard(page, server)
+            expect(page.locator("#channels-link")).to_be_hidden()
+            page.goto(f"{server.url}/#/tasks/{task['id']}")
+            expect(page.locator("#task-title")).to_contain_text("alerting")
+            expect(page.locator("#alerts-card")).to_be_hidden()
+
+        channels = [{"name": "ops-hook", "kind": "webhook", "url": "http://127.0.0.1:9/hook", "secret": "s3cret"}]
+
+        def channel_routes(route: Route) -> None:
+            request = route.request
+            if request.method == "POST" and request.url.endswith("/test"):
+                route.fulfill(json={"delivered": True, "status": 200, "reply": "ok"})
+            elif request.method == "POST":
+                channels.append(json.loads(request.post_data or "{}"))
+                route.fulfill(status=201, json=channels[-1])
+            else:
+                route.fulfill(json=channels)
+
+        def with_health(route: Route) -> None:
+            response = route.fetch()
+            tasks = response.json()
+            for one in tasks:
+                one["health"] = "failing" if one["id"] == task["id"] else "up"
+            route.fulfill(response=response, body=json.dumps(tasks))
+
+        page.route(re.compile(r".*/api/channels.*"), channel_routes)
+        page.route(re.compile(r".*/api/tasks$"), with_health)
+        page.route(
+            re.compile(rf".*/api/tasks/{task['id']}/alerts$"),
+            lambda route: route.fulfill(json=[{
+                "event": "failed", "channel": "ops-hook", "state": "delivered",
+                "when": "2026-12-01T10:00:00+00:00", "reply": "200 ok",
+            }]),
+        )
+        open_dashboard(page, server)
+        page.get_by_label("not up").check()
+        expect(page.locator("#tasks-body tr.task")).to_have_count(1)
+        expect(page.locator("#tasks-body tr.task")).to_contain_text("failing")
+
+        page.get_by_role("link", name="Alert channels").click()
+        expect(page.locator("#channels-title")).to_be_focused()
+        item = page.locator(".channel", has_text="ops-hook")
+        expect(item).not_to_contain_text("s3cret")
+        item.get_by_role("button", name="Send a test to ops-hook").click()
+        expect(item.locator(".channel-reply")).to_contain_text('"reply":"ok"')
+        form = page.locator("#channel-form")
+        form.get_by_label("Name").fill("team-slack")
+        form.get_by_label("Kind").select_option("slack")
+        form.get_by_label("URL").fill("https://hooks.slack.example/x")
+        form.get_by_role("button", name="Add channel").click()
+        expect(page.locator(".channel", has_text="team-slack")).to_be_visible()
+
+        page.goto(f"{server.url}/#/tasks/{task['id']}")
+        alerts = page.locator("#alerts-card")
+        expect(alerts).to_be_visible()
+        expect(alerts).to_contain_text("ops-hook")
+        expect(alerts).to_contain_text("delivered")
+    finally:
+        context.close()
+
+
+def api_status(server: Scheduler, path: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.url + path, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
