@@ -453,6 +453,8 @@ def test_axe_finds_nothing_on_any_view(browser: Browser, server: Scheduler, work
         "/api/tasks",
         {"schedule": "*/10 * * * *", "command": "echo axe", "jobName": "axe-task", "retries": 1},
     )
+    paused = send(server, "POST", "/api/tasks", {"schedule": "@daily", "command": "echo paused", "jobName": "axe-paused"})
+    send(server, "POST", f"/api/tasks/{paused['id']}/pause", {"reason": "checking contrast"})
     finished = send(server, "POST", f"/api/tasks/{task['id']}/run")
     failed = run_job(server, "echo to-stderr >&2; exit 1")
     running = run_job(server, "sleep 120")
@@ -466,6 +468,7 @@ def test_axe_finds_nothing_on_any_view(browser: Browser, server: Scheduler, work
         "running-job": f"/#/jobs/{running['id']}",
         "task": f"/#/tasks/{task['id']}",
         "history": f"/#/tasks/{task['id']}/history",
+        "paused-task": f"/#/tasks/{paused['id']}",
         "channels": "/#/channels",
     }
     failures: list[str] = []
