@@ -113,7 +113,7 @@ export function setupTaskForm() {
       if (result.valid) {
         hint.dataset.state = 'valid';
         schedule.setAttribute('aria-invalid', 'false');
-        const zone = timezone.value.trim() ? result.timezone || timezone.value.trim() : null;
+        const zone = result.timezone || timezone.value.trim() || null;
         const runs = result.runs || result.next.map((at) => ({at, shifted: null}));
         hint.replaceChildren(
           h('span', {class: 'hint-ok'}, '✓ ', result.description),
@@ -336,24 +336,13 @@ function ensureTarget(target) {
 }
 
 /**
- * One of the next runs ({at, shifted}): in the task's own zone when it has
- * one ("Sun 30 Mar, 03:00 CEST"), else in this browser's; flagged when a
- * change of clocks moves it (*shifted* says how).
+ * One of the next runs ({at, shifted}) in the zone the schedule runs in
+ * (the task's own, else the scheduler's), with that zone's short name and,
+ * where this browser's zone differs, its time too; flagged when a change of
+ * clocks moves it (*shifted* says how).
  */
 function nextRunEl(run, zone) {
-  let when = timeEl(run.at);
-  if (zone) {
-    try {
-      const text = new Intl.DateTimeFormat(undefined, {
-        timeZone: zone, weekday: 'short', day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit',
-        timeZoneName: 'short',
-      }).format(new Date(run.at));
-      when = h('time', {datetime: run.at, title: `${new Date(run.at).toString()}`}, text);
-    } catch {
-      // A zone this browser does not know: its own time, then.
-    }
-  }
-  return h('span', {class: 'next-run-at'}, when,
+  return h('span', {class: 'next-run-at'}, timeEl(run.at, '', {zone, withZone: true}),
     run.shifted ? h('span', {class: 'dst-flag', title: visible(String(run.shifted))}, ' ⚠ ', visible(String(run.shifted))) : null);
 }
 
