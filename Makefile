@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := netcat-openbsd chromium faketime
 
-.PHONY: run test lint typecheck unit bench soak debian-deps axe install test-install clean
+.PHONY: run test lint typecheck unit bench soak debian-deps install test-install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,7 @@ $(AXE):
 	mkdir -p tests/.axe
 	npm install --silent --no-audit --no-fund --prefix tests/.axe axe-core@$(AXE_VERSION)
 
+.PHONY: axe
 axe: $(AXE)
 
 test-install: $(BIN)/python debian-deps $(AXE)
