@@ -25,7 +25,7 @@ export function openChannels(backHref) {
       h('div', {class: 'field'}, h('label', {for: 'channel-name'}, 'Name'), name),
       h('div', {class: 'field field-narrow'}, h('label', {for: 'channel-kind'}, 'Kind'), kind),
       h('div', {class: 'field field-wide'}, h('label', {for: 'channel-target'}, 'URL'), target),
-      h('div', {class: 'field'}, h('label', {for: 'channel-secret'}, 'Secret ', h('span', {class: 'optional'}, '(signs webhooks)')), secret)),
+      h('div', {class: 'field'}, h('label', {for: 'channel-secret'}, 'Secret ', h('span', {class: 'optional'}, '(webhook, ntfy)')), secret)),
     h('span', {id: 'channel-target-hint', class: 'muted small'}, 'Where the alert is posted: the webhook, Slack, Discord or ntfy URL.'),
     error,
     h('div', {class: 'actions'}, h('button', {type: 'submit', class: 'primary'}, 'Add channel')));
@@ -110,7 +110,9 @@ function channelItem(channel) {
     reply.textContent = 'Sending…';
     try {
       const answer = await post(`/api/channels/${encodeURIComponent(channel.name)}/test`);
-      reply.textContent = `Reply: ${visible(typeof answer === 'string' ? answer : JSON.stringify(answer))}`;
+      // {outcome, status, reply}: how it went, the receiver's status and what it said.
+      const said = [answer?.outcome, answer?.status, answer?.reply].filter((part) => part !== null && part !== undefined && part !== '');
+      reply.textContent = `Test: ${visible(said.length ? said.join(' · ') : JSON.stringify(answer))}`;
     } catch (error) {
       reply.textContent = `Failed: ${error.message}`;
     } finally {

@@ -1,5 +1,5 @@
 // "Alerts sent" on a task's page: the alert deliveries for this task
-// (GET /api/tasks/{id}/alerts: event, channel, state, when, reply).  The
+// (GET /api/tasks/{id}/alerts: event, channel, state, its times, reply).  The
 // card stays hidden on a scheduler without alerts (the route answers 404).
 
 import {ApiError, get} from './api.js';
@@ -29,9 +29,10 @@ export async function loadTaskAlerts(id) {
     h('thead', {}, h('tr', {},
       ...['When', 'Event', 'Channel', 'State', 'Reply'].map((title) => h('th', {scope: 'col'}, title)))),
     h('tbody', {}, list.map((delivery) => h('tr', {},
-      h('td', {}, timeEl(delivery.when || delivery.at)),
+      h('td', {}, timeEl(delivery.sentAt || delivery.lastAttemptAt || delivery.createdAt)),
       h('td', {}, visible(String(delivery.event ?? ''))),
       h('td', {}, visible(String(delivery.channel ?? ''))),
-      h('td', {}, h('span', {class: 'badge', 'data-state': delivery.state}, visible(String(delivery.state ?? '')))),
+      h('td', {}, h('span', {class: 'badge', 'data-state': delivery.state}, visible(String(delivery.state ?? ''))),
+        delivery.attempts > 1 ? h('span', {class: 'muted small'}, ` ${delivery.attempts} tries`) : null),
       h('td', {class: 'cmd'}, h('code', {}, visible(String(delivery.reply ?? '')))))))));
 }
