@@ -144,7 +144,9 @@ function matches(task) {
   if (!filterText) return true;
   const words = [task.jobName, task.command, task.target, task.pool, task.schedule, task.description,
     task.health, task.timezone, `#${task.id}`, ...(task.labels || [])];
-  return words.some((word) => word && String(word).toLowerCase().includes(filterText));
+  // As typed, or as shown (a control character as its escape, "\u202e").
+  return words.some((word) => word && (String(word).toLowerCase().includes(filterText)
+    || visible(String(word)).toLowerCase().includes(filterText)));
 }
 
 function render() {

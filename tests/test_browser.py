@@ -194,6 +194,7 @@ def task_row(page: Page, name: str) -> Locator:
     """The Tasks table's row of task *name*, found with the table's filter
     (the table shows its first rows only, unless filtered)."""
     page.locator("#tasks-filter").fill(name)
+    expect(page.locator("#tasks-shown")).to_contain_text("tasks match")  # the filter has applied
     return page.locator("#tasks-body tr.task", has_text=name)
 
 
