@@ -174,13 +174,14 @@ export function timeEl(iso, fallback = '—', {zone = displayZone, withZone = fa
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return h('time', {datetime: iso}, String(iso));
   let text = formatTime(iso, zone);
+  let yours = null;
   if (withZone) {
     text += ` ${zoneAbbreviation(date, zone)}`;
     if (!sameAsViewer(zone || viewerZone, date)) {
-      text += ` (${formatTime(iso, viewerZone)} yours)`;
+      yours = h('span', {class: 'yours'}, ` (${formatTime(iso, viewerZone)} yours)`);
     }
   }
-  return h('time', {datetime: iso, title: fullTime(iso, zone)}, text);
+  return h('time', {datetime: iso, title: fullTime(iso, zone)}, text, yours);
 }
 
 export function formatDuration(seconds) {
