@@ -208,8 +208,10 @@ function taskRow(task) {
       task.target && task.target !== 'any' ? h('span', {class: 'chip'}, visible(task.target)) : null,
       task.pool ? h('span', {class: 'chip'}, `pool ${visible(task.pool)}`) : null),
     h('td', {class: 'schedule-cell'},
-      h('code', {class: 'cron'}, task.schedule),
-      zone ? h('span', {class: 'chip', title: 'Time zone of the schedule'}, visible(zone)) : null,
+      // A zone of its own is named; the scheduler's is the page's (its note
+      // says which), and the next run names both.
+      h('code', {class: 'cron', title: zone ? `in ${zone}` : null}, task.schedule),
+      task.timezone ? h('span', {class: 'chip', title: 'Time zone of the schedule'}, visible(task.timezone)) : null,
       h('div', {class: 'task-desc small'}, task.description || '')),
     h('td', {class: 'next-run'}, task.paused
       ? h('span', {class: 'muted'}, 'paused')

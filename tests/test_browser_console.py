@@ -335,7 +335,7 @@ def test_times_say_their_zone_and_the_viewers(browser: Browser, server: Schedule
             "Times in Asia/Tokyo, the scheduler's time zone (yours: America/New_York)."
         )
         row = task_row(page, "zoned")
-        expect(row.locator(".schedule-cell")).to_contain_text("Europe/Berlin")
+        expect(row.locator(".schedule-cell")).to_contain_text("Europe/Berlin")  # its own zone
         # 02:00 in Berlin is 20:00 or 21:00 the evening before in New York.
         expect(row.locator(".next-run")).to_have_text(
             re.compile(r"02:00( AM)? (CET|CEST|GMT\+[12]) \(.*(08:00 PM|09:00 PM|20:00|21:00) yours\)")
