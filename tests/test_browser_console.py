@@ -564,7 +564,7 @@ def test_alert_views_degrade_and_follow_the_alerts_contract(browser: Browser, se
         expect(page.locator("#tasks-body tr.task")).to_have_count(1)
         expect(page.locator("#tasks-body tr.task")).to_contain_text("failing")
 
-        page.get_by_role("link", name="Alert channels").click()
+        page.get_by_role("link", name="Alerts", exact=True).click()
         expect(page.locator("#channels-title")).to_be_focused()
         item = page.locator(".channel", has_text="ops-hook")
         item.get_by_role("button", name="Send a test to ops-hook").click()
