@@ -11,6 +11,15 @@ export function openTaskPanel(id, form) {
   if (!host) return;
   open = {id, form};
   form.classList.add('task-panel');
+  if (!form.dataset.escapes) {
+    form.dataset.escapes = 'true';
+    form.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') {
+        event.stopPropagation();
+        closeTaskPanel(id, form);
+      }
+    });
+  }
   host.replaceChildren(form);
   form.querySelector('input, textarea, select, button')?.focus();
 }

@@ -10,7 +10,9 @@ import {statusBadge} from './job_status.js';
 import {renderTaskActions} from './task_actions.js';
 import {taskZone} from './zones.js';
 
-const ROWS = 10; // rows shown before "Show all", unless a filter is set
+// Rows shown before "Show all", unless a filter is set: fewer on a phone,
+// where each row is a small card.
+const ROWS = window.matchMedia('(max-width: 640px)').matches ? 5 : 10;
 
 const tasks = new Map(); // id -> task
 const lastResult = new Map(); // task id -> newest job of that task
