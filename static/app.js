@@ -41,7 +41,7 @@ import {setupRunForm} from './run_form.js';
 import {setupShortcuts} from './shortcuts.js';
 import {setupTaskForm} from './task_form.js';
 import {loadTaskHistory, taskHistoryChanged} from './task_history.js';
-import {loadTaskPage, showPageTask, showTaskPageJob} from './task_page.js';
+import {loadTaskPage, showPageTask, showTaskPageJob, taskPageRemoved} from './task_page.js';
 import {allTasks, loadTasks, onTasksChange, redrawTasks, removeTask, setupTasksPanel, showTaskJob, upsertTask} from './tasks.js';
 import {loadWorkers, refreshWorkersSoon, renderTargetChoices} from './workers.js';
 import {loadHealth} from './zones.js';
@@ -83,8 +83,12 @@ const feed = new Feed({
 function applyEvent(name, data) {
   switch (name) {
     case 'task':
-      if (data.change === 'removed') removeTask(data.task.id);
-      else upsertTask(data.task);
+      if (data.change === 'removed') {
+        removeTask(data.task.id);
+        taskPageRemoved(data.task.id);
+      } else {
+        upsertTask(data.task);
+      }
       taskHistoryChanged(data.task.id);
       break;
     case 'job':

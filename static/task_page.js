@@ -122,6 +122,15 @@ export function showPageTask(task) {
   }
 }
 
+/** A task was removed (live feed): if it is this page's, say so. */
+export function taskPageRemoved(id) {
+  if (view.id !== id) return;
+  $('task-page-error').replaceChildren(`This task was deleted. `, h('a', {href: `#/tasks/${id}/history`}, 'Its history'),
+    ' is kept.');
+  show($('task-page-error'), true);
+  $('task-actions').replaceChildren();
+}
+
 /** A job changed: if it is one of this task's runs, show it. */
 export function showTaskPageJob(job) {
   if (view.id === null || job.taskId !== view.id) return;
