@@ -5,7 +5,7 @@
 
 import {ApiError, get, post} from './api.js';
 import {h} from './dom.js';
-import {jobChanged} from './job_events.js';
+import {jobChanged, newest} from './job_events.js';
 import {isFinal} from './job_status.js';
 import {toast} from './toast.js';
 
@@ -22,7 +22,7 @@ export function isCancelling(job) {
 
 export async function cancelJob(job) {
   cancelling.add(job.id);
-  jobChanged({...job}); // redraw as "cancelling…" (the same record, so never older)
+  jobChanged({...newest(job)}); // redraw as "cancelling…" (the newest record seen, so never older)
   try {
     jobChanged(await post(`/api/jobs/${job.id}/cancel`));
   } catch (error) {
@@ -36,7 +36,7 @@ export async function cancelJob(job) {
       return;
     }
     cancelling.delete(job.id);
-    jobChanged({...job});
+    jobChanged({...newest(job)});
     toast(`Could not cancel job #${job.id}: ${error.message}`, {kind: 'error'});
   }
 }
