@@ -272,6 +272,10 @@ def test_the_oldest_of_250_jobs_is_reached_by_paging(page: Page, server: Schedul
     page.keyboard.press("Escape")
     expect(page).to_have_url(re.compile(rf"#/\?task={task['id']}$"))
     expect(page.locator("#dashboard-title")).to_be_focused()
+    # A job's page names its task as a link to the task's page.
+    rows.first.get_by_role("link", name=f"#{ids[-1]}").click()
+    page.locator("#job-details").get_by_role("link", name="many-runs").click()
+    expect(page.locator("#task-title")).to_have_text(f"many-runs (#{task['id']})")
 
 
 def api_total(server: Scheduler, path: str) -> int | None:
