@@ -510,6 +510,16 @@ def test_axe_finds_nothing_on_any_view(browser: Browser, server: Scheduler, work
                         if name == "add-task":
                             page.locator("#task-add").click()
                             page.locator("#task-more summary").click()
+                            # Notices too, with "Dismiss all".
+                            page.evaluate(
+                                """async () => {
+                                    const src = document.querySelector('script[type=module]').src;
+                                    const {toast} = await import(new URL('./toast.js', src).href);
+                                    toast('Added a task.', {link: ['#/', 'Open']});
+                                    toast('Could not do that.', {kind: 'error'});
+                                }"""
+                            )
+                            expect(page.get_by_role("button", name="Dismiss all")).to_be_visible()
                         if name == "job":
                             expect(page.locator("#output")).to_contain_text("to-stderr", timeout=WAIT)
                         result = page.evaluate(
