@@ -27,7 +27,21 @@ debian-deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-test-install: $(BIN)/python debian-deps
+# axe-core (the browser tests' accessibility checks) from the npm registry
+# into tests/.axe/ (git-ignored), with Debian's nodejs and npm where missing.
+AXE_VERSION := 4.14.1
+AXE := tests/.axe/node_modules/axe-core/axe.min.js
+
+$(AXE):
+	@command -v npm >/dev/null || { echo "installing Debian packages: nodejs npm"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	mkdir -p tests/.axe
+	npm install --silent --no-audit --no-fund --prefix tests/.axe axe-core@$(AXE_VERSION)
+
+.PHONY: axe
+axe: $(AXE)
+
+test-install: $(BIN)/python debian-deps $(AXE)
 	$(BIN)/pip install --quiet '.[test]'
 
 # The scheduler in the foreground, with one local worker beside it (its log

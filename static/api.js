@@ -159,3 +159,13 @@ export function query(params) {
   const text = search.toString();
   return text ? `?${text}` : '';
 }
+
+/**
+ * A JSON list and how many items match in all (its X-Total-Count header;
+ * null when the server does not say).
+ */
+export async function getCounted(path) {
+  const response = await request('GET', path);
+  const header = response.headers.get('X-Total-Count');
+  return {data: await response.json(), total: header !== null && /^\d+$/.test(header) ? Number(header) : null};
+}

@@ -1,18 +1,23 @@
 // The dashboard's wiring: one live-feed connection keeps every panel
-// current; the panels are loaded in full only at start and after each
-// (re)connect.  Each panel is a module of its own:
+// current.  The panels load at once, alongside the feed's connect (not
+// after it), and again after the first open and each reconnect, when
+// events may have been missed; moving between pages reloads nothing (a
+// job page's output comes over a feed of its own).  Each panel is a module:
 //
-//   workers.js    the Workers panel and the forms' Target choices
-//   tasks.js      the Tasks panel (next run, last result, paused or not)
-//   task_actions.js  a task's buttons;  task_pause.js "Pause…";  run_with.js "Run with…"
-//   task_form.js  "Add a task", and editing one in place (task_fields.js: its fields)
+//   jobs_now.js   Running now and Recent failures (job_cancel.js: Cancel)
+//   tasks.js      the Tasks table and its filter (task_actions.js: a task's buttons)
+//   task_form.js  "Add task", and editing one in place (task_fields.js: its fields)
+//   task_page.js  a task's page: runs, success rate, durations, next runs, options
+//                 (task_pause.js "Pause…", run_with.js "Run with…", task_panel.js, task_alerts.js)
 //   task_history.js  a task's changes, with a diff each, and "Restore this version"
+//   jobs.js       the Jobs panel: filters and paging in the address
+//   job.js        a job's page (job_output.js: the output box; run_again.js: "Run again…")
+//   workers.js    the Workers panel and the forms' Target choices
 //   maintenance.js   the maintenance switch and its banner
-//   jobs.js       the Jobs panel and its status filter
-//   job.js        a job's page with its live output (run_again.js: "Run again…")
+//   channels.js   the alert channels page
 //   run_form.js   "Run a command now"
-//   router.js     which page shows (#/, #/jobs/<id>, #/tasks/<id>/history or #/audit)
-//   access.js     what the token may do (GET /api/me): hides what it cannot;  audit.js  the audit log page
+//   router.js     which page shows;  shortcuts.js  the keys and the "?" list
+//   zones.js      the scheduler's time zone;  elapsed.js  running clocks
 //   job_status.js how a job status reads and looks;  job_events.js  "a job changed"
 //   api.js, feed.js, dom.js, toast.js   REST calls, the live feed, DOM building, notices
 //
@@ -22,39 +27,48 @@
 // so control and bidi characters show as escapes instead of reordering or
 // hiding what the operator reads.
 
-import {loadAccess} from './access.js';
-import {get, setTokenPrompt} from './api.js';
+import {get, query, setTokenPrompt} from './api.js';
 import {$, formatTime, show} from './dom.js';
+import {offerChannels} from './channels.js';
 import {Feed} from './feed.js';
-import {feedStateChanged, loadJobPage, setupJobPage, showOutput, showPageJob} from './job.js';
+import {showPageJob} from './job.js';
 import {jobChanged, onJobChange} from './job_events.js';
-import {loadJobs, loadStatusChoices, setupJobsFilter, showJob} from './jobs.js';
+import {loadJobs, loadStatusChoices, redrawJobs, renderTaskChoices, setupJobsFilter, showJob, unfilteredJobs} from './jobs.js';
+import {loadJobsNow, redrawJobsNow, showJobNow} from './jobs_now.js';
 import {loadMaintenance, maintenanceChanged, setupMaintenance} from './maintenance.js';
 import {startRouter} from './router.js';
 import {setupRunForm} from './run_form.js';
+import {setupShortcuts} from './shortcuts.js';
 import {setupTaskForm} from './task_form.js';
 import {loadTaskHistory, taskHistoryChanged} from './task_history.js';
-import {loadTasks, removeTask, showTaskJob, upsertTask} from './tasks.js';
+import {loadTaskPage, showPageTask, showTaskPageJob, taskPageRemoved} from './task_page.js';
+import {allTasks, loadTasks, onTasksChange, redrawTasks, removeTask, setupTasksPanel, showTaskJob, upsertTask} from './tasks.js';
 import {loadWorkers, refreshWorkersSoon, renderTargetChoices} from './workers.js';
+import {loadHealth} from './zones.js';
 
-// The Jobs panel, then the task's last result and next run, then the job page.
+// Running now, the Jobs panel, the task's last result, the task page, the job page.
+onJobChange(showJobNow);
 onJobChange(showJob);
 onJobChange(showTaskJob);
+onJobChange(showTaskPageJob);
 onJobChange(showPageJob);
+onTasksChange((task) => {
+  renderTaskChoices(allTasks());
+  if (task) showPageTask(task);
+});
 
-let loadedOnce = false;
 let recording = null; // events seen while a full load is in flight
 
 const feed = new Feed({
   onEvent: (name, data) => {
-    if (recording && name !== 'output') recording.push([name, data]);
+    if (recording) recording.push([name, data]);
     applyEvent(name, data);
   },
   onOpen: () => {
     setConnection('live', 'Live');
     show($('banner'), false);
-    refreshVisible();
-    loadClockStep();
+    // Subscribed now: a load from here on misses nothing.
+    loadAll();
   },
   onDown: ({reason, delay}) => {
     const needsToken = reason && /token/.test(String(reason.message));
@@ -63,16 +77,18 @@ const feed = new Feed({
       ? 'An API token is needed: reload the page to enter it.'
       : `Trying again in ${Math.round(delay / 1000)} s.`;
     show($('banner'), true);
-    feedStateChanged();
-    if (!loadedOnce) refreshVisible();
   },
 });
 
 function applyEvent(name, data) {
   switch (name) {
     case 'task':
-      if (data.change === 'removed') removeTask(data.task.id);
-      else upsertTask(data.task);
+      if (data.change === 'removed') {
+        removeTask(data.task.id);
+        taskPageRemoved(data.task.id);
+      } else {
+        upsertTask(data.task);
+      }
       taskHistoryChanged(data.task.id);
       break;
     case 'job':
@@ -80,9 +96,6 @@ function applyEvent(name, data) {
       break;
     case 'worker':
       refreshWorkersSoon();
-      break;
-    case 'output':
-      showOutput(data);
       break;
     case 'maintenance':
       maintenanceChanged(data);
@@ -98,15 +111,11 @@ function setConnection(kind, text) {
 }
 
 // The last wall clock step the scheduler's cron tick saw since it started
-// (/api/health's lastClockStep), as a muted note by the status; read on each
-// (re)connect, hidden when there has been none.
-async function loadClockStep() {
-  let step = null;
-  try {
-    step = (await get('/api/health')).lastClockStep || null;
-  } catch {
-    return; // the note stays as it was; the next connect tries again
-  }
+// (/api/health's lastClockStep), as a muted note by the status; read with
+// each load, hidden when there has been none.
+function showClockStep(health) {
+  if (!health) return;
+  const step = health.lastClockStep || null;
   const note = $('clock-step');
   note.textContent = step
     ? `clock stepped ${step.direction} ${Math.round(step.seconds)} s at ${formatTime(step.at)}`
@@ -115,15 +124,9 @@ async function loadClockStep() {
   show(note, Boolean(step));
 }
 
-function refreshVisible() {
-  loadAccess();
-  loadAll();
-  loadJobPage();
-  loadTaskHistory();
-}
-
 let loading = null;
 let loadAgain = false;
+let zoneShown = null;
 
 function loadAll() {
   if (loading) {
@@ -134,15 +137,26 @@ function loadAll() {
     do {
       loadAgain = false;
       recording = [];
-      const recentJobs = loadJobs();
+      // The time zone first (a small answer), so times are drawn once, in it.
+      const health = await loadHealth();
+      showClockStep(health);
+      const zone = health && health.timezone;
+      if (zone !== zoneShown) {
+        zoneShown = zone;
+        redrawTasks();
+        redrawJobs();
+        redrawJobsNow();
+      }
+      const jobsPanel = loadJobs();
+      const recent = jobsPanel.then(() => unfilteredJobs() || get(`/api/jobs${query({limit: 100})}`));
       await Promise.allSettled([
-        loadWorkers(), recentJobs, loadTasks(recentJobs), loadStatusChoices(), loadMaintenance(),
+        loadWorkers(), jobsPanel, loadTasks(recent), loadJobsNow(recent), loadStatusChoices(), loadMaintenance(),
+        loadTaskPage(), loadTaskHistory(),
       ]);
       const recorded = recording;
       recording = null;
       // Events that raced the snapshot are newer than it: apply them again.
       for (const [name, data] of recorded) applyEvent(name, data);
-      loadedOnce = true;
     } while (loadAgain);
   })().finally(() => {
     loading = null;
@@ -163,16 +177,19 @@ setTokenPrompt(() => new Promise((resolve) => {
 }));
 
 function boot() {
-  setupJobPage(feed);
   setupRunForm();
   setupTaskForm();
+  setupTasksPanel();
   setupMaintenance();
   setupJobsFilter();
+  setupShortcuts();
   renderTargetChoices();
-  startRouter(feed);
-  // The first onOpen (or, if the feed cannot connect, the first onDown) loads
-  // the panels; from then on the feed keeps them current.
+  startRouter();
+  // Load now, alongside the feed's connect; its open loads again (cheaply:
+  // a handful of requests) so nothing between the two is missed.
   feed.start();
+  loadAll();
+  offerChannels();
 }
 
 boot();

@@ -24,10 +24,18 @@ export class Feed {
     this.controller = null;
     this.switching = false;
     this.wake = null;
+    this.stopped = false;
   }
 
   start() {
     if (this.phase === 'idle') this.loop();
+  }
+
+  /** Close the connection for good (a job page's feed, when the page closes). */
+  stop() {
+    this.stopped = true;
+    this.controller?.abort();
+    this.wake?.();
   }
 
   get url() {
@@ -52,6 +60,7 @@ export class Feed {
 
   async loop() {
     for (;;) {
+      if (this.stopped) return;
       const controller = new AbortController();
       this.controller = controller;
       this.phase = 'connecting';
@@ -78,6 +87,7 @@ export class Feed {
       } catch (error) {
         reason = error;
       }
+      if (this.stopped) return;
       if (openedAt !== null && Date.now() - openedAt >= STABLE_AFTER) this.delay = FIRST_DELAY;
       if (controller.signal.aborted && this.switching) {
         this.switching = false;

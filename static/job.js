@@ -1,19 +1,21 @@
-// A job's page (#/jobs/<id>): its details, a Cancel button while it runs,
-// and its output, the log so far and then the live feed's output events.
+// A job's page (#/jobs/<id>): its details, Cancel while it runs, and its
+// output: the log so far, then the output events of a feed of its own
+// (/api/events?job=N), opened when the page opens so the dashboard's feed
+// never reconnects for it.  The output box (job_output.js) has wrap,
+// search, copy and download; a polite live region says when the status
+// changes.
 
-import {ApiError, get, post, request} from './api.js';
-import {$, formatDuration, h, show, timeEl, visible} from './dom.js';
-import {jobChanged} from './job_events.js';
-import {isFinal, statusBadge} from './job_status.js';
-import {notStarted} from './jobs.js';
+import {ApiError, get, request} from './api.js';
+import {$, formatDuration, h, show, timeEl, visible, visibleLines} from './dom.js';
+import {startClocks} from './elapsed.js';
+import {Feed} from './feed.js';
+import {cancelButton, isCancelling} from './job_cancel.js';
+import {newest} from './job_events.js';
+import {OutputView, highlight} from './job_output.js';
+import {isFinal, statusBadge, statusText} from './job_status.js';
+import {notStarted, taskLink} from './jobs.js';
 import {runAgainButton} from './run_again.js';
-import {taskById} from './tasks.js';
-import {toast} from './toast.js';
 import {triggerText} from './triggers.js';
-
-const OUTPUT_CAP = 2_000_000; // characters kept in the output box
-
-let feed = null;
 
 const jobView = {
   id: null,
@@ -23,58 +25,162 @@ const jobView = {
   buffer: [], // output events that arrived while the log was loading
   fromEvent: null,
   load: 0,
-  size: 0,
-  follow: true,
+  output: null,
+  feed: null,
+  said: null, // the status last announced
+  matches: [],
+  match: -1,
 };
 
-/** The live feed whose state the page reports ("live", "paused"). */
-export function setupJobPage(liveFeed) {
-  feed = liveFeed;
-}
-
-/** Build the page for job *id* (empty until loadJobPage). */
-export function openJobPage(id) {
-  Object.assign(jobView, {id, job: null, seq: 0, loading: false, buffer: [], fromEvent: null, size: 0, follow: true});
-  buildJobView(id);
+/** Build the page for job *id*, open its output feed and load it. */
+export function openJobPage(id, backHref) {
+  closeJobPage();
+  Object.assign(jobView, {id, job: null, seq: 0, loading: false, buffer: [], fromEvent: null, said: null,
+    matches: [], match: -1});
+  buildJobView(id, backHref);
+  const mine = jobView.load;
+  const feed = new Feed({
+    onEvent: (name, data) => {
+      if (name === 'output') showOutput(data);
+    },
+    // The log is read once the feed is subscribed, so no output falls between them.
+    onOpen: () => {
+      if (mine === jobView.load) loadJobPage();
+      setOutputState();
+    },
+    onDown: () => setOutputState(),
+  });
+  feed.job = id;
+  jobView.feed = feed;
+  feed.start();
 }
 
 export function closeJobPage() {
   jobView.id = null;
   jobView.load++;
+  jobView.feed?.stop();
+  jobView.feed = null;
+  highlight([], null);
 }
 
-/** The live feed went down or came back. */
-export function feedStateChanged() {
-  if (jobView.id !== null) setOutputState();
+function toolButton(text, attrs, onClick) {
+  const button = h('button', {type: 'button', class: 'tool', ...attrs}, text);
+  button.addEventListener('click', () => onClick(button));
+  return button;
 }
 
-function buildJobView(id) {
-  const output = h('pre', {id: 'output', class: 'output', tabindex: 0, 'aria-label': `Output of job ${id}`});
+function buildJobView(id, backHref) {
+  const box = h('div', {id: 'output', class: 'output', tabindex: 0, role: 'region', 'aria-label': `Output text of job ${id}`});
   const jump = h('button', {type: 'button', id: 'jump-end', class: 'jump', hidden: true}, 'Jump to end ↓');
-  output.addEventListener('scroll', () => {
-    jobView.follow = atEnd(output);
-    if (jobView.follow) show(jump, false);
+  const trimmed = h('p', {id: 'output-trimmed', class: 'muted small', hidden: true});
+  jobView.output = new OutputView(box, {
+    onFollowChange: (follow) => show(jump, !follow),
+    onTrim: (chars) => {
+      trimmed.textContent = `The first ${chars.toLocaleString()} characters are no longer shown here; Download has them all.`;
+      show(trimmed, true);
+    },
   });
   jump.addEventListener('click', () => {
-    output.scrollTop = output.scrollHeight;
-    jobView.follow = true;
-    show(jump, false);
-    output.focus();
+    jobView.output.toEnd();
+    box.focus();
   });
+  const search = h('input', {id: 'output-search', type: 'search', autocomplete: 'off', spellcheck: 'false',
+    placeholder: 'Find in output'});
+  const found = h('span', {id: 'output-found', class: 'muted small', 'aria-live': 'polite'});
+  search.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') {
+      event.preventDefault();
+      findNext(search.value, event.shiftKey ? -1 : 1);
+    }
+  });
+  search.addEventListener('input', () => {
+    jobView.matches = [];
+    jobView.match = -1;
+    found.textContent = '';
+    highlight([], null);
+  });
+  const wrap = toolButton('Wrap lines', {id: 'output-wrap', 'aria-pressed': 'false'}, (button) => {
+    const on = button.getAttribute('aria-pressed') !== 'true';
+    button.setAttribute('aria-pressed', on ? 'true' : 'false');
+    box.classList.toggle('wrap', on);
+  });
+  const copy = toolButton('Copy', {id: 'output-copy'}, async () => {
+    try {
+      await navigator.clipboard.writeText(jobView.output.text());
+      say('Output copied.');
+    } catch {
+      say('Could not copy: this browser does not allow it here.');
+    }
+  });
+  const download = toolButton('Download', {id: 'output-download'}, downloadLog);
+
   $('job-view').replaceChildren(
-    h('nav', {class: 'crumbs', 'aria-label': 'Breadcrumb'}, h('a', {href: '#/'}, '← Dashboard')),
+    h('nav', {class: 'crumbs', 'aria-label': 'Breadcrumb'}, h('a', {href: backHref}, '← Dashboard')),
     h('section', {class: 'card', 'aria-labelledby': 'job-title'},
       h('div', {class: 'job-head'},
-        h('h2', {id: 'job-title'}, `Job #${id}`),
+        h('h1', {id: 'job-title', class: 'view-title', tabindex: -1}, `Job #${id}`),
         h('span', {id: 'job-status'}),
+        h('span', {id: 'job-elapsed', class: 'muted small'}),
         h('div', {id: 'job-actions', class: 'job-actions'})),
       h('p', {id: 'job-error', class: 'panel-error', role: 'alert', hidden: true}),
       h('dl', {id: 'job-details', class: 'details'}, h('div', {}, h('dt', {}, 'Loading…')))),
     h('section', {class: 'card output-card', 'aria-labelledby': 'output-title'},
       h('div', {class: 'card-head'},
         h('h2', {id: 'output-title'}, 'Output'),
-        h('span', {id: 'output-state', class: 'muted small'})),
-      h('div', {class: 'output-wrap'}, output, jump)));
+        h('span', {id: 'output-state', class: 'muted small'}),
+        h('div', {class: 'output-tools'},
+          h('label', {for: 'output-search', class: 'visually-hidden'}, 'Find in output'),
+          search, found, wrap, copy, download)),
+      trimmed,
+      h('div', {class: 'output-wrap'}, box, jump)));
+}
+
+function say(text) {
+  $('announce').textContent = text;
+}
+
+function findNext(needle, step) {
+  const found = $('output-found');
+  jobView.output.flush();
+  if (!jobView.matches.length || jobView.needle !== needle) {
+    jobView.needle = needle;
+    jobView.matches = jobView.output.find(needle);
+    jobView.match = step > 0 ? -1 : 0;
+  }
+  const {matches} = jobView;
+  if (!matches.length) {
+    found.textContent = needle ? 'no match' : '';
+    highlight([], null);
+    return;
+  }
+  jobView.match = (jobView.match + step + matches.length) % matches.length;
+  const current = matches[jobView.match];
+  highlight(matches, current);
+  found.textContent = `${jobView.match + 1} of ${matches.length}${matches.length >= 1000 ? '+' : ''}`;
+  const block = current.startContainer.parentElement.closest('.out-block');
+  if (block) {
+    const box = $('output');
+    const rect = current.getBoundingClientRect();
+    const boxRect = box.getBoundingClientRect();
+    box.scrollTop += rect.top - boxRect.top - box.clientHeight / 2;
+  }
+}
+
+async function downloadLog() {
+  const id = jobView.id;
+  let text;
+  try {
+    const response = await request('GET', `/api/jobs/${id}/log`, {headers: {Accept: 'text/plain'}});
+    text = await response.text();
+  } catch {
+    text = jobView.output.text(); // what the page has, then
+  }
+  const url = URL.createObjectURL(new Blob([text], {type: 'text/plain'}));
+  const link = h('a', {href: url, download: `job-${id}.log`, hidden: true});
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
 /** Load the open job's details and log (nothing when no job page is open). */
@@ -93,8 +199,8 @@ export async function loadJobPage() {
     const text = await log.text();
     if (mine !== jobView.load) return;
     show($('job-error'), false);
-    renderJobDetails(jobView.fromEvent || data);
-    setOutput(text);
+    renderJobDetails(newest(jobView.fromEvent || data));
+    jobView.output.load(text);
     // Output events that came in while the log was on its way: skip what the
     // log already holds.  X-Output-Seq (if the server sends it) says exactly;
     // otherwise match the chunks against the end of the log.
@@ -136,14 +242,26 @@ export function showPageJob(job) {
 function renderJobDetails(data) {
   if (jobView.id !== data.id) return;
   jobView.job = data;
-  $('job-status').replaceChildren(statusBadge(data.status));
-  const task = data.taskId !== null ? taskById(data.taskId) : null;
+  const cancelling = isCancelling(data);
+  $('job-status').replaceChildren(cancelling
+    ? h('span', {class: 'badge', 'data-status': 'cancelling'}, 'cancelling…')
+    : statusBadge(data.status));
+  const spoken = cancelling ? 'cancelling' : statusText(data.status);
+  if (jobView.said !== null && jobView.said !== spoken) say(`Job #${data.id} is ${spoken}.`);
+  jobView.said = spoken;
+  const elapsed = $('job-elapsed');
+  if (!isFinal(data.status) && data.startedAt) {
+    elapsed.replaceChildren('running for ', h('span', {class: 'elapsed', 'data-since': data.startedAt}));
+    startClocks();
+  } else {
+    elapsed.replaceChildren();
+  }
   const rows = [
-    ['Command', h('code', {id: 'job-command', class: 'wrap'}, visible(data.command))],
+    ['Command', h('code', {id: 'job-command', class: 'wrap'}, visibleLines(data.command))],
     ['Worker', data.worker ? visible(data.worker) : h('span', {class: 'muted'}, 'not assigned yet')],
     ['Target', visible(data.target)],
-    data.taskId !== null && ['Task', task ? `${visible(task.jobName)} (#${data.taskId})` : `#${data.taskId}`],
-    data.exitCode !== null && ['Exit code', String(data.exitCode)],
+    ['Task', taskLink(data.taskId)],
+    data.exitCode !== null && data.exitCode !== undefined && ['Exit code', String(data.exitCode)],
     data.signal !== null && data.signal !== undefined && ['Signal', String(data.signal)],
     data.triggeredBy && ['Triggered by', triggerText(data.triggeredBy)],
     data.reason && ['Reason', data.reason],
@@ -161,24 +279,18 @@ function renderJobDetails(data) {
     h('div', {}, h('dt', {}, term), h('dd', {}, value))));
 
   const actions = $('job-actions');
+  const old = actions.querySelector('.cancel');
+  const hadFocus = old && old === document.activeElement;
+  old?.remove();
   if (!isFinal(data.status)) {
-    if (!actions.querySelector('.cancel')) {
-      const cancel = h('button', {type: 'button', class: 'cancel danger-quiet'}, 'Cancel job');
-      cancel.addEventListener('click', async () => {
-        cancel.disabled = true;
-        try {
-          jobChanged(await post(`/api/jobs/${data.id}/cancel`));
-        } catch (error) {
-          toast(`Could not cancel job #${data.id}: ${error.message}`, {kind: 'error'});
-          cancel.disabled = false;
-        }
-      });
-      actions.prepend(cancel);
-    }
-  } else {
-    actions.querySelector('.cancel')?.remove();
+    const cancel = cancelButton(data);
+    actions.prepend(cancel);
+    if (hadFocus) cancel.focus();
+  } else if (hadFocus) {
+    $('job-title').focus();
   }
   if (!actions.querySelector('.run-again')) actions.append(runAgainButton(() => jobView.job));
+  if (isFinal(data.status)) jobView.output.flush();
   setOutputState();
 }
 
@@ -187,26 +299,12 @@ function setOutputState() {
   if (!el || !jobView.job) return;
   const status = jobView.job.status;
   if (isFinal(status)) el.textContent = 'finished';
-  else if (feed.phase !== 'open') el.textContent = 'live view paused: reconnecting';
+  else if (!jobView.feed || jobView.feed.phase !== 'open') el.textContent = 'live view paused: reconnecting';
   else el.textContent = status === 'queued' ? 'waiting for a worker' : 'live';
 }
 
-function atEnd(el) {
-  return el.scrollHeight - el.scrollTop - el.clientHeight < 8;
-}
-
-function setOutput(text) {
-  const output = $('output');
-  output.replaceChildren();
-  jobView.size = 0;
-  if (text) appendOutput('log', text, true);
-  output.scrollTop = output.scrollHeight;
-  jobView.follow = true;
-  show($('jump-end'), false);
-}
-
-/** An output event from the live feed. */
-export function showOutput(chunk) {
+/** An output event from the job's feed. */
+function showOutput(chunk) {
   if (jobView.id !== chunk.job) return;
   if (jobView.loading) {
     jobView.buffer.push(chunk);
@@ -214,27 +312,5 @@ export function showOutput(chunk) {
   }
   if (chunk.seq <= jobView.seq) return; // shown already
   jobView.seq = chunk.seq;
-  appendOutput(chunk.stream, chunk.data);
-}
-
-function appendOutput(stream, data, initial = false) {
-  const output = $('output');
-  if (!output) return;
-  const follow = initial || atEnd(output);
-  const last = output.lastElementChild;
-  if (last && last.dataset.stream === stream) {
-    last.firstChild.appendData(data);
-  } else {
-    output.append(h('span', {class: `stream-${stream}`, 'data-stream': stream}, data));
-  }
-  jobView.size += data.length;
-  while (jobView.size > OUTPUT_CAP && output.childElementCount > 1) {
-    jobView.size -= output.firstElementChild.textContent.length;
-    output.firstElementChild.remove();
-  }
-  if (follow) {
-    output.scrollTop = output.scrollHeight;
-  } else {
-    show($('jump-end'), true);
-  }
+  jobView.output.push(chunk.stream, chunk.data);
 }

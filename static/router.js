@@ -1,93 +1,103 @@
-// Which page shows: the dashboard (#/), a job's page (#/jobs/<id>), a
-// task's history (#/tasks/<id>/history) or the audit log (#/audit), and
-// which job's output the live feed follows.
+// Which page shows: the dashboard (#/, its job filters in the address:
+// #/?status=failed&task=3), a job's page (#/jobs/<id>), a task's page
+// (#/tasks/<id>), a task's history (#/tasks/<id>/history) or the alert
+// channels (#/channels).  On each change the new view's heading takes the
+// focus, so a keyboard or screen reader user starts at the top of it.
 
-import {closeAudit, openAudit} from './audit.js';
-import {$, clear, show} from './dom.js';
-import {closeJobPage, loadJobPage, openJobPage} from './job.js';
+import {$, show} from './dom.js';
+import {closeJobPage, openJobPage} from './job.js';
+import {jobsAddress, loadJobs, setJobsFilters} from './jobs.js';
+import {closeChannels, openChannels} from './channels.js';
+import {placeTaskForm} from './task_form.js';
 import {closeTaskHistory, openTaskHistory} from './task_history.js';
+import {closeTaskPage, openTaskPage} from './task_page.js';
 
-let feed = null;
-let view = {name: 'dashboard'};
+let view = {name: null};
 let booted = false;
+let dashboardHash = '#/';
+
+const VIEWS = {dashboard: 'dashboard', job: 'job-view', task: 'task-view', history: 'task-view', channels: 'page-view'};
 
 function leave() {
-  if (view.name === 'job') {
-    closeJobPage();
-    show($('job-view'), false);
-    clear($('job-view'));
-  } else if (view.name === 'history') {
-    closeTaskHistory();
-    show($('task-view'), false);
-    clear($('task-view'));
-  } else if (view.name === 'audit') {
-    closeAudit();
-    show($('audit-view'), false);
-    clear($('audit-view'));
+  if (view.name === 'job') closeJobPage();
+  else if (view.name === 'task') closeTaskPage();
+  else if (view.name === 'history') closeTaskHistory();
+  else if (view.name === 'channels') closeChannels();
+  if (view.name && view.name !== 'dashboard') {
+    placeTaskForm($('task-form-home'));
+    $(VIEWS[view.name]).replaceChildren();
   }
+  for (const id of new Set(Object.values(VIEWS))) show($(id), false);
 }
 
-function openAuditPage() {
+/** Where "← Dashboard" and Escape lead: the dashboard as it was left. */
+export function backHref() {
+  return dashboardHash;
+}
+
+/** The page "up" from the one showing (null on the dashboard). */
+export function parentHref() {
+  if (view.name === 'history') return `#/tasks/${view.id}`;
+  return view.name === 'dashboard' ? null : dashboardHash;
+}
+
+function enter(name, id, open, title) {
+  const same = view.name === name && view.id === id;
+  if (same) return;
+  if (view.name === 'dashboard') dashboardHash = jobsAddress();
   leave();
-  view = {name: 'audit'};
-  document.title = 'Audit log · Job scheduler';
-  show($('dashboard'), false);
-  openAudit();
-  show($('audit-view'), true);
+  view = {name, id};
+  document.title = title;
+  open();
+  show($(VIEWS[name]), true);
   window.scrollTo(0, 0);
-  feed.watch(null);
+  focusHeading();
 }
 
-function openJob(id) {
-  leave();
-  view = {name: 'job', id};
-  document.title = `Job #${id} · Job scheduler`;
-  show($('dashboard'), false);
-  openJobPage(id);
-  show($('job-view'), true);
-  window.scrollTo(0, 0);
-  const willReconnect = feed.phase === 'connecting' || feed.phase === 'open';
-  feed.watch(id);
-  // A reconnect reports onOpen, which loads the page after subscribing (so no
-  // output falls between the log and the feed); otherwise load it now.
-  if (!willReconnect && booted) loadJobPage();
-}
-
-function openHistory(id) {
-  leave();
-  view = {name: 'history', id};
-  document.title = `Task #${id} history · Job scheduler`;
-  show($('dashboard'), false);
-  openTaskHistory(id);
-  show($('task-view'), true);
-  window.scrollTo(0, 0);
-  feed.watch(null);
-}
-
-function openDashboard() {
-  const wasPage = view.name !== 'dashboard';
-  leave();
-  view = {name: 'dashboard'};
-  document.title = 'Job scheduler';
-  closeJobPage();
-  show($('dashboard'), true);
-  feed.watch(null);
-  if (wasPage) window.scrollTo(0, 0);
+function focusHeading() {
+  if (!booted) return; // the first page of a visit keeps the browser's own start
+  const heading = $(VIEWS[view.name]).querySelector('h1');
+  heading?.focus({preventScroll: true});
 }
 
 function route() {
-  const job = /^#\/jobs\/(\d{1,18})$/.exec(location.hash);
-  const history = /^#\/tasks\/(\d{1,18})\/history$/.exec(location.hash);
-  if (job) openJob(Number(job[1]));
-  else if (history) openHistory(Number(history[1]));
-  else if (location.hash === '#/audit') openAuditPage();
-  else if (view.name !== 'dashboard' || !booted) openDashboard();
+  const hash = location.hash || '#/';
+  const job = /^#\/jobs\/(\d{1,18})$/.exec(hash);
+  const task = /^#\/tasks\/(\d{1,18})$/.exec(hash);
+  const history = /^#\/tasks\/(\d{1,18})\/history$/.exec(hash);
+  if (job) {
+    const id = Number(job[1]);
+    enter('job', id, () => openJobPage(id, dashboardHash), `Job #${id} · Job scheduler`);
+  } else if (task) {
+    const id = Number(task[1]);
+    enter('task', id, () => openTaskPage(id, dashboardHash), `Task #${id} · Job scheduler`);
+  } else if (history) {
+    const id = Number(history[1]);
+    enter('history', id, () => openTaskHistory(id, `#/tasks/${id}`), `Task #${id} history · Job scheduler`);
+  } else if (hash === '#/channels') {
+    enter('channels', null, () => openChannels(dashboardHash), 'Alert channels · Job scheduler');
+  } else {
+    const at = hash.indexOf('?');
+    const params = new URLSearchParams(at >= 0 ? hash.slice(at + 1) : '');
+    const changed = setJobsFilters(params);
+    dashboardHash = jobsAddress();
+    if (view.name !== 'dashboard') {
+      enter('dashboard', null, () => {}, 'Job scheduler');
+      if (changed && booted) loadJobs();
+    } else if (changed) {
+      loadJobs();
+    }
+  }
 }
 
 /** Show the page the address names, and follow the address from now on. */
-export function startRouter(liveFeed) {
-  feed = liveFeed;
+export function startRouter() {
   window.addEventListener('hashchange', route);
   route();
   booted = true;
+}
+
+/** The view showing: {name, id}. */
+export function currentView() {
+  return view;
 }

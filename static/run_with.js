@@ -2,10 +2,10 @@
 // directory, timeout, target), through POST /api/tasks/{id}/run's overrides.
 // The form starts from the task's own; only what differs is sent.
 
-import {h} from './dom.js';
+import {h, visible} from './dom.js';
 import {runTask} from './task_actions.js';
 import {FieldError, envText, parseEnv, same} from './task_fields.js';
-import {closeTaskPanel} from './tasks.js';
+import {closeTaskPanel} from './task_panel.js';
 import {renderTargetChoices} from './workers.js';
 
 let forms = 0;
@@ -22,8 +22,8 @@ export function runWithForm(task) {
   const error = h('p', {class: 'form-error', role: 'alert', hidden: true});
   const cancel = h('button', {type: 'button'}, 'Cancel');
   const submit = h('button', {type: 'submit', class: 'primary'}, 'Run once');
-  const form = h('form', {class: 'form panel-form', novalidate: true, 'aria-label': `Run ${task.jobName} with other inputs`},
-    h('h3', {}, `Run ${task.jobName} once with…`),
+  const form = h('form', {class: 'form panel-form', novalidate: true, 'aria-label': `Run ${visible(task.jobName)} with other inputs`},
+    h('h3', {}, `Run ${visible(task.jobName)} once with…`),
     h('p', {class: 'muted small'}, 'Changes here apply to this run only; the task keeps its own settings.'),
     h('div', {class: 'field'},
       h('label', {for: env.id}, 'Environment ', h('span', {class: 'optional'}, '(KEY=value, one a line)')), env),

@@ -1,18 +1,22 @@
-// A task's buttons in the Tasks panel: Run now, Run with..., Pause... or
-// Resume, Skip next (or keep it), Edit, History and Delete (which asks first).
+// A task's buttons: in the Tasks table "Run now" and "Edit"; on the task's
+// page also Run with..., Pause... or Resume, Skip next (or keep it), History
+// and Delete (which asks first).  Each button's accessible name starts with
+// its visible text and ends with the task's name ("Run now backup").
 
 import {ApiError, del, patch, post} from './api.js';
-import {h} from './dom.js';
+import {h, visible} from './dom.js';
 import {jobChanged} from './job_events.js';
 import {announceJobs} from './jobs.js';
 import {runWithForm} from './run_with.js';
 import {editTask} from './task_form.js';
+import {openTaskPanel} from './task_panel.js';
 import {pauseForm} from './task_pause.js';
-import {openTaskPanel, removeTask, upsertTask} from './tasks.js';
+import {removeTask, upsertTask} from './tasks.js';
 import {toast} from './toast.js';
 
-function button(text, label, onClick, extra = {}) {
-  const el = h('button', {type: 'button', 'aria-label': label, ...extra}, text);
+function button(key, text, name, onClick, extra = {}) {
+  const el = h('button', {type: 'button', 'data-action': key, ...extra},
+    text, h('span', {class: 'visually-hidden'}, ` ${name}`));
   el.addEventListener('click', () => onClick(el));
   return el;
 }
@@ -34,42 +38,42 @@ export async function runTask(task, overrides) {
   const result = await post(`/api/tasks/${task.id}/run`, overrides);
   const started = Array.isArray(result) ? result : [result];
   started.forEach(jobChanged);
-  announceJobs(started, task.jobName);
+  announceJobs(started, visible(task.jobName));
   return started;
 }
 
-export function renderTaskActions(task, actions) {
-  const name = task.jobName;
-  // data-needs: hidden when the token lacks that scope (access.js).
-  const run = button('Run now', `Run ${name} now`, (el) => busy(el, `run ${name}`, () => runTask(task)),
-    {'data-needs': 'run'});
-  const runWith = button('Run with…', `Run ${name} with other inputs`,
-    () => openTaskPanel(task.id, runWithForm(task)), {'data-needs': 'run'});
+export function renderTaskActions(task, actions, {compact = false} = {}) {
+  const name = visible(task.jobName);
+  const run = button('run', 'Run now', name, (el) => busy(el, `run ${name}`, () => runTask(task)));
+  const edit = button('edit', 'Edit', name, () => editTask(task.id));
+  if (compact) {
+    actions.replaceChildren(run, edit);
+    return;
+  }
+  const runWith = button('run-with', 'Run with…', name, () => openTaskPanel(task.id, runWithForm(task)));
   const pause = task.paused
-    ? button('Resume', `Resume ${name}`, (el) => busy(el, `resume ${name}`, async () => {
+    ? button('resume', 'Resume', name, (el) => busy(el, `resume ${name}`, async () => {
       upsertTask(await post(`/api/tasks/${task.id}/resume`));
       toast(`Resumed ${name}.`);
-    }), {'data-needs': 'write'})
-    : button('Pause…', `Pause ${name}`, () => openTaskPanel(task.id, pauseForm(task)), {'data-needs': 'write'});
-  const skip = button(task.skipNext ? 'Don’t skip' : 'Skip next',
-    task.skipNext ? `Run ${name}'s next run after all` : `Skip ${name}'s next run`,
+    }))
+    : button('pause', 'Pause…', name, () => openTaskPanel(task.id, pauseForm(task)));
+  const skip = button('skip', task.skipNext ? 'Don’t skip' : 'Skip next', `${name}'s next run`,
     (el) => busy(el, `change ${name}`, async () => {
       const {data} = await patch(`/api/tasks/${task.id}`, {skipNext: !task.skipNext});
       upsertTask(data);
       toast(data.skipNext ? `${name} skips its next run only.` : `${name} runs next time as usual.`);
-    }), {'aria-pressed': task.skipNext ? 'true' : 'false', 'data-needs': 'write'});
-  const edit = button('Edit', `Edit ${name}`, () => editTask(task.id), {'data-needs': 'write'});
-  const history = h('a', {href: `#/tasks/${task.id}/history`, class: 'button-link', 'aria-label': `History of ${name}`},
-    'History');
-  const remove = button('Delete', `Delete ${name}`, () => confirmDelete(task, actions), {class: 'danger-quiet', 'data-needs': 'write'});
+    }), {'aria-pressed': task.skipNext ? 'true' : 'false'});
+  const history = h('a', {href: `#/tasks/${task.id}/history`, class: 'button-link', 'data-action': 'history'},
+    'History', h('span', {class: 'visually-hidden'}, ` of ${name}`));
+  const remove = button('delete', 'Delete', name, () => confirmDelete(task, actions), {class: 'danger-quiet'});
   actions.replaceChildren(run, runWith, pause, skip, edit, history, remove);
 }
 
 function confirmDelete(task, actions) {
   const yes = h('button', {type: 'button', class: 'danger'}, 'Delete');
   const no = h('button', {type: 'button'}, 'Cancel');
-  const question = h('div', {class: 'confirm', role: 'group', 'aria-label': `Confirm deleting ${task.jobName}`},
-    h('span', {}, `Delete ${task.jobName}?`), yes, no);
+  const question = h('div', {class: 'confirm', role: 'group', 'aria-label': `Confirm deleting ${visible(task.jobName)}`},
+    h('span', {}, `Delete ${visible(task.jobName)}?`), yes, no);
   actions.replaceChildren(question);
   no.addEventListener('click', () => {
     renderTaskActions(task, actions);
@@ -80,11 +84,12 @@ function confirmDelete(task, actions) {
     try {
       await del(`/api/tasks/${task.id}`);
       removeTask(task.id);
-      toast(`Deleted ${task.jobName}.`);
+      toast(`Deleted ${visible(task.jobName)}.`);
+      location.hash = '#/';
     } catch (error) {
       if (error instanceof ApiError && error.status === 404) removeTask(task.id);
       else {
-        toast(`Could not delete ${task.jobName}: ${error.message}`, {kind: 'error'});
+        toast(`Could not delete ${visible(task.jobName)}: ${error.message}`, {kind: 'error'});
         renderTaskActions(task, actions);
       }
     }

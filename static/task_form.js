@@ -1,11 +1,13 @@
-// The task form: "Add a task", and the same form editing a task in place.
+// The task form: "Add task" opens it at the top of the Tasks panel, and
+// the same form edits a task in place (on the dashboard, or on the task's
+// page, where it moves).
 // An edit sends only the fields that changed, as a PATCH with If-Match (the
 // ETag read when the edit began): if the task was changed elsewhere since,
 // the server answers 412 and nothing is overwritten.  The schedule is
 // checked, in the task's time zone, while it is typed.
 
 import {ApiError, get, getVersioned, patch, post, query} from './api.js';
-import {$, debounce, h, show, showError, timeEl, visible} from './dom.js';
+import {$, debounce, enterSubmits, h, show, showError, timeEl, visible} from './dom.js';
 import {
   FieldError, changes, clearFields, fillFields, inputOf, nonDefaults, optionsSummary, readFields,
 } from './task_fields.js';
@@ -18,8 +20,70 @@ const STALE = 'This task was changed elsewhere; reload it to see the change. Not
 let editing = null;
 let checkSchedule = () => {};
 
+/** Keep the form in *host* (the dashboard's Tasks panel, or a task's page); it closes. */
+export function placeTaskForm(host) {
+  const form = $('task-form');
+  if (form.parentElement === host) return;
+  if (editing || !form.hidden) closeForm();
+  host.append(form);
+}
+
+let closeForm = () => {};
+
+/** Open the empty form to add a task, its first field focused. */
+export function openAddForm() {
+  const form = $('task-form');
+  placeTaskForm($('task-form-home'));
+  if (editing) closeForm();
+  show(form, true);
+  $('task-add').setAttribute('aria-expanded', 'true');
+  form.scrollIntoView({block: 'nearest'});
+  $('task-schedule').focus();
+}
+
+// A server error names a field: the first input it names gets the focus.
+const ERROR_FIELDS = [
+  [/schedule|cron|minute|hour|day|month|weekday|field|@/i, 'task-schedule'],
+  [/time ?zone/i, 'task-timezone'],
+  [/command/i, 'task-command'],
+  [/job ?name|name/i, 'task-name'],
+  [/target|worker|label/i, 'task-target'],
+  [/env/i, 'task-env'],
+  [/cwd|directory/i, 'task-cwd'],
+  [/retry ?delay|retryDelay/i, 'task-retry-delay'],
+  [/retries/i, 'task-retries'],
+  [/timeout/i, 'task-timeout'],
+  [/jitter/i, 'task-jitter'],
+  [/missedCap|caught/i, 'task-missed-cap'],
+  [/missed/i, 'task-missed'],
+  [/overlap/i, 'task-overlap'],
+  [/maxConcurrent|at once/i, 'task-max-concurrent'],
+  [/pool/i, 'task-pool'],
+];
+
+function focusBadField(message) {
+  for (const [pattern, id] of ERROR_FIELDS) {
+    if (pattern.test(message)) {
+      const input = $(id);
+      if ($('task-more').contains(input)) $('task-more').open = true;
+      input.setAttribute('aria-invalid', 'true');
+      input.focus();
+      return;
+    }
+  }
+  $('task-error').focus();
+}
+
 export function setupTaskForm() {
   const form = $('task-form');
+  enterSubmits(form);
+  $('task-error').setAttribute('tabindex', '-1');
+  $('task-add').setAttribute('aria-expanded', 'false');
+  $('task-add').setAttribute('aria-controls', 'task-form');
+  $('task-add').addEventListener('click', () => {
+    if (!form.hidden && !editing && form.parentElement === $('task-form-home')) closeForm();
+    else openAddForm();
+  });
   const schedule = $('task-schedule');
   const timezone = $('task-timezone');
   const hint = $('schedule-hint');
@@ -49,7 +113,7 @@ export function setupTaskForm() {
       if (result.valid) {
         hint.dataset.state = 'valid';
         schedule.setAttribute('aria-invalid', 'false');
-        const zone = timezone.value.trim() ? result.timezone || timezone.value.trim() : null;
+        const zone = result.timezone || timezone.value.trim() || null;
         const runs = result.runs || result.next.map((at) => ({at, shifted: null}));
         hint.replaceChildren(
           h('span', {class: 'hint-ok'}, '✓ ', result.description),
@@ -89,10 +153,26 @@ export function setupTaskForm() {
     $('task-more-summary').textContent = '';
   };
 
-  $('task-form-cancel').addEventListener('click', () => {
-    const row = editing && document.querySelector(`#tasks-list li.task[data-id="${editing.task.id}"]`);
+  closeForm = () => {
+    const wasEditing = editing ? editing.task.id : null;
     endEdit(reset);
-    row?.querySelector('button')?.focus();
+    show(form, false);
+    $('task-add').setAttribute('aria-expanded', 'false');
+    for (const el of form.querySelectorAll('[aria-invalid="true"]')) el.removeAttribute('aria-invalid');
+    return wasEditing;
+  };
+  $('task-form-cancel').addEventListener('click', () => {
+    const id = closeForm();
+    const back = id !== null
+      ? document.querySelector(`#tasks-body tr[data-id="${id}"] [data-action="edit"], #task-actions [data-action="edit"]`)
+      : $('task-add');
+    back?.focus();
+  });
+  form.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') {
+      event.stopPropagation();
+      $('task-form-cancel').click();
+    }
   });
 
   form.addEventListener('submit', async (event) => {
@@ -104,6 +184,7 @@ export function setupTaskForm() {
       if (!(error instanceof FieldError)) throw error;
       showError('task-error', error.message);
       $('task-more').open = true;
+      inputOf(error.field).setAttribute('aria-invalid', 'true');
       inputOf(error.field).focus();
       return;
     }
@@ -132,9 +213,12 @@ async function add(fields, reset) {
     const task = await post('/api/tasks', body);
     upsertTask(task);
     reset();
-    toast(`Added ${task.jobName}: ${task.description}.`);
+    closeForm();
+    toast(`Added ${visible(task.jobName)}: ${task.description}.`, {link: [`#/tasks/${task.id}`, 'Open']});
+    $('task-add').focus();
   } catch (error) {
     showError('task-error', error.message);
+    focusBadField(error.message);
   }
 }
 
@@ -142,20 +226,24 @@ async function saveEdit(fields, reset) {
   const {task, etag} = editing;
   const body = changes(fields, task);
   if (!Object.keys(body).length) {
-    toast(`Nothing changed in ${task.jobName}.`);
-    endEdit(reset);
+    toast(`Nothing changed in ${visible(task.jobName)}.`);
+    closeForm();
     return;
   }
   try {
     const {data} = await patch(`/api/tasks/${task.id}`, body, etag);
     upsertTask(data);
-    endEdit(reset);
-    toast(`Saved ${data.jobName}: ${Object.keys(body).join(', ')} changed.`);
+    closeForm();
+    toast(`Saved ${visible(data.jobName)}: ${Object.keys(body).join(', ')} changed.`);
+    document.querySelector(`#tasks-body tr[data-id="${data.id}"] [data-action="edit"], #task-actions [data-action="edit"]`)?.focus();
   } catch (error) {
     if (error instanceof ApiError && error.status === 412) showStale(task.id);
     else if (error instanceof ApiError && error.status === 404) {
       showError('task-error', `${task.jobName} was deleted elsewhere; nothing was saved.`);
-    } else showError('task-error', error.message);
+    } else {
+      showError('task-error', error.message);
+      focusBadField(error.message);
+    }
   }
 }
 
@@ -180,9 +268,12 @@ export async function editTask(id) {
     return;
   }
   const task = read.data;
+  const form = $('task-form');
+  const slot = $('task-form-slot');
+  placeTaskForm(slot && slot.isConnected && !$('task-view').hidden ? slot : $('task-form-home'));
   editing = {task, etag: read.etag};
   markEditing();
-  const form = $('task-form');
+  show(form, true);
   form.dataset.mode = 'edit';
   $('task-form-title').textContent = `Edit ${visible(task.jobName)} (#${task.id})`;
   const note = $('task-form-note');
@@ -190,7 +281,6 @@ export async function editTask(id) {
     + 'If someone changes it meanwhile, nothing is overwritten.';
   show(note, true);
   $('task-submit').textContent = 'Save changes';
-  show($('task-form-cancel'), true);
   showError('task-error', null);
   delete $('task-error').dataset.stale;
   ensureTarget(task.target);
@@ -199,7 +289,7 @@ export async function editTask(id) {
   $('task-more-summary').textContent = more;
   $('task-more').open = Boolean(more);
   checkSchedule();
-  form.scrollIntoView({block: 'start', behavior: 'smooth'});
+  form.scrollIntoView({block: 'nearest'});
   $('task-schedule').focus({preventScroll: true});
 }
 
@@ -210,7 +300,7 @@ export function editingId() {
 
 /** Mark the row of the task being edited (and only it). */
 function markEditing() {
-  for (const row of document.querySelectorAll('#tasks-list li.task')) {
+  for (const row of document.querySelectorAll('#tasks-body tr.task')) {
     if (editing && Number(row.dataset.id) === editing.task.id) row.dataset.editing = 'true';
     else delete row.dataset.editing;
   }
@@ -224,7 +314,6 @@ function endEdit(reset) {
   $('task-form-title').textContent = 'Add a task';
   show($('task-form-note'), false);
   $('task-submit').textContent = 'Add task';
-  show($('task-form-cancel'), false);
   showError('task-error', null);
   delete $('task-error').dataset.stale;
   reset();
@@ -247,24 +336,13 @@ function ensureTarget(target) {
 }
 
 /**
- * One of the next runs ({at, shifted}): in the task's own zone when it has
- * one ("Sun 30 Mar, 03:00 CEST"), else in this browser's; flagged when a
- * change of clocks moves it (*shifted* says how).
+ * One of the next runs ({at, shifted}) in the zone the schedule runs in
+ * (the task's own, else the scheduler's), with that zone's short name and,
+ * where this browser's zone differs, its time too; flagged when a change of
+ * clocks moves it (*shifted* says how).
  */
 function nextRunEl(run, zone) {
-  let when = timeEl(run.at);
-  if (zone) {
-    try {
-      const text = new Intl.DateTimeFormat(undefined, {
-        timeZone: zone, weekday: 'short', day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit',
-        timeZoneName: 'short',
-      }).format(new Date(run.at));
-      when = h('time', {datetime: run.at, title: `${new Date(run.at).toString()}`}, text);
-    } catch {
-      // A zone this browser does not know: its own time, then.
-    }
-  }
-  return h('span', {class: 'next-run-at'}, when,
+  return h('span', {class: 'next-run-at'}, timeEl(run.at, '', {zone, withZone: true}),
     run.shifted ? h('span', {class: 'dst-flag', title: visible(String(run.shifted))}, ' ⚠ ', visible(String(run.shifted))) : null);
 }
 

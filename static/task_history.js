@@ -26,14 +26,14 @@ const ACTIONS = {add: 'added', edit: 'edited', pause: 'paused', resume: 'resumed
 
 const view = {id: null, load: 0, revisions: []};
 
-export function openTaskHistory(id) {
+export function openTaskHistory(id, backHref) {
   Object.assign(view, {id, revisions: []});
   const list = h('ol', {id: 'revisions', class: 'revisions', 'aria-live': 'polite'}, h('li', {class: 'empty'}, 'Loading…'));
   $('task-view').replaceChildren(
-    h('nav', {class: 'crumbs', 'aria-label': 'Breadcrumb'}, h('a', {href: '#/'}, '← Dashboard')),
+    h('nav', {class: 'crumbs', 'aria-label': 'Breadcrumb'}, h('a', {href: backHref}, '← Task')),
     h('section', {class: 'card', 'aria-labelledby': 'history-title'},
       h('div', {class: 'card-head'},
-        h('h2', {id: 'history-title'}, `History of task #${id}`)),
+        h('h1', {id: 'history-title', class: 'view-title', tabindex: -1}, `History of task #${id}`)),
       h('p', {class: 'muted small history-intro'},
         'Every change to this task, newest first. Restoring a version changes the task back to it, '
         + 'in place, and is kept here as a change of its own.'),
@@ -130,8 +130,8 @@ function diffEl(before, after) {
     h('td', {class: 'diff-new'}, after ? valueEl(key, after[key]) : null)));
   return h('table', {class: 'diff'},
     h('thead', {class: 'visually-hidden'}, h('tr', {},
-      h('th', {scope: 'col'}, 'Field'), h('th', {scope: 'col'}, before ? 'Before' : ''),
-      h('th', {scope: 'col'}, ''), h('th', {scope: 'col'}, after ? 'After' : 'Removed'))),
+      h('th', {scope: 'col'}, 'Field'), h('th', {scope: 'col'}, before ? 'Before' : 'Before (none)'),
+      h('th', {scope: 'col'}, 'Change'), h('th', {scope: 'col'}, after ? 'After' : 'Removed'))),
     h('tbody', {}, rows));
 }
 

@@ -2,8 +2,9 @@
 // resume at (the task then resumes by itself) and an optional reason.
 
 import {post} from './api.js';
-import {h} from './dom.js';
-import {closeTaskPanel, upsertTask} from './tasks.js';
+import {h, visible} from './dom.js';
+import {closeTaskPanel} from './task_panel.js';
+import {upsertTask} from './tasks.js';
 import {toast} from './toast.js';
 
 let forms = 0;
@@ -18,8 +19,8 @@ export function pauseForm(task) {
   const error = h('p', {class: 'form-error', role: 'alert', hidden: true});
   const cancel = h('button', {type: 'button'}, 'Cancel');
   const submit = h('button', {type: 'submit', class: 'primary'}, 'Pause');
-  const form = h('form', {class: 'form panel-form', novalidate: true, 'aria-label': `Pause ${task.jobName}`},
-    h('h3', {}, `Pause ${task.jobName}`),
+  const form = h('form', {class: 'form panel-form', novalidate: true, 'aria-label': `Pause ${visible(task.jobName)}`},
+    h('h3', {}, `Pause ${visible(task.jobName)}`),
     h('p', {class: 'muted small'}, 'It does not fire while paused; its next run stays computed for when it resumes.'),
     h('div', {class: 'field-row'},
       h('div', {class: 'field'},
@@ -49,7 +50,7 @@ export function pauseForm(task) {
       const paused = await post(`/api/tasks/${task.id}/pause`, body);
       closeTaskPanel(task.id, form);
       upsertTask(paused);
-      toast(`Paused ${paused.jobName}${body.until ? ' until the time set' : ''}.`);
+      toast(`Paused ${visible(paused.jobName)}${body.until ? ' until the time set' : ''}.`);
     } catch (problem) {
       fail(problem.message);
     } finally {

@@ -1,58 +1,120 @@
-// The Tasks panel: each task with its schedule, next run and last result,
-// whether it is paused (until when, why) or skips its next run, and its
-// buttons (task_actions.js).  A row is rebuilt whenever its task changes; a
-// form opened in it (pause, run with...) is carried over to the new row.
+// The Tasks panel: a compact table, one row a task (its name linking to its
+// page, schedule with its time zone, next run, last result, health), with a
+// filter and "Run now" / "Edit" on each row.  The other actions are on the
+// task's own page (task_page.js).  A row is rebuilt whenever its task changes.
 
 import {ApiError, get, query} from './api.js';
-import {$, clear, debounce, h, showError, timeEl, visible} from './dom.js';
+import {$, debounce, h, show, showError, timeEl, visible} from './dom.js';
+import {newest} from './job_events.js';
 import {statusBadge} from './job_status.js';
 import {renderTaskActions} from './task_actions.js';
-import {editingId} from './task_form.js';
+import {taskZone} from './zones.js';
+
+// Rows shown before "Show all", unless a filter is set: fewer on a phone,
+// where each row is a small card.
+const ROWS = window.matchMedia('(max-width: 640px)').matches ? 5 : 10;
 
 const tasks = new Map(); // id -> task
-const taskRows = new Map(); // id -> <li>
 const lastResult = new Map(); // task id -> newest job of that task
-const panels = new Map(); // task id -> the form open under its row
+const changeListeners = [];
+let filterText = '';
+let notUpOnly = false;
+let showAll = false;
 
 export function taskById(id) {
   return tasks.get(id);
 }
 
-/** Load the list again; *recentJobs* (a promise) spares a query per task for the newest job. */
-export async function loadTasks(recentJobs) {
-  const [list, known] = await Promise.allSettled([get('/api/tasks'), recentJobs]);
-  if (list.status === 'fulfilled') {
-    await loadLastResults(list.value, known.status === 'fulfilled' ? known.value : []);
-    setTasks(list.value);
-    showError('tasks-error', null);
-  } else {
-    showError('tasks-error', `Could not load the tasks: ${list.reason.message}`);
-  }
+export function allTasks() {
+  return [...tasks.values()].sort((a, b) => a.id - b.id);
 }
 
-/** The newest job of each task: from *known* jobs, else one query per task. */
+/** *listener*(task or null) after any task is added, changed or removed. */
+export function onTasksChange(listener) {
+  changeListeners.push(listener);
+}
+
+function changed(task) {
+  for (const listener of changeListeners) listener(task);
+}
+
+export function setupTasksPanel() {
+  const filter = $('tasks-filter');
+  filter.addEventListener('input', debounce(() => {
+    filterText = filter.value.trim().toLowerCase();
+    render();
+  }, 120));
+  $('tasks-not-up').addEventListener('change', (event) => {
+    notUpOnly = event.target.checked;
+    render();
+  });
+  $('tasks-all').addEventListener('click', () => {
+    showAll = !showAll;
+    render();
+  });
+}
+
+/**
+ * Load the list again.  Each task carries its newest job (`lastJob`); from
+ * a scheduler that does not send it, *recentJobs* (a promise) and then one
+ * query per task still missing fill it in.
+ */
+export async function loadTasks(recentJobs) {
+  let list;
+  try {
+    list = await get('/api/tasks');
+  } catch (error) {
+    showError('tasks-error', `Could not load the tasks: ${error.message}`);
+    return;
+  }
+  if (list.length && !list.some((task) => 'lastJob' in task)) {
+    let known = [];
+    try {
+      known = await recentJobs;
+    } catch {
+      // the per-task queries below cover it
+    }
+    await loadLastResults(list, known);
+  }
+  tasks.clear();
+  for (const task of list) remember(task);
+  showError('tasks-error', null);
+  render();
+  changed(null);
+}
+
 async function loadLastResults(list, known) {
-  const newest = new Map();
+  const found = new Map();
   for (const job of known) {
-    if (job.taskId !== null && !(newest.get(job.taskId)?.id > job.id)) newest.set(job.taskId, job);
+    if (job.taskId !== null && !(found.get(job.taskId)?.id > job.id)) found.set(job.taskId, job);
   }
   await Promise.all(list.map(async (task) => {
-    if (newest.has(task.id)) return;
+    if (found.has(task.id)) return;
     try {
       const [job] = await get(`/api/jobs${query({task: task.id, limit: 1})}`);
-      if (job) newest.set(task.id, job);
+      if (job) found.set(task.id, job);
     } catch {
       // Leave it unknown; the next job event fills it in.
     }
   }));
-  for (const [taskId, job] of newest) rememberResult(taskId, job);
+  for (const [taskId, job] of found) rememberResult(taskId, job);
+}
+
+function remember(task) {
+  tasks.set(task.id, task);
+  if (task.lastJob) rememberResult(task.id, task.lastJob);
 }
 
 function rememberResult(taskId, job) {
   const before = lastResult.get(taskId);
   if (before && before.id > job.id) return false;
-  lastResult.set(taskId, job);
+  lastResult.set(taskId, newest(job));
   return true;
+}
+
+/** The newest job known of task *id* (or undefined). */
+export function lastJobOf(id) {
+  return lastResult.get(id);
 }
 
 /** A job changed: its task's last result, and its next run once it has fired. */
@@ -60,114 +122,114 @@ export function showTaskJob(job) {
   if (job.taskId === null || job.taskId === undefined) return;
   const isNew = (lastResult.get(job.taskId)?.id ?? 0) < job.id;
   if (rememberResult(job.taskId, job)) {
-    const cell = taskRows.get(job.taskId)?.querySelector('.last-result');
+    const cell = $('tasks-body').querySelector(`tr[data-id="${job.taskId}"] .last-result`);
     if (cell) cell.replaceChildren(lastResultEl(job.taskId));
   }
   if (isNew && tasks.has(job.taskId)) refreshTaskSoon(job.taskId);
 }
 
-function setTasks(list) {
-  tasks.clear();
-  taskRows.clear();
-  clear($('tasks-list'));
-  for (const task of list) upsertTask(task);
-  renderTasksEmpty();
-}
-
-function renderTasksEmpty() {
-  const list = $('tasks-list');
-  list.querySelector(':scope > .empty')?.remove();
-  $('tasks-count').textContent = String(tasks.size);
-  if (!tasks.size) list.append(h('li', {class: 'empty'}, 'No tasks yet. Add one below.'));
-}
-
 export function upsertTask(task) {
-  tasks.set(task.id, task);
-  const row = taskRow(task);
-  const old = taskRows.get(task.id);
-  taskRows.set(task.id, row);
-  if (old) {
-    old.replaceWith(row);
-  } else {
-    const list = $('tasks-list');
-    const after = [...taskRows.keys()].filter((id) => id > task.id && id !== task.id)
-      .sort((a, b) => a - b)[0];
-    const next = after === undefined ? null : taskRows.get(after);
-    list.insertBefore(row, next && next.isConnected ? next : null);
-  }
-  renderTasksEmpty();
+  remember(task);
+  render();
+  changed(task);
 }
 
 export function removeTask(id) {
   tasks.delete(id);
-  taskRows.get(id)?.remove();
-  taskRows.delete(id);
-  panels.delete(id);
-  renderTasksEmpty();
+  rowCache.delete(id);
+  render();
+  changed(null);
 }
 
-/** Show *form* under task *id*'s row (replacing any other form there). */
-export function openTaskPanel(id, form) {
-  const row = taskRows.get(id);
-  if (!row) return;
-  row.querySelector(':scope > .task-panel')?.remove();
-  panels.set(id, form);
-  form.classList.add('task-panel');
-  row.append(form);
-  form.querySelector('input, textarea, select, button')?.focus();
+function matches(task) {
+  if (notUpOnly && (!task.health || task.health === 'up')) return false;
+  if (!filterText) return true;
+  const words = [task.jobName, task.command, task.target, task.pool, task.schedule, task.description,
+    task.health, task.timezone, `#${task.id}`, ...(task.labels || [])];
+  // As typed, or as shown (a control character as its escape, "\u202e").
+  return words.some((word) => word && (String(word).toLowerCase().includes(filterText)
+    || visible(String(word)).toLowerCase().includes(filterText)));
 }
 
-export function closeTaskPanel(id, form = null) {
-  const open = panels.get(id);
-  if (!open || (form && open !== form)) return;
-  panels.delete(id);
-  open.remove();
+function render() {
+  const all = allTasks();
+  const hasHealth = all.some((task) => task.health);
+  show($('tasks-not-up').closest('label'), hasHealth);
+  if (!hasHealth) notUpOnly = false;
+  const matching = all.filter(matches);
+  const filtered = Boolean(filterText || notUpOnly);
+  const shown = filtered || showAll ? matching : matching.slice(0, ROWS);
+  const body = $('tasks-body');
+  // A rebuilt row keeps the keyboard focus where it was (same task, same button).
+  const focused = body.contains(document.activeElement) ? document.activeElement : null;
+  const focusRow = focused?.closest('tr')?.dataset.id;
+  const focusKey = focused?.dataset.action || (focused?.matches('a.task-name') ? 'name' : null);
+  body.replaceChildren(...shown.map(rowOf));
+  if (focusRow && focusKey) {
+    const again = body.querySelector(`tr[data-id="${focusRow}"] ${focusKey === 'name' ? 'a.task-name' : `[data-action="${focusKey}"]`}`);
+    again?.focus();
+  }
+  $('tasks-count').textContent = String(all.length);
+  show($('tasks-table'), shown.length > 0);
+  show($('tasks-empty'), shown.length === 0);
+  $('tasks-empty').textContent = all.length ? 'No task matches the filter.' : 'No tasks yet. Add one with “Add task”.';
+  const more = !filtered && matching.length > ROWS;
+  show($('tasks-all'), more);
+  $('tasks-all').textContent = showAll ? `Show the first ${ROWS}` : `Show all ${matching.length} tasks`;
+  $('tasks-shown').textContent = filtered
+    ? `${matching.length} of ${all.length} tasks match.`
+    : (more && !showAll ? `Showing ${ROWS} of ${matching.length} tasks.` : '');
 }
 
-function taskRow(task) {
-  const actions = h('div', {class: 'task-actions'});
-  const pausedNote = task.paused
-    ? h('div', {class: 'pause-note'},
-      h('span', {class: 'badge badge-paused'}, 'Paused'),
-      task.pausedUntil ? h('span', {}, ' until ', timeEl(task.pausedUntil)) : h('span', {class: 'muted'}, ' until resumed'),
-      task.pauseReason ? h('span', {class: 'pause-reason'}, ' — ', visible(task.pauseReason)) : null)
-    : null;
-  const row = h('li', {
-    class: 'task', 'data-id': task.id, 'data-paused': task.paused ? 'true' : null,
-    'data-editing': editingId() === task.id ? 'true' : null,
-  },
-  h('div', {class: 'task-body'},
-    h('div', {class: 'task-main'},
-      h('div', {class: 'task-title'},
-        h('span', {class: 'task-name'}, visible(task.jobName)),
-        h('span', {class: 'muted small'}, ` #${task.id}`),
-        task.target && task.target !== 'any' ? h('span', {class: 'chip'}, visible(task.target)) : null,
-        task.timezone ? h('span', {class: 'chip', title: 'Time zone of the schedule'}, visible(task.timezone)) : null,
-        task.pool ? h('span', {class: 'chip', title: 'Pool'}, `pool ${visible(task.pool)}`) : null,
-        task.skipNext ? h('span', {class: 'badge badge-skip'}, 'skips next run') : null),
-      pausedNote,
-      h('code', {class: 'task-command', title: visible(task.command)}, visible(task.command)),
-      h('div', {class: 'task-schedule'},
-        h('code', {class: 'cron'}, task.schedule),
-        h('span', {class: 'task-desc'}, task.description || '')),
-      h('dl', {class: 'task-meta'},
-        h('div', {},
-          h('dt', {}, task.paused ? 'Next run, once resumed' : 'Next run'),
-          h('dd', {class: 'next-run'}, timeEl(task.nextRun, 'not scheduled'))),
-        h('div', {}, h('dt', {}, 'Last result'), h('dd', {class: 'last-result'}, lastResultEl(task.id))))),
-    actions));
-  renderTaskActions(task, actions);
-  const panel = panels.get(task.id);
-  if (panel) row.append(panel);
+export function healthBadge(health) {
+  if (!health) return null;
+  return h('span', {class: 'badge badge-health', 'data-health': health}, health);
+}
+
+const rowCache = new Map(); // id -> [task, row]: a row is rebuilt only when its task changed
+
+function rowOf(task) {
+  const cached = rowCache.get(task.id);
+  if (cached && cached[0] === task && cached[2] === lastResult.get(task.id)) return cached[1];
+  const row = taskRow(task);
+  rowCache.set(task.id, [task, row, lastResult.get(task.id)]);
   return row;
 }
 
-function lastResultEl(taskId) {
+function taskRow(task) {
+  const zone = taskZone(task);
+  const actions = h('div', {class: 'task-actions'});
+  const row = h('tr', {class: 'task', 'data-id': task.id, 'data-paused': task.paused ? 'true' : null},
+    h('td', {class: 'task-cell'},
+      h('a', {href: `#/tasks/${task.id}`, class: 'task-name'}, visible(task.jobName)),
+      h('span', {class: 'muted small'}, ` #${task.id} `),
+      healthBadge(task.health),
+      task.paused ? h('span', {class: 'badge badge-paused'}, 'Paused') : null,
+      task.skipNext ? h('span', {class: 'badge badge-skip'}, 'skips next run') : null,
+      h('code', {class: 'task-command', title: visible(task.command)}, visible(task.command)),
+      task.target && task.target !== 'any' ? h('span', {class: 'chip'}, visible(task.target)) : null,
+      task.pool ? h('span', {class: 'chip'}, `pool ${visible(task.pool)}`) : null),
+    h('td', {class: 'schedule-cell'},
+      // A zone of its own is named; the scheduler's is the page's (its note
+      // says which), and the next run names both.
+      h('code', {class: 'cron', title: zone ? `in ${zone}` : null}, task.schedule),
+      task.timezone ? h('span', {class: 'chip', title: 'Time zone of the schedule'}, visible(task.timezone)) : null,
+      h('div', {class: 'task-desc small'}, task.description || '')),
+    h('td', {class: 'next-run'}, task.paused
+      ? h('span', {class: 'muted'}, 'paused')
+      : timeEl(task.nextRun, 'not scheduled', {zone, withZone: true})),
+    h('td', {class: 'last-result'}, lastResultEl(task.id)),
+    h('td', {class: 'actions-cell'}, actions));
+  renderTaskActions(task, actions, {compact: true});
+  return row;
+}
+
+export function lastResultEl(taskId) {
   const job = lastResult.get(taskId);
   if (!job) return h('span', {class: 'muted'}, 'not run yet');
   return h('a', {href: `#/jobs/${job.id}`, class: 'result-link'},
     statusBadge(job.status), ' ',
-    h('span', {class: 'muted small'}, `#${job.id} `),
+    h('span', {class: 'small'}, `#${job.id} `),
     timeEl(job.finishedAt || job.startedAt || job.createdAt, ''));
 }
 
@@ -186,4 +248,10 @@ function refreshTaskSoon(id) {
     }, 500));
   }
   taskRefreshers.get(id)();
+}
+
+/** Draw every row again (the time zone the times show in changed). */
+export function redrawTasks() {
+  rowCache.clear();
+  render();
 }

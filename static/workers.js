@@ -3,6 +3,7 @@
 
 import {get} from './api.js';
 import {$, clear, debounce, h, showError, timeEl, visible} from './dom.js';
+import {renderWorkerChoices} from './jobs.js';
 
 let workers = [];
 
@@ -49,6 +50,7 @@ function renderWorkers() {
       clockNote(worker.clockOffset)));
   }
   renderTargetChoices();
+  renderWorkerChoices(workers.map((w) => w.name));
 }
 
 // The scheduler corrects a worker's times by its clock offset; past this

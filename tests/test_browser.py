@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from scheduler.jobs import JobStatus
 from tests.e2e import TWISTD, Scheduler, start_scheduler, stop, wait_for_port
@@ -190,6 +190,21 @@ def open_dashboard(page: Page, scheduler: Scheduler) -> None:
     expect(page.locator("#tasks-count")).not_to_be_empty()
 
 
+def task_row(page: Page, name: str) -> Locator:
+    """The Tasks table's row of task *name*, found with the table's filter
+    (the table shows its first rows only, unless filtered)."""
+    page.locator("#tasks-filter").fill(name)
+    expect(page.locator("#tasks-shown")).to_contain_text("tasks match")  # the filter has applied
+    return page.locator("#tasks-body tr.task", has_text=name)
+
+
+def open_task_form(page: Page) -> Locator:
+    page.locator("#task-add").click()
+    form = page.locator("#task-form")
+    expect(form).to_be_visible()
+    return form
+
+
 # -- scenarios ------------------------------------------------------------------------
 
 
@@ -240,7 +255,9 @@ def test_job_statuses_read_and_look_as_their_names_say(page: Page, server: Sched
     )
     looks = page.evaluate(
         """async (statuses) => {
-            const {statusBadge} = await import('/static/job_status.js');
+            // The page's own module, whatever path the server gives its files.
+            const src = document.querySelector('script[type=module]').src;
+            const {statusBadge} = await import(new URL('./job_status.js', src).href);
             const looks = {};
             for (const status of statuses) {
                 const badge = document.body.appendChild(statusBadge(status));
@@ -261,7 +278,8 @@ def test_add_check_and_delete_a_task(page: Page, server: Scheduler, tmp_path: Pa
     open_dashboard(page, server)
     posts: list[str] = []
     page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
-    form = page.locator("#task-form")
+    form = open_task_form(page)
+    expect(form.get_by_label("Schedule")).to_be_focused()
     schedule = form.get_by_label("Schedule")
     hint = page.locator("#schedule-hint")
 
@@ -282,9 +300,9 @@ def test_add_check_and_delete_a_task(page: Page, server: Scheduler, tmp_path: Pa
     expect(schedule).to_have_attribute("aria-invalid", "false")
     form.get_by_label("Job name").fill("every-five")
     form.get_by_role("button", name="Add task").click()
-    expect(page.locator("#task-error")).to_be_hidden()
+    expect(form).to_be_hidden()
 
-    row = page.locator("#tasks-list li.task", has_text="every-five")
+    row = task_row(page, "every-five")
     expect(row).to_contain_text("*/5 * * * *")
     expect(row).to_contain_text("every 5 minutes, every day")
     expect(row).to_contain_text("echo scheduled")
@@ -296,14 +314,17 @@ def test_add_check_and_delete_a_task(page: Page, server: Scheduler, tmp_path: Pa
     expect(schedule).to_have_value("")
     shot(page, tmp_path, "dashboard-desktop")
 
-    # Delete asks first.
-    row.get_by_role("button", name="Delete every-five").click()
-    expect(row).to_contain_text("Delete every-five?")
-    row.get_by_role("button", name="Cancel").click()
-    expect(row).to_be_visible()
-    row.get_by_role("button", name="Delete every-five").click()
-    row.get_by_role("button", name="Delete", exact=True).click()
-    expect(row).to_have_count(0)
+    # Delete is on the task's page, and asks first.
+    row.get_by_role("link", name="every-five").click()
+    expect(page).to_have_url(re.compile(rf"#/tasks/{task['id']}$"))
+    actions = page.locator("#task-actions")
+    actions.get_by_role("button", name="Delete every-five").click()
+    expect(actions).to_contain_text("Delete every-five?")
+    actions.get_by_role("button", name="Cancel").click()
+    actions.get_by_role("button", name="Delete every-five").click()
+    actions.get_by_role("button", name="Delete", exact=True).click()
+    expect(page).to_have_url(re.compile(r"#/$"))
+    expect(page.locator("#tasks-body tr.task", has_text="every-five")).to_have_count(0)
     assert not any(t["jobName"] == "every-five" for t in api(server, "/api/tasks"))
 
 
@@ -318,12 +339,12 @@ def test_user_strings_render_as_text(page: Page, server: Scheduler, tmp_path: Pa
     open_dashboard(page, server)
 
     # As a task (jobName and command) ...
-    form = page.locator("#task-form")
+    form = open_task_form(page)
     form.get_by_label("Schedule").fill("@daily")
     form.get_by_label("Command").fill(XSS)
     form.get_by_label("Job name").fill("<svg/onload=alert(2)>")
     form.get_by_role("button", name="Add task").click()
-    row = page.locator("#tasks-list li.task", has_text="<svg/onload=alert(2)>")
+    row = task_row(page, "<svg/onload=alert(2)>")
     expect(row.locator(".task-command")).to_have_text(XSS)
 
     # ... and as a command run now: the job page and the Jobs panel.
@@ -414,7 +435,7 @@ def test_connection_lost_banner(page: Page, tmp_path: Path) -> None:
         expect(page.locator("#conn")).to_have_attribute("data-state", "live")
         # Live again: a task added on the command port shows up by itself.
         assert scheduler.command("ADD @hourly echo after-restart\n")[0].startswith("OK id=")
-        expect(page.locator("#tasks-list")).to_contain_text("echo after-restart", timeout=WAIT)
+        expect(page.locator("#tasks-body")).to_contain_text("echo after-restart", timeout=WAIT)
     finally:
         stop(scheduler.process)
 
@@ -453,7 +474,7 @@ def test_control_and_bidi_characters_show_as_escapes(page: Page, server: Schedul
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 201
     open_dashboard(page, server)
-    row = page.locator("#tasks-list li.task", has_text="bidi\\u2066name")
+    row = task_row(page, "bidi\\u2066name")
     expect(row.locator(".task-command")).to_have_text("echo \\u202egpj.exe \\x1b[2J")
     assert "\u202e" not in row.inner_text() and "\u2066" not in row.inner_text()
 
@@ -467,23 +488,26 @@ def test_pause_edit_in_place_history_and_maintenance(page: Page, server: Schedul
     )
     path = f"/api/tasks/{task['id']}"
     open_dashboard(page, server)
-    row = page.locator("#tasks-list li.task", has_text="pausable")
+    task_row(page, "pausable").get_by_role("link", name="pausable").click()
+    row = page.locator("#task-view")
+    badges = page.locator("#task-badges")
 
-    # Pause, with a reason; the row says so; Resume undoes it.
-    row.get_by_role("button", name="Pause pausable").click()
+    # Pause, with a reason, on the task's page; it says so; Resume undoes it.
+    row.get_by_role("button", name="Pause… pausable").click()
     row.get_by_label("Reason").fill("disk swap")
     row.get_by_role("button", name="Pause", exact=True).click()
-    expect(row.locator(".badge-paused")).to_have_text("Paused")
-    expect(row).to_contain_text("until resumed — disk swap")
-    expect(row).to_contain_text("Next run, once resumed")
+    expect(badges.locator(".badge-paused")).to_have_text("Paused")
+    expect(row.locator("#task-next")).to_contain_text("paused until resumed")
+    expect(row.locator("#task-options")).to_contain_text("disk swap")
     paused = api(server, path)
     assert paused["paused"] is True and paused["pauseReason"] == "disk swap"
     row.get_by_role("button", name="Resume pausable").click()
-    expect(row.locator(".badge-paused")).to_have_count(0)
+    expect(badges.locator(".badge-paused")).to_have_count(0)
     assert api(server, path)["paused"] is False
 
-    # Edit in place: a change made elsewhere after the form was opened wins
-    # (412 on the stale ETag), and the form says to reload.
+    # Edit in place (the form opens on the task's page): a change made
+    # elsewhere after the form was opened wins (412 on the stale ETag), and
+    # the form says to reload.
     row.get_by_role("button", name="Edit pausable").click()
     form = page.locator("#task-form")
     expect(form.get_by_label("Command")).to_have_value("echo pausable")
@@ -496,8 +520,8 @@ def test_pause_edit_in_place_history_and_maintenance(page: Page, server: Schedul
     expect(form.get_by_label("Command")).to_have_value("echo changed-elsewhere")
     form.get_by_label("Schedule").fill("@hourly")
     form.get_by_role("button", name="Save changes").click()
-    expect(row).to_contain_text("@hourly")
-    expect(form.get_by_role("button", name="Add task")).to_be_visible()
+    expect(row.locator("#task-options")).to_contain_text("@hourly")
+    expect(form).to_be_hidden()
     edited = api(server, path)
     assert (edited["id"], edited["schedule"], edited["command"]) == (
         task["id"],
@@ -520,6 +544,7 @@ def test_pause_edit_in_place_history_and_maintenance(page: Page, server: Schedul
     assert (restored["schedule"], restored["command"]) == ("@daily", "echo pausable")
 
     # Maintenance: the switch, then a banner on every page until it is off.
+    page.get_by_role("link", name="← Task").click()
     page.get_by_role("link", name="← Dashboard").click()
     banner = page.locator("#maintenance-banner")
     expect(banner).to_be_hidden()
