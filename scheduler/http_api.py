@@ -608,7 +608,7 @@ class SchedulerHTTP:
         data = _body(request, self._max_body)
         _check_fields(data, {"command", "target", "timeout", "env", "cwd"})
         try:
-            command = check_command(data.get("command"))
+            command = check_command(data.get("command"), multiline=True)
             options = TaskOptions.from_mapping(
                 {key: data[key] for key in ("target", "timeout", "env", "cwd") if key in data and data[key] is not None}
             )
@@ -682,6 +682,19 @@ class SchedulerHTTP:
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         return text.encode("utf-8")
+
+    @app.route("/api/jobs/<job_id>/output", methods=["GET"])
+    async def job_output(self, request: IRequest, job_id: str) -> bytes:
+        # The stored output with its streams, so a page can show stderr
+        # apart after the job ends (the log above is one text).
+        number = _path_id(job_id)
+        stored = await self._job_store.output_parts(number)
+        if stored is None:
+            raise ApiError(404, f"no job with id {job_id}")
+        dropped, parts = stored
+        return _json(
+            request, 200, {"dropped": dropped, "parts": [{"stream": stream, "text": text} for stream, text in parts]}
+        )
 
     @app.route("/api/jobs/<job_id>/rerun", methods=["POST"])
     async def rerun_job(self, request: IRequest, job_id: str) -> bytes:

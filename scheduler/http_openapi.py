@@ -157,6 +157,12 @@ _COMMAND = {
     "maxLength": MAX_COMMAND,
     "allOf": [{"pattern": f"[^{_SPACE}]"}, {"not": {"pattern": "[\\r\\n\\x00]"}}],
 }
+# check_command(multiline=True), a job's: lines allowed, still no NUL.
+_SCRIPT = {
+    "type": "string",
+    "maxLength": MAX_COMMAND,
+    "allOf": [{"pattern": f"[^{_SPACE}]"}, {"not": {"pattern": "\\x00"}}],
+}
 # TaskBook._check_job_name: 1 to 200 characters, none of them whitespace.
 _JOB_NAME = {"type": "string", "pattern": f"^[^{_SPACE}]{{1,200}}$"}
 _NO_NUL = "^[^\\x00]*$"
@@ -466,7 +472,7 @@ OPENAPI: dict[str, Any] = {
                 "required": ["command"],
                 "additionalProperties": False,
                 "properties": {
-                    "command": _COMMAND,
+                    "command": _SCRIPT,
                     **{name: _nullable(_REQUEST_OPTIONS[name]) for name in ("target", "timeout", "env", "cwd")},
                 },
             },
@@ -899,6 +905,33 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Output so far",
                 "responses": {
                     "200": {"description": "Output", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "404": _error("No such job"),
+                },
+            },
+        },
+        "/api/jobs/{id}/output": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "The stored output with its streams (stdout and stderr apart), in order",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["dropped", "parts"],
+                            "properties": {
+                                "dropped": {"type": "integer", "minimum": 0, "description": "bytes of earlier output the cap dropped"},
+                                "parts": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["stream", "text"],
+                                        "properties": {"stream": {"enum": ["stdout", "stderr"]}, "text": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                        "Runs of one stream each",
+                    ),
                     "404": _error("No such job"),
                 },
             },

@@ -140,6 +140,9 @@ class JobHistory(JobRecorder, Protocol):
     def output(self, job_id: int) -> Deferred[str | None]:
         """The kept output in seq order, after a marker if the cap dropped some; None if no such job."""
 
+    def output_parts(self, job_id: int) -> Deferred[tuple[int, list[tuple[str, str]]] | None]:
+        """The bytes the cap dropped, and the kept output as (stream, text) runs in seq order; None if no such job."""
+
     def prune(self, now: float) -> Deferred[int]:
         """Delete finished jobs past retention, with their output; returns how many."""
 

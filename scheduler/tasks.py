@@ -443,13 +443,17 @@ def etag(task: Task) -> str:
     return f'"{digest[:20]}"'
 
 
-def check_command(command: object) -> str:
+def check_command(command: object, *, multiline: bool = False) -> str:
+    """The command, checked.  A task's is one line (tasks.db holds one task
+    per line); a job run once may be a script of several (*multiline*)."""
     if not isinstance(command, str):
         raise TaskError("command must be a string")
     if not command.strip():
         raise TaskError("command is empty")
-    if "\n" in command or "\r" in command or "\0" in command:
-        raise TaskError("command must be one line without NUL bytes")
+    if "\0" in command:
+        raise TaskError("command must not contain NUL bytes")
+    if not multiline and ("\n" in command or "\r" in command):
+        raise TaskError("a task's command must be one line (a script of several lines can run as a job: POST /api/jobs)")
     if len(command.encode()) > MAX_COMMAND:
         raise TaskError(f"command is longer than {MAX_COMMAND} bytes")
     return command

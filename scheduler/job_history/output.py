@@ -92,3 +92,14 @@ def with_marker(text: str, dropped: int) -> str:
     if not dropped:
         return text
     return f"[... {dropped} bytes of earlier output dropped ...]\n" + text
+
+
+def merge_streams(chunks: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(stream, text) chunks in seq order, each run of one stream joined: what a page draws."""
+    parts: list[tuple[str, str]] = []
+    for stream, data in chunks:
+        if parts and parts[-1][0] == stream:
+            parts[-1] = (stream, parts[-1][1] + data)
+        else:
+            parts.append((stream, data))
+    return parts

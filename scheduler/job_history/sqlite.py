@@ -39,7 +39,7 @@ from scheduler.job_history.database import (
     Put,
     Write,
 )
-from scheduler.job_history.output import Tally, fit_chunk, with_marker
+from scheduler.job_history.output import Tally, fit_chunk, merge_streams, with_marker
 from scheduler.job_history.sqlite_schema import (
     ACTIVE_SQL,
     ALERT_COLUMNS,
@@ -491,6 +491,15 @@ class SqliteDatabase:
                 for (data,) in conn.execute("SELECT data FROM output WHERE job_id = ? ORDER BY seq", (job_id,))
             )
         return with_marker(text, row[0])
+
+    def output_parts(self, job_id: int) -> tuple[int, list[tuple[str, str]]] | None:
+        conn = self._open_connection()
+        with self.lock:
+            row = conn.execute("SELECT output_dropped FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            chunks = conn.execute("SELECT stream, data FROM output WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
+        return int(row[0] or 0), merge_streams(chunks)
 
     def revisions(self, task_id: int, limit: int, before_id: int | None) -> list[Revision]:
         where = "task_id = ?" if before_id is None else "task_id = ? AND id < ?"

@@ -228,6 +228,9 @@ class ThreadedJobHistory:
     def output(self, job_id: int) -> Deferred[str | None]:
         return self._commits.read(lambda: self._database.output(job_id))
 
+    def output_parts(self, job_id: int) -> Deferred[tuple[int, list[tuple[str, str]]] | None]:
+        return self._commits.read(lambda: self._database.output_parts(job_id))
+
     def revisions(self, task_id: int, limit: int = 100, before_id: int | None = None) -> Deferred[list[Revision]]:
         return self._commits.read(lambda: self._database.revisions(task_id, limit, before_id))
 
