@@ -58,6 +58,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/api/jobs"): "read",
     ("GET", "/api/jobs/<job_id>"): "read",
     ("GET", "/api/jobs/<job_id>/log"): "read",
+    ("GET", "/api/jobs/<job_id>/output"): "read",
     ("GET", "/api/channels"): "read",
     ("GET", "/api/alerts"): "read",
     ("GET", "/api/alerts/defaults"): "read",
