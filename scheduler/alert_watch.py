@@ -295,7 +295,7 @@ class AlertWatch:
             last = [rule for rule in rules if failure_speaks(rule, streak, job.status, at, len(streak))]
         what = _ENDINGS.get(job.status, job.status.value)
         retry = "" if final else f"; attempt {job.attempt} of {task.options.retries + 1}, it will be retried"
-        detail = f"the run due at {self._iso(_moment(job))} {what}{retry}"
+        detail = f"{self._run_name(job)} {what}{retry}"
         if final and track.failures > 1:
             detail += f" ({track.failures} runs in a row have not succeeded)"
         for event in ("failure", "timeout", "lost"):
@@ -473,6 +473,12 @@ class AlertWatch:
         self._offline.clear()
 
     # -- alerts ------------------------------------------------------------------------
+
+    def _run_name(self, job: Job) -> str:
+        """How a detail names the run: by its time for a scheduled one, else by its job."""
+        if job.scheduled_at is not None:
+            return f"the run due at {self._iso(job.scheduled_at)}"
+        return f"job {job.id} (asked for at {self._iso(job.created_at)})"
 
     def _iso(self, when: float) -> str:
         return cron.iso(when, self._tz or UTC) or str(when)
