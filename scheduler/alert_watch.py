@@ -436,7 +436,7 @@ class AlertWatch:
             return
         now = self._clock.seconds()
         rules = [rule for rule in self._defaults().rules if plain_speaks(rule, "worker_offline", now)]
-        self._emit(None, rules, "worker_offline", gone, None, f"worker {name} has been away for {after:g}s", subject=f"worker:{name}")
+        self._emit(None, rules, "worker_offline", gone, None, f"worker {name} has been away for {after:g}s", subject=f"worker:{name}", worker=name)
 
     # -- health ------------------------------------------------------------------------
 
@@ -494,6 +494,7 @@ class AlertWatch:
         *,
         suffix: str = "",
         subject: str | None = None,
+        worker: str | None = None,
     ) -> None:
         if not rules:
             return
@@ -508,6 +509,8 @@ class AlertWatch:
             "detail": detail,
             "at": self._iso(now),
         }
+        if worker is not None:
+            body["worker"] = worker
         alerts = []
         for channel in dict.fromkeys(rule.channel for rule in rules):
             if channel not in self._channels:
