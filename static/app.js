@@ -14,7 +14,9 @@
 //   job.js        a job's page (job_output.js: the output box; run_again.js: "Run again…")
 //   workers.js    the Workers panel and the forms' Target choices
 //   maintenance.js   the maintenance switch and its banner
-//   channels.js   the alert channels page
+//   channels.js   the alert channels page;  audit.js  the audit log page
+//   access.js     who is signed in and what the token may do (GET /api/me):
+//                 controls name the scope they need (data-needs), style.css hides the rest
 //   run_form.js   "Run a command now"
 //   router.js     which page shows;  shortcuts.js  the keys and the "?" list
 //   zones.js      the scheduler's time zone;  elapsed.js  running clocks
@@ -27,6 +29,7 @@
 // so control and bidi characters show as escapes instead of reordering or
 // hiding what the operator reads.
 
+import {loadAccess} from './access.js';
 import {get, query, setTokenPrompt} from './api.js';
 import {$, formatTime, show} from './dom.js';
 import {offerChannels} from './channels.js';
@@ -137,6 +140,8 @@ function loadAll() {
     do {
       loadAgain = false;
       recording = [];
+      // Who this is, alongside: a token given at a prompt, or changed, shows here.
+      const access = loadAccess();
       // The time zone first (a small answer), so times are drawn once, in it.
       const health = await loadHealth();
       showClockStep(health);
@@ -151,7 +156,7 @@ function loadAll() {
       const recent = jobsPanel.then(() => unfilteredJobs() || get(`/api/jobs${query({limit: 100})}`));
       await Promise.allSettled([
         loadWorkers(), jobsPanel, loadTasks(recent), loadJobsNow(recent), loadStatusChoices(), loadMaintenance(),
-        loadTaskPage(), loadTaskHistory(),
+        loadTaskPage(), loadTaskHistory(), access,
       ]);
       const recorded = recording;
       recording = null;

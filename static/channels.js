@@ -35,7 +35,7 @@ export function openChannels(backHref) {
       h('h1', {id: 'channels-title', class: 'view-title', tabindex: -1}, 'Alert channels'),
       h('p', {id: 'channels-error', class: 'panel-error', role: 'alert', hidden: true}),
       h('ul', {id: 'channels-list', class: 'channels'}, h('li', {class: 'empty'}, 'Loading…'))),
-    h('section', {class: 'card', id: 'channel-form-card'}, form));
+    h('section', {class: 'card', id: 'channel-form-card', 'data-needs': 'admin'}, form));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const fail = (message, field) => {
@@ -96,14 +96,15 @@ async function loadChannels() {
   show($('channels-error'), false);
   const list = Array.isArray(channels) ? channels : [];
   $('channels-list').replaceChildren(...(list.length ? list.map(channelItem)
-    : [h('li', {class: 'empty'}, 'No channels yet: alerts go nowhere. Add one below.')]));
+    : [h('li', {class: 'empty'}, 'No channels yet: alerts go nowhere.',
+      h('span', {'data-needs': 'admin'}, ' Add one below.'))]));
 }
 
 function channelItem(channel) {
   const reply = h('p', {class: 'channel-reply small', 'aria-live': 'polite'});
-  const test = h('button', {type: 'button', 'data-action': 'test'}, 'Send a test',
+  const test = h('button', {type: 'button', 'data-action': 'test', 'data-needs': 'admin'}, 'Send a test',
     h('span', {class: 'visually-hidden'}, ` to ${channel.name}`));
-  const remove = h('button', {type: 'button', class: 'danger-quiet', 'data-action': 'delete'}, 'Delete',
+  const remove = h('button', {type: 'button', class: 'danger-quiet', 'data-action': 'delete', 'data-needs': 'admin'}, 'Delete',
     h('span', {class: 'visually-hidden'}, ` ${channel.name}`));
   test.addEventListener('click', async () => {
     test.disabled = true;

@@ -44,7 +44,7 @@ export async function cancelJob(job) {
 /** The button (*compact*: "Cancel" in a table row, else "Cancel job"). */
 export function cancelButton(job, {compact = false} = {}) {
   const asked = isCancelling(job);
-  const button = h('button', {type: 'button', class: 'cancel danger-quiet', 'data-action': 'cancel', disabled: asked},
+  const button = h('button', {type: 'button', class: 'cancel danger-quiet', 'data-action': 'cancel', 'data-needs': 'run', disabled: asked},
     asked ? 'Cancelling…' : (compact ? 'Cancel' : 'Cancel job'),
     compact ? h('span', {class: 'visually-hidden'}, ` job ${job.id}`) : null);
   button.addEventListener('click', () => {

@@ -1,9 +1,12 @@
 // Which page shows: the dashboard (#/, its job filters in the address:
 // #/?status=failed&task=3), a job's page (#/jobs/<id>), a task's page
-// (#/tasks/<id>), a task's history (#/tasks/<id>/history) or the alert
-// channels (#/channels).  On each change the new view's heading takes the
-// focus, so a keyboard or screen reader user starts at the top of it.
+// (#/tasks/<id>), a task's history (#/tasks/<id>/history), the alert
+// channels (#/channels) or the audit log (#/audit, its filters in the
+// address too: #/audit?who=ops&task=3).  On each change the new view's
+// heading takes the focus, so a keyboard or screen reader user starts at
+// the top of it.
 
+import {auditAddressChanged, closeAudit, openAudit} from './audit.js';
 import {$, show} from './dom.js';
 import {closeJobPage, openJobPage} from './job.js';
 import {jobsAddress, loadJobs, setJobsFilters} from './jobs.js';
@@ -16,13 +19,14 @@ let view = {name: null};
 let booted = false;
 let dashboardHash = '#/';
 
-const VIEWS = {dashboard: 'dashboard', job: 'job-view', task: 'task-view', history: 'task-view', channels: 'page-view'};
+const VIEWS = {dashboard: 'dashboard', job: 'job-view', task: 'task-view', history: 'task-view', channels: 'page-view', audit: 'page-view'};
 
 function leave() {
   if (view.name === 'job') closeJobPage();
   else if (view.name === 'task') closeTaskPage();
   else if (view.name === 'history') closeTaskHistory();
   else if (view.name === 'channels') closeChannels();
+  else if (view.name === 'audit') closeAudit();
   if (view.name && view.name !== 'dashboard') {
     placeTaskForm($('task-form-home'));
     $(VIEWS[view.name]).replaceChildren();
@@ -60,6 +64,11 @@ function focusHeading() {
   heading?.focus({preventScroll: true});
 }
 
+function paramsOf(hash) {
+  const at = hash.indexOf('?');
+  return new URLSearchParams(at >= 0 ? hash.slice(at + 1) : '');
+}
+
 function route() {
   const hash = location.hash || '#/';
   const job = /^#\/jobs\/(\d{1,18})$/.exec(hash);
@@ -76,9 +85,12 @@ function route() {
     enter('history', id, () => openTaskHistory(id, `#/tasks/${id}`), `Task #${id} history · Job scheduler`);
   } else if (hash === '#/channels') {
     enter('channels', null, () => openChannels(dashboardHash), 'Alert channels · Job scheduler');
+  } else if (/^#\/audit(\?|$)/.test(hash)) {
+    const params = paramsOf(hash);
+    if (view.name === 'audit') auditAddressChanged(params);
+    else enter('audit', null, () => openAudit(dashboardHash, params), 'Audit log · Job scheduler');
   } else {
-    const at = hash.indexOf('?');
-    const params = new URLSearchParams(at >= 0 ? hash.slice(at + 1) : '');
+    const params = paramsOf(hash);
     const changed = setJobsFilters(params);
     dashboardHash = jobsAddress();
     if (view.name !== 'dashboard') {

@@ -14,7 +14,8 @@ function runAgain(job) {
 
 /** The button; *current* returns the job as the page shows it now. */
 export function runAgainButton(current) {
-  const button = h('button', {type: 'button', class: 'run-again', title: 'Same command, environment, working directory, timeout and target'},
+  const button = h('button', {type: 'button', class: 'run-again', 'data-needs': 'run',
+    title: 'Same command, environment, working directory, timeout and target'},
     'Run again with the same inputs');
   button.addEventListener('click', async () => {
     const job = current();

@@ -1,7 +1,9 @@
 // Keyboard shortcuts, listed in the "?" dialog: ? this list, / filter the
 // tasks, n add a task, r run a command, j the job list, Escape closes what
-// is open or goes back up a page.  Letters act only outside text fields.
+// is open or goes back up a page.  Letters act only outside text fields,
+// and n and r only for a token that may add a task or run (access.js).
 
+import {can} from './access.js';
 import {$} from './dom.js';
 import {parentHref} from './router.js';
 import {openAddForm} from './task_form.js';
@@ -52,8 +54,8 @@ export function setupShortcuts() {
     const actions = {
       '?': () => dialog.showModal(),
       '/': () => toDashboard(() => $('tasks-filter').focus()),
-      n: () => toDashboard(openAddForm),
-      r: () => toDashboard(() => $('run-command').focus()),
+      n: () => can('write') && toDashboard(openAddForm),
+      r: () => can('run') && toDashboard(() => $('run-command').focus()),
       j: () => toDashboard(() => {
         $('jobs-title').scrollIntoView({block: 'start'});
         $('jobs-filter').focus();

@@ -1,7 +1,9 @@
 // A task's buttons: in the Tasks table "Run now" and "Edit"; on the task's
-// page also Run with..., Pause... or Resume, Skip next (or keep it), History
-// and Delete (which asks first).  Each button's accessible name starts with
+// page also Run with..., Pause... or Resume, Skip next (or keep it), History,
+// Audit (its entries in the audit log) and Delete (which asks first).  Each button's accessible name starts with
 // its visible text and ends with the task's name ("Run now backup").
+// Each names the scope it needs in data-needs, and is hidden when the
+// token lacks it (access.js); History and Audit need only reading.
 
 import {ApiError, del, patch, post} from './api.js';
 import {h, visible} from './dom.js';
@@ -44,29 +46,31 @@ export async function runTask(task, overrides) {
 
 export function renderTaskActions(task, actions, {compact = false} = {}) {
   const name = visible(task.jobName);
-  const run = button('run', 'Run now', name, (el) => busy(el, `run ${name}`, () => runTask(task)));
-  const edit = button('edit', 'Edit', name, () => editTask(task.id));
+  const run = button('run', 'Run now', name, (el) => busy(el, `run ${name}`, () => runTask(task)), {'data-needs': 'run'});
+  const edit = button('edit', 'Edit', name, () => editTask(task.id), {'data-needs': 'write'});
   if (compact) {
     actions.replaceChildren(run, edit);
     return;
   }
-  const runWith = button('run-with', 'Run with…', name, () => openTaskPanel(task.id, runWithForm(task)));
+  const runWith = button('run-with', 'Run with…', name, () => openTaskPanel(task.id, runWithForm(task)), {'data-needs': 'run'});
   const pause = task.paused
     ? button('resume', 'Resume', name, (el) => busy(el, `resume ${name}`, async () => {
       upsertTask(await post(`/api/tasks/${task.id}/resume`));
       toast(`Resumed ${name}.`);
-    }))
-    : button('pause', 'Pause…', name, () => openTaskPanel(task.id, pauseForm(task)));
+    }), {'data-needs': 'write'})
+    : button('pause', 'Pause…', name, () => openTaskPanel(task.id, pauseForm(task)), {'data-needs': 'write'});
   const skip = button('skip', task.skipNext ? 'Don’t skip' : 'Skip next', `${name}'s next run`,
     (el) => busy(el, `change ${name}`, async () => {
       const {data} = await patch(`/api/tasks/${task.id}`, {skipNext: !task.skipNext});
       upsertTask(data);
       toast(data.skipNext ? `${name} skips its next run only.` : `${name} runs next time as usual.`);
-    }), {'aria-pressed': task.skipNext ? 'true' : 'false'});
+    }), {'aria-pressed': task.skipNext ? 'true' : 'false', 'data-needs': 'write'});
   const history = h('a', {href: `#/tasks/${task.id}/history`, class: 'button-link', 'data-action': 'history'},
     'History', h('span', {class: 'visually-hidden'}, ` of ${name}`));
-  const remove = button('delete', 'Delete', name, () => confirmDelete(task, actions), {class: 'danger-quiet'});
-  actions.replaceChildren(run, runWith, pause, skip, edit, history, remove);
+  const audit = h('a', {href: `#/audit?task=${task.id}`, class: 'button-link', 'data-action': 'audit', 'data-needs': 'read'},
+    'Audit', h('span', {class: 'visually-hidden'}, ` log of ${name}`));
+  const remove = button('delete', 'Delete', name, () => confirmDelete(task, actions), {class: 'danger-quiet', 'data-needs': 'write'});
+  actions.replaceChildren(run, runWith, pause, skip, edit, history, audit, remove);
 }
 
 function confirmDelete(task, actions) {

@@ -96,7 +96,7 @@ function revisionItem(revision, isNewest) {
     diffEl(revision.before, revision.after));
   // The newest version is the task as it stands, unless it was removed since.
   if (!isNewest || !revision.after) {
-    const restore = h('button', {type: 'button', class: 'restore'},
+    const restore = h('button', {type: 'button', class: 'restore', 'data-needs': 'write'},
       revision.after ? 'Restore this version' : 'Restore as it was before removal');
     restore.addEventListener('click', async () => {
       restore.disabled = true;

@@ -492,6 +492,7 @@ def test_axe_finds_nothing_on_any_view(browser: Browser, server: Scheduler, work
         "history": f"/#/tasks/{task['id']}/history",
         "paused-task": f"/#/tasks/{paused['id']}",
         "channels": "/#/channels",
+        "audit": "/#/audit",
     }
     failures: list[str] = []
     runs = 0
@@ -529,7 +530,9 @@ def test_axe_finds_nothing_on_any_view(browser: Browser, server: Scheduler, work
                         result += page.evaluate(BORDERS)
                         runs += 1
                         failures += [f"{name} {scheme} {viewport['width']}: {line}" for line in result]
-                        if name in ("dashboard", "task", "job"):
+                        if name == "audit":
+                            expect(page.locator("#audit-body")).to_contain_text("task.add")
+                        if name in ("dashboard", "task", "job", "audit"):
                             shot(page, tmp_path, f"axe-{name}-{scheme}-{viewport['width']}")
                 finally:
                     context.close()
