@@ -197,10 +197,13 @@ export async function loadJobPage() {
       request('GET', `/api/jobs/${id}/log`, {headers: {Accept: 'text/plain'}}),
     ]);
     const text = await log.text();
+    // A finished job's stored output keeps stderr apart (the log is one text).
+    const parts = isFinal(data.status) ? await storedParts(id) : null;
     if (mine !== jobView.load) return;
     show($('job-error'), false);
     renderJobDetails(newest(jobView.fromEvent || data));
-    jobView.output.load(text);
+    if (parts) jobView.output.loadParts(parts.parts, parts.dropped);
+    else jobView.output.load(text);
     // Output events that came in while the log was on its way: skip what the
     // log already holds.  X-Output-Seq (if the server sends it) says exactly;
     // otherwise match the chunks against the end of the log.
@@ -219,6 +222,16 @@ export async function loadJobPage() {
     $('job-error').textContent = message;
     show($('job-error'), true);
     if (!jobView.job) $('job-details').replaceChildren();
+  }
+}
+
+/** GET /api/jobs/{id}/output, or null where it cannot be had (the plain log is shown then). */
+async function storedParts(id) {
+  try {
+    const stored = await get(`/api/jobs/${id}/output`);
+    return stored && Array.isArray(stored.parts) ? stored : null;
+  } catch {
+    return null;
   }
 }
 

@@ -72,6 +72,38 @@ export class OutputView {
     this.toEnd();
   }
 
+  /**
+   * Show a finished job's stored output with its streams apart (the box is
+   * emptied first): *parts* as GET /api/jobs/{id}/output gives them, runs of
+   * one stream each; *dropped* bytes the cap dropped before them.
+   */
+  loadParts(parts, dropped = 0) {
+    this.clear();
+    const all = dropped ? [['log', `[... ${dropped} bytes of earlier output dropped ...]\n`]] : [];
+    for (const {stream, text} of parts) if (text) all.push([stream, text]);
+    const blocks = [];
+    let segments = [];
+    let size = 0;
+    for (const [stream, text] of all) {
+      for (let at = 0; at < text.length;) {
+        const piece = text.slice(at, at + INITIAL_BLOCK - size);
+        segments.push([stream, piece]);
+        size += piece.length;
+        at += piece.length;
+        if (size >= INITIAL_BLOCK) {
+          blocks.push(this.block(segments));
+          segments = [];
+          size = 0;
+        }
+      }
+    }
+    if (segments.length) blocks.push(this.block(segments));
+    this.box.append(...blocks);
+    this.size = blocks.reduce((sum, block) => sum + block.size, 0);
+    this.trim();
+    this.toEnd();
+  }
+
   /** Queue a chunk of *stream*; it is drawn with the next frame. */
   push(stream, text) {
     if (!text) return;

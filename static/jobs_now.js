@@ -11,8 +11,9 @@ import {taskLink} from './jobs.js';
 
 const FAILURES = 5; // rows in Recent failures
 const ACTIVE_LIMIT = 100;
-// A finished job that did not succeed and was not cancelled by someone.
-const NOT_FAILURES = new Set(['succeeded', 'cancelled']);
+// A finished job that did not succeed and was not cancelled by someone; a
+// missed record is a time that never ran, not a run that failed.
+const NOT_FAILURES = new Set(['succeeded', 'cancelled', 'missed']);
 
 const active = new Map(); // id -> job queued or running
 let failures = []; // newest first

@@ -228,7 +228,8 @@ async function loadNextRuns(task) {
 
 function drawRuns() {
   const runs = [...view.runs].sort((a, b) => a.id - b.id); // oldest first
-  const finished = runs.filter((run) => isFinal(run.status) && run.status !== 'cancelled');
+  // Runs that ended: not cancelled ones, nor missed times, which never ran.
+  const finished = runs.filter((run) => isFinal(run.status) && run.status !== 'cancelled' && run.status !== 'missed');
   const good = finished.filter((run) => run.status === 'succeeded').length;
   $('task-rate').textContent = finished.length
     ? `${Math.round((100 * good) / finished.length)}% (${good} of ${finished.length} finished)`

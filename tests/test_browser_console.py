@@ -119,6 +119,17 @@ def test_cancel_ends_cancelled_and_never_goes_back(page: Page, server: Scheduler
     expect(page.locator("#running-body tr", has_text="sleep 60")).to_have_count(0)
 
 
+def test_a_finished_job_reopened_keeps_stderr_apart(page: Page, server: Scheduler, worker: str) -> None:
+    job = run_job(server, "echo out-one; echo err-one >&2; echo out-two")
+    wait_job(server, job["id"], "succeeded")
+    # Opened after the end: the output comes from the store, not the live feed.
+    page.goto(f"{server.url}/#/jobs/{job['id']}")
+    output = page.locator("#output")
+    expect(output).to_contain_text("out-two", timeout=WAIT)
+    expect(output.locator(".stream-stderr")).to_have_text("err-one\n")
+    assert "out-one" in output.inner_text() and "out-one" not in output.locator(".stream-stderr").inner_text()
+
+
 def test_a_newer_version_wins_whatever_order_records_come_in(page: Page, server: Scheduler) -> None:
     """With versions (the dash-api contract), a lower version never replaces
     a higher one, even for two unfinished records."""
