@@ -58,11 +58,22 @@ class LeaseStore(Protocol):
         has expired or its holder's session is gone; else leave it.  Either way, the row after."""
 
 
+class LeaseCounts:
+    """What the lease has done on this node, for /metrics."""
+
+    def __init__(self) -> None:
+        self.elections = 0  # leases taken (each a new epoch)
+        self.renewals = 0
+        self.lost = 0  # leases this node held and lost (deadline passed, or another took it)
+        self.failures = 0  # steps the store could not do
+
+
 class Leadership(Protocol):
     """What the service asks of whichever decides who fires."""
 
     node: str
     listeners: list[Callable[[bool], None]]
+    counts: LeaseCounts
 
     def leading(self) -> bool: ...
 
@@ -83,6 +94,7 @@ class SoleLeader:
     def __init__(self, node: str) -> None:
         self.node = node
         self.listeners: list[Callable[[bool], None]] = []
+        self.counts = LeaseCounts()
         self._started = False
 
     def leading(self) -> bool:
@@ -99,21 +111,12 @@ class SoleLeader:
     def start(self) -> None:
         if not self._started:
             self._started = True
+            self.counts.elections = 1
             for listener in list(self.listeners):
                 listener(True)
 
     def stop(self) -> None:
         pass
-
-
-class LeaseCounts:
-    """What the lease has done on this node, for /metrics."""
-
-    def __init__(self) -> None:
-        self.elections = 0  # leases taken (each a new epoch)
-        self.renewals = 0
-        self.lost = 0  # leases this node held and lost (deadline passed, or another took it)
-        self.failures = 0  # steps the store could not do
 
 
 class LeaderLease:

@@ -5,14 +5,37 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scheduler.jobs import Job
+from scheduler.leader_lease import LeaseCounts
 
 # Per task: its jobName, last success (Unix time or None), consecutive
 # failures and health (scheduler.alert_watch).
 TaskHealthRow = tuple[str, float | None, int, str]
+
+
+class LeaseCollector(Collector):
+    """The leader lease's counters (kept by the lease, read at each scrape)."""
+
+    def __init__(self, counts: Callable[[], LeaseCounts]) -> None:
+        self._counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(LeaseCounts())
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._counts())
+
+    def _families(self, counts: LeaseCounts) -> Iterator[Metric]:
+        for name, doc, value in (
+            ("scheduler_leader_elections", "Times this node took the leader lease (each a new epoch).", counts.elections),
+            ("scheduler_leader_renewals", "Renewals of the leader lease by this node.", counts.renewals),
+            ("scheduler_leader_lost", "Leases this node held and lost (its deadline passed, or another node took it).", counts.lost),
+            ("scheduler_leader_lease_failures", "Lease steps the database could not do.", counts.failures),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
 
 
 class TaskHealthCollector(Collector):
@@ -99,6 +122,16 @@ class SchedulerMetrics:
             ("scheduler_cron_tick_lag_seconds", "How late the last cron tick ran after its second.", tick_lag),
         ):
             Gauge(name, doc, registry=self.registry).set_function(source)
+
+    def watch_lease(self, counts: Callable[[], LeaseCounts], leading: Callable[[], bool], epoch: Callable[[], int]) -> None:
+        """The leader lease's counts and state (scheduler.leader_lease), read at each scrape."""
+        self.registry.register(LeaseCollector(counts))
+        Gauge("scheduler_leader", "1 while this node leads (fires cron), else 0.", registry=self.registry).set_function(
+            lambda: 1.0 if leading() else 0.0
+        )
+        Gauge("scheduler_leader_epoch", "The leader lease's epoch as this node last saw it.", registry=self.registry).set_function(
+            lambda: float(epoch())
+        )
 
     def job_changed(self, job: Job) -> None:
         if job.status.final:
