@@ -195,7 +195,7 @@ class LeaderLease:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        self._lose("stopping")
+        self._lose("the node is stopping", quiet=True)
 
     def step(self) -> None:
         """Ask the store once (never twice at a time: a slow database skips steps)."""
@@ -263,15 +263,18 @@ class LeaderLease:
             # The monotonic clock runs behind the scheduling clock: look again.
             self._arm_expiry()
 
-    def _lose(self, why: str) -> None:
+    def _lose(self, why: str, *, quiet: bool = False) -> None:
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
         if self._held is None:
             return
-        log.warn("leader lease: {node} no longer leads epoch {epoch}: {why}", node=self.node, epoch=self._held, why=why)
+        (log.info if quiet else log.warn)(
+            "leader lease: {node} no longer leads epoch {epoch}: {why}", node=self.node, epoch=self._held, why=why
+        )
         self._held = None
-        self.counts.lost += 1
+        if not quiet:
+            self.counts.lost += 1
         self._tell(False)
 
     def _tell(self, leading: bool) -> None:
