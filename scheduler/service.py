@@ -159,6 +159,10 @@ class SchedulerService(MultiService):
             except Exception as error:
                 raise StartupError(f"cannot use the job database for the leader lease: {error}") from None
             self.leadership = LeaderLease(clock, self.lease_store, self.node, lease=settings.lease, monotonic=time.monotonic)
+            leadership = self.leadership
+            node = self.node
+            # Fencing: a fired job is recorded only under the epoch it was made in.
+            self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)  # type: ignore[union-attr]
         else:
             self.leadership = SoleLeader(self.node)
         self.leadership.listeners.append(self._leadership_changed)
@@ -275,7 +279,12 @@ class SchedulerService(MultiService):
             tick_lag=lambda: self.ticker.lag,
             task_health=self._task_health,
         )
-        self.metrics.watch_lease(lambda: self.leadership.counts, self.leadership.leading, lambda: self.leadership.epoch)
+        self.metrics.watch_lease(
+            lambda: self.leadership.counts,
+            self.leadership.leading,
+            lambda: self.leadership.epoch,
+            lambda: getattr(self.job_store.database, "fenced", 0),
+        )
         self.jobs.listeners.append(self.metrics.job_changed)
         self.ticker.step_listeners.append(self.metrics.clock_stepped)
         self.dispatcher.started_listeners.append(self.metrics.job_started)

@@ -17,10 +17,10 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from scheduler.job_history.database import JobStoreError
-from scheduler.job_history.postgres import PostgresLeaseStore, redact
+from scheduler.job_history.postgres import Fenced, FireTaken, PostgresLeaseStore, redact
 from scheduler.job_store import PostgresJobStore
 from scheduler.leader_lease import LeaderLease
-from tests.job_history_support import job
+from tests.job_history_support import finished, job
 from tests.postgres_support import PASSWORD, PostgresServer
 
 
@@ -165,3 +165,41 @@ async def test_when_the_holders_session_is_killed_another_node_takes_over_at_onc
     finally:
         a.stop()
         b.stop()
+
+
+# -- fencing ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fire_is_recorded_only_under_the_leases_epoch_and_only_once(lease_stores: Any, pg_url: str) -> None:
+    a_lease, b_lease = lease_stores("a"), lease_stores("b")
+    await a_lease.attempt("a", None, 30.0)  # a leads, epoch 1
+    store = PostgresJobStore(pg_url, reactor)
+    store.open()
+    held: dict[str, tuple[str, int | None]] = {"now": ("a", 1)}
+    store.database.fence = lambda: held["now"]
+    try:
+        await store.put(job(1, task_id=1, key="1@60", scheduled_at=60.0))
+        await store.put(job(2, command="adhoc"))  # not a fire: never fenced
+        # b takes over (a's session is gone, say); a does not know yet.
+        _terminate(pg_url, await a_lease.backend_pid())
+        taken = await b_lease.attempt("b", None, 30.0)
+        assert (taken.holder, taken.epoch) == ("b", 2)
+        with pytest.raises(Fenced, match=r"job 3 \(1@120\) not recorded: made under epoch 1, and the lease is b's in epoch 2"):
+            await store.put(job(3, task_id=1, key="1@120", scheduled_at=120.0))
+        # What a made under its lease and that is stored may still be updated (its end).
+        await store.put(finished(1, 100.0, task_id=1, key="1@60", scheduled_at=60.0))
+        # A node that leads no lease makes no fire.
+        held["now"] = ("a", None)
+        with pytest.raises(Fenced, match="made under no lease"):
+            await store.put(job(4, task_id=1, key="1@180", scheduled_at=180.0))
+        assert store.database.fenced == 2
+        # The new leader: a fire already recorded is taken, not recorded twice.
+        held["now"] = ("b", 2)
+        with pytest.raises(FireTaken, match="1@60 is already recorded"):
+            await store.put(job(5, task_id=1, key="1@60", scheduled_at=60.0))
+        await store.put(job(6, task_id=1, key="1@120", scheduled_at=120.0))
+        stored = await store.query()
+        assert [(each.id, each.status.value) for each in stored] == [(6, "queued"), (2, "queued"), (1, "succeeded")]
+    finally:
+        await store.close()

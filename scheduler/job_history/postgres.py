@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -80,6 +80,14 @@ from scheduler.triggers import Revision
 log = Logger()
 
 SCHEMA_VERSION = 1
+
+class Fenced(JobStoreError):
+    """A fired job's record refused: the node that made it no longer holds the leader lease."""
+
+
+class FireTaken(JobStoreError):
+    """A fired job's record refused: the fire (its key) is already recorded, by another job."""
+
 
 # Errors caused by one record's content, not by the database: its savepoint
 # is rolled back and the rest of the batch commits.
@@ -190,6 +198,13 @@ _UPSERT = (
     'ON CONFLICT ("id") DO UPDATE SET '
     + ", ".join(f'"{name}" = excluded."{name}"' for name in FIELDS if name in MUTABLE_FIELDS)
 )
+# A fired job's first record: a fire already recorded (its key) is left alone.
+_INSERT_FIRE = (
+    f'INSERT INTO jobs ({COLUMNS}, "output_dropped") VALUES ({", ".join(["%s"] * (len(FIELDS) + 1))}) '
+    "ON CONFLICT DO NOTHING"
+)
+_UPDATED = tuple(name for name in FIELDS if name in MUTABLE_FIELDS)
+_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s"
 _INSERT_REVISION = "INSERT INTO task_revisions ({}) VALUES ({}) RETURNING id".format(
     ", ".join(f'"{name}"' for name in REVISION_FIELDS[1:]), ", ".join(["%s"] * (len(REVISION_FIELDS) - 1))
 )
@@ -277,6 +292,13 @@ class PostgresDatabase:
         self.outbox_limit = outbox_limit
         self.keep_audit_seconds = keep_audit_seconds
         self._connect = connect or (lambda url: globals()["connect"](url, application_name="scheduler-history"))
+        # With the leader lease (the service sets it): this node's name and
+        # the epoch it holds now (None: it does not lead).  Every fired job's
+        # first record is then fenced: written only if the lease row still
+        # has that epoch, in the transaction that checks it.
+        self.fence: Callable[[], tuple[str, int | None]] | None = None
+        # Fired jobs' records refused by the fence (read by the metrics).
+        self.fenced = 0
         self.connection: psycopg.Connection[Any] | None = None
         self._opened = False
         self.lock = threading.Lock()
@@ -419,6 +441,10 @@ class PostgresDatabase:
     # -- writes, on the history's thread --------------------------------------
 
     def row(self, job: Job) -> tuple[object, ...]:
+        # A keyed job (a fire, a caught-up run, a retry) is the leader's to
+        # make: its row carries the lease it was made under.
+        if self.fence is not None and job.key is not None:
+            return (*job_row(job), self.fence())
         return job_row(job)
 
     def revision_row(self, revision: Revision) -> tuple[object, ...]:
@@ -435,12 +461,19 @@ class PostgresDatabase:
             try:
                 outcomes: list[Outcome] = []
                 highest = 0
+                # The lease row, read once per batch that needs it (FOR SHARE).
+                lease: list[tuple[str | None, int]] = []
                 with conn.transaction():
                     for write in writes:
                         if isinstance(write, Chunk):
                             self._append(conn, write)
                         elif isinstance(write, Put):
-                            outcome = self._refusable(conn, _UPSERT, (*write.row, self._dropped(write.job_id)))
+                            if len(write.row) > len(FIELDS):
+                                outcome = self._fenced_put(conn, write, lease)
+                                if isinstance(outcome, Fenced):
+                                    self.fenced += 1
+                            else:
+                                outcome = self._refusable(conn, _UPSERT, (*write.row, self._dropped(write.job_id)))
                             if outcome is None:
                                 highest = max(highest, write.job_id)
                                 if write.final:
@@ -477,14 +510,59 @@ class PostgresDatabase:
                 raise
         return outcomes
 
+    def _fenced_put(self, conn: psycopg.Connection[Any], put: Put, lease: list[tuple[str | None, int]]) -> Outcome:
+        """A keyed job's record: an update if it is stored, else an insert fenced by the lease.
+
+        The insert is made only if the lease row still names this node in the
+        epoch the job was made under.  The row is read ``FOR SHARE`` and kept
+        locked until the commit, so a takeover (an UPDATE of that row) waits
+        for this batch: nothing made under an old epoch commits after a new
+        one has begun.  A fire already recorded by another job (its key taken)
+        is refused as taken, never stored twice.
+        """
+        values = put.row[:-1]
+        node, epoch = cast(tuple[str, "int | None"], put.row[-1])
+        updated = self._refusable(
+            conn,
+            _UPDATE_JOB,
+            [*(values[FIELDS.index(name)] for name in _UPDATED), put.job_id],
+            counted=True,
+        )
+        if updated != 0:
+            return None if isinstance(updated, int) else updated
+        if not lease:
+            row = conn.execute("SELECT node, epoch FROM scheduler_lease WHERE id = 1 FOR SHARE").fetchone()
+            lease.append((row[0], int(row[1])) if row is not None else (None, 0))
+        holder, current = lease[0]
+        if epoch is None or holder != node or current != epoch:
+            return Fenced(
+                f"{self.name}: job {put.job_id} ({values[FIELDS.index('key')]}) not recorded: made under "
+                f"{'no lease' if epoch is None else f'epoch {epoch}'}, and the lease is {holder or 'nobody'}'s "
+                f"in epoch {current}"
+            )
+        inserted = self._refusable(conn, _INSERT_FIRE, (*values, self._dropped(put.job_id)), counted=True)
+        if inserted == 0:
+            return FireTaken(f"{self.name}: job {put.job_id}: its fire {values[FIELDS.index('key')]} is already recorded")
+        return None if isinstance(inserted, int) else inserted
+
     def _dropped(self, job_id: int) -> int:
         tally = self._tallies.get(job_id)
         return tally.dropped if tally is not None else 0
 
     def _refusable(
-        self, conn: psycopg.Connection[Any], query: str, params: Sequence[object], *, returning: bool = False
+        self,
+        conn: psycopg.Connection[Any],
+        query: str,
+        params: Sequence[object],
+        *,
+        returning: bool = False,
+        counted: bool = False,
     ) -> Outcome:
-        """Run one record's statement in a savepoint: its own bad content refuses only it."""
+        """Run one record's statement in a savepoint: its own bad content refuses only it.
+
+        Returns the error, or the id it returns (*returning*), or the rows it
+        touched (*counted*), else None.
+        """
         try:
             with conn.transaction():
                 cursor = conn.execute(query.encode(), params)  # type: ignore[arg-type]
@@ -492,6 +570,8 @@ class PostgresDatabase:
                     row = cursor.fetchone()
                     assert row is not None
                     return int(row[0])
+                if counted:
+                    return cursor.rowcount
         except _BAD_RECORD as error:
             return error
         return None
