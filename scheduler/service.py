@@ -502,6 +502,8 @@ class SchedulerService(MultiService):
         self._outcomes = {}
         # The leader catches up on the runs missed while it was down (at
         # once in embedded mode; with --db, once it has the lease).
+        if self.lease_store is not None:
+            self.lease_store.start()
         self.leadership.start()
         self.dispatcher.resume_retries(self._unretried)
         self._unretried = []

@@ -90,6 +90,8 @@ async def test_with_a_database_the_node_fires_only_once_it_holds_the_lease(node:
     service.fires.on_fires([Fire(1_700_000_000.0, added["id"])])
     assert len(service.jobs) == 0
 
+    assert service.lease_store is not None
+    service.lease_store.start()
     service.leadership.start()
     await _until(service.leadership.leading, reactor)
     code, health = await node.call("GET", "/api/health")

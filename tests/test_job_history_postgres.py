@@ -102,6 +102,7 @@ async def lease_stores(pg_url: str) -> AsyncIterator[Any]:
     def open_store(node: str) -> PostgresLeaseStore:
         store = PostgresLeaseStore(pg_url, reactor, node=node, address=f"http://{node}:3000", workers=lambda: 2)
         store.open()
+        store.start()
         opened.append(store)
         return store
 

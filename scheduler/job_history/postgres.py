@@ -256,10 +256,23 @@ def _scrub(message: str, url: str) -> str:
     return message.replace(url, redact(url))
 
 
+# A connection to a database that stops answering (a cut network, a dead
+# host) fails within seconds instead of after TCP's own timeouts (hours):
+# the lease's step must come back to be tried again.
+_LIVENESS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,
+}
+
+
 def connect(url: str, *, application_name: str) -> psycopg.Connection[Any]:
     """An autocommit connection to *url*; JobStoreError (redacted) if there is none to be had."""
     try:
-        return psycopg.connect(url, autocommit=True, application_name=application_name, connect_timeout=10)
+        return psycopg.connect(url, autocommit=True, application_name=application_name, **_LIVENESS)
     except psycopg.Error as error:
         raise JobStoreError(f"{redact(url)}: cannot connect: {_scrub(str(error).strip(), url)}") from None
 
@@ -952,8 +965,13 @@ class PostgresLeaseStore:
             conn.close()
             raise JobStoreError(f"{self.name}: cannot create the lease table: {error}") from None
         self._conn = conn
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="lease")
-        self._pool.start()
+
+    def start(self) -> None:
+        """Start the lease's thread (once the reactor is about to run: a start-up
+        that fails after ``open`` must not leave a thread keeping the process alive)."""
+        if self._pool is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="lease")
+            self._pool.start()
 
     def _connection(self) -> psycopg.Connection[Any]:
         conn = self._conn
@@ -966,7 +984,7 @@ class PostgresLeaseStore:
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Deferred[Any]:
         if self._pool is None:
-            raise JobStoreClosed(f"{self.name}: the lease store is not open")
+            raise JobStoreClosed(f"{self.name}: the lease store is not started")
 
         def on_thread() -> Any:
             conn = self._connection()
