@@ -214,6 +214,8 @@ def read_db_url(given: str | None, path: str | None, env: Mapping[str, str]) -> 
                     f"{path} can be read by others than the scheduler's user (mode {stat.S_IMODE(found.st_mode):04o}): "
                     f"run chmod 600 {path}"
                 )
+            if found.st_uid != os.geteuid():
+                raise AccessError(f"{path} belongs to another user (uid {found.st_uid}): the scheduler's user must own it")
             url = Path(path).read_text(encoding="utf-8").strip()
         except OSError as error:
             raise AccessError(f"cannot read the database URL file {path}: {error.strerror or error}") from None
