@@ -52,7 +52,7 @@ from scheduler.job_history.database import (
     Put,
     Write,
 )
-from scheduler.job_history.output import Tally, fit_chunk, with_marker
+from scheduler.job_history.output import FittedChunk, Tally, fit_chunk, with_marker
 from scheduler.job_history.sqlite_schema import (
     ACTIVE_SQL,
     ALERT_COLUMNS,
@@ -201,10 +201,10 @@ _UPSERT = (
 # A fired job's first record: a fire already recorded (its key) is left alone.
 _INSERT_FIRE = (
     f'INSERT INTO jobs ({COLUMNS}, "output_dropped") VALUES ({", ".join(["%s"] * (len(FIELDS) + 1))}) '
-    "ON CONFLICT DO NOTHING"
+    "ON CONFLICT DO NOTHING RETURNING 1"
 )
 _UPDATED = tuple(name for name in FIELDS if name in MUTABLE_FIELDS)
-_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s"
+_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s RETURNING 1"
 _INSERT_REVISION = "INSERT INTO task_revisions ({}) VALUES ({}) RETURNING id".format(
     ", ".join(f'"{name}"' for name in REVISION_FIELDS[1:]), ", ".join(["%s"] * (len(REVISION_FIELDS) - 1))
 )
@@ -219,7 +219,7 @@ _INSERT_AUDIT = "INSERT INTO audit_log ({}) VALUES ({}) RETURNING id".format(
 _INSERT_ALERT = (
     'INSERT INTO alert_outbox ("key", "channel", "event", "task_id", "job_id", "created_at", "body", '
     '"state", "attempts", "next_attempt_at") VALUES (%s, %s, %s, %s, %s, %s, %s, \'pending\', 0, %s) '
-    'ON CONFLICT ("key", "channel") DO NOTHING'
+    'ON CONFLICT ("key", "channel") DO NOTHING RETURNING 1'
 )
 
 
@@ -275,6 +275,10 @@ def connect(url: str, *, application_name: str) -> psycopg.Connection[Any]:
         return psycopg.connect(url, autocommit=True, application_name=application_name, **_LIVENESS)
     except psycopg.Error as error:
         raise JobStoreError(f"{redact(url)}: cannot connect: {_scrub(str(error).strip(), url)}") from None
+
+
+# An output chunk's insert, its job's tally, and the chunk as counted.
+_Pending = tuple["psycopg.Cursor[Any]", Tally, FittedChunk]
 
 
 class PostgresDatabase:
@@ -472,58 +476,76 @@ class PostgresDatabase:
     def write_batch(self, writes: Sequence[Write]) -> list[Outcome]:
         with self._session() as conn:
             try:
-                outcomes: list[Outcome] = []
-                highest = 0
-                # The lease row, read once per batch that needs it (FOR SHARE).
-                lease: list[tuple[str | None, int]] = []
-                with conn.transaction():
-                    for write in writes:
-                        if isinstance(write, Chunk):
-                            self._append(conn, write)
-                        elif isinstance(write, Put):
-                            if len(write.row) > len(FIELDS):
-                                outcome = self._fenced_put(conn, write, lease)
-                                if isinstance(outcome, Fenced):
-                                    self.fenced += 1
-                            else:
-                                outcome = self._refusable(conn, _UPSERT, (*write.row, self._dropped(write.job_id)))
-                            if outcome is None:
-                                highest = max(highest, write.job_id)
-                                if write.final:
-                                    self._tallies.pop(write.job_id, None)
-                            else:
-                                log.warn("job store refused job {job_id}: {error}", job_id=write.job_id, error=outcome)
-                            outcomes.append(outcome)
-                        elif isinstance(write, NewRevision):
-                            outcomes.append(self._add_revision(conn, write))
-                        elif isinstance(write, NewAuditEntry):
-                            outcome = self._refusable(conn, _INSERT_AUDIT, write.row, returning=True)
-                            if isinstance(outcome, Exception):
-                                log.warn("job store refused an audit entry: {error}", error=outcome)
-                            outcomes.append(outcome)
-                        elif isinstance(write, NewAlerts):
-                            outcomes.append(self._add_alerts(conn, write))
-                        elif isinstance(write, AlertAttempt):
-                            self._record_attempt(conn, write)
-                            outcomes.append(None)
-                        else:
-                            outcomes.append(self._change_channel(conn, write))
-                    if highest:
-                        # In the transaction (setval itself is not undone by a
-                        # rollback: a batch that fails after it leaves a gap in
-                        # the ids, never a reused one).
-                        conn.execute(
-                            "SELECT setval('jobs_id_seq', %s) WHERE %s > "
-                            "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_id_seq)",
-                            (highest, highest),
-                        )
+                try:
+                    # Pipelined, without a savepoint per record: statements
+                    # whose results are not needed go in one round trip.
+                    with conn.pipeline():
+                        outcomes = self._write(conn, writes, careful=False)
+                except _BAD_RECORD:
+                    # A record refused for its own content undid the batch:
+                    # again, each record that may be refused alone in a savepoint.
+                    self._tallies.clear()
+                    outcomes = self._write(conn, writes, careful=True)
             except BaseException:
                 # The rollback undoes appends that the tallies have counted.
                 self._tallies.clear()
                 raise
+        self.fenced += sum(1 for outcome in outcomes if isinstance(outcome, Fenced))
         return outcomes
 
-    def _fenced_put(self, conn: psycopg.Connection[Any], put: Put, lease: list[tuple[str | None, int]]) -> Outcome:
+    def _write(self, conn: psycopg.Connection[Any], writes: Sequence[Write], *, careful: bool) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        highest = 0
+        # The lease row, read once per batch that needs it (FOR SHARE).
+        lease: list[tuple[str | None, int]] = []
+        # Chunks counted before their insert's result came back.
+        pending: list[_Pending] = []
+        with conn.transaction():
+            self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
+            for write in writes:
+                if isinstance(write, Chunk):
+                    self._append(conn, write, pending)
+                elif isinstance(write, Put):
+                    if len(write.row) > len(FIELDS):
+                        outcome = self._fenced_put(conn, write, lease, careful)
+                    else:
+                        outcome = self._refusable(conn, _UPSERT, (*write.row, self._dropped(write.job_id)), careful=careful)
+                    if outcome is None:
+                        highest = max(highest, write.job_id)
+                        if write.final:
+                            self._tallies.pop(write.job_id, None)
+                    else:
+                        log.warn("job store refused job {job_id}: {error}", job_id=write.job_id, error=outcome)
+                    outcomes.append(outcome)
+                elif isinstance(write, NewRevision):
+                    outcomes.append(self._add_revision(conn, write, careful))
+                elif isinstance(write, NewAuditEntry):
+                    outcome = self._refusable(conn, _INSERT_AUDIT, write.row, returning=True, careful=careful)
+                    if isinstance(outcome, Exception):
+                        log.warn("job store refused an audit entry: {error}", error=outcome)
+                    outcomes.append(outcome)
+                elif isinstance(write, NewAlerts):
+                    outcomes.append(self._add_alerts(conn, write))
+                elif isinstance(write, AlertAttempt):
+                    self._record_attempt(conn, write)
+                    outcomes.append(None)
+                else:
+                    outcomes.append(self._change_channel(conn, write))
+            self._settle(pending)
+            if highest:
+                # In the transaction (setval itself is not undone by a
+                # rollback: a batch that fails after it leaves a gap in
+                # the ids, never a reused one).
+                conn.execute(
+                    "SELECT setval('jobs_id_seq', %s) WHERE %s > "
+                    "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_id_seq)",
+                    (highest, highest),
+                )
+        return outcomes
+
+    def _fenced_put(
+        self, conn: psycopg.Connection[Any], put: Put, lease: list[tuple[str | None, int]], careful: bool
+    ) -> Outcome:
         """A keyed job's record: an update if it is stored, else an insert fenced by the lease.
 
         The insert is made only if the lease row still names this node in the
@@ -540,6 +562,7 @@ class PostgresDatabase:
             _UPDATE_JOB,
             [*(values[FIELDS.index(name)] for name in _UPDATED), put.job_id],
             counted=True,
+            careful=careful,
         )
         if updated != 0:
             return None if isinstance(updated, int) else updated
@@ -553,7 +576,7 @@ class PostgresDatabase:
                 f"{'no lease' if epoch is None else f'epoch {epoch}'}, and the lease is {holder or 'nobody'}'s "
                 f"in epoch {current}"
             )
-        inserted = self._refusable(conn, _INSERT_FIRE, (*values, self._dropped(put.job_id)), counted=True)
+        inserted = self._refusable(conn, _INSERT_FIRE, (*values, self._dropped(put.job_id)), counted=True, careful=careful)
         if inserted == 0:
             return FireTaken(f"{self.name}: job {put.job_id}: its fire {values[FIELDS.index('key')]} is already recorded")
         return None if isinstance(inserted, int) else inserted
@@ -570,27 +593,38 @@ class PostgresDatabase:
         *,
         returning: bool = False,
         counted: bool = False,
+        careful: bool = True,
     ) -> Outcome:
-        """Run one record's statement in a savepoint: its own bad content refuses only it.
+        """Run one record's statement; *careful*, in a savepoint, so that its own bad
+        content refuses only it (else the error undoes the batch).
 
         Returns the error, or the id it returns (*returning*), or the rows it
         touched (*counted*), else None.
         """
+        if not careful:
+            return self._execute(conn, query, params, returning, counted)
         try:
             with conn.transaction():
-                cursor = conn.execute(query.encode(), params)  # type: ignore[arg-type]
-                if returning:
-                    row = cursor.fetchone()
-                    assert row is not None
-                    return int(row[0])
-                if counted:
-                    return cursor.rowcount
+                return self._execute(conn, query, params, returning, counted)
         except _BAD_RECORD as error:
             return error
+
+    @staticmethod
+    def _execute(
+        conn: psycopg.Connection[Any], query: str, params: Sequence[object], returning: bool, counted: bool
+    ) -> Outcome:
+        cursor = conn.execute(query.encode(), params)  # type: ignore[arg-type]
+        if returning:
+            row = cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+        if counted:
+            # Rows, not rowcount: in a pipeline, only a fetch waits for the result.
+            return len(cursor.fetchall())
         return None
 
-    def _add_revision(self, conn: psycopg.Connection[Any], revision: NewRevision) -> Outcome:
-        new_id = self._refusable(conn, _INSERT_REVISION, revision.row, returning=True)
+    def _add_revision(self, conn: psycopg.Connection[Any], revision: NewRevision, careful: bool) -> Outcome:
+        new_id = self._refusable(conn, _INSERT_REVISION, revision.row, returning=True, careful=careful)
         if isinstance(new_id, Exception):
             log.warn("job store refused a revision of task {task_id}: {error}", task_id=revision.task_id, error=new_id)
             return new_id
@@ -609,7 +643,7 @@ class PostgresDatabase:
                 refused += kept is None
                 continue
             # next_attempt_at: due at once, at its creation time.
-            if conn.execute(_INSERT_ALERT.encode(), (*values, values[5])).rowcount:  # type: ignore[arg-type]
+            if conn.execute(_INSERT_ALERT.encode(), (*values, values[5])).fetchone() is not None:  # type: ignore[arg-type]
                 added += 1
                 pending += 1
         return AlertsQueued(added, refused, pending)
@@ -634,10 +668,25 @@ class PostgresDatabase:
             conn.execute("DELETE FROM alert_channels WHERE name = %s", (change.name,))
             return None
         added = conn.execute(
-            "INSERT INTO alert_channels (name, config) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO alert_channels (name, config) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING RETURNING 1",
             (change.name, change.config),
-        ).rowcount
-        return None if added else NameTaken(f"a channel named {change.name!r} exists")
+        ).fetchone()
+        return None if added is not None else NameTaken(f"a channel named {change.name!r} exists")
+
+    def _load_tallies(self, conn: psycopg.Connection[Any], job_ids: set[int]) -> None:
+        """The tallies of the jobs a batch appends to, in one query rather than one per job."""
+        missing = [job_id for job_id in job_ids if job_id not in self._tallies]
+        if not missing:
+            return
+        rows = conn.execute(
+            "SELECT asked, COALESCE((SELECT SUM(octet_length(data)) FROM output WHERE job_id = asked), 0), "
+            "(SELECT MIN(seq) FROM output WHERE job_id = asked), "
+            "COALESCE((SELECT output_dropped FROM jobs WHERE id = asked), 0) "
+            "FROM unnest(%s::bigint[]) AS asked",
+            (missing,),
+        ).fetchall()
+        for job_id, kept, lowest, dropped in rows:
+            self._tallies[int(job_id)] = Tally.from_stored(int(kept), int(dropped), int(lowest) if lowest is not None else None)
 
     def _tally(self, conn: psycopg.Connection[Any], job_id: int) -> Tally:
         tally = self._tallies.get(job_id)
@@ -654,23 +703,38 @@ class PostgresDatabase:
             )
         return tally
 
-    def _append(self, conn: psycopg.Connection[Any], chunk: Chunk) -> None:
+    def _append(self, conn: psycopg.Connection[Any], chunk: Chunk, pending: list[_Pending]) -> None:
         tally = self._tally(conn, chunk.job_id)
         if tally.refuses(chunk.seq):
             return
         fitted = fit_chunk(chunk.data, self.output_cap)
-        before = tally.dropped
-        inserted = conn.execute(
-            "INSERT INTO output (job_id, seq, stream, data) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        cursor = conn.execute(
+            "INSERT INTO output (job_id, seq, stream, data) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
             (chunk.job_id, chunk.seq, chunk.stream, fitted.data.encode("utf-8")),
-        ).rowcount
-        if not inserted:
+        )
+        if not fitted.cut and tally.kept + fitted.size <= self.output_cap:
+            # The usual chunk: nothing to cut or trim, so its result (stored,
+            # or a duplicate ignored) can wait for the pipeline's next sync.
+            tally.count(fitted)
+            pending.append((cursor, tally, fitted))
             return
+        self._settle(pending)
+        if cursor.fetchone() is None:
+            return
+        before = tally.dropped
         tally.count(fitted)
         if tally.kept > self.output_cap:
             self._trim(conn, chunk.job_id, tally)
         if tally.dropped != before:
             conn.execute("UPDATE jobs SET output_dropped = %s WHERE id = %s", (tally.dropped, chunk.job_id))
+
+    @staticmethod
+    def _settle(pending: list[_Pending]) -> None:
+        """Uncount the chunks counted ahead of their result that turned out to be duplicates."""
+        for cursor, tally, fitted in pending:
+            if cursor.fetchone() is None:
+                tally.kept -= fitted.size
+        pending.clear()
 
     def _trim(self, conn: psycopg.Connection[Any], job_id: int, tally: Tally) -> None:
         sizes = conn.execute(
