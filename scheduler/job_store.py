@@ -272,3 +272,7 @@ class PostgresJobStore(ThreadedJobHistory):
             keep_audit_seconds=keep_audit_seconds,
         )
         super().__init__(self.database, reactor, thread_name="jobstore")
+
+    def reserve_ids(self, count: int) -> list[int]:
+        """*count* new job ids from the database's sequence (blocking; see ``IdBlocks``)."""
+        return self.database.reserve_ids(count)

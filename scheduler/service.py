@@ -168,6 +168,11 @@ class SchedulerService(MultiService):
         self.leadership.listeners.append(self._leadership_changed)
         self._lost_lead_at: float | None = None
         self.jobs = JobBook(clock, recorded=self.job_store.fired)
+        if isinstance(self.job_store, PostgresJobStore):
+            from scheduler.job_history.postgres import IdBlocks
+
+            # Job ids from the database: nodes sharing it never make the same one.
+            self.jobs.id_source = IdBlocks(self.job_store.reserve_ids)
         self.jobs.restore((job for job, _ in active), keys, max_id, keys_since=keys_since)
         self.workers = WorkerRegistry()
         self.dispatcher = Dispatcher(

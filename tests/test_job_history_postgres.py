@@ -14,10 +14,11 @@ import psycopg
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 
+from scheduler.job_book import JobBook
 from scheduler.job_history.database import JobStoreError
-from scheduler.job_history.postgres import Fenced, FireTaken, PostgresLeaseStore, redact
+from scheduler.job_history.postgres import Fenced, FireTaken, IdBlocks, PostgresLeaseStore, redact
 from scheduler.job_store import PostgresJobStore
 from scheduler.leader_lease import LeaderLease
 from tests.job_history_support import finished, job
@@ -204,3 +205,27 @@ async def test_a_fire_is_recorded_only_under_the_leases_epoch_and_only_once(leas
         assert [(each.id, each.status.value) for each in stored] == [(6, "queued"), (2, "queued"), (1, "succeeded")]
     finally:
         await store.close()
+
+
+# -- job ids from the database ------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_on_one_database_take_job_ids_no_other_node_gets(pg_url: str) -> None:
+    first, second = PostgresJobStore(pg_url, reactor), PostgresJobStore(pg_url, reactor)
+    first.open()
+    second.open()
+    try:
+        a, b = IdBlocks(first.reserve_ids, size=3), IdBlocks(second.reserve_ids, size=3)
+        taken = [a(), b(), a(), a(), a(), b()]
+        assert len(set(taken)) == 6 and taken[:2] == [1, 4] and taken[4] == 7
+        # Ids handed out count for max_job_id even before any job has them.
+        assert first.max_job_id() == 9
+        book = JobBook(Clock())
+        book.id_source = a
+        assert [book.create("true").id for _ in range(3)] == [8, 9, 10]
+        await first.put(job(10))
+        assert second.max_job_id() == 12  # a's next block: 10, 11, 12
+    finally:
+        await first.close()
+        await second.close()

@@ -448,6 +448,11 @@ class PostgresDatabase:
         )
         return int(rows[0][0])
 
+    def reserve_ids(self, count: int) -> list[int]:
+        """*count* new job ids from the sequence, which no other node can be given."""
+        rows = self._rows("SELECT nextval('jobs_id_seq') FROM generate_series(1, %s)", (count,))
+        return sorted(int(row[0]) for row in rows)
+
     def max_job_id(self) -> int:
         rows = self._rows(
             "SELECT GREATEST(COALESCE((SELECT MAX(id) FROM jobs), 0), "
@@ -942,6 +947,25 @@ def create_or_check(conn: psycopg.Connection[Any], name: str) -> None:
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             (SCHEMA_VERSION,),
         )
+
+
+class IdBlocks:
+    """New job ids, taken from the database in blocks (``JobBook.id_source``).
+
+    Every node on one database takes its ids from the one sequence, so no
+    two nodes make jobs with the same id.  A block costs one query, on the
+    calling (reactor) thread, once per *size* jobs.
+    """
+
+    def __init__(self, reserve: Callable[[int], list[int]], size: int = 100) -> None:
+        self._reserve = reserve
+        self._size = size
+        self._ids: list[int] = []
+
+    def __call__(self) -> int:
+        if not self._ids:
+            self._ids = self._reserve(self._size)[::-1]
+        return self._ids.pop()
 
 
 # -- the leader lease --------------------------------------------------------------
