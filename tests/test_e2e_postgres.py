@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,35 @@ def test_a_database_that_cannot_be_reached_stops_the_start_with_a_clear_message(
     assert done.returncode == 1
     assert "scheduler: cannot start: cannot use the job database: postgresql://sched@127.0.0.1:1/jobs: cannot connect" in out
     assert "Traceback" not in out and PASSWORD not in out
+
+
+def test_when_the_leader_is_killed_the_other_node_leads_at_its_next_step(tmp_path: Path, pg_url: str) -> None:
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", env=env)
+    b = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
+        cluster = wait_until(
+            lambda: (body := _get(b.url + "/api/cluster")) and len(body["nodes"]) == 2 and body, 20, "b to see both nodes"
+        )
+        assert cluster["leader"] == "a" and cluster["epoch"] == 1
+        assert [(node["name"], node["leader"]) for node in cluster["nodes"]] == [("b", False), ("a", True)]
+        assert _get(b.url + "/api/health")["leader"] is False
+
+        # kill -9: a's database session ends with it, and b need not wait for the lease (5 s).
+        a.process.kill()
+        killed = time.monotonic()
+        a.process.wait()
+        wait_until(lambda: (body := _get(b.url + "/api/health")) and body["leader"], 10, "b to lead", interval=0.02)
+        took = time.monotonic() - killed
+        print(f"b led {took:.2f} s after a was killed")
+        assert took < 3.0
+        after = _get(b.url + "/api/cluster")
+        assert after["leader"] == "b" and after["epoch"] == 2
+    finally:
+        stop(a.process)
+        if b is not None:
+            stop(b.process)
