@@ -107,7 +107,7 @@ class SchedulerService(MultiService):
         # The job history: jobs.sqlite (embedded mode), or PostgreSQL (--db),
         # where the leader lease decides which node fires.  Tasks stay in
         # tasks.db either way (for now; see ARCHITECTURE.md).
-        history = {
+        history: dict[str, Any] = {
             "output_cap": settings.output_cap,
             "keep_per_task": settings.keep_jobs,
             "keep_seconds": settings.keep_days * 86400,
@@ -121,10 +121,10 @@ class SchedulerService(MultiService):
             from scheduler.job_history.postgres import PostgresLeaseStore, redact
 
             jobs_db = redact(settings.db_url)
-            self.job_store = PostgresJobStore(settings.db_url, reactor, **history)  # type: ignore[arg-type]
+            self.job_store = PostgresJobStore(settings.db_url, reactor, **history)
         else:
             jobs_db = settings.jobs_db or os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")
-            self.job_store = JobStore(jobs_db, reactor, **history)  # type: ignore[arg-type]
+            self.job_store = JobStore(jobs_db, reactor, **history)
         try:
             self.job_store.open()
             active = self.job_store.load_active()
@@ -150,9 +150,9 @@ class SchedulerService(MultiService):
         self.node = settings.node_name or default_node_name(settings.http)
         public_url = settings.public_url or default_public_url(settings.http)
         self.leadership: Leadership
-        if settings.db_url is not None:
+        if isinstance(self.job_store, PostgresJobStore):
             self.lease_store = PostgresLeaseStore(
-                settings.db_url, reactor, node=self.node, address=public_url, workers=lambda: len(self.workers)
+                self.job_store.database.url, reactor, node=self.node, address=public_url, workers=lambda: len(self.workers)
             )
             try:
                 self.lease_store.open()
@@ -162,7 +162,7 @@ class SchedulerService(MultiService):
             leadership = self.leadership
             node = self.node
             # Fencing: a fired job is recorded only under the epoch it was made in.
-            self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)  # type: ignore[union-attr]
+            self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)
         else:
             self.leadership = SoleLeader(self.node)
         self.leadership.listeners.append(self._leadership_changed)
