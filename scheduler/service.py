@@ -307,6 +307,7 @@ class SchedulerService(MultiService):
             tz=settings.tz,
             limit=settings.alert_outbox_limit,
             metrics=AlertMetrics(self.metrics.registry),
+            leading=self.leadership.leading,
         )
         self.job_store.alert_listeners.append(self.alert_sender.queued)
         self.alert_sender.setServiceParent(self)
@@ -576,11 +577,14 @@ class SchedulerService(MultiService):
 
     def _leadership_changed(self, leading: bool) -> None:
         """Catch up when this node starts leading: the downtime at its first
-        lease, the time without the lease at a later one (each task's missed policy)."""
+        lease, the time without the lease at a later one (each task's missed
+        policy); and deliver the alerts waiting in the outbox."""
         now = self.reactor.seconds()
         if not leading:
             self._lost_lead_at = now
-        elif self._last_scheduled is not None:
+            return
+        self.alert_sender.wake()
+        if self._last_scheduled is not None:
             last, self._last_scheduled = self._last_scheduled, None
             self.fires.run_missed(last, now, self._up_until)
         elif self._lost_lead_at is not None:
