@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := netcat-openbsd chromium faketime
+DEBIAN_PACKAGES := netcat-openbsd chromium faketime postgresql
 
 .PHONY: run test lint typecheck unit bench soak container-check debian-deps install test-install clean
 
@@ -15,13 +15,15 @@ install: $(BIN)/python
 
 # Debian's nc (the README's one-liners and the end-to-end tests) and
 # Chromium (browser tests) and libfaketime (faketime: the clock-step
-# end-to-end test preloads its libfaketime.so.1); installed only where missing.
+# end-to-end test preloads its libfaketime.so.1) and PostgreSQL's server
+# (the --db tests start their own; tests/postgres_support.py); installed only where missing.
 debian-deps:
 	@missing=""; \
 	command -v nc >/dev/null || missing="$$missing netcat-openbsd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | grep -q . \
 	  || missing="$$missing faketime"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

@@ -48,6 +48,7 @@ ROUTE_NEEDS: dict[tuple[str, str], Need] = {
     # Reading.
     ("GET", "/metrics"): "read",
     ("GET", "/api/openapi.json"): "read",
+    ("GET", "/api/cluster"): "read",
     ("GET", "/api/tasks"): "read",
     ("GET", "/api/tasks/<task_id>"): "read",
     ("GET", "/api/tasks/<task_id>/revisions"): "read",

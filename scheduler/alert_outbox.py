@@ -120,7 +120,10 @@ class AlertSender(Service):
         first_delay: float = 10.0,
         max_delay: float = 3600.0,
         rng: random.Random | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
+        # With --db the outbox is shared: only the leader delivers from it.
+        self._leading = leading
         self._clock = clock
         self._store = store
         self._channels = channels
@@ -201,6 +204,8 @@ class AlertSender(Service):
 
     async def _take(self) -> float | None:
         """Start the due rows there is room for; the delay until the next pass, or None."""
+        if not self._leading():
+            return None  # taking the lease wakes us
         room = self._max_in_flight - len(self._flying)
         if room <= 0:
             return None  # a finishing attempt wakes us

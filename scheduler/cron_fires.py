@@ -26,6 +26,8 @@ class FireHandler:
     which clears the flag.  A ping check's fire runs nothing: *expected*
     is told its ping is due.  Runs missed in downtime that the missed
     policy does not run are recorded as ``missed`` jobs and told to *missed*.
+    While *leading* says this node does not lead (the leader lease, with
+    ``--db``), fires and catch-ups are left to the leader.
     """
 
     # A tick with more fires than this logs one summary line, not one line
@@ -39,6 +41,7 @@ class FireHandler:
         dispatcher: Dispatcher,
         *,
         holding: Callable[[], bool] = lambda: False,
+        leading: Callable[[], bool] = lambda: True,
         skipped: Callable[[Task], object] = lambda task: None,
         expected: Callable[[Task, float], object] = lambda task, scheduled: None,
         missed: Callable[[Task, list[Job], int, bool], object] = lambda task, jobs, count, more: None,
@@ -46,6 +49,7 @@ class FireHandler:
         self._book = book
         self._dispatcher = dispatcher
         self._holding = holding
+        self._leading = leading
         self._skipped = skipped
         self._expected = expected
         self._missed = missed
@@ -56,6 +60,8 @@ class FireHandler:
         self._skip_used: dict[int, Task] = {}
 
     def on_fires(self, fires: list[Fire]) -> None:
+        if not self._leading():
+            return
         if self._holding():
             if fires:
                 log.info("maintenance: {count} run(s) due now skipped", count=len(fires))
@@ -124,6 +130,9 @@ class FireHandler:
     def _catch_up(
         self, last_of: Callable[[int], float | None], now: float, why: str, up_until: float | None = None
     ) -> None:
+        if not self._leading():
+            log.info("not the leader: runs missed {why} are left to the leader", why=why)
+            return
         if self._holding():
             log.info("maintenance is on: runs missed {why} are not caught up", why=why)
             return

@@ -29,6 +29,7 @@ from scheduler.alert_deliveries import DELIVERY_STATES
 from scheduler.alert_outbox import AlertSender
 from scheduler.alert_watch import AlertWatch
 from scheduler.audit import AUDIT_ACTIONS, AuditAction, AuditLog
+from scheduler.cluster import Cluster
 from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, caller_of, token_checked
@@ -42,7 +43,7 @@ from scheduler.http_json import (
     worker_json,
 )
 from scheduler.http_static import IMMUTABLE, REVALIDATE, StaticFile, StaticFiles
-from scheduler.job_store import AuditQuery, JobStore
+from scheduler.job_store import AuditQuery, JobStore, PostgresJobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import SchedulerMetrics
@@ -204,7 +205,7 @@ class SchedulerHTTP:
         changes: TaskChanges,
         maintenance: Maintenance,
         dispatcher: Dispatcher,
-        job_store: JobStore,
+        job_store: JobStore | PostgresJobStore,
         workers: WorkerRegistry,
         next_run: Callable[[int], float | None],
         metrics: SchedulerMetrics,
@@ -217,10 +218,12 @@ class SchedulerHTTP:
         channels: ChannelBook,
         alert_sender: AlertSender,
         audit: AuditLog | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         # Manual runs, cancels, channels and the maintenance switch; task
         # changes reach it from TaskChanges.
         self._audit = audit
+        self._cluster = cluster
         self._state = state
         self._changes = changes
         self._maintenance = maintenance
@@ -292,10 +295,22 @@ class SchedulerHTTP:
             # (ZoneInfo's key is the IANA name; a zone without one, its offset.)
             "timezone": getattr(self._tz, "key", None) or str(self._tz),
         }
+        if self._cluster is not None:
+            body.update(self._cluster.health())
         if token_checked(request):
             # Only to holders of the API token: a version helps an attacker
             # pick the exploits to try.
             body["version"] = __version__
+        return _json(request, 200, body)
+
+    @app.route("/api/cluster", methods=["GET"])
+    async def cluster(self, request: IRequest) -> bytes:
+        if self._cluster is None:
+            raise ApiError(404, "no such resource: /api/cluster")
+        try:
+            body = await self._cluster.describe()
+        except Exception as error:
+            raise ApiError(503, f"cannot read the cluster's nodes: {error}") from None
         return _json(request, 200, body)
 
     def _clock_step_json(self) -> dict[str, Any] | None:

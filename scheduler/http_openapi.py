@@ -568,6 +568,9 @@ OPENAPI: dict[str, Any] = {
                                         },
                                     ],
                                 },
+                                "node": {"type": "string", "description": "this scheduler node's name (--node-name)"},
+                                "leader": {"type": "boolean", "description": "whether this node leads (fires cron) now"},
+                                "epoch": {"type": "integer", "minimum": 0, "description": "the leader lease's epoch (1 in embedded mode)"},
                                 "version": {"type": "string", "description": "only with the API token"},
                                 "timezone": {
                                     "type": "string",
@@ -1246,6 +1249,41 @@ OPENAPI["components"]["schemas"].update(
 OPENAPI["paths"].update(
     {
         "/api/me": {"get": {"summary": "Who the token or person asking is, and what they may do", "responses": {"200": _json(_ref("Me"), "The caller")}}},
+        "/api/cluster": {
+            "get": {
+                "summary": "The scheduler nodes and which leads (one node, the leader, in embedded mode)",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["leader", "epoch", "nodes"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "leader": {"type": ["string", "null"], "description": "the leading node's name; null while none is known"},
+                                "epoch": {"type": "integer", "minimum": 0, "description": "the lease's epoch, one more at every takeover"},
+                                "nodes": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["name", "address", "leader", "lastSeen", "workers"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "address": {"type": "string", "description": "its dashboard's address"},
+                                            "leader": {"type": "boolean"},
+                                            "lastSeen": _TIME,
+                                            "workers": {"type": "integer", "minimum": 0, "description": "workers connected to it"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "The cluster",
+                    ),
+                    "503": _error("The database holding the nodes could not be read"),
+                },
+            }
+        },
         "/api/audit": {
             "get": {
                 "summary": "The audit log: who did what, when and from where; newest first",

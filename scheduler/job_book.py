@@ -107,6 +107,9 @@ class JobBook:
         self._by_status: Counter[JobStatus] = Counter()
         self.fired = FiredTimes(clock, horizon, recorded)
         self._next_id = next_id
+        # Where new job ids come from when a database hands them out (with
+        # --db, several nodes share it); None: counted here, from next_id.
+        self.id_source: Callable[[], int] | None = None
         self.listeners: list[JobListener] = []
 
     def __iter__(self) -> Iterator[Job]:
@@ -148,8 +151,9 @@ class JobBook:
         return self.create(command, task_id=task_id, key=fire_key(task_id, scheduled), scheduled_at=scheduled, **fields)
 
     def create(self, command: str, **fields: object) -> Job:
-        job = Job(id=self._next_id, command=command, created_at=self._clock.seconds(), **fields)  # type: ignore[arg-type]
-        self._next_id += 1
+        job_id = self._next_id if self.id_source is None else self.id_source()
+        job = Job(id=job_id, command=command, created_at=self._clock.seconds(), **fields)  # type: ignore[arg-type]
+        self._next_id = max(self._next_id, job_id + 1)
         self.put(job)
         return job
 

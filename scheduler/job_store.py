@@ -13,8 +13,10 @@ history in SQLite.  The parts live in ``scheduler/job_history/``:
 - ``database``: what a backend does, and the errors;
 - ``sqlite`` and ``sqlite_schema``: the SQLite backend, its schema and rows.
 
-A second backend (PostgreSQL, say) is a ``Database`` beside ``sqlite`` and a
-class like :class:`JobStore` that builds it.
+- ``postgres``: the PostgreSQL backend (``--db``), and the leader lease's store.
+
+A backend is a ``Database`` beside ``sqlite`` and a class like
+:class:`JobStore` that builds it (:class:`PostgresJobStore`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "JobStoreClosed",
     "JobStoreError",
     "NameTaken",
+    "PostgresJobStore",
 ]
 
 
@@ -239,3 +242,40 @@ class JobStore(ThreadedJobHistory):
             connect=connect,
         )
         super().__init__(self.database, reactor, thread_name="jobstore")
+
+
+class PostgresJobStore(ThreadedJobHistory):
+    """The job history in PostgreSQL (``--db``), written in batches off the reactor.
+
+    Its ``name`` (in every error message) is the URL without its password.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        reactor: Any,
+        *,
+        output_cap: int = 1024 * 1024,
+        keep_per_task: int = 100,
+        keep_seconds: float = 7 * 86400,
+        keep_revisions: int = REVISIONS_PER_TASK,
+        outbox_limit: int = 10_000,
+        keep_audit_seconds: float = 90 * 86400,
+    ) -> None:
+        # Imported here: psycopg is only loaded by those who use PostgreSQL.
+        from scheduler.job_history.postgres import PostgresDatabase
+
+        self.database = PostgresDatabase(
+            url,
+            output_cap=output_cap,
+            keep_per_task=keep_per_task,
+            keep_seconds=keep_seconds,
+            keep_revisions=keep_revisions,
+            outbox_limit=outbox_limit,
+            keep_audit_seconds=keep_audit_seconds,
+        )
+        super().__init__(self.database, reactor, thread_name="jobstore")
+
+    def reserve_ids(self, count: int) -> list[int]:
+        """*count* new job ids from the database's sequence (blocking; see ``IdBlocks``)."""
+        return self.database.reserve_ids(count)

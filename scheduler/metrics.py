@@ -5,14 +5,39 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scheduler.jobs import Job
+from scheduler.leader_lease import LeaseCounts
 
 # Per task: its jobName, last success (Unix time or None), consecutive
 # failures and health (scheduler.alert_watch).
 TaskHealthRow = tuple[str, float | None, int, str]
+
+
+class LeaseCollector(Collector):
+    """The leader lease's counters (kept by the lease, read at each scrape)."""
+
+    def __init__(self, counts: Callable[[], LeaseCounts], fenced: Callable[[], int]) -> None:
+        self._counts = counts
+        self._fenced = fenced
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(LeaseCounts(), 0)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._counts(), self._fenced())
+
+    def _families(self, counts: LeaseCounts, fenced: int) -> Iterator[Metric]:
+        for name, doc, value in (
+            ("scheduler_leader_elections", "Times this node took the leader lease (each a new epoch).", counts.elections),
+            ("scheduler_leader_renewals", "Renewals of the leader lease by this node.", counts.renewals),
+            ("scheduler_leader_lost", "Leases this node held and lost (its deadline passed, or another node took it).", counts.lost),
+            ("scheduler_leader_lease_failures", "Lease steps the database could not do.", counts.failures),
+            ("scheduler_fenced_writes", "Fired jobs' records refused: made under an epoch that was no longer the lease's.", fenced),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
 
 
 class TaskHealthCollector(Collector):
@@ -99,6 +124,22 @@ class SchedulerMetrics:
             ("scheduler_cron_tick_lag_seconds", "How late the last cron tick ran after its second.", tick_lag),
         ):
             Gauge(name, doc, registry=self.registry).set_function(source)
+
+    def watch_lease(
+        self,
+        counts: Callable[[], LeaseCounts],
+        leading: Callable[[], bool],
+        epoch: Callable[[], int],
+        fenced: Callable[[], int] = lambda: 0,
+    ) -> None:
+        """The leader lease's counts and state (scheduler.leader_lease), read at each scrape."""
+        self.registry.register(LeaseCollector(counts, fenced))
+        Gauge("scheduler_leader", "1 while this node leads (fires cron), else 0.", registry=self.registry).set_function(
+            lambda: 1.0 if leading() else 0.0
+        )
+        Gauge("scheduler_leader_epoch", "The leader lease's epoch as this node last saw it.", registry=self.registry).set_function(
+            lambda: float(epoch())
+        )
 
     def job_changed(self, job: Job) -> None:
         if job.status.final:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -23,6 +23,7 @@ from scheduler.alert_delivery import Deliverer
 from scheduler.alert_outbox import AlertMetrics, AlertSender
 from scheduler.alert_watch import AlertWatch
 from scheduler.audit import AuditLog, WrongTokens
+from scheduler.cluster import Cluster, default_node_name
 from scheduler.cron_engine import CronEngine
 from scheduler.cron_fires import FireHandler
 from scheduler.cron_ticker import CronTicker
@@ -34,8 +35,9 @@ from scheduler.http_json import job_json, output_event, task_event, worker_event
 from scheduler.http_log import LoggingSite
 from scheduler.job_book import JobBook
 from scheduler.job_caps import RunCaps
-from scheduler.job_store import JobStore
+from scheduler.job_store import JobStore, PostgresJobStore
 from scheduler.jobs import Job, JobStatus
+from scheduler.leader_lease import LeaderLease, Leadership, SoleLeader
 from scheduler.limits import ConnectionLimits
 from scheduler.maintenance import Maintenance
 from scheduler.memory import release_free_memory
@@ -54,6 +56,9 @@ from scheduler.triggers import SCHEDULE
 from scheduler.worker_messages import GOING_AWAY_WAIT
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import Worker, WorkerRegistry
+
+if TYPE_CHECKING:
+    from scheduler.job_history.postgres import PostgresLeaseStore
 
 log = Logger()
 
@@ -99,16 +104,27 @@ class SchedulerService(MultiService):
         self.state = TaskState(book, self.store, self.engine, clock)
         release_free_memory()
 
-        jobs_db = settings.jobs_db or os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")
-        self.job_store = JobStore(
-            jobs_db,
-            reactor,
-            output_cap=settings.output_cap,
-            keep_per_task=settings.keep_jobs,
-            keep_seconds=settings.keep_days * 86400,
-            outbox_limit=settings.alert_outbox_limit,
-            keep_audit_seconds=settings.keep_audit_days * 86400,
-        )
+        # The job history: jobs.sqlite (embedded mode), or PostgreSQL (--db),
+        # where the leader lease decides which node fires.  Tasks stay in
+        # tasks.db either way (for now; see ARCHITECTURE.md).
+        history: dict[str, Any] = {
+            "output_cap": settings.output_cap,
+            "keep_per_task": settings.keep_jobs,
+            "keep_seconds": settings.keep_days * 86400,
+            "outbox_limit": settings.alert_outbox_limit,
+            "keep_audit_seconds": settings.keep_audit_days * 86400,
+        }
+        self.job_store: JobStore | PostgresJobStore
+        self.lease_store: PostgresLeaseStore | None = None
+        if settings.db_url is not None:
+            # Imported here: embedded mode never loads psycopg.
+            from scheduler.job_history.postgres import PostgresLeaseStore, redact
+
+            jobs_db = redact(settings.db_url)
+            self.job_store = PostgresJobStore(settings.db_url, reactor, **history)
+        else:
+            jobs_db = settings.jobs_db or os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")
+            self.job_store = JobStore(jobs_db, reactor, **history)
         try:
             self.job_store.open()
             active = self.job_store.load_active()
@@ -116,7 +132,7 @@ class SchedulerService(MultiService):
             # job store about older ones.
             keys_since = clock.seconds() - JobBook.FIRED_HORIZON
             keys = self.job_store.recent_keys(keys_since)
-            self._last_scheduled = self.job_store.last_scheduled()
+            self._last_scheduled: dict[int, float] | None = self.job_store.last_scheduled()
             # Retry timers lived in memory: the history says which are owed.
             self._unretried = self.job_store.unretried()
             # So did the alert timers and each task's streak: likewise.
@@ -127,8 +143,36 @@ class SchedulerService(MultiService):
             # jobs and revisions would pass for the new task's.
             self.state.book.reserve_ids(self.job_store.max_task_id())
         except Exception as error:
+            if settings.db_url is not None:
+                # The error names the database, without its password.
+                raise StartupError(f"cannot use the job database: {error}") from None
             raise StartupError(f"cannot open the job database {jobs_db}: {error}") from None
+        self.node = settings.node_name or default_node_name(settings.http)
+        public_url = settings.public_url or default_public_url(settings.http)
+        self.leadership: Leadership
+        if isinstance(self.job_store, PostgresJobStore):
+            self.lease_store = PostgresLeaseStore(
+                self.job_store.database.url, reactor, node=self.node, address=public_url, workers=lambda: len(self.workers)
+            )
+            try:
+                self.lease_store.open()
+            except Exception as error:
+                raise StartupError(f"cannot use the job database for the leader lease: {error}") from None
+            self.leadership = LeaderLease(clock, self.lease_store, self.node, lease=settings.lease, monotonic=time.monotonic)
+            leadership = self.leadership
+            node = self.node
+            # Fencing: a fired job is recorded only under the epoch it was made in.
+            self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)
+        else:
+            self.leadership = SoleLeader(self.node)
+        self.leadership.listeners.append(self._leadership_changed)
+        self._lost_lead_at: float | None = None
         self.jobs = JobBook(clock, recorded=self.job_store.fired)
+        if isinstance(self.job_store, PostgresJobStore):
+            from scheduler.job_history.postgres import IdBlocks
+
+            # Job ids from the database: nodes sharing it never make the same one.
+            self.jobs.id_source = IdBlocks(self.job_store.reserve_ids)
         self.jobs.restore((job for job, _ in active), keys, max_id, keys_since=keys_since)
         self.workers = WorkerRegistry()
         self.dispatcher = Dispatcher(
@@ -192,6 +236,7 @@ class SchedulerService(MultiService):
             lambda: self.state.book,
             self.dispatcher,
             holding=lambda: self.maintenance.on,
+            leading=self.leadership.leading,
             skipped=self._skipped_next,
             expected=self.alerts.expect_ping,
             missed=self.alerts.missed,
@@ -239,6 +284,12 @@ class SchedulerService(MultiService):
             tick_lag=lambda: self.ticker.lag,
             task_health=self._task_health,
         )
+        self.metrics.watch_lease(
+            lambda: self.leadership.counts,
+            self.leadership.leading,
+            lambda: self.leadership.epoch,
+            lambda: getattr(self.job_store.database, "fenced", 0),
+        )
         self.jobs.listeners.append(self.metrics.job_changed)
         self.ticker.step_listeners.append(self.metrics.clock_stepped)
         self.dispatcher.started_listeners.append(self.metrics.job_started)
@@ -252,10 +303,11 @@ class SchedulerService(MultiService):
             self.job_store,
             self.channels.get,
             self.deliverer.deliver,
-            public_url=settings.public_url or default_public_url(settings.http),
+            public_url=public_url,
             tz=settings.tz,
             limit=settings.alert_outbox_limit,
             metrics=AlertMetrics(self.metrics.registry),
+            leading=self.leadership.leading,
         )
         self.job_store.alert_listeners.append(self.alert_sender.queued)
         self.alert_sender.setServiceParent(self)
@@ -303,6 +355,15 @@ class SchedulerService(MultiService):
             channels=self.channels,
             alert_sender=self.alert_sender,
             audit=self.audit,
+            cluster=Cluster(
+                self.leadership,
+                address=public_url,
+                workers=lambda: len(self.workers),
+                clock=clock,
+                tz=lambda: self.state.book.tz,
+                rows=self.lease_store,
+                lease=settings.lease,
+            ),
         )
         self.guard = Guard(
             self.http.app.resource(),
@@ -445,7 +506,11 @@ class SchedulerService(MultiService):
         self.pauses.start()
         self.alerts.restore(self._outcomes, self.jobs)
         self._outcomes = {}
-        self.fires.run_missed(self._last_scheduled, self.reactor.seconds(), self._up_until)
+        # The leader catches up on the runs missed while it was down (at
+        # once in embedded mode; with --db, once it has the lease).
+        if self.lease_store is not None:
+            self.lease_store.start()
+        self.leadership.start()
         self.dispatcher.resume_retries(self._unretried)
         self._unretried = []
         self.dispatcher.pump()
@@ -463,6 +528,7 @@ class SchedulerService(MultiService):
             await workers_told
             if listening is not None:
                 await listening
+            self.leadership.stop()
             self.dispatcher.stop()
             self.alerts.stop()
             self.wrong_tokens.stop()
@@ -470,6 +536,9 @@ class SchedulerService(MultiService):
             self.feed.stop()
             await super(SchedulerService, self).stopService()
             await self.job_store.close()
+            if self.lease_store is not None:
+                # Its session ends: another node takes the lease at once.
+                self.lease_store.close()
 
         return Deferred.fromCoroutine(close())
 
@@ -506,7 +575,24 @@ class SchedulerService(MultiService):
         self.workers.listeners.append(worker_changed)
         self.dispatcher.output_listeners.append(output)
 
+    def _leadership_changed(self, leading: bool) -> None:
+        """Catch up when this node starts leading: the downtime at its first
+        lease, the time without the lease at a later one (each task's missed
+        policy); and deliver the alerts waiting in the outbox."""
+        now = self.reactor.seconds()
+        if not leading:
+            self._lost_lead_at = now
+            return
+        self.alert_sender.wake()
+        if self._last_scheduled is not None:
+            last, self._last_scheduled = self._last_scheduled, None
+            self.fires.run_missed(last, now, self._up_until)
+        elif self._lost_lead_at is not None:
+            self.fires.run_skipped(self._lost_lead_at, now)
+
     def _prune(self) -> None:
+        if not self.leadership.leading():
+            return  # housekeeping is the leader's
         self.job_store.prune(self.reactor.seconds()).addErrback(
             lambda failure: log.failure("pruning job history failed", failure)
         )

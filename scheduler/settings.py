@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import resource
 import socket
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import endpoints
 from twisted.logger import Logger
 
-from scheduler.access import WorkerTokens, listen_interface, read_token
+from scheduler.access import AccessError, WorkerTokens, listen_interface, read_token
 from scheduler.access_tokens import Access, TokenBook, parse_networks, parse_scopes
 from scheduler.job_secrets import SecretBook
+from scheduler.leader_lease import LEASE_SECONDS
 from scheduler.limits import SEND_BACKLOG
 from scheduler.worker_messages import PING_INTERVAL, PING_TIMEOUT
 
@@ -97,6 +100,12 @@ class Settings:
     secrets: SecretBook = field(default_factory=SecretBook)
     # The audit log's retention.
     keep_audit_days: float = 90.0
+    # PostgreSQL (--db, --db-file or $SCHEDULER_DB): the job history there and
+    # the leader lease; None is embedded mode (jobs.sqlite).  The node's name
+    # (None: host name and HTTP port) and the lease's length in seconds.
+    db_url: str | None = None
+    node_name: str | None = None
+    lease: float = LEASE_SECONDS
 
     def access(self) -> Access:
         """Who may do what on both ports; raises AccessError for a bad proxy option."""
@@ -183,7 +192,42 @@ class Settings:
             proxy_scopes=options["proxy-scopes"],
             secrets=secrets,
             keep_audit_days=options["keep-audit-days"],
+            db_url=read_db_url(options["db"], options["db-file"], env),
+            node_name=options["node-name"],
+            lease=options["lease"],
         )
+
+
+def read_db_url(given: str | None, path: str | None, env: Mapping[str, str]) -> str | None:
+    """The PostgreSQL URL from --db, else the --db-file, else $SCHEDULER_DB; None for embedded mode.
+
+    The file holds a password: like a secret's, it must be readable by its
+    owner only.  Raises AccessError, which names the file, never the URL.
+    """
+    if given and path:
+        raise AccessError("give --db or --db-file, not both")
+    if path:
+        try:
+            found = os.stat(path)
+            if found.st_mode & 0o077:
+                raise AccessError(
+                    f"{path} can be read by others than the scheduler's user (mode {stat.S_IMODE(found.st_mode):04o}): "
+                    f"run chmod 600 {path}"
+                )
+            if found.st_uid != os.geteuid():
+                raise AccessError(f"{path} belongs to another user (uid {found.st_uid}): the scheduler's user must own it")
+            url = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise AccessError(f"cannot read the database URL file {path}: {error.strerror or error}") from None
+        if not url:
+            raise AccessError(f"the database URL file {path} is empty")
+    else:
+        url = (given or env.get("SCHEDULER_DB", "")).strip()
+        if not url:
+            return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise AccessError("the database URL must start with postgresql:// (as in postgresql://user:password@host/db)")
+    return url
 
 
 def default_public_url(http: str) -> str:

@@ -15,6 +15,7 @@ from twisted.python import usage
 from scheduler.cron import local_zone
 from scheduler.http_log import check_target
 from scheduler.job_caps import parse_sizes
+from scheduler.leader_lease import RENEW_EVERY
 from scheduler.settings import Settings
 from scheduler.tasks import TaskError
 
@@ -46,6 +47,14 @@ def _public_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def _lease(text: str) -> float:
+    value = float(text)
+    if value <= RENEW_EVERY:
+        raise ValueError(f"must be above {RENEW_EVERY:g} (the lease is renewed every {RENEW_EVERY:g} s)")
+    return value
+
+
+_lease.coerceDoc = f"Seconds, above {RENEW_EVERY:g}."  # type: ignore[attr-defined]
 _public_url.coerceDoc = "An http:// or https:// URL."  # type: ignore[attr-defined]
 _positive.coerceDoc = "A number above 0."  # type: ignore[attr-defined]
 _positive_int.coerceDoc = "An integer above 0."  # type: ignore[attr-defined]
@@ -68,6 +77,11 @@ class Options(usage.Options):
         ["tcp-idle-timeout", None, Settings.tcp_idle_timeout, "Seconds an idle TCP SESSION connection stays open.", _positive],
         ["tcp-max-line", None, Settings.tcp_max_line, "Longest TCP command line, in bytes.", _positive_int],
         ["jobs-db", None, None, "SQLite database of job history (default: jobs.sqlite beside the tasks file)."],
+        # PostgreSQL: a node of a cluster (see README); without them, embedded mode.
+        ["db", None, None, "PostgreSQL URL (postgresql://user:password@host/db) for the job history and the leader lease, instead of jobs.sqlite; it carries a password, so prefer --db-file or SCHEDULER_DB."],
+        ["db-file", None, None, "File (mode 0600) holding the PostgreSQL URL."],
+        ["node-name", None, None, "This node's name in the cluster (default: host name and --http port)."],
+        ["lease", None, Settings.lease, "Seconds of the leader lease, renewed about every second; a leader that cannot renew stops firing when it runs out.", _lease],
         ["access-log", None, Settings.access_log, "HTTP access log: '-' for the main log, 'none', or a file of its own (rotated at 10 MB, 5 kept)."],
         ["lost-after", None, Settings.lost_after, "Seconds a disconnected worker has to come back before its jobs are lost.", _positive],
         ["queue-limit", None, Settings.queue_limit, "Most jobs waiting for a worker; more are refused with an error.", _positive_int],
@@ -148,11 +162,11 @@ def makeService(options: Options) -> IService:
 
 
 def forget_token_variables(environ: MutableMapping[str, str]) -> None:
-    """Drop SCHEDULER_*_TOKEN from *environ* once Settings has read them.
+    """Drop SCHEDULER_*_TOKEN and SCHEDULER_DB (a password) from *environ* once Settings has read them.
 
     Nothing needs them after, and no process started from here may
     inherit them.  (A worker started beside the scheduler with the same
     environment, as under `make run`, drops them itself: worker.tap.)
     """
-    for name in [name for name in environ if name.startswith("SCHEDULER_") and name.endswith("_TOKEN")]:
+    for name in [name for name in environ if (name.startswith("SCHEDULER_") and name.endswith("_TOKEN")) or name == "SCHEDULER_DB"]:
         del environ[name]

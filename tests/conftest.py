@@ -36,3 +36,7 @@ def usual_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+# The throwaway PostgreSQL server of the --db tests, and a schema per test.
+from tests.postgres_support import pg_url, postgres_server  # noqa: E402, F401

@@ -19,7 +19,8 @@ import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from scheduler.job_store import JobStore
+from scheduler.job_history.threaded import ThreadedJobHistory
+from scheduler.job_store import JobStore, PostgresJobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.triggers import TriggeredBy
 
@@ -42,7 +43,7 @@ class FlakyConnection(sqlite3.Connection):
         return super().execute(sql, parameters)
 
 
-Opener = Callable[..., JobStore]
+Opener = Callable[..., Any]
 
 
 @pytest.fixture
@@ -50,9 +51,30 @@ def path(tmp_path: Path) -> str:
     return str(tmp_path / "jobs.sqlite")
 
 
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest_twisted.async_yield_fixture(params=BACKENDS)
+async def stores(request: pytest.FixtureRequest, path: str) -> AsyncIterator[Opener]:
+    """Opens stores on one database, in SQLite and in PostgreSQL (the same tests
+    prove both backends); whatever a test leaves open is closed after it."""
+    opened: list[ThreadedJobHistory] = []
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+
+    def open_store(**kw: Any) -> ThreadedJobHistory:
+        store: ThreadedJobHistory = JobStore(path, reactor, **kw) if url is None else PostgresJobStore(url, reactor, **kw)
+        store.open()
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
 @pytest_twisted.async_yield_fixture
-async def stores(path: str) -> AsyncIterator[Opener]:
-    """Opens stores on *path*; whatever a test leaves open is closed after it."""
+async def sqlite_stores(path: str) -> AsyncIterator[Callable[..., JobStore]]:
+    """Opens SQLite stores on *path*: for the tests of what only SQLite has (its file, its pragmas)."""
     opened: list[JobStore] = []
 
     def open_store(**kw: Any) -> JobStore:
@@ -64,6 +86,13 @@ async def stores(path: str) -> AsyncIterator[Opener]:
     yield open_store
     for store in opened:
         await store.close()
+
+
+# What a record refused for its own content raises, in either backend.
+def integrity_errors() -> tuple[type[Exception], ...]:
+    import psycopg
+
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 
 def flaky(connections: list[FlakyConnection]) -> Callable[..., sqlite3.Connection]:
@@ -115,3 +144,29 @@ def full_job() -> Job:
         reason="timed out after 12.5s",
         version=5,
     )
+
+
+def peek(store: Any, path: str, query: str) -> list[tuple[Any, ...]]:
+    """*query*'s rows read on a connection of its own to *store*'s database: what is committed."""
+    if isinstance(store, JobStore):
+        with sqlite3.connect(path) as conn:
+            rows = conn.execute(query).fetchall()
+        conn.close()
+        return rows
+    import psycopg
+
+    with psycopg.connect(store.database.url) as pg:
+        return [tuple(row) for row in pg.execute(query.encode()).fetchall()]
+
+
+def columns(store: Any, path: str, table: str) -> set[str]:
+    """The column names of *table* in *store*'s database."""
+    if isinstance(store, JobStore):
+        return {str(row[1]) for row in peek(store, path, f"PRAGMA table_info({table})")}
+    return {
+        str(row[0])
+        for row in peek(
+            store, path, f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' "
+            "AND table_schema = current_schema()"
+        )
+    }

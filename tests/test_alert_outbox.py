@@ -145,6 +145,21 @@ def test_a_queued_alert_is_delivered_at_once_with_its_link_and_output() -> None:
     assert metric(registry, "scheduler_alerts_pending") == 0
 
 
+def test_only_the_leader_delivers_from_a_shared_outbox() -> None:
+    clock, outbox, receivers = Clock(), MemoryOutbox(), Receivers()
+    lead = {"now": False}
+    alerts = sender(clock, outbox, receivers, leading=lambda: lead["now"])
+    outbox.add(1, job_id=42)
+    alerts.queued(AlertsQueued(1, 0, 1))
+    clock.advance(0)
+    assert receivers.calls == [] and outbox.states() == ["pending"]
+    # Taking the lease wakes the sender (the service's leadership listener).
+    lead["now"] = True
+    alerts.wake()
+    clock.advance(0)
+    assert len(receivers.calls) == 1
+
+
 def test_a_receiver_that_is_down_is_retried_with_growing_jittered_delays_then_given_up() -> None:
     clock, outbox, receivers = Clock(), MemoryOutbox(), Receivers()
     registry = CollectorRegistry()

@@ -15,9 +15,15 @@ from twisted.logger import LogEvent, globalLogPublisher
 
 from scheduler.access_tokens import TokenBook, token_hash
 from scheduler.audit import AuditEntry, AuditLog, WrongTokens
-from scheduler.job_store import AuditQuery, JobStore
+from scheduler.job_store import AuditQuery
+from tests import job_history_support
+from tests.job_history_support import Opener
 from tests.test_http_api import Api, close_api, make_api
 from tests.test_tcp_auth import Peer
+
+# The job store's fixtures (both backends), under the names the tests ask for.
+path = job_history_support.path
+stores = job_history_support.stores
 
 OPS = "ops-token-0123456789abcdef"  # write, over TCP
 CI = "ci-token-0123456789abcdef"  # read and run, over REST
@@ -173,15 +179,28 @@ def test_wrong_tokens_are_one_entry_per_address_and_minute() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_audit_log_is_kept_for_its_retention_only(tmp_path: Path, reactor: Any) -> None:
-    store = JobStore(str(tmp_path / "jobs.sqlite"), reactor, keep_audit_seconds=100)
-    store.open()
-    try:
-        old = await store.record_audit(AuditEntry(1000.0, "job.run", "ci", "10.0.0.1", 1, 5, {"target": "any"}))
-        new = await store.record_audit(AuditEntry(1500.0, "task.edit", "ops", None, 1, None, {"before": None, "after": None}))
-        assert new > old
-        await store.prune(1550.0)
-        entries, total = await store.audit(AuditQuery())
-        assert total == 1 and [entry.action for entry in entries] == ["task.edit"] and entries[0].id == new
-    finally:
-        await store.close()
+async def test_the_audit_log_is_kept_for_its_retention_only(stores: Opener) -> None:
+    store = stores(keep_audit_seconds=100)
+    old = await store.record_audit(AuditEntry(1000.0, "job.run", "ci", "10.0.0.1", 1, 5, {"target": "any"}))
+    new = await store.record_audit(AuditEntry(1500.0, "task.edit", "ops", None, 1, None, {"before": None, "after": None}))
+    assert new > old
+    await store.prune(1550.0)
+    entries, total = await store.audit(AuditQuery())
+    assert total == 1 and [entry.action for entry in entries] == ["task.edit"] and entries[0].id == new
+
+
+@pytest_twisted.ensureDeferred
+async def test_audit_queries_filter_and_page_newest_first(stores: Opener) -> None:
+    store = stores()
+    ids = [
+        await store.record_audit(AuditEntry(1000.0 + n, "job.run" if n % 2 else "task.edit", f"who{n % 3}", None, n % 2 + 1, None, None))
+        for n in range(9)
+    ]
+    entries, total = await store.audit(AuditQuery(limit=3))
+    assert total == 9 and [entry.id for entry in entries] == ids[:-4:-1]
+    entries, total = await store.audit(AuditQuery(who="who1", limit=10))
+    assert total == 3 and [entry.at for entry in entries] == [1007.0, 1004.0, 1001.0]
+    entries, total = await store.audit(AuditQuery(action="job.run", since=1003.0, before_id=ids[7], limit=10))
+    assert total == 3 and [entry.at for entry in entries] == [1005.0, 1003.0]
+    entries, total = await store.audit(AuditQuery(task_id=1, limit=2))
+    assert total == 5 and [entry.at for entry in entries] == [1008.0, 1006.0]

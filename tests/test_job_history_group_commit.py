@@ -6,7 +6,6 @@ SQLite history on the real reactor and its real thread.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 
 import pytest
@@ -19,7 +18,7 @@ from scheduler.job_history.group_commit import superseded
 from scheduler.job_store import JobStore, JobStoreClosed
 from scheduler.jobs import JobStatus
 from tests import job_history_support
-from tests.job_history_support import FlakyConnection, Opener, finished, flaky, job, next_turn
+from tests.job_history_support import FlakyConnection, Opener, finished, flaky, job, next_turn, peek
 
 # The shared fixtures, under the names the tests ask for.
 path = job_history_support.path
@@ -123,8 +122,7 @@ async def test_put_fires_only_after_commit(stores: Opener, path: str) -> None:
 
     def look(_: None) -> None:
         # Another connection sees only committed data.
-        with sqlite3.connect(path) as other:
-            seen.append(other.execute("SELECT command FROM jobs WHERE id = 1").fetchone())
+        seen.extend(peek(store, path, "SELECT command FROM jobs WHERE id = 1"))
 
     put = store.put(job(1, command="committed"))
     put.addCallback(look)

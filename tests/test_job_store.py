@@ -21,11 +21,23 @@ from scheduler.job_store import SCHEMA_VERSION, JobStore, JobStoreClosed, JobSto
 from scheduler.jobs import Job, JobStatus
 from scheduler.triggers import SCHEDULE, TriggeredBy
 from tests import job_history_support
-from tests.job_history_support import FlakyConnection, Opener, finished, flaky, full_job, job, next_turn
+from tests.job_history_support import (
+    FlakyConnection,
+    Opener,
+    columns,
+    finished,
+    flaky,
+    full_job,
+    integrity_errors,
+    job,
+    next_turn,
+    peek,
+)
 
 # The shared fixtures, under the names the tests ask for.
 path = job_history_support.path
 stores = job_history_support.stores
+sqlite_stores = job_history_support.sqlite_stores
 
 
 # -- records --------------------------------------------------------------------
@@ -45,11 +57,10 @@ async def test_put_then_get_round_trips_every_field(stores: Opener, path: str) -
     assert await store.get(9) is None
 
     # Every Job field has its own column, so nothing is silently left out.
-    with sqlite3.connect(path) as conn:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert {f.name for f in fields(Job)} | {"output_dropped"} == columns
+    assert {f.name for f in fields(Job)} | {"output_dropped"} == columns(store, path, "jobs")
+    if isinstance(store, JobStore):
+        assert peek(store, path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert peek(store, path, "PRAGMA journal_mode") == [("wal",)]
 
 
 @pytest_twisted.ensureDeferred
@@ -210,6 +221,10 @@ async def test_output_in_seq_order_duplicates_ignored(stores: Opener) -> None:
     assert await store.output(1) == "abc"
     assert await store.output(2) == ""
     assert await store.output(3) is None
+    # The same, with the streams kept apart in runs.
+    assert await store.output_parts(1) == (0, [("stdout", "a"), ("stderr", "b"), ("stdout", "c")])
+    assert await store.output_parts(2) == (0, [])
+    assert await store.output_parts(3) is None
 
 
 @pytest_twisted.ensureDeferred
@@ -338,8 +353,8 @@ async def test_failed_transaction_errbacks_its_puts_and_the_store_recovers(path:
 
 
 @pytest_twisted.ensureDeferred
-async def test_disk_full_fails_the_batch_and_the_store_recovers(stores: Opener) -> None:
-    store = stores()
+async def test_disk_full_fails_the_batch_and_the_store_recovers(sqlite_stores: Opener) -> None:
+    store = sqlite_stores()
     await store.put(job(1))
     conn = store.database.connection
     assert conn is not None
@@ -363,7 +378,7 @@ async def test_bad_record_fails_only_its_own_put(stores: Opener) -> None:
     clash = store.put(job(2, key="1@60"))
     also_good = store.put(job(3))
     await gatherResults([good, also_good])
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         await clash
     assert store.transactions == 1
     assert [j.id for j in await store.query()] == [3, 1]
@@ -375,10 +390,10 @@ def _mode(path: str) -> int:
 
 @pytest.mark.usefixtures("usual_umask")
 @pytest_twisted.ensureDeferred
-async def test_the_database_and_its_wal_and_shm_are_created_private(stores: Opener, path: str) -> None:
+async def test_the_database_and_its_wal_and_shm_are_created_private(sqlite_stores: Opener, path: str) -> None:
     # They hold every job's env and output; SQLite gives -wal and -shm the
     # main file's permissions.
-    store = stores()
+    store = sqlite_stores()
     await store.put(full_job())
     assert {suffix: _mode(path + suffix) for suffix in ("", "-wal", "-shm")} == {
         "": 0o600,
@@ -389,14 +404,14 @@ async def test_the_database_and_its_wal_and_shm_are_created_private(stores: Open
 
 @pytest.mark.usefixtures("usual_umask")
 @pytest_twisted.ensureDeferred
-async def test_an_existing_database_keeps_its_mode(stores: Opener, path: str) -> None:
-    store = stores()
+async def test_an_existing_database_keeps_its_mode(sqlite_stores: Opener, path: str) -> None:
+    store = sqlite_stores()
     await store.close()
     for suffix in ("-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)
     os.chmod(path, 0o640)
-    store = stores()
+    store = sqlite_stores()
     await store.put(full_job())
     assert {suffix: _mode(path + suffix) for suffix in ("", "-wal", "-shm")} == {
         "": 0o640,
@@ -406,8 +421,8 @@ async def test_an_existing_database_keeps_its_mode(stores: Opener, path: str) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_errors_name_the_database_not_its_folder(stores: Opener, path: str) -> None:
-    store = stores()
+async def test_errors_name_the_database_not_its_folder(sqlite_stores: Opener, path: str) -> None:
+    store = sqlite_stores()
     await store.close()
     with pytest.raises(JobStoreClosed) as caught:
         await store.put(full_job())
@@ -482,9 +497,9 @@ def _version_1_database(path: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_version_1_database_opens_migrated_and_keeps_its_jobs(stores: Opener, path: str) -> None:
+async def test_a_version_1_database_opens_migrated_and_keeps_its_jobs(sqlite_stores: Opener, path: str) -> None:
     _version_1_database(path)
-    store = stores()
+    store = sqlite_stores()
 
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
@@ -512,7 +527,7 @@ async def test_a_version_1_database_opens_migrated_and_keeps_its_jobs(stores: Op
     await store.close()
 
     # Opening it again (now version 3) migrates nothing twice.
-    again = stores()
+    again = sqlite_stores()
     got = await again.get(3)
     assert got is not None and got.triggered_by == SCHEDULE
     done = await again.get(2)
@@ -611,9 +626,9 @@ def _version_2_database(path: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_version_2_database_opens_migrated_and_keeps_its_jobs(stores: Opener, path: str) -> None:
+async def test_a_version_2_database_opens_migrated_and_keeps_its_jobs(sqlite_stores: Opener, path: str) -> None:
     _version_2_database(path)
-    store = stores()
+    store = sqlite_stores()
 
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
@@ -637,7 +652,7 @@ async def test_a_version_2_database_opens_migrated_and_keeps_its_jobs(stores: Op
     await store.close()
 
     # Opening it again (now version 3) migrates nothing twice.
-    again = stores()
+    again = sqlite_stores()
     assert again.load_active() == [(running.evolve(cancel_requested_at=1030.5), 0)]
 
 
@@ -669,9 +684,9 @@ def _version_3_database(path: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_version_3_database_opens_with_every_job_at_version_1(stores: Opener, path: str) -> None:
+async def test_a_version_3_database_opens_with_every_job_at_version_1(sqlite_stores: Opener, path: str) -> None:
     _version_3_database(path)
-    store = stores()
+    store = sqlite_stores()
 
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 4
@@ -685,6 +700,6 @@ async def test_a_version_3_database_opens_with_every_job_at_version_1(stores: Op
     # A later record's version is kept, and read back after a restart.
     await store.put(running.evolve(status=JobStatus.SUCCEEDED, finished_at=1070.0, version=4))
     await store.close()
-    again = stores()
+    again = sqlite_stores()
     done = await again.get(2)
     assert done is not None and done.status is JobStatus.SUCCEEDED and done.version == 4

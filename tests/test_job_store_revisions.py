@@ -18,7 +18,7 @@ from twisted.internet.defer import gatherResults
 from scheduler.job_store import REVISIONS_PER_TASK, JobStore, JobStoreClosed
 from scheduler.triggers import Revision, TriggeredBy
 from tests import job_history_support
-from tests.job_history_support import FlakyConnection, Opener, flaky, job
+from tests.job_history_support import FlakyConnection, Opener, flaky, job, peek
 
 path = job_history_support.path
 stores = job_history_support.stores
@@ -113,15 +113,14 @@ async def test_at_most_the_bound_per_task_is_kept_the_oldest_go_in_the_same_comm
     # Another task's revisions are not counted against it.
     assert [each.at for each in await store.revisions(2)] == [0.5]
 
-    with sqlite3.connect(path) as conn:
+    if isinstance(store, JobStore):
         plan = " ".join(
             str(row[-1])
-            for row in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT id FROM task_revisions WHERE task_id = 1 ORDER BY id DESC LIMIT 3"
+            for row in peek(
+                store, path, "EXPLAIN QUERY PLAN SELECT id FROM task_revisions WHERE task_id = 1 ORDER BY id DESC LIMIT 3"
             )
         )
-    conn.close()
-    assert "task_revisions_task" in plan
+        assert "task_revisions_task" in plan
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,115 @@
+"""The real ``twistd scheduler --db postgresql://...`` with a real worker: it takes
+the lease, fires, keeps jobs and output in PostgreSQL (no jobs.sqlite), and
+keeps them across a restart; a database it cannot reach stops it at start-up
+with a clear message that holds no password."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.e2e import SCHEDULER_ON_ANY_PORTS, http_json, start_scheduler, start_worker, stop, wait_until
+from tests.postgres_support import PASSWORD
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _get(url: str) -> Any:
+    code, body = http_json("GET", url)
+    return body if code == 200 else None
+
+
+def test_a_node_on_postgresql_fires_and_keeps_its_history_there_across_a_restart(tmp_path: Path, pg_url: str) -> None:
+    # The URL (and its password) from the environment, as an operator would.
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    running = start_scheduler(tmp_path, "--node-name", "e2e-node", env=env)
+    worker = None
+    try:
+        cluster = wait_until(
+            lambda: (body := _get(running.url + "/api/cluster")) and body["leader"] == "e2e-node" and body, 20,
+            "the node to take the lease",
+        )
+        assert cluster["epoch"] == 1 and cluster["nodes"][0]["name"] == "e2e-node"
+        worker = start_worker(running.http, "w1", workdir=tmp_path, env=ENV)
+        wait_until(lambda: _get(running.url + "/api/workers"), 20, "the worker to connect")
+        assert running.command("ADD * * * * * * echo tick-$((1+1))\n")[0].startswith("OK id=1 ")
+        done = wait_until(lambda: _get(running.url + "/api/jobs?status=succeeded"), 30, "a fired job to succeed")
+        job_id = done[-1]["id"]
+        assert done[-1]["triggeredBy"]["kind"] == "schedule"
+        running.command("REMOVE 1\n")
+        # In PostgreSQL, committed: the job and its output.
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("SELECT status, key FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            output = conn.execute("SELECT data FROM output WHERE job_id = %s ORDER BY seq", (job_id,)).fetchall()
+        assert row is not None and row[0] == "succeeded" and row[1].startswith("1@")
+        assert b"".join(bytes(data) for (data,) in output) == b"tick-2\n"
+        assert not (tmp_path / "jobs.sqlite").exists()
+        health = _get(running.url + "/api/health")
+        assert (health["node"], health["leader"], health["epoch"]) == ("e2e-node", True, 1)
+        # twistd ends a clean shutdown by re-raising the signal.
+        assert stop(running.process, signal.SIGTERM) in (0, -signal.SIGTERM)
+
+        # Restarted: the history is still there, and the node leads again in a new epoch.
+        running = start_scheduler(tmp_path, "--node-name", "e2e-node", env=env, ports=(running.tcp, running.http))
+        again = wait_until(
+            lambda: (body := _get(running.url + "/api/cluster")) and body["leader"] == "e2e-node" and body, 20,
+            "the restarted node to take the lease",
+        )
+        assert again["epoch"] == 2
+        kept = _get(f"{running.url}/api/jobs/{job_id}")
+        assert kept["status"] == "succeeded"
+        code, log = http_json("GET", f"{running.url}/api/jobs/{job_id}/log")
+        assert code == 200 and "tick-2" in str(log)
+        assert PASSWORD not in running.log.read_text(errors="replace")
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(running.process)
+
+
+def test_a_database_that_cannot_be_reached_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    url = f"postgresql://sched:{PASSWORD}@127.0.0.1:1/jobs"
+    done = subprocess.run([*SCHEDULER_ON_ANY_PORTS, "--db", url], cwd=tmp_path, capture_output=True, timeout=60, env={**os.environ, **ENV})
+    out = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode == 1
+    assert "scheduler: cannot start: cannot use the job database: postgresql://sched@127.0.0.1:1/jobs: cannot connect" in out
+    assert "Traceback" not in out and PASSWORD not in out
+
+
+def test_when_the_leader_is_killed_the_other_node_leads_at_its_next_step(tmp_path: Path, pg_url: str) -> None:
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", env=env)
+    b = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
+        cluster = wait_until(
+            lambda: (body := _get(b.url + "/api/cluster")) and len(body["nodes"]) == 2 and body, 20, "b to see both nodes"
+        )
+        assert cluster["leader"] == "a" and cluster["epoch"] == 1
+        assert [(node["name"], node["leader"]) for node in cluster["nodes"]] == [("b", False), ("a", True)]
+        assert _get(b.url + "/api/health")["leader"] is False
+
+        # kill -9: a's database session ends with it, and b need not wait for the lease (5 s).
+        a.process.kill()
+        killed = time.monotonic()
+        a.process.wait()
+        wait_until(lambda: (body := _get(b.url + "/api/health")) and body["leader"], 10, "b to lead", interval=0.02)
+        took = time.monotonic() - killed
+        print(f"b led {took:.2f} s after a was killed")
+        assert took < 3.0
+        after = _get(b.url + "/api/cluster")
+        assert after["leader"] == "b" and after["epoch"] == 2
+    finally:
+        stop(a.process)
+        if b is not None:
+            stop(b.process)
