@@ -146,6 +146,10 @@ class AlertSender(Service):
         self._again = False
         self._timer: IDelayedCall | None = None
         self.pending = 0
+        # Bumped whenever the pending count is set from something newer than
+        # a pass's read (a commit of new alerts, an attempt's end): a read
+        # answered after either no longer counts.
+        self._pending_changes = 0
 
     # -- the service ----------------------------------------------------------
 
@@ -212,8 +216,10 @@ class AlertSender(Service):
         full = [name for name, count in self._per_channel_now.items() if count >= self._per_channel]
         now = self._clock.seconds()
         limit = min(self._batch, room)
+        changes = self._pending_changes
         rows, next_due, pending = await self._store.due_alerts(now, limit, tuple(self._flying), full)
-        self._set_pending(pending)
+        if changes == self._pending_changes:
+            self._set_pending(pending)
         for row in rows:
             if not self.running:
                 return None
@@ -308,6 +314,7 @@ class AlertSender(Service):
         )
 
     def _set_pending(self, pending: int) -> None:
+        self._pending_changes += 1
         self.pending = max(0, pending)
         if self._metrics is not None:
             self._metrics.pending.set(self.pending)
