@@ -67,6 +67,16 @@ def bearer(header: str | bytes | None) -> str | None:
 
 ANY_NAME = ""
 
+FileSignature = tuple[int, int, int]
+
+
+def file_signature(path: str | os.PathLike[str]) -> FileSignature:
+    """What tells a watched file's versions apart: modification time, size
+    and inode (a rewrite within the mtime's resolution, or a rename over
+    the file, may keep the mtime).  OSError if it cannot be read."""
+    found = os.stat(path)
+    return (found.st_mtime_ns, found.st_size, found.st_ino)
+
 
 @dataclass
 class WorkerTokens:
@@ -77,7 +87,7 @@ class WorkerTokens:
     per_worker: dict[str, str] = field(default_factory=dict)
     #: Names whose token the last reload removed or changed.
     revoked: set[str] = field(default_factory=set)
-    _signature: tuple[int, int, int] | None = None
+    _signature: FileSignature | None = None
 
     @property
     def configured(self) -> bool:
@@ -93,10 +103,7 @@ class WorkerTokens:
         if self.path is None:
             return False
         try:
-            found = os.stat(self.path)
-            # Size and inode too: a rewrite within the mtime's resolution,
-            # or a rename over the file, may keep the mtime.
-            signature = (found.st_mtime_ns, found.st_size, found.st_ino)
+            signature = file_signature(self.path)
             if signature == self._signature:
                 return False
             tokens = self._parse(Path(self.path).read_text(encoding="utf-8"))

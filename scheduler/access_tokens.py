@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
 import re
 import sys
 from collections.abc import Iterable
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast, get_args
 
-from scheduler.access import AccessError, same
+from scheduler.access import AccessError, FileSignature, file_signature, same
 
 Scope = Literal["read", "run", "write", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -145,7 +144,7 @@ class TokenBook:
         self.tokens: dict[str, AccessToken] = {}
         #: Names whose line the last reload removed or changed.
         self.revoked: set[str] = set()
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: FileSignature | None = None
 
     @property
     def configured(self) -> bool:
@@ -161,8 +160,7 @@ class TokenBook:
         if self.path is None:
             return False
         try:
-            found = os.stat(self.path)
-            signature = (found.st_mtime_ns, found.st_size, found.st_ino)
+            signature = file_signature(self.path)
             if signature == self._signature:
                 return False
             text = Path(self.path).read_text(encoding="utf-8")

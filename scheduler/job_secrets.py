@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler.access import AccessError
+from scheduler.access import AccessError, file_signature
 
 REFERENCE = re.compile(r"\$\{secret:([^}]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
@@ -87,11 +87,7 @@ class SecretBook:
         folder = Path(self.path)
         try:
             entries = sorted(entry for entry in os.listdir(folder) if not entry.startswith("."))
-            signature = tuple(
-                (entry, found.st_mtime_ns, found.st_size, found.st_ino)
-                for entry in entries
-                for found in (os.stat(folder / entry),)
-            )
+            signature = tuple((entry, *file_signature(folder / entry)) for entry in entries)
         except OSError as error:
             raise AccessError(f"cannot read the secrets folder {self.path}: {error.strerror or error}") from None
         if signature == self._signature:
