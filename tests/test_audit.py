@@ -104,6 +104,9 @@ async def test_a_scripted_session_is_in_the_audit_log(api: Api, audit_events: li
     for _ in range(3):
         code, _ = await api.call("GET", "/api/tasks", headers=bearer("guess-0123456789abcdef"))
         assert code == 401
+    # A worker's token on /ws/worker is no API token, right or wrong: not counted.
+    code, _ = await api.call("GET", "/ws/worker", headers=bearer("a-worker-token-0123456789"))
+    assert code == 426
     tcp_guess = Peer(api.service.tcp_limits, "10.0.0.8")
     tcp_guess.send(b"AUTH guess-0123456789abcdef\n")
     api.service.wrong_tokens.flush()  # the end of the burst's minute

@@ -7,6 +7,7 @@ SQLite history on the real reactor and its real thread.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
@@ -147,3 +148,31 @@ async def test_close_writes_what_is_queued_and_then_refuses(stores: Opener) -> N
     again = stores()
     assert again.max_job_id() == 1
     assert await again.output(1) == "bye"
+
+
+class TriggerLog:
+    """The reactor, noting the system event triggers added through it."""
+
+    def __init__(self) -> None:
+        self.triggers: list[tuple[str, str]] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, call: Any, *args: Any) -> Any:
+        self.triggers.append((phase, event))
+        return reactor.addSystemEventTrigger(phase, event, call, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_left_open_closes_after_the_services_have_stopped(path: str) -> None:
+    # twistd stops the services in the "before shutdown" phase; a service
+    # may still record things while it stops (its workers' last reports), so
+    # the store's own safety close comes in the phase after.
+    noted = TriggerLog()
+    store = JobStore(path, noted)
+    store.open()
+    try:
+        assert noted.triggers == [("during", "shutdown")]
+    finally:
+        await store.close()

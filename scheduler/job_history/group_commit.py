@@ -117,9 +117,13 @@ class GroupCommitter:
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=self._thread_name)
         self._pool.start()
         # A non-daemon thread left running would keep the process alive, and
-        # queued writes would be lost: close at shutdown if nobody did.
+        # queued writes would be lost: close at shutdown if nobody did.  In
+        # the "during" phase, after every "before" trigger -- the services'
+        # stopService among them -- has finished: a service still stopping
+        # (telling its workers, recording what they report meanwhile) must
+        # find the store open.
         self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-            "before", "shutdown", self._close_at_shutdown
+            "during", "shutdown", self._close_at_shutdown
         )
 
     # -- writes ---------------------------------------------------------------
