@@ -141,7 +141,7 @@ function say(text) {
 
 function findNext(needle, step) {
   const found = $('output-found');
-  jobView.output.flush();
+  jobView.output.drain();
   if (!jobView.matches.length || jobView.needle !== needle) {
     jobView.needle = needle;
     jobView.matches = jobView.output.find(needle);

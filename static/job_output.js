@@ -14,6 +14,7 @@ import {h} from './dom.js';
 
 export const OUTPUT_CAP = 2_000_000; // characters kept in the box
 const INITIAL_BLOCK = 64 * 1024; // a loaded log is split into blocks of about this
+const FRAME_CHARS = 32 * 1024; // most live output drawn in one animation frame
 
 export class OutputView {
   constructor(box, {onFollowChange = () => {}, onTrim = () => {}} = {}) {
@@ -124,15 +125,25 @@ export class OutputView {
       if (this.follow) this.scrollToEnd(); // laid out already: cheap
     }
     if (!this.queue.length) return;
-    // Merge the tail's segments and the queue, neighbours of one stream joined.
+    // At most FRAME_CHARS of the queue per frame (a single larger chunk
+    // alone): a page that fell behind -- a busy machine, a tab in the
+    // background -- catches up over a few frames, not in one long task.
+    let take = 1;
+    let chars = this.queue[0][1].length;
+    while (take < this.queue.length && chars + this.queue[take][1].length <= FRAME_CHARS) {
+      chars += this.queue[take][1].length;
+      take += 1;
+    }
+    const drawn = this.queue.slice(0, take);
+    this.queue = this.queue.slice(take);
+    // Merge the tail's segments and what is drawn now, neighbours of one stream joined.
     const segments = [];
-    for (const [stream, text] of [...this.tailSegments, ...this.queue]) {
+    for (const [stream, text] of [...this.tailSegments, ...drawn]) {
       const last = segments[segments.length - 1];
       if (last && last[0] === stream) last[1] += text;
       else segments.push([stream, text]);
     }
-    for (const [, text] of this.queue) this.size += text.length;
-    this.queue = [];
+    this.size += chars;
     // Complete lines go in a new block; what follows the last newline stays in the tail.
     let cut = -1;
     for (let i = segments.length - 1; i >= 0 && cut < 0; i--) {
@@ -159,10 +170,13 @@ export class OutputView {
       this.box.append(this.tail);
     }
     this.trim();
-    if (this.follow) {
-      this.scrollOwed = true;
-      this.schedule();
-    }
+    if (this.follow) this.scrollOwed = true;
+    if (this.follow || this.queue.length) this.schedule();
+  }
+
+  /** Draw everything queued now, whatever it costs (before a search reads the box). */
+  drain() {
+    do this.flush(); while (this.queue.length);
   }
 
   block(segments) {
@@ -205,6 +219,7 @@ export class OutputView {
   }
 
   text() {
+    this.drain();
     return this.box.textContent;
   }
 
