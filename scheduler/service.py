@@ -160,7 +160,7 @@ class SchedulerService(MultiService):
                 raise StartupError(f"cannot use the job database for the leader lease: {error}") from None
             self.leadership = LeaderLease(clock, self.lease_store, self.node, lease=settings.lease, monotonic=time.monotonic)
             leadership = self.leadership
-            node = self.node
+            self.job_store.database.node = node = self.node
             # Fencing: a fired job is recorded only under the epoch it was made in.
             self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)
         else:

@@ -127,8 +127,13 @@ _SCHEMA = (
         "reason" TEXT,
         "cancel_requested_at" DOUBLE PRECISION,
         "output_dropped" BIGINT NOT NULL DEFAULT 0,
-        "version" BIGINT NOT NULL DEFAULT 1
+        "version" BIGINT NOT NULL DEFAULT 1,
+        "node" TEXT
     )""",
+    # The node that manages an active job, the last to write its record
+    # (NULL: nobody yet); added to databases made before it.
+    'ALTER TABLE jobs ADD COLUMN IF NOT EXISTS "node" TEXT',
+    'CREATE INDEX IF NOT EXISTS jobs_active_node ON jobs ("node") WHERE "status" IN (\'queued\', \'running\')',
     'CREATE INDEX IF NOT EXISTS jobs_status ON jobs ("status")',
     'CREATE INDEX IF NOT EXISTS jobs_task ON jobs ("task_id", "id")',
     'CREATE INDEX IF NOT EXISTS jobs_worker ON jobs ("worker", "id")',
@@ -194,16 +199,16 @@ _SCHEMA = (
 _SCHEMA_LOCK = 0x5C4ED01E
 
 _UPSERT = (
-    f'INSERT INTO jobs ({COLUMNS}, "output_dropped") VALUES ({", ".join(["%s"] * (len(FIELDS) + 1))}) '
+    f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
     'ON CONFLICT ("id") DO UPDATE SET '
-    + ", ".join(f'"{name}" = excluded."{name}"' for name in FIELDS if name in MUTABLE_FIELDS)
+    + ", ".join(f'"{name}" = excluded."{name}"' for name in (*FIELDS, "node") if name in (*MUTABLE_FIELDS, "node"))
 )
 # A fired job's first record: a fire already recorded (its key) is left alone.
 _INSERT_FIRE = (
-    f'INSERT INTO jobs ({COLUMNS}, "output_dropped") VALUES ({", ".join(["%s"] * (len(FIELDS) + 1))}) '
+    f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
     "ON CONFLICT DO NOTHING RETURNING 1"
 )
-_UPDATED = tuple(name for name in FIELDS if name in MUTABLE_FIELDS)
+_UPDATED = (*(name for name in FIELDS if name in MUTABLE_FIELDS), "node")
 _UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s RETURNING 1"
 _INSERT_REVISION = "INSERT INTO task_revisions ({}) VALUES ({}) RETURNING id".format(
     ", ".join(f'"{name}"' for name in REVISION_FIELDS[1:]), ", ".join(["%s"] * (len(REVISION_FIELDS) - 1))
@@ -316,6 +321,9 @@ class PostgresDatabase:
         self.fence: Callable[[], tuple[str, int | None]] | None = None
         # Fired jobs' records refused by the fence (read by the metrics).
         self.fenced = 0
+        # This node's name (the service sets it with --db): every record it
+        # writes names it as the node that manages the job (column "node").
+        self.node: str | None = None
         self.connection: psycopg.Connection[Any] | None = None
         self._opened = False
         self.lock = threading.Lock()
@@ -514,7 +522,9 @@ class PostgresDatabase:
                     if len(write.row) > len(FIELDS):
                         outcome = self._fenced_put(conn, write, lease, careful)
                     else:
-                        outcome = self._refusable(conn, _UPSERT, (*write.row, self._dropped(write.job_id)), careful=careful)
+                        outcome = self._refusable(
+                            conn, _UPSERT, (*write.row, self._dropped(write.job_id), self.node), careful=careful
+                        )
                     if outcome is None:
                         highest = max(highest, write.job_id)
                         if write.final:
@@ -565,7 +575,7 @@ class PostgresDatabase:
         updated = self._refusable(
             conn,
             _UPDATE_JOB,
-            [*(values[FIELDS.index(name)] for name in _UPDATED), put.job_id],
+            [*(values[FIELDS.index(name)] for name in _UPDATED[:-1]), self.node, put.job_id],
             counted=True,
             careful=careful,
         )
@@ -581,7 +591,9 @@ class PostgresDatabase:
                 f"{'no lease' if epoch is None else f'epoch {epoch}'}, and the lease is {holder or 'nobody'}'s "
                 f"in epoch {current}"
             )
-        inserted = self._refusable(conn, _INSERT_FIRE, (*values, self._dropped(put.job_id)), counted=True, careful=careful)
+        inserted = self._refusable(
+            conn, _INSERT_FIRE, (*values, self._dropped(put.job_id), self.node), counted=True, careful=careful
+        )
         if inserted == 0:
             return FireTaken(f"{self.name}: job {put.job_id}: its fire {values[FIELDS.index('key')]} is already recorded")
         return None if isinstance(inserted, int) else inserted
