@@ -48,7 +48,7 @@ from scheduler.task_changes import TaskChanges
 from scheduler.task_pauses import PauseTimer
 from scheduler.task_pings import TaskPings
 from scheduler.task_state import TaskState
-from scheduler.task_store import FlatFileTaskStore, LoadError
+from scheduler.task_store import FlatFileTaskStore, LoadError, StoreError, TaskConflict
 from scheduler.tasks import Task
 from scheduler.tcp_commands import TcpCommands
 from scheduler.tcp_protocol import CommandFactory
@@ -58,7 +58,9 @@ from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import Worker, WorkerRegistry
 
 if TYPE_CHECKING:
+    from scheduler.cluster_events import PostgresEvents
     from scheduler.job_history.postgres import PostgresLeaseStore
+    from scheduler.task_store_postgres import PostgresTaskStore
 
 log = Logger()
 
@@ -93,16 +95,17 @@ class SchedulerService(MultiService):
         self.store = FlatFileTaskStore(settings.tasks_file, settings.tz, reactor.getThreadPool(), reactor)
         for stale in self.store.remove_stale_temps():
             log.info("removed {path}, left by a write that was interrupted", path=stale)
-        try:
-            records = self.store.load_now()
-        except LoadError as error:
-            raise StartupError(f"{error.full_message} (the file was left as it is)") from None
-        self.loaded_at_start = len(records)
-        book = TaskBook.from_records(settings.tz, records)
-        del records
         self.engine = CronEngine(clock.seconds())
-        self.state = TaskState(book, self.store, self.engine, clock)
-        release_free_memory()
+        # Tasks: tasks.db (embedded mode), or PostgreSQL shared by the nodes
+        # (--db, read once the job database is known to work, below).
+        self.shared_tasks: PostgresTaskStore | None = None
+        self.cluster_events: PostgresEvents | None = None
+        self.tasks_from = self.store.path
+        if settings.db_url is None:
+            book = self._file_tasks()
+            self.loaded_at_start = len(book)
+            self.state = TaskState(book, self.store, self.engine, clock)
+            release_free_memory()
 
         # The job history: jobs.sqlite (embedded mode), or PostgreSQL (--db),
         # where the leader lease decides which node fires.  Tasks stay in
@@ -141,13 +144,22 @@ class SchedulerService(MultiService):
             max_id = self.job_store.max_job_id()
             # A removed task's id must not come back after a restart: its
             # jobs and revisions would pass for the new task's.
-            self.state.book.reserve_ids(self.job_store.max_task_id())
+            max_task_id = self.job_store.max_task_id()
         except Exception as error:
             if settings.db_url is not None:
                 # The error names the database, without its password.
                 raise StartupError(f"cannot use the job database: {error}") from None
             raise StartupError(f"cannot open the job database {jobs_db}: {error}") from None
         self.node = settings.node_name or default_node_name(settings.http)
+        if settings.db_url is not None:
+            from scheduler.cluster_events import PostgresEvents
+
+            self.state = self._shared_task_state(settings.db_url, clock)
+            # What the nodes tell each other; the tasks are one topic of several.
+            self.cluster_events = PostgresEvents(settings.db_url, reactor, self.node)
+            self.cluster_events.subscribe("tasks", self._tasks_changed)
+            self.cluster_events.resync.append(self._tasks_changed)
+        self.state.book.reserve_ids(max_task_id)
         public_url = settings.public_url or default_public_url(settings.http)
         self.leadership: Leadership
         if isinstance(self.job_store, PostgresJobStore):
@@ -392,6 +404,64 @@ class SchedulerService(MultiService):
         self.http_service = StreamServerEndpointService(serverFromString(reactor, settings.http), self.http_limits)
         self.http_service.setServiceParent(self)
 
+    def _file_tasks(self) -> TaskBook:
+        """tasks.db's tasks (blocking, at start-up); StartupError if it cannot be used."""
+        try:
+            records = self.store.load_now()
+        except LoadError as error:
+            raise StartupError(f"{error.full_message} (the file was left as it is)") from None
+        return TaskBook.from_records(self.settings.tz, records)
+
+    def _shared_task_state(self, url: str, clock: IReactorTime) -> TaskState:
+        """The tasks in PostgreSQL.  A cluster that never had any takes this
+        node's tasks.db once (an operator moving to a cluster keeps their
+        tasks); after that SAVE and LOAD export to it and import from it."""
+        from scheduler.task_store_postgres import PostgresTaskStore
+
+        store = self.shared_tasks = PostgresTaskStore(url, self.reactor, node=self.node, tz=self.settings.tz)
+        self.tasks_from = store.name
+        try:
+            store.open()
+            records = store.load_now()
+            book = TaskBook.from_records(self.settings.tz, records)
+            del records
+            if store.generation == 0 and self.store.exists():
+                book = self._import_tasks(store) or book
+        except LoadError as error:
+            raise StartupError(f"cannot use the tasks in PostgreSQL: {error.full_message}") from None
+        except StoreError as error:
+            raise StartupError(f"cannot use the job database for the tasks: {error}") from None
+        book.reserve_ids(store.high_water)
+        self.loaded_at_start = len(book)
+        state = TaskState(book, store, self.engine, clock, exports=self.store)
+        release_free_memory()
+        return state
+
+    def _import_tasks(self, store: PostgresTaskStore) -> TaskBook | None:
+        """tasks.db's tasks into a cluster that never had any; None if another node did it first."""
+        book = self._file_tasks()
+        if not len(book):
+            return None
+        try:
+            store.import_now(list(book))
+        except TaskConflict:
+            log.info("another node imported its tasks into {db} first; {path} was not imported", db=store.name, path=self.store.path)
+            return TaskBook.from_records(self.settings.tz, store.load_now())
+        log.info(
+            "imported {count} tasks from {path} into {db}: the cluster's tasks are there now, and {path} is only written by SAVE",
+            count=len(book),
+            path=self.store.path,
+            db=store.name,
+        )
+        return book
+
+    def _tasks_changed(self, fields: dict[str, Any] | None = None) -> None:
+        """Another node changed the tasks (or this node may have missed it): apply it."""
+        seen = fields.get("generation") if fields is not None else None
+        self.state.refresh(seen if isinstance(seen, int) else None).addErrback(
+            lambda failure: log.error("could not read the tasks other nodes changed: {error}", error=failure.getErrorMessage())
+        )
+
     @classmethod
     def from_options(cls, options: Any) -> SchedulerService:
         from twisted.internet import reactor
@@ -499,7 +569,7 @@ class SchedulerService(MultiService):
         log.info(
             "loaded {count} tasks from {path}",
             count=self.loaded_at_start,
-            path=self.store.path,
+            path=self.tasks_from,
         )
         super().startService()
         self.feed.start()
@@ -510,6 +580,10 @@ class SchedulerService(MultiService):
         # once in embedded mode; with --db, once it has the lease).
         if self.lease_store is not None:
             self.lease_store.start()
+        if self.shared_tasks is not None:
+            self.shared_tasks.start()
+        if self.cluster_events is not None:
+            self.cluster_events.start()
         self.leadership.start()
         self.dispatcher.resume_retries(self._unretried)
         self._unretried = []
@@ -536,6 +610,11 @@ class SchedulerService(MultiService):
             self.feed.stop()
             await super(SchedulerService, self).stopService()
             await self.job_store.close()
+            if self.cluster_events is not None:
+                self.cluster_events.stop()
+            if self.shared_tasks is not None:
+                # After the children: a change still queued has been answered.
+                self.shared_tasks.close()
             if self.lease_store is not None:
                 # Its session ends: another node takes the lease at once.
                 self.lease_store.close()

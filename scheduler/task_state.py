@@ -7,6 +7,14 @@ commit), so 100,000 tasks and many clients do not mean one full-file write
 per ADD.  Only when the write has succeeded does the copy become the live
 book, the cron engine learn of it, and the callers get their answers; a
 failed write changes nothing in memory and fails every change in it.
+
+With a store several nodes share (PostgreSQL, ``--db``), a *refresh* is a
+change too, queued like the others so it never interleaves with a write:
+it applies what the other nodes wrote, and the engine and the listeners see
+it as they see any change.  A write that finds another node wrote first
+(``TaskConflict``) refreshes and applies its batch again to the fresh tasks,
+once; only a second conflict reaches the callers.  SAVE and LOAD then
+export to and import from tasks.db (*exports*) instead of the store.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from twisted.python.failure import Failure
 from scheduler.cron_engine import CronEngine
 from scheduler.memory import release_free_memory
 from scheduler.task_book import TaskBook
-from scheduler.task_store import TaskStore, paused_gc
+from scheduler.task_store import SharedTaskStore, TaskConflict, TaskStore, paused_gc
 from scheduler.tasks import Task
 
 log = Logger()
@@ -35,21 +43,28 @@ TaskListener = Callable[[Literal["added", "removed"], Task], None]
 
 @dataclass
 class _Change(Generic[T]):
-    kind: Literal["edit", "save", "load"]
+    kind: Literal["edit", "save", "load", "refresh"]
     apply: Callable[[TaskBook], T] | None
     done: Deferred[T] = field(default_factory=Deferred)
-
-    @property
-    def is_load(self) -> bool:
-        return self.kind == "load"
+    # refresh: the generation a notification named (None: look anyway).
+    seen: int | None = None
 
 
 class TaskState:
     def __init__(
-        self, book: TaskBook, store: TaskStore, engine: CronEngine, clock: IReactorTime | None = None
+        self,
+        book: TaskBook,
+        store: TaskStore,
+        engine: CronEngine,
+        clock: IReactorTime | None = None,
+        *,
+        exports: TaskStore | None = None,
     ) -> None:
         self._book = book
         self._store = store
+        # Where SAVE writes and LOAD reads when that is not the store (the
+        # node's tasks.db beside a shared store); None: the store itself.
+        self._exports = exports
         self._engine = engine
         # To trim the heap on the turn after a load, once the loaded records
         # are really gone; without a clock, at once.
@@ -77,8 +92,13 @@ class TaskState:
         return self._enqueue(_Change("save", len))
 
     def load(self) -> Deferred[int]:
-        """Replace the tasks with the store's; fires with their count."""
+        """Replace the tasks with the store's (or the exports'); fires with their count."""
         return self._enqueue(_Change("load", None))
+
+    def refresh(self, seen: int | None = None) -> Deferred[int]:
+        """Apply what other nodes wrote to a shared store (nothing if it holds
+        generation *seen* already); fires with the number of tasks changed."""
+        return self._enqueue(_Change("refresh", None, seen=seen))
 
     def _enqueue(self, change: _Change[T]) -> Deferred[T]:
         self._queue.append(change)
@@ -94,26 +114,84 @@ class TaskState:
 
     async def _drain(self) -> None:
         while self._queue:
-            # A load waits for the writes queued before it, and vice versa.
-            if self._queue[0].is_load:
-                await self._load(self._queue.pop(0))
+            # A load waits for the writes queued before it, and vice versa;
+            # so do a refresh and an export.
+            if self._alone(self._queue[0]):
+                change = self._queue.pop(0)
+                if change.kind == "load":
+                    await self._load(change)
+                elif change.kind == "refresh":
+                    await self._refresh(change)
+                else:
+                    await self._export(change)
                 continue
             batch: list[_Change[Any]] = []
-            while self._queue and not self._queue[0].is_load:
+            while self._queue and not self._alone(self._queue[0]):
                 batch.append(self._queue.pop(0))
             await self._write(batch)
         self._running = False
 
+    def _alone(self, change: _Change[Any]) -> bool:
+        """Not part of a group commit: reads, and SAVE when it exports."""
+        return change.kind in ("load", "refresh") or (change.kind == "save" and self._exports is not None)
+
+    async def _export(self, change: _Change[Any]) -> None:
+        assert self._exports is not None
+        tasks = list(self._book)
+        try:
+            await self._exports.save(tasks)
+        except Exception as error:
+            change.done.errback(Failure(error))
+            return
+        change.done.callback(len(tasks))
+
+    async def _refresh(self, change: _Change[Any]) -> None:
+        try:
+            count = await self._refreshed(change.seen)
+        except Exception as error:
+            change.done.errback(Failure(error))
+            return
+        change.done.callback(count)
+
+    async def _refreshed(self, seen: int | None = None) -> int:
+        """Commit what the shared store's other writers changed; how many tasks."""
+        store = self._store
+        if not isinstance(store, SharedTaskStore):
+            return 0
+        delta = await store.refresh(seen)
+        if delta is None:
+            return 0
+        tasks = {task.id: task for task in self._book}
+        for task_id in delta.removed:
+            tasks.pop(task_id, None)
+        for record in delta.changed:
+            assert record.id is not None
+            new = Task(record.id, record.job_name, record.schedule, record.command, record.options, record.extra)
+            old = tasks.get(record.id)
+            # An unchanged task keeps its object (the store knows it by identity).
+            tasks[record.id] = old if old is not None and old == new else new
+        self._commit(TaskBook(self._book.tz, tasks.values(), max(self._book.high_water, delta.high_water)))
+        return len(delta.changed) + len(delta.removed)
+
     async def _load(self, change: _Change[Any]) -> None:
         try:
-            records = await maybeDeferred(self._store.load)
+            records = await maybeDeferred((self._exports or self._store).load)
             with paused_gc():
                 book = TaskBook.from_records(self._book.tz, records, self._book.high_water, reuse=self._book)
+            if self._exports is not None:
+                # An import: the file's tasks replace the store's.
+                try:
+                    await self._store.save(list(book))
+                except TaskConflict:
+                    await self._refreshed()
+                    with paused_gc():
+                        book = TaskBook.from_records(self._book.tz, records, self._book.high_water, reuse=self._book)
+                    await self._store.save(list(book))
         except Exception as error:
             change.done.errback(Failure(error))
             return
         del records
-        # The store already holds exactly this, so nothing is written.
+        # The store holds exactly this now (it was read from it, or written).
         with paused_gc():
             self._commit(book)
         # Trim on the next turn: the Deferred that delivered the records
@@ -126,7 +204,7 @@ class TaskState:
             release_free_memory()
         change.done.callback(len(book))
 
-    async def _write(self, batch: list[_Change[Any]]) -> None:
+    async def _write(self, batch: list[_Change[Any]], retried: bool = False) -> None:
         draft = self._book.copy()
         outcomes: list[tuple[_Change[Any], Any]] = []
         failures: list[tuple[_Change[Any], Failure]] = []
@@ -142,14 +220,31 @@ class TaskState:
             return
         try:
             await self._store.save(list(draft))
+        except TaskConflict:
+            conflict = Failure()
+            if retried:
+                self._fail(outcomes, conflict)
+                return
+            # Another node wrote first: take its tasks, then apply this
+            # batch to them (a new task then takes an id above theirs).
+            try:
+                await self._refreshed()
+            except Exception:
+                self._fail(outcomes, Failure())
+                return
+            await self._write([change for change, _ in outcomes], retried=True)
+            return
         except Exception as error:
-            failure = Failure(error)
-            for change, _ in outcomes:
-                change.done.errback(failure)
+            self._fail(outcomes, Failure(error))
             return
         self._commit(draft)
         for change, result in outcomes:
             change.done.callback(result)
+
+    @staticmethod
+    def _fail(outcomes: list[tuple[_Change[Any], Any]], failure: Failure) -> None:
+        for change, _ in outcomes:
+            change.done.errback(failure)
 
     def _commit(self, book: TaskBook) -> None:
         old = self._book

@@ -14,8 +14,8 @@ the file had.  Error messages name the file, not its folder: they go back
 to clients, and the server's paths are none of their business (the log has
 the full path).
 
-A shared database (the planned PostgreSQL mode) would implement the same
-two calls.
+A shared database (PostgreSQL with ``--db``: scheduler/task_store_postgres.py)
+implements the same two calls, and :class:`SharedTaskStore`'s ``refresh``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import tzinfo
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -72,6 +73,34 @@ class TaskStore(Protocol):
 
     def save(self, tasks: Sequence[Task]) -> Deferred[None]:
         """Make *tasks* the stored state, all or nothing.  Fails with StoreError."""
+
+
+class TaskConflict(StoreError):
+    """Another node changed the shared tasks since this one last read them;
+    nothing was written.  TaskState refreshes and tries once more."""
+
+
+@dataclass(frozen=True)
+class TaskDelta:
+    """What a shared store's tasks became since this node last read or wrote them."""
+
+    generation: int
+    changed: list[TaskRecord]  # added or edited, ids decided
+    removed: list[int]
+    # Above every id the store has ever held, removed tasks' included:
+    # an id is never given to a second task.
+    high_water: int
+
+
+@runtime_checkable
+class SharedTaskStore(TaskStore, Protocol):
+    """A store several schedulers write (PostgreSQL with --db): it can say
+    what the others changed, and ``save`` fails with TaskConflict when
+    another node wrote since this one last read."""
+
+    def refresh(self, seen: int | None = None) -> Deferred[TaskDelta | None]:
+        """The changes since the last load, save or refresh; None if the
+        store already holds generation *seen* or a later one."""
 
 
 @contextmanager
