@@ -78,6 +78,15 @@ _UPSERT = (
     "INSERT INTO tasks (id, line, generation) VALUES (%s, %s, %s) "
     "ON CONFLICT (id) DO UPDATE SET line = excluded.line, generation = excluded.generation"
 )
+# More rows than this go through COPY (a LOAD, an import): about five
+# times faster than one INSERT each, even pipelined.
+_COPY_ABOVE = 1000
+_STAGE = "CREATE TEMPORARY TABLE task_writes (id BIGINT, line TEXT) ON COMMIT DROP"
+_COPY = "COPY task_writes (id, line) FROM STDIN"
+_UPSERT_STAGED = (
+    "INSERT INTO tasks (id, line, generation) SELECT id, line, %s FROM task_writes "
+    "ON CONFLICT (id) DO UPDATE SET line = excluded.line, generation = excluded.generation"
+)
 _REMOVE = "UPDATE tasks SET line = NULL, generation = %s WHERE id = ANY(%s)"
 
 CONFLICT = "another node changed the tasks at the same time; nothing was saved, try again"
@@ -98,9 +107,10 @@ class PostgresTaskStore:
         # The start-up calls and the thread never overlap, but a lock says so.
         self._lock = threading.Lock()
         # What this node last read or wrote, by id: the Task it saved (the
-        # same object next time means unchanged, without formatting it) or
-        # the record's line as read.
-        self._known: dict[int, Task | str] = {}
+        # same object next time means unchanged) or the record it read
+        # (compared field by field: formatting every task's line to compare
+        # lines costs ten times as much).
+        self._known: dict[int, Task | TaskRecord] = {}
         self._generation = 0
         self._high_water = 0
 
@@ -204,7 +214,7 @@ class PostgresTaskStore:
             generation, rows = self._since(conn, 0)
             records = [self._parse(task_id, line) for task_id, line in rows if line is not None]
             highest = max((task_id for task_id, _ in rows), default=0)
-            self._known = {task_id: line for task_id, line in rows if line is not None}
+            self._known = {record.id: record for record in records if record.id is not None}
         self._generation = generation
         self._high_water = highest
         return records
@@ -219,12 +229,12 @@ class PostgresTaskStore:
                 changed.append(self._parse(task_id, line))
             elif task_id in self._known:
                 removed.append(task_id)
-        for task_id, line in rows:
-            if line is None:
-                self._known.pop(task_id, None)
-            else:
-                self._known[task_id] = line
-            self._high_water = max(self._high_water, task_id)
+        for task_id in removed:
+            del self._known[task_id]
+        for record in changed:
+            assert record.id is not None
+            self._known[record.id] = record
+        self._high_water = max([self._high_water, *(task_id for task_id, _ in rows)])
         self._generation = generation
         return TaskDelta(generation, changed, removed, self._high_water)
 
@@ -260,19 +270,21 @@ class PostgresTaskStore:
         self.save_now(list(tasks))
 
     def save_now(self, tasks: Sequence[Task]) -> None:
-        changed: list[Task] = []
         known = self._known
-        present = set()
-        for task in tasks:
-            present.add(task.id)
+        changed: list[Task] = []
+        added = 0
+        for task in (task for task in tasks if known.get(task.id) is not task):
             was = known.get(task.id)
-            if was is task:
-                continue
-            if isinstance(was, str) and was == task.line:
+            if was is None:
+                added += 1
+            elif isinstance(was, TaskRecord) and _same(task, was):
                 known[task.id] = task  # unchanged: next time by identity
                 continue
             changed.append(task)
-        removed = [task_id for task_id in known if task_id not in present]
+        removed: list[int] = []
+        if len(tasks) - added < len(known):
+            present = {task.id for task in tasks}
+            removed = [task_id for task_id in known if task_id not in present]
         if not changed and not removed:
             return
         generation = self._blocking(lambda conn: self._write(conn, changed, removed), self._store_error)
@@ -293,7 +305,13 @@ class PostgresTaskStore:
             if row is None:
                 raise TaskConflict(CONFLICT)
             generation = int(row[0])
-            if changed:
+            if len(changed) > _COPY_ABOVE:
+                conn.execute(_STAGE)
+                with conn.cursor().copy(_COPY) as copy:
+                    for task in changed:
+                        copy.write_row((task.id, task.line))
+                conn.execute(_UPSERT_STAGED, (generation,))
+            elif changed:
                 with conn.cursor() as cursor:
                     cursor.executemany(_UPSERT, [(task.id, task.line, generation) for task in changed])
             if removed:
@@ -301,3 +319,14 @@ class PostgresTaskStore:
             statement, params = notify_sql(self._schema, "tasks", self.node, generation=generation)
             conn.execute(statement, params)
         return generation
+
+
+def _same(task: Task, record: TaskRecord) -> bool:
+    """*task* is what *record* holds (what TaskBook.from_records reuses a task for)."""
+    return (
+        task.command == record.command
+        and task.job_name == record.job_name
+        and task.schedule == record.schedule
+        and task.options == record.options
+        and task.extra == record.extra
+    )

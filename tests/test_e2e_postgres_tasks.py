@@ -76,7 +76,7 @@ def test_two_nodes_share_their_tasks_and_the_leader_fires_one_added_on_the_follo
             added = b.command(f"ADD 0 0 1 1 * echo sample-{number}\n")[0]
             replied = time.monotonic()
             new_id = int(added.split()[1].removeprefix("id="))
-            wait_until(lambda: _get(f"{a.url}/api/tasks/{new_id}"), 10, "a to know the sample", interval=0.001)
+            wait_until(lambda new_id=new_id: _get(f"{a.url}/api/tasks/{new_id}"), 10, "a to know the sample", interval=0.001)
             took.append((time.monotonic() - replied) * 1000)
         print(
             f"task added on the follower, known to the leader after (ms, {SAMPLES} adds, polling GET /api/tasks/ID): "

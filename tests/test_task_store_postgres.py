@@ -110,6 +110,8 @@ def test_a_save_after_another_nodes_write_is_a_conflict_and_writes_nothing(pg_ur
         fresh.add("@daily", "from b")
         b.save_now([*a_book, *fresh])
         assert sorted(_rows(pg_url)) == [1, 2] and b.generation == 2
+        # What b read from a was not written again.
+        assert [task_id for task_id, (_, generation) in _rows(pg_url).items() if generation == 2] == [2]
     finally:
         a.close()
         b.close()
