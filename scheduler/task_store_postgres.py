@@ -104,6 +104,7 @@ class PostgresTaskStore:
         self._conn: psycopg.Connection[Any] | None = None
         self._schema = "public"
         self._pool: ThreadPool | None = None
+        self._closed = False
         # The start-up calls and the thread never overlap, but a lock says so.
         self._lock = threading.Lock()
         # What this node last read or wrote, by id: the Task it saved (the
@@ -139,12 +140,17 @@ class PostgresTaskStore:
         self._conn = conn
 
     def start(self) -> None:
-        """Start the store's thread (when the reactor is about to run)."""
+        """Start the store's thread (the service does when it starts; the first
+        write does if it comes before).  It stops with the reactor at the latest."""
+        if self._closed:
+            raise StoreError(f"{self.name}: the task store is closed")
         if self._pool is None:
             self._pool = ThreadPool(minthreads=1, maxthreads=1, name="tasks")
             self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
 
     def close(self) -> None:
+        self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.stop()
@@ -175,8 +181,8 @@ class PostgresTaskStore:
                 raise failed(str(error)) from None
 
     def _on_thread(self, work: Callable[[], T]) -> Deferred[T]:
-        if self._pool is None:
-            raise StoreError(f"{self.name}: the task store is not started")
+        self.start()
+        assert self._pool is not None
         return deferToThreadPool(self._reactor, self._pool, work)
 
     # -- reading -------------------------------------------------------------
