@@ -584,11 +584,34 @@ class SchedulerService(MultiService):
             self._lost_lead_at = now
             return
         self.alert_sender.wake()
-        if self._last_scheduled is not None:
+        if self.lease_store is not None:
+            # Another node may have fired until moments ago: catch up from
+            # what the history holds now, each task's cron cursor.
+            self._last_scheduled = None
+            self._catch_up_from_cursors()
+        elif self._last_scheduled is not None:
             last, self._last_scheduled = self._last_scheduled, None
             self.fires.run_missed(last, now, self._up_until)
         elif self._lost_lead_at is not None:
             self.fires.run_skipped(self._lost_lead_at, now)
+
+    def _catch_up_from_cursors(self) -> None:
+        """Run (by each task's missed policy) the times no node fired, up to
+        the last second this node's cron engine handed on while following;
+        the ticker fires the seconds after it."""
+        until = max(self.reactor.seconds(), self.engine.last_tick)
+        cursors = self.job_store.cron_cursors(until)
+
+        def caught_up(found: tuple[dict[int, float], float | None]) -> None:
+            last, up_until = found
+            self.fires.run_missed(last, until, up_until, why="while no node led")
+
+        cursors.addCallback(caught_up).addErrback(
+            lambda failure: log.error(
+                "could not read where to catch up from: {error}; runs missed before this node led are not run",
+                error=failure.getErrorMessage(),
+            )
+        )
 
     def _prune(self) -> None:
         if not self.leadership.leading():

@@ -392,10 +392,11 @@ class PostgresDatabase:
     def fired(self, task_id: int, scheduled: float) -> bool:
         return bool(self._rows('SELECT 1 FROM jobs WHERE "key" = %s', (fire_key(task_id, scheduled),)))
 
-    def last_scheduled(self) -> dict[int, float]:
+    def last_scheduled(self, until: float | None = None) -> dict[int, float]:
         rows = self._rows(
             "SELECT task_id, MAX(scheduled_at) FROM jobs "
-            "WHERE task_id IS NOT NULL AND scheduled_at IS NOT NULL GROUP BY task_id"
+            "WHERE task_id IS NOT NULL AND scheduled_at IS NOT NULL AND scheduled_at <= %s GROUP BY task_id",
+            (until if until is not None else float("inf"),),
         )
         return {int(task_id): float(when) for task_id, when in rows}
 
