@@ -116,12 +116,14 @@ class SchedulerService(MultiService):
         }
         self.job_store: JobStore | PostgresJobStore
         self.lease_store: PostgresLeaseStore | None = None
+        self.node = settings.node_name or default_node_name(settings.http)
         if settings.db_url is not None:
             # Imported here: embedded mode never loads psycopg.
             from scheduler.job_history.postgres import PostgresLeaseStore, redact
 
             jobs_db = redact(settings.db_url)
             self.job_store = PostgresJobStore(settings.db_url, reactor, **history)
+            self.job_store.database.node = self.node
         else:
             jobs_db = settings.jobs_db or os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")
             self.job_store = JobStore(jobs_db, reactor, **history)
@@ -147,7 +149,6 @@ class SchedulerService(MultiService):
                 # The error names the database, without its password.
                 raise StartupError(f"cannot use the job database: {error}") from None
             raise StartupError(f"cannot open the job database {jobs_db}: {error}") from None
-        self.node = settings.node_name or default_node_name(settings.http)
         public_url = settings.public_url or default_public_url(settings.http)
         self.leadership: Leadership
         if isinstance(self.job_store, PostgresJobStore):
@@ -160,7 +161,7 @@ class SchedulerService(MultiService):
                 raise StartupError(f"cannot use the job database for the leader lease: {error}") from None
             self.leadership = LeaderLease(clock, self.lease_store, self.node, lease=settings.lease, monotonic=time.monotonic)
             leadership = self.leadership
-            self.job_store.database.node = node = self.node
+            node = self.node
             # Fencing: a fired job is recorded only under the epoch it was made in.
             self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)
         else:
