@@ -312,7 +312,9 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
 class Scheduler:
     """A real ``twistd -n scheduler`` on free loopback ports, in its own folder."""
 
-    def __init__(self, runtime: Runtime, workdir: Path, *extra: str, backlog: int = 1024) -> None:
+    def __init__(
+        self, runtime: Runtime, workdir: Path, *extra: str, backlog: int = 1024, env: dict[str, str] | None = None
+    ) -> None:
         self.runtime = runtime
         self.workdir = workdir
         self.tcp = free_port()
@@ -341,7 +343,7 @@ class Scheduler:
             cwd=workdir,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=runtime.env(),
+            env={**runtime.env(), **(env or {})},
         )
         wait_for_port(self.tcp, self.process, timeout=120)
         wait_for_port(self.http_port, self.process, timeout=120)

@@ -30,6 +30,13 @@
 #   tcp_token        --tcp-token-file         -
 #   worker_token     --worker-token-file      --token-file
 #   worker_tokens    --worker-tokens-file     -
+#   db_url           SCHEDULER_DB (below)     -
+#
+# db_url holds a PostgreSQL URL with its password (a cluster node, --db):
+# it is handed over in the variable SCHEDULER_DB, which the scheduler reads
+# and then drops from its environment, rather than as --db-file, which
+# insists on a file only the scheduler's user can read (compose mounts
+# secrets with the host file's owner and mode).
 #
 # --pidfile= because a container restarts with the same pid, which a stale
 # twistd.pid in /data would make twistd take for "already running".
@@ -55,6 +62,10 @@ scheduler)
             set -- "${pair#*:}" "$file" "$@"
         fi
     done
+    if [ -f "$secrets/db_url" ]; then
+        SCHEDULER_DB=$(cat "$secrets/db_url")
+        export SCHEDULER_DB
+    fi
     exec twistd --pidfile= --nodaemon scheduler \
         --tcp tcp:5050:interface=0.0.0.0 \
         --http tcp:3000:interface=0.0.0.0 \

@@ -110,7 +110,13 @@ class FireHandler:
             last_job=last[2],
         )
 
-    def run_missed(self, last_scheduled: dict[int, float], now: float, up_until: float | None = None) -> None:
+    def run_missed(
+        self,
+        last_scheduled: dict[int, float],
+        now: float,
+        up_until: float | None = None,
+        why: str = "while the scheduler was down",
+    ) -> None:
         """Apply each task's missed-run policy to the downtime that ends at *now*.
 
         *last_scheduled* is each task's last scheduled time in the job history;
@@ -118,7 +124,7 @@ class FireHandler:
         Only times after it are recorded as missed: a fire before it that
         left no job (``overlap: skip``) was not missed for downtime.
         """
-        self._catch_up(last_scheduled.get, now, "while the scheduler was down", up_until)
+        self._catch_up(last_scheduled.get, now, why, up_until)
 
     def run_skipped(self, since: float, now: float) -> None:
         """The clock stepped forward from *since* to *now*: downtime, as after a restart.

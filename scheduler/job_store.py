@@ -111,6 +111,10 @@ class JobHistory(JobRecorder, Protocol):
     def last_at_work(self) -> float | None:
         """The last moment the history shows the scheduler at work (a job created, started or ended)."""
 
+    def cron_cursors(self, until: float) -> Deferred[tuple[dict[int, float], float | None]]:
+        """Where a node that starts leading catches up from, read behind the writes queued
+        before it: each task's latest scheduled time up to *until*, and ``last_at_work``."""
+
     def max_job_id(self) -> int:
         """The highest job id ever stored, even if that job was pruned since."""
 

@@ -62,6 +62,7 @@ class LeaseCounts:
     """What the lease has done on this node, for /metrics."""
 
     def __init__(self) -> None:
+        self.steps = 0  # statements sent to the lease store (what leadership costs the database)
         self.elections = 0  # leases taken (each a new epoch)
         self.renewals = 0
         self.lost = 0  # leases this node held and lost (deadline passed, or another took it)
@@ -204,6 +205,7 @@ class LeaderLease:
         self._asking = True
         asked_at = self._monotonic()
         held = self._held if self.leading() else None
+        self.counts.steps += 1
         try:
             answer = self._store.attempt(self.node, held, self.lease)
         except Exception as error:

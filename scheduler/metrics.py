@@ -31,6 +31,7 @@ class LeaseCollector(Collector):
 
     def _families(self, counts: LeaseCounts, fenced: int) -> Iterator[Metric]:
         for name, doc, value in (
+            ("scheduler_leader_lease_steps", "Lease statements this node sent (one a second: what leadership costs the database).", counts.steps),
             ("scheduler_leader_elections", "Times this node took the leader lease (each a new epoch).", counts.elections),
             ("scheduler_leader_renewals", "Renewals of the leader lease by this node.", counts.renewals),
             ("scheduler_leader_lost", "Leases this node held and lost (its deadline passed, or another node took it).", counts.lost),

@@ -119,12 +119,14 @@ class SchedulerService(MultiService):
         }
         self.job_store: JobStore | PostgresJobStore
         self.lease_store: PostgresLeaseStore | None = None
+        self.node = settings.node_name or default_node_name(settings.http)
         if settings.db_url is not None:
             # Imported here: embedded mode never loads psycopg.
             from scheduler.job_history.postgres import PostgresLeaseStore, redact
 
             jobs_db = redact(settings.db_url)
             self.job_store = PostgresJobStore(settings.db_url, reactor, **history)
+            self.job_store.database.node = self.node
         else:
             jobs_db = settings.jobs_db or os.path.join(os.path.dirname(self.store.path), "jobs.sqlite")
             self.job_store = JobStore(jobs_db, reactor, **history)
@@ -150,7 +152,6 @@ class SchedulerService(MultiService):
                 # The error names the database, without its password.
                 raise StartupError(f"cannot use the job database: {error}") from None
             raise StartupError(f"cannot open the job database {jobs_db}: {error}") from None
-        self.node = settings.node_name or default_node_name(settings.http)
         if settings.db_url is not None:
             from scheduler.cluster_events import PostgresEvents
 
@@ -172,7 +173,7 @@ class SchedulerService(MultiService):
                 raise StartupError(f"cannot use the job database for the leader lease: {error}") from None
             self.leadership = LeaderLease(clock, self.lease_store, self.node, lease=settings.lease, monotonic=time.monotonic)
             leadership = self.leadership
-            self.job_store.database.node = node = self.node
+            node = self.node
             # Fencing: a fired job is recorded only under the epoch it was made in.
             self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)
         else:
@@ -663,11 +664,34 @@ class SchedulerService(MultiService):
             self._lost_lead_at = now
             return
         self.alert_sender.wake()
-        if self._last_scheduled is not None:
+        if self.lease_store is not None:
+            # Another node may have fired until moments ago: catch up from
+            # what the history holds now, each task's cron cursor.
+            self._last_scheduled = None
+            self._catch_up_from_cursors()
+        elif self._last_scheduled is not None:
             last, self._last_scheduled = self._last_scheduled, None
             self.fires.run_missed(last, now, self._up_until)
         elif self._lost_lead_at is not None:
             self.fires.run_skipped(self._lost_lead_at, now)
+
+    def _catch_up_from_cursors(self) -> None:
+        """Run (by each task's missed policy) the times no node fired, up to
+        the last second this node's cron engine handed on while following;
+        the ticker fires the seconds after it."""
+        until = max(self.reactor.seconds(), self.engine.last_tick)
+        cursors = self.job_store.cron_cursors(until)
+
+        def caught_up(found: tuple[dict[int, float], float | None]) -> None:
+            last, up_until = found
+            self.fires.run_missed(last, until, up_until, why="while no node led")
+
+        cursors.addCallback(caught_up).addErrback(
+            lambda failure: log.error(
+                "could not read where to catch up from: {error}; runs missed before this node led are not run",
+                error=failure.getErrorMessage(),
+            )
+        )
 
     def _prune(self) -> None:
         if not self.leadership.leading():

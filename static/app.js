@@ -33,6 +33,7 @@ import {loadAccess} from './access.js';
 import {get, query, setTokenPrompt} from './api.js';
 import {$, formatTime, show} from './dom.js';
 import {offerChannels} from './channels.js';
+import {loadCluster, setupCluster} from './cluster.js';
 import {Feed} from './feed.js';
 import {showPageJob} from './job.js';
 import {jobChanged, onJobChange} from './job_events.js';
@@ -156,7 +157,7 @@ function loadAll() {
       const recent = jobsPanel.then(() => unfilteredJobs() || get(`/api/jobs${query({limit: 100})}`));
       await Promise.allSettled([
         loadWorkers(), jobsPanel, loadTasks(recent), loadJobsNow(recent), loadStatusChoices(), loadMaintenance(),
-        loadTaskPage(), loadTaskHistory(), access,
+        loadTaskPage(), loadTaskHistory(), access, loadCluster(),
       ]);
       const recorded = recording;
       recording = null;
@@ -188,6 +189,7 @@ function boot() {
   setupMaintenance();
   setupJobsFilter();
   setupShortcuts();
+  setupCluster();
   renderTargetChoices();
   startRouter();
   // Load now, alongside the feed's connect; its open loads again (cheaply:

@@ -18,7 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -34,6 +34,16 @@ class PostgresServer:
     port: int
     password: str
     bin_dir: str
+    data: str = ""
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every session ends, the server comes back on its port."""
+        subprocess.run(
+            _as_postgres([f"{self.bin_dir}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "restart"]),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def url(self, database: str = DATABASE, schema: str | None = None) -> str:
         base = f"postgresql://postgres:{self.password}@{self.host}:{self.port}/{database}"
@@ -58,17 +68,23 @@ def _as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+class NoPostgres(Exception):
+    """PostgreSQL's server cannot be run here; the message says why."""
+
+
+def start_postgres(root: str | None = None) -> tuple[PostgresServer, Callable[[], None]]:
+    """A new server on a free loopback port, in *root* (a new temporary folder
+    if None) or NoPostgres; returns it and the function that stops it and
+    removes its files.  Its ``restart`` is ``pg_ctl restart`` (the chaos test's)."""
     bin_dir = _bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: `make test` installs Debian's postgresql")
-    root = tempfile.mkdtemp(prefix="scheduler-pg-")
+        raise NoPostgres("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: `make test` installs Debian's postgresql")
+    root = root or tempfile.mkdtemp(prefix="scheduler-pg-")
     if os.geteuid() == 0:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("no 'postgres' user to run initdb as (root may not)")
+            raise NoPostgres("no 'postgres' user to run initdb as (root may not)") from None
         os.chown(root, owner.pw_uid, owner.pw_gid)
     os.chmod(root, 0o700)
     data, log_file, pwfile = (os.path.join(root, name) for name in ("data", "server.log", "pw"))
@@ -79,16 +95,33 @@ def postgres_server() -> Iterator[PostgresServer]:
     port = _free_port()
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     run([f"{bin_dir}/pg_ctl", "-D", data, "-o", options, "-l", log_file, "-w", "-t", "60", "start"])
+
+    def stop() -> None:
+        subprocess.run(_as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
     try:
-        server = PostgresServer("127.0.0.1", port, PASSWORD, bin_dir)
+        server = PostgresServer("127.0.0.1", port, PASSWORD, bin_dir, data)
         import psycopg
 
         with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
+    except BaseException:
+        stop()
+        raise
+    return server, stop
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        server, stop = start_postgres()
+    except NoPostgres as why:
+        pytest.skip(str(why))
+    try:
         yield server
     finally:
-        subprocess.run(_as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        stop()
 
 
 _schemas = itertools.count(1)

@@ -330,6 +330,24 @@ def test_image_command_with_secret_files(fake_twistd: Path, tmp_path: Path) -> N
     assert settings.worker_tokens.shared == TOKENS["worker_token"]
 
 
+def test_a_db_url_secret_reaches_the_scheduler_in_its_environment_only(tmp_path: Path) -> None:
+    """A cluster node's PostgreSQL URL (with its password) from /run/secrets/db_url:
+    in SCHEDULER_DB, never on the command line (ps shows that to everyone)."""
+    url = "postgresql://scheduler:pw-" + "x" * 20 + "@postgres/scheduler"
+    secrets = write_secrets(tmp_path / "secrets", list(TOKENS))
+    (secrets / "db_url").write_text(url + "\n")
+    bin_dir = tmp_path / "envbin"
+    bin_dir.mkdir()
+    (bin_dir / "twistd").write_text('#!/bin/sh\nprintf "%s\\0" "$SCHEDULER_DB" "$@"\n')
+    (bin_dir / "twistd").chmod(0o755)
+    seen, *argv = entrypoint_argv(bin_dir, secrets)[1:]
+    assert seen == url
+    assert not any("pw-" in arg for arg in argv)
+    # A worker never gets it.
+    seen, *_ = entrypoint_argv(bin_dir, secrets, "worker")[1:]
+    assert seen == ""
+
+
 def test_image_command_without_files_leaves_tokens_to_the_environment(fake_twistd: Path, tmp_path: Path) -> None:
     argv = entrypoint_argv(fake_twistd, tmp_path / "no-such-folder")
     assert not [arg for arg in argv if arg.endswith("-file")]
@@ -579,11 +597,13 @@ def test_compose_scheduler() -> None:
 def test_compose_workers() -> None:
     compose = compose_file()
     services = compose["services"]
-    workers = {name: s for name, s in services.items() if name != "scheduler"}
+    # The default set: every service outside a profile.
+    workers = {name: s for name, s in services.items() if name != "scheduler" and "profiles" not in s}
     assert len(workers) >= 2
     names = set()
     for service in services.values():
-        assert service["build"] == "." and service["image"] == services["scheduler"]["image"]
+        if service.get("build") == ".":
+            assert service["image"] == services["scheduler"]["image"]
     for key, service in workers.items():
         found = check_twistd(shlex.split(service["command"]), "worker")
         url = urlsplit(str(found["url"]))
@@ -599,6 +619,35 @@ def test_compose_workers() -> None:
         (volume,) = service["volumes"]
         assert volume.split(":")[0] in compose["volumes"]
     assert len(names) == len(workers)
+
+
+def test_compose_cluster_profile() -> None:
+    """PostgreSQL and two scheduler nodes sharing it, and a worker that knows both."""
+    services = compose_file()["services"]
+    cluster = {name: s for name, s in services.items() if "profiles" in s}
+    assert all(service["profiles"] == ["cluster"] for service in cluster.values())
+    postgres = cluster["postgres"]
+    assert postgres["build"] == "deploy/postgres" and postgres["secrets"] == ["db_password"]
+    assert (DEPLOY / "postgres" / "Dockerfile").exists()
+    nodes = {name: s for name, s in cluster.items() if s.get("command", "").startswith("scheduler ")}
+    assert len(nodes) == 2
+    node_names = set()
+    for node in nodes.values():
+        assert node["build"] == "." and node["image"] == services["scheduler"]["image"]
+        # The tokens as in the default set, and the database's URL (as SCHEDULER_DB).
+        assert set(node["secrets"]) == {"api_token", "tcp_token", "worker_token", "db_url"}
+        assert "db_url" in ENTRYPOINT.read_text()
+        options = scheduler.tap.Options()
+        options.parseOptions(shlex.split(node["command"])[1:])
+        node_names.add(options["node-name"])
+        assert node["depends_on"] == ["postgres"] and node["read_only"] is True
+    assert node_names == set(nodes)
+    (worker,) = (s for name, s in cluster.items() if name not in nodes and name != "postgres")
+    found = check_twistd(shlex.split(worker["command"]), "worker")
+    urls = [urlsplit(url) for url in str(found["url"]).split(",")]
+    assert sorted(url.hostname or "" for url in urls) == sorted(nodes)
+    assert all((url.scheme, url.port, url.path) == ("ws", HTTP_PORT, WORKER_PATH) for url in urls)
+    assert sorted(worker["depends_on"]) == sorted(nodes)
 
 
 def test_compose_secrets_come_from_ignored_files() -> None:

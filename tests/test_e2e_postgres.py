@@ -113,3 +113,44 @@ def test_when_the_leader_is_killed_the_other_node_leads_at_its_next_step(tmp_pat
         stop(a.process)
         if b is not None:
             stop(b.process)
+
+
+def test_a_new_leader_runs_the_seconds_nobody_fired_once_each(tmp_path: Path, pg_url: str) -> None:
+    """kill -9 of the leader of two nodes: the other catches up from the history's
+    cron cursors, so every second of an every-second task (missed: all) has
+    exactly one job, before, during and after the takeover."""
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    # The same task on both nodes (tasks.db is each node's own in this test).
+    line = '{"id": 1, "jobName": "beat", "schedule": "* * * * * *", "command": "true", "missed": "all"}\n'
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tasks.db").write_text(line)
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", env=env)
+    b = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
+        wait_until(lambda: _get(b.url + "/api/health"), 20, "b to answer")
+
+        def fired() -> list[float]:
+            with psycopg.connect(pg_url) as conn:
+                rows = conn.execute("SELECT scheduled_at FROM jobs WHERE task_id = 1 ORDER BY scheduled_at").fetchall()
+            return [float(at) for (at,) in rows]
+
+        wait_until(lambda: len(fired()) >= 3, 20, "a to fire three seconds")
+        a.process.kill()
+        a.process.wait()
+        killed_at = time.time()
+        wait_until(lambda: (body := _get(b.url + "/api/health")) and body["leader"], 10, "b to lead", interval=0.02)
+        wait_until(lambda: fired() and fired()[-1] >= killed_at + 3, 20, "b to fire past the takeover")
+        times = fired()
+        assert len(times) == len(set(times)), f"a second fired twice: {times}"
+        seconds = [int(at) for at in times]
+        assert seconds == list(range(seconds[0], seconds[-1] + 1)), f"a second missing: {seconds}"
+        with psycopg.connect(pg_url) as conn:
+            kinds = dict(conn.execute("SELECT triggered_by::json->>'kind', count(*) FROM jobs GROUP BY 1").fetchall())
+        print(f"fired {len(times)} seconds; by kind: {kinds}")
+    finally:
+        stop(a.process)
+        if b is not None:
+            stop(b.process)

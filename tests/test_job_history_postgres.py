@@ -138,6 +138,16 @@ async def test_an_expired_lease_is_taken_with_the_next_epoch(lease_stores: Any) 
     assert (await a.attempt("a", 1, 5.0)).holder == "b"
 
 
+async def _until(condition: Any, seconds: float = 10.0) -> None:
+    """Wait for *condition* (looked at every 20 ms); fails after *seconds*: well
+    under the 30 s lease, so a takeover that waited for expiry fails the test."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"still not {condition} after {seconds:g}s")
+
+
 @pytest_twisted.ensureDeferred
 async def test_when_the_holders_session_is_killed_another_node_takes_over_at_once(
     lease_stores: Any, pg_url: str
@@ -147,23 +157,18 @@ async def test_when_the_holders_session_is_killed_another_node_takes_over_at_onc
     b = LeaderLease(reactor, b_store, "b", lease=30.0, renew_every=0.1)
     try:
         a.start()
-        await deferLater(reactor, 0.3, lambda: None)
+        await _until(a.leading)
         b.start()
-        await deferLater(reactor, 0.3, lambda: None)
+        # b has asked at least once, and found a holding the lease.
+        await _until(lambda: b.leader == "a")
         assert a.leading() and not b.leading() and a.epoch == 1
         # The holder's session ends (a crash ends it so): within a 30 s lease, b takes over at once.
         _terminate(pg_url, await a_store.backend_pid())
-        for _ in range(50):
-            if b.leading():
-                break
-            await deferLater(reactor, 0.1, lambda: None)
-        assert b.leading() and b.epoch == 2
+        await _until(b.leading)
+        assert b.epoch == 2
         # a reconnects, finds b in epoch 2 and stops leading.
-        for _ in range(50):
-            if not a.leading():
-                break
-            await deferLater(reactor, 0.1, lambda: None)
-        assert not a.leading() and a.leader == "b"
+        await _until(lambda: not a.leading())
+        assert a.leader == "b"
     finally:
         a.stop()
         b.stop()

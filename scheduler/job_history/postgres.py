@@ -313,7 +313,11 @@ class PostgresDatabase:
         self.keep_revisions = keep_revisions
         self.outbox_limit = outbox_limit
         self.keep_audit_seconds = keep_audit_seconds
-        self._connect = connect or (lambda url: globals()["connect"](url, application_name="scheduler-history"))
+        # Named with the node once the service has set it, so an operator
+        # (or the chaos test) can tell each node's sessions in pg_stat_activity.
+        self._connect = connect or (
+            lambda url: globals()["connect"](url, application_name=f"scheduler-history {self.node or ''}".strip()[:63])
+        )
         # With the leader lease (the service sets it): this node's name and
         # the epoch it holds now (None: it does not lead).  Every fired job's
         # first record is then fenced: written only if the lease row still
@@ -392,10 +396,11 @@ class PostgresDatabase:
     def fired(self, task_id: int, scheduled: float) -> bool:
         return bool(self._rows('SELECT 1 FROM jobs WHERE "key" = %s', (fire_key(task_id, scheduled),)))
 
-    def last_scheduled(self) -> dict[int, float]:
+    def last_scheduled(self, until: float | None = None) -> dict[int, float]:
         rows = self._rows(
             "SELECT task_id, MAX(scheduled_at) FROM jobs "
-            "WHERE task_id IS NOT NULL AND scheduled_at IS NOT NULL GROUP BY task_id"
+            "WHERE task_id IS NOT NULL AND scheduled_at IS NOT NULL AND scheduled_at <= %s GROUP BY task_id",
+            (until if until is not None else float("inf"),),
         )
         return {int(task_id): float(when) for task_id, when in rows}
 

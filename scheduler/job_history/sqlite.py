@@ -192,10 +192,11 @@ class SqliteDatabase:
     def fired(self, task_id: int, scheduled: float) -> bool:
         return bool(self._rows('SELECT 1 FROM jobs WHERE "key" = ?', (fire_key(task_id, scheduled),)))
 
-    def last_scheduled(self) -> dict[int, float]:
+    def last_scheduled(self, until: float | None = None) -> dict[int, float]:
         rows = self._rows(
             "SELECT task_id, MAX(scheduled_at) FROM jobs "
-            "WHERE task_id IS NOT NULL AND scheduled_at IS NOT NULL GROUP BY task_id"
+            "WHERE task_id IS NOT NULL AND scheduled_at IS NOT NULL AND scheduled_at <= ? GROUP BY task_id",
+            (until if until is not None else float("inf"),),
         )
         return {int(task_id): float(when) for task_id, when in rows}
 

@@ -80,6 +80,9 @@ class ThreadedJobHistory:
     def last_scheduled(self) -> dict[int, float]:
         return self._database.last_scheduled()
 
+    def cron_cursors(self, until: float) -> Deferred[tuple[dict[int, float], float | None]]:
+        return self._commits.read(lambda: (self._database.last_scheduled(until), self._database.last_at_work()))
+
     def unretried(self) -> list[Job]:
         return self._database.unretried()
 

@@ -1,0 +1,77 @@
+"""The dashboard's Cluster panel in real Chromium: two real ``twistd scheduler --db``
+nodes on one PostgreSQL; either node's dashboard lists both, says who leads in
+which epoch, and follows a takeover. A single node shows no panel (the
+embedded dashboards of tests/test_browser.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, expect, sync_playwright
+
+from tests.e2e import http_json, start_scheduler, stop, wait_until
+from tests.postgres_support import pg_url, postgres_server  # noqa: F401
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT, shot
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (make test installs it)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def _health(url: str) -> Any:
+    code, body = http_json("GET", url + "/api/health")
+    return body if code == 200 else None
+
+
+def test_either_node_shows_the_cluster_and_follows_a_takeover(browser: Browser, tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "node-a", env=env)
+    b = None
+    try:
+        wait_until(lambda: (body := _health(a.url)) and body["leader"], 20, "node-a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "node-b", env=env)
+        wait_until(lambda: _health(b.url), 20, "node-b to answer")
+        for width, height, name in ((1280, 800, "cluster-desktop"), (390, 844, "cluster-phone")):
+            context = browser.new_context(viewport={"width": width, "height": height})
+            page = context.new_page()
+            try:
+                page.goto(b.url + "/")
+                card = page.locator("#cluster-card")
+                expect(card).to_be_visible(timeout=WAIT)
+                expect(page.locator("#cluster-state")).to_have_text("node-a leads, epoch 1")
+                expect(card.locator("li.node")).to_have_count(2)
+                leader = card.locator('li.node[data-leader="true"]')
+                expect(leader).to_have_count(1)
+                expect(leader).to_contain_text("node-a")
+                expect(leader.locator(".badge-leader")).to_have_text("leader")
+                expect(card.locator("li.node").first).to_contain_text("node-b (this page)")
+                card.scroll_into_view_if_needed()
+                assert page.evaluate("document.documentElement.scrollWidth") <= width
+                shot(page, tmp_path, name)
+                if name == "cluster-phone":
+                    # The leader dies: the panel, read again every few seconds, follows.
+                    a.process.kill()
+                    a.process.wait()
+                    expect(page.locator("#cluster-state")).to_have_text("node-b leads, epoch 2", timeout=WAIT)
+                    expect(card.locator('li.node[data-leader="true"]')).to_contain_text("node-b")
+            finally:
+                context.close()
+    finally:
+        stop(a.process)
+        if b is not None:
+            stop(b.process)
