@@ -303,7 +303,7 @@ class PostgresTaskStore:
 
     def _store_error(self, reason: str) -> StoreError:
         log.error("could not write the tasks: {reason}", reason=reason)
-        return StoreError(f"could not save the tasks in PostgreSQL: {reason}")
+        return StoreError(f"could not write the tasks to PostgreSQL: {reason}")
 
     def _write(self, conn: psycopg.Connection[Any], changed: list[Task], removed: list[int]) -> int:
         with conn.transaction():
@@ -329,10 +329,11 @@ class PostgresTaskStore:
 
 def _same(task: Task, record: TaskRecord) -> bool:
     """*task* is what *record* holds (what TaskBook.from_records reuses a task for)."""
+    # A task built from the record shares its parts: identity first.
     return (
         task.command == record.command
         and task.job_name == record.job_name
-        and task.schedule == record.schedule
-        and task.options == record.options
-        and task.extra == record.extra
+        and (task.schedule is record.schedule or task.schedule == record.schedule)
+        and (task.options is record.options or task.options == record.options)
+        and (task.extra is record.extra or task.extra == record.extra)
     )

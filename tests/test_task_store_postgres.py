@@ -201,7 +201,7 @@ def test_a_lost_connection_fails_the_save_clearly_and_the_next_one_connects_agai
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s, 5000)", (conn.info.backend_pid,))
         book.add("@daily", "echo two")
-        with pytest.raises(StoreError, match="could not save the tasks in PostgreSQL") as caught:
+        with pytest.raises(StoreError, match="could not write the tasks to PostgreSQL") as caught:
             store.save_now(list(book))
         assert PASSWORD not in str(caught.value)
         store.save_now(list(book))
