@@ -105,6 +105,8 @@ class PostgresTaskStore:
         self._schema = "public"
         self._pool: ThreadPool | None = None
         self._closed = False
+        # A write whose COMMIT was sent (see _blocking).
+        self._committing = False
         # The start-up calls and the thread never overlap, but a lock says so.
         self._lock = threading.Lock()
         # What this node last read or wrote, by id: the Task it saved (the
@@ -172,13 +174,26 @@ class PostgresTaskStore:
         return _scrub(str(error).strip(), self.url)
 
     def _blocking(self, work: Callable[[psycopg.Connection[Any]], T], failed: Callable[[str], Exception]) -> T:
+        """*work* on the connection.  A connection found dead (the database
+        restarted, the session was ended) is replaced and *work* tried once
+        more, unless it may have committed: a lost COMMIT's answer fails."""
         with self._lock:
-            try:
-                return work(self._connection())
-            except psycopg.Error as error:
-                raise failed(f"{self.name}: {self._text(error)}") from None
-            except JobStoreError as error:  # could not connect again; names the database
-                raise failed(str(error)) from None
+            for attempt in (1, 2):
+                self._committing = False
+                try:
+                    conn = self._connection()
+                except JobStoreError as error:  # could not connect again; names the database
+                    raise failed(str(error)) from None
+                try:
+                    return work(conn)
+                except psycopg.OperationalError as error:
+                    if attempt == 1 and conn.broken and not self._committing:
+                        log.warn("{name}: lost the tasks' connection ({error}); trying again", name=self.name, error=type(error).__name__)
+                        continue
+                    raise failed(f"{self.name}: {self._text(error)}") from None
+                except psycopg.Error as error:
+                    raise failed(f"{self.name}: {self._text(error)}") from None
+            raise AssertionError("unreachable")
 
     def _on_thread(self, work: Callable[[], T]) -> Deferred[T]:
         self.start()
@@ -324,6 +339,9 @@ class PostgresTaskStore:
                 conn.execute(_REMOVE, (generation, removed))
             statement, params = notify_sql(self._schema, "tasks", self.node, generation=generation)
             conn.execute(statement, params)
+            # Leaving the block commits: from here on, a lost connection
+            # leaves unknown whether it did, so the write is not tried again.
+            self._committing = True
         return generation
 
 
