@@ -227,3 +227,17 @@ def test_save_exports_and_load_imports_with_the_file_beside_the_shared_store(tmp
     with pytest.raises(Exception, match="no such file"):
         result_of(a.load()).raiseException()
     assert len(a.book) == 2
+
+
+def test_a_load_that_meets_another_nodes_write_replaces_that_too(tmp_path: Path) -> None:
+    table = SharedTable()
+    (tmp_path / "tasks.db").write_text('{"schedule": "@daily", "command": "echo file", "jobName": "task_5"}\n')
+    a, a_store, a_engine, _ = _node(table, exports=make_store(tmp_path / "tasks.db"))
+    b, _, _, _ = _node(table)
+    result_of(_add(b, "echo b"))
+    # a has not heard of b's task: its import conflicts, refreshes, and replaces it too.
+    assert result_of(a.load()) == 1
+    assert a_store.saves == 2
+    assert [(task.id, task.command) for task in a.book] == [(5, "echo file")]
+    assert {task_id: line is not None for task_id, (line, _) in table.rows.items()} == {1: False, 5: True}
+    assert a_engine.next_run(1) is None and a_engine.next_run(5) is not None
