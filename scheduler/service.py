@@ -96,8 +96,10 @@ class SchedulerService(MultiService):
         for stale in self.store.remove_stale_temps():
             log.info("removed {path}, left by a write that was interrupted", path=stale)
         self.engine = CronEngine(clock.seconds())
+        self.node = settings.node_name or default_node_name(settings.http)
         # Tasks: tasks.db (embedded mode), or PostgreSQL shared by the nodes
-        # (--db, read once the job database is known to work, below).
+        # (--db).  Read before the job history starts its thread: a start
+        # refused here must leave no thread keeping the process alive.
         self.shared_tasks: PostgresTaskStore | None = None
         self.cluster_events: PostgresEvents | None = None
         self.tasks_from = self.store.path
@@ -106,10 +108,17 @@ class SchedulerService(MultiService):
             self.loaded_at_start = len(book)
             self.state = TaskState(book, self.store, self.engine, clock)
             release_free_memory()
+        else:
+            from scheduler.cluster_events import PostgresEvents
+
+            self.state = self._shared_task_state(settings.db_url, clock)
+            # What the nodes tell each other; the tasks are one topic of several.
+            self.cluster_events = PostgresEvents(settings.db_url, reactor, self.node)
+            self.cluster_events.subscribe("tasks", self._tasks_changed)
+            self.cluster_events.resync.append(self._tasks_changed)
 
         # The job history: jobs.sqlite (embedded mode), or PostgreSQL (--db),
-        # where the leader lease decides which node fires.  Tasks stay in
-        # tasks.db either way (for now; see ARCHITECTURE.md).
+        # where the leader lease decides which node fires.
         history: dict[str, Any] = {
             "output_cap": settings.output_cap,
             "keep_per_task": settings.keep_jobs,
@@ -119,7 +128,6 @@ class SchedulerService(MultiService):
         }
         self.job_store: JobStore | PostgresJobStore
         self.lease_store: PostgresLeaseStore | None = None
-        self.node = settings.node_name or default_node_name(settings.http)
         if settings.db_url is not None:
             # Imported here: embedded mode never loads psycopg.
             from scheduler.job_history.postgres import PostgresLeaseStore, redact
@@ -152,14 +160,6 @@ class SchedulerService(MultiService):
                 # The error names the database, without its password.
                 raise StartupError(f"cannot use the job database: {error}") from None
             raise StartupError(f"cannot open the job database {jobs_db}: {error}") from None
-        if settings.db_url is not None:
-            from scheduler.cluster_events import PostgresEvents
-
-            self.state = self._shared_task_state(settings.db_url, clock)
-            # What the nodes tell each other; the tasks are one topic of several.
-            self.cluster_events = PostgresEvents(settings.db_url, reactor, self.node)
-            self.cluster_events.subscribe("tasks", self._tasks_changed)
-            self.cluster_events.resync.append(self._tasks_changed)
         self.state.book.reserve_ids(max_task_id)
         public_url = settings.public_url or default_public_url(settings.http)
         self.leadership: Leadership
@@ -431,7 +431,8 @@ class SchedulerService(MultiService):
         except LoadError as error:
             raise StartupError(f"cannot use the tasks in PostgreSQL: {error.full_message}") from None
         except StoreError as error:
-            raise StartupError(f"cannot use the job database for the tasks: {error}") from None
+            # The error names the database, without its password.
+            raise StartupError(f"cannot use the job database: {error}") from None
         book.reserve_ids(store.high_water)
         self.loaded_at_start = len(book)
         state = TaskState(book, store, self.engine, clock, exports=self.store)
