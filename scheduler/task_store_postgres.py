@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import tzinfo
 from typing import Any, TypeVar
@@ -62,6 +63,13 @@ _SCHEMA = (
         "generation" BIGINT NOT NULL
     )""",
     "INSERT INTO task_set (id, generation) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+    # The last writes, each with a token its writer chose: a writer that lost
+    # the answer to its COMMIT looks for its token to learn whether it committed.
+    """CREATE TABLE IF NOT EXISTS task_writes (
+        "generation" BIGINT PRIMARY KEY,
+        "token" TEXT NOT NULL,
+        "node" TEXT NOT NULL
+    )""",
 )
 
 # One statement, so one snapshot: the set's generation (the row without an
@@ -87,9 +95,18 @@ _UPSERT_STAGED = (
     "INSERT INTO tasks (id, line, generation) SELECT id, line, %s FROM task_writes "
     "ON CONFLICT (id) DO UPDATE SET line = excluded.line, generation = excluded.generation"
 )
+_LOG_WRITE = "INSERT INTO task_writes (generation, token, node) VALUES (%s, %s, %s)"
+# Far more than a writer needs: it looks for its token right after reconnecting.
+_KEEP_WRITES = 100
+_TRIM_WRITES = "DELETE FROM task_writes WHERE generation <= %s"
+_WRITTEN = "SELECT generation FROM task_writes WHERE token = %s"
 _REMOVE = "UPDATE tasks SET line = NULL, generation = %s WHERE id = ANY(%s)"
 
 CONFLICT = "another node changed the tasks at the same time; nothing was saved, try again"
+
+
+class _CommitUnknown(Exception):
+    """The connection was lost after COMMIT was sent: whether it committed is unknown."""
 
 
 class PostgresTaskStore:
@@ -176,7 +193,7 @@ class PostgresTaskStore:
     def _blocking(self, work: Callable[[psycopg.Connection[Any]], T], failed: Callable[[str], Exception]) -> T:
         """*work* on the connection.  A connection found dead (the database
         restarted, the session was ended) is replaced and *work* tried once
-        more, unless it may have committed: a lost COMMIT's answer fails."""
+        more, unless it may have committed (_CommitUnknown: the caller asks)."""
         with self._lock:
             for attempt in (1, 2):
                 self._committing = False
@@ -187,7 +204,9 @@ class PostgresTaskStore:
                 try:
                     return work(conn)
                 except psycopg.OperationalError as error:
-                    if attempt == 1 and conn.broken and not self._committing:
+                    if self._committing:
+                        raise _CommitUnknown() from None
+                    if attempt == 1 and conn.broken:
                         log.warn("{name}: lost the tasks' connection ({error}); trying again", name=self.name, error=type(error).__name__)
                         continue
                     raise failed(f"{self.name}: {self._text(error)}") from None
@@ -308,7 +327,16 @@ class PostgresTaskStore:
             removed = [task_id for task_id in known if task_id not in present]
         if not changed and not removed:
             return
-        generation = self._blocking(lambda conn: self._write(conn, changed, removed), self._store_error)
+        token = uuid.uuid4().hex
+        try:
+            generation = self._blocking(lambda conn: self._write(conn, changed, removed, token), self._store_error)
+        except _CommitUnknown:
+            # On a new connection: the token is there if, and only if, it committed.
+            written = self._blocking(lambda conn: conn.execute(_WRITTEN, (token,)).fetchone(), self._store_error)
+            if written is None:
+                raise self._store_error("lost the connection while saving; nothing was saved") from None
+            log.info("{name}: lost the answer to a commit of the tasks, which did commit", name=self.name)
+            generation = int(written[0])
         for task in changed:
             known[task.id] = task
             self._high_water = max(self._high_water, task.id)
@@ -320,7 +348,7 @@ class PostgresTaskStore:
         log.error("could not write the tasks: {reason}", reason=reason)
         return StoreError(f"could not write the tasks to PostgreSQL: {reason}")
 
-    def _write(self, conn: psycopg.Connection[Any], changed: list[Task], removed: list[int]) -> int:
+    def _write(self, conn: psycopg.Connection[Any], changed: list[Task], removed: list[int], token: str) -> int:
         with conn.transaction():
             row = conn.execute(_BUMP, (self._generation,)).fetchone()
             if row is None:
@@ -337,10 +365,12 @@ class PostgresTaskStore:
                     cursor.executemany(_UPSERT, [(task.id, task.line, generation) for task in changed])
             if removed:
                 conn.execute(_REMOVE, (generation, removed))
+            conn.execute(_LOG_WRITE, (generation, token, self.node))
+            conn.execute(_TRIM_WRITES, (generation - _KEEP_WRITES,))
             statement, params = notify_sql(self._schema, "tasks", self.node, generation=generation)
             conn.execute(statement, params)
             # Leaving the block commits: from here on, a lost connection
-            # leaves unknown whether it did, so the write is not tried again.
+            # leaves unknown whether it did, so the token tells.
             self._committing = True
         return generation
 

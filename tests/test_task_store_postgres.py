@@ -221,6 +221,45 @@ def test_a_lost_connection_is_replaced_and_the_work_tried_again(pg_url: str) -> 
         store.close()
 
 
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "not-committed"])
+def test_a_lost_answer_to_commit_is_resolved_by_the_writes_token(
+    pg_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    committed: bool,
+) -> None:
+    store = _store(pg_url)
+    try:
+        book = TaskBook(UTC)
+        book.add("@daily", "echo one")
+        store.save_now(list(book))
+        real_write = store._write
+
+        def write_then_lose_the_answer(conn: psycopg.Connection[Any], *args: Any) -> int:
+            if committed:
+                real_write(conn, *args)
+            store._committing = True  # as if COMMIT had been sent
+            conn.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(store, "_write", write_then_lose_the_answer)
+        book.add("@daily", "echo two")
+        if committed:
+            store.save_now(list(book))
+            assert store.generation == 2
+        else:
+            with pytest.raises(StoreError, match="lost the connection while saving; nothing was saved"):
+                store.save_now(list(book))
+            assert store.generation == 1
+        monkeypatch.undo()
+        assert sorted(_rows(pg_url)) == ([1, 2] if committed else [1])
+        # Either way the next save needs no refresh: no conflict, and the task once.
+        book.add("@daily", "echo three")
+        store.save_now(list(book))
+        assert [line is not None for line, _ in _rows(pg_url).values()] == [True, True, True]
+    finally:
+        store.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_task_state_on_postgresql_applies_another_nodes_changes(reactor: Any, pg_url: str) -> None:  # noqa: F811
     """Two TaskStates on one database, through the stores' threads."""
