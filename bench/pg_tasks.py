@@ -1,12 +1,13 @@
-"""The tasks in PostgreSQL, in process: ``python bench/pg_tasks.py --db URL [--tasks N]``.
+"""The tasks in PostgreSQL, in process: ``python bench/pg_tasks.py [--db URL] [--tasks N]``.
 
 Times what ``PostgresTaskStore`` costs with many tasks: the first node's
 import, a save after one ADD and after nothing, another node's start-up
 load and its first saves, and a refresh that brings one change.  The URL
 may also come from ``SCHEDULER_DB``; the tables go into the schema its
-``search_path`` names (give a fresh one: the script writes tasks).  Not
-part of ``make bench``, which starts no database; docs/performance.md
-has its figures.
+``search_path`` names (give a fresh one: the script writes tasks).
+Without one, the script starts a throwaway server as the tests do
+(``tests/postgres_support.start_postgres``).  docs/performance.md has its
+figures.
 """
 
 from __future__ import annotations
@@ -25,35 +26,46 @@ T = TypeVar("T")
 
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from scheduler.task_book import TaskBook
-    from scheduler.task_store_postgres import PostgresTaskStore
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default=os.environ.get("SCHEDULER_DB"))
     parser.add_argument("--tasks", type=int, default=100_000)
     args = parser.parse_args(argv)
-    if not args.db:
-        parser.error("give --db postgresql://... (or SCHEDULER_DB)")
+    if args.db:
+        return measure(args.db, args.tasks)
+    from tests.postgres_support import start_postgres
 
-    def timed(what: str, work: Callable[[], T]) -> T:
-        started = time.perf_counter()
-        result = work()
-        print(f"{what}: {(time.perf_counter() - started) * 1000:.1f} ms")
-        return result
+    server, stop = start_postgres()
+    try:
+        return measure(server.url(), args.tasks)
+    finally:
+        stop()
 
-    first = PostgresTaskStore(args.db, None, node="bench-a", tz=UTC)
+
+def timed(what: str, work: Callable[[], T]) -> T:
+    started = time.perf_counter()
+    result = work()
+    print(f"{what}: {(time.perf_counter() - started) * 1000:.1f} ms")
+    return result
+
+
+def measure(url: str, count: int) -> int:
+    from scheduler.task_book import TaskBook
+    from scheduler.task_store_postgres import PostgresTaskStore
+
+    first = PostgresTaskStore(url, None, node="bench-a", tz=UTC)
     first.open()
     if first.load_now():
-        parser.error("the database already holds tasks: give a fresh schema")
+        print("the database already holds tasks: give a fresh schema", file=sys.stderr)
+        return 2
     book = TaskBook(UTC)
-    for number in range(args.tasks):
+    for number in range(count):
         book.add(f"{number % 60} * * * *", f"echo task {number}")
-    timed(f"import of {args.tasks} tasks (formatting their lines included)", lambda: first.import_now(list(book)))
+    timed(f"import of {count} tasks (formatting their lines included)", lambda: first.import_now(list(book)))
     book.add("* * * * *", "echo one more")
     timed("save after one ADD", lambda: first.save_now(list(book)))
     timed("save with nothing changed", lambda: first.save_now(list(book)))
 
-    second = PostgresTaskStore(args.db, None, node="bench-b", tz=UTC)
+    second = PostgresTaskStore(url, None, node="bench-b", tz=UTC)
     second.open()
     records = timed("another node's load", second.load_now)
     loaded = timed("its TaskBook", lambda: TaskBook.from_records(UTC, records))

@@ -73,11 +73,13 @@ _SCHEMA = (
 )
 
 # One statement, so one snapshot: the set's generation (the row without an
-# id) and every row written after *since*, none of them newer than it.
+# id) and every row written after *since*, none of them newer than it; by
+# id, so every node lists the tasks in one order.
 _SINCE = """
 SELECT NULL::bigint, NULL::text, generation FROM task_set WHERE id = 1
 UNION ALL
 SELECT id, line, generation FROM tasks WHERE generation > %s
+ORDER BY 1 NULLS FIRST
 """
 # Moves the generation only from the one this node knows: a node that wrote
 # in between has moved it, and this statement then changes nothing.
@@ -89,10 +91,10 @@ _UPSERT = (
 # More rows than this go through COPY (a LOAD, an import): about five
 # times faster than one INSERT each, even pipelined.
 _COPY_ABOVE = 1000
-_STAGE = "CREATE TEMPORARY TABLE task_writes (id BIGINT, line TEXT) ON COMMIT DROP"
-_COPY = "COPY task_writes (id, line) FROM STDIN"
+_STAGE = "CREATE TEMPORARY TABLE task_staging (id BIGINT, line TEXT) ON COMMIT DROP"
+_COPY = "COPY task_staging (id, line) FROM STDIN"
 _UPSERT_STAGED = (
-    "INSERT INTO tasks (id, line, generation) SELECT id, line, %s FROM task_writes "
+    "INSERT INTO tasks (id, line, generation) SELECT id, line, %s FROM task_staging "
     "ON CONFLICT (id) DO UPDATE SET line = excluded.line, generation = excluded.generation"
 )
 _LOG_WRITE = "INSERT INTO task_writes (generation, token, node) VALUES (%s, %s, %s)"

@@ -91,6 +91,23 @@ def test_a_save_writes_only_what_changed_and_a_removal_leaves_a_trace(pg_url: st
         store.close()
 
 
+def test_a_large_save_goes_through_copy_and_reads_back_the_same(pg_url: str) -> None:  # noqa: F811
+    store = _store(pg_url)
+    try:
+        book = TaskBook(UTC)
+        for number in range(1500):
+            book.add(f"{number % 60} * * * *", f"echo {number}")
+        store.save_now(list(book))
+        for task_id in range(1, 1201):
+            book.replace(book.replacement(task_id, command=f"echo again {task_id}"))
+        store.save_now(list(book))
+        loaded = _book(_store(pg_url, "b"))
+        assert [(task.id, task.line) for task in loaded] == [(task.id, task.line) for task in book]
+        assert sum(1 for _, generation in _rows(pg_url).values() if generation == 2) == 1200
+    finally:
+        store.close()
+
+
 def test_a_save_after_another_nodes_write_is_a_conflict_and_writes_nothing(pg_url: str) -> None:  # noqa: F811
     a, b = _store(pg_url, "a"), _store(pg_url, "b")
     try:
