@@ -11,7 +11,7 @@ the job when the worker reports on it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import tzinfo
 from typing import Any
 
@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from scheduler.cron import iso
 from scheduler.job_book import JobBook
 from scheduler.job_caps import RunCaps
+from scheduler.job_history.database import FireTaken
 from scheduler.job_jitter import JitterHold, start_of
 from scheduler.job_output import OutputTails
 from scheduler.job_queue import JobQueue
@@ -131,6 +132,10 @@ class Dispatcher:
         # job store, in the same reactor turn: what they queue (alerts)
         # is committed with it.
         self.ended_listeners: list[Callable[[Job], None]] = []
+        # With --db: where a queued job goes that no worker of this node can
+        # take now (``JobClaims.offer``), for any node to claim; None (the
+        # embedded mode): it waits here for a worker.
+        self.offers: Callable[[Job], None] | None = None
 
     # -- submitting ----------------------------------------------------
 
@@ -272,6 +277,9 @@ class Dispatcher:
             self.pump(job.target)
 
     def _not_recorded(self, job_id: int, failure: Any) -> None:
+        if failure.check(FireTaken):
+            self._fire_taken(job_id)
+            return
         log.error("could not record job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
         current = self.jobs.get(job_id)
         if current is None:
@@ -313,17 +321,89 @@ class Dispatcher:
                 worker = None
             else:
                 worker = self._place(target, self._rejected_by(job_id))
-                if worker is None:
+                if worker is None and self.offers is None:
                     # No has_free_slot() up front: it scans the workers, and
                     # most passes place something.  This target is full.
                     if not self.workers.has_free_slot():
                         return
                     continue
                 queue.remove(job_id)
-                self._dispatch(job, worker)
+                if worker is None:
+                    # Only once it may start (holds are looked at first):
+                    # another node does not know what holds it here.
+                    self._offer(job)
+                else:
+                    self._dispatch(job, worker)
             following = queue.head(target)
             if following is not None:
                 heapq.heappush(heads, (following, target))
+
+    # -- the cluster (with --db; scheduler.job_claims) ---------------------
+
+    def _offer(self, job: Job) -> None:
+        """No worker here can take *job* now: let it go, for any node to claim."""
+        assert self.offers is not None
+        self._let_go(job)
+        self.offers(job)
+
+    def _let_go(self, job: Job) -> None:
+        """Forget *job* here without ending it: another node has it, or will."""
+        self._lost_timers.cancel(job.id)
+        self._jitter.cancel(job.id)
+        self._unsent.discard(job.id)
+        self._cancels.discard(job.id)
+        self._rejected.pop(job.id, None)
+        self._dequeue(job)
+        self._tails.close(job.id)
+        self._masks.pop(job.id, None)
+        self.jobs.release(job.id)
+
+    def _fire_taken(self, job_id: int) -> None:
+        """Another node recorded this fire first (an old leader's, or a new
+        one's catching up): that job is the run, so this one is no failure,
+        only a duplicate to drop before it reaches a worker."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        log.info(
+            "job {job_id}: its fire {key} is already recorded by another job; dropped here, not run twice",
+            job_id=job_id,
+            key=job.key,
+        )
+        self._let_go(job)
+        worker = self.workers.get(job.worker or "")
+        if job.status is JobStatus.RUNNING:
+            # Placed, never sent (``run`` waits for the record): its slot is free again.
+            if worker is not None:
+                worker.running.discard(job_id)
+                self.workers.changed(worker)
+            self._stopped_running(job)
+            self._clock.callLater(0, self.pump)
+
+    def free_targets(self) -> tuple[list[str], int]:
+        """What this node's workers can take now: the targets they serve
+        with a free slot, and how many jobs at most (their free slots)."""
+        targets: set[str] = set()
+        free = 0
+        for worker in self.workers:
+            if worker.free > 0:
+                free += worker.free
+                targets.add(f"worker:{worker.name}")
+                targets.update(f"label:{label}" for label in worker.labels)
+        if free:
+            targets.add("any")
+        return sorted(targets), free
+
+    def take(self, jobs: Iterable[Job]) -> None:
+        """Take up queued jobs claimed from the cluster, as ``restore`` does, and place them."""
+        for job in sorted(jobs, key=lambda job: job.id):
+            if job.status is not JobStatus.QUEUED or self.jobs.get(job.id) is not None:
+                continue
+            self.jobs.put(job)
+            self._tails.open(job.id)
+            if not self._jitter.hold(job.id, self._start_of(job)):
+                self._queue.push(job.id, job.target)
+        self.pump()
 
     def _stopped_running(self, job: Job) -> None:
         """*job* left a worker (ended, rejected or lost): look again at what it held up."""

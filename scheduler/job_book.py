@@ -172,6 +172,14 @@ class JobBook:
             except Exception:
                 log.failure("job listener {listener!r} failed", listener=listener)
 
+    def release(self, job_id: int) -> Job | None:
+        """Let *job_id* go without ending it: with ``--db``, another node
+        manages it now (``scheduler.job_claims``).  Its fire stays seen; the
+        listeners hear nothing, since the job itself did not change."""
+        job = self._jobs.pop(job_id, None)
+        self._unindex(job)
+        return job
+
     def update(self, job: Job, **changes: object) -> Job:
         fixed = changes.keys() - MUTABLE_FIELDS
         if fixed:

@@ -58,6 +58,8 @@ from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import Worker, WorkerRegistry
 
 if TYPE_CHECKING:
+    from scheduler.cluster_events import PostgresEvents
+    from scheduler.job_claims import JobClaims
     from scheduler.job_history.postgres import PostgresLeaseStore
 
 log = Logger()
@@ -163,6 +165,10 @@ class SchedulerService(MultiService):
             self.job_store.database.node = node = self.node
             # Fencing: a fired job is recorded only under the epoch it was made in.
             self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)
+            # Dispatch on every node: only the active jobs this node managed
+            # are its own again; offered ones are claimed like any other.
+            managed = self.job_store.database.managed_active()
+            active = [(job, seq) for job, seq in active if job.id in managed]
         else:
             self.leadership = SoleLeader(self.node)
         self.leadership.listeners.append(self._leadership_changed)
@@ -188,6 +194,10 @@ class SchedulerService(MultiService):
             secrets=settings.secrets if settings.secrets.path is not None else None,
         )
         self.dispatcher.restore(active)
+        self.events: PostgresEvents | None = None
+        self.claims: JobClaims | None = None
+        if isinstance(self.job_store, PostgresJobStore):
+            self._start_claims(clock, self.job_store)
         # Alerts (scheduler/alerts.py): the channels are kept in the job
         # store, whose outbox the rules queue into.
         try:
@@ -290,6 +300,9 @@ class SchedulerService(MultiService):
             lambda: self.leadership.epoch,
             lambda: getattr(self.job_store.database, "fenced", 0),
         )
+        if self.claims is not None:
+            claims = self.claims
+            self.metrics.watch_claims(lambda: claims.counts)
         self.jobs.listeners.append(self.metrics.job_changed)
         self.ticker.step_listeners.append(self.metrics.clock_stepped)
         self.dispatcher.started_listeners.append(self.metrics.job_started)
@@ -364,6 +377,7 @@ class SchedulerService(MultiService):
                 rows=self.lease_store,
                 lease=settings.lease,
             ),
+            claims=self.claims,
         )
         self.guard = Guard(
             self.http.app.resource(),
@@ -511,6 +525,9 @@ class SchedulerService(MultiService):
         if self.lease_store is not None:
             self.lease_store.start()
         self.leadership.start()
+        if self.events is not None and self.claims is not None:
+            self.claims.start()
+            self.events.start()
         self.dispatcher.resume_retries(self._unretried)
         self._unretried = []
         self.dispatcher.pump()
@@ -529,6 +546,9 @@ class SchedulerService(MultiService):
             if listening is not None:
                 await listening
             self.leadership.stop()
+            if self.events is not None and self.claims is not None:
+                self.claims.stop()
+                self.events.stop()
             self.dispatcher.stop()
             self.alerts.stop()
             self.wrong_tokens.stop()
@@ -541,6 +561,20 @@ class SchedulerService(MultiService):
                 self.lease_store.close()
 
         return Deferred.fromCoroutine(close())
+
+    def _start_claims(self, clock: IReactorTime, store: PostgresJobStore) -> None:
+        """Dispatch on every node (--db): what no worker here can take is
+        offered to the cluster, and offered jobs are claimed (scheduler.job_claims)."""
+        from scheduler.cluster_events import PostgresEvents
+        from scheduler.job_claims import JobClaims
+
+        self.events = PostgresEvents(store.database.url, self.reactor, self.node)
+        self.claims = claims = JobClaims(clock, store, self.dispatcher, self.node)
+        self.dispatcher.offers = claims.offer
+        self.events.subscribe("jobs", claims.jobs_offered)
+        self.events.subscribe("cancels", claims.cancel_heard)
+        self.events.resync.append(claims.resync)
+        self.workers.listeners.append(claims.worker_changed)
 
     def _connect_feed(self) -> None:
         """Push task, job, worker and output changes to the dashboard.

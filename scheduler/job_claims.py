@@ -1,0 +1,256 @@
+"""Dispatch on every node (``--db``): queued jobs offered to the cluster and claimed.
+
+A node places a queued job on its own workers when one of them can take
+it.  When none can (no eligible worker with a free slot), the dispatcher
+lets the job go and :class:`JobClaims` offers it: its record is written
+with no managing node (``node`` NULL) and a "jobs" notification is sent in
+the same transaction (``scheduler.cluster_events``).  Any node with free
+slots claims offered jobs it can run, oldest first, with ``FOR UPDATE SKIP
+LOCKED``, so two nodes claiming at once never take the same job; the
+offering node may claim its own job back.  A claimed job joins the
+claimer's job book and queue as a restored one does, and is placed.
+
+When a node claims: on a "jobs" notification; after each (re)connection
+of its listener (a notification is not durable); when a worker connects,
+or a slot frees while offers may be left; and on a slow sweep, which asks
+the database only when this node has a free slot.
+
+A cancel for a job this node does not manage goes through the database
+(:meth:`JobClaims.cancel`): an offered job is cancelled there directly; a
+job another node manages gets its ``cancel_requested_at`` and a "cancels"
+notification naming that node, whose listener cancels it as if asked
+through its own API.
+
+What holds a job back (a cap, ``overlap: queue``, jitter) is this node's
+knowledge only: a held job stays here until it may start, then is placed
+or offered.  So caps and overlap count the jobs of one node, not of the
+cluster (ARCHITECTURE.md, "Cluster").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from scheduler.dispatch import JobNotFound
+from scheduler.job_book import JobBook
+from scheduler.job_history.database import Fenced, FireTaken
+from scheduler.jobs import Job
+from scheduler.worker_registry import Worker
+
+log = Logger()
+
+#: What a cancel of a job managed elsewhere came to: cancelled in the
+#: database (it was offered), asked of its node, or the job had finished.
+CancelOutcome = Literal["cancelled", "asked", "finished"]
+
+
+class ClaimStore(Protocol):
+    """The cluster's side of the job history (``PostgresJobStore``)."""
+
+    def offer(self, job: Job) -> Deferred[None]:
+        """Record queued *job* as managed by no node and notify "jobs", in one transaction."""
+
+    def claim(self, targets: Sequence[str], limit: int) -> Deferred[list[Job]]:
+        """Take for this node up to *limit* offered jobs of *targets*, oldest first."""
+
+    def cancel_elsewhere(self, job_id: int, at: float, reason: str) -> Deferred[tuple[str, str | None]]:
+        """Cancel an offered job, or ask its managing node (notify "cancels"): what was done, and whom."""
+
+    def cancels_owed(self) -> Deferred[list[int]]:
+        """The active jobs this node manages whose cancel was asked for."""
+
+
+class Claimant(Protocol):
+    """What the claims ask of this node's dispatcher (``Dispatcher``)."""
+
+    jobs: JobBook
+
+    def free_targets(self) -> tuple[list[str], int]: ...
+
+    def take(self, jobs: Iterable[Job]) -> None: ...
+
+    def cancel(self, job_id: int) -> Job: ...
+
+
+class ClaimCounts:
+    """What the claims did on this node, for /metrics."""
+
+    def __init__(self) -> None:
+        self.offered = 0  # jobs offered to the cluster (committed)
+        self.claimed = 0  # offered jobs this node claimed (its own back included)
+        self.claim_queries = 0  # claims asked of the database
+        self.cancels_relayed = 0  # cancels asked of another node
+
+
+class JobClaims:
+    """Offers, claims and cancels across the nodes, for one node's dispatcher."""
+
+    #: Seconds between two sweeps (a claim, if this node has a free slot):
+    #: what a lost notification or a failed offer costs at most.
+    SWEEP = 1.0
+    #: Seconds before a failed offer is tried again (the database is away).
+    OFFER_AGAIN = 1.0
+    #: The reason recorded on an offered job cancelled through the database.
+    CANCELLED_OFFERED = "cancelled before it started"
+
+    def __init__(
+        self, clock: IReactorTime, store: ClaimStore, dispatcher: Claimant, node: str, *, sweep: float = SWEEP
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._dispatcher = dispatcher
+        self.node = node
+        self.counts = ClaimCounts()
+        # May offered jobs be left that this node could claim?  Set by a
+        # notification or a resync; cleared by a claim that found fewer
+        # than it asked for.  Slot changes claim only while it is set: a
+        # busy node would otherwise query at every job's end.
+        self._more = True
+        self._call: IDelayedCall | None = None
+        self._claiming = False
+        self._again = False
+        self._failing = False
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = clock
+        self._sweep_every = sweep
+
+    def start(self) -> None:
+        if not self._sweeper.running:
+            self._sweeper.start(self._sweep_every, now=False)
+
+    def stop(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    # -- offering --------------------------------------------------------
+
+    def offer(self, job: Job) -> None:
+        """Offer *job*, which the dispatcher has let go (``Dispatcher.offers``)."""
+        self._store.offer(job).addCallbacks(self._offered, self._not_offered, errbackArgs=(job,))
+
+    def _offered(self, _: object) -> None:
+        self.counts.offered += 1
+
+    def _not_offered(self, failure: Failure, job: Job) -> None:
+        if failure.check(FireTaken):
+            log.info("job {job_id}: its fire {key} is already recorded by another job; not offered", job_id=job.id, key=job.key)
+            return
+        if failure.check(Fenced):
+            log.warn("job {job_id} not offered: {error}", job_id=job.id, error=failure.getErrorMessage())
+            return
+        # Nobody has it now; the database will be back, or this node's
+        # restart finds the job's record as its own (node still this one).
+        log.error(
+            "could not offer job {job_id} to the cluster ({error}); trying again in {wait:g}s",
+            job_id=job.id,
+            error=failure.getErrorMessage(),
+            wait=self.OFFER_AGAIN,
+        )
+        self._clock.callLater(self.OFFER_AGAIN, self.offer, job)
+
+    # -- claiming --------------------------------------------------------
+
+    def wake(self) -> None:
+        """Claim soon (once per reactor turn, one claim at a time)."""
+        if self._claiming:
+            self._again = True
+        elif self._call is None:
+            self._call = self._clock.callLater(0, self._claim)
+
+    def jobs_offered(self, fields: dict[str, Any]) -> None:
+        """A "jobs" notification: another node offered jobs."""
+        self._more = True
+        self.wake()
+
+    def worker_changed(self, change: str, worker: Worker) -> None:
+        """A worker connected (claim) or its slots changed (claim if offers may be left)."""
+        if change == "connected" or (self._more and change == "changed" and worker.free > 0):
+            self.wake()
+
+    def _sweep(self) -> None:
+        if self._dispatcher.free_targets()[1] > 0:
+            self.wake()
+
+    def _claim(self) -> None:
+        self._call = None
+        targets, free = self._dispatcher.free_targets()
+        if free <= 0:
+            return
+        self._claiming = True
+        self.counts.claim_queries += 1
+        claimed = self._store.claim(targets, free)
+        claimed.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(free,))
+        claimed.addBoth(self._claim_done)
+
+    def _claimed(self, jobs: list[Job], asked: int) -> None:
+        self._failing = False
+        self._more = len(jobs) >= asked
+        if not jobs:
+            return
+        self.counts.claimed += len(jobs)
+        log.debug("claimed jobs {job_ids}", job_ids=", ".join(str(job.id) for job in jobs))
+        self._dispatcher.take(jobs)
+
+    def _claim_failed(self, failure: Failure) -> None:
+        if not self._failing:
+            # Once per outage: the sweep tries again every second.
+            log.warn("could not claim offered jobs: {error}", error=failure.getErrorMessage())
+        self._failing = True
+
+    def _claim_done(self, _: object) -> None:
+        self._claiming = False
+        if self._again:
+            self._again = False
+            self.wake()
+
+    # -- cancels ---------------------------------------------------------
+
+    def resync(self) -> None:
+        """The listener (re)connected: claim, and take up the cancels this node may have missed."""
+        self._more = True
+        self.wake()
+        self._store.cancels_owed().addCallbacks(
+            self._cancel_owed,
+            lambda failure: log.warn("could not read the cancels owed: {error}", error=failure.getErrorMessage()),
+        )
+
+    def _cancel_owed(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            self._cancel_here(job_id)
+
+    def cancel_heard(self, fields: dict[str, Any]) -> None:
+        """A "cancels" notification: a node asked for the cancel of a job, maybe one of ours."""
+        job_id = fields.get("job")
+        if fields.get("manager") == self.node and isinstance(job_id, int):
+            self._cancel_here(job_id)
+
+    def _cancel_here(self, job_id: int) -> None:
+        job = self._dispatcher.jobs.get(job_id)
+        if job is None or job.cancel_requested_at is not None:
+            return  # ended meanwhile, or its cancel is under way
+        log.info("job {job_id}: cancel asked through another node", job_id=job_id)
+        try:
+            self._dispatcher.cancel(job_id)
+        except JobNotFound:
+            pass
+
+    async def cancel(self, job_id: int) -> CancelOutcome:
+        """Cancel *job_id*, which this node does not manage, through the database."""
+        outcome, manager = await self._store.cancel_elsewhere(job_id, self._clock.seconds(), self.CANCELLED_OFFERED)
+        if outcome == "asked":
+            self.counts.cancels_relayed += 1
+            if manager == self.node:
+                # Ours after all (taken up since the caller looked): no notification comes back.
+                self._cancel_here(job_id)
+            return "asked"
+        return "cancelled" if outcome == "cancelled" else "finished"
