@@ -1,0 +1,389 @@
+"""Dispatch on every node, in memory: offers, claims and cancels across nodes
+(scheduler.job_claims) on ``task.Clock``, with one shared jobs "table" standing
+in for PostgreSQL (tests/test_job_claims_postgres.py has the real one)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from scheduler import cron
+from scheduler.dispatch import Dispatcher, JobNotFound
+from scheduler.job_book import JobBook
+from scheduler.job_claims import CancelOutcome, JobClaims
+from scheduler.job_history.database import FireTaken, JobStoreError
+from scheduler.jobs import Job, JobStatus
+from scheduler.tasks import Task, TaskOptions
+from scheduler.worker_messages import Finished
+from scheduler.worker_registry import Worker, WorkerRegistry
+from tests.fakes import FakeLink
+from tests.helpers import result_of
+
+
+class Cluster:
+    """The jobs table the nodes share: each job's record and the node managing it
+    (None: offered), and the notifications between nodes."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.rows: dict[int, tuple[Job, str | None]] = {}
+        self.ids = itertools.count(1)
+        self.nodes: list[Node] = []
+        self.tasks: dict[int, Task] = {}
+
+    def node(self, name: str) -> Node:
+        node = Node(self, name)
+        self.nodes.append(node)
+        return node
+
+    def notify(self, sender: str, topic: str, **fields: Any) -> None:
+        # Delivered as PostgresEvents does: to every other node, on the reactor.
+        for node in self.nodes:
+            if node.name != sender and node.listening:
+                self.clock.callLater(0, node.hear, topic, {"node": sender, **fields})
+
+    def managed_by(self, job_id: int) -> str | None:
+        return self.rows[job_id][1]
+
+    def status(self, job_id: int) -> JobStatus:
+        return self.rows[job_id][0].status
+
+
+class NodeStore:
+    """One node's view of the shared table: its ``JobRecorder`` and ``ClaimStore``."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.refuse: Exception | None = None  # the next puts fail with it
+        self.offer_error: Exception | None = None
+        self.claims: list[tuple[list[str], int]] = []
+
+    def put(self, job: Job) -> Deferred[None]:
+        if self.refuse is not None:
+            return fail(self.refuse)
+        self.cluster.rows[job.id] = (job, self.name)
+        return succeed(None)
+
+    def append_output(self, job_id: int, seq: int, stream: str, data: str) -> None:
+        pass
+
+    def offer(self, job: Job) -> Deferred[None]:
+        if self.offer_error is not None:
+            return fail(self.offer_error)
+        self.cluster.rows[job.id] = (job, None)
+        self.cluster.notify(self.name, "jobs", targets=[job.target])
+        return succeed(None)
+
+    def claim(self, targets: Sequence[str], limit: int) -> Deferred[list[Job]]:
+        self.claims.append((list(targets), limit))
+        offered = sorted(
+            job_id
+            for job_id, (job, node) in self.cluster.rows.items()
+            if node is None and job.status is JobStatus.QUEUED and job.target in targets
+        )[:limit]
+        for job_id in offered:
+            self.cluster.rows[job_id] = (self.cluster.rows[job_id][0], self.name)
+        return succeed([self.cluster.rows[job_id][0] for job_id in offered])
+
+    def cancel_elsewhere(self, job_id: int, at: float, reason: str) -> Deferred[tuple[str, str | None]]:
+        job, node = self.cluster.rows[job_id]
+        if job.status.final:
+            return succeed(("finished", None))
+        if node is None:
+            ended = job.evolve(status=JobStatus.CANCELLED, finished_at=at, reason=reason, version=job.version + 1)
+            self.cluster.rows[job_id] = (ended, None)
+            return succeed(("cancelled", None))
+        self.cluster.rows[job_id] = (job.evolve(cancel_requested_at=job.cancel_requested_at or at), node)
+        self.cluster.notify(self.name, "cancels", job=job_id, manager=node)
+        return succeed(("asked", node))
+
+    def cancels_owed(self) -> Deferred[list[int]]:
+        return succeed(
+            sorted(
+                job_id
+                for job_id, (job, node) in self.cluster.rows.items()
+                if node == self.name and not job.status.final and job.cancel_requested_at is not None
+            )
+        )
+
+
+class Node:
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.clock = cluster.clock
+        self.store = NodeStore(cluster, name)
+        self.jobs = JobBook(self.clock)
+        self.jobs.id_source = lambda: next(cluster.ids)
+        self.workers = WorkerRegistry()
+        self.dispatcher = Dispatcher(self.clock, self.jobs, self.workers, self.store, cluster.tasks.get)
+        self.claims = JobClaims(self.clock, self.store, self.dispatcher, name)
+        self.dispatcher.offers = self.claims.offer
+        self.workers.listeners.append(self.claims.worker_changed)
+        self.listening = True
+        self.claims.start()
+
+    def hear(self, topic: str, fields: dict[str, Any]) -> None:
+        if topic == "jobs":
+            self.claims.jobs_offered(fields)
+        elif topic == "cancels":
+            self.claims.cancel_heard(fields)
+
+    def connect(self, name: str, slots: int = 1, labels: tuple[str, ...] = ()) -> tuple[Worker, FakeLink]:
+        link = FakeLink()
+        worker = Worker(name, frozenset(labels), slots, link, self.clock.seconds())
+        self.dispatcher.hello(worker, {})
+        self.clock.advance(0)
+        return worker, link
+
+    def finish(self, worker: Worker, job_id: int, **kw: Any) -> None:
+        now = self.clock.seconds()
+        self.dispatcher.finished(
+            worker,
+            Finished(job_id, exit_code=0, signal=None, timed_out=False, cancelled=kw.get("cancelled", False),
+                     seq=0, started_at=now, finished_at=now, output=()),
+        )
+
+    def cancel(self, job_id: int) -> CancelOutcome | Job:
+        """What the API's cancel does: here if this node manages the job, else through the database."""
+        try:
+            return self.dispatcher.cancel(job_id)
+        except JobNotFound:
+            return result_of(Deferred.fromCoroutine(self.claims.cancel(job_id)))  # type: ignore[no-any-return]
+
+
+def settle(cluster: Cluster) -> None:
+    """Let every callLater(0) run (notifications, wakes, pumps)."""
+    for _ in range(10):
+        cluster.clock.advance(0)
+
+
+def test_a_job_no_worker_here_can_take_is_offered_and_runs_on_the_node_that_claims_it() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    _, link = b.connect("w1")
+    settle(cluster)
+    job = a.dispatcher.run_now("echo hi")[0]
+    # It left a's book (not ended: no listener heard an end) and is offered.
+    assert a.jobs.get(job.id) is None and a.dispatcher.queued == 0
+    assert cluster.managed_by(job.id) is None
+    settle(cluster)
+    # b heard "jobs", claimed it and sent it to its worker.
+    assert cluster.managed_by(job.id) == "b"
+    assert link.runs() == [job.id]
+    assert b.jobs.get(job.id) is not None and b.jobs.get(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert (a.claims.counts.offered, b.claims.counts.claimed) == (1, 1)
+
+
+def test_a_job_a_worker_here_can_take_is_never_offered() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    _, link = a.connect("w1")
+    b.connect("w2")
+    job = a.dispatcher.run_now("echo hi")[0]
+    settle(cluster)
+    assert link.runs() == [job.id] and cluster.managed_by(job.id) == "a"
+    assert a.claims.counts.offered == 0
+
+
+def test_the_offering_node_claims_its_own_job_back_when_a_worker_connects() -> None:
+    cluster = Cluster()
+    a = cluster.node("a")
+    job = a.dispatcher.run_now("echo hi", target="label:gpu")[0]
+    settle(cluster)
+    assert cluster.managed_by(job.id) is None
+    # A worker without the label: nothing to claim for it.
+    _, plain = a.connect("w1")
+    settle(cluster)
+    assert cluster.managed_by(job.id) is None and plain.runs() == []
+    _, gpu = a.connect("w2", labels=("gpu",))
+    settle(cluster)
+    assert gpu.runs() == [job.id] and cluster.managed_by(job.id) == "a"
+
+
+def test_a_claim_takes_no_more_than_the_free_slots_oldest_first() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    jobs = [a.dispatcher.run_now("true")[0] for _ in range(5)]
+    settle(cluster)
+    worker, link = b.connect("w1", slots=2)
+    settle(cluster)
+    assert link.runs() == [jobs[0].id, jobs[1].id]
+    assert [cluster.managed_by(job.id) for job in jobs] == ["b", "b", None, None, None]
+    # A slot frees: b claims the next, since the last claim filled its limit.
+    b.finish(worker, jobs[0].id)
+    settle(cluster)
+    assert link.runs()[-1] == jobs[2].id
+
+
+def test_a_slot_freeing_asks_the_database_only_while_offers_may_be_left() -> None:
+    cluster = Cluster()
+    b = cluster.node("b")
+    worker, _ = b.connect("w1", slots=2)
+    settle(cluster)
+    asked = len(b.store.claims)
+    assert asked == 1  # the worker connected: one claim, which found nothing
+    for _ in range(3):
+        job = b.dispatcher.run_now("true")[0]
+        b.finish(worker, job.id)
+        settle(cluster)
+    assert len(b.store.claims) == asked
+
+
+def test_the_sweep_claims_what_a_lost_notification_did_not_bring_and_asks_only_with_a_free_slot() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    worker, link = b.connect("w1")
+    settle(cluster)
+    b.listening = False  # b's listener is down: it hears nothing
+    job = a.dispatcher.run_now("true")[0]
+    settle(cluster)
+    assert cluster.managed_by(job.id) is None
+    cluster.clock.advance(JobClaims.SWEEP)
+    settle(cluster)
+    assert link.runs() == [job.id]
+    # Full now: sweeps do not ask the database.
+    asked = len(b.store.claims)
+    for _ in range(5):
+        cluster.clock.advance(JobClaims.SWEEP)
+    assert len(b.store.claims) == asked
+    # A slot frees: the last claim took all it asked for, so more may wait.
+    b.finish(worker, job.id)
+    settle(cluster)
+    assert len(b.store.claims) == asked + 1
+    # That one found none; from now on, one a second while a slot is free.
+    cluster.clock.advance(JobClaims.SWEEP)
+    settle(cluster)
+    assert len(b.store.claims) == asked + 2
+
+
+def test_a_resync_claims_at_once() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    _, link = b.connect("w1")
+    settle(cluster)
+    b.listening = False
+    job = a.dispatcher.run_now("true")[0]
+    settle(cluster)
+    b.listening = True
+    b.claims.resync()
+    settle(cluster)
+    assert link.runs() == [job.id]
+
+
+def test_a_held_job_stays_here_until_it_may_start_then_is_offered() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    task = Task(1, "task_1", cron.parse("* * * * *", UTC), "sleep 9", TaskOptions(overlap="queue"))
+    cluster.tasks[1] = task
+    worker, link_a = a.connect("w1")
+    _, link_b = b.connect("w2")
+    settle(cluster)
+    first = a.dispatcher.fire(task, 1_000_060.0)[0]
+    second = a.dispatcher.fire(task, 1_000_120.0)[0]
+    settle(cluster)
+    # The second waits for the first (overlap: queue), here: not offered.
+    assert link_a.runs() == [first.id]
+    assert a.dispatcher.waiting(second.id) == "its previous run is still going (overlap: queue)"
+    assert cluster.managed_by(second.id) == "a"
+    a.finish(worker, first.id)
+    settle(cluster)
+    # Released onto a's own worker, free again.
+    assert link_a.runs() == [first.id, second.id] and link_b.runs() == []
+
+
+def test_a_cancel_through_another_node_ends_an_offered_job_in_the_database() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    job = a.dispatcher.run_now("true")[0]
+    settle(cluster)
+    assert b.cancel(job.id) == "cancelled"
+    assert cluster.status(job.id) is JobStatus.CANCELLED
+    # Nobody claims it any more.
+    _, link = b.connect("w1")
+    settle(cluster)
+    assert link.runs() == []
+
+
+def test_a_cancel_through_another_node_reaches_the_worker_of_the_node_that_runs_it() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    worker, link = b.connect("w1")
+    settle(cluster)
+    job = a.dispatcher.run_now("sleep 60")[0]
+    settle(cluster)
+    assert link.runs() == [job.id]
+    assert a.cancel(job.id) == "asked"
+    settle(cluster)
+    assert [m["job"] for m in link.sent if m["type"] == "cancel"] == [job.id]
+    b.finish(worker, job.id, cancelled=True)
+    assert cluster.status(job.id) is JobStatus.CANCELLED
+    assert a.claims.counts.cancels_relayed == 1
+
+
+def test_a_cancel_missed_while_not_listening_is_taken_up_at_the_resync() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    _, link = b.connect("w1")
+    settle(cluster)
+    job = a.dispatcher.run_now("sleep 60")[0]
+    settle(cluster)
+    b.listening = False
+    assert a.cancel(job.id) == "asked"
+    settle(cluster)
+    assert not [m for m in link.sent if m["type"] == "cancel"]
+    b.listening = True
+    b.claims.resync()
+    settle(cluster)
+    assert [m["job"] for m in link.sent if m["type"] == "cancel"] == [job.id]
+
+
+def test_a_cancel_of_a_finished_job_says_so() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    worker, _ = b.connect("w1")
+    settle(cluster)
+    job = a.dispatcher.run_now("true")[0]
+    settle(cluster)
+    b.finish(worker, job.id)
+    assert a.cancel(job.id) == "finished"
+
+
+def test_a_fire_another_node_recorded_first_is_dropped_not_failed() -> None:
+    cluster = Cluster()
+    a = cluster.node("a")
+    task = Task(1, "task_1", cron.parse("* * * * *", UTC), "true", TaskOptions())
+    cluster.tasks[1] = task
+    worker, link = a.connect("w1")
+    ended: list[Job] = []
+    a.jobs.listeners.append(lambda job: job.status.final and ended.append(job))
+    a.store.refuse = FireTaken("job 1: its fire 1@60 is already recorded")
+    job = a.dispatcher.fire(task, 1_000_060.0)[0]
+    settle(cluster)
+    # Never sent, never ended (no failed record), its slot free again, its fire still seen.
+    assert link.runs() == [] and ended == []
+    assert a.jobs.get(job.id) is None and worker.free == 1
+    assert a.dispatcher.fire(task, 1_000_060.0) == []
+
+
+def test_a_job_the_database_would_not_take_as_an_offer_is_offered_again() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    a.store.offer_error = JobStoreError("lost the connection to the job database")
+    job = a.dispatcher.run_now("true")[0]
+    settle(cluster)
+    assert cluster.managed_by(job.id) == "a" and a.claims.counts.offered == 0
+    a.store.offer_error = None
+    cluster.clock.advance(JobClaims.OFFER_AGAIN)
+    settle(cluster)
+    assert cluster.managed_by(job.id) is None and a.claims.counts.offered == 1
+    _, link = b.connect("w1")
+    settle(cluster)
+    assert link.runs() == [job.id]
