@@ -207,12 +207,14 @@ _INSERT_FIRE = (
 _UPDATED = (*(name for name in FIELDS if name in MUTABLE_FIELDS), "node")
 # The oldest offered jobs of the targets a node can serve, claimed for it.
 # SKIP LOCKED: two nodes claiming at once take different rows, neither
-# waits; the outer conditions hold a row another claim took meanwhile.
+# waits.  MATERIALIZED: the pick runs once (as "id IN (subquery)", the
+# planner may run it again per row, and LIMIT no longer bounds the claim).
 _CLAIM = (
-    'UPDATE jobs SET "node" = %s WHERE id IN ('
+    "WITH picked AS MATERIALIZED ("
     "SELECT id FROM jobs WHERE status = 'queued' AND node IS NULL AND target = ANY(%s::text[]) "
-    "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
-    f") AND status = 'queued' AND node IS NULL RETURNING {COLUMNS}"
+    "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+    'UPDATE jobs SET "node" = %s FROM picked WHERE jobs.id = picked.id '
+    f"RETURNING {', '.join(f'jobs.{column}' for column in COLUMNS.split(', '))}"
 )
 # At most this many targets named in one "jobs" notification (its payload is bounded).
 _NOTIFIED_TARGETS = 50
@@ -497,7 +499,7 @@ class PostgresDatabase:
 
     def claim(self, targets: Sequence[str], limit: int) -> list[Job]:
         """Take for this node up to *limit* offered jobs of *targets*, oldest first."""
-        rows = self._rows(_CLAIM, (self.node, list(targets), max(0, limit)))
+        rows = self._rows(_CLAIM, (list(targets), max(0, limit), self.node))
         return sorted((row_job(row) for row in rows), key=lambda job: job.id)
 
     def cancel_elsewhere(self, job_id: int, at: float, reason: str) -> tuple[str, str | None]:
