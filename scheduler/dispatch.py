@@ -380,6 +380,16 @@ class Dispatcher:
             self._stopped_running(job)
             self._clock.callLater(0, self.pump)
 
+    def hand_over(self) -> int:
+        """Offer every job queued here (held ones included): this node is
+        stopping, and another may run them meanwhile.  How many were offered."""
+        if self.offers is None:
+            return 0
+        queued = [job for job in self.jobs if job.status is JobStatus.QUEUED]
+        for job in queued:
+            self._offer(job)
+        return len(queued)
+
     def free_targets(self) -> tuple[list[str], int]:
         """What this node's workers can take now: the targets they serve
         with a free slot, and how many jobs at most (their free slots)."""

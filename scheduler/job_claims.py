@@ -97,6 +97,9 @@ class JobClaims:
     SWEEP = 1.0
     #: Seconds before a failed offer is tried again (the database is away).
     OFFER_AGAIN = 1.0
+    #: Seconds a cancel heard for a job not (yet) here is kept, in case a
+    #: claim of it is on its way back.
+    EARLY_CANCEL_KEPT = 60.0
     #: The reason recorded on an offered job cancelled through the database.
     CANCELLED_OFFERED = "cancelled before it started"
 
@@ -117,6 +120,8 @@ class JobClaims:
         self._claiming = False
         self._again = False
         self._failing = False
+        # Cancels heard for jobs not in this node's book: job id -> when.
+        self._early_cancels: dict[int, float] = {}
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
         self._sweep_every = sweep
@@ -199,7 +204,15 @@ class JobClaims:
             return
         self.counts.claimed += len(jobs)
         log.debug("claimed jobs {job_ids}", job_ids=", ".join(str(job.id) for job in jobs))
+        # Asked to cancel before the claim came back (see cancel_heard).
+        cancelled = [job.id for job in jobs if self._early_cancels.pop(job.id, None) is not None]
         self._dispatcher.take(jobs)
+        for job_id in cancelled:
+            log.info("job {job_id}: cancel asked through another node", job_id=job_id)
+            try:
+                self._dispatcher.cancel(job_id)
+            except JobNotFound:
+                pass
 
     def _claim_failed(self, failure: Failure) -> None:
         if not self._failing:
@@ -231,8 +244,19 @@ class JobClaims:
     def cancel_heard(self, fields: dict[str, Any]) -> None:
         """A "cancels" notification: a node asked for the cancel of a job, maybe one of ours."""
         job_id = fields.get("job")
-        if fields.get("manager") == self.node and isinstance(job_id, int):
-            self._cancel_here(job_id)
+        if fields.get("manager") != self.node or not isinstance(job_id, int):
+            return
+        if self._dispatcher.jobs.get(job_id) is None:
+            # Claimed by this node, maybe, with the claim's answer still on
+            # its way (the cancel waited for the claim's commit): kept a
+            # while for ``_claimed``.
+            now = self._clock.seconds()
+            self._early_cancels = {
+                early: at for early, at in self._early_cancels.items() if at > now - self.EARLY_CANCEL_KEPT
+            }
+            self._early_cancels[job_id] = now
+            return
+        self._cancel_here(job_id)
 
     def _cancel_here(self, job_id: int) -> None:
         job = self._dispatcher.jobs.get(job_id)

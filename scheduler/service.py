@@ -549,6 +549,9 @@ class SchedulerService(MultiService):
             if self.events is not None and self.claims is not None:
                 self.claims.stop()
                 self.events.stop()
+                # What waits here for a worker, another node may run now;
+                # the store's close below writes the offers first.
+                self.dispatcher.hand_over()
             self.dispatcher.stop()
             self.alerts.stop()
             self.wrong_tokens.stop()

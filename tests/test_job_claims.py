@@ -64,6 +64,8 @@ class NodeStore:
         self.refuse: Exception | None = None  # the next puts fail with it
         self.offer_error: Exception | None = None
         self.claims: list[tuple[list[str], int]] = []
+        # When a list: claims commit at once, and their answers wait here.
+        self.paused: list[tuple[Deferred[list[Job]], list[Job]]] | None = None
 
     def put(self, job: Job) -> Deferred[None]:
         if self.refuse is not None:
@@ -90,7 +92,12 @@ class NodeStore:
         )[:limit]
         for job_id in offered:
             self.cluster.rows[job_id] = (self.cluster.rows[job_id][0], self.name)
-        return succeed([self.cluster.rows[job_id][0] for job_id in offered])
+        claimed = [self.cluster.rows[job_id][0] for job_id in offered]
+        if self.paused is not None:
+            answer: Deferred[list[Job]] = Deferred()
+            self.paused.append((answer, claimed))
+            return answer
+        return succeed(claimed)
 
     def cancel_elsewhere(self, job_id: int, at: float, reason: str) -> Deferred[tuple[str, str | None]]:
         job, node = self.cluster.rows[job_id]
@@ -387,3 +394,43 @@ def test_a_job_the_database_would_not_take_as_an_offer_is_offered_again() -> Non
     _, link = b.connect("w1")
     settle(cluster)
     assert link.runs() == [job.id]
+
+
+def test_a_cancel_heard_before_the_claim_it_waited_for_comes_back_is_kept_for_it() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    job = a.dispatcher.run_now("sleep 60")[0]
+    settle(cluster)
+    # b claims; the claim commits, its answer is on its way back.
+    b.store.paused = []
+    _, link = b.connect("w1")
+    settle(cluster)
+    assert cluster.managed_by(job.id) == "b" and len(b.store.paused) == 1
+    # The cancel (which waited for the claim's commit) is asked of b, which
+    # does not have the job yet.
+    assert a.cancel(job.id) == "asked"
+    settle(cluster)
+    assert link.sent == []
+    answer, claimed = b.store.paused.pop()
+    answer.callback(claimed)
+    settle(cluster)
+    # Taken up, then cancelled at once.
+    assert link.runs() == [job.id]
+    assert [m["job"] for m in link.sent if m["type"] == "cancel"] == [job.id]
+
+
+def test_a_stopping_node_offers_what_waits_here() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    task = Task(1, "task_1", cron.parse("* * * * *", UTC), "sleep 9", TaskOptions(overlap="queue"))
+    cluster.tasks[1] = task
+    a.connect("w1")
+    a.dispatcher.fire(task, 1_000_060.0)
+    second = a.dispatcher.fire(task, 1_000_120.0)[0]
+    settle(cluster)
+    assert cluster.managed_by(second.id) == "a"
+    assert a.dispatcher.hand_over() == 1
+    assert cluster.managed_by(second.id) is None and a.dispatcher.queued == 0
+    _, link_b = b.connect("w2")
+    settle(cluster)
+    assert link_b.runs() == [second.id]
