@@ -327,6 +327,15 @@ class Dispatcher:
                     if not self.workers.has_free_slot():
                         return
                     continue
+                if worker is None:
+                    keeps = self._keeps(job)
+                    if keeps:
+                        continue  # this target is full; others may have jobs to offer
+                    if keeps is None:
+                        # Too many wait here: the newest goes, so the older
+                        # keep their turn (the head comes round again).
+                        job = self._newest(target, job)
+                        job_id = job.id
                 queue.remove(job_id)
                 if worker is None:
                     # Only once it may start (holds are looked at first):
@@ -339,6 +348,36 @@ class Dispatcher:
                 heapq.heappush(heads, (following, target))
 
     # -- the cluster (with --db; scheduler.job_claims) ---------------------
+
+    def _keeps(self, job: Job) -> bool | None:
+        """Does *job*, which no worker here can take now, wait here rather than be offered?
+
+        Up to one job per slot of this node's workers waits here, if one of
+        them may run it: a slot that frees takes its next job at once, not
+        after a claim's round trip to the database (a busy node on its own
+        would otherwise pay one per job).  None: it may, but too many wait.
+        """
+        target = job.target
+        if target.startswith("worker:"):
+            if self.workers.get(target[7:]) is None:
+                return False
+        elif not any(worker.accepts(target) for worker in self.workers):
+            return False
+        return True if len(self._queue) <= sum(worker.slots for worker in self.workers) else None
+
+    def _newest(self, target: str, head: Job) -> Job:
+        """The newest queued job of *target*, unless something holds it here (then it is held)."""
+        newest = self._queue.newest(target)
+        job = self.jobs.get(newest) if newest is not None else None
+        if job is None or job.status is not JobStatus.QUEUED:
+            return head
+        hold = self._must_wait(job)
+        if hold is not None:
+            self._queue.remove(job.id)
+            self._held.setdefault(hold[0], []).append(job.id)
+            self._held_reason[job.id] = hold
+            return head if self._queue.newest(target) is None else self._newest(target, head)
+        return job
 
     def _offer(self, job: Job) -> None:
         """No worker here can take *job* now: let it go, for any node to claim."""
@@ -390,19 +429,20 @@ class Dispatcher:
             self._offer(job)
         return len(queued)
 
-    def free_targets(self) -> tuple[list[str], int]:
-        """What this node's workers can take now: the targets they serve
-        with a free slot, and how many jobs at most (their free slots)."""
+    def claimable(self) -> tuple[list[str], int]:
+        """What this node may claim now: the targets its workers serve, and
+        how many jobs at most (their free slots, and the room left of the
+        one job per slot that may wait here: ``_keeps``)."""
         targets: set[str] = set()
-        free = 0
+        free = slots = 0
         for worker in self.workers:
-            if worker.free > 0:
-                free += worker.free
-                targets.add(f"worker:{worker.name}")
-                targets.update(f"label:{label}" for label in worker.labels)
-        if free:
+            slots += worker.slots
+            free += max(0, worker.free)
+            targets.add(f"worker:{worker.name}")
+            targets.update(f"label:{label}" for label in worker.labels)
+        if slots:
             targets.add("any")
-        return sorted(targets), free
+        return sorted(targets), free + max(0, slots - len(self._queue))
 
     def take(self, jobs: Iterable[Job]) -> None:
         """Take up queued jobs claimed from the cluster, as ``restore`` does, and place them."""

@@ -1,8 +1,9 @@
 """Dispatch on every node (``--db``): queued jobs offered to the cluster and claimed.
 
 A node places a queued job on its own workers when one of them can take
-it.  When none can (no eligible worker with a free slot), the dispatcher
-lets the job go and :class:`JobClaims` offers it: its record is written
+it.  When none can (no eligible worker with a free slot, and no room to
+wait here: below), the dispatcher lets the job go and :class:`JobClaims`
+offers it: its record is written
 with no managing node (``node`` NULL) and a "jobs" notification is sent in
 the same transaction (``scheduler.cluster_events``).  Any node with free
 slots claims offered jobs it can run, oldest first, with ``FOR UPDATE SKIP
@@ -10,10 +11,15 @@ LOCKED``, so two nodes claiming at once never take the same job; the
 offering node may claim its own job back.  A claimed job joins the
 claimer's job book and queue as a restored one does, and is placed.
 
+A node keeps up to one job per slot of its own workers waiting for them
+(``Dispatcher._keeps``): a slot that frees takes its next job at once, not
+after a round trip to the database; only the rest is offered.  It claims
+as much: free slots, and the room left in that backlog.
+
 When a node claims: on a "jobs" notification; after each (re)connection
 of its listener (a notification is not durable); when a worker connects,
 or a slot frees while offers may be left; and on a slow sweep, which asks
-the database only when this node has a free slot.
+the database only when this node has room.
 
 A cancel for a job this node does not manage goes through the database
 (:meth:`JobClaims.cancel`): an offered job is cancelled there directly; a
@@ -72,7 +78,9 @@ class Claimant(Protocol):
 
     jobs: JobBook
 
-    def free_targets(self) -> tuple[list[str], int]: ...
+    def claimable(self) -> tuple[list[str], int]: ...
+
+    def pump(self) -> None: ...
 
     def take(self, jobs: Iterable[Job]) -> None: ...
 
@@ -178,17 +186,20 @@ class JobClaims:
         self.wake()
 
     def worker_changed(self, change: str, worker: Worker) -> None:
-        """A worker connected (claim) or its slots changed (claim if offers may be left)."""
-        if change == "connected" or (self._more and change == "changed" and worker.free > 0):
+        """A worker connected (claim), its slots changed (claim if offers may
+        be left), or it left (what waited here for it may be offered now)."""
+        if change == "connected" or (self._more and change == "changed"):
             self.wake()
+        elif change == "disconnected":
+            self._clock.callLater(0, self._dispatcher.pump)
 
     def _sweep(self) -> None:
-        if self._dispatcher.free_targets()[1] > 0:
+        if self._dispatcher.claimable()[1] > 0:
             self.wake()
 
     def _claim(self) -> None:
         self._call = None
-        targets, free = self._dispatcher.free_targets()
+        targets, free = self._dispatcher.claimable()
         if free <= 0:
             return
         self._claiming = True

@@ -215,19 +215,42 @@ def test_the_offering_node_claims_its_own_job_back_when_a_worker_connects() -> N
     assert gpu.runs() == [job.id] and cluster.managed_by(job.id) == "a"
 
 
-def test_a_claim_takes_no_more_than_the_free_slots_oldest_first() -> None:
+def test_a_claim_takes_no_more_than_the_free_slots_and_one_waiting_job_per_slot_oldest_first() -> None:
     cluster = Cluster()
     a, b = cluster.node("a"), cluster.node("b")
-    jobs = [a.dispatcher.run_now("true")[0] for _ in range(5)]
+    jobs = [a.dispatcher.run_now("true")[0] for _ in range(7)]
     settle(cluster)
     worker, link = b.connect("w1", slots=2)
     settle(cluster)
     assert link.runs() == [jobs[0].id, jobs[1].id]
-    assert [cluster.managed_by(job.id) for job in jobs] == ["b", "b", None, None, None]
-    # A slot frees: b claims the next, since the last claim filled its limit.
+    assert [cluster.managed_by(job.id) for job in jobs] == ["b", "b", "b", "b", None, None, None]
+    assert b.dispatcher.queued == 2
+    # A slot frees: the next job is b's already, and b claims one more to
+    # wait, since the last claim took all it asked for.
     b.finish(worker, jobs[0].id)
-    settle(cluster)
     assert link.runs()[-1] == jobs[2].id
+    settle(cluster)
+    assert [cluster.managed_by(job.id) for job in jobs[4:]] == ["b", None, None]
+
+
+def test_a_busy_node_keeps_one_job_per_slot_waiting_for_its_workers_and_offers_the_rest() -> None:
+    cluster = Cluster()
+    a = cluster.node("a")
+    _, link = a.connect("w1", slots=1, labels=("x",))
+    first, second, third = (a.dispatcher.run_now("true")[0] for _ in range(3))
+    gpu = a.dispatcher.run_now("true", target="label:gpu")[0]
+    mine = a.dispatcher.run_now("true", target="worker:w1")[0]
+    settle(cluster)
+    assert link.runs() == [first.id]
+    assert a.dispatcher.waiting(second.id) == "every slot of the workers it may run on is busy"
+    # Beyond one per slot, or for a worker not here: offered.
+    assert [cluster.managed_by(job.id) for job in (second, third, gpu, mine)] == ["a", None, None, None]
+    # Its worker gone, what waited for it is offered too.
+    worker = a.workers.get("w1")
+    assert worker is not None
+    a.workers.remove(worker)
+    settle(cluster)
+    assert cluster.managed_by(second.id) is None and a.dispatcher.queued == 0
 
 
 def test_a_slot_freeing_asks_the_database_only_while_offers_may_be_left() -> None:
@@ -244,28 +267,31 @@ def test_a_slot_freeing_asks_the_database_only_while_offers_may_be_left() -> Non
     assert len(b.store.claims) == asked
 
 
-def test_the_sweep_claims_what_a_lost_notification_did_not_bring_and_asks_only_with_a_free_slot() -> None:
+def test_the_sweep_claims_what_a_lost_notification_did_not_bring_and_asks_only_with_room() -> None:
     cluster = Cluster()
     a, b = cluster.node("a"), cluster.node("b")
     worker, link = b.connect("w1")
     settle(cluster)
     b.listening = False  # b's listener is down: it hears nothing
-    job = a.dispatcher.run_now("true")[0]
+    jobs = [a.dispatcher.run_now("true")[0] for _ in range(2)]
     settle(cluster)
-    assert cluster.managed_by(job.id) is None
+    assert cluster.managed_by(jobs[0].id) is None
     cluster.clock.advance(JobClaims.SWEEP)
     settle(cluster)
-    assert link.runs() == [job.id]
-    # Full now: sweeps do not ask the database.
+    # One runs, one waits here for the slot.
+    assert link.runs() == [jobs[0].id] and b.dispatcher.queued == 1
+    # No room now: sweeps do not ask the database.
     asked = len(b.store.claims)
     for _ in range(5):
         cluster.clock.advance(JobClaims.SWEEP)
     assert len(b.store.claims) == asked
-    # A slot frees: the last claim took all it asked for, so more may wait.
-    b.finish(worker, job.id)
+    # A slot frees, and the job waiting here takes it at once; the last
+    # claim took all it asked for, so more may wait: b asks.
+    b.finish(worker, jobs[0].id)
+    assert link.runs() == [jobs[0].id, jobs[1].id]
     settle(cluster)
     assert len(b.store.claims) == asked + 1
-    # That one found none; from now on, one a second while a slot is free.
+    # That one found none; from now on, one a second while there is room.
     cluster.clock.advance(JobClaims.SWEEP)
     settle(cluster)
     assert len(b.store.claims) == asked + 2
