@@ -429,10 +429,10 @@ class Dispatcher:
             self._offer(job)
         return len(queued)
 
-    def claimable(self) -> tuple[list[str], int]:
-        """What this node may claim now: the targets its workers serve, and
-        how many jobs at most (their free slots, and the room left of the
-        one job per slot that may wait here: ``_keeps``)."""
+    def claimable(self) -> tuple[list[str], int, int]:
+        """What this node may claim now: the targets its workers serve, how
+        many jobs at most (their free slots, and the room left of the one
+        job per slot that may wait here: ``_keeps``), and their slots."""
         targets: set[str] = set()
         free = slots = 0
         for worker in self.workers:
@@ -442,7 +442,7 @@ class Dispatcher:
             targets.update(f"label:{label}" for label in worker.labels)
         if slots:
             targets.add("any")
-        return sorted(targets), free + max(0, slots - len(self._queue))
+        return sorted(targets), free + max(0, slots - len(self._queue)), slots
 
     def take(self, jobs: Iterable[Job]) -> None:
         """Take up queued jobs claimed from the cluster, as ``restore`` does, and place them."""

@@ -78,7 +78,7 @@ class Claimant(Protocol):
 
     jobs: JobBook
 
-    def claimable(self) -> tuple[list[str], int]: ...
+    def claimable(self) -> tuple[list[str], int, int]: ...
 
     def pump(self) -> None: ...
 
@@ -125,6 +125,8 @@ class JobClaims:
         # busy node would otherwise query at every job's end.
         self._more = True
         self._call: IDelayedCall | None = None
+        # Is the claim asked for by _call only for a slot that freed (wake)?
+        self._batched = False
         self._claiming = False
         self._again = False
         self._failing = False
@@ -173,12 +175,20 @@ class JobClaims:
 
     # -- claiming --------------------------------------------------------
 
-    def wake(self) -> None:
-        """Claim soon (once per reactor turn, one claim at a time)."""
+    def wake(self, *, batched: bool = False) -> None:
+        """Claim soon (once per reactor turn, one claim at a time).
+
+        *batched*: only if there is room for half this node's slots or
+        more (a slot that freed: the jobs waiting here fill it meanwhile,
+        and a busy node asks the database once per few jobs, not per job).
+        """
         if self._claiming:
             self._again = True
         elif self._call is None:
+            self._batched = batched
             self._call = self._clock.callLater(0, self._claim)
+        else:
+            self._batched = self._batched and batched
 
     def jobs_offered(self, fields: dict[str, Any]) -> None:
         """A "jobs" notification: another node offered jobs."""
@@ -188,8 +198,10 @@ class JobClaims:
     def worker_changed(self, change: str, worker: Worker) -> None:
         """A worker connected (claim), its slots changed (claim if offers may
         be left), or it left (what waited here for it may be offered now)."""
-        if change == "connected" or (self._more and change == "changed"):
+        if change == "connected":
             self.wake()
+        elif self._more and change == "changed":
+            self.wake(batched=True)
         elif change == "disconnected":
             self._clock.callLater(0, self._dispatcher.pump)
 
@@ -199,8 +211,8 @@ class JobClaims:
 
     def _claim(self) -> None:
         self._call = None
-        targets, free = self._dispatcher.claimable()
-        if free <= 0:
+        targets, free, slots = self._dispatcher.claimable()
+        if free <= 0 or (self._batched and free * 2 < slots):
             return
         self._claiming = True
         self.counts.claim_queries += 1

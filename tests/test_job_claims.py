@@ -460,3 +460,23 @@ def test_a_stopping_node_offers_what_waits_here() -> None:
     _, link_b = b.connect("w2")
     settle(cluster)
     assert link_b.runs() == [second.id]
+
+
+def test_a_busy_node_claims_once_per_few_jobs_not_per_job() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    jobs = [a.dispatcher.run_now("true")[0] for _ in range(12)]
+    settle(cluster)
+    worker, link = b.connect("w1", slots=4)
+    settle(cluster)
+    assert len(link.runs()) == 4 and b.dispatcher.queued == 4
+    asked = len(b.store.claims)
+    # One slot frees: a job waiting here takes it; room for 1 is under half the slots.
+    b.finish(worker, link.runs()[0])
+    settle(cluster)
+    assert len(b.store.claims) == asked and len(link.runs()) == 5
+    # Another: room for 2, half the slots: one claim, for 2.
+    b.finish(worker, link.runs()[1])
+    settle(cluster)
+    assert b.store.claims[asked:] == [(["any", "worker:w1"], 2)]
+    assert [cluster.managed_by(job.id) for job in jobs].count("b") == 10
