@@ -44,7 +44,7 @@ from scheduler.http_json import (
 )
 from scheduler.http_static import IMMUTABLE, REVALIDATE, StaticFile, StaticFiles
 from scheduler.job_claims import JobClaims
-from scheduler.job_store import AuditQuery, JobStore, PostgresJobStore
+from scheduler.job_store import AuditQuery, JobStore, JobStoreError, PostgresJobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import SchedulerMetrics
@@ -743,9 +743,15 @@ class SchedulerHTTP:
         try:
             job = self._dispatcher.cancel(job.id)
         except JobNotFound:
-            if self._claims is None or await self._claims.cancel(job.id) == "finished":
+            if self._claims is None:
                 raise ApiError(409, f"job {job.id} has already finished") from None
-            # Another node manages it (or none: it was offered), and was asked.
+            # Another node manages it (or none: it was offered): through the database.
+            try:
+                outcome = await self._claims.cancel(job.id)
+            except JobStoreError as error:
+                raise ApiError(503, f"could not cancel job {job.id}: {error}") from None
+            if outcome == "finished":
+                raise ApiError(409, f"job {job.id} has already finished") from None
         self._audited(request, "job.cancel", [job], {})
         # Reads queue behind the writes asked for before them: once this one
         # answers, the kept cancel is on disk and a crash cannot lose it.
