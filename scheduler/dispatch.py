@@ -385,8 +385,9 @@ class Dispatcher:
         self._let_go(job)
         self.offers(job)
 
-    def _let_go(self, job: Job) -> None:
-        """Forget *job* here without ending it: another node has it, or will."""
+    def _let_go(self, job: Job, *, watch: bool = True) -> None:
+        """Forget *job* here without ending it: another node has it, or will
+        (*watch*: count it as its task's run going on, ``JobBook.release``)."""
         self._lost_timers.cancel(job.id)
         self._jitter.cancel(job.id)
         self._unsent.discard(job.id)
@@ -395,7 +396,7 @@ class Dispatcher:
         self._dequeue(job)
         self._tails.close(job.id)
         self._masks.pop(job.id, None)
-        self.jobs.release(job.id)
+        self.jobs.release(job.id, watch=watch)
 
     def _fire_taken(self, job_id: int) -> None:
         """Another node recorded this fire first (an old leader's, or a new
@@ -409,7 +410,7 @@ class Dispatcher:
             job_id=job_id,
             key=job.key,
         )
-        self._let_go(job)
+        self._let_go(job, watch=False)
         worker = self.workers.get(job.worker or "")
         if job.status is JobStatus.RUNNING:
             # Placed, never sent (``run`` waits for the record): its slot is free again.
@@ -444,6 +445,12 @@ class Dispatcher:
             targets.add("any")
         return sorted(targets), free + max(0, slots - len(self._queue)), slots
 
+    def ended_elsewhere(self, job_ids: Iterable[int]) -> None:
+        """Jobs this node let go have ended on another node (or came back):
+        their tasks' next runs held for ``overlap: queue`` may start."""
+        tasks = self.jobs.ended_elsewhere(job_ids)
+        self._release_held([f"overlap:{task_id}" for task_id in tasks if not self.jobs.running_for(task_id)])
+
     def take(self, jobs: Iterable[Job]) -> None:
         """Take up queued jobs claimed from the cluster, as ``restore`` does, and place them."""
         for job in sorted(jobs, key=lambda job: job.id):
@@ -460,6 +467,9 @@ class Dispatcher:
         keys = list(self._caps.stop(job.id))
         if job.task_id is not None and not self.jobs.running_for(job.task_id):
             keys.append(f"overlap:{job.task_id}")
+        self._release_held(keys)
+
+    def _release_held(self, keys: list[str]) -> None:
         released = False
         for key in keys:
             for job_id in self._held.pop(key, ()):

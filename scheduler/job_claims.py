@@ -27,10 +27,13 @@ job another node manages gets its ``cancel_requested_at`` and a "cancels"
 notification naming that node, whose listener cancels it as if asked
 through its own API.
 
-What holds a job back (a cap, ``overlap: queue``, jitter) is this node's
-knowledge only: a held job stays here until it may start, then is placed
-or offered.  So caps and overlap count the jobs of one node, not of the
-cluster (ARCHITECTURE.md, "Cluster").
+What holds a job back (a cap, ``overlap: queue``, jitter) is decided
+here: a held job stays here until it may start, then is placed or
+offered.  For ``overlap``, a job of a task this node let go counts as the
+task's run going on until this node hears it ended: the claiming node
+tells ("jobs", ``ended``) once the end is committed, and the sweep asks
+the database about the rest.  Caps count one node's jobs, not the
+cluster's (ARCHITECTURE.md, "Dispatch on every node").
 """
 
 from __future__ import annotations
@@ -72,6 +75,12 @@ class ClaimStore(Protocol):
     def cancels_owed(self) -> Deferred[list[int]]:
         """The active jobs this node manages whose cancel was asked for."""
 
+    def still_active(self, job_ids: Sequence[int]) -> Deferred[list[int]]:
+        """Which of *job_ids* are queued or running."""
+
+    def notify_ended(self, job_ids: Sequence[int]) -> Deferred[None]:
+        """Tell the other nodes ("jobs", ``ended``) that these jobs ended (once their ends are committed)."""
+
 
 class Claimant(Protocol):
     """What the claims ask of this node's dispatcher (``Dispatcher``)."""
@@ -83,6 +92,8 @@ class Claimant(Protocol):
     def pump(self) -> None: ...
 
     def take(self, jobs: Iterable[Job]) -> None: ...
+
+    def ended_elsewhere(self, job_ids: Iterable[int]) -> None: ...
 
     def cancel(self, job_id: int) -> Job: ...
 
@@ -132,6 +143,11 @@ class JobClaims:
         self._failing = False
         # Cancels heard for jobs not in this node's book: job id -> when.
         self._early_cancels: dict[int, float] = {}
+        # Task jobs this node claimed, until they end (job_ended), and the
+        # ends not told yet; a look at the jobs let go under way.
+        self._claimed_here: dict[int, int] = {}
+        self._ended: list[int] = []
+        self._looking = False
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
         self._sweep_every = sweep
@@ -151,6 +167,7 @@ class JobClaims:
 
     def offer(self, job: Job) -> None:
         """Offer *job*, which the dispatcher has let go (``Dispatcher.offers``)."""
+        self._claimed_here.pop(job.id, None)  # claimed, and offered again
         self._store.offer(job).addCallbacks(self._offered, self._not_offered, errbackArgs=(job,))
 
     def _offered(self, _: object) -> None:
@@ -191,9 +208,13 @@ class JobClaims:
             self._batched = self._batched and batched
 
     def jobs_offered(self, fields: dict[str, Any]) -> None:
-        """A "jobs" notification: another node offered jobs."""
-        self._more = True
-        self.wake()
+        """A "jobs" notification: another node offered jobs, or ended some."""
+        ended = fields.get("ended")
+        if isinstance(ended, list):
+            self._dispatcher.ended_elsewhere(job_id for job_id in ended if isinstance(job_id, int))
+        if "targets" in fields:
+            self._more = True
+            self.wake()
 
     def worker_changed(self, change: str, worker: Worker) -> None:
         """A worker connected (claim), its slots changed (claim if offers may
@@ -208,6 +229,42 @@ class JobClaims:
     def _sweep(self) -> None:
         if self._dispatcher.claimable()[1] > 0:
             self.wake()
+        self._look_elsewhere()
+
+    # -- runs of this node's tasks on other nodes (overlap) ----------------
+
+    def job_ended(self, job: Job) -> None:
+        """A job ended here: if this node claimed it, the node that let it go
+        counts it as its task's run still going (``JobBook.release``): say so."""
+        if self._claimed_here.pop(job.id, None) is None or job.task_id is None:
+            return
+        if not self._ended:
+            self._clock.callLater(0, self._tell_ended)
+        self._ended.append(job.id)
+
+    def _tell_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        self._store.notify_ended(ended).addErrback(
+            # The other nodes' sweeps find out within a second or so.
+            lambda failure: log.warn("could not tell the other nodes of ended jobs: {error}", error=failure.getErrorMessage())
+        )
+
+    def _look_elsewhere(self) -> None:
+        """Which of the jobs this node let go have ended (a notification may have been missed)."""
+        watched = self._dispatcher.jobs.elsewhere
+        if not watched or self._looking:
+            return
+        self._looking = True
+
+        def found(active: list[int]) -> None:
+            self._dispatcher.ended_elsewhere(set(watched) - set(active))
+
+        looked = self._store.still_active(watched).addCallback(found)
+        looked.addErrback(lambda failure: log.warn("could not look at jobs on other nodes: {error}", error=failure.getErrorMessage()))
+        looked.addBoth(self._looked)
+
+    def _looked(self, _: object) -> None:
+        self._looking = False
 
     def _claim(self) -> None:
         self._call = None
@@ -227,6 +284,9 @@ class JobClaims:
             return
         # Counted, not logged: at 50 fires a second, a line per claim is noise.
         self.counts.claimed += len(jobs)
+        for job in jobs:
+            if job.task_id is not None:
+                self._claimed_here[job.id] = job.task_id
         # Asked to cancel before the claim came back (see cancel_heard).
         cancelled = [job.id for job in jobs if self._early_cancels.pop(job.id, None) is not None]
         self._dispatcher.take(jobs)
@@ -252,9 +312,10 @@ class JobClaims:
     # -- cancels ---------------------------------------------------------
 
     def resync(self) -> None:
-        """The listener (re)connected: claim, and take up the cancels this node may have missed."""
+        """The listener (re)connected: claim, and take up the cancels and ends this node may have missed."""
         self._more = True
         self.wake()
+        self._look_elsewhere()
         self._store.cancels_owed().addCallbacks(
             self._cancel_owed,
             lambda failure: log.warn("could not read the cancels owed: {error}", error=failure.getErrorMessage()),
@@ -300,4 +361,8 @@ class JobClaims:
                 # Ours after all (taken up since the caller looked): no notification comes back.
                 self._cancel_here(job_id)
             return "asked"
-        return "cancelled" if outcome == "cancelled" else "finished"
+        if outcome == "cancelled":
+            # The others hear it ended ("jobs"); this node may be the one that let it go.
+            self._dispatcher.ended_elsewhere((job_id,))
+            return "cancelled"
+        return "finished"

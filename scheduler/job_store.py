@@ -304,3 +304,12 @@ class PostgresJobStore(ThreadedJobHistory):
 
     def cancels_owed(self) -> Deferred[list[int]]:
         return self._commits.read(self.database.cancels_owed)
+
+    def still_active(self, job_ids: Sequence[int]) -> Deferred[list[int]]:
+        asked = list(job_ids)
+        return self._commits.read(lambda: self.database.still_active(asked))
+
+    def notify_ended(self, job_ids: Sequence[int]) -> Deferred[None]:
+        """After the writes queued so far (the ends among them) have committed."""
+        ended = list(job_ids)
+        return self._commits.read(lambda: self.database.notify_ended(ended))

@@ -578,6 +578,7 @@ class SchedulerService(MultiService):
         self.events.subscribe("cancels", claims.cancel_heard)
         self.events.resync.append(claims.resync)
         self.workers.listeners.append(claims.worker_changed)
+        self.dispatcher.ended_listeners.append(claims.job_ended)
 
     def _connect_feed(self) -> None:
         """Push task, job, worker and output changes to the dashboard.

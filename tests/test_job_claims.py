@@ -64,6 +64,7 @@ class NodeStore:
         self.refuse: Exception | None = None  # the next puts fail with it
         self.offer_error: Exception | None = None
         self.claims: list[tuple[list[str], int]] = []
+        self.looks = 0  # still_active asked
         # When a list: claims commit at once, and their answers wait here.
         self.paused: list[tuple[Deferred[list[Job]], list[Job]]] | None = None
 
@@ -106,10 +107,19 @@ class NodeStore:
         if node is None:
             ended = job.evolve(status=JobStatus.CANCELLED, finished_at=at, reason=reason, version=job.version + 1)
             self.cluster.rows[job_id] = (ended, None)
+            self.cluster.notify(self.name, "jobs", ended=[job_id])
             return succeed(("cancelled", None))
         self.cluster.rows[job_id] = (job.evolve(cancel_requested_at=job.cancel_requested_at or at), node)
         self.cluster.notify(self.name, "cancels", job=job_id, manager=node)
         return succeed(("asked", node))
+
+    def still_active(self, job_ids: Sequence[int]) -> Deferred[list[int]]:
+        self.looks += 1
+        return succeed([job_id for job_id in job_ids if job_id in self.cluster.rows and not self.cluster.status(job_id).final])
+
+    def notify_ended(self, job_ids: Sequence[int]) -> Deferred[None]:
+        self.cluster.notify(self.name, "jobs", ended=list(job_ids))
+        return succeed(None)
 
     def cancels_owed(self) -> Deferred[list[int]]:
         return succeed(
@@ -134,6 +144,7 @@ class Node:
         self.claims = JobClaims(self.clock, self.store, self.dispatcher, name)
         self.dispatcher.offers = self.claims.offer
         self.workers.listeners.append(self.claims.worker_changed)
+        self.dispatcher.ended_listeners.append(self.claims.job_ended)
         self.listening = True
         self.claims.start()
 
@@ -480,3 +491,71 @@ def test_a_busy_node_claims_once_per_few_jobs_not_per_job() -> None:
     settle(cluster)
     assert b.store.claims[asked:] == [(["any", "worker:w1"], 2)]
     assert [cluster.managed_by(job.id) for job in jobs].count("b") == 10
+
+
+def test_a_task_whose_run_another_node_claimed_skips_its_next_fire_until_that_run_ends() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    task = Task(1, "task_1", cron.parse("* * * * *", UTC), "sleep 9", TaskOptions(overlap="skip"))
+    cluster.tasks[1] = task
+    worker, link = b.connect("w1", slots=2)
+    settle(cluster)
+    first = a.dispatcher.fire(task, 1_000_060.0)[0]
+    settle(cluster)
+    assert link.runs() == [first.id]
+    # a let it go, but knows it is still going: overlap skip.
+    assert a.dispatcher.fire(task, 1_000_120.0) == []
+    b.finish(worker, first.id)
+    settle(cluster)
+    # b told a it ended: the next fire runs.
+    third = a.dispatcher.fire(task, 1_000_180.0)[0]
+    settle(cluster)
+    assert link.runs() == [first.id, third.id]
+
+
+def test_a_task_run_queued_behind_one_on_another_node_starts_when_that_one_ends() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    task = Task(1, "task_1", cron.parse("* * * * *", UTC), "sleep 9", TaskOptions(overlap="queue"))
+    cluster.tasks[1] = task
+    worker, link = b.connect("w1", slots=2)
+    settle(cluster)
+    first = a.dispatcher.fire(task, 1_000_060.0)[0]
+    second = a.dispatcher.fire(task, 1_000_120.0)[0]
+    settle(cluster)
+    # The second waits on a for the first, which runs on b.
+    assert link.runs() == [first.id]
+    assert a.dispatcher.waiting(second.id) == "its previous run is still going (overlap: queue)"
+    b.finish(worker, first.id)
+    settle(cluster)
+    assert link.runs() == [first.id, second.id]
+
+
+def test_an_end_not_heard_is_found_by_the_sweep() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    task = Task(1, "task_1", cron.parse("* * * * *", UTC), "sleep 9", TaskOptions(overlap="skip"))
+    cluster.tasks[1] = task
+    worker, link = b.connect("w1")
+    settle(cluster)
+    first = a.dispatcher.fire(task, 1_000_060.0)[0]
+    settle(cluster)
+    a.listening = False
+    b.finish(worker, first.id)
+    settle(cluster)
+    assert a.dispatcher.fire(task, 1_000_120.0) == []
+    cluster.clock.advance(JobClaims.SWEEP)
+    settle(cluster)
+    assert a.jobs.elsewhere == [] and a.store.looks >= 1
+    third = a.dispatcher.fire(task, 1_000_180.0)[0]
+    settle(cluster)
+    assert link.runs() == [first.id, third.id]
+    # Heard this time; then nothing is let go, and the sweeps look at nothing.
+    a.listening = True
+    b.finish(worker, third.id)
+    settle(cluster)
+    assert a.jobs.elsewhere == []
+    looks = a.store.looks
+    cluster.clock.advance(JobClaims.SWEEP)
+    cluster.clock.advance(JobClaims.SWEEP)
+    assert a.store.looks == looks

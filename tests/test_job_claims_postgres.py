@@ -163,8 +163,34 @@ def test_a_cancel_of_a_job_managed_elsewhere_is_done_or_relayed_in_the_database(
         assert asked is not None and asked.status is JobStatus.RUNNING and asked.cancel_requested_at == 60.0
         assert database.cancel_elsewhere(3, 80.0, "unused") == ("finished", None)
         assert database.cancel_elsewhere(99, 80.0, "unused") == ("finished", None)
-        assert _heard(listener) == [("cancels", {"node": "a", "job": 2, "manager": "b"})] * 2
+        assert _heard(listener) == [
+            # The offering node counts the offered job as its task's run going on, until told.
+            ("jobs", {"node": "a", "ended": [1]}),
+            *[("cancels", {"node": "a", "job": 2, "manager": "b"})] * 2,
+        ]
         assert b.cancels_owed() == [2] and database.cancels_owed() == []
     finally:
         database.close()
         b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ends_are_told_after_they_commit_and_a_look_finds_what_is_still_active(
+    pg_url: str,  # noqa: F811
+    listener: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    store = PostgresJobStore(pg_url, reactor)
+    store.database.node = "b"
+    store.open()
+    try:
+        store.put(job(1))
+        store.put(job(2, status=JobStatus.SUCCEEDED, finished_at=1002.0))
+        # Queued behind the puts: told once they are committed.
+        told = store.notify_ended(list(range(2, 702)))
+        assert await store.still_active([1, 2, 3]) == [1]
+        await told
+        heard = _heard(listener)
+        assert [topic for topic, _ in heard] == ["jobs"] * 3
+        assert [each for _, fields in heard for each in fields["ended"]] == list(range(2, 702))  # type: ignore[attr-defined]
+    finally:
+        await store.close()

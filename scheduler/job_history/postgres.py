@@ -218,6 +218,8 @@ _CLAIM = (
 )
 # At most this many targets named in one "jobs" notification (its payload is bounded).
 _NOTIFIED_TARGETS = 50
+# Job ids named in one "jobs" notification of ended jobs (each at most 20 bytes).
+_NOTIFIED_ENDS = 300
 
 
 class _Offered:
@@ -517,6 +519,8 @@ class PostgresDatabase:
                 (at, reason, job_id),
             ).fetchone()
             if ended is not None:
+                # Its offering node counts it as its task's run going on.
+                self._notify(conn, "jobs", ended=[job_id])
                 return "cancelled", None
             asked = conn.execute(
                 "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, %s) "
@@ -536,6 +540,16 @@ class PostgresDatabase:
             (self.node,),
         )
         return [int(row[0]) for row in rows]
+
+    def still_active(self, job_ids: Sequence[int]) -> list[int]:
+        rows = self._rows(f"SELECT id FROM jobs WHERE id = ANY(%s::bigint[]) AND status IN ({ACTIVE_SQL})", (list(job_ids),))
+        return [int(row[0]) for row in rows]
+
+    def notify_ended(self, job_ids: Sequence[int]) -> None:
+        """Tell the other nodes these jobs ended ("jobs", ``ended``), in payloads of a bounded size."""
+        with self._session() as conn, conn.transaction():
+            for start in range(0, len(job_ids), _NOTIFIED_ENDS):
+                self._notify(conn, "jobs", ended=list(job_ids[start : start + _NOTIFIED_ENDS]))
 
     def _notify(self, conn: psycopg.Connection[Any], topic: str, **fields: Any) -> None:
         # Imported here: cluster_events imports this module.
