@@ -559,3 +559,27 @@ def test_an_end_not_heard_is_found_by_the_sweep() -> None:
     cluster.clock.advance(JobClaims.SWEEP)
     cluster.clock.advance(JobClaims.SWEEP)
     assert a.store.looks == looks
+
+
+def test_offers_claims_and_relayed_cancels_are_counted_in_the_metrics() -> None:
+    from scheduler.metrics import SchedulerMetrics
+
+    cluster = Cluster()
+    a, b = cluster.node("a"), cluster.node("b")
+    metrics = SchedulerMetrics(queued=lambda: 0, running=lambda: 0, workers=lambda: 0, tasks=lambda: 0, tick_lag=lambda: 0)
+    metrics.watch_claims(lambda: a.claims.counts)
+    _, link = b.connect("w1")
+    settle(cluster)
+    job = a.dispatcher.run_now("sleep 60")[0]
+    a.dispatcher.run_now("true", target="label:gpu")
+    settle(cluster)
+    assert link.runs() == [job.id]
+    assert a.cancel(job.id) == "asked"
+    text = metrics.render().decode()
+    for line in (
+        "scheduler_jobs_offered_total 2.0",
+        "scheduler_jobs_claimed_total 0.0",
+        "scheduler_cancels_relayed_total 1.0",
+    ):
+        assert line in text
+    assert b.claims.counts.claimed == 1
