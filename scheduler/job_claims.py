@@ -148,6 +148,8 @@ class JobClaims:
         self._claimed_here: dict[int, int] = {}
         self._ended: list[int] = []
         self._looking = False
+        # Offers the database refused, to try again: by job id.
+        self._offers_again: dict[int, IDelayedCall] = {}
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
         self._sweep_every = sweep
@@ -162,6 +164,10 @@ class JobClaims:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        for again in self._offers_again.values():
+            # The job's record still names this node: its restart takes it up.
+            again.cancel()
+        self._offers_again.clear()
 
     # -- offering --------------------------------------------------------
 
@@ -174,11 +180,13 @@ class JobClaims:
         self.counts.offered += 1
 
     def _not_offered(self, failure: Failure, job: Job) -> None:
-        if failure.check(FireTaken):
-            log.info("job {job_id}: its fire {key} is already recorded by another job; not offered", job_id=job.id, key=job.key)
-            return
-        if failure.check(Fenced):
-            log.warn("job {job_id} not offered: {error}", job_id=job.id, error=failure.getErrorMessage())
+        if failure.check(FireTaken, Fenced):
+            # Not recorded at all: no run of it goes on anywhere.
+            self._dispatcher.ended_elsewhere((job.id,))
+            if failure.check(FireTaken):
+                log.info("job {job_id}: its fire {key} is already recorded by another job; not offered", job_id=job.id, key=job.key)
+            else:
+                log.warn("job {job_id} not offered: {error}", job_id=job.id, error=failure.getErrorMessage())
             return
         # Nobody has it now; the database will be back, or this node's
         # restart finds the job's record as its own (node still this one).
@@ -188,7 +196,12 @@ class JobClaims:
             error=failure.getErrorMessage(),
             wait=self.OFFER_AGAIN,
         )
-        self._clock.callLater(self.OFFER_AGAIN, self.offer, job)
+        again = self._clock.callLater(self.OFFER_AGAIN, self._offer_again, job)
+        self._offers_again[job.id] = again
+
+    def _offer_again(self, job: Job) -> None:
+        del self._offers_again[job.id]
+        self.offer(job)
 
     # -- claiming --------------------------------------------------------
 

@@ -583,3 +583,19 @@ def test_offers_claims_and_relayed_cancels_are_counted_in_the_metrics() -> None:
     ):
         assert line in text
     assert b.claims.counts.claimed == 1
+
+
+def test_an_offer_of_a_fire_another_node_recorded_first_leaves_no_run_going() -> None:
+    cluster = Cluster()
+    a = cluster.node("a")
+    task = Task(1, "task_1", cron.parse("* * * * *", UTC), "true", TaskOptions(overlap="skip"))
+    cluster.tasks[1] = task
+    a.store.offer_error = FireTaken("job 1: its fire 1@60 is already recorded")
+    assert len(a.dispatcher.fire(task, 1_000_060.0)) == 1
+    settle(cluster)
+    assert a.jobs.elsewhere == [] and a.claims.counts.offered == 0
+    # Not tried again, and the task's next fire is not taken for an overlap.
+    cluster.clock.advance(JobClaims.OFFER_AGAIN)
+    assert a.claims.counts.offered == 0
+    a.store.offer_error = None
+    assert len(a.dispatcher.fire(task, 1_000_120.0)) == 1
