@@ -136,6 +136,9 @@ class Dispatcher:
         # take now (``JobClaims.offer``), for any node to claim; None (the
         # embedded mode): it waits here for a worker.
         self.offers: Callable[[Job], None] | None = None
+        # With --db: how many offered jobs wait in the cluster (about:
+        # ``JobClaims.offered_waiting``); the queue limit bounds them too.
+        self.offered: Callable[[], int] = lambda: 0
 
     # -- submitting ----------------------------------------------------
 
@@ -228,10 +231,8 @@ class Dispatcher:
     ) -> list[Job]:
         """Jobs to run *command* now (one per worker for target ``all``), started by *triggered_by*."""
         targets = self._targets(target)
-        if self.queued + len(targets) > self.queue_limit:
-            raise QueueFull(
-                f"the job queue is full ({self.queued} queued, limit {self.queue_limit}); try again later"
-            )
+        if self.queued + self.offered() + len(targets) > self.queue_limit:
+            raise QueueFull(f"the job queue is full ({self._queue_text()}, limit {self.queue_limit}); try again later")
         fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id, "triggered_by": triggered_by}
         jobs = [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
         if triggered_by is not None:
@@ -243,6 +244,10 @@ class Dispatcher:
             )
         return jobs
 
+    def _queue_text(self) -> str:
+        offered = self.offered()
+        return f"{self.queued} queued" + (f" here and {offered} offered to the other nodes" if offered else "")
+
     def _targets(self, target: str) -> list[str]:
         """One target per job: ``all`` is one job per connected worker (or
         one job for ``any`` when none is), anything else is itself."""
@@ -251,7 +256,7 @@ class Dispatcher:
         return [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
 
     def _submit(self, job: Job) -> Job:
-        if self.queued >= self.queue_limit:
+        if self.queued + self.offered() >= self.queue_limit:
             # Never drop what is queued; the new job is refused, on the record.
             return self._finish(job, JobStatus.FAILED, reason="the job queue is full")
         self._tails.open(job.id)

@@ -78,6 +78,9 @@ class ClaimStore(Protocol):
     def still_active(self, job_ids: Sequence[int]) -> Deferred[list[int]]:
         """Which of *job_ids* are queued or running."""
 
+    def offered_count(self) -> Deferred[int]:
+        """How many offered jobs wait for a node to claim them."""
+
     def notify_ended(self, job_ids: Sequence[int]) -> Deferred[None]:
         """Tell the other nodes ("jobs", ``ended``) that these jobs ended (once their ends are committed)."""
 
@@ -148,6 +151,11 @@ class JobClaims:
         self._claimed_here: dict[int, int] = {}
         self._ended: list[int] = []
         self._looking = False
+        # The offered jobs waiting in the cluster: as last counted, and
+        # this node's offers committed since (offered_waiting).
+        self._offered_counted = 0
+        self._offered_since = 0
+        self._counting = False
         # Offers the database refused, to try again: by job id.
         self._offers_again: dict[int, IDelayedCall] = {}
         self._sweeper = LoopingCall(self._sweep)
@@ -178,6 +186,32 @@ class JobClaims:
 
     def _offered(self, _: object) -> None:
         self.counts.offered += 1
+        self._offered_since += 1
+
+    @property
+    def offered_waiting(self) -> int:
+        """The offered jobs waiting in the cluster, as last counted, plus
+        this node's offers since (``Dispatcher.offered``: the queue limit)."""
+        return self._offered_counted + self._offered_since
+
+    def _count_offered(self, *, anyway: bool = False) -> None:
+        """Count the offered jobs again (each sweep while there are any; *anyway*: at a resync)."""
+        if self._counting or not (anyway or self.offered_waiting):
+            return
+        self._counting = True
+        asked = self._offered_since
+
+        def counted(count: int) -> None:
+            # Offers committed before the count are in it.
+            self._offered_counted = count
+            self._offered_since -= asked
+
+        done = self._store.offered_count().addCallback(counted)
+        done.addErrback(lambda failure: log.warn("could not count the offered jobs: {error}", error=failure.getErrorMessage()))
+        done.addBoth(self._counted)
+
+    def _counted(self, _: object) -> None:
+        self._counting = False
 
     def _not_offered(self, failure: Failure, job: Job) -> None:
         if failure.check(FireTaken, Fenced):
@@ -243,6 +277,7 @@ class JobClaims:
         if self._dispatcher.claimable()[1] > 0:
             self.wake()
         self._look_elsewhere()
+        self._count_offered()
 
     # -- runs of this node's tasks on other nodes (overlap) ----------------
 
@@ -329,6 +364,7 @@ class JobClaims:
         self._more = True
         self.wake()
         self._look_elsewhere()
+        self._count_offered(anyway=True)
         self._store.cancels_owed().addCallbacks(
             self._cancel_owed,
             lambda failure: log.warn("could not read the cancels owed: {error}", error=failure.getErrorMessage()),

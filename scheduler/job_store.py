@@ -305,6 +305,9 @@ class PostgresJobStore(ThreadedJobHistory):
     def cancels_owed(self) -> Deferred[list[int]]:
         return self._commits.read(self.database.cancels_owed)
 
+    def offered_count(self) -> Deferred[int]:
+        return self._commits.read(self.database.offered_count)
+
     def still_active(self, job_ids: Sequence[int]) -> Deferred[list[int]]:
         asked = list(job_ids)
         return self._commits.read(lambda: self.database.still_active(asked))

@@ -574,6 +574,7 @@ class SchedulerService(MultiService):
         self.events = PostgresEvents(store.database.url, self.reactor, self.node)
         self.claims = claims = JobClaims(clock, store, self.dispatcher, self.node)
         self.dispatcher.offers = claims.offer
+        self.dispatcher.offered = lambda: claims.offered_waiting
         self.events.subscribe("jobs", claims.jobs_offered)
         self.events.subscribe("cancels", claims.cancel_heard)
         self.events.resync.append(claims.resync)

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from scheduler import cron
-from scheduler.dispatch import Dispatcher, JobNotFound
+from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
 from scheduler.job_book import JobBook
 from scheduler.job_claims import CancelOutcome, JobClaims
 from scheduler.job_history.database import FireTaken, JobStoreError
@@ -37,8 +38,8 @@ class Cluster:
         self.nodes: list[Node] = []
         self.tasks: dict[int, Task] = {}
 
-    def node(self, name: str) -> Node:
-        node = Node(self, name)
+    def node(self, name: str, **kw: Any) -> Node:
+        node = Node(self, name, **kw)
         self.nodes.append(node)
         return node
 
@@ -113,6 +114,9 @@ class NodeStore:
         self.cluster.notify(self.name, "cancels", job=job_id, manager=node)
         return succeed(("asked", node))
 
+    def offered_count(self) -> Deferred[int]:
+        return succeed(sum(1 for job, node in self.cluster.rows.values() if node is None and job.status is JobStatus.QUEUED))
+
     def still_active(self, job_ids: Sequence[int]) -> Deferred[list[int]]:
         self.looks += 1
         return succeed([job_id for job_id in job_ids if job_id in self.cluster.rows and not self.cluster.status(job_id).final])
@@ -132,7 +136,7 @@ class NodeStore:
 
 
 class Node:
-    def __init__(self, cluster: Cluster, name: str) -> None:
+    def __init__(self, cluster: Cluster, name: str, **kw: Any) -> None:
         self.cluster = cluster
         self.name = name
         self.clock = cluster.clock
@@ -140,9 +144,10 @@ class Node:
         self.jobs = JobBook(self.clock)
         self.jobs.id_source = lambda: next(cluster.ids)
         self.workers = WorkerRegistry()
-        self.dispatcher = Dispatcher(self.clock, self.jobs, self.workers, self.store, cluster.tasks.get)
+        self.dispatcher = Dispatcher(self.clock, self.jobs, self.workers, self.store, cluster.tasks.get, **kw)
         self.claims = JobClaims(self.clock, self.store, self.dispatcher, name)
         self.dispatcher.offers = self.claims.offer
+        self.dispatcher.offered = lambda: self.claims.offered_waiting
         self.workers.listeners.append(self.claims.worker_changed)
         self.dispatcher.ended_listeners.append(self.claims.job_ended)
         self.listening = True
@@ -599,3 +604,28 @@ def test_an_offer_of_a_fire_another_node_recorded_first_leaves_no_run_going() ->
     assert a.claims.counts.offered == 0
     a.store.offer_error = None
     assert len(a.dispatcher.fire(task, 1_000_120.0)) == 1
+
+
+def test_the_queue_limit_counts_the_jobs_offered_to_the_cluster() -> None:
+    cluster = Cluster()
+    a, b = cluster.node("a", queue_limit=3), cluster.node("b", queue_limit=3)
+    for _ in range(2):
+        a.dispatcher.run_now("true")
+    settle(cluster)
+    # b counts what the others offered at its (first) resync.
+    b.claims.resync()
+    settle(cluster)
+    assert (a.claims.offered_waiting, b.claims.offered_waiting) == (2, 2)
+    a.dispatcher.run_now("true")
+    with pytest.raises(QueueFull, match=r"the job queue is full \(0 queued here and 3 offered to the other nodes, limit 3\)"):
+        a.dispatcher.run_now("true")
+    cluster.clock.advance(JobClaims.SWEEP)
+    with pytest.raises(QueueFull):
+        b.dispatcher.run_now("true")
+    # Claimed, they no longer count, once counted again.
+    b.connect("w1", slots=3)
+    settle(cluster)
+    cluster.clock.advance(JobClaims.SWEEP)
+    settle(cluster)
+    assert a.claims.offered_waiting == 0
+    assert len(a.dispatcher.run_now("true")) == 1

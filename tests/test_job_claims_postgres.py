@@ -131,10 +131,12 @@ def test_a_claim_takes_only_offered_queued_jobs_of_the_targets_asked_oldest_firs
                 (job_id, target, status, node),
             )
     try:
+        assert database.offered_count() == 4  # 2, 4, 5 and 6: queued, no node
         taken = database.claim(["any", "worker:w1"], 2)
         assert [(each.id, each.status) for each in taken] == [(4, JobStatus.QUEUED), (5, JobStatus.QUEUED)]
         assert [each.id for each in database.claim(["any", "worker:w1"], 5)] == [6]
         assert database.claim(["any", "worker:w1"], 5) == []
+        assert database.offered_count() == 1
     finally:
         database.close()
 

@@ -541,6 +541,10 @@ class PostgresDatabase:
         )
         return [int(row[0]) for row in rows]
 
+    def offered_count(self) -> int:
+        """How many offered jobs wait for a node to claim them."""
+        return int(self._rows("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND node IS NULL")[0][0])
+
     def still_active(self, job_ids: Sequence[int]) -> list[int]:
         rows = self._rows(f"SELECT id FROM jobs WHERE id = ANY(%s::bigint[]) AND status IN ({ACTIVE_SQL})", (list(job_ids),))
         return [int(row[0]) for row in rows]
