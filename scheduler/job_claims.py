@@ -33,7 +33,9 @@ offered.  For ``overlap``, a job of a task this node let go counts as the
 task's run going on until this node hears it ended: the claiming node
 tells ("jobs", ``ended``) once the end is committed, and the sweep asks
 the database about the rest.  Caps count one node's jobs, not the
-cluster's (ARCHITECTURE.md, "Dispatch on every node").
+cluster's (ARCHITECTURE.md, "Dispatch on every node").  The queue limit
+counts this node's queue and the offered jobs waiting in the cluster
+(``offered_waiting``).
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class JobClaims:
             again.cancel()
         self._offers_again.clear()
 
-    # -- offering --------------------------------------------------------
+    # -- offering ----------------------------------------------------------
 
     def offer(self, job: Job) -> None:
         """Offer *job*, which the dispatcher has let go (``Dispatcher.offers``)."""
@@ -187,6 +189,36 @@ class JobClaims:
     def _offered(self, _: object) -> None:
         self.counts.offered += 1
         self._offered_since += 1
+
+    def _not_offered(self, failure: Failure, job: Job) -> None:
+        if failure.check(FireTaken, Fenced):
+            # Not recorded at all: no run of it goes on anywhere.
+            self._dispatcher.ended_elsewhere((job.id,))
+            if failure.check(FireTaken):
+                log.info(
+                    "job {job_id}: its fire {key} is already recorded by another job; not offered",
+                    job_id=job.id,
+                    key=job.key,
+                )
+            else:
+                log.warn("job {job_id} not offered: {error}", job_id=job.id, error=failure.getErrorMessage())
+            return
+        # Nobody has it now; the database will be back, or this node's
+        # restart finds the job's record as its own (node still this one).
+        log.error(
+            "could not offer job {job_id} to the cluster ({error}); trying again in {wait:g}s",
+            job_id=job.id,
+            error=failure.getErrorMessage(),
+            wait=self.OFFER_AGAIN,
+        )
+        again = self._clock.callLater(self.OFFER_AGAIN, self._offer_again, job)
+        self._offers_again[job.id] = again
+
+    def _offer_again(self, job: Job) -> None:
+        del self._offers_again[job.id]
+        self.offer(job)
+
+    # -- the offered jobs waiting in the cluster (the queue limit) ---------
 
     @property
     def offered_waiting(self) -> int:
@@ -207,37 +239,17 @@ class JobClaims:
             self._offered_since -= asked
 
         done = self._store.offered_count().addCallback(counted)
-        done.addErrback(lambda failure: log.warn("could not count the offered jobs: {error}", error=failure.getErrorMessage()))
+        done.addErrback(
+            lambda failure: log.warn(
+                "could not count the offered jobs: {error}", error=failure.getErrorMessage()
+            )
+        )
         done.addBoth(self._counted)
 
     def _counted(self, _: object) -> None:
         self._counting = False
 
-    def _not_offered(self, failure: Failure, job: Job) -> None:
-        if failure.check(FireTaken, Fenced):
-            # Not recorded at all: no run of it goes on anywhere.
-            self._dispatcher.ended_elsewhere((job.id,))
-            if failure.check(FireTaken):
-                log.info("job {job_id}: its fire {key} is already recorded by another job; not offered", job_id=job.id, key=job.key)
-            else:
-                log.warn("job {job_id} not offered: {error}", job_id=job.id, error=failure.getErrorMessage())
-            return
-        # Nobody has it now; the database will be back, or this node's
-        # restart finds the job's record as its own (node still this one).
-        log.error(
-            "could not offer job {job_id} to the cluster ({error}); trying again in {wait:g}s",
-            job_id=job.id,
-            error=failure.getErrorMessage(),
-            wait=self.OFFER_AGAIN,
-        )
-        again = self._clock.callLater(self.OFFER_AGAIN, self._offer_again, job)
-        self._offers_again[job.id] = again
-
-    def _offer_again(self, job: Job) -> None:
-        del self._offers_again[job.id]
-        self.offer(job)
-
-    # -- claiming --------------------------------------------------------
+    # -- claiming ----------------------------------------------------------
 
     def wake(self, *, batched: bool = False) -> None:
         """Claim soon (once per reactor turn, one claim at a time).
@@ -274,45 +286,14 @@ class JobClaims:
             self._clock.callLater(0, self._dispatcher.pump)
 
     def _sweep(self) -> None:
-        if self._dispatcher.claimable()[1] > 0:
-            self.wake()
-        self._look_elsewhere()
-        self._count_offered()
-
-    # -- runs of this node's tasks on other nodes (overlap) ----------------
-
-    def job_ended(self, job: Job) -> None:
-        """A job ended here: if this node claimed it, the node that let it go
-        counts it as its task's run still going (``JobBook.release``): say so."""
-        if self._claimed_here.pop(job.id, None) is None or job.task_id is None:
-            return
-        if not self._ended:
-            self._clock.callLater(0, self._tell_ended)
-        self._ended.append(job.id)
-
-    def _tell_ended(self) -> None:
-        ended, self._ended = self._ended, []
-        self._store.notify_ended(ended).addErrback(
-            # The other nodes' sweeps find out within a second or so.
-            lambda failure: log.warn("could not tell the other nodes of ended jobs: {error}", error=failure.getErrorMessage())
-        )
-
-    def _look_elsewhere(self) -> None:
-        """Which of the jobs this node let go have ended (a notification may have been missed)."""
-        watched = self._dispatcher.jobs.elsewhere
-        if not watched or self._looking:
-            return
-        self._looking = True
-
-        def found(active: list[int]) -> None:
-            self._dispatcher.ended_elsewhere(set(watched) - set(active))
-
-        looked = self._store.still_active(watched).addCallback(found)
-        looked.addErrback(lambda failure: log.warn("could not look at jobs on other nodes: {error}", error=failure.getErrorMessage()))
-        looked.addBoth(self._looked)
-
-    def _looked(self, _: object) -> None:
-        self._looking = False
+        # Guarded: an exception escaping a LoopingCall stops it for good.
+        try:
+            if self._dispatcher.claimable()[1] > 0:
+                self.wake()
+            self._look_elsewhere()
+            self._count_offered()
+        except Exception:
+            log.failure("the claims' sweep failed; it runs again in {every:g}s", every=self._sweep_every)
 
     def _claim(self) -> None:
         self._call = None
@@ -357,7 +338,48 @@ class JobClaims:
             self._again = False
             self.wake()
 
-    # -- cancels ---------------------------------------------------------
+    # -- runs of this node's tasks on other nodes (overlap) ----------------
+
+    def job_ended(self, job: Job) -> None:
+        """A job ended here: if this node claimed it, the node that let it go
+        counts it as its task's run still going (``JobBook.release``): say so."""
+        if self._claimed_here.pop(job.id, None) is None or job.task_id is None:
+            return
+        if not self._ended:
+            self._clock.callLater(0, self._tell_ended)
+        self._ended.append(job.id)
+
+    def _tell_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        self._store.notify_ended(ended).addErrback(
+            # The other nodes' sweeps find out within a second or so.
+            lambda failure: log.warn(
+                "could not tell the other nodes of ended jobs: {error}", error=failure.getErrorMessage()
+            )
+        )
+
+    def _look_elsewhere(self) -> None:
+        """Which of the jobs this node let go have ended (a notification may have been missed)."""
+        watched = self._dispatcher.jobs.elsewhere
+        if not watched or self._looking:
+            return
+        self._looking = True
+
+        def found(active: list[int]) -> None:
+            self._dispatcher.ended_elsewhere(set(watched) - set(active))
+
+        looked = self._store.still_active(watched).addCallback(found)
+        looked.addErrback(
+            lambda failure: log.warn(
+                "could not look at jobs on other nodes: {error}", error=failure.getErrorMessage()
+            )
+        )
+        looked.addBoth(self._looked)
+
+    def _looked(self, _: object) -> None:
+        self._looking = False
+
+    # -- cancels -----------------------------------------------------------
 
     def resync(self) -> None:
         """The listener (re)connected: claim, and take up the cancels and ends this node may have missed."""
@@ -367,7 +389,9 @@ class JobClaims:
         self._count_offered(anyway=True)
         self._store.cancels_owed().addCallbacks(
             self._cancel_owed,
-            lambda failure: log.warn("could not read the cancels owed: {error}", error=failure.getErrorMessage()),
+            lambda failure: log.warn(
+                "could not read the cancels owed: {error}", error=failure.getErrorMessage()
+            ),
         )
 
     def _cancel_owed(self, job_ids: list[int]) -> None:
@@ -403,7 +427,9 @@ class JobClaims:
 
     async def cancel(self, job_id: int) -> CancelOutcome:
         """Cancel *job_id*, which this node does not manage, through the database."""
-        outcome, manager = await self._store.cancel_elsewhere(job_id, self._clock.seconds(), self.CANCELLED_OFFERED)
+        outcome, manager = await self._store.cancel_elsewhere(
+            job_id, self._clock.seconds(), self.CANCELLED_OFFERED
+        )
         if outcome == "asked":
             self.counts.cancels_relayed += 1
             if manager == self.node:

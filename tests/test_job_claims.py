@@ -106,7 +106,9 @@ class NodeStore:
         if job.status.final:
             return succeed(("finished", None))
         if node is None:
-            ended = job.evolve(status=JobStatus.CANCELLED, finished_at=at, reason=reason, version=job.version + 1)
+            ended = job.evolve(
+                status=JobStatus.CANCELLED, finished_at=at, reason=reason, version=job.version + 1
+            )
             self.cluster.rows[job_id] = (ended, None)
             self.cluster.notify(self.name, "jobs", ended=[job_id])
             return succeed(("cancelled", None))
@@ -115,11 +117,23 @@ class NodeStore:
         return succeed(("asked", node))
 
     def offered_count(self) -> Deferred[int]:
-        return succeed(sum(1 for job, node in self.cluster.rows.values() if node is None and job.status is JobStatus.QUEUED))
+        return succeed(
+            sum(
+                1
+                for job, node in self.cluster.rows.values()
+                if node is None and job.status is JobStatus.QUEUED
+            )
+        )
 
     def still_active(self, job_ids: Sequence[int]) -> Deferred[list[int]]:
         self.looks += 1
-        return succeed([job_id for job_id in job_ids if job_id in self.cluster.rows and not self.cluster.status(job_id).final])
+        return succeed(
+            [
+                job_id
+                for job_id in job_ids
+                if job_id in self.cluster.rows and not self.cluster.status(job_id).final
+            ]
+        )
 
     def notify_ended(self, job_ids: Sequence[int]) -> Deferred[None]:
         self.cluster.notify(self.name, "jobs", ended=list(job_ids))
@@ -170,8 +184,17 @@ class Node:
         now = self.clock.seconds()
         self.dispatcher.finished(
             worker,
-            Finished(job_id, exit_code=0, signal=None, timed_out=False, cancelled=kw.get("cancelled", False),
-                     seq=0, started_at=now, finished_at=now, output=()),
+            Finished(
+                job_id,
+                exit_code=0,
+                signal=None,
+                timed_out=False,
+                cancelled=kw.get("cancelled", False),
+                seq=0,
+                started_at=now,
+                finished_at=now,
+                output=(),
+            ),
         )
 
     def cancel(self, job_id: int) -> CancelOutcome | Job:
@@ -571,7 +594,9 @@ def test_offers_claims_and_relayed_cancels_are_counted_in_the_metrics() -> None:
 
     cluster = Cluster()
     a, b = cluster.node("a"), cluster.node("b")
-    metrics = SchedulerMetrics(queued=lambda: 0, running=lambda: 0, workers=lambda: 0, tasks=lambda: 0, tick_lag=lambda: 0)
+    metrics = SchedulerMetrics(
+        queued=lambda: 0, running=lambda: 0, workers=lambda: 0, tasks=lambda: 0, tick_lag=lambda: 0
+    )
     metrics.watch_claims(lambda: a.claims.counts)
     _, link = b.connect("w1")
     settle(cluster)
@@ -617,7 +642,9 @@ def test_the_queue_limit_counts_the_jobs_offered_to_the_cluster() -> None:
     settle(cluster)
     assert (a.claims.offered_waiting, b.claims.offered_waiting) == (2, 2)
     a.dispatcher.run_now("true")
-    with pytest.raises(QueueFull, match=r"the job queue is full \(0 queued here and 3 offered to the other nodes, limit 3\)"):
+    with pytest.raises(
+        QueueFull, match=r"the job queue is full \(0 queued here and 3 offered to the other nodes, limit 3\)"
+    ):
         a.dispatcher.run_now("true")
     cluster.clock.advance(JobClaims.SWEEP)
     with pytest.raises(QueueFull):

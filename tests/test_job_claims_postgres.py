@@ -40,7 +40,10 @@ def listener(pg_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:  
 
 
 def _heard(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[str, dict[str, object]]]:
-    return [(note.channel.rsplit(".", 1)[1], json.loads(note.payload)) for note in conn.notifies(timeout=0.5, stop_after=10)]
+    return [
+        (note.channel.rsplit(".", 1)[1], json.loads(note.payload))
+        for note in conn.notifies(timeout=0.5, stop_after=10)
+    ]
 
 
 def _node_of(url: str, job_id: int) -> tuple[str, str | None]:
@@ -157,7 +160,11 @@ def test_a_cancel_of_a_job_managed_elsewhere_is_done_or_relayed_in_the_database(
     try:
         assert database.cancel_elsewhere(1, 50.0, "cancelled before it started") == ("cancelled", None)
         cancelled = database.get(1)
-        assert cancelled is not None and cancelled.status is JobStatus.CANCELLED and cancelled.finished_at == 50.0
+        assert (
+            cancelled is not None
+            and cancelled.status is JobStatus.CANCELLED
+            and cancelled.finished_at == 50.0
+        )
         assert database.cancel_elsewhere(2, 60.0, "unused") == ("asked", "b")
         # Asked twice: the first time asked is kept.
         assert database.cancel_elsewhere(2, 70.0, "unused") == ("asked", "b")
