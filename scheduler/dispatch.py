@@ -139,6 +139,9 @@ class Dispatcher:
         # With --db: how many offered jobs wait in the cluster (about:
         # ``JobClaims.offered_waiting``); the queue limit bounds them too.
         self.offered: Callable[[], int] = lambda: 0
+        # With --db: may another node's worker run what waits here?  If
+        # not, what a worker here can run waits here, however many.
+        self.others_have_workers: Callable[[], bool] = lambda: True
 
     # -- submitting ----------------------------------------------------
 
@@ -359,8 +362,10 @@ class Dispatcher:
 
         Up to one job per slot of this node's workers waits here, if one of
         them may run it: a slot that frees takes its next job at once, not
-        after a claim's round trip to the database (a busy node on its own
-        would otherwise pay one per job).  None: it may, but too many wait.
+        after a claim's round trip to the database.  With no other node's
+        worker to run it, all that one of them may run waits here (a claim
+        could only bring it back, a write per job).  None: it may, but too
+        many wait.
         """
         target = job.target
         if target.startswith("worker:"):
@@ -368,7 +373,9 @@ class Dispatcher:
                 return False
         elif not any(worker.accepts(target) for worker in self.workers):
             return False
-        return True if len(self._queue) <= sum(worker.slots for worker in self.workers) else None
+        if not self.others_have_workers() or len(self._queue) <= sum(worker.slots for worker in self.workers):
+            return True
+        return None
 
     def _newest(self, target: str, head: Job) -> Job:
         """The newest queued job of *target*, unless something holds it here (then it is held)."""

@@ -40,7 +40,7 @@ counts this node's queue and the offered jobs waiting in the cluster
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 from twisted.internet.defer import Deferred
@@ -87,6 +87,10 @@ class ClaimStore(Protocol):
         """Tell the other nodes ("jobs", ``ended``) that these jobs ended (once their ends are committed)."""
 
 
+#: Every node's name, address, workers and last heartbeat (``PostgresLeaseStore.nodes``).
+NodeRows = list[tuple[str, str, int, float]]
+
+
 class Claimant(Protocol):
     """What the claims ask of this node's dispatcher (``Dispatcher``)."""
 
@@ -127,8 +131,20 @@ class JobClaims:
     #: The reason recorded on an offered job cancelled through the database.
     CANCELLED_OFFERED = "cancelled before it started"
 
+    #: Seconds between two looks at the other nodes' heartbeats.
+    PEERS_EVERY = 2.0
+    #: A node whose heartbeat is this much older than the newest is gone.
+    PEER_GONE_AFTER = 10.0
+
     def __init__(
-        self, clock: IReactorTime, store: ClaimStore, dispatcher: Claimant, node: str, *, sweep: float = SWEEP
+        self,
+        clock: IReactorTime,
+        store: ClaimStore,
+        dispatcher: Claimant,
+        node: str,
+        *,
+        sweep: float = SWEEP,
+        peers: Callable[[], Deferred[NodeRows]] | None = None,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -160,6 +176,11 @@ class JobClaims:
         self._counting = False
         # Offers the database refused, to try again: by job id.
         self._offers_again: dict[int, IDelayedCall] = {}
+        # Has another live node a worker?  If not, nothing is gained by
+        # offering what a worker here can run later (peers: None, assume so).
+        self._peers = peers
+        self.others_have_workers = True
+        self._peers_looked_at: float | None = None
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
         self._sweep_every = sweep
@@ -292,6 +313,9 @@ class JobClaims:
                 self.wake()
             self._look_elsewhere()
             self._count_offered()
+            last = self._peers_looked_at
+            if last is None or self._clock.seconds() - last >= self.PEERS_EVERY:
+                self._look_at_peers()
         except Exception:
             log.failure("the claims' sweep failed; it runs again in {every:g}s", every=self._sweep_every)
 
@@ -378,6 +402,29 @@ class JobClaims:
 
     def _looked(self, _: object) -> None:
         self._looking = False
+
+    # -- the other nodes ---------------------------------------------------
+
+    def _look_at_peers(self) -> None:
+        if self._peers is None:
+            return
+        self._peers_looked_at = self._clock.seconds()
+        self._peers().addCallbacks(
+            self._peers_seen,
+            lambda failure: log.warn("could not read the other nodes: {error}", error=failure.getErrorMessage()),
+        )
+
+    def _peers_seen(self, rows: NodeRows) -> None:
+        # Heartbeats are on the database's clock: measured against the newest.
+        newest = max((seen for *_, seen in rows), default=0.0)
+        before = self.others_have_workers
+        self.others_have_workers = any(
+            name != self.node and workers > 0 and seen >= newest - self.PEER_GONE_AFTER
+            for name, _, workers, seen in rows
+        )
+        if self.others_have_workers and not before:
+            # What waits here beyond a slot's worth may go to them now.
+            self._dispatcher.pump()
 
     # -- cancels -----------------------------------------------------------
 

@@ -572,9 +572,13 @@ class SchedulerService(MultiService):
         from scheduler.job_claims import JobClaims
 
         self.events = PostgresEvents(store.database.url, self.reactor, self.node)
-        self.claims = claims = JobClaims(clock, store, self.dispatcher, self.node)
+        lease_store = self.lease_store
+        self.claims = claims = JobClaims(
+            clock, store, self.dispatcher, self.node, peers=lease_store.nodes if lease_store is not None else None
+        )
         self.dispatcher.offers = claims.offer
         self.dispatcher.offered = lambda: claims.offered_waiting
+        self.dispatcher.others_have_workers = lambda: claims.others_have_workers
         self.events.subscribe("jobs", claims.jobs_offered)
         self.events.subscribe("cancels", claims.cancel_heard)
         self.events.resync.append(claims.resync)

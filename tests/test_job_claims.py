@@ -656,3 +656,31 @@ def test_the_queue_limit_counts_the_jobs_offered_to_the_cluster() -> None:
     settle(cluster)
     assert a.claims.offered_waiting == 0
     assert len(a.dispatcher.run_now("true")) == 1
+
+
+def test_a_node_whose_peers_have_no_worker_keeps_what_its_workers_can_run_and_offers_it_once_one_has() -> None:
+    cluster = Cluster()
+    a = cluster.node("a")
+    rows = [("a", "http://a", 1, 1000.0), ("b", "http://b", 0, 1000.0), ("c", "http://c", 3, 900.0)]
+    claims = JobClaims(cluster.clock, a.store, a.dispatcher, "a", peers=lambda: succeed(list(rows)))
+    a.dispatcher.offers = claims.offer
+    a.dispatcher.others_have_workers = lambda: claims.others_have_workers
+    claims.start()
+    cluster.clock.advance(JobClaims.SWEEP)
+    # b has no worker, c's heartbeat is long gone.
+    assert claims.others_have_workers is False
+    _, link = a.connect("w1")
+    jobs = [a.dispatcher.run_now("true")[0] for _ in range(4)]
+    gpu = a.dispatcher.run_now("true", target="label:gpu")[0]
+    settle(cluster)
+    assert link.runs() == [jobs[0].id]
+    # All its worker can run waits here; what it cannot is offered all the same.
+    assert [cluster.managed_by(job.id) for job in jobs] == ["a"] * 4
+    assert cluster.managed_by(gpu.id) is None
+    rows[1] = ("b", "http://b", 2, 1001.0)
+    cluster.clock.advance(JobClaims.PEERS_EVERY)
+    settle(cluster)
+    assert claims.others_have_workers is True
+    # One waits for the slot here; the rest is offered, the newest first.
+    assert [cluster.managed_by(job.id) for job in jobs] == ["a", "a", None, None]
+    claims.stop()
