@@ -13,8 +13,10 @@ claimer's job book and queue as a restored one does, and is placed.
 
 A node keeps up to one job per slot of its own workers waiting for them
 (``Dispatcher._keeps``): a slot that frees takes its next job at once, not
-after a round trip to the database; only the rest is offered.  It claims
-as much: free slots, and the room left in that backlog.
+after a round trip to the database; only the rest is offered, and nothing
+its workers can run while no other live node has a worker (the nodes'
+heartbeats, read every ``PEERS_EVERY``).  It claims as much: free slots,
+and the room left in that backlog.
 
 When a node claims: on a "jobs" notification; after each (re)connection
 of its listener (a notification is not durable); when a worker connects,
