@@ -413,7 +413,9 @@ class JobClaims:
         self._peers_looked_at = self._clock.seconds()
         self._peers().addCallbacks(
             self._peers_seen,
-            lambda failure: log.warn("could not read the other nodes: {error}", error=failure.getErrorMessage()),
+            lambda failure: log.warn(
+                "could not read the other nodes: {error}", error=failure.getErrorMessage()
+            ),
         )
 
     def _peers_seen(self, rows: NodeRows) -> None:

@@ -658,7 +658,7 @@ def test_the_queue_limit_counts_the_jobs_offered_to_the_cluster() -> None:
     assert len(a.dispatcher.run_now("true")) == 1
 
 
-def test_a_node_whose_peers_have_no_worker_keeps_what_its_workers_can_run_and_offers_it_once_one_has() -> None:
+def test_a_node_whose_peers_have_no_worker_keeps_what_its_workers_can_run() -> None:
     cluster = Cluster()
     a = cluster.node("a")
     rows = [("a", "http://a", 1, 1000.0), ("b", "http://b", 0, 1000.0), ("c", "http://c", 3, 900.0)]
