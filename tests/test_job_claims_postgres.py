@@ -203,3 +203,35 @@ async def test_ends_are_told_after_they_commit_and_a_look_finds_what_is_still_ac
         assert [each for _, fields in heard for each in fields["ended"]] == list(range(2, 702))  # type: ignore[attr-defined]
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fire_offered_with_its_first_record_is_fenced_and_taken_like_any_fire(pg_url: str) -> None:  # noqa: F811
+    from scheduler.job_history.postgres import Fenced, FireTaken, PostgresLeaseStore
+
+    lease = PostgresLeaseStore(pg_url, reactor, node="a", address="http://a", workers=lambda: 0)
+    lease.open()
+    lease.start()
+    store = PostgresJobStore(pg_url, reactor)
+    store.database.node = "a"
+    held: dict[str, tuple[str, int | None]] = {"now": ("a", 1)}
+    store.database.fence = lambda: held["now"]
+    store.open()
+    try:
+        await lease.attempt("a", None, 30.0)  # a leads, epoch 1
+        fire = job(1, task_id=1, key="1@60", scheduled_at=60.0)
+        first = store.put(fire)
+        await store.offer(fire)
+        await first
+        assert _node_of(pg_url, 1) == ("queued", None)
+        # The same fire again (another job): taken, whether offered or not.
+        with pytest.raises(FireTaken):
+            await store.offer(job(2, task_id=1, key="1@60", scheduled_at=60.0))
+        # Made under no lease: refused, offered or not.
+        held["now"] = ("a", None)
+        with pytest.raises(Fenced):
+            await store.offer(job(3, task_id=1, key="1@120", scheduled_at=120.0))
+        assert [each.id for each in await store.query()] == [1]
+    finally:
+        await store.close()
+        lease.close()
