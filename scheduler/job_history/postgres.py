@@ -205,6 +205,7 @@ _INSERT_FIRE = (
     "ON CONFLICT DO NOTHING RETURNING 1"
 )
 _UPDATED = (*(name for name in FIELDS if name in MUTABLE_FIELDS), "node")
+_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s RETURNING 1"
 # The oldest offered jobs of the targets a node can serve, claimed for it.
 # SKIP LOCKED: two nodes claiming at once take different rows, neither
 # waits.  MATERIALIZED: the pick runs once (as "id IN (subquery)", the
@@ -232,7 +233,7 @@ class _Offered:
 #: Ends the row of a put whose job is offered: stored with ``node`` NULL, and
 #: the other nodes notified ("jobs") in the same transaction.
 OFFERED = _Offered()
-_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s RETURNING 1"
+
 _INSERT_REVISION = "INSERT INTO task_revisions ({}) VALUES ({}) RETURNING id".format(
     ", ".join(f'"{name}"' for name in REVISION_FIELDS[1:]), ", ".join(["%s"] * (len(REVISION_FIELDS) - 1))
 )
