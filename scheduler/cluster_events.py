@@ -37,7 +37,8 @@ log = Logger()
 
 # Every topic, one source: what a notification is about.
 #  tasks:   the tasks changed (payload: the tasks' new generation)
-#  jobs:    jobs were queued for any node to claim (payload: their targets)
+#  jobs:    jobs were queued for any node to claim (payload: their targets),
+#           or jobs a node claimed ended (payload: ended, their ids)
 #  cancels: a cancel was asked for a job on another node (payload: the job id)
 TOPICS = ("tasks", "jobs", "cancels")
 

@@ -11,7 +11,7 @@ the job when the worker reports on it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import tzinfo
 from typing import Any
 
@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from scheduler.cron import iso
 from scheduler.job_book import JobBook
 from scheduler.job_caps import RunCaps
+from scheduler.job_history.database import FireTaken
 from scheduler.job_jitter import JitterHold, start_of
 from scheduler.job_output import OutputTails
 from scheduler.job_queue import JobQueue
@@ -131,6 +132,16 @@ class Dispatcher:
         # job store, in the same reactor turn: what they queue (alerts)
         # is committed with it.
         self.ended_listeners: list[Callable[[Job], None]] = []
+        # With --db: where a queued job goes that no worker of this node can
+        # take now (``JobClaims.offer``), for any node to claim; None (the
+        # embedded mode): it waits here for a worker.
+        self.offers: Callable[[Job], None] | None = None
+        # With --db: how many offered jobs wait in the cluster (about:
+        # ``JobClaims.offered_waiting``); the queue limit bounds them too.
+        self.offered: Callable[[], int] = lambda: 0
+        # With --db: may another node's worker run what waits here?  If
+        # not, what a worker here can run waits here, however many.
+        self.others_have_workers: Callable[[], bool] = lambda: True
 
     # -- submitting ----------------------------------------------------
 
@@ -223,10 +234,8 @@ class Dispatcher:
     ) -> list[Job]:
         """Jobs to run *command* now (one per worker for target ``all``), started by *triggered_by*."""
         targets = self._targets(target)
-        if self.queued + len(targets) > self.queue_limit:
-            raise QueueFull(
-                f"the job queue is full ({self.queued} queued, limit {self.queue_limit}); try again later"
-            )
+        if self.queued + self.offered() + len(targets) > self.queue_limit:
+            raise QueueFull(f"the job queue is full ({self._queue_text()}, limit {self.queue_limit}); try again later")
         fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id, "triggered_by": triggered_by}
         jobs = [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
         if triggered_by is not None:
@@ -238,6 +247,10 @@ class Dispatcher:
             )
         return jobs
 
+    def _queue_text(self) -> str:
+        offered = self.offered()
+        return f"{self.queued} queued" + (f" here and {offered} offered to the other nodes" if offered else "")
+
     def _targets(self, target: str) -> list[str]:
         """One target per job: ``all`` is one job per connected worker (or
         one job for ``any`` when none is), anything else is itself."""
@@ -246,7 +259,7 @@ class Dispatcher:
         return [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
 
     def _submit(self, job: Job) -> Job:
-        if self.queued >= self.queue_limit:
+        if self.queued + self.offered() >= self.queue_limit:
             # Never drop what is queued; the new job is refused, on the record.
             return self._finish(job, JobStatus.FAILED, reason="the job queue is full")
         self._tails.open(job.id)
@@ -272,6 +285,9 @@ class Dispatcher:
             self.pump(job.target)
 
     def _not_recorded(self, job_id: int, failure: Any) -> None:
+        if failure.check(FireTaken):
+            self._fire_taken(job_id)
+            return
         log.error("could not record job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
         current = self.jobs.get(job_id)
         if current is None:
@@ -313,23 +329,159 @@ class Dispatcher:
                 worker = None
             else:
                 worker = self._place(target, self._rejected_by(job_id))
-                if worker is None:
+                if worker is None and self.offers is None:
                     # No has_free_slot() up front: it scans the workers, and
                     # most passes place something.  This target is full.
                     if not self.workers.has_free_slot():
                         return
                     continue
+                if worker is None:
+                    keeps = self._keeps(job)
+                    if keeps:
+                        continue  # this target is full; others may have jobs to offer
+                    if keeps is None:
+                        # Too many wait here: the newest goes, so the older
+                        # keep their turn (the head comes round again).
+                        job = self._newest(target, job)
+                        job_id = job.id
                 queue.remove(job_id)
-                self._dispatch(job, worker)
+                if worker is None:
+                    # Only once it may start (holds are looked at first):
+                    # another node does not know what holds it here.
+                    self._offer(job)
+                else:
+                    self._dispatch(job, worker)
             following = queue.head(target)
             if following is not None:
                 heapq.heappush(heads, (following, target))
+
+    # -- the cluster (with --db; scheduler.job_claims) ---------------------
+
+    def _keeps(self, job: Job) -> bool | None:
+        """Does *job*, which no worker here can take now, wait here rather than be offered?
+
+        Up to one job per slot of this node's workers waits here, if one of
+        them may run it: a slot that frees takes its next job at once, not
+        after a claim's round trip to the database.  With no other node's
+        worker to run it, all that one of them may run waits here (a claim
+        could only bring it back, a write per job).  None: it may, but too
+        many wait.
+        """
+        target = job.target
+        if target.startswith("worker:"):
+            if self.workers.get(target[7:]) is None:
+                return False
+        elif not any(worker.accepts(target) for worker in self.workers):
+            return False
+        if not self.others_have_workers() or len(self._queue) <= sum(worker.slots for worker in self.workers):
+            return True
+        return None
+
+    def _newest(self, target: str, head: Job) -> Job:
+        """The newest queued job of *target*, unless something holds it here (then it is held)."""
+        newest = self._queue.newest(target)
+        job = self.jobs.get(newest) if newest is not None else None
+        if job is None or job.status is not JobStatus.QUEUED:
+            return head
+        hold = self._must_wait(job)
+        if hold is not None:
+            self._queue.remove(job.id)
+            self._held.setdefault(hold[0], []).append(job.id)
+            self._held_reason[job.id] = hold
+            return head if self._queue.newest(target) is None else self._newest(target, head)
+        return job
+
+    def _offer(self, job: Job) -> None:
+        """No worker here can take *job* now: let it go, for any node to claim."""
+        assert self.offers is not None
+        self._let_go(job)
+        self.offers(job)
+
+    def _let_go(self, job: Job, *, watch: bool = True) -> None:
+        """Forget *job* here without ending it: another node has it, or will
+        (*watch*: count it as its task's run going on, ``JobBook.release``)."""
+        self._lost_timers.cancel(job.id)
+        self._jitter.cancel(job.id)
+        self._unsent.discard(job.id)
+        self._cancels.discard(job.id)
+        self._rejected.pop(job.id, None)
+        self._dequeue(job)
+        self._tails.close(job.id)
+        self._masks.pop(job.id, None)
+        self.jobs.release(job.id, watch=watch)
+
+    def _fire_taken(self, job_id: int) -> None:
+        """Another node recorded this fire first (an old leader's, or a new
+        one's catching up): that job is the run, so this one is no failure,
+        only a duplicate to drop before it reaches a worker."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        log.info(
+            "job {job_id}: its fire {key} is already recorded by another job; dropped here, not run twice",
+            job_id=job_id,
+            key=job.key,
+        )
+        self._let_go(job, watch=False)
+        worker = self.workers.get(job.worker or "")
+        if job.status is JobStatus.RUNNING:
+            # Placed, never sent (``run`` waits for the record): its slot is free again.
+            if worker is not None:
+                worker.running.discard(job_id)
+                self.workers.changed(worker)
+            self._stopped_running(job)
+            self._clock.callLater(0, self.pump)
+
+    def hand_over(self) -> int:
+        """Offer every job queued here (held ones included): this node is
+        stopping, and another may run them meanwhile.  How many were offered."""
+        if self.offers is None:
+            return 0
+        queued = [job for job in self.jobs if job.status is JobStatus.QUEUED]
+        for job in queued:
+            self._offer(job)
+        return len(queued)
+
+    def claimable(self) -> tuple[list[str], int, int]:
+        """What this node may claim now: the targets its workers serve, how
+        many jobs at most (their free slots, and the room left of the one
+        job per slot that may wait here: ``_keeps``), and their slots."""
+        targets: set[str] = set()
+        free = slots = 0
+        for worker in self.workers:
+            slots += worker.slots
+            free += max(0, worker.free)
+            targets.add(f"worker:{worker.name}")
+            targets.update(f"label:{label}" for label in worker.labels)
+        if slots:
+            targets.add("any")
+        return sorted(targets), free + max(0, slots - len(self._queue)), slots
+
+    def ended_elsewhere(self, job_ids: Iterable[int]) -> None:
+        """Jobs this node let go have ended on another node (or came back):
+        their tasks' next runs held for ``overlap: queue`` may start."""
+        tasks = self.jobs.ended_elsewhere(job_ids)
+        self._release_held([f"overlap:{task_id}" for task_id in tasks if not self.jobs.running_for(task_id)])
+
+    def take(self, jobs: Iterable[Job]) -> None:
+        """Take up queued jobs claimed from the cluster, as ``restore`` does, and place them."""
+        for job in sorted(jobs, key=lambda job: job.id):
+            if job.status is not JobStatus.QUEUED or self.jobs.get(job.id) is not None:
+                continue
+            self.jobs.put(job)
+            self._tails.open(job.id)
+            if not self._jitter.hold(job.id, self._start_of(job)):
+                self._queue.push(job.id, job.target)
+        self.pump()
 
     def _stopped_running(self, job: Job) -> None:
         """*job* left a worker (ended, rejected or lost): look again at what it held up."""
         keys = list(self._caps.stop(job.id))
         if job.task_id is not None and not self.jobs.running_for(job.task_id):
             keys.append(f"overlap:{job.task_id}")
+        self._release_held(keys)
+
+    def _release_held(self, keys: list[str]) -> None:
         released = False
         for key in keys:
             for job_id in self._held.pop(key, ()):

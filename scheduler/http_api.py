@@ -43,7 +43,8 @@ from scheduler.http_json import (
     worker_json,
 )
 from scheduler.http_static import IMMUTABLE, REVALIDATE, StaticFile, StaticFiles
-from scheduler.job_store import AuditQuery, JobStore, PostgresJobStore
+from scheduler.job_claims import JobClaims
+from scheduler.job_store import AuditQuery, JobStore, JobStoreError, PostgresJobStore
 from scheduler.jobs import Job, JobStatus
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import SchedulerMetrics
@@ -219,11 +220,14 @@ class SchedulerHTTP:
         alert_sender: AlertSender,
         audit: AuditLog | None = None,
         cluster: Cluster | None = None,
+        claims: JobClaims | None = None,
     ) -> None:
         # Manual runs, cancels, channels and the maintenance switch; task
         # changes reach it from TaskChanges.
         self._audit = audit
         self._cluster = cluster
+        # With --db: cancels of jobs another node manages (scheduler.job_claims).
+        self._claims = claims
         self._state = state
         self._changes = changes
         self._maintenance = maintenance
@@ -739,7 +743,15 @@ class SchedulerHTTP:
         try:
             job = self._dispatcher.cancel(job.id)
         except JobNotFound:
-            raise ApiError(409, f"job {job.id} has already finished") from None
+            if self._claims is None:
+                raise ApiError(409, f"job {job.id} has already finished") from None
+            # Another node manages it (or none: it was offered): through the database.
+            try:
+                outcome = await self._claims.cancel(job.id)
+            except JobStoreError as error:
+                raise ApiError(503, f"could not cancel job {job.id}: {error}") from None
+            if outcome == "finished":
+                raise ApiError(409, f"job {job.id} has already finished") from None
         self._audited(request, "job.cancel", [job], {})
         # Reads queue behind the writes asked for before them: once this one
         # answers, the kept cancel is on disk and a crash cannot lose it.

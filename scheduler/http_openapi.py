@@ -956,9 +956,14 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Stop a job",
                 "responses": {
-                    "202": _json(_ref("Job"), "Cancel sent (kept until its worker is back, if it is away), or a queued job cancelled"),
+                    "202": _json(
+                        _ref("Job"),
+                        "Cancel sent (kept until its worker is back, if it is away), or a queued job cancelled; "
+                        "with --db, a job another node manages is cancelled through the database",
+                    ),
                     "404": _error("No such job"),
                     "409": _error("Already finished"),
+                    "503": _error("With --db: the job database could not be reached to cancel a job another node manages"),
                 },
             },
         },

@@ -105,6 +105,11 @@ class JobBook:
         self._running_by_task: Counter[int] = Counter()
         self._by_worker: dict[str, set[int]] = {}
         self._by_status: Counter[JobStatus] = Counter()
+        # With --db: jobs of tasks this node let go to another node
+        # (``release``), until it hears they ended; by job id, their task.
+        # They count as a run still going, for the task's overlap policy.
+        self._elsewhere: dict[int, int] = {}
+        self._elsewhere_by_task: Counter[int] = Counter()
         self.fired = FiredTimes(clock, horizon, recorded)
         self._next_id = next_id
         # Where new job ids come from when a database hands them out (with
@@ -125,12 +130,17 @@ class JobBook:
         return self._by_status[status]
 
     def active_for(self, task_id: int) -> bool:
-        """Has *task_id* a job queued or running?"""
-        return task_id in self._by_task
+        """Has *task_id* a job queued or running (here, or let go to another node)?"""
+        return task_id in self._by_task or task_id in self._elsewhere_by_task
 
     def running_for(self, task_id: int) -> bool:
-        """Has *task_id* a job running (placed on a worker)?"""
-        return self._running_by_task[task_id] > 0
+        """Has *task_id* a job running (placed on a worker, or let go to another node)?"""
+        return self._running_by_task[task_id] > 0 or task_id in self._elsewhere_by_task
+
+    @property
+    def elsewhere(self) -> list[int]:
+        """The jobs let go to another node not yet known to have ended."""
+        return list(self._elsewhere)
 
     def on_worker(self, name: str) -> list[Job]:
         """The active jobs placed on the worker called *name*."""
@@ -159,6 +169,8 @@ class JobBook:
 
     def put(self, job: Job) -> None:
         """Record a new state of *job*; a final one leaves the book."""
+        if self._elsewhere:
+            self.ended_elsewhere((job.id,))  # taken back from the cluster
         self._unindex(self._jobs.get(job.id))
         if job.status.final:
             self._jobs.pop(job.id, None)
@@ -171,6 +183,32 @@ class JobBook:
                 listener(job)
             except Exception:
                 log.failure("job listener {listener!r} failed", listener=listener)
+
+    def release(self, job_id: int, *, watch: bool = True) -> Job | None:
+        """Let *job_id* go without ending it: with ``--db``, another node
+        manages it now (``scheduler.job_claims``).  Its fire stays seen; the
+        listeners hear nothing, since the job itself did not change.  A
+        task's job counts as going on until ``ended_elsewhere`` (*watch*;
+        not a duplicate fire, which never runs)."""
+        job = self._jobs.pop(job_id, None)
+        self._unindex(job)
+        if watch and job is not None and job.task_id is not None:
+            self._elsewhere[job_id] = job.task_id
+            self._elsewhere_by_task[job.task_id] += 1
+        return job
+
+    def ended_elsewhere(self, job_ids: Iterable[int]) -> set[int]:
+        """Jobs let go have ended (or come back): the tasks they were of."""
+        tasks = set()
+        for job_id in job_ids:
+            task_id = self._elsewhere.pop(job_id, None)
+            if task_id is None:
+                continue
+            tasks.add(task_id)
+            self._elsewhere_by_task[task_id] -= 1
+            if self._elsewhere_by_task[task_id] <= 0:
+                del self._elsewhere_by_task[task_id]
+        return tasks
 
     def update(self, job: Job, **changes: object) -> Job:
         fixed = changes.keys() - MUTABLE_FIELDS

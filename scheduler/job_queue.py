@@ -57,6 +57,14 @@ class JobQueue:
             heapq.heappop(heap)  # removed earlier
         return heap[0]
 
+    def newest(self, target: str) -> int | None:
+        """The newest job queued for *target* (a scan of its queue: for the
+        dispatcher's short queues with ``--db``, where the rest is offered)."""
+        heap = self._heaps.get(target)
+        if heap is None:
+            return None
+        return max(job_id for job_id in heap if self._target_of.get(job_id) == target)
+
     def heads(self) -> list[tuple[int, str]]:
         """(oldest job, target) for every target with jobs queued."""
         heads = []

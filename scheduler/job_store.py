@@ -25,7 +25,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 
 from scheduler.alert_deliveries import Delivery
 from scheduler.alerts import Alert
@@ -37,6 +37,7 @@ from scheduler.job_history.database import (
     JobStoreClosed,
     JobStoreError,
     NameTaken,
+    Put,
 )
 from scheduler.job_history.sqlite import SqliteDatabase
 from scheduler.job_history.sqlite_schema import SCHEMA_VERSION
@@ -283,3 +284,39 @@ class PostgresJobStore(ThreadedJobHistory):
     def reserve_ids(self, count: int) -> list[int]:
         """*count* new job ids from the database's sequence (blocking; see ``IdBlocks``)."""
         return self.database.reserve_ids(count)
+
+    # -- the cluster's jobs: a ``ClaimStore`` (scheduler/job_claims.py) ----------
+
+    def offer(self, job: Job) -> Deferred[None]:
+        """Record *job* (queued) as managed by no node, and tell the other nodes.
+
+        A put like any other, in order with the rest: a fire's first
+        record, fenced, may be this very write.
+        """
+        from scheduler.job_history.postgres import OFFERED
+
+        if not self._commits.accepting:
+            return fail(JobStoreClosed(f"{self.name}: job store is closed; job {job.id} not offered"))
+        return self._commits.put(Put(job.id, False, (*self.database.row(job), OFFERED)))
+
+    def claim(self, targets: Sequence[str], limit: int) -> Deferred[list[Job]]:
+        asked = list(targets)
+        return self._commits.read(lambda: self.database.claim(asked, limit))
+
+    def cancel_elsewhere(self, job_id: int, at: float, reason: str) -> Deferred[tuple[str, str | None]]:
+        return self._commits.read(lambda: self.database.cancel_elsewhere(job_id, at, reason))
+
+    def cancels_owed(self) -> Deferred[list[int]]:
+        return self._commits.read(self.database.cancels_owed)
+
+    def offered_count(self) -> Deferred[int]:
+        return self._commits.read(self.database.offered_count)
+
+    def still_active(self, job_ids: Sequence[int]) -> Deferred[list[int]]:
+        asked = list(job_ids)
+        return self._commits.read(lambda: self.database.still_active(asked))
+
+    def notify_ended(self, job_ids: Sequence[int]) -> Deferred[None]:
+        """After the writes queued so far (the ends among them) have committed."""
+        ended = list(job_ids)
+        return self._commits.read(lambda: self.database.notify_ended(ended))

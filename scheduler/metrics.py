@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from scheduler.job_claims import ClaimCounts
 from scheduler.jobs import Job
 from scheduler.leader_lease import LeaseCounts
 
@@ -37,6 +38,28 @@ class LeaseCollector(Collector):
             ("scheduler_leader_lost", "Leases this node held and lost (its deadline passed, or another node took it).", counts.lost),
             ("scheduler_leader_lease_failures", "Lease steps the database could not do.", counts.failures),
             ("scheduler_fenced_writes", "Fired jobs' records refused: made under an epoch that was no longer the lease's.", fenced),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+
+class ClaimCollector(Collector):
+    """The cluster's offers, claims and relayed cancels (``--db``; kept by ``JobClaims``)."""
+
+    def __init__(self, counts: Callable[[], ClaimCounts]) -> None:
+        self._counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(ClaimCounts())
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._counts())
+
+    def _families(self, counts: ClaimCounts) -> Iterator[Metric]:
+        for name, doc, value in (
+            ("scheduler_jobs_offered", "Queued jobs this node offered to the cluster: no worker of its own could take them.", counts.offered),
+            ("scheduler_jobs_claimed", "Offered jobs this node claimed (its own back included).", counts.claimed),
+            ("scheduler_job_claim_queries", "Claims of offered jobs this node asked of the database.", counts.claim_queries),
+            ("scheduler_cancels_relayed", "Cancels this node asked of the node managing the job.", counts.cancels_relayed),
         ):
             yield CounterMetricFamily(name, doc, value=value)
 
@@ -141,6 +164,10 @@ class SchedulerMetrics:
         Gauge("scheduler_leader_epoch", "The leader lease's epoch as this node last saw it.", registry=self.registry).set_function(
             lambda: float(epoch())
         )
+
+    def watch_claims(self, counts: Callable[[], ClaimCounts]) -> None:
+        """The cluster's offers and claims (scheduler.job_claims), read at each scrape."""
+        self.registry.register(ClaimCollector(counts))
 
     def job_changed(self, job: Job) -> None:
         if job.status.final:

@@ -59,6 +59,7 @@ from scheduler.worker_registry import Worker, WorkerRegistry
 
 if TYPE_CHECKING:
     from scheduler.cluster_events import PostgresEvents
+    from scheduler.job_claims import JobClaims
     from scheduler.job_history.postgres import PostgresLeaseStore
     from scheduler.task_store_postgres import PostgresTaskStore
 
@@ -176,6 +177,10 @@ class SchedulerService(MultiService):
             node = self.node
             # Fencing: a fired job is recorded only under the epoch it was made in.
             self.job_store.database.fence = lambda: (node, leadership.epoch if leadership.leading() else None)
+            # Dispatch on every node: only the active jobs this node managed
+            # are its own again; offered ones are claimed like any other.
+            managed = self.job_store.database.managed_active()
+            active = [(job, seq) for job, seq in active if job.id in managed]
         else:
             self.leadership = SoleLeader(self.node)
         self.leadership.listeners.append(self._leadership_changed)
@@ -201,6 +206,9 @@ class SchedulerService(MultiService):
             secrets=settings.secrets if settings.secrets.path is not None else None,
         )
         self.dispatcher.restore(active)
+        self.claims: JobClaims | None = None
+        if isinstance(self.job_store, PostgresJobStore) and self.cluster_events is not None:
+            self._start_claims(clock, self.job_store, self.cluster_events)
         # Alerts (scheduler/alerts.py): the channels are kept in the job
         # store, whose outbox the rules queue into.
         try:
@@ -303,6 +311,9 @@ class SchedulerService(MultiService):
             lambda: self.leadership.epoch,
             lambda: getattr(self.job_store.database, "fenced", 0),
         )
+        if self.claims is not None:
+            claims = self.claims
+            self.metrics.watch_claims(lambda: claims.counts)
         self.jobs.listeners.append(self.metrics.job_changed)
         self.ticker.step_listeners.append(self.metrics.clock_stepped)
         self.dispatcher.started_listeners.append(self.metrics.job_started)
@@ -377,6 +388,7 @@ class SchedulerService(MultiService):
                 rows=self.lease_store,
                 lease=settings.lease,
             ),
+            claims=self.claims,
         )
         self.guard = Guard(
             self.http.app.resource(),
@@ -584,9 +596,11 @@ class SchedulerService(MultiService):
             self.lease_store.start()
         if self.shared_tasks is not None:
             self.shared_tasks.start()
+        self.leadership.start()
+        if self.claims is not None:
+            self.claims.start()
         if self.cluster_events is not None:
             self.cluster_events.start()
-        self.leadership.start()
         self.dispatcher.resume_retries(self._unretried)
         self._unretried = []
         self.dispatcher.pump()
@@ -605,6 +619,14 @@ class SchedulerService(MultiService):
             if listening is not None:
                 await listening
             self.leadership.stop()
+            if self.cluster_events is not None:
+                # Nothing more heard from the other nodes: no claim starts now.
+                self.cluster_events.stop()
+            if self.claims is not None:
+                self.claims.stop()
+                # What waits here for a worker, another node may run now;
+                # the store's close below writes the offers first.
+                self.dispatcher.hand_over()
             self.dispatcher.stop()
             self.alerts.stop()
             self.wrong_tokens.stop()
@@ -612,8 +634,6 @@ class SchedulerService(MultiService):
             self.feed.stop()
             await super(SchedulerService, self).stopService()
             await self.job_store.close()
-            if self.cluster_events is not None:
-                self.cluster_events.stop()
             if self.shared_tasks is not None:
                 # After the children: a change still queued has been answered.
                 self.shared_tasks.close()
@@ -622,6 +642,24 @@ class SchedulerService(MultiService):
                 self.lease_store.close()
 
         return Deferred.fromCoroutine(close())
+
+    def _start_claims(self, clock: IReactorTime, store: PostgresJobStore, events: PostgresEvents) -> None:
+        """Dispatch on every node (--db): what no worker here can take is
+        offered to the cluster, and offered jobs are claimed (scheduler.job_claims)."""
+        from scheduler.job_claims import JobClaims
+
+        lease_store = self.lease_store
+        self.claims = claims = JobClaims(
+            clock, store, self.dispatcher, self.node, peers=lease_store.nodes if lease_store is not None else None
+        )
+        self.dispatcher.offers = claims.offer
+        self.dispatcher.offered = lambda: claims.offered_waiting
+        self.dispatcher.others_have_workers = lambda: claims.others_have_workers
+        events.subscribe("jobs", claims.jobs_offered)
+        events.subscribe("cancels", claims.cancel_heard)
+        events.resync.append(claims.resync)
+        self.workers.listeners.append(claims.worker_changed)
+        self.dispatcher.ended_listeners.append(claims.job_ended)
 
     def _connect_feed(self) -> None:
         """Push task, job, worker and output changes to the dashboard.

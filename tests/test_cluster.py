@@ -100,4 +100,8 @@ async def test_with_a_database_the_node_fires_only_once_it_holds_the_lease(node:
     assert code == 200 and cluster["leader"] == "n1" and cluster["epoch"] == 1
     assert [(each["name"], each["leader"]) for each in cluster["nodes"]] == [("n1", True)]
     service.fires.on_fires([Fire(1_700_000_060.0, added["id"])])
-    assert len(service.jobs) == 1
+    # The job is made here; no worker of this node can take it, so it is
+    # offered to the cluster (scheduler.job_claims), stored with no node.
+    assert len(service.jobs) == 0 and service.dispatcher.queued == 0
+    stored = await service.job_store.query()
+    assert [(job.key, job.status.value) for job in stored] == [(f"{added['id']}@1700000060", "queued")]

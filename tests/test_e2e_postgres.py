@@ -154,3 +154,68 @@ def test_a_new_leader_runs_the_seconds_nobody_fired_once_each(tmp_path: Path, pg
         stop(a.process)
         if b is not None:
             stop(b.process)
+
+
+def test_a_fire_on_a_node_without_workers_runs_on_another_nodes_worker_and_a_cancel_reaches_it(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Dispatch on every node: a leads and has no worker, b has one.  What a
+    fires is offered and b claims it; a cancel asked of a reaches b's worker."""
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", env=env)
+    b = worker = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
+        worker = start_worker(b.http, "w1", "--slots", "2", workdir=tmp_path / "b", env=ENV)
+        wait_until(lambda: _get(b.url + "/api/workers"), 20, "the worker to connect to b")
+        assert a.command("ADD * * * * * * echo tick-$((1+1))\n")[0].startswith("OK id=1 ")
+        done = wait_until(
+            lambda: (jobs := _get(a.url + "/api/jobs?status=succeeded")) and len(jobs) >= 5 and jobs,
+            30,
+            "five fires of a to succeed",
+        )
+        a.command("REMOVE 1\n")
+        ids = [job["id"] for job in done]
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute(
+                "SELECT id, worker, node, scheduled_at, created_at, started_at FROM jobs WHERE id = ANY(%s) ORDER BY id",
+                (ids,),
+            ).fetchall()
+            output = conn.execute("SELECT data FROM output WHERE job_id = %s", (ids[0],)).fetchall()
+        # Each ran on b's worker, b managing it, its output kept.
+        assert {(worker_name, node) for _, worker_name, node, *_ in rows} == {("w1", "b")}
+        assert b"".join(bytes(data) for (data,) in output) == b"tick-2\n"
+        late = sorted(started - scheduled for *_, scheduled, _, started in rows)
+        from_fire = sorted(started - created for *_, created, started in rows)
+        print(
+            f"fire on a to started on b's worker: late after the due second {late[0] * 1000:.1f}"
+            f"-{late[-1] * 1000:.1f} ms (median {late[len(late) // 2] * 1000:.1f}); "
+            f"from the job's creation {from_fire[0] * 1000:.1f}-{from_fire[-1] * 1000:.1f} ms over {len(rows)} fires"
+        )
+
+        # A job started through a, running on b's worker, cancelled through a.
+        code, created = http_json("POST", a.url + "/api/jobs", {"command": "sleep 60"})
+        assert code == 202
+        job_id = created["id"]  # type: ignore[index]
+        wait_until(
+            lambda: (job := _get(f"{b.url}/api/jobs/{job_id}")) and job["status"] == "running" and job["startedAt"],
+            20,
+            "the job to start on b's worker",
+        )
+        code, cancelled = http_json("POST", f"{a.url}/api/jobs/{job_id}/cancel")
+        assert code == 202 and cancelled["cancelRequestedAt"] is not None  # type: ignore[index]
+        ended = wait_until(
+            lambda: (job := _get(f"{a.url}/api/jobs/{job_id}")) and job["status"] != "running" and job, 20, "the cancel"
+        )
+        assert ended["status"] == "cancelled" and ended["worker"] == "w1"
+        metrics = http_json("GET", a.url + "/metrics")
+        assert "scheduler_cancels_relayed_total 1.0" in str(metrics[1])
+    finally:
+        if worker is not None:
+            stop(worker)
+        for node in (a, b):
+            if node is not None:
+                stop(node.process)

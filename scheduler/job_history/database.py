@@ -49,6 +49,19 @@ class NameTaken(JobStoreError):
     """A channel by that name is already stored."""
 
 
+class Fenced(JobStoreError):
+    """A fired job's record refused: the node that made it no longer holds the leader lease."""
+
+
+class FireTaken(JobStoreError):
+    """A fired job's record refused: the fire (its key) is already recorded, by another job.
+
+    Not a failure of the job: the fire runs, as that other job (with ``--db``,
+    made by another node).  Here, so the dispatcher can tell it apart without
+    loading the PostgreSQL backend.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Put:
     """One job record to store whole, as the backend's column values."""

@@ -42,6 +42,8 @@ from scheduler.job_history.database import (
     AuditQuery,
     ChannelChange,
     Chunk,
+    Fenced,
+    FireTaken,
     JobStoreClosed,
     JobStoreError,
     NameTaken,
@@ -80,14 +82,6 @@ from scheduler.triggers import Revision
 log = Logger()
 
 SCHEMA_VERSION = 1
-
-class Fenced(JobStoreError):
-    """A fired job's record refused: the node that made it no longer holds the leader lease."""
-
-
-class FireTaken(JobStoreError):
-    """A fired job's record refused: the fire (its key) is already recorded, by another job."""
-
 
 # Errors caused by one record's content, not by the database: its savepoint
 # is rolled back and the rest of the batch commits.
@@ -134,6 +128,8 @@ _SCHEMA = (
     # (NULL: nobody yet); added to databases made before it.
     'ALTER TABLE jobs ADD COLUMN IF NOT EXISTS "node" TEXT',
     'CREATE INDEX IF NOT EXISTS jobs_active_node ON jobs ("node") WHERE "status" IN (\'queued\', \'running\')',
+    # The jobs offered to the cluster (scheduler/job_claims.py), what a claim scans.
+    'CREATE INDEX IF NOT EXISTS jobs_offered ON jobs ("target", "id") WHERE "status" = \'queued\' AND "node" IS NULL',
     'CREATE INDEX IF NOT EXISTS jobs_status ON jobs ("status")',
     'CREATE INDEX IF NOT EXISTS jobs_task ON jobs ("task_id", "id")',
     'CREATE INDEX IF NOT EXISTS jobs_worker ON jobs ("worker", "id")',
@@ -210,6 +206,34 @@ _INSERT_FIRE = (
 )
 _UPDATED = (*(name for name in FIELDS if name in MUTABLE_FIELDS), "node")
 _UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s RETURNING 1"
+# The oldest offered jobs of the targets a node can serve, claimed for it.
+# SKIP LOCKED: two nodes claiming at once take different rows, neither
+# waits.  MATERIALIZED: the pick runs once (as "id IN (subquery)", the
+# planner may run it again per row, and LIMIT no longer bounds the claim).
+_CLAIM = (
+    "WITH picked AS MATERIALIZED ("
+    "SELECT id FROM jobs WHERE status = 'queued' AND node IS NULL AND target = ANY(%s::text[]) "
+    "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+    'UPDATE jobs SET "node" = %s FROM picked WHERE jobs.id = picked.id '
+    f"RETURNING {', '.join(f'jobs.{column}' for column in COLUMNS.split(', '))}"
+)
+# At most this many targets named in one "jobs" notification (its payload is bounded).
+_NOTIFIED_TARGETS = 50
+# Job ids named in one "jobs" notification of ended jobs (each at most 20 bytes).
+_NOTIFIED_ENDS = 300
+
+
+class _Offered:
+    """The mark (``OFFERED``) ending a put's row that offers its job to the cluster."""
+
+    def __repr__(self) -> str:
+        return "OFFERED"
+
+
+#: Ends the row of a put whose job is offered: stored with ``node`` NULL, and
+#: the other nodes notified ("jobs") in the same transaction.
+OFFERED = _Offered()
+
 _INSERT_REVISION = "INSERT INTO task_revisions ({}) VALUES ({}) RETURNING id".format(
     ", ".join(f'"{name}"' for name in REVISION_FIELDS[1:]), ", ".join(["%s"] * (len(REVISION_FIELDS) - 1))
 )
@@ -328,6 +352,8 @@ class PostgresDatabase:
         # This node's name (the service sets it with --db): every record it
         # writes names it as the node that manages the job (column "node").
         self.node: str | None = None
+        # The schema the tables are in, which names the notification channels.
+        self._schema: str | None = None
         self.connection: psycopg.Connection[Any] | None = None
         self._opened = False
         self.lock = threading.Lock()
@@ -473,6 +499,76 @@ class PostgresDatabase:
         )
         return int(rows[0][0])
 
+    # -- the cluster's jobs (scheduler/job_claims.py) --------------------------
+
+    def managed_active(self) -> set[int]:
+        """The active jobs this node manages (at start-up: the ones it takes up again)."""
+        return {int(row[0]) for row in self._rows(f"SELECT id FROM jobs WHERE status IN ({ACTIVE_SQL}) AND node = %s", (self.node,))}
+
+    def claim(self, targets: Sequence[str], limit: int) -> list[Job]:
+        """Take for this node up to *limit* offered jobs of *targets*, oldest first."""
+        rows = self._rows(_CLAIM, (list(targets), max(0, limit), self.node))
+        return sorted((row_job(row) for row in rows), key=lambda job: job.id)
+
+    def cancel_elsewhere(self, job_id: int, at: float, reason: str) -> tuple[str, str | None]:
+        """Cancel a job this node does not manage: what was done, and the node asked.
+
+        ``("cancelled", None)``: it was offered (queued, claimed by nobody),
+        and is cancelled here.  ``("asked", node)``: *node* manages it; its
+        ``cancel_requested_at`` is set and *node* notified ("cancels").
+        ``("finished", None)``: it is no longer active (or does not exist).
+        """
+        with self._session() as conn, conn.transaction():
+            ended = conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = %s, reason = %s, version = version + 1 "
+                "WHERE id = %s AND status = 'queued' AND node IS NULL RETURNING 1",
+                (at, reason, job_id),
+            ).fetchone()
+            if ended is not None:
+                # Its offering node counts it as its task's run going on.
+                self._notify(conn, "jobs", ended=[job_id])
+                return "cancelled", None
+            asked = conn.execute(
+                "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, %s) "
+                f"WHERE id = %s AND status IN ({ACTIVE_SQL}) AND node IS NOT NULL RETURNING node",
+                (at, job_id),
+            ).fetchone()
+            if asked is None:
+                return "finished", None
+            self._notify(conn, "cancels", job=job_id, manager=asked[0])
+            return "asked", str(asked[0])
+
+    def cancels_owed(self) -> list[int]:
+        """The active jobs this node manages whose cancel was asked for (a resync's look)."""
+        rows = self._rows(
+            f"SELECT id FROM jobs WHERE node = %s AND status IN ({ACTIVE_SQL}) AND cancel_requested_at IS NOT NULL "
+            "ORDER BY id",
+            (self.node,),
+        )
+        return [int(row[0]) for row in rows]
+
+    def offered_count(self) -> int:
+        """How many offered jobs wait for a node to claim them."""
+        return int(self._rows("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND node IS NULL")[0][0])
+
+    def still_active(self, job_ids: Sequence[int]) -> list[int]:
+        rows = self._rows(f"SELECT id FROM jobs WHERE id = ANY(%s::bigint[]) AND status IN ({ACTIVE_SQL})", (list(job_ids),))
+        return [int(row[0]) for row in rows]
+
+    def notify_ended(self, job_ids: Sequence[int]) -> None:
+        """Tell the other nodes these jobs ended ("jobs", ``ended``), in payloads of a bounded size."""
+        with self._session() as conn, conn.transaction():
+            for start in range(0, len(job_ids), _NOTIFIED_ENDS):
+                self._notify(conn, "jobs", ended=list(job_ids[start : start + _NOTIFIED_ENDS]))
+
+    def _notify(self, conn: psycopg.Connection[Any], topic: str, **fields: Any) -> None:
+        # Imported here: cluster_events imports this module.
+        from scheduler.cluster_events import notify_sql, schema_of
+
+        if self._schema is None:
+            self._schema = schema_of(conn)
+        conn.execute(*notify_sql(self._schema, topic, self.node or "", **fields))
+
     # -- writes, on the history's thread --------------------------------------
 
     def row(self, job: Job) -> tuple[object, ...]:
@@ -518,22 +614,30 @@ class PostgresDatabase:
         lease: list[tuple[str | None, int]] = []
         # Chunks counted before their insert's result came back.
         pending: list[_Pending] = []
+        # The targets of the jobs this batch offers to the cluster (OFFERED).
+        offered: set[str] = set()
         with conn.transaction():
             self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
             for write in writes:
                 if isinstance(write, Chunk):
                     self._append(conn, write, pending)
                 elif isinstance(write, Put):
+                    node = self.node
+                    if write.row and write.row[-1] is OFFERED:
+                        # Managed by no node: any node's claim may take it.
+                        write, node = Put(write.job_id, write.final, write.row[:-1]), None
                     if len(write.row) > len(FIELDS):
-                        outcome = self._fenced_put(conn, write, lease, careful)
+                        outcome = self._fenced_put(conn, write, lease, careful, node)
                     else:
                         outcome = self._refusable(
-                            conn, _UPSERT, (*write.row, self._dropped(write.job_id), self.node), careful=careful
+                            conn, _UPSERT, (*write.row, self._dropped(write.job_id), node), careful=careful
                         )
                     if outcome is None:
                         highest = max(highest, write.job_id)
                         if write.final:
                             self._tallies.pop(write.job_id, None)
+                        if node is None and self.node is not None:
+                            offered.add(str(write.row[FIELDS.index("target")]))
                     else:
                         log.warn("job store refused job {job_id}: {error}", job_id=write.job_id, error=outcome)
                     outcomes.append(outcome)
@@ -552,6 +656,9 @@ class PostgresDatabase:
                 else:
                     outcomes.append(self._change_channel(conn, write))
             self._settle(pending)
+            if offered:
+                # In the offers' transaction: heard if, and only if, they commit.
+                self._notify(conn, "jobs", targets=sorted(offered)[:_NOTIFIED_TARGETS])
             if highest:
                 # In the transaction (setval itself is not undone by a
                 # rollback: a batch that fails after it leaves a gap in
@@ -564,7 +671,12 @@ class PostgresDatabase:
         return outcomes
 
     def _fenced_put(
-        self, conn: psycopg.Connection[Any], put: Put, lease: list[tuple[str | None, int]], careful: bool
+        self,
+        conn: psycopg.Connection[Any],
+        put: Put,
+        lease: list[tuple[str | None, int]],
+        careful: bool,
+        node_column: str | None,
     ) -> Outcome:
         """A keyed job's record: an update if it is stored, else an insert fenced by the lease.
 
@@ -580,7 +692,7 @@ class PostgresDatabase:
         updated = self._refusable(
             conn,
             _UPDATE_JOB,
-            [*(values[FIELDS.index(name)] for name in _UPDATED[:-1]), self.node, put.job_id],
+            [*(values[FIELDS.index(name)] for name in _UPDATED[:-1]), node_column, put.job_id],
             counted=True,
             careful=careful,
         )
@@ -597,7 +709,7 @@ class PostgresDatabase:
                 f"in epoch {current}"
             )
         inserted = self._refusable(
-            conn, _INSERT_FIRE, (*values, self._dropped(put.job_id), self.node), counted=True, careful=careful
+            conn, _INSERT_FIRE, (*values, self._dropped(put.job_id), node_column), counted=True, careful=careful
         )
         if inserted == 0:
             return FireTaken(f"{self.name}: job {put.job_id}: its fire {values[FIELDS.index('key')]} is already recorded")
