@@ -88,8 +88,8 @@ _UPSERT = (
     "INSERT INTO tasks (id, line, generation) VALUES (%s, %s, %s) "
     "ON CONFLICT (id) DO UPDATE SET line = excluded.line, generation = excluded.generation"
 )
-# More rows than this go through COPY (a LOAD, an import): about five
-# times faster than one INSERT each, even pipelined.
+# More rows than this go through COPY (a LOAD, an import): one statement
+# for the lot rather than one INSERT each, even pipelined (docs/performance.md).
 _COPY_ABOVE = 1000
 _STAGE = "CREATE TEMPORARY TABLE task_staging (id BIGINT, line TEXT) ON COMMIT DROP"
 _COPY = "COPY task_staging (id, line) FROM STDIN"
