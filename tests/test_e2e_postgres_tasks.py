@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from tests.e2e import http_json, start_scheduler, start_worker, stop, wait_until
 from tests.postgres_support import pg_url, postgres_server  # noqa: F401
 
@@ -102,3 +104,35 @@ def test_two_nodes_share_their_tasks_and_the_leader_fires_one_added_on_the_follo
         for node in (a, b):
             if node is not None:
                 stop(node.process)
+
+
+def test_after_every_session_ends_a_change_goes_through_and_reaches_the_other_node(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811
+) -> None:
+    """As after a PostgreSQL restart, seen from the nodes: every session ends."""
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", env=env)
+    b = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
+        assert b.command("ADD 0 0 1 1 * echo before\n")[0].startswith("OK id=1 ")
+        wait_until(lambda: _commands(a.url) == ["echo before"], 10, "a to have the first task")
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'scheduler-%%' AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert ended is not None and ended[0] >= 6  # each node's tasks, history, lease and listening sessions
+        # b's tasks connection is gone: its first ADD after it goes through
+        # on a new one, and a, listening again, has it.
+        assert b.command("ADD 0 0 1 1 * echo after\n")[0].startswith("OK id=2 ")
+        wait_until(lambda: _commands(a.url) == ["echo before", "echo after"], 30, "a to have the task added after")
+        assert "lost the tasks' connection" in b.log.read_text()
+    finally:
+        stop(a.process)
+        if b is not None:
+            stop(b.process)
