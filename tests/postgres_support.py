@@ -35,11 +35,17 @@ class PostgresServer:
     password: str
     bin_dir: str
     data: str = ""
+    log_file: str = ""
 
     def restart(self) -> None:
-        """``pg_ctl restart -m fast``: every session ends, the server comes back on its port."""
+        """``pg_ctl restart -m fast``: every session ends, the server comes back on its port.
+
+        With its log file again: without ``-l`` the new server would hold
+        this call's output pipe open, and the call would wait for it."""
         subprocess.run(
-            _as_postgres([f"{self.bin_dir}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "restart"]),
+            _as_postgres(
+                [f"{self.bin_dir}/pg_ctl", "-D", self.data, "-l", self.log_file, "-m", "fast", "-w", "-t", "60", "restart"]
+            ),
             check=True,
             capture_output=True,
             timeout=120,
@@ -101,7 +107,7 @@ def start_postgres(root: str | None = None) -> tuple[PostgresServer, Callable[[]
         shutil.rmtree(root, ignore_errors=True)
 
     try:
-        server = PostgresServer("127.0.0.1", port, PASSWORD, bin_dir, data)
+        server = PostgresServer("127.0.0.1", port, PASSWORD, bin_dir, data, log_file)
         import psycopg
 
         with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
