@@ -27,7 +27,7 @@ from scheduler.job_output import OutputTails
 from scheduler.job_queue import JobQueue
 from scheduler.job_retry import Retries
 from scheduler.job_secrets import SecretBook, SecretError
-from scheduler.job_store import JobRecorder
+from scheduler.job_store import Disowned, JobRecorder
 from scheduler.jobs import Job, JobStatus
 from scheduler.settings import Settings
 from scheduler.tasks import Task
@@ -71,6 +71,10 @@ class NoRecorder:
 
 
 OutputListener = Callable[[int, int, str, str], None]
+# With --db: make this node the manager of those of the jobs (ids) still
+# running on the worker (name), from the job history: each job with its last
+# output seq (``PostgresJobStore.take_over``).
+TakeOver = Callable[[str, list[int]], Deferred[list[tuple[Job, int]]]]
 
 
 class Dispatcher:
@@ -87,8 +91,18 @@ class Dispatcher:
         output_cap: int = Settings.output_cap,
         caps: RunCaps | None = None,
         secrets: SecretBook | None = None,
+        leading: Callable[[], bool] = lambda: True,
+        take_over: TakeOver | None = None,
     ) -> None:
         self._clock = clock
+        # With several nodes: a worker's hello takes its jobs over from the
+        # node that managed them, and this node's records of a job another
+        # node took over are refused (Disowned).
+        self._take_over = take_over
+        # Jobs taken over at hellos, and let go because another node had
+        # (both for the metrics).
+        self.taken_over = 0
+        self.let_go = 0
         # Resolved into each run message only (scheduler.job_secrets).
         self._secrets = secrets
         # The secret values to mask in each active job's output, once known.
@@ -115,7 +129,7 @@ class Dispatcher:
         # Cron jobs whose jitter starts them beyond a run's delay, until then.
         self._jitter = JitterHold(clock, self._jitter_due)
         self._tails = OutputTails(output_cap)
-        self._retries = Retries(clock, jobs, tasks, self._submit)
+        self._retries = Retries(clock, jobs, tasks, self._submit, leading=leading)
         # Placed on a worker, waiting for the record to commit before `run`.
         self._unsent: set[int] = set()
         # Running jobs someone asked to cancel: sent again after their
@@ -272,6 +286,9 @@ class Dispatcher:
             self.pump(job.target)
 
     def _not_recorded(self, job_id: int, failure: Any) -> None:
+        if failure.check(Disowned):
+            self._let_go(job_id)
+            return
         log.error("could not record job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
         current = self.jobs.get(job_id)
         if current is None:
@@ -444,6 +461,81 @@ class Dispatcher:
 
     # -- what workers say ----------------------------------------------
 
+    def take_over(self, name: str, reported: Mapping[int, tuple[str, int]]) -> Deferred[None] | None:
+        """With several nodes: before worker *name*'s welcome, make this node the
+        manager of the jobs its hello reports, in the job history.
+
+        They may have been another node's (dead, or cut off from the
+        worker).  Those still running on the worker there are taken up
+        (book, output tail, caps, a pending cancel); the others are let go
+        (the hello then drops them).  Returns None when there is nothing to
+        ask (one node, or no jobs), so the welcome need not wait; else a
+        Deferred that fires once it is done, or fails if the job history
+        could not be asked (the worker is then refused, and dials again).
+        """
+        if self._take_over is None or not reported:
+            return None
+        asked = sorted(reported)
+        return self._take_over(name, asked).addCallback(self._took_over, name, asked)
+
+    def _took_over(self, taken: list[tuple[Job, int]], name: str, asked: list[int]) -> None:
+        mine = set()
+        for stored, last_seq in taken:
+            mine.add(stored.id)
+            job = self.jobs.get(stored.id)
+            if job is not None and job.worker == name:
+                continue  # this node's already
+            if job is not None:
+                self._let_go(job.id)
+            job = self.jobs.adopt(stored)
+            self.taken_over += 1
+            self._tails.open(job.id, last_seq)
+            self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
+            # As a restored job: the hello that follows cancels it.
+            self._lost_timers.start(job.id, self.lost_after, self._lost_timeout, job.id, name)
+            if job.cancel_requested_at is not None:
+                self._cancels.add(job.id)
+            log.info("job {job_id} on worker {name}: taken over from another node", job_id=job.id, name=name)
+        for job_id in asked:
+            if job_id not in mine and self.jobs.get(job_id) is not None:
+                self._let_go(job_id)
+
+    def _let_go(self, job_id: int) -> None:
+        """Another node manages *job_id* now: forget it here, recording nothing.
+
+        Its end is that node's to record (and to alert on, and to retry):
+        this node's view of the job is stale, and ending it here would give
+        it a second result.
+        """
+        job = self.jobs.release(job_id)
+        if job is None:
+            return
+        self.let_go += 1
+        log.info("job {job_id}: another node manages it now; letting it go", job_id=job_id)
+        self._lost_timers.cancel(job_id)
+        self._jitter.cancel(job_id)
+        self._unsent.discard(job_id)
+        self._cancels.discard(job_id)
+        self._rejected.pop(job_id, None)
+        self._dequeue(job)
+        self._tails.close(job_id)
+        self._masks.pop(job_id, None)
+        worker = self.workers.get(job.worker or "")
+        if worker is not None and job_id in worker.running:
+            worker.running.discard(job_id)
+            self.workers.changed(worker)
+        self._stopped_running(job)
+
+    def _record(self, job: Job) -> None:
+        """Write a change of an active job whose failure to record is only logged."""
+        self._recorder.put(job).addErrback(self._unrecorded_change, job.id)
+
+    def _unrecorded_change(self, failure: Any, job_id: int) -> None:
+        if failure.check(Disowned):
+            self._let_go(job_id)
+        else:
+            log.error("could not record job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
+
     def hello(self, worker: Worker, reported: Mapping[int, tuple[str, int]]) -> dict[str, Any]:
         """Reconcile a (re)connecting worker; returns the welcome's fields.
 
@@ -513,10 +605,34 @@ class Dispatcher:
         job = self.jobs.get(job_id)
         if job is None or job.worker != name or job.status.final:
             return
+        reason = f"worker {name} went away and did not come back within {self.lost_after:g}s"
+        if self._take_over is not None:
+            # Another node may have taken the job over (its worker went
+            # there): the end is recorded first, and only if the record is
+            # still this node's does the job end here (alerts, retries).
+            ended = job.evolve(
+                status=JobStatus.LOST, finished_at=self._clock.seconds(), reason=reason, version=job.version + 1
+            )
+            self._recorder.put(ended).addCallbacks(
+                self._lost_recorded, self._unrecorded_change, callbackArgs=(job_id, name, reason), errbackArgs=(job_id,)
+            )
+            return
         current = self.workers.get(name)
         if current is not None:
             current.running.discard(job_id)
-        self._lose(job, f"worker {name} went away and did not come back within {self.lost_after:g}s")
+        self._lose(job, reason)
+
+    def _lost_recorded(self, _: object, job_id: int, name: str, reason: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.status.final:
+            return
+        current = self.workers.get(name)
+        if current is not None:
+            if job_id in current.running:
+                # Back in the meantime: its report overwrites the record.
+                return
+            current.running.discard(job_id)
+        self._lose(job, reason)
 
     def _lose(self, job: Job, reason: str) -> None:
         if job.id in self._cancels:
@@ -554,7 +670,7 @@ class Dispatcher:
         if job.started_at is not None:
             return job
         job = self.jobs.update(job, started_at=self._worker_time(worker, at, job.created_at))
-        self._recorder.put(job)
+        self._record(job)
         assert job.started_at is not None
         due = self._start_of(job) or (job.scheduled_at if job.scheduled_at is not None else job.created_at)
         for listener in self.started_listeners:
@@ -647,7 +763,7 @@ class Dispatcher:
             self.workers.changed(worker)
             return
         job = self.jobs.update(job, status=JobStatus.QUEUED, worker=None)
-        self._recorder.put(job)
+        self._record(job)
         log.info("worker {name} rejected job {job_id}: {reason}", name=worker.name, job_id=job_id, reason=reason)
         self._rejected[job_id] = (worker.name, self._clock.seconds() + self.REJECTED_REST)
         self._queue.push(job_id, job.target)
@@ -710,16 +826,20 @@ class Dispatcher:
         self._ended(done)
         if on_recorded is not None:
             recorded.addCallback(lambda _: on_recorded())
-        recorded.addErrback(
-            lambda failure: log.error(
-                "could not record the end of job {job_id}: {error}", job_id=job.id, error=failure.getErrorMessage()
-            )
-        )
+        recorded.addErrback(self._end_not_recorded, job.id)
         self._tails.close(job.id)
         self._masks.pop(job.id, None)
         self._stopped_running(job)
         self._retries.after(done)
         return done
+
+    @staticmethod
+    def _end_not_recorded(failure: Any, job_id: int) -> None:
+        if failure.check(Disowned):
+            # Another node took the job over and records its end.
+            log.info("job {job_id}: its end is another node's to record", job_id=job_id)
+        else:
+            log.error("could not record the end of job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
 
     def _ended(self, job: Job) -> None:
         for listener in self.ended_listeners:
@@ -762,8 +882,20 @@ class Dispatcher:
                     self._cancels.add(job.id)
 
     def resume_retries(self, ended: list[Job]) -> None:
-        """Arm the retries the previous run owed (``Retries.resume``)."""
+        """Arm the retries owed (``Retries.resume``): at start, when this node
+        starts leading, and for jobs the leader's sweep finds ended elsewhere."""
         self._retries.resume(ended)
+
+    def stop_retries(self) -> None:
+        """This node no longer leads: the new leader arms the retries owed."""
+        self._retries.stop()
+
+    def ended_elsewhere(self, job: Job) -> None:
+        """*job* was ended by the leader's sweep (its node went silent): alerts and
+        a retry follow, as for an end here."""
+        self._let_go(job.id)
+        self._ended(job)
+        self._retries.after(job)
 
     def live_output(self, job_id: int) -> str | None:
         """Kept output of an active job, or None if it is not active."""

@@ -180,6 +180,20 @@ class JobBook:
         self.put(changed)
         return changed
 
+    def adopt(self, job: Job) -> Job:
+        """Take up an active job another node managed (from the job history)."""
+        # Past any version that node may have shown, as restore does.
+        adopted = job.evolve(version=job.version + self.RESTORED_VERSION_STEP)
+        self.put(adopted)
+        return adopted
+
+    def release(self, job_id: int) -> Job | None:
+        """Forget an active job another node manages now, telling no listener:
+        it has not ended, it is only no longer this node's to record."""
+        job = self._jobs.pop(job_id, None)
+        self._unindex(job)
+        return job
+
     def restore(self, jobs: Iterable[Job], keys: Iterable[str], max_id: int, *, keys_since: float) -> None:
         """Pick up where the last run of the scheduler left off.
 

@@ -34,6 +34,7 @@ from scheduler.job_history.database import (
     REVISIONS_PER_TASK,
     AlertAttempt,
     AuditQuery,
+    Disowned,
     JobStoreClosed,
     JobStoreError,
     NameTaken,
@@ -49,6 +50,7 @@ __all__ = [
     "REVISIONS_PER_TASK",
     "SCHEMA_VERSION",
     "AuditQuery",
+    "Disowned",
     "JobHistory",
     "JobRecorder",
     "JobStore",
@@ -279,3 +281,20 @@ class PostgresJobStore(ThreadedJobHistory):
     def reserve_ids(self, count: int) -> list[int]:
         """*count* new job ids from the database's sequence (blocking; see ``IdBlocks``)."""
         return self.database.reserve_ids(count)
+
+    # Across nodes (queued behind this node's writes, so what it wrote
+    # before is committed first).
+
+    def take_over(self, worker: str, job_ids: Sequence[int]) -> Deferred[list[tuple[Job, int]]]:
+        """This node manages those of *job_ids* still running on *worker* from now on
+        (``PostgresDatabase.take_over``): each with its last output seq."""
+        asked = list(job_ids)
+        return self._commits.read(lambda: self.database.take_over(worker, asked))
+
+    def silent_nodes(self, lost_after: float) -> Deferred[list[str]]:
+        """Other nodes with active jobs whose heartbeat is older than *lost_after*."""
+        return self._commits.read(lambda: self.database.silent_nodes(lost_after))
+
+    def release(self, node: str, now: float, reason: str) -> Deferred[tuple[list[Job], int]]:
+        """A silent node's running jobs end lost, its queued ones are offered again."""
+        return self._commits.read(lambda: self.database.release(node, now, reason))

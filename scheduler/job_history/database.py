@@ -49,6 +49,12 @@ class NameTaken(JobStoreError):
     """A channel by that name is already stored."""
 
 
+class Disowned(JobStoreError):
+    """A job's record refused: another node manages the job now (it took the job
+    over at its worker's hello, or the leader's sweep ended it), so this node's
+    view of it is stale and the job leaves this node quietly."""
+
+
 @dataclass(frozen=True, slots=True)
 class Put:
     """One job record to store whole, as the backend's column values."""

@@ -42,6 +42,7 @@ from scheduler.job_history.database import (
     AuditQuery,
     ChannelChange,
     Chunk,
+    Disowned,
     JobStoreClosed,
     JobStoreError,
     NameTaken,
@@ -198,10 +199,15 @@ _SCHEMA = (
 # Two nodes opening a new database at once must not both create it.
 _SCHEMA_LOCK = 0x5C4ED01E
 
+# The ownership fence: a stored job's record is replaced only by the node
+# that manages it (or by any node while nobody does: node NULL), so a node
+# whose job was taken over by another cannot overwrite what that one records.
+_OWNED = '(jobs."node" IS NULL OR jobs."node" = %s)'
 _UPSERT = (
     f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
     'ON CONFLICT ("id") DO UPDATE SET '
     + ", ".join(f'"{name}" = excluded."{name}"' for name in (*FIELDS, "node") if name in (*MUTABLE_FIELDS, "node"))
+    + f" WHERE {_OWNED} RETURNING 1"
 )
 # A fired job's first record: a fire already recorded (its key) is left alone.
 _INSERT_FIRE = (
@@ -209,7 +215,9 @@ _INSERT_FIRE = (
     "ON CONFLICT DO NOTHING RETURNING 1"
 )
 _UPDATED = (*(name for name in FIELDS if name in MUTABLE_FIELDS), "node")
-_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s RETURNING 1"
+_UPDATE_JOB = (
+    "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + f" WHERE id = %s AND {_OWNED} RETURNING 1"
+)
 _INSERT_REVISION = "INSERT INTO task_revisions ({}) VALUES ({}) RETURNING id".format(
     ", ".join(f'"{name}"' for name in REVISION_FIELDS[1:]), ", ".join(["%s"] * (len(REVISION_FIELDS) - 1))
 )
@@ -321,6 +329,10 @@ class PostgresDatabase:
         self.fence: Callable[[], tuple[str, int | None]] | None = None
         # Fired jobs' records refused by the fence (read by the metrics).
         self.fenced = 0
+        # Records refused by the ownership fence: jobs another node took over.
+        self.disowned = 0
+        # The schema the tables are in, which names the cluster's channels.
+        self._schema: str | None = None
         # This node's name (the service sets it with --db): every record it
         # writes names it as the node that manages the job (column "node").
         self.node: str | None = None
@@ -468,6 +480,65 @@ class PostgresDatabase:
         )
         return int(rows[0][0])
 
+    # -- across nodes: takeover and the leader's sweep -------------------------
+
+    def take_over(self, worker: str, job_ids: Sequence[int]) -> list[tuple[Job, int]]:
+        """Make this node the manager of those of *job_ids* still running on *worker*.
+
+        For a worker's hello: it reports jobs that another node managed
+        (that node is dead, or cut off from the worker).  Returns each job
+        taken, with the last output seq stored.  From the commit on, the
+        other node's writes of them are refused (``Disowned``).
+        """
+        if not job_ids:
+            return []
+        rows = self._rows(
+            f'UPDATE jobs SET "node" = %s WHERE id = ANY(%s::bigint[]) AND "worker" = %s AND "status" = %s '
+            f"RETURNING {COLUMNS}, (SELECT COALESCE(MAX(seq), 0) FROM output WHERE job_id = jobs.id)",
+            (self.node, list(job_ids), worker, JobStatus.RUNNING.value),
+        )
+        return [(row_job(row[:-1]), int(row[-1])) for row in rows]
+
+    def silent_nodes(self, lost_after: float) -> list[str]:
+        """Nodes (but this one) named by an active job whose heartbeat is older than
+        *lost_after* seconds by the database's clock, or missing."""
+        rows = self._rows(
+            f'SELECT DISTINCT j."node" FROM jobs AS j WHERE j."status" IN ({ACTIVE_SQL}) AND j."node" IS NOT NULL '
+            'AND j."node" IS DISTINCT FROM %s AND NOT EXISTS (SELECT 1 FROM scheduler_nodes AS n '
+            "WHERE n.name = j.\"node\" AND n.last_seen >= now() - make_interval(secs => %s)) ORDER BY 1",
+            (self.node, lost_after),
+        )
+        return [str(row[0]) for row in rows]
+
+    def release(self, node: str, now: float, reason: str) -> tuple[list[Job], int]:
+        """The silent *node*'s jobs: running ones end lost (at *now*, for *reason*),
+        queued ones go back to nobody's (node NULL) and the nodes are told.
+
+        Both only where the row still names *node* (a job taken over in the
+        meantime is not touched).  The lost ones are this node's from then
+        on, so a node that was only cut off cannot write them again.
+        Returns the jobs ended lost and how many queued ones were offered.
+        """
+        from scheduler.cluster_events import notify_sql, schema_of
+
+        with self._session() as conn:
+            with conn.transaction():
+                lost = conn.execute(
+                    f'UPDATE jobs SET "status" = %s, "finished_at" = %s, "reason" = %s, "node" = %s, '
+                    f'"version" = "version" + 1 WHERE "node" = %s AND "status" = %s RETURNING {COLUMNS}'.encode(),
+                    (JobStatus.LOST.value, now, reason, self.node, node, JobStatus.RUNNING.value),
+                ).fetchall()
+                offered = conn.execute(
+                    'UPDATE jobs SET "node" = NULL WHERE "node" = %s AND "status" = %s RETURNING id',
+                    (node, JobStatus.QUEUED.value),
+                ).fetchall()
+                if offered:
+                    if self._schema is None:
+                        self._schema = schema_of(conn)
+                    statement, params = notify_sql(self._schema, "jobs", self.node or "", offered=len(offered))
+                    conn.execute(statement.encode(), params)
+        return [row_job(row) for row in lost], len(offered)
+
     # -- writes, on the history's thread --------------------------------------
 
     def row(self, job: Job) -> tuple[object, ...]:
@@ -513,6 +584,8 @@ class PostgresDatabase:
         lease: list[tuple[str | None, int]] = []
         # Chunks counted before their insert's result came back.
         pending: list[_Pending] = []
+        # Records sent in the pipeline, their results read at the end.
+        upserts: list[tuple[int, Put, psycopg.Cursor[Any]]] = []
         with conn.transaction():
             self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
             for write in writes:
@@ -521,16 +594,27 @@ class PostgresDatabase:
                 elif isinstance(write, Put):
                     if len(write.row) > len(FIELDS):
                         outcome = self._fenced_put(conn, write, lease, careful)
-                    else:
+                    elif careful:
                         outcome = self._refusable(
-                            conn, _UPSERT, (*write.row, self._dropped(write.job_id), self.node), careful=careful
+                            conn, _UPSERT, (*write.row, self._dropped(write.job_id), self.node, self.node), counted=True
                         )
+                        if outcome == 0:
+                            outcome = self._disowned(write.job_id)
+                        elif isinstance(outcome, int):
+                            outcome = None
+                    else:
+                        # Its result (stored, or refused by the ownership
+                        # fence) is read after the batch's statements are
+                        # sent: a fetch here would wait a round trip per job.
+                        cursor = conn.execute(
+                            _UPSERT.encode(), (*write.row, self._dropped(write.job_id), self.node, self.node)  # type: ignore[arg-type]
+                        )
+                        upserts.append((len(outcomes), write, cursor))
+                        outcomes.append(None)
+                        continue
+                    self._stored(write, outcome)
                     if outcome is None:
                         highest = max(highest, write.job_id)
-                        if write.final:
-                            self._tallies.pop(write.job_id, None)
-                    else:
-                        log.warn("job store refused job {job_id}: {error}", job_id=write.job_id, error=outcome)
                     outcomes.append(outcome)
                 elif isinstance(write, NewRevision):
                     outcomes.append(self._add_revision(conn, write, careful))
@@ -547,6 +631,12 @@ class PostgresDatabase:
                 else:
                     outcomes.append(self._change_channel(conn, write))
             self._settle(pending)
+            for index, put, cursor in upserts:
+                outcome = None if cursor.fetchone() is not None else self._disowned(put.job_id)
+                self._stored(put, outcome)
+                if outcome is None:
+                    highest = max(highest, put.job_id)
+                outcomes[index] = outcome
             if highest:
                 # In the transaction (setval itself is not undone by a
                 # rollback: a batch that fails after it leaves a gap in
@@ -557,6 +647,20 @@ class PostgresDatabase:
                     (highest, highest),
                 )
         return outcomes
+
+    def _stored(self, put: Put, outcome: Outcome) -> None:
+        if outcome is None:
+            if put.final:
+                self._tallies.pop(put.job_id, None)
+        elif isinstance(outcome, Disowned):
+            # Expected after a takeover: the dispatcher lets the job go.
+            log.info("{error}", error=str(outcome))
+        else:
+            log.warn("job store refused job {job_id}: {error}", job_id=put.job_id, error=outcome)
+
+    def _disowned(self, job_id: int) -> Disowned:
+        self.disowned += 1
+        return Disowned(f"job {job_id} is managed by another node now: this node's record of it was not written")
 
     def _fenced_put(
         self, conn: psycopg.Connection[Any], put: Put, lease: list[tuple[str | None, int]], careful: bool
@@ -575,7 +679,7 @@ class PostgresDatabase:
         updated = self._refusable(
             conn,
             _UPDATE_JOB,
-            [*(values[FIELDS.index(name)] for name in _UPDATED[:-1]), self.node, put.job_id],
+            [*(values[FIELDS.index(name)] for name in _UPDATED[:-1]), self.node, put.job_id, self.node],
             counted=True,
             careful=careful,
         )
@@ -595,6 +699,9 @@ class PostgresDatabase:
             conn, _INSERT_FIRE, (*values, self._dropped(put.job_id), self.node), counted=True, careful=careful
         )
         if inserted == 0:
+            if conn.execute("SELECT 1 FROM jobs WHERE id = %s", (put.job_id,)).fetchone() is not None:
+                # Stored, but not this node's (the update above was fenced).
+                return self._disowned(put.job_id)
             return FireTaken(f"{self.name}: job {put.job_id}: its fire {values[FIELDS.index('key')]} is already recorded")
         return None if isinstance(inserted, int) else inserted
 
