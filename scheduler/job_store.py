@@ -298,3 +298,7 @@ class PostgresJobStore(ThreadedJobHistory):
     def release(self, node: str, now: float, reason: str) -> Deferred[tuple[list[Job], int]]:
         """A silent node's running jobs end lost, its queued ones are offered again."""
         return self._commits.read(lambda: self.database.release(node, now, reason))
+
+    def unretried_since(self, since: float) -> Deferred[list[Job]]:
+        """``unretried``'s jobs that ended at or after *since*."""
+        return self._commits.read(lambda: self.database.unretried_since(since))

@@ -136,6 +136,8 @@ _SCHEMA = (
     'ALTER TABLE jobs ADD COLUMN IF NOT EXISTS "node" TEXT',
     'CREATE INDEX IF NOT EXISTS jobs_active_node ON jobs ("node") WHERE "status" IN (\'queued\', \'running\')',
     'CREATE INDEX IF NOT EXISTS jobs_status ON jobs ("status")',
+    # The leader's sweep asks for the jobs ended badly lately (retries owed).
+    f'CREATE INDEX IF NOT EXISTS jobs_retried_finished ON jobs ("finished_at") WHERE "status" IN ({_RETRIED_SQL})',
     'CREATE INDEX IF NOT EXISTS jobs_task ON jobs ("task_id", "id")',
     'CREATE INDEX IF NOT EXISTS jobs_worker ON jobs ("worker", "id")',
     'CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs ("scheduled_at")',
@@ -538,6 +540,16 @@ class PostgresDatabase:
                     statement, params = notify_sql(self._schema, "jobs", self.node or "", offered=len(offered))
                     conn.execute(statement.encode(), params)
         return [row_job(row) for row in lost], len(offered)
+
+    def unretried_since(self, since: float) -> list[Job]:
+        """``unretried``, for the jobs that ended at or after *since* only."""
+        rows = self._rows(
+            f"{SELECT_JOB} WHERE finished_at >= %s AND status IN ({_RETRIED_SQL}) AND task_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM jobs AS later WHERE later.task_id = jobs.task_id AND later.id > jobs.id) "
+            "ORDER BY id",
+            (since,),
+        )
+        return [row_job(row) for row in rows]
 
     # -- writes, on the history's thread --------------------------------------
 
