@@ -113,3 +113,64 @@ def test_when_the_leader_is_killed_the_other_node_leads_at_its_next_step(tmp_pat
         stop(a.process)
         if b is not None:
             stop(b.process)
+
+
+def test_a_worker_whose_node_is_killed_mid_job_goes_to_the_other_and_its_job_ends_once_whole(
+    tmp_path: Path, pg_url: str
+) -> None:
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", env=env)
+    b = worker = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
+        wait_until(lambda: (body := _get(b.url + "/api/cluster")) and len(body["nodes"]) == 2, 20, "b to join")
+        urls = f"ws://127.0.0.1:{a.http}/ws/worker,ws://127.0.0.1:{b.http}/ws/worker"
+        worker = start_worker(a.http, "w1", "--url", urls, workdir=tmp_path, env=ENV)
+        wait_until(lambda: _get(a.url + "/api/workers"), 20, "the worker to reach a, the first URL")
+        # About 6 s of output, a line every 0.2 s.
+        command = "for i in $(seq 1 30); do echo line-$i; sleep 0.2; done"
+        code, created = http_json("POST", a.url + "/api/jobs", {"command": command})
+        assert code == 202 and isinstance(created, dict), created
+        job_id = created["id"]
+
+        def chunks() -> int:
+            with psycopg.connect(pg_url) as conn:
+                row = conn.execute("SELECT COUNT(*) FROM output WHERE job_id = %s", (job_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        wait_until(lambda: chunks() >= 3, 20, "the job's first lines on a")
+        a.process.kill()
+        killed = time.monotonic()
+        a.process.wait()
+        wait_until(lambda: _get(b.url + "/api/workers"), 10, "the worker on b", interval=0.02)
+        moved = time.monotonic() - killed
+        with psycopg.connect(pg_url) as conn:
+            owner = conn.execute('SELECT "node", status FROM jobs WHERE id = %s', (job_id,)).fetchone()
+        assert owner == ("b", "running")
+
+        def ended() -> Any:
+            with psycopg.connect(pg_url) as conn:
+                row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            return row if row is not None and row[0] != "running" else None
+
+        wait_until(ended, 30, "the job to end on b", interval=0.02)
+        done = time.monotonic() - killed
+        print(f"worker on b {moved:.2f} s after a was killed; job ended {done:.2f} s after")
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute('SELECT id, status, "node", exit_code FROM jobs WHERE command = %s', (command,)).fetchall()
+            output = conn.execute("SELECT data FROM output WHERE job_id = %s ORDER BY seq", (job_id,)).fetchall()
+        # One job, one result, every line once and in order.
+        assert rows == [(job_id, "succeeded", "b", 0)]
+        text = b"".join(bytes(data) for (data,) in output).decode()
+        assert text == "".join(f"line-{i}\n" for i in range(1, 31))
+        shown = _get(f"{b.url}/api/jobs/{job_id}")
+        assert shown["status"] == "succeeded"
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(a.process)
+        if b is not None:
+            stop(b.process)
