@@ -73,8 +73,9 @@ class NoRecorder:
 OutputListener = Callable[[int, int, str, str], None]
 # With --db: make this node the manager of those of the jobs (ids) still
 # running on the worker (name), from the job history: each job with its last
-# output seq (``PostgresJobStore.take_over``).
-TakeOver = Callable[[str, list[int]], Deferred[list[tuple[Job, int]]]]
+# output seq and the node that managed it (None: this one; see
+# ``PostgresJobStore.take_over``).
+TakeOver = Callable[[str, list[int]], Deferred[list[tuple[Job, int, str | None]]]]
 
 
 class Dispatcher:
@@ -478,24 +479,32 @@ class Dispatcher:
         asked = sorted(reported)
         return self._take_over(name, asked).addCallback(self._took_over, name, asked)
 
-    def _took_over(self, taken: list[tuple[Job, int]], name: str, asked: list[int]) -> None:
+    def _took_over(self, taken: list[tuple[Job, int, str | None]], name: str, asked: list[int]) -> None:
         mine = set()
-        for stored, last_seq in taken:
+        for stored, last_seq, was in taken:
             mine.add(stored.id)
-            job = self.jobs.get(stored.id)
-            if job is not None and job.worker == name:
-                continue  # this node's already
-            if job is not None:
-                self._let_go(job.id)
+            known = self.jobs.get(stored.id)
+            if known is not None and known.worker != name:
+                self._let_go(known.id)
+                known = None
+            # The database's record, even of a job in the book: the take-over
+            # read came after every write of this node's, and another node
+            # may have had the job since this one loaded it at its start.
             job = self.jobs.adopt(stored)
-            self.taken_over += 1
+            if job.id in self._tails:
+                last_seq = max(last_seq, self._tails.last_seq(job.id))
             self._tails.open(job.id, last_seq)
-            self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
-            # As a restored job: the hello that follows cancels it.
+            if known is None:
+                self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
+            if was is not None:
+                self.taken_over += 1
+                log.info(
+                    "job {job_id} on worker {name}: taken over from node {was}", job_id=job.id, name=name, was=was or "-"
+                )
+            # As for a restored job: the hello that follows cancels it.
             self._lost_timers.start(job.id, self.lost_after, self._lost_timeout, job.id, name)
             if job.cancel_requested_at is not None:
                 self._cancels.add(job.id)
-            log.info("job {job_id} on worker {name}: taken over from another node", job_id=job.id, name=name)
         for job_id in asked:
             if job_id not in mine and self.jobs.get(job_id) is not None:
                 self._let_go(job_id)

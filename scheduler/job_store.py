@@ -285,9 +285,9 @@ class PostgresJobStore(ThreadedJobHistory):
     # Across nodes (queued behind this node's writes, so what it wrote
     # before is committed first).
 
-    def take_over(self, worker: str, job_ids: Sequence[int]) -> Deferred[list[tuple[Job, int]]]:
+    def take_over(self, worker: str, job_ids: Sequence[int]) -> Deferred[list[tuple[Job, int, str | None]]]:
         """This node manages those of *job_ids* still running on *worker* from now on
-        (``PostgresDatabase.take_over``): each with its last output seq."""
+        (``PostgresDatabase.take_over``): each with its last output seq and the node that had it."""
         asked = list(job_ids)
         return self._commits.read(lambda: self.database.take_over(worker, asked))
 

@@ -157,17 +157,18 @@ def test_a_sweep_still_running_is_not_started_again() -> None:
 
 
 class TakeOver:
+    """The job history's takeover: the jobs stored by id, each with its last seq, of node "a"."""
+
     def __init__(self) -> None:
         self.stored: dict[int, tuple[Job, int]] = {}
         self.asked: list[tuple[str, list[int]]] = []
-        self.pending: Deferred[list[tuple[Job, int]]] | None = None
 
-    def __call__(self, name: str, job_ids: list[int]) -> Deferred[list[tuple[Job, int]]]:
+    def __call__(self, name: str, job_ids: list[int]) -> Deferred[list[tuple[Job, int, str | None]]]:
         self.asked.append((name, job_ids))
-        taken = [self.stored[job_id] for job_id in job_ids if job_id in self.stored and self.stored[job_id][0].worker == name]
-        self.pending = Deferred()
-        self.pending.callback(taken)
-        return self.pending
+        taken: list[tuple[Job, int, str | None]] = [
+            (*self.stored[job_id], "a") for job_id in job_ids if job_id in self.stored and self.stored[job_id][0].worker == name
+        ]
+        return succeed(taken)
 
 
 def test_without_a_database_the_hello_asks_nothing() -> None:
@@ -276,3 +277,16 @@ def test_a_follower_arms_no_retry_and_a_sweep_end_is_retried_by_the_leader() -> 
     world.dispatcher.ended_elsewhere(lost)
     world.clock.advance(10)
     assert len(link.runs()) == 2
+
+
+def test_a_job_loaded_at_start_from_another_node_is_taken_up_as_the_database_has_it_now() -> None:
+    take_over = TakeOver()
+    world = World(take_over=take_over)
+    # Loaded at this node's start, when node a had it at output chunk 1.
+    world.dispatcher.restore([(job(7), 1)])
+    take_over.stored[7] = (job(7, started_at=1.5), 5)
+    world.dispatcher.take_over("w1", {7: ("running", 6)})
+    assert world.jobs.get(7).started_at == 1.5  # type: ignore[union-attr]
+    _, link = world.connect("w1", jobs={7: ("running", 6)})
+    assert link.sent[0]["resume"] == {"7": 5}
+    assert world.dispatcher.taken_over == 1

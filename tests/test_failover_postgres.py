@@ -60,7 +60,9 @@ async def test_a_node_takes_over_a_workers_running_jobs_and_the_old_one_can_writ
     await a.put(running)  # after the output, in the same order
     # w1 reconnects to b and reports 1, 2 (not w1's) and 3 (ended).
     taken = await b.take_over("w1", [1, 2, 3])
-    assert [(each.id, each.status, each.started_at, last) for each, last in taken] == [(1, JobStatus.RUNNING, 1001.0, 3)]
+    assert [(each.id, each.status, each.started_at, last, was) for each, last, was in taken] == [
+        (1, JobStatus.RUNNING, 1001.0, 3, "a")
+    ]
     assert _row(pg_url, 1)[:2] == ("running", "b")
     # a, which does not know, writes the job lost: refused, and told apart.
     with pytest.raises(Disowned, match="job 1 is managed by another node now"):
@@ -72,8 +74,10 @@ async def test_a_node_takes_over_a_workers_running_jobs_and_the_old_one_can_writ
     assert _row(pg_url, 1)[:2] == ("succeeded", "b")
     assert _row(pg_url, 2)[:2] == ("succeeded", "a")
     assert await b.output(1) == "line 1\nline 2\nline 3\n"
-    # Taking over again is harmless; a job that ended is not taken.
+    # A job that ended is not taken; one this node has already is, from itself (None).
     assert await b.take_over("w1", [1]) == []
+    await b.put(job(6, status=JobStatus.RUNNING, worker="w1"))
+    assert [(each.id, was) for each, _, was in await b.take_over("w1", [6])] == [(6, None)]
 
 
 @pytest_twisted.ensureDeferred

@@ -216,6 +216,7 @@ _INSERT_FIRE = (
     f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
     "ON CONFLICT DO NOTHING RETURNING 1"
 )
+_QUALIFIED = ", ".join(f'jobs."{name}"' for name in FIELDS)
 _UPDATED = (*(name for name in FIELDS if name in MUTABLE_FIELDS), "node")
 _UPDATE_JOB = (
     "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + f" WHERE id = %s AND {_OWNED} RETURNING 1"
@@ -484,22 +485,25 @@ class PostgresDatabase:
 
     # -- across nodes: takeover and the leader's sweep -------------------------
 
-    def take_over(self, worker: str, job_ids: Sequence[int]) -> list[tuple[Job, int]]:
+    def take_over(self, worker: str, job_ids: Sequence[int]) -> list[tuple[Job, int, str | None]]:
         """Make this node the manager of those of *job_ids* still running on *worker*.
 
         For a worker's hello: it reports jobs that another node managed
         (that node is dead, or cut off from the worker).  Returns each job
-        taken, with the last output seq stored.  From the commit on, the
-        other node's writes of them are refused (``Disowned``).
+        taken, with the last output seq stored and the node that managed it
+        until then (None if this one did; "" if none did).  From the commit
+        on, that node's writes of them are refused (``Disowned``).
         """
         if not job_ids:
             return []
         rows = self._rows(
-            f'UPDATE jobs SET "node" = %s WHERE id = ANY(%s::bigint[]) AND "worker" = %s AND "status" = %s '
-            f"RETURNING {COLUMNS}, (SELECT COALESCE(MAX(seq), 0) FROM output WHERE job_id = jobs.id)",
-            (self.node, list(job_ids), worker, JobStatus.RUNNING.value),
+            'UPDATE jobs SET "node" = %s FROM (SELECT id, "node" AS was FROM jobs WHERE id = ANY(%s::bigint[]) '
+            'AND "worker" = %s AND "status" = %s FOR UPDATE) AS before WHERE jobs.id = before.id '
+            f"RETURNING {_QUALIFIED}, (SELECT COALESCE(MAX(seq), 0) FROM output WHERE job_id = jobs.id), "
+            "NULLIF(COALESCE(before.was, ''), %s)",
+            (self.node, list(job_ids), worker, JobStatus.RUNNING.value, self.node),
         )
-        return [(row_job(row[:-1]), int(row[-1])) for row in rows]
+        return [(row_job(row[:-2]), int(row[-2]), row[-1]) for row in rows]
 
     def silent_nodes(self, lost_after: float) -> list[str]:
         """Nodes (but this one) named by an active job whose heartbeat is older than
