@@ -290,3 +290,80 @@ def test_a_job_loaded_at_start_from_another_node_is_taken_up_as_the_database_has
     _, link = world.connect("w1", jobs={7: ("running", 6)})
     assert link.sent[0]["resume"] == {"7": 5}
     assert world.dispatcher.taken_over == 1
+
+
+# -- the welcome waits for the takeover (the protocol, in memory) ---------------------
+
+
+class Pending:
+    """A takeover the test answers when it likes."""
+
+    def __init__(self) -> None:
+        self.calls: list[Deferred[list[tuple[Job, int, str | None]]]] = []
+
+    def __call__(self, name: str, job_ids: list[int]) -> Deferred[list[tuple[Job, int, str | None]]]:
+        waiting: Deferred[list[tuple[Job, int, str | None]]] = Deferred()
+        self.calls.append(waiting)
+        return waiting
+
+
+def _cluster_world(take_over: Any) -> Any:
+    from tests.test_worker_conformance import World as ProtocolWorld
+
+    world = ProtocolWorld(lost_after=30)
+    world.dispatcher = world.factory.dispatcher = Dispatcher(
+        world.clock, world.jobs, world.workers, world.recorder, world.tasks.get, lost_after=30, take_over=take_over
+    )
+    return world
+
+
+def test_the_welcome_waits_for_the_takeover_and_nothing_else_may_come_before_it() -> None:
+    from tests.test_worker_conformance import running
+
+    pending = Pending()
+    world = _cluster_world(pending)
+    connection = world.connect()
+    assert connection.hello("w1", jobs=[running(7, 3)]) == []
+    (answer,) = connection.say(world.started(7))
+    assert answer["type"] == "error" and "nothing but the hello may come before the welcome" in answer["reason"]
+    pending.calls[0].callback([(job(7), 2, "a")])
+    world.clock.advance(0)
+    welcome = connection.of_type("welcome")
+    assert len(welcome) == 1 and welcome[0]["resume"] == {"7": 2}
+    assert world.workers.get("w1") is not None
+
+
+def test_a_worker_without_jobs_is_welcomed_at_once_even_with_a_database() -> None:
+    pending = Pending()
+    world = _cluster_world(pending)
+    assert [reply["type"] for reply in world.connect().hello("w1")] == ["welcome"]
+    assert pending.calls == []
+
+
+def test_a_takeover_the_database_could_not_do_refuses_the_worker_so_it_dials_again() -> None:
+    from tests.test_worker_conformance import running
+
+    pending = Pending()
+    world = _cluster_world(pending)
+    connection = world.connect()
+    connection.hello("w1", jobs=[running(7)])
+    pending.calls[0].errback(RuntimeError("connection to the database lost"))
+    world.clock.advance(0)
+    (refused,) = connection.of_type("refused")
+    assert "could not take over this worker's jobs" in refused["reason"]
+    assert connection.closes and world.workers.get("w1") is None
+
+
+def test_a_worker_gone_during_the_takeover_is_not_welcomed_and_its_jobs_wait_lost_after() -> None:
+    from tests.test_worker_conformance import running
+
+    pending = Pending()
+    world = _cluster_world(pending)
+    connection = world.connect()
+    connection.hello("w1", jobs=[running(7)])
+    connection.drop()
+    pending.calls[0].callback([(job(7), 0, "a")])
+    world.clock.advance(0)
+    assert connection.of_type("welcome") == [] and world.workers.get("w1") is None
+    world.clock.advance(30)
+    assert world.recorder.status(7) is JobStatus.LOST
