@@ -174,3 +174,46 @@ def test_a_worker_whose_node_is_killed_mid_job_goes_to_the_other_and_its_job_end
         stop(a.process)
         if b is not None:
             stop(b.process)
+
+
+def test_when_a_node_and_its_worker_both_die_the_leader_marks_the_job_lost_after_lost_after(
+    tmp_path: Path, pg_url: str
+) -> None:
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", "--lost-after", "3", env=env)
+    b = worker = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", "--lost-after", "3", env=env)
+        wait_until(lambda: (body := _get(b.url + "/api/cluster")) and len(body["nodes"]) == 2, 20, "b to join")
+        worker = start_worker(a.http, "w1", workdir=tmp_path, env=ENV)
+        wait_until(lambda: _get(a.url + "/api/workers"), 20, "the worker to reach a")
+        code, created = http_json("POST", a.url + "/api/jobs", {"command": "sleep 600"})
+        assert code == 202 and isinstance(created, dict), created
+        job_id = created["id"]
+
+        def stored() -> Any:
+            with psycopg.connect(pg_url) as conn:
+                return conn.execute('SELECT status, "node", reason FROM jobs WHERE id = %s', (job_id,)).fetchone()
+
+        # Committed as running (the API shows it running a moment before).
+        wait_until(lambda: (row := stored()) and row[0] == "running" and row[1] == "a", 20, "the job to run on a")
+        worker.kill()
+        a.process.kill()
+        killed = time.monotonic()
+        a.process.wait()
+
+        status, node, reason = wait_until(
+            lambda: (row := stored()) and row[0] != "running" and row, 30, "the leader to mark the job lost", interval=0.05
+        )
+        print(f"job lost {time.monotonic() - killed:.2f} s after its node and worker were killed (--lost-after 3)")
+        assert (status, node) == ("lost", "b")
+        assert reason.startswith("its node a went silent (no heartbeat for 3s)")
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(a.process)
+        if b is not None:
+            stop(b.process)
