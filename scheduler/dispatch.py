@@ -584,7 +584,7 @@ class Dispatcher:
         for job in self.jobs.on_worker(worker.name):
             if job.status is JobStatus.RUNNING and job.id not in reported:
                 worker.running.discard(job.id)
-                self._lose(job, f"worker {worker.name} reconnected without it")
+                self._lose_if_mine(job, worker.name, f"worker {worker.name} reconnected without it")
         self.workers.changed(worker)
         self._clock.callLater(0, self._welcomed, worker, cancels)
         return {
@@ -614,22 +614,27 @@ class Dispatcher:
         job = self.jobs.get(job_id)
         if job is None or job.worker != name or job.status.final:
             return
-        reason = f"worker {name} went away and did not come back within {self.lost_after:g}s"
-        if self._take_over is not None:
-            # Another node may have taken the job over (its worker went
-            # there): the end is recorded first, and only if the record is
-            # still this node's does the job end here (alerts, retries).
-            ended = job.evolve(
-                status=JobStatus.LOST, finished_at=self._clock.seconds(), reason=reason, version=job.version + 1
-            )
-            self._recorder.put(ended).addCallbacks(
-                self._lost_recorded, self._unrecorded_change, callbackArgs=(job_id, name, reason), errbackArgs=(job_id,)
-            )
-            return
         current = self.workers.get(name)
         if current is not None:
             current.running.discard(job_id)
-        self._lose(job, reason)
+        self._lose_if_mine(job, name, f"worker {name} went away and did not come back within {self.lost_after:g}s")
+
+    def _lose_if_mine(self, job: Job, name: str, reason: str) -> None:
+        """End *job* lost, which this node decided from its own view of it.
+
+        With several nodes that view may be stale: another node may have
+        taken the job over (its worker went there), or ended it (a job
+        loaded at this node's start).  So the end is recorded first, and
+        only if the record is still this node's does the job end here,
+        with its alerts and retry; else it is let go.
+        """
+        if self._take_over is None:
+            self._lose(job, reason)
+            return
+        ended = job.evolve(status=JobStatus.LOST, finished_at=self._clock.seconds(), reason=reason, version=job.version + 1)
+        self._recorder.put(ended).addCallbacks(
+            self._lost_recorded, self._unrecorded_change, callbackArgs=(job.id, name, reason), errbackArgs=(job.id,)
+        )
 
     def _lost_recorded(self, _: object, job_id: int, name: str, reason: str) -> None:
         job = self.jobs.get(job_id)

@@ -367,3 +367,14 @@ def test_a_worker_gone_during_the_takeover_is_not_welcomed_and_its_jobs_wait_los
     assert connection.of_type("welcome") == [] and world.workers.get("w1") is None
     world.clock.advance(30)
     assert world.recorder.status(7) is JobStatus.LOST
+
+
+def test_a_stale_job_loaded_at_start_that_the_worker_does_not_report_is_let_go_not_lost() -> None:
+    recorder = Refusing()
+    _, dispatcher, jobs, ended = _node(recorder, take_over=TakeOver())
+    # Loaded at start as running on w1; another node has ended it since.
+    dispatcher.restore([(job(7, task_id=None), 0)])
+    recorder.disowned.add(7)
+    dispatcher.hello(Worker("w1", frozenset(), 1, FakeLink(), 0.0), {})
+    assert ended == [] and jobs.get(7) is None
+    assert [(each.id, each.status) for each in recorder.puts] == [(7, JobStatus.LOST)]
