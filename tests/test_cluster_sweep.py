@@ -373,7 +373,9 @@ def test_a_stale_job_loaded_at_start_that_the_worker_does_not_report_is_let_go_n
     recorder = Refusing()
     _, dispatcher, jobs, ended = _node(recorder, take_over=TakeOver())
     # Loaded at start as running on w1; another node has ended it since.
-    dispatcher.restore([(job(7, task_id=None), 0)])
+    jobs.restore([job(7)], [], 7, keys_since=0)
+    dispatcher.restore([(job(7), 0)])
+    assert jobs.get(7) is not None
     recorder.disowned.add(7)
     dispatcher.hello(Worker("w1", frozenset(), 1, FakeLink(), 0.0), {})
     assert ended == [] and jobs.get(7) is None
