@@ -283,6 +283,7 @@ def test_a_job_loaded_at_start_from_another_node_is_taken_up_as_the_database_has
     take_over = TakeOver()
     world = World(take_over=take_over)
     # Loaded at this node's start, when node a had it at output chunk 1.
+    world.jobs.restore([job(7)], [], 7, keys_since=0)
     world.dispatcher.restore([(job(7), 1)])
     take_over.stored[7] = (job(7, started_at=1.5), 5)
     world.dispatcher.take_over("w1", {7: ("running", 6)})
