@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.e2e import SCHEDULER_ON_ANY_PORTS, http_json, start_scheduler, start_worker, stop, wait_until
 from tests.postgres_support import PASSWORD
@@ -115,8 +116,9 @@ def test_when_the_leader_is_killed_the_other_node_leads_at_its_next_step(tmp_pat
             stop(b.process)
 
 
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "stopped"])
 def test_a_worker_whose_node_is_killed_mid_job_goes_to_the_other_and_its_job_ends_once_whole(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, pg_url: str, how: signal.Signals
 ) -> None:
     env = {**ENV, "SCHEDULER_DB": pg_url}
     (tmp_path / "a").mkdir()
@@ -142,11 +144,12 @@ def test_a_worker_whose_node_is_killed_mid_job_goes_to_the_other_and_its_job_end
             return int(row[0]) if row else 0
 
         wait_until(lambda: chunks() >= 3, 20, "the job's first lines on a")
-        a.process.kill()
+        # kill -9, or a clean stop (the worker hears "going away" and dials b at once).
+        a.process.send_signal(how)
         killed = time.monotonic()
-        a.process.wait()
         wait_until(lambda: _get(b.url + "/api/workers"), 10, "the worker on b", interval=0.02)
         moved = time.monotonic() - killed
+        a.process.wait(timeout=15)
         with psycopg.connect(pg_url) as conn:
             owner = conn.execute('SELECT "node", status FROM jobs WHERE id = %s', (job_id,)).fetchone()
         assert owner == ("b", "running")
@@ -158,7 +161,7 @@ def test_a_worker_whose_node_is_killed_mid_job_goes_to_the_other_and_its_job_end
 
         wait_until(ended, 30, "the job to end on b", interval=0.02)
         done = time.monotonic() - killed
-        print(f"worker on b {moved:.2f} s after a was killed; job ended {done:.2f} s after")
+        print(f"{how.name}: worker on b {moved:.2f} s after the signal; job ended {done:.2f} s after")
         with psycopg.connect(pg_url) as conn:
             rows = conn.execute('SELECT id, status, "node", exit_code FROM jobs WHERE command = %s', (command,)).fetchall()
             output = conn.execute("SELECT data FROM output WHERE job_id = %s ORDER BY seq", (job_id,)).fetchall()
