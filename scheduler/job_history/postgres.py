@@ -209,7 +209,7 @@ _UPSERT = (
     f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
     'ON CONFLICT ("id") DO UPDATE SET '
     + ", ".join(f'"{name}" = excluded."{name}"' for name in (*FIELDS, "node") if name in (*MUTABLE_FIELDS, "node"))
-    + f" WHERE {_OWNED} RETURNING 1"
+    + f" WHERE {_OWNED}"
 )
 # A fired job's first record: a fire already recorded (its key) is left alone.
 _INSERT_FIRE = (
@@ -600,8 +600,8 @@ class PostgresDatabase:
         lease: list[tuple[str | None, int]] = []
         # Chunks counted before their insert's result came back.
         pending: list[_Pending] = []
-        # Records sent in the pipeline, their results read at the end.
-        upserts: list[tuple[int, Put, psycopg.Cursor[Any]]] = []
+        # Records sent, their outcomes known at the commit.
+        upserts: list[tuple[int, Put, psycopg.Cursor[Any] | Exception]] = []
         with conn.transaction():
             self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
             for write in writes:
@@ -610,22 +610,16 @@ class PostgresDatabase:
                 elif isinstance(write, Put):
                     if len(write.row) > len(FIELDS):
                         outcome = self._fenced_put(conn, write, lease, careful)
-                    elif careful:
-                        outcome = self._refusable(
-                            conn, _UPSERT, (*write.row, self._dropped(write.job_id), self.node, self.node), counted=True
-                        )
-                        if outcome == 0:
-                            outcome = self._disowned(write.job_id)
-                        elif isinstance(outcome, int):
-                            outcome = None
                     else:
-                        # Its result (stored, or refused by the ownership
-                        # fence) is read after the batch's statements are
-                        # sent: a fetch here would wait a round trip per job.
-                        cursor = conn.execute(
-                            _UPSERT.encode(), (*write.row, self._dropped(write.job_id), self.node, self.node)  # type: ignore[arg-type]
-                        )
-                        upserts.append((len(outcomes), write, cursor))
+                        # Stored, or refused by the ownership fence: its row
+                        # count says which, known once the commit is (a
+                        # fetch here would wait a round trip per record).
+                        # Its id counts for the sequence either way: a
+                        # refused record's row is stored already.
+                        done = self._upsert(conn, write, careful)
+                        if not isinstance(done, Exception):
+                            highest = max(highest, write.job_id)
+                        upserts.append((len(outcomes), write, done))
                         outcomes.append(None)
                         continue
                     self._stored(write, outcome)
@@ -647,12 +641,6 @@ class PostgresDatabase:
                 else:
                     outcomes.append(self._change_channel(conn, write))
             self._settle(pending)
-            for index, put, cursor in upserts:
-                outcome = None if cursor.fetchone() is not None else self._disowned(put.job_id)
-                self._stored(put, outcome)
-                if outcome is None:
-                    highest = max(highest, put.job_id)
-                outcomes[index] = outcome
             if highest:
                 # In the transaction (setval itself is not undone by a
                 # rollback: a batch that fails after it leaves a gap in
@@ -662,7 +650,22 @@ class PostgresDatabase:
                     "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_id_seq)",
                     (highest, highest),
                 )
+        for index, put, done in upserts:
+            outcome = done if isinstance(done, Exception) else None if done.rowcount else self._disowned(put.job_id)
+            self._stored(put, outcome)
+            outcomes[index] = outcome
         return outcomes
+
+    def _upsert(self, conn: psycopg.Connection[Any], put: Put, careful: bool) -> psycopg.Cursor[Any] | Exception:
+        """Send one record's upsert; *careful*, in a savepoint (its error, if its content is refused)."""
+        params = (*put.row, self._dropped(put.job_id), self.node, self.node)
+        if not careful:
+            return conn.execute(_UPSERT.encode(), params)  # type: ignore[arg-type]
+        try:
+            with conn.transaction():
+                return conn.execute(_UPSERT.encode(), params)  # type: ignore[arg-type]
+        except _BAD_RECORD as error:
+            return error
 
     def _stored(self, put: Put, outcome: Outcome) -> None:
         if outcome is None:
