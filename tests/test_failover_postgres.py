@@ -98,6 +98,18 @@ async def test_a_refused_record_in_a_batch_leaves_the_others_of_the_batch_writte
     await kept
     await new
     assert [_row(pg_url, job_id)[:2] for job_id in (1, 2, 3)] == [("running", "b"), ("succeeded", "a"), ("queued", "a")]
+    # Again in a batch with a record refused for its content (NUL in text),
+    # which sends the batch down the careful path, record by record.
+    refused = a.put(finished(1, 1200.0, status=JobStatus.LOST, worker="w1"))
+    bad = a.put(job(4, command="nul\x00here"))
+    kept = a.put(finished(3, 1200.0))
+    with pytest.raises(Disowned):
+        await refused
+    with pytest.raises(Exception, match="NUL"):
+        await bad
+    await kept
+    assert [_row(pg_url, job_id)[:2] for job_id in (1, 3)] == [("running", "b"), ("succeeded", "a")]
+    assert a.database.disowned == 2
 
 
 @pytest_twisted.ensureDeferred
