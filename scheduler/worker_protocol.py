@@ -367,25 +367,46 @@ class WorkerServerProtocol(WebSocketServerProtocol):
             self._welcomed(hello)
             return
         self._claiming = True
+        # A database that does not answer must not keep the worker waiting
+        # for ever: it is refused (and dials again), while the takeover, if
+        # it ever commits, leaves the jobs waiting lost_after for it.
+        self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._takeover_too_slow, hello)
         taking.addCallbacks(self._taken_over, self._not_taken_over, callbackArgs=(hello,), errbackArgs=(hello,))
         taking.addErrback(lambda failure: _log.failure("welcoming worker {name}", failure, name=hello.name))
 
+    def _takeover_too_slow(self, hello: Hello) -> None:
+        self._hello_timer = None
+        _log.error(
+            "taking over the jobs of worker {name} took more than {timeout:g}s; refusing it for now",
+            name=hello.name,
+            timeout=self.factory.hello_timeout,
+        )
+        self._refuse("the scheduler's database did not answer in time to take over this worker's jobs; try again")
+
     def _taken_over(self, _: object, hello: Hello) -> None:
-        self._claiming = False
-        if self.state != self.STATE_OPEN:
-            return  # gone meanwhile: the jobs taken wait for it (lost_after)
+        if not self._end_takeover():
+            return  # gone meanwhile (or refused): the jobs taken wait for it (lost_after)
         self._welcomed(hello)
 
-    def _not_taken_over(self, failure: Any, hello: Hello) -> None:
+    def _end_takeover(self) -> bool:
+        """The takeover answered: whether the worker is still here to hear of it."""
         self._claiming = False
+        if self._hello_timer is None or not self._hello_timer.active():
+            return False
+        self._hello_timer.cancel()
+        self._hello_timer = None
+        return self.state == self.STATE_OPEN
+
+    def _not_taken_over(self, failure: Any, hello: Hello) -> None:
+        if not self._end_takeover():
+            return
         _log.error(
             "could not take over the jobs of worker {name} from the job database: {error}",
             name=hello.name,
             error=failure.getErrorMessage(),
         )
-        if self.state == self.STATE_OPEN:
-            # It dials again (its next URL, if it has several).
-            self._refuse("the scheduler could not take over this worker's jobs from its database; try again")
+        # It dials again (its next URL, if it has several).
+        self._refuse("the scheduler could not take over this worker's jobs from its database; try again")
 
     def _welcomed(self, hello: Hello) -> None:
         now = self.factory.clock.seconds()

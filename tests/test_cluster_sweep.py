@@ -381,3 +381,22 @@ def test_a_stale_job_loaded_at_start_that_the_worker_does_not_report_is_let_go_n
     dispatcher.hello(Worker("w1", frozenset(), 1, FakeLink(), 0.0), {})
     assert ended == [] and jobs.get(7) is None
     assert [(each.id, each.status) for each in recorder.puts] == [(7, JobStatus.LOST)]
+
+
+def test_a_takeover_the_database_does_not_answer_in_time_refuses_the_worker_and_its_jobs_wait() -> None:
+    from tests.test_worker_conformance import running
+
+    pending = Pending()
+    world = _cluster_world(pending)
+    connection = world.connect()
+    connection.hello("w1", jobs=[running(7)])
+    world.clock.advance(world.factory.hello_timeout)
+    (refused,) = connection.of_type("refused")
+    assert "did not answer in time" in refused["reason"]
+    connection.closed()
+    # The takeover commits after all: the job waits lost_after for its worker.
+    pending.calls[0].callback([(job(7), 0, "a")])
+    world.clock.advance(0)
+    assert connection.of_type("welcome") == [] and world.jobs.get(7) is not None
+    world.clock.advance(30)
+    assert world.recorder.status(7) is JobStatus.LOST
