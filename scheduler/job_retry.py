@@ -51,6 +51,9 @@ def retry_key(job: Job) -> str:
 class Retries:
     """Schedules the next attempt of jobs that ended badly; ``submit`` queues it."""
 
+    # Retries made that are remembered against a second ``resume``.
+    REMEMBERED = 10_000
+
     def __init__(
         self,
         clock: IReactorTime,
@@ -66,9 +69,10 @@ class Retries:
         self._submit = submit
         self._leading = leading
         self._timers = KeyedTimers(clock)
-        # Jobs whose retry this node has made: ``resume`` may be handed one
-        # again (by the sweep) before the retry's record commits.
-        self._retried: set[int] = set()
+        # Jobs whose retry this node has made, newest last: ``resume`` may be
+        # handed one again (by the sweep) before the retry's record commits.
+        # Only the newest are kept; older retries have long been recorded.
+        self._retried: dict[int, None] = {}
 
     def _owed(self, job: Job) -> Task | None:
         """The task whose options ask for a retry of the ended *job*, if any."""
@@ -127,7 +131,9 @@ class Retries:
         # stopped leading (its timers are stopped then; this is the guard).
         if self._task(task_id) is None or not self._leading():
             return
-        self._retried.add(job.id)
+        self._retried[job.id] = None
+        if len(self._retried) > self.REMEMBERED:
+            del self._retried[next(iter(self._retried))]
         self._submit(
             self._jobs.create(
                 job.command,
