@@ -171,6 +171,8 @@ def test_a_worker_whose_node_is_killed_mid_job_goes_to_the_other_and_its_job_end
         assert text == "".join(f"line-{i}\n" for i in range(1, 31))
         shown = _get(f"{b.url}/api/jobs/{job_id}")
         assert shown["status"] == "succeeded"
+        code, metrics = http_json("GET", b.url + "/metrics")
+        assert code == 200 and "scheduler_jobs_taken_over_total 1.0" in str(metrics)
     finally:
         if worker is not None:
             stop(worker)
