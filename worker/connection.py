@@ -148,8 +148,8 @@ class Rotation:
     ClientService dials again through the same endpoint after every failed
     attempt or lost connection, with the worker's backoff between dials,
     so a worker whose scheduler node died reaches another node at its next
-    dial.  Dialling in turn rather than sticking to the first that answers
-    is what spreads workers over the nodes again after one comes back.
+    dial.  In turn, rather than from the first URL each time: a dead node
+    costs one dial per round, not one before every attempt.
     """
 
     def __init__(self, factory: WorkerClientFactory, targets: Sequence[tuple[str, IStreamClientEndpoint]]) -> None:
