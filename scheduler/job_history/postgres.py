@@ -591,6 +591,7 @@ class PostgresDatabase:
                 self._tallies.clear()
                 raise
         self.fenced += sum(1 for outcome in outcomes if isinstance(outcome, Fenced))
+        self.disowned += sum(1 for outcome in outcomes if isinstance(outcome, Disowned))
         return outcomes
 
     def _write(self, conn: psycopg.Connection[Any], writes: Sequence[Write], *, careful: bool) -> list[Outcome]:
@@ -677,8 +678,8 @@ class PostgresDatabase:
         else:
             log.warn("job store refused job {job_id}: {error}", job_id=put.job_id, error=outcome)
 
-    def _disowned(self, job_id: int) -> Disowned:
-        self.disowned += 1
+    @staticmethod
+    def _disowned(job_id: int) -> Disowned:
         return Disowned(f"job {job_id} is managed by another node now: this node's record of it was not written")
 
     def _fenced_put(
