@@ -28,7 +28,7 @@ from scheduler.job_output import OutputTails
 from scheduler.job_queue import JobQueue
 from scheduler.job_retry import Retries
 from scheduler.job_secrets import SecretBook, SecretError
-from scheduler.job_store import JobRecorder
+from scheduler.job_store import Disowned, JobRecorder
 from scheduler.jobs import Job, JobStatus
 from scheduler.settings import Settings
 from scheduler.tasks import Task
@@ -72,6 +72,11 @@ class NoRecorder:
 
 
 OutputListener = Callable[[int, int, str, str], None]
+# With --db: make this node the manager of those of the jobs (ids) still
+# running on the worker (name), from the job history: each job with its last
+# output seq and the node that managed it (None: this one; see
+# ``PostgresJobStore.take_over``).
+TakeOver = Callable[[str, list[int]], Deferred[list[tuple[Job, int, str | None]]]]
 
 
 class Dispatcher:
@@ -88,8 +93,18 @@ class Dispatcher:
         output_cap: int = Settings.output_cap,
         caps: RunCaps | None = None,
         secrets: SecretBook | None = None,
+        leading: Callable[[], bool] = lambda: True,
+        take_over: TakeOver | None = None,
     ) -> None:
         self._clock = clock
+        # With several nodes: a worker's hello takes its jobs over from the
+        # node that managed them, and this node's records of a job another
+        # node took over are refused (Disowned).
+        self._take_over = take_over
+        # Jobs taken over at hellos, and let go because another node had
+        # (both for the metrics).
+        self.taken_over = 0
+        self.let_go = 0
         # Resolved into each run message only (scheduler.job_secrets).
         self._secrets = secrets
         # The secret values to mask in each active job's output, once known.
@@ -116,7 +131,7 @@ class Dispatcher:
         # Cron jobs whose jitter starts them beyond a run's delay, until then.
         self._jitter = JitterHold(clock, self._jitter_due)
         self._tails = OutputTails(output_cap)
-        self._retries = Retries(clock, jobs, tasks, self._submit)
+        self._retries = Retries(clock, jobs, tasks, self._submit, leading=leading)
         # Placed on a worker, waiting for the record to commit before `run`.
         self._unsent: set[int] = set()
         # Running jobs someone asked to cancel: sent again after their
@@ -287,6 +302,9 @@ class Dispatcher:
     def _not_recorded(self, job_id: int, failure: Any) -> None:
         if failure.check(FireTaken):
             self._fire_taken(job_id)
+            return
+        if failure.check(Disowned):
+            self._disowned(job_id)
             return
         log.error("could not record job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
         current = self.jobs.get(job_id)
@@ -596,6 +614,82 @@ class Dispatcher:
 
     # -- what workers say ----------------------------------------------
 
+    def take_over(self, name: str, reported: Mapping[int, tuple[str, int]]) -> Deferred[None] | None:
+        """With several nodes: before worker *name*'s welcome, make this node the
+        manager of the jobs its hello reports, in the job history.
+
+        They may have been another node's (dead, or cut off from the
+        worker).  Those still running on the worker there are taken up
+        (book, output tail, caps, a pending cancel); the others are let go
+        (the hello then drops them).  Returns None when there is nothing to
+        ask (one node, or no jobs), so the welcome need not wait; else a
+        Deferred that fires once it is done, or fails if the job history
+        could not be asked (the worker is then refused, and dials again).
+        """
+        if self._take_over is None or not reported:
+            return None
+        asked = sorted(reported)
+        return self._take_over(name, asked).addCallback(self._took_over, name, asked)
+
+    def _took_over(self, taken: list[tuple[Job, int, str | None]], name: str, asked: list[int]) -> None:
+        mine = set()
+        for stored, last_seq, was in taken:
+            mine.add(stored.id)
+            known = self.jobs.get(stored.id)
+            if known is not None and known.worker != name:
+                self._disowned(known.id)
+                known = None
+            # The database's record, even of a job in the book: the take-over
+            # read came after every write of this node's, and another node
+            # may have had the job since this one loaded it at its start.
+            job = self.jobs.adopt(stored)
+            if job.id in self._tails:
+                last_seq = max(last_seq, self._tails.last_seq(job.id))
+            self._tails.open(job.id, last_seq)
+            if known is None:
+                self._caps.start(job, self._task(job.task_id) if job.task_id is not None else None)
+            if was is not None:
+                self.taken_over += 1
+                log.info(
+                    "job {job_id} on worker {name}: taken over from node {was}", job_id=job.id, name=name, was=was or "-"
+                )
+            # As for a restored job: the hello that follows cancels it.
+            self._lost_timers.start(job.id, self.lost_after, self._lost_timeout, job.id, name)
+            if job.cancel_requested_at is not None:
+                self._cancels.add(job.id)
+        for job_id in asked:
+            if job_id not in mine and self.jobs.get(job_id) is not None:
+                self._disowned(job_id)
+
+    def _disowned(self, job_id: int) -> None:
+        """Another node manages *job_id* now: forget it here, recording nothing.
+
+        Its end is that node's to record (and to alert on, and to retry):
+        this node's view of the job is stale, and ending it here would give
+        it a second result.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        self.let_go += 1
+        log.info("job {job_id}: another node manages it now; letting it go", job_id=job_id)
+        self._let_go(job)
+        worker = self.workers.get(job.worker or "")
+        if worker is not None and job_id in worker.running:
+            worker.running.discard(job_id)
+            self.workers.changed(worker)
+        self._stopped_running(job)
+
+    def _record(self, job: Job) -> None:
+        """Write a change of an active job whose failure to record is only logged."""
+        self._recorder.put(job).addErrback(self._unrecorded_change, job.id)
+
+    def _unrecorded_change(self, failure: Any, job_id: int) -> None:
+        if failure.check(Disowned):
+            self._disowned(job_id)
+        else:
+            log.error("could not record job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
+
     def hello(self, worker: Worker, reported: Mapping[int, tuple[str, int]]) -> dict[str, Any]:
         """Reconcile a (re)connecting worker; returns the welcome's fields.
 
@@ -635,7 +729,7 @@ class Dispatcher:
         for job in self.jobs.on_worker(worker.name):
             if job.status is JobStatus.RUNNING and job.id not in reported:
                 worker.running.discard(job.id)
-                self._lose(job, f"worker {worker.name} reconnected without it")
+                self._lose_if_mine(job, worker.name, f"worker {worker.name} reconnected without it")
         self.workers.changed(worker)
         self._clock.callLater(0, self._welcomed, worker, cancels)
         return {
@@ -668,7 +762,36 @@ class Dispatcher:
         current = self.workers.get(name)
         if current is not None:
             current.running.discard(job_id)
-        self._lose(job, f"worker {name} went away and did not come back within {self.lost_after:g}s")
+        self._lose_if_mine(job, name, f"worker {name} went away and did not come back within {self.lost_after:g}s")
+
+    def _lose_if_mine(self, job: Job, name: str, reason: str) -> None:
+        """End *job* lost, which this node decided from its own view of it.
+
+        With several nodes that view may be stale: another node may have
+        taken the job over (its worker went there), or ended it (a job
+        loaded at this node's start).  So the end is recorded first, and
+        only if the record is still this node's does the job end here,
+        with its alerts and retry; else it is let go.
+        """
+        if self._take_over is None:
+            self._lose(job, reason)
+            return
+        ended = job.evolve(status=JobStatus.LOST, finished_at=self._clock.seconds(), reason=reason, version=job.version + 1)
+        self._recorder.put(ended).addCallbacks(
+            self._lost_recorded, self._unrecorded_change, callbackArgs=(job.id, name, reason), errbackArgs=(job.id,)
+        )
+
+    def _lost_recorded(self, _: object, job_id: int, name: str, reason: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.status.final:
+            return
+        current = self.workers.get(name)
+        if current is not None:
+            if job_id in current.running:
+                # Back in the meantime: its report overwrites the record.
+                return
+            current.running.discard(job_id)
+        self._lose(job, reason)
 
     def _lose(self, job: Job, reason: str) -> None:
         if job.id in self._cancels:
@@ -706,7 +829,7 @@ class Dispatcher:
         if job.started_at is not None:
             return job
         job = self.jobs.update(job, started_at=self._worker_time(worker, at, job.created_at))
-        self._recorder.put(job)
+        self._record(job)
         assert job.started_at is not None
         due = self._start_of(job) or (job.scheduled_at if job.scheduled_at is not None else job.created_at)
         for listener in self.started_listeners:
@@ -799,7 +922,7 @@ class Dispatcher:
             self.workers.changed(worker)
             return
         job = self.jobs.update(job, status=JobStatus.QUEUED, worker=None)
-        self._recorder.put(job)
+        self._record(job)
         log.info("worker {name} rejected job {job_id}: {reason}", name=worker.name, job_id=job_id, reason=reason)
         self._rejected[job_id] = (worker.name, self._clock.seconds() + self.REJECTED_REST)
         self._queue.push(job_id, job.target)
@@ -862,16 +985,20 @@ class Dispatcher:
         self._ended(done)
         if on_recorded is not None:
             recorded.addCallback(lambda _: on_recorded())
-        recorded.addErrback(
-            lambda failure: log.error(
-                "could not record the end of job {job_id}: {error}", job_id=job.id, error=failure.getErrorMessage()
-            )
-        )
+        recorded.addErrback(self._end_not_recorded, job.id)
         self._tails.close(job.id)
         self._masks.pop(job.id, None)
         self._stopped_running(job)
         self._retries.after(done)
         return done
+
+    @staticmethod
+    def _end_not_recorded(failure: Any, job_id: int) -> None:
+        if failure.check(Disowned):
+            # Another node took the job over and records its end.
+            log.info("job {job_id}: its end is another node's to record", job_id=job_id)
+        else:
+            log.error("could not record the end of job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
 
     def _ended(self, job: Job) -> None:
         for listener in self.ended_listeners:
@@ -914,8 +1041,20 @@ class Dispatcher:
                     self._cancels.add(job.id)
 
     def resume_retries(self, ended: list[Job]) -> None:
-        """Arm the retries the previous run owed (``Retries.resume``)."""
+        """Arm the retries owed (``Retries.resume``): at start, when this node
+        starts leading, and for jobs the leader's sweep finds ended elsewhere."""
         self._retries.resume(ended)
+
+    def stop_retries(self) -> None:
+        """This node no longer leads: the new leader arms the retries owed."""
+        self._retries.stop()
+
+    def swept_lost(self, job: Job) -> None:
+        """*job* was ended by the leader's sweep (its node went silent): alerts and
+        a retry follow, as for an end here."""
+        self._disowned(job.id)
+        self._ended(job)
+        self._retries.after(job)
 
     def live_output(self, job_id: int) -> str | None:
         """Kept output of an active job, or None if it is not active."""

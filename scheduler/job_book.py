@@ -218,6 +218,13 @@ class JobBook:
         self.put(changed)
         return changed
 
+    def adopt(self, job: Job) -> Job:
+        """Take up an active job another node managed (from the job history)."""
+        # Past any version that node may have shown, as restore does.
+        adopted = job.evolve(version=job.version + self.RESTORED_VERSION_STEP)
+        self.put(adopted)
+        return adopted
+
     def restore(self, jobs: Iterable[Job], keys: Iterable[str], max_id: int, *, keys_since: float) -> None:
         """Pick up where the last run of the scheduler left off.
 

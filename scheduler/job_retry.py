@@ -8,6 +8,12 @@ with ``POST /api/jobs`` (no task) are not retried.
 The timers live in memory; the job history is what survives a restart.  A
 retry is a later job of its task, so a task whose newest job ended badly
 is owed one, and ``resume`` arms it again at start-up, due when it was.
+
+With several nodes (``--db``), retries are the leader's, like cron: a
+follower arms none, and the leader arms those owed when it starts leading
+and, for jobs other nodes ended, as its sweep finds them
+(``scheduler.cluster_sweep``).  The retry's key (``retry_key``) is what
+keeps two leaders in a row from both recording it.
 """
 
 from __future__ import annotations
@@ -45,18 +51,28 @@ def retry_key(job: Job) -> str:
 class Retries:
     """Schedules the next attempt of jobs that ended badly; ``submit`` queues it."""
 
+    # Retries made that are remembered against a second ``resume``.
+    REMEMBERED = 10_000
+
     def __init__(
         self,
         clock: IReactorTime,
         jobs: JobBook,
         tasks: Callable[[int], Task | None],
         submit: Callable[[Job], Job],
+        *,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._clock = clock
         self._jobs = jobs
         self._task = tasks
         self._submit = submit
+        self._leading = leading
         self._timers = KeyedTimers(clock)
+        # Jobs whose retry this node has made, newest last: ``resume`` may be
+        # handed one again (by the sweep) before the retry's record commits.
+        # Only the newest are kept; older retries have long been recorded.
+        self._retried: dict[int, None] = {}
 
     def _owed(self, job: Job) -> Task | None:
         """The task whose options ask for a retry of the ended *job*, if any."""
@@ -68,7 +84,7 @@ class Retries:
     def after(self, job: Job) -> None:
         """*job* has just ended: schedule its next attempt if its task asks for one."""
         task = self._owed(job)
-        if task is None:
+        if task is None or not self._leading():
             return
         delay = retry_delay(task.options, job.attempt)
         log.info(
@@ -95,12 +111,12 @@ class Retries:
         now = self._clock.seconds()
         for job in ended:
             task = self._owed(job)
-            if task is None:
+            if task is None or job.id in self._timers or job.id in self._retried:
                 continue
             ended_at = job.finished_at if job.finished_at is not None else job.created_at
             due = ended_at + retry_delay(task.options, job.attempt)
             log.info(
-                "job {job_id} {status} before the restart: retry {attempt} of {retries} for {job_name} in {delay:g}s",
+                "job {job_id} {status} (before this node started leading): retry {attempt} of {retries} for {job_name} in {delay:g}s",
                 job_id=job.id,
                 status=job.status.value,
                 attempt=job.attempt,
@@ -111,9 +127,13 @@ class Retries:
             self._timers.start(job.id, max(0.0, due - now), self._retry, job, task.id)
 
     def _retry(self, job: Job, task_id: int) -> None:
-        # The task may have been removed in the meantime.
-        if self._task(task_id) is None:
+        # The task may have been removed in the meantime, or this node
+        # stopped leading (its timers are stopped then; this is the guard).
+        if self._task(task_id) is None or not self._leading():
             return
+        self._retried[job.id] = None
+        if len(self._retried) > self.REMEMBERED:
+            del self._retried[next(iter(self._retried))]
         self._submit(
             self._jobs.create(
                 job.command,
@@ -130,4 +150,6 @@ class Retries:
         )
 
     def stop(self) -> None:
+        """Cancel every pending retry (at shutdown, or when this node stops leading)."""
         self._timers.stop()
+        self._retried.clear()

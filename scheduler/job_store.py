@@ -34,6 +34,7 @@ from scheduler.job_history.database import (
     REVISIONS_PER_TASK,
     AlertAttempt,
     AuditQuery,
+    Disowned,
     JobStoreClosed,
     JobStoreError,
     NameTaken,
@@ -50,6 +51,7 @@ __all__ = [
     "REVISIONS_PER_TASK",
     "SCHEMA_VERSION",
     "AuditQuery",
+    "Disowned",
     "JobHistory",
     "JobRecorder",
     "JobStore",
@@ -320,3 +322,24 @@ class PostgresJobStore(ThreadedJobHistory):
         """After the writes queued so far (the ends among them) have committed."""
         ended = list(job_ids)
         return self._commits.read(lambda: self.database.notify_ended(ended))
+
+    # Across nodes (queued behind this node's writes, so what it wrote
+    # before is committed first).
+
+    def take_over(self, worker: str, job_ids: Sequence[int]) -> Deferred[list[tuple[Job, int, str | None]]]:
+        """This node manages those of *job_ids* still running on *worker* from now on
+        (``PostgresDatabase.take_over``): each with its last output seq and the node that had it."""
+        asked = list(job_ids)
+        return self._commits.read(lambda: self.database.take_over(worker, asked))
+
+    def silent_nodes(self, lost_after: float) -> Deferred[list[str]]:
+        """Other nodes with active jobs whose heartbeat is older than *lost_after*."""
+        return self._commits.read(lambda: self.database.silent_nodes(lost_after))
+
+    def release(self, node: str, now: float, reason: str) -> Deferred[tuple[list[Job], int]]:
+        """A silent node's running jobs end lost, its queued ones are offered again."""
+        return self._commits.read(lambda: self.database.release(node, now, reason))
+
+    def unretried_since(self, since: float) -> Deferred[list[Job]]:
+        """``unretried``'s jobs that ended at or after *since*."""
+        return self._commits.read(lambda: self.database.unretried_since(since))

@@ -63,6 +63,24 @@ class ClaimCollector(Collector):
         ):
             yield CounterMetricFamily(name, doc, value=value)
 
+# A counter kept elsewhere: its name, help text and how to read it.
+CountRow = tuple[str, str, Callable[[], int]]
+
+
+class CountsCollector(Collector):
+    """Counters kept by the objects that count (the failover's), read at each scrape."""
+
+    def __init__(self, rows: list[CountRow]) -> None:
+        self._rows = rows
+
+    def describe(self) -> Iterator[Metric]:
+        for name, doc, _ in self._rows:
+            yield CounterMetricFamily(name, doc)
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, read in self._rows:
+            yield CounterMetricFamily(name, doc, value=read())
+
 
 class TaskHealthCollector(Collector):
     """The per-task gauges, read at each scrape.
@@ -168,6 +186,10 @@ class SchedulerMetrics:
     def watch_claims(self, counts: Callable[[], ClaimCounts]) -> None:
         """The cluster's offers and claims (scheduler.job_claims), read at each scrape."""
         self.registry.register(ClaimCollector(counts))
+
+    def watch_counts(self, rows: list[CountRow]) -> None:
+        """Counters kept elsewhere (the jobs taken over, let go, swept), read at each scrape."""
+        self.registry.register(CountsCollector(rows))
 
     def job_changed(self, job: Job) -> None:
         if job.status.final:

@@ -24,6 +24,7 @@ from scheduler.alert_outbox import AlertMetrics, AlertSender
 from scheduler.alert_watch import AlertWatch
 from scheduler.audit import AuditLog, WrongTokens
 from scheduler.cluster import Cluster, default_node_name
+from scheduler.cluster_sweep import ClusterSweep
 from scheduler.cron_engine import CronEngine
 from scheduler.cron_fires import FireHandler
 from scheduler.cron_ticker import CronTicker
@@ -204,11 +205,25 @@ class SchedulerService(MultiService):
             output_cap=settings.output_cap,
             caps=RunCaps(settings.pools, settings.label_caps),
             secrets=settings.secrets if settings.secrets.path is not None else None,
+            leading=self.leadership.leading,
+            # With --db, a worker's hello takes its jobs over from the node that had them.
+            take_over=self.job_store.take_over if isinstance(self.job_store, PostgresJobStore) else None,
         )
         self.dispatcher.restore(active)
         self.claims: JobClaims | None = None
         if isinstance(self.job_store, PostgresJobStore) and self.cluster_events is not None:
             self._start_claims(clock, self.job_store, self.cluster_events)
+        # With --db: the leader settles the jobs of nodes gone silent.
+        self.sweep: ClusterSweep | None = None
+        if isinstance(self.job_store, PostgresJobStore):
+            self.sweep = ClusterSweep(
+                clock,
+                self.job_store,
+                leading=self.leadership.leading,
+                lost_after=settings.lost_after,
+                ended=self.dispatcher.swept_lost,
+                retry=self.dispatcher.resume_retries,
+            )
         # Alerts (scheduler/alerts.py): the channels are kept in the job
         # store, whose outbox the rules queue into.
         try:
@@ -315,6 +330,17 @@ class SchedulerService(MultiService):
             claims = self.claims
             self.metrics.watch_claims(lambda: claims.counts)
         self.jobs.listeners.append(self.metrics.job_changed)
+        if self.sweep is not None:
+            sweep, database = self.sweep, self.job_store.database
+            self.metrics.watch_counts(
+                [
+                    ("scheduler_jobs_taken_over", "Running jobs taken over from another node at their worker's hello.", lambda: self.dispatcher.taken_over),
+                    ("scheduler_jobs_let_go", "Jobs this node let go because another node manages them now.", lambda: self.dispatcher.let_go),
+                    ("scheduler_disowned_writes", "Job records refused: another node manages the job now.", lambda: getattr(database, "disowned", 0)),
+                    ("scheduler_sweep_lost", "Running jobs of silent nodes the leader ended lost.", lambda: sweep.lost),
+                    ("scheduler_sweep_offered", "Queued jobs of silent nodes the leader offered to every node again.", lambda: sweep.offered),
+                ]
+            )
         self.ticker.step_listeners.append(self.metrics.clock_stepped)
         self.dispatcher.started_listeners.append(self.metrics.job_started)
         self.feed = EventHub(clock)
@@ -601,8 +627,8 @@ class SchedulerService(MultiService):
             self.claims.start()
         if self.cluster_events is not None:
             self.cluster_events.start()
-        self.dispatcher.resume_retries(self._unretried)
-        self._unretried = []
+        if self.sweep is not None:
+            self.sweep.start()
         self.dispatcher.pump()
 
     def stopService(self) -> Deferred[None]:
@@ -627,6 +653,8 @@ class SchedulerService(MultiService):
                 # What waits here for a worker, another node may run now;
                 # the store's close below writes the offers first.
                 self.dispatcher.hand_over()
+            if self.sweep is not None:
+                self.sweep.stop()
             self.dispatcher.stop()
             self.alerts.stop()
             self.wrong_tokens.stop()
@@ -701,8 +729,18 @@ class SchedulerService(MultiService):
         now = self.reactor.seconds()
         if not leading:
             self._lost_lead_at = now
+            # Retries are the leader's: the next one arms those owed.
+            self.dispatcher.stop_retries()
+            if self.sweep is not None:
+                self.sweep.stopped_leading()
             return
         self.alert_sender.wake()
+        # The retries owed: those the history showed at start at once; the
+        # sweep's first step finds the rest (jobs other nodes ended).
+        unretried, self._unretried = self._unretried, []
+        self.dispatcher.resume_retries(unretried)
+        if self.sweep is not None:
+            self.sweep.step()
         if self.lease_store is not None:
             # Another node may have fired until moments ago: catch up from
             # what the history holds now, each task's cron cursor.

@@ -96,7 +96,8 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         # Set by a per-worker token: the only name this connection may use.
         self._allowed_name: str | None = None
         # A hello waiting to learn whether the connection holding its name
-        # is alive (see _claim).
+        # is alive (see _claim), or for its jobs to be taken over from
+        # another node (see _welcome).
         self._claiming = False
         # Liveness probes of this connection by newer ones: fired True by
         # any pong or message, False on close or timeout.
@@ -359,6 +360,55 @@ class WorkerServerProtocol(WebSocketServerProtocol):
         self._welcome(hello)
 
     def _welcome(self, hello: Hello) -> None:
+        """Welcome the worker, once its jobs are this node's (with several nodes,
+        they may have been another's: taking them over waits for the database)."""
+        taking = self.factory.dispatcher.take_over(hello.name, hello.jobs)
+        if taking is None:
+            self._welcomed(hello)
+            return
+        self._claiming = True
+        # A database that does not answer must not keep the worker waiting
+        # for ever: it is refused (and dials again), while the takeover, if
+        # it ever commits, leaves the jobs waiting lost_after for it.
+        self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._takeover_too_slow, hello)
+        taking.addCallbacks(self._taken_over, self._not_taken_over, callbackArgs=(hello,), errbackArgs=(hello,))
+        taking.addErrback(lambda failure: _log.failure("welcoming worker {name}", failure, name=hello.name))
+
+    def _takeover_too_slow(self, hello: Hello) -> None:
+        self._hello_timer = None
+        _log.error(
+            "taking over the jobs of worker {name} took more than {timeout:g}s; refusing it for now",
+            name=hello.name,
+            timeout=self.factory.hello_timeout,
+        )
+        self._refuse("the scheduler's database did not answer in time to take over this worker's jobs; try again")
+
+    def _taken_over(self, _: object, hello: Hello) -> None:
+        if not self._end_takeover():
+            return  # gone meanwhile (or refused): the jobs taken wait for it (lost_after)
+        self._welcomed(hello)
+
+    def _end_takeover(self) -> bool:
+        """The takeover answered: whether the worker is still here to hear of it."""
+        self._claiming = False
+        if self._hello_timer is None or not self._hello_timer.active():
+            return False
+        self._hello_timer.cancel()
+        self._hello_timer = None
+        return self.state == self.STATE_OPEN
+
+    def _not_taken_over(self, failure: Any, hello: Hello) -> None:
+        if not self._end_takeover():
+            return
+        _log.error(
+            "could not take over the jobs of worker {name} from the job database: {error}",
+            name=hello.name,
+            error=failure.getErrorMessage(),
+        )
+        # It dials again (its next URL, if it has several).
+        self._refuse("the scheduler could not take over this worker's jobs from its database; try again")
+
+    def _welcomed(self, hello: Hello) -> None:
         now = self.factory.clock.seconds()
         worker = Worker(hello.name, hello.labels, hello.slots, self, now, instance=hello.instance)
         # Transit time counts as clock offset; on a network where that

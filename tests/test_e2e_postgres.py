@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.e2e import SCHEDULER_ON_ANY_PORTS, http_json, start_scheduler, start_worker, stop, wait_until
 from tests.postgres_support import PASSWORD
@@ -219,3 +220,111 @@ def test_a_fire_on_a_node_without_workers_runs_on_another_nodes_worker_and_a_can
         for node in (a, b):
             if node is not None:
                 stop(node.process)
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "stopped"])
+def test_a_worker_whose_node_is_killed_mid_job_goes_to_the_other_and_its_job_ends_once_whole(
+    tmp_path: Path, pg_url: str, how: signal.Signals
+) -> None:
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", env=env)
+    b = worker = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
+        wait_until(lambda: (body := _get(b.url + "/api/cluster")) and len(body["nodes"]) == 2, 20, "b to join")
+        urls = f"ws://127.0.0.1:{a.http}/ws/worker,ws://127.0.0.1:{b.http}/ws/worker"
+        worker = start_worker(a.http, "w1", "--url", urls, workdir=tmp_path, env=ENV)
+        wait_until(lambda: _get(a.url + "/api/workers"), 20, "the worker to reach a, the first URL")
+        # About 6 s of output, a line every 0.2 s.
+        command = "for i in $(seq 1 30); do echo line-$i; sleep 0.2; done"
+        code, created = http_json("POST", a.url + "/api/jobs", {"command": command})
+        assert code == 202 and isinstance(created, dict), created
+        job_id = created["id"]
+
+        def chunks() -> int:
+            with psycopg.connect(pg_url) as conn:
+                row = conn.execute("SELECT COUNT(*) FROM output WHERE job_id = %s", (job_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        wait_until(lambda: chunks() >= 3, 20, "the job's first lines on a")
+        # kill -9, or a clean stop (the worker hears "going away" and dials b at once).
+        a.process.send_signal(how)
+        killed = time.monotonic()
+        wait_until(lambda: _get(b.url + "/api/workers"), 10, "the worker on b", interval=0.02)
+        moved = time.monotonic() - killed
+        a.process.wait(timeout=15)
+        with psycopg.connect(pg_url) as conn:
+            owner = conn.execute('SELECT "node", status FROM jobs WHERE id = %s', (job_id,)).fetchone()
+        assert owner == ("b", "running")
+
+        def ended() -> Any:
+            with psycopg.connect(pg_url) as conn:
+                row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            return row if row is not None and row[0] != "running" else None
+
+        wait_until(ended, 30, "the job to end on b", interval=0.02)
+        done = time.monotonic() - killed
+        print(f"{how.name}: worker on b {moved:.2f} s after the signal; job ended {done:.2f} s after")
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute('SELECT id, status, "node", exit_code FROM jobs WHERE command = %s', (command,)).fetchall()
+            output = conn.execute("SELECT data FROM output WHERE job_id = %s ORDER BY seq", (job_id,)).fetchall()
+        # One job, one result, every line once and in order.
+        assert rows == [(job_id, "succeeded", "b", 0)]
+        text = b"".join(bytes(data) for (data,) in output).decode()
+        assert text == "".join(f"line-{i}\n" for i in range(1, 31))
+        shown = _get(f"{b.url}/api/jobs/{job_id}")
+        assert shown["status"] == "succeeded"
+        code, metrics = http_json("GET", b.url + "/metrics")
+        assert code == 200 and "scheduler_jobs_taken_over_total 1.0" in str(metrics)
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(a.process)
+        if b is not None:
+            stop(b.process)
+
+
+def test_when_a_node_and_its_worker_both_die_the_leader_marks_the_job_lost_after_lost_after(
+    tmp_path: Path, pg_url: str
+) -> None:
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", "--lost-after", "3", env=env)
+    b = worker = None
+    try:
+        wait_until(lambda: (body := _get(a.url + "/api/health")) and body["leader"], 20, "a to lead")
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", "--lost-after", "3", env=env)
+        wait_until(lambda: (body := _get(b.url + "/api/cluster")) and len(body["nodes"]) == 2, 20, "b to join")
+        worker = start_worker(a.http, "w1", workdir=tmp_path, env=ENV)
+        wait_until(lambda: _get(a.url + "/api/workers"), 20, "the worker to reach a")
+        code, created = http_json("POST", a.url + "/api/jobs", {"command": "sleep 600"})
+        assert code == 202 and isinstance(created, dict), created
+        job_id = created["id"]
+
+        def stored() -> Any:
+            with psycopg.connect(pg_url) as conn:
+                return conn.execute('SELECT status, "node", reason FROM jobs WHERE id = %s', (job_id,)).fetchone()
+
+        # Committed as running (the API shows it running a moment before).
+        wait_until(lambda: (row := stored()) and row[0] == "running" and row[1] == "a", 20, "the job to run on a")
+        worker.kill()
+        a.process.kill()
+        killed = time.monotonic()
+        a.process.wait()
+
+        status, node, reason = wait_until(
+            lambda: (row := stored()) and row[0] != "running" and row, 30, "the leader to mark the job lost", interval=0.05
+        )
+        print(f"job lost {time.monotonic() - killed:.2f} s after its node and worker were killed (--lost-after 3)")
+        assert (status, node) == ("lost", "b")
+        assert reason.startswith("its node a went silent (no heartbeat for 3s)")
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(a.process)
+        if b is not None:
+            stop(b.process)

@@ -112,3 +112,46 @@ def test_retries_owed_before_a_restart_are_armed_again_due_when_they_were() -> N
     retries.resume([again])
     clock.advance(100)
     assert [job.key for job in submitted[2:]] == ["1@960#2"] and submitted[2].attempt == 2
+
+
+def test_retries_are_the_leaders_and_a_job_retried_is_not_armed_again() -> None:
+    from datetime import UTC
+
+    from twisted.internet.task import Clock
+
+    from scheduler import cron
+    from scheduler.job_book import JobBook
+    from scheduler.job_retry import Retries
+    from scheduler.jobs import JobStatus
+    from scheduler.tasks import Task
+
+    clock = Clock()
+    clock.advance(1000)
+    tasks = {1: Task(1, "task_1", cron.parse("* * * * *", UTC), "a", TaskOptions(retries=3, retryDelay=5.0))}
+    submitted: list[Job] = []
+    leading = {"now": False}
+
+    def submit(job: Job) -> Job:
+        submitted.append(job)
+        return job
+
+    retries = Retries(clock, JobBook(clock, next_id=100), tasks.get, submit, leading=lambda: leading["now"])
+    failed = Job(1, "x", created_at=990.0, task_id=1, key="1@960", status=JobStatus.FAILED, finished_at=999.0)
+    # A follower arms nothing.
+    retries.after(failed)
+    clock.advance(60)
+    assert submitted == []
+    # The leader does, once, however often the sweep hands it the job
+    # before the retry's record commits.
+    leading["now"] = True
+    retries.resume([failed])
+    clock.advance(0)
+    retries.resume([failed])
+    clock.advance(60)
+    assert [job.key for job in submitted] == ["1@960#2"]
+    # A leader that stops leading drops what it armed, and its timers fire no retry.
+    second = Job(2, "x", created_at=1060.0, task_id=1, key="1@960#2", attempt=2, status=JobStatus.FAILED, finished_at=1060.0)
+    retries.after(second)
+    leading["now"] = False
+    clock.advance(60)
+    assert len(submitted) == 1

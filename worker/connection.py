@@ -3,20 +3,25 @@
 ``WorkerProtocol`` hands each frame to the agent and sends what the agent
 says; ``WorkerClientFactory`` carries the URL, the bearer token and the
 WebSocket settings.  ``worker/tap.py`` puts the factory in a
-``ClientService`` that redials with ``worker.backoff.Backoff``.
+``ClientService`` that redials with ``worker.backoff.Backoff``, through a
+``Rotation`` of the scheduler URLs (``--url`` takes several): each dial
+goes to the next one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from scheduler.worker_messages import GOING_AWAY, Link, Outbox, no_delay, websocket_options
 
-__all__ = ["MAX_MESSAGE_SIZE", "Session", "WorkerClientFactory", "WorkerProtocol"]
+__all__ = ["MAX_MESSAGE_SIZE", "Rotation", "Session", "WorkerClientFactory", "WorkerProtocol"]
 
 # Autobahn owns ``self.log`` on protocols; this one is ours.
 _log = Logger(namespace="worker.connection")
@@ -130,3 +135,40 @@ class WorkerClientFactory(WebSocketClientFactory):
         # Called when the scheduler closes with "going away" (a restart).
         self.on_going_away = on_going_away
         self.setProtocolOptions(**websocket_options(max_message=MAX_MESSAGE_SIZE, handshake_timeout=30))
+
+    def aim(self, url: str) -> None:
+        """Make the next handshake ask for *url* (its Host and path), keeping the token."""
+        self.setSessionParameters(url, self.origin, self.protocols, self.useragent, self.headers, self.proxy)
+
+
+@implementer(IStreamClientEndpoint)
+class Rotation:
+    """Several schedulers' URLs as one endpoint: each dial goes to the next.
+
+    ClientService dials again through the same endpoint after every failed
+    attempt or lost connection, with the worker's backoff between dials,
+    so a worker whose scheduler node died reaches another node at its next
+    dial.  In turn, rather than from the first URL each time: a dead node
+    costs one dial per round, not one before every attempt.
+    """
+
+    def __init__(self, factory: WorkerClientFactory, targets: Sequence[tuple[str, IStreamClientEndpoint]]) -> None:
+        if not targets:
+            raise ValueError("a rotation needs at least one URL")
+        self._factory = factory
+        self._targets = list(targets)
+        self._next = 0
+
+    @property
+    def url(self) -> str:
+        """The URL the next dial goes to."""
+        return self._targets[self._next][0]
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        url, endpoint = self._targets[self._next]
+        self._next = (self._next + 1) % len(self._targets)
+        if len(self._targets) > 1:
+            _log.info("dialling the scheduler at {url}", url=url)
+        self._factory.aim(url)
+        dialled: Deferred[Any] = endpoint.connect(protocolFactory)
+        return dialled

@@ -6,6 +6,7 @@ import math
 import os
 import socket
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 from autobahn.websocket.util import parse_url
@@ -18,12 +19,12 @@ from twisted.python import usage
 
 from worker.agent import WorkerAgent, job_runs
 from worker.backoff import Backoff
-from worker.connection import WorkerClientFactory
+from worker.connection import Rotation, WorkerClientFactory
 from worker.output_buffer import DEFAULT_OUTPUT_BUFFER
 from worker.runner import RunnerReactor
 from worker.service import WorkerService
 
-__all__ = ["Options", "drop_secrets", "endpoint_for", "makeService"]
+__all__ = ["Options", "SchedulerUrl", "drop_secrets", "endpoint_for", "makeService", "parse_urls"]
 
 
 class Options(usage.Options):
@@ -33,7 +34,13 @@ class Options(usage.Options):
         "behind NAT), runs the shell commands it is given and streams their output back."
     )
     optParameters: list[list[Any]] = [
-        ["url", None, "ws://127.0.0.1:3000/ws/worker", "The scheduler's worker WebSocket URL."],
+        [
+            "url",
+            None,
+            "ws://127.0.0.1:3000/ws/worker",
+            "The scheduler's worker WebSocket URL; several (comma-separated) for a cluster: "
+            "each reconnect dials the next.",
+        ],
         ["name", None, socket.gethostname(), "This worker's name (unique among workers)."],
         ["labels", None, "", "Comma-separated labels, for label:<label> targets."],
         ["slots", None, os.cpu_count() or 1, "Jobs run at once.", int],
@@ -51,13 +58,9 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        try:
-            secure, host, port, _, _, _ = parse_url(self["url"])
-        except Exception as e:  # parse_url raises ValueError, urlparse others
-            raise usage.UsageError(f"--url: {e}") from None
-        if not isinstance(port, int):
-            raise usage.UsageError("--url: Unix socket URLs are not supported")
-        self["secure"], self["host"], self["port"] = secure, host, port
+        self["urls"] = urls = parse_urls(self["url"])
+        # The first, for those who know of one URL only.
+        self["secure"], self["host"], self["port"] = urls[0].secure, urls[0].host, urls[0].port
 
         self["name"] = self["name"].strip()
         if not self["name"]:
@@ -100,6 +103,33 @@ class Options(usage.Options):
         if any(c.isspace() or not c.isprintable() for c in token):
             raise usage.UsageError(f"the token in {source} contains whitespace or control characters")
         return token
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerUrl:
+    """One scheduler node's worker WebSocket, as ``--url`` gave it."""
+
+    url: str
+    secure: bool
+    host: str
+    port: int
+
+
+def parse_urls(text: str) -> list[SchedulerUrl]:
+    """``--url``'s comma-separated list; a UsageError naming the first bad URL."""
+    urls = []
+    for part in text.split(","):
+        url = part.strip()
+        if not url:
+            raise usage.UsageError(f"--url {text!r}: an empty URL in the list")
+        try:
+            secure, host, port, _, _, _ = parse_url(url)
+        except Exception as e:  # parse_url raises ValueError, urlparse others
+            raise usage.UsageError(f"--url {url}: {e}") from None
+        if not isinstance(port, int):
+            raise usage.UsageError(f"--url {url}: Unix socket URLs are not supported")
+        urls.append(SchedulerUrl(url, secure, host, port))
+    return urls
 
 
 def endpoint_for(reactor: Any, *, secure: bool, host: str, port: int) -> IStreamClientEndpoint:
@@ -151,9 +181,12 @@ def makeService(options: Options) -> IService:
         # connect (see Backoff).
         on_welcome=backoff.reset,
     )
+    urls: list[SchedulerUrl] = options["urls"]
     factory = WorkerClientFactory(
-        agent, options["url"], token=options["token"], reactor=reactor, on_going_away=backoff.at_once
+        agent, urls[0].url, token=options["token"], reactor=reactor, on_going_away=backoff.at_once
     )
-    endpoint = endpoint_for(reactor, secure=options["secure"], host=options["host"], port=options["port"])
-    connection = ClientService(endpoint, factory, retryPolicy=backoff, clock=reactor)
+    endpoints = Rotation(
+        factory, [(each.url, endpoint_for(reactor, secure=each.secure, host=each.host, port=each.port)) for each in urls]
+    )
+    connection = ClientService(endpoints, factory, retryPolicy=backoff, clock=reactor)
     return WorkerService(agent, connection)

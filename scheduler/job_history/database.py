@@ -61,6 +61,11 @@ class FireTaken(JobStoreError):
     loading the PostgreSQL backend.
     """
 
+class Disowned(JobStoreError):
+    """A job's record refused: another node manages the job now (it took the job
+    over at its worker's hello, or the leader's sweep ended it), so this node's
+    view of it is stale and the job leaves this node quietly."""
+
 
 @dataclass(frozen=True, slots=True)
 class Put:

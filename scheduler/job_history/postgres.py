@@ -42,6 +42,7 @@ from scheduler.job_history.database import (
     AuditQuery,
     ChannelChange,
     Chunk,
+    Disowned,
     Fenced,
     FireTaken,
     JobStoreClosed,
@@ -131,6 +132,8 @@ _SCHEMA = (
     # The jobs offered to the cluster (scheduler/job_claims.py), what a claim scans.
     'CREATE INDEX IF NOT EXISTS jobs_offered ON jobs ("target", "id") WHERE "status" = \'queued\' AND "node" IS NULL',
     'CREATE INDEX IF NOT EXISTS jobs_status ON jobs ("status")',
+    # The leader's sweep asks for the jobs ended badly lately (retries owed).
+    f'CREATE INDEX IF NOT EXISTS jobs_retried_finished ON jobs ("finished_at") WHERE "status" IN ({_RETRIED_SQL})',
     'CREATE INDEX IF NOT EXISTS jobs_task ON jobs ("task_id", "id")',
     'CREATE INDEX IF NOT EXISTS jobs_worker ON jobs ("worker", "id")',
     'CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs ("scheduled_at")',
@@ -194,18 +197,26 @@ _SCHEMA = (
 # Two nodes opening a new database at once must not both create it.
 _SCHEMA_LOCK = 0x5C4ED01E
 
+# The ownership fence: a stored job's record is replaced only by the node
+# that manages it (or by any node while nobody does: node NULL), so a node
+# whose job was taken over by another cannot overwrite what that one records.
+_OWNED = '(jobs."node" IS NULL OR jobs."node" = %s)'
 _UPSERT = (
     f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
     'ON CONFLICT ("id") DO UPDATE SET '
     + ", ".join(f'"{name}" = excluded."{name}"' for name in (*FIELDS, "node") if name in (*MUTABLE_FIELDS, "node"))
+    + f" WHERE {_OWNED}"
 )
 # A fired job's first record: a fire already recorded (its key) is left alone.
 _INSERT_FIRE = (
     f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
     "ON CONFLICT DO NOTHING RETURNING 1"
 )
+_QUALIFIED = ", ".join(f'jobs."{name}"' for name in FIELDS)
 _UPDATED = (*(name for name in FIELDS if name in MUTABLE_FIELDS), "node")
-_UPDATE_JOB = "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + " WHERE id = %s RETURNING 1"
+_UPDATE_JOB = (
+    "UPDATE jobs SET " + ", ".join(f'"{name}" = %s' for name in _UPDATED) + f" WHERE id = %s AND {_OWNED} RETURNING 1"
+)
 # The oldest offered jobs of the targets a node can serve, claimed for it.
 # SKIP LOCKED: two nodes claiming at once take different rows, neither
 # waits.  MATERIALIZED: the pick runs once (as "id IN (subquery)", the
@@ -349,6 +360,8 @@ class PostgresDatabase:
         self.fence: Callable[[], tuple[str, int | None]] | None = None
         # Fired jobs' records refused by the fence (read by the metrics).
         self.fenced = 0
+        # Records refused by the ownership fence: jobs another node took over.
+        self.disowned = 0
         # This node's name (the service sets it with --db): every record it
         # writes names it as the node that manages the job (column "node").
         self.node: str | None = None
@@ -569,6 +582,78 @@ class PostgresDatabase:
             self._schema = schema_of(conn)
         conn.execute(*notify_sql(self._schema, topic, self.node or "", **fields))
 
+    # -- across nodes: takeover and the leader's sweep -------------------------
+
+    def take_over(self, worker: str, job_ids: Sequence[int]) -> list[tuple[Job, int, str | None]]:
+        """Make this node the manager of those of *job_ids* still running on *worker*.
+
+        For a worker's hello: it reports jobs that another node managed
+        (that node is dead, or cut off from the worker).  Returns each job
+        taken, with the last output seq stored and the node that managed it
+        until then (None if this one did; "" if none did).  From the commit
+        on, that node's writes of them are refused (``Disowned``).
+        """
+        if not job_ids:
+            return []
+        rows = self._rows(
+            'UPDATE jobs SET "node" = %s FROM (SELECT id, "node" AS was FROM jobs WHERE id = ANY(%s::bigint[]) '
+            'AND "worker" = %s AND "status" = %s FOR UPDATE) AS before WHERE jobs.id = before.id '
+            f"RETURNING {_QUALIFIED}, (SELECT COALESCE(MAX(seq), 0) FROM output WHERE job_id = jobs.id), "
+            "NULLIF(COALESCE(before.was, ''), %s)",
+            (self.node, list(job_ids), worker, JobStatus.RUNNING.value, self.node),
+        )
+        return [(row_job(row[:-2]), int(row[-2]), row[-1]) for row in rows]
+
+    def silent_nodes(self, lost_after: float) -> list[str]:
+        """Nodes (but this one) named by an active job whose heartbeat is older than
+        *lost_after* seconds by the database's clock, or missing."""
+        rows = self._rows(
+            f'SELECT DISTINCT j."node" FROM jobs AS j WHERE j."status" IN ({ACTIVE_SQL}) AND j."node" IS NOT NULL '
+            'AND j."node" IS DISTINCT FROM %s AND NOT EXISTS (SELECT 1 FROM scheduler_nodes AS n '
+            "WHERE n.name = j.\"node\" AND n.last_seen >= now() - make_interval(secs => %s)) ORDER BY 1",
+            (self.node, lost_after),
+        )
+        return [str(row[0]) for row in rows]
+
+    def release(self, node: str, now: float, reason: str) -> tuple[list[Job], int]:
+        """The silent *node*'s jobs: running ones end lost (at *now*, for *reason*),
+        queued ones go back to nobody's (node NULL) and the nodes are told.
+
+        Both only where the row still names *node* (a job taken over in the
+        meantime is not touched).  The lost ones are this node's from then
+        on, so a node that was only cut off cannot write them again.
+        Returns the jobs ended lost and how many queued ones were offered.
+        """
+        from scheduler.cluster_events import notify_sql, schema_of
+
+        with self._session() as conn:
+            with conn.transaction():
+                lost = conn.execute(
+                    f'UPDATE jobs SET "status" = %s, "finished_at" = %s, "reason" = %s, "node" = %s, '
+                    f'"version" = "version" + 1 WHERE "node" = %s AND "status" = %s RETURNING {COLUMNS}'.encode(),
+                    (JobStatus.LOST.value, now, reason, self.node, node, JobStatus.RUNNING.value),
+                ).fetchall()
+                offered = conn.execute(
+                    'UPDATE jobs SET "node" = NULL WHERE "node" = %s AND "status" = %s RETURNING id',
+                    (node, JobStatus.QUEUED.value),
+                ).fetchall()
+                if offered:
+                    if self._schema is None:
+                        self._schema = schema_of(conn)
+                    statement, params = notify_sql(self._schema, "jobs", self.node or "", offered=len(offered))
+                    conn.execute(statement.encode(), params)
+        return [row_job(row) for row in lost], len(offered)
+
+    def unretried_since(self, since: float) -> list[Job]:
+        """``unretried``, for the jobs that ended at or after *since* only."""
+        rows = self._rows(
+            f"{SELECT_JOB} WHERE finished_at >= %s AND status IN ({_RETRIED_SQL}) AND task_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM jobs AS later WHERE later.task_id = jobs.task_id AND later.id > jobs.id) "
+            "ORDER BY id",
+            (since,),
+        )
+        return [row_job(row) for row in rows]
+
     # -- writes, on the history's thread --------------------------------------
 
     def row(self, job: Job) -> tuple[object, ...]:
@@ -605,6 +690,7 @@ class PostgresDatabase:
                 self._tallies.clear()
                 raise
         self.fenced += sum(1 for outcome in outcomes if isinstance(outcome, Fenced))
+        self.disowned += sum(1 for outcome in outcomes if isinstance(outcome, Disowned))
         return outcomes
 
     def _write(self, conn: psycopg.Connection[Any], writes: Sequence[Write], *, careful: bool) -> list[Outcome]:
@@ -616,6 +702,8 @@ class PostgresDatabase:
         pending: list[_Pending] = []
         # The targets of the jobs this batch offers to the cluster (OFFERED).
         offered: set[str] = set()
+        # Records sent, their outcomes known at the commit.
+        upserts: list[tuple[int, Put, psycopg.Cursor[Any] | Exception]] = []
         with conn.transaction():
             self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
             for write in writes:
@@ -629,17 +717,24 @@ class PostgresDatabase:
                     if len(write.row) > len(FIELDS):
                         outcome = self._fenced_put(conn, write, lease, careful, node)
                     else:
-                        outcome = self._refusable(
-                            conn, _UPSERT, (*write.row, self._dropped(write.job_id), node), careful=careful
-                        )
+                        # Stored, or refused by the ownership fence: its row
+                        # count says which, known once the commit is (a
+                        # fetch here would wait a round trip per record).
+                        # Its id counts for the sequence either way: a
+                        # refused record's row is stored already.
+                        done = self._upsert(conn, write, careful, node)
+                        if not isinstance(done, Exception):
+                            highest = max(highest, write.job_id)
+                            if node is None and self.node is not None:
+                                offered.add(str(write.row[FIELDS.index("target")]))
+                        upserts.append((len(outcomes), write, done))
+                        outcomes.append(None)
+                        continue
+                    self._stored(write, outcome)
                     if outcome is None:
                         highest = max(highest, write.job_id)
-                        if write.final:
-                            self._tallies.pop(write.job_id, None)
                         if node is None and self.node is not None:
                             offered.add(str(write.row[FIELDS.index("target")]))
-                    else:
-                        log.warn("job store refused job {job_id}: {error}", job_id=write.job_id, error=outcome)
                     outcomes.append(outcome)
                 elif isinstance(write, NewRevision):
                     outcomes.append(self._add_revision(conn, write, careful))
@@ -668,7 +763,40 @@ class PostgresDatabase:
                     "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_id_seq)",
                     (highest, highest),
                 )
+        for index, put, done in upserts:
+            outcome = done if isinstance(done, Exception) else None if done.rowcount else self._disowned(put.job_id)
+            self._stored(put, outcome)
+            outcomes[index] = outcome
         return outcomes
+
+    def _upsert(
+        self, conn: psycopg.Connection[Any], put: Put, careful: bool, node_column: str | None
+    ) -> psycopg.Cursor[Any] | Exception:
+        """Send one record's upsert, naming *node_column* as its manager (None: an
+        offer); *careful*, in a savepoint (its error, if its content is refused).
+        Written only where the row names this node or none (the ownership fence)."""
+        params = (*put.row, self._dropped(put.job_id), node_column, self.node)
+        if not careful:
+            return conn.execute(_UPSERT.encode(), params)  # type: ignore[arg-type]
+        try:
+            with conn.transaction():
+                return conn.execute(_UPSERT.encode(), params)  # type: ignore[arg-type]
+        except _BAD_RECORD as error:
+            return error
+
+    def _stored(self, put: Put, outcome: Outcome) -> None:
+        if outcome is None:
+            if put.final:
+                self._tallies.pop(put.job_id, None)
+        elif isinstance(outcome, Disowned):
+            # Expected after a takeover: the dispatcher lets the job go.
+            log.info("{error}", error=str(outcome))
+        else:
+            log.warn("job store refused job {job_id}: {error}", job_id=put.job_id, error=outcome)
+
+    @staticmethod
+    def _disowned(job_id: int) -> Disowned:
+        return Disowned(f"job {job_id} is managed by another node now: this node's record of it was not written")
 
     def _fenced_put(
         self,
@@ -692,7 +820,7 @@ class PostgresDatabase:
         updated = self._refusable(
             conn,
             _UPDATE_JOB,
-            [*(values[FIELDS.index(name)] for name in _UPDATED[:-1]), node_column, put.job_id],
+            [*(values[FIELDS.index(name)] for name in _UPDATED[:-1]), node_column, put.job_id, self.node],
             counted=True,
             careful=careful,
         )
@@ -712,6 +840,9 @@ class PostgresDatabase:
             conn, _INSERT_FIRE, (*values, self._dropped(put.job_id), node_column), counted=True, careful=careful
         )
         if inserted == 0:
+            if conn.execute("SELECT 1 FROM jobs WHERE id = %s", (put.job_id,)).fetchone() is not None:
+                # Stored, but not this node's (the update above was fenced).
+                return self._disowned(put.job_id)
             return FireTaken(f"{self.name}: job {put.job_id}: its fire {values[FIELDS.index('key')]} is already recorded")
         return None if isinstance(inserted, int) else inserted
 
