@@ -193,18 +193,19 @@ class Cluster:
                 )
             )
 
-    def leader(self, timeout: float = 20.0, other_than: str | None = None) -> Node:
-        """The node that answers ``leader: true`` (another than *other_than*), polled every 20 ms."""
+    def leader(self, timeout: float = 20.0, other_than: str | None = None, after_epoch: int = 0) -> tuple[Node, int]:
+        """The node that answers ``leader: true`` in an epoch after *after_epoch* (another
+        than *other_than*), and its epoch; polled every 20 ms."""
 
-        def leading() -> Node | None:
+        def leading() -> tuple[Node, int] | None:
             for node in self.nodes.values():
                 if node.name != other_than and node.process is not None and node.process.poll() is None:
                     health = node.health()
-                    if health is not None and health.get("leader"):
-                        return node
+                    if health is not None and health.get("leader") and int(health["epoch"]) > after_epoch:
+                        return node, int(health["epoch"])
             return None
 
-        found: Node = wait_until(leading, timeout, "a node to lead", interval=0.02)
+        found: tuple[Node, int] = wait_until(leading, timeout, "a node to lead", interval=0.02)
         return found
 
     def where(self, worker: str) -> Node | None:
@@ -261,7 +262,7 @@ def run_chaos(runtime: Runtime, server: PostgresServer, db_url: str, sizes: Chao
     try:
         for name in NODES:
             cluster.nodes[name] = Node(runtime, root, name, db_url)
-        first = cluster.leader()
+        first, epoch = cluster.leader()
         report["first_leader"] = first.name
         cluster.start_workers(sizes.workers)
         wait_until(
@@ -295,34 +296,34 @@ def run_chaos(runtime: Runtime, server: PostgresServer, db_url: str, sizes: Chao
         report["steady_latency"] = _latency(cluster, window_start, time.time())
 
         # 1. kill -9 of the leader.
-        leader = cluster.leader()
+        leader = first
         at = time.time()
         leader.kill()
-        new = cluster.leader(other_than=leader.name)
-        report["faults"].append({"fault": "kill -9 leader", "node": leader.name, "takeover_s": time.time() - at})
+        new, epoch = cluster.leader(other_than=leader.name, after_epoch=epoch)
+        report["faults"].append({"fault": "kill -9 leader", "node": leader.name, "at": at, "takeover_s": time.time() - at})
         time.sleep(sizes.restart_after)
         leader.start()
         time.sleep(sizes.steady)
 
         # 2. SIGSTOP of the leader, SIGCONT after `frozen` seconds.
         leader = new
-        fenced_before = sum(node.metric("scheduler_fenced_writes_total") for node in cluster.nodes.values() if node is not leader)
+        fenced_before = leader.metric("scheduler_fenced_writes_total")
         at = time.time()
         leader.signal(signal.SIGSTOP)
-        new = cluster.leader(other_than=leader.name, timeout=sizes.frozen + 20)
+        new, epoch = cluster.leader(other_than=leader.name, timeout=sizes.frozen + 20, after_epoch=epoch)
         took = time.time() - at
         time.sleep(max(0.0, sizes.frozen - took))
+        thawed = time.time()
         leader.signal(signal.SIGCONT)
         wait_until(lambda: (h := leader.health()) is not None and not h["leader"], 20, "the thawed node to follow")
-        after_takeover = cluster.sql(
-            "SELECT count(*) FROM jobs WHERE node = %s AND key IS NOT NULL AND created_at > %s", leader.name, at + took
-        )[0][0]
+        time.sleep(1.0)  # a tick or two after the thaw, for any fire it would still make
         report["faults"].append(
             {
                 "fault": f"SIGSTOP leader {sizes.frozen:g} s",
                 "node": leader.name,
+                "at": at,
                 "takeover_s": took,
-                "fires_committed_by_the_old_leader_after_takeover": int(after_takeover),
+                "fires_by_the_old_leader_after_thaw": _fires_logged(leader, thawed),
                 "fenced_writes": leader.metric("scheduler_fenced_writes_total") - fenced_before,
             }
         )
@@ -335,19 +336,33 @@ def run_chaos(runtime: Runtime, server: PostgresServer, db_url: str, sizes: Chao
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
             f"scheduler-% {leader.name}",
         )
-        again = cluster.leader(timeout=30)
+        fires_again = _fires_again(cluster, at)
+        again, epoch = cluster.leader(timeout=30, after_epoch=epoch - 1)
         report["faults"].append(
-            {"fault": "leader's sessions terminated", "node": leader.name, "leader_after": again.name, "leader_again_s": time.time() - at}
+            {
+                "fault": "leader's sessions terminated",
+                "node": leader.name,
+                "at": at,
+                "leader_after": f"{again.name} in epoch {epoch}",
+                "fires_again_s": fires_again,
+            }
         )
         time.sleep(sizes.steady)
 
-        # 4. PostgreSQL restarts.
+        # 4. PostgreSQL restarts: every session ends, the leader's too.
         at = time.time()
         server.restart()
         restarted = time.time() - at
-        back = cluster.leader(timeout=60)
+        fires_again = _fires_again(cluster, at + restarted)
+        back, epoch = cluster.leader(timeout=60, after_epoch=epoch - 1)
         report["faults"].append(
-            {"fault": "PostgreSQL restart", "restart_s": restarted, "leader_after": back.name, "leader_again_s": time.time() - at}
+            {
+                "fault": "PostgreSQL restart",
+                "at": at,
+                "restart_s": restarted,
+                "leader_after": f"{back.name} in epoch {epoch}",
+                "fires_again_s": fires_again + restarted,
+            }
         )
         time.sleep(sizes.steady)
 
@@ -357,11 +372,46 @@ def run_chaos(runtime: Runtime, server: PostgresServer, db_url: str, sizes: Chao
         window_end = time.time() - 2
         time.sleep(3)  # the last fires of the window end
         report.update(_count(cluster, task_ids, files, runs, window_start, window_end))
+        for fault in report["faults"]:
+            # The fires due from the fault until the cluster fired again, caught up how late.
+            until = fault["at"] + fault.get("takeover_s", fault.get("fires_again_s", 0.0)) + 1
+            owed = [late for second, late in report["caught_up_late"] if fault["at"] - 1 <= second <= until]
+            fault["caught_up"] = len(owed)
+            fault["caught_up_late_max_s"] = max(owed) if owed else None
+        del report["caught_up_late"]
         report["window_s"] = window_end - window_start
         report["lease_steps_per_node_s"] = _lease_steps(cluster)
         return report
     finally:
         cluster.stop()
+
+
+def _fires_again(cluster: Cluster, since: float) -> float:
+    """Seconds from *since* until a fire scheduled after it is recorded (polled every 20 ms)."""
+
+    def recorded() -> bool:
+        try:
+            rows = cluster.sql("SELECT 1 FROM jobs WHERE key IS NOT NULL AND scheduled_at > %s LIMIT 1", since)
+        except Exception:  # the database restarting
+            return False
+        return bool(rows)
+
+    wait_until(recorded, 60, "fires to be recorded again", interval=0.02)
+    return time.time() - since
+
+
+def _fires_logged(node: Node, since: float) -> int:
+    """Fires *node* logged as queued from *since* on (its log's whole seconds), before it led again."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(since)))
+    count = 0
+    for line in (node.workdir / "scheduler.log").read_text(errors="replace").splitlines():
+        if line[:19] < stamp:
+            continue
+        if "leads in epoch" in line:
+            break
+        if "[scheduler.cron_fires#info]" in line and "queued" in line:
+            count += 1
+    return count
 
 
 def _worker_node_dies(cluster: Cluster, sizes: ChaosSizes) -> dict[str, Any]:
@@ -375,6 +425,7 @@ def _worker_node_dies(cluster: Cluster, sizes: ChaosSizes) -> dict[str, Any]:
     )
     at = time.time()
     node.kill()
+    fires_again = _fires_again(cluster, at)
     moved = wait_until(lambda: cluster.where("w0"), 30, "worker w0 on another node", interval=0.05)
     moved_after = time.time() - at
 
@@ -389,6 +440,8 @@ def _worker_node_dies(cluster: Cluster, sizes: ChaosSizes) -> dict[str, Any]:
     return {
         "fault": "worker's node killed mid-job",
         "node": node.name,
+        "at": at,
+        "fires_again_s": fires_again,
         "worker_back_on": moved.name,
         "worker_back_s": moved_after,
         "job": job_id,
@@ -426,7 +479,7 @@ def _count(
     for task_id, scheduled, status, started, kind in rows:
         per.setdefault((int(task_id), int(scheduled)), []).append((status, started, kind))
     lost = doubled = not_run = caught_up = 0
-    late: list[float] = []
+    late: list[tuple[int, float]] = []
     examples: list[str] = []
     for task_id in task_ids:
         for second in seconds:
@@ -446,7 +499,7 @@ def _count(
                 if kind == "missed":
                     caught_up += 1
                     if started is not None:
-                        late.append(float(started) - second)
+                        late.append((second, float(started) - second))
     # One job run twice shows as more lines in its task's file than jobs that started.
     started_jobs = {
         int(task_id): int(count)
@@ -466,7 +519,8 @@ def _count(
         "doubled": doubled,
         "run_twice": run_twice,
         "caught_up": caught_up,
-        "caught_up_late_max_s": max(late) if late else None,
+        "caught_up_late_max_s": max(lateness for _, lateness in late) if late else None,
+        "caught_up_late": late,
         "problems": examples,
     }
 
@@ -522,7 +576,7 @@ def run(runtime: Runtime) -> CaseResult:
         result.add(Figure("chaos: task seconds lost", chaos["lost"] + chaos["not_run"], "", target="0", met=chaos["lost"] + chaos["not_run"] == 0))
         result.add(Figure("chaos: task seconds doubled", chaos["doubled"] + chaos["run_twice"], "", target="0", met=chaos["doubled"] + chaos["run_twice"] == 0))
         for fault in chaos["faults"]:
-            seconds = fault.get("takeover_s", fault.get("leader_again_s", fault.get("worker_back_s")))
+            seconds = fault.get("takeover_s", fault.get("fires_again_s", fault.get("worker_back_s")))
             if seconds is not None:
                 target = {"kill -9 leader": 1.5, "worker's node killed mid-job": 5.0}.get(fault["fault"])
                 result.add(
