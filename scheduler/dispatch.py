@@ -11,7 +11,8 @@ the job when the worker reports on it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
@@ -58,6 +59,29 @@ class NotRunningHere(Exception):
 
 class QueueFull(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class RunNow:
+    """One command to run now, as POST /api/jobs takes it (one item of a batch)."""
+
+    command: str
+    target: str = "any"
+    timeout: float | None = None
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    task_id: int | None = None
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """``1-100, 205`` for a log line: a batch's ids are mostly consecutive."""
+    spans: list[list[int]] = []
+    for number in ids:
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(low) if low == high else f"{low}-{high}" for low, high in spans)
 
 
 class NoRecorder:
@@ -222,21 +246,47 @@ class Dispatcher:
         triggered_by: TriggeredBy | None = None,
     ) -> list[Job]:
         """Jobs to run *command* now (one per worker for target ``all``), started by *triggered_by*."""
-        targets = self._targets(target)
-        if self.queued + len(targets) > self.queue_limit:
+        return self.run_batch([RunNow(command, target, timeout, env, cwd, task_id)], triggered_by)[0]
+
+    def run_batch(self, runs: Sequence[RunNow], triggered_by: TriggeredBy | None = None) -> list[list[Job]]:
+        """The jobs of each run in *runs* (several for target ``all``), or none (QueueFull).
+
+        The queue limit is checked once for the whole batch, before any job
+        is made, so a batch is never cut short part way.
+        """
+        targets = [self._targets(run.target) for run in runs]
+        count = sum(len(each) for each in targets)
+        if self.queued + count > self.queue_limit:
             raise QueueFull(
-                f"the job queue is full ({self.queued} queued, limit {self.queue_limit}); try again later"
+                f"the job queue is full ({self.queued} queued, limit {self.queue_limit}"
+                + (f", {count} asked for" if count > 1 else "")
+                + "); try again later"
             )
-        fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id, "triggered_by": triggered_by}
-        jobs = [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
+        batch = [
+            [
+                self._submit(
+                    self.jobs.create(
+                        run.command,
+                        target=each,
+                        timeout=run.timeout,
+                        env=dict(run.env or {}),
+                        cwd=run.cwd,
+                        task_id=run.task_id,
+                        triggered_by=triggered_by,
+                    )
+                )
+                for each in run_targets
+            ]
+            for run, run_targets in zip(runs, targets, strict=True)
+        ]
         if triggered_by is not None:
-            # Runs on request are few: one line each says who asked.
+            # Runs on request are few: one line per request says who asked.
             log.info(
                 "job {job_ids} queued to run now ({by})",
-                job_ids=", ".join(str(job.id) for job in jobs),
+                job_ids=_id_ranges([job.id for jobs in batch for job in jobs]),
                 by=triggered_by.text,
             )
-        return jobs
+        return batch
 
     def _targets(self, target: str) -> list[str]:
         """One target per job: ``all`` is one job per connected worker (or
