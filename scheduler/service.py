@@ -42,6 +42,7 @@ from scheduler.limits import ConnectionLimits
 from scheduler.maintenance import Maintenance
 from scheduler.memory import release_free_memory
 from scheduler.metrics import SchedulerMetrics
+from scheduler.reactor_lag import ReactorLag
 from scheduler.settings import Settings, default_public_url
 from scheduler.task_book import TaskBook
 from scheduler.task_changes import TaskChanges
@@ -290,6 +291,8 @@ class SchedulerService(MultiService):
             lambda: self.leadership.epoch,
             lambda: getattr(self.job_store.database, "fenced", 0),
         )
+        self.reactor_lag = ReactorLag(clock, self.metrics.reactor_lagged)
+        self.reactor_lag.setServiceParent(self)
         self.jobs.listeners.append(self.metrics.job_changed)
         self.ticker.step_listeners.append(self.metrics.clock_stepped)
         self.dispatcher.started_listeners.append(self.metrics.job_started)
