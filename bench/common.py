@@ -162,6 +162,10 @@ class Http:
                 data = response.read()
                 if response.will_close:
                     self.close()
+                if response.status == 408 and attempt == 1:
+                    # The server closed a connection kept idle past its
+                    # request timeout, answering 408 before this request.
+                    continue
                 return response.status, data
             except (http.client.HTTPException, ConnectionError):
                 self.close()

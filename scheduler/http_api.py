@@ -683,15 +683,22 @@ class SchedulerHTTP:
             batch = self._dispatcher.run_batch(runs, trigger_of(request))
         except QueueFull as error:
             raise ApiError(503, str(error)) from None
-        for run, jobs in zip(runs, batch, strict=True):
-            self._audited(request, "job.run", jobs, {"command": run.command, "target": run.target})
+        if self._audit is not None:
+            self._audit.by_jobs(
+                "job.run",
+                caller_of(request),
+                [
+                    (job.task_id, job.id, {"command": run.command, "target": run.target})
+                    for run, jobs in zip(runs, batch, strict=True)
+                    for job in jobs
+                ],
+            )
         # Flat, in the items' order: an item with target "all" gives one job per worker.
         return _json(request, 202, [self._job_json(job) for jobs in batch for job in jobs])
 
     def _audited(self, request: IRequest, action: AuditAction, jobs: list[Job], detail: dict[str, Any]) -> None:
         if self._audit is not None:
-            for job in jobs:
-                self._audit.by(action, caller_of(request), task_id=job.task_id, job_id=job.id, detail=detail)
+            self._audit.by_jobs(action, caller_of(request), [(job.task_id, job.id, detail) for job in jobs])
 
     def _run(self, command: str, **options: Any) -> list[Job]:
         try:

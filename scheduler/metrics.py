@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scheduler.jobs import Job
+from scheduler.jobs import Job, JobStatus
 from scheduler.leader_lease import LeaseCounts
 
 # Per task: its jobName, last success (Unix time or None), consecutive
@@ -102,6 +102,7 @@ class SchedulerMetrics:
             ["status"],
             registry=self.registry,
         )
+        self._finished: dict[JobStatus, Counter] = {}
         self.dispatch_latency = Histogram(
             "scheduler_dispatch_latency_seconds",
             "From a job's due time (scheduled time, or submission) to its worker's 'started'.",
@@ -149,7 +150,11 @@ class SchedulerMetrics:
 
     def job_changed(self, job: Job) -> None:
         if job.status.final:
-            self.jobs_finished.labels(status=job.status.value).inc()
+            # labels() looks the child up under a lock each call: kept per status.
+            finished = self._finished.get(job.status)
+            if finished is None:
+                finished = self._finished[job.status] = self.jobs_finished.labels(status=job.status.value)
+            finished.inc()
 
     def clock_stepped(self, direction: str, size: float) -> None:
         self.clock_steps.labels(direction=direction).inc()

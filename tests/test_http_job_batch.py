@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.logger import LogEvent, globalLogPublisher
 
 from scheduler.access_tokens import TokenBook, token_hash
 from scheduler.http_api import MAX_BATCH
@@ -35,8 +36,20 @@ async def test_a_batch_makes_its_jobs_in_order_each_audited(api: Api) -> None:
         {"command": "echo 1", "env": {"A": "1"}, "timeout": 5, "target": "label:gpu"},
         {"command": "echo 2", "cwd": "/tmp", "timeout": None},
     ]
-    code, jobs = await api.call("POST", "/api/jobs", items)
+    lines: list[LogEvent] = []
+
+    def observe(event: LogEvent) -> None:
+        if "audit_action" in event:
+            lines.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        code, jobs = await api.call("POST", "/api/jobs", items)
+    finally:
+        globalLogPublisher.removeObserver(observe)
     assert code == 202, jobs
+    # One line in the main log for the request, naming every job.
+    assert [(e["audit_action"], e["audit_jobs"]) for e in lines] == [("job.run", [job["id"] for job in jobs])]
     assert [job["command"] for job in jobs] == ["echo 0", "echo 1", "echo 2"]
     assert [job["target"] for job in jobs] == ["any", "label:gpu", "any"]
     assert jobs[1]["timeout"] == 5 and jobs[2]["cwd"] == "/tmp"
