@@ -193,7 +193,7 @@ def _may_run(request: IRequest, task_id: int | None, target: str) -> None:
         raise ApiError(403, refusal)
 
 
-def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
+def _check_fields(data: dict[str, Any], allowed: set[str] | frozenset[str]) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
@@ -205,15 +205,20 @@ NEW_JOB_FIELDS = ("command", "target", "timeout", "env", "cwd")
 
 def _new_job(data: dict[str, Any]) -> tuple[str, TaskOptions]:
     """The command and options of one job to run now, or ApiError 400 saying what is wrong."""
-    _check_fields(data, set(NEW_JOB_FIELDS))
+    _check_fields(data, _NEW_JOB_FIELD_SET)
     try:
         command = check_command(data.get("command"), multiline=True)
-        options = TaskOptions.from_mapping(
-            {key: data[key] for key in NEW_JOB_FIELDS[1:] if key in data and data[key] is not None}
-        )
+        given = {key: data[key] for key in NEW_JOB_FIELDS[1:] if data.get(key) is not None}
+        # The defaults, made once: checking and building them anew cost a
+        # few per cent of a one-job POST.
+        options = TaskOptions.from_mapping(given) if given else _RUN_DEFAULTS
     except TaskError as error:
         raise ApiError(400, str(error)) from None
     return command, options
+
+
+_NEW_JOB_FIELD_SET = frozenset(NEW_JOB_FIELDS)
+_RUN_DEFAULTS = TaskOptions()
 
 
 class SchedulerHTTP:

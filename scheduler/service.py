@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
-from scheduler.access_scopes import route_need
+from scheduler.access_scopes import cached_route_need
 from scheduler.access_tokens import AccessToken
 from scheduler.alert_channels import ChannelBook
 from scheduler.alert_defaults import AlertDefaultsFile
@@ -374,7 +374,7 @@ class SchedulerService(MultiService):
             api_token=settings.api_token,
             max_body=settings.http_max_body,
             access=self.access,
-            need=lambda method, path: route_need(self.http.app.url_map, method, path),
+            need=cached_route_need(self.http.app.url_map),
             wrong_token=lambda address: self.wrong_tokens.failed("http", address),
         )
         # The API takes JSON only.  Without this, Twisted parses every POST's
