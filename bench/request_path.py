@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--per-post", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the last round here")
+    parser.add_argument("--access-log", default="-", help="as the scheduler's --access-log: '-' the main log, 'none'")
     args = parser.parse_args(argv)
 
     sink = open(os.devnull, "w")
@@ -56,6 +57,7 @@ def main(argv: list[str]) -> int:
         tcp="tcp:0:interface=127.0.0.1",
         http="tcp:0:interface=127.0.0.1",
         queue_limit=10**9,
+        access_log=args.access_log,
     )
     service = SchedulerService(reactor, settings)
     one: Any = {"command": "true"}
