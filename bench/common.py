@@ -435,11 +435,16 @@ class SchedulerWatch:
     def longest_stall(self) -> tuple[float, float]:
         """Seconds: the bound of the highest bucket that got a sample since
         (inf when over the last bucket; 0 when none came), with the last finite bound."""
-        delta = histogram_delta(histogram(self.scheduler.http.metrics(), LAG_METRIC), self._lag)
-        last = max((bound for bound, _ in delta if math.isfinite(bound)), default=0.0)
-        if not delta or delta[-1][1] <= 0:
-            return 0.0, last
-        return next(bound for bound, count in delta if count >= delta[-1][1]), last
+        return highest_bucket(histogram_delta(histogram(self.scheduler.http.metrics(), LAG_METRIC), self._lag))
+
+
+def highest_bucket(buckets: list[tuple[float, float]]) -> tuple[float, float]:
+    """Of cumulative (bound, count) buckets: the bound of the highest one that
+    holds a sample (0 with none; inf past the last), and the last finite bound."""
+    last = max((bound for bound, _ in buckets if math.isfinite(bound)), default=0.0)
+    if not buckets or buckets[-1][1] <= 0:
+        return 0.0, last
+    return next(bound for bound, count in buckets if count >= buckets[-1][1]), last
 
 
 def cpu_per_job_figure(samples_us: list[float], target_us: float | None = None) -> Figure:

@@ -8,7 +8,9 @@ clients, timed from the first request until the scheduler's
 Beside it: the machine's ceiling for the same commands
 (``xargs -P 4 -n 1 sh -c``), and Celery 5 on a local Redis with four
 prefork processes running the command through ``subprocess``.  The three
-alternate, round after round, and the medians are reported.
+alternate, round after round, and the medians are reported, with the
+scheduler's CPU per job (``/proc``, the scheduler process alone) and the
+longest reactor stall its lag probe saw in each round.
 """
 
 from __future__ import annotations
