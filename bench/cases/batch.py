@@ -127,7 +127,7 @@ def run(runtime: Runtime) -> CaseResult:
     try:
         sim = SimWorkers(runtime, scheduler.ws_url, WORKERS, slots=SLOTS, hold=0.0)
         scheduler.wait_workers(WORKERS)
-        run_ours(scheduler, min(jobs, 1000))  # warm-up
+        run_ours(scheduler, min(jobs // 4, 1000))  # warm-up
         for number in range(1, rounds + 1):
             scheduler.profile(f"{NAME}-{number}")
             rate, cpu, stall = run_ours(scheduler, jobs)
