@@ -162,6 +162,10 @@ class Http:
                 data = response.read()
                 if response.will_close:
                     self.close()
+                if response.status == 408 and attempt == 1:
+                    # The server closed a connection kept idle past its
+                    # request timeout, answering 408 before this request.
+                    continue
                 return response.status, data
             except (http.client.HTTPException, ConnectionError):
                 self.close()
@@ -406,6 +410,75 @@ class Scheduler:
         self.http.close()
         stop_process(self.process)
         self._log.close()
+
+
+# The scheduler's reactor lag probe (scheduler/reactor_lag.py), and the
+# issue's bound on a reactor turn during any case.
+LAG_METRIC = "scheduler_reactor_lag_seconds"
+STALL_TARGET = 0.020
+
+
+class SchedulerWatch:
+    """The scheduler process's CPU and its reactor lag from the moment this is made.
+
+    CPU from ``/proc/<pid>/stat`` (user + system, the scheduler alone: not
+    its workers, not this process); the lag from the histogram in
+    ``/metrics``, so the longest stall is known to its bucket's bound.
+    """
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self._cpu = scheduler.cpu_seconds()
+        self._lag = histogram(scheduler.http.metrics(), LAG_METRIC)
+
+    def cpu_seconds(self) -> float:
+        return self.scheduler.cpu_seconds() - self._cpu
+
+    def longest_stall(self) -> tuple[float, float]:
+        """Seconds: the bound of the highest bucket that got a sample since
+        (inf when over the last bucket; 0 when none came), with the last finite bound."""
+        return highest_bucket(histogram_delta(histogram(self.scheduler.http.metrics(), LAG_METRIC), self._lag))
+
+
+def highest_bucket(buckets: list[tuple[float, float]]) -> tuple[float, float]:
+    """Of cumulative (bound, count) buckets: the bound of the highest one that
+    holds a sample (0 with none; inf past the last), and the last finite bound."""
+    last = max((bound for bound, _ in buckets if math.isfinite(bound)), default=0.0)
+    if not buckets or buckets[-1][1] <= 0:
+        return 0.0, last
+    return next(bound for bound, count in buckets if count >= buckets[-1][1]), last
+
+
+def cpu_per_job_figure(samples_us: list[float], target_us: float | None = None) -> Figure:
+    """The scheduler's CPU per job (µs, the median of the rounds), against a bound when the issue sets one."""
+    value = median(samples_us)
+    return Figure(
+        "scheduler CPU per job",
+        value,
+        "µs",
+        target=f"<= {target_us:g} µs" if target_us is not None else None,
+        met=(value is not None and value <= target_us) if target_us is not None else None,
+        samples=samples_us,
+    )
+
+
+def stall_figure(stalls: list[tuple[float, float]]) -> Figure:
+    """The longest reactor stall over the case's measured stretches, in ms.
+
+    Each stall is ``(bound, last finite bound)`` as SchedulerWatch.longest_stall
+    gives it; a stall over the last bucket is shown as that bucket, "or more".
+    """
+    longest, last = max(stalls) if stalls else (0.0, 0.0)
+    over = math.isinf(longest)
+    value = (last if over else longest) * 1000
+    return Figure(
+        "longest reactor stall (at most)",
+        value,
+        "ms or more" if over else "ms",
+        target=f"<= {STALL_TARGET * 1000:g} ms",
+        met=longest <= STALL_TARGET,
+        samples=[bound * 1000 for bound, _ in stalls if math.isfinite(bound)],
+    )
 
 
 class RealWorkers:

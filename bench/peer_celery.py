@@ -11,6 +11,10 @@ which submits ``--jobs`` tasks one ``delay()`` at a time, waits until every
 result is stored, and prints ``{"jobs": N, "seconds": S, "failed": F}``.
 Each task runs ``/bin/sh -c <command>`` through ``subprocess``, as our
 worker runs a job.
+
+For the batch case, ``--group --noop`` submits the jobs as one
+``group(...).apply_async()`` of a task that does nothing (returns 0), as
+the simulated workers on our side run nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import subprocess
 import time
 
-from celery import Celery
+from celery import Celery, group
 from celery.result import ResultSet
 
 BROKER = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -40,10 +44,18 @@ def run_shell(command: str) -> int:
     return subprocess.run(["/bin/sh", "-c", command], check=False).returncode
 
 
-def run_batch(jobs: int, command: str, timeout: float) -> tuple[float, int]:
+@app.task(name="bench.noop")
+def noop(command: str) -> int:
+    return 0
+
+
+def run_batch(jobs: int, command: str, timeout: float, grouped: bool = False, no_op: bool = False) -> tuple[float, int]:
+    task = noop if no_op else run_shell
     started = time.perf_counter()
-    results = ResultSet([run_shell.delay(command) for _ in range(jobs)])
-    codes = results.get(timeout=timeout)
+    if grouped:
+        codes = group(task.s(command) for _ in range(jobs)).apply_async().get(timeout=timeout)
+    else:
+        codes = ResultSet([task.delay(command) for _ in range(jobs)]).get(timeout=timeout)
     elapsed = time.perf_counter() - started
     return elapsed, sum(1 for code in codes if code != 0)
 
@@ -53,10 +65,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--command", default="true")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--group", action="store_true", help="one group(...).apply_async() of all the jobs")
+    parser.add_argument("--noop", action="store_true", help="a task that does nothing, instead of the command")
     args = parser.parse_args()
     # Waits for the worker to be up, and warms its pool.
-    run_batch(8, args.command, timeout=120.0)
-    seconds, failed = run_batch(args.jobs, args.command, args.timeout)
+    run_batch(8, args.command, timeout=120.0, grouped=args.group, no_op=args.noop)
+    seconds, failed = run_batch(args.jobs, args.command, args.timeout, grouped=args.group, no_op=args.noop)
     print(json.dumps({"jobs": args.jobs, "seconds": seconds, "failed": failed}))
 
 

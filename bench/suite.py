@@ -20,7 +20,18 @@ from pathlib import Path
 from types import ModuleType
 
 from bench import peers
-from bench.cases import cluster, fanout, latency, long_run, many_tasks, many_workers, soak, throughput, wire
+from bench.cases import (
+    batch,
+    cluster,
+    fanout,
+    latency,
+    long_run,
+    many_tasks,
+    many_workers,
+    soak,
+    throughput,
+    wire,
+)
 from bench.common import BENCH, CaseResult, Figure, Runtime, log, machine, raise_fd_limit
 
 CASES: dict[str, ModuleType] = {
@@ -33,9 +44,14 @@ CASES: dict[str, ModuleType] = {
     soak.NAME: soak,
     wire.NAME: wire,
     cluster.NAME: cluster,
+    batch.NAME: batch,
 }
 # The cases that compare against a peer, and so need the peer venv.
-NEEDS_PEERS = {throughput.NAME: ("celery", "redis"), many_tasks.NAME: ("apscheduler",)}
+NEEDS_PEERS = {
+    throughput.NAME: ("celery", "redis"),
+    batch.NAME: ("celery", "redis"),
+    many_tasks.NAME: ("apscheduler",),
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

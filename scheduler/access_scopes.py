@@ -15,6 +15,8 @@ one cannot slip in without a decision.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Literal
 
 from werkzeug.exceptions import HTTPException
@@ -122,6 +124,24 @@ def route_need(url_map: Map, method: str, path: str) -> Need:
     except HTTPException:
         return "any"
     return ROUTE_NEEDS.get(("GET" if method == "HEAD" else method, rule.rule), "admin")
+
+
+def cached_route_need(url_map: Map) -> Callable[[str, str], Need]:
+    """route_need on *url_map*, remembered for the most recent short paths.
+
+    The routes and their needs are fixed, so a path's need is matched once
+    rather than on every request (Klein matches it again to route it).
+    Long paths are matched each time, so the cache stays small.
+    """
+
+    @functools.lru_cache(maxsize=1024)
+    def cached(method: str, path: str) -> Need:
+        return route_need(url_map, method, path)
+
+    def need(method: str, path: str) -> Need:
+        return cached(method, path) if len(path) <= 200 else route_need(url_map, method, path)
+
+    return need
 
 
 def app_routes(url_map: Map) -> set[tuple[str, str]]:

@@ -82,6 +82,10 @@ def who_of(by: TriggeredBy) -> str:
     return by.name or by.kind
 
 
+# One job's entry among several of a request: task id, job id, detail.
+JobEntry = tuple[int | None, int, Mapping[str, Any] | None]
+
+
 class AuditLog:
     """Adds entries to the store and the main log."""
 
@@ -124,6 +128,36 @@ class AuditLog:
             action, caller.who if caller is not None else "anyone", caller.address if caller else None, **fields
         )
 
+    def by_jobs(self, action: AuditAction, caller: Caller | None, entries: list[JobEntry]) -> None:
+        """One entry per job of one request (a batch, or target all), and one line in the main log for them all.
+
+        A line per job would cost more than the job itself in a batch of
+        hundreds; the store keeps every entry all the same.
+        """
+        if len(entries) == 1:
+            task_id, job_id, detail = entries[0]
+            self.by(action, caller, task_id=task_id, job_id=job_id, detail=detail)
+            return
+        who = caller.who if caller is not None else "anyone"
+        address = caller.address if caller is not None else None
+        at = self._clock.seconds()
+        job_ids = [job_id for _, job_id, _ in entries]
+        log.info(
+            "audit: {audit_action} by {audit_who}{audit_from} jobs {audit_about}",
+            audit_action=action,
+            audit_who=who,
+            audit_address=address,
+            audit_jobs=job_ids,
+            audit_from=f" from {address}" if address else "",
+            audit_about=_id_ranges(job_ids),
+        )
+        for task_id, job_id, detail in entries:
+            self._store.record_audit(AuditEntry(at, action, who, address, task_id, job_id, detail)).addErrback(
+                lambda failure: log.error(
+                    "could not record the audit entry {action}: {error}", action=action, error=failure.getErrorMessage()
+                )
+            )
+
     def revision(self, revision: Revision) -> None:
         """A task change (a TaskChanges listener), with its before and after."""
         by = revision.by
@@ -134,6 +168,17 @@ class AuditLog:
             task_id=revision.task_id,
             detail={"before": revision.before, "after": revision.after},
         )
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """``1-100, 205``: a request's job ids are mostly consecutive."""
+    spans: list[list[int]] = []
+    for number in ids:
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(low) if low == high else f"{low}-{high}" for low, high in spans)
 
 
 class WrongTokens:

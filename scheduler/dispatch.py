@@ -11,7 +11,8 @@ the job when the worker reports on it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
@@ -59,6 +60,18 @@ class NotRunningHere(Exception):
 
 class QueueFull(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class RunNow:
+    """One command to run now, as POST /api/jobs takes it (one item of a batch)."""
+
+    command: str
+    target: str = "any"
+    timeout: float | None = None
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    task_id: int | None = None
 
 
 class NoRecorder:
@@ -248,19 +261,42 @@ class Dispatcher:
         triggered_by: TriggeredBy | None = None,
     ) -> list[Job]:
         """Jobs to run *command* now (one per worker for target ``all``), started by *triggered_by*."""
-        targets = self._targets(target)
-        if self.queued + self.offered() + len(targets) > self.queue_limit:
-            raise QueueFull(f"the job queue is full ({self._queue_text()}, limit {self.queue_limit}); try again later")
-        fields = {"timeout": timeout, "env": dict(env or {}), "cwd": cwd, "task_id": task_id, "triggered_by": triggered_by}
-        jobs = [self._submit(self.jobs.create(command, target=each, **fields)) for each in targets]
-        if triggered_by is not None:
-            # Runs on request are few: one line each says who asked.
-            log.info(
-                "job {job_ids} queued to run now ({by})",
-                job_ids=", ".join(str(job.id) for job in jobs),
-                by=triggered_by.text,
+        return self.run_batch([RunNow(command, target, timeout, env, cwd, task_id)], triggered_by)[0]
+
+    def run_batch(self, runs: Sequence[RunNow], triggered_by: TriggeredBy | None = None) -> list[list[Job]]:
+        """The jobs of each run in *runs* (several for target ``all``), or none (QueueFull).
+
+        The queue limit is checked once for the whole batch, before any job
+        is made, so a batch is never cut short part way.
+        """
+        targets = [self._targets(run.target) for run in runs]
+        count = sum(len(each) for each in targets)
+        if self.queued + self.offered() + count > self.queue_limit:
+            raise QueueFull(
+                f"the job queue is full ({self._queue_text()}, limit {self.queue_limit}"
+                + (f", {count} asked for" if count > 1 else "")
+                + "); try again later"
             )
-        return jobs
+        batch = [
+            [
+                self._submit(
+                    self.jobs.create(
+                        run.command,
+                        target=each,
+                        timeout=run.timeout,
+                        env=dict(run.env or {}),
+                        cwd=run.cwd,
+                        task_id=run.task_id,
+                        triggered_by=triggered_by,
+                    )
+                )
+                for each in run_targets
+            ]
+            for run, run_targets in zip(runs, targets, strict=True)
+        ]
+        # No log line here: every run on request is in the audit log, which
+        # writes its own line with who asked (a second line cost as much).
+        return batch
 
     def _queue_text(self) -> str:
         offered = self.offered()

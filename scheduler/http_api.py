@@ -30,7 +30,7 @@ from scheduler.alert_outbox import AlertSender
 from scheduler.alert_watch import AlertWatch
 from scheduler.audit import AUDIT_ACTIONS, AuditAction, AuditLog
 from scheduler.cluster import Cluster
-from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull
+from scheduler.dispatch import Dispatcher, JobNotFound, QueueFull, RunNow
 from scheduler.feed import EventHub
 from scheduler.http_guard import HEALTH_PATH, WORKER_PATH, caller_of, token_checked
 from scheduler.http_json import (
@@ -72,6 +72,8 @@ MAX_BODY = Settings.http_max_body
 # GET /api/jobs?limit=: how many jobs a page holds by default and at most.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# POST /api/jobs with a list: how many jobs one batch may hold.
+MAX_BATCH = 1000
 # GET /api/schedules/check?count=: next runs shown by default and at most.
 CHECK_RUNS = 3
 MAX_CHECK_RUNS = 50
@@ -105,8 +107,8 @@ def _json(request: IRequest, status: int, body: Any) -> bytes:
     return json.dumps(body).encode("utf-8")
 
 
-def _body(request: IRequest, max_body: int) -> dict[str, Any]:
-    """The request's JSON object.
+def _json_body(request: IRequest, max_body: int) -> Any:
+    """The request's JSON value, whatever its type.
 
     The Guard in front has already refused a non-JSON Content-Type (415)
     and a body over the limit (413); the read below only backs it up.
@@ -116,11 +118,16 @@ def _body(request: IRequest, max_body: int) -> dict[str, Any]:
     if len(raw) > max_body:
         raise ApiError(413, f"request body is larger than {max_body} bytes")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise ApiError(400, f"malformed JSON: {error}") from None
     except RecursionError:
         raise ApiError(400, "malformed JSON: nested too deeply") from None
+
+
+def _body(request: IRequest, max_body: int) -> dict[str, Any]:
+    """The request's JSON object."""
+    data = _json_body(request, max_body)
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     return data
@@ -187,12 +194,32 @@ def _may_run(request: IRequest, task_id: int | None, target: str) -> None:
         raise ApiError(403, refusal)
 
 
-def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
+def _check_fields(data: dict[str, Any], allowed: set[str] | frozenset[str]) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
 
 
+# The fields of POST /api/jobs, one job (the same for each item of a batch).
+NEW_JOB_FIELDS = ("command", "target", "timeout", "env", "cwd")
+
+
+def _new_job(data: dict[str, Any]) -> tuple[str, TaskOptions]:
+    """The command and options of one job to run now, or ApiError 400 saying what is wrong."""
+    _check_fields(data, _NEW_JOB_FIELD_SET)
+    try:
+        command = check_command(data.get("command"), multiline=True)
+        given = {key: data[key] for key in NEW_JOB_FIELDS[1:] if data.get(key) is not None}
+        # The defaults, made once: checking and building them anew cost a
+        # few per cent of a one-job POST.
+        options = TaskOptions.from_mapping(given) if given else _RUN_DEFAULTS
+    except TaskError as error:
+        raise ApiError(400, str(error)) from None
+    return command, options
+
+
+_NEW_JOB_FIELD_SET = frozenset(NEW_JOB_FIELDS)
+_RUN_DEFAULTS = TaskOptions()
 
 
 class SchedulerHTTP:
@@ -624,15 +651,12 @@ class SchedulerHTTP:
 
     @app.route("/api/jobs", methods=["POST"])
     def run_command(self, request: IRequest) -> bytes:
-        data = _body(request, self._max_body)
-        _check_fields(data, {"command", "target", "timeout", "env", "cwd"})
-        try:
-            command = check_command(data.get("command"), multiline=True)
-            options = TaskOptions.from_mapping(
-                {key: data[key] for key in ("target", "timeout", "env", "cwd") if key in data and data[key] is not None}
-            )
-        except TaskError as error:
-            raise ApiError(400, str(error)) from None
+        data = _json_body(request, self._max_body)
+        if isinstance(data, list):
+            return self._run_batch(request, data)
+        if not isinstance(data, dict):
+            raise ApiError(400, "the body must be a JSON object (one job) or a list of them (a batch)")
+        command, options = _new_job(data)
         _may_run(request, None, options.target)
         jobs = self._run(
             command,
@@ -648,10 +672,42 @@ class SchedulerHTTP:
             return _json(request, 202, self._job_json(jobs[0]))
         return _json(request, 202, [self._job_json(job) for job in jobs])
 
+    def _run_batch(self, request: IRequest, items: list[Any]) -> bytes:
+        """A batch: every item checked (fields, run scope) before any job is made; all or nothing."""
+        if not items:
+            raise ApiError(400, "the list of jobs is empty")
+        if len(items) > MAX_BATCH:
+            raise ApiError(400, f"a batch holds at most {MAX_BATCH} jobs ({len(items)} sent)")
+        runs: list[RunNow] = []
+        for index, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise ApiError(400, "must be a JSON object")
+                command, options = _new_job(item)
+                _may_run(request, None, options.target)
+            except ApiError as error:
+                raise ApiError(error.status, f"job {index}: {error.message}") from None
+            runs.append(RunNow(command, options.target, options.timeout, options.env, options.cwd))
+        try:
+            batch = self._dispatcher.run_batch(runs, trigger_of(request))
+        except QueueFull as error:
+            raise ApiError(503, str(error)) from None
+        if self._audit is not None:
+            self._audit.by_jobs(
+                "job.run",
+                caller_of(request),
+                [
+                    (job.task_id, job.id, {"command": run.command, "target": run.target})
+                    for run, jobs in zip(runs, batch, strict=True)
+                    for job in jobs
+                ],
+            )
+        # Flat, in the items' order: an item with target "all" gives one job per worker.
+        return _json(request, 202, [self._job_json(job) for jobs in batch for job in jobs])
+
     def _audited(self, request: IRequest, action: AuditAction, jobs: list[Job], detail: dict[str, Any]) -> None:
         if self._audit is not None:
-            for job in jobs:
-                self._audit.by(action, caller_of(request), task_id=job.task_id, job_id=job.id, detail=detail)
+            self._audit.by_jobs(action, caller_of(request), [(job.task_id, job.id, detail) for job in jobs])
 
     def _run(self, command: str, **options: Any) -> list[Job]:
         try:

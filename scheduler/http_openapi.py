@@ -51,6 +51,7 @@ from scheduler.audit import AUDIT_ACTIONS
 from scheduler.http_api import (
     CHECK_RUNS,
     DEFAULT_LIMIT,
+    MAX_BATCH,
     MAX_BODY,
     MAX_CHECK_RUNS,
     MAX_LIMIT,
@@ -893,9 +894,34 @@ OPENAPI: dict[str, Any] = {
                 },
             },
             "post": {
-                "summary": "Run a command now",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("NewJob")}}},
-                "responses": {"202": _json(_ref("Job"), "The job (a list for target all)"), **_COMMON_ERRORS, "503": _error("Queue full")},
+                "summary": "Run a command now, or a batch of commands",
+                "description": "One job object, or a list of 1 to "
+                f"{MAX_BATCH} of them (a batch): every item is checked before any job is made, all or nothing, "
+                "and a bad one is named by its index (\"job 3: ...\"). A batch's answer lists its jobs in the "
+                "items' order, an item with target all giving one job per connected worker; the queue limit "
+                "is checked for the whole batch.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    _ref("NewJob"),
+                                    {"type": "array", "items": _ref("NewJob"), "minItems": 1, "maxItems": MAX_BATCH},
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json(
+                        {"oneOf": [_ref("Job"), {"type": "array", "items": _ref("Job")}]},
+                        "The job (a list for target all, and for a batch)",
+                    ),
+                    **_COMMON_ERRORS,
+                    "400": _error(f"Malformed JSON, a missing or mistyped field, or a batch empty or of more than {MAX_BATCH} jobs"),
+                    "503": _error("Queue full (for a batch: too little room for all of its jobs)"),
+                },
             },
         },
         "/api/jobs/{id}": {

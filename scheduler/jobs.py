@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -69,7 +69,23 @@ class Job:
     version: int = 1
 
     def evolve(self, **changes: Any) -> Job:
-        return replace(self, **changes)
+        """A copy with *changes*.
+
+        Not dataclasses.replace: that calls __init__ with every field by
+        name, several µs a call, and a job is evolved a few times in its
+        life on the reactor thread.  Job has no __post_init__ to skip.
+        """
+        unknown = changes.keys() - _JOB_FIELDS
+        if unknown:
+            raise TypeError(f"Job has no field(s) {', '.join(sorted(unknown))}")
+        copy = object.__new__(Job)
+        values = copy.__dict__
+        values.update(self.__dict__)
+        values.update(changes)
+        return copy
+
+
+_JOB_FIELDS = frozenset(each.name for each in fields(Job))
 
 
 def fire_key(task_id: int, scheduled: float) -> str:

@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from scheduler.job_claims import ClaimCounts
-from scheduler.jobs import Job
+from scheduler.jobs import Job, JobStatus
 from scheduler.leader_lease import LeaseCounts
 
 # Per task: its jobName, last success (Unix time or None), consecutive
@@ -144,10 +144,17 @@ class SchedulerMetrics:
             ["status"],
             registry=self.registry,
         )
+        self._finished: dict[JobStatus, Counter] = {}
         self.dispatch_latency = Histogram(
             "scheduler_dispatch_latency_seconds",
             "From a job's due time (scheduled time, or submission) to its worker's 'started'.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.reactor_lag = Histogram(
+            "scheduler_reactor_lag_seconds",
+            "How late the reactor ran a timer due every 50 ms (scheduler.reactor_lag): the longest turn it took meanwhile.",
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
             registry=self.registry,
         )
         self.clock_steps = Counter(
@@ -193,13 +200,20 @@ class SchedulerMetrics:
 
     def job_changed(self, job: Job) -> None:
         if job.status.final:
-            self.jobs_finished.labels(status=job.status.value).inc()
+            # labels() looks the child up under a lock each call: kept per status.
+            finished = self._finished.get(job.status)
+            if finished is None:
+                finished = self._finished[job.status] = self.jobs_finished.labels(status=job.status.value)
+            finished.inc()
 
     def clock_stepped(self, direction: str, size: float) -> None:
         self.clock_steps.labels(direction=direction).inc()
 
     def job_started(self, job: Job, latency: float) -> None:
         self.dispatch_latency.observe(latency)
+
+    def reactor_lagged(self, seconds: float) -> None:
+        self.reactor_lag.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from scheduler.access import AccessError, bearer, check_protected, default_allowed_hosts
-from scheduler.access_scopes import route_need
+from scheduler.access_scopes import cached_route_need
 from scheduler.access_tokens import AccessToken
 from scheduler.alert_channels import ChannelBook
 from scheduler.alert_defaults import AlertDefaultsFile
@@ -43,6 +43,7 @@ from scheduler.limits import ConnectionLimits
 from scheduler.maintenance import Maintenance
 from scheduler.memory import release_free_memory
 from scheduler.metrics import SchedulerMetrics
+from scheduler.reactor_lag import ReactorLag
 from scheduler.settings import Settings, default_public_url
 from scheduler.task_book import TaskBook
 from scheduler.task_changes import TaskChanges
@@ -329,6 +330,8 @@ class SchedulerService(MultiService):
         if self.claims is not None:
             claims = self.claims
             self.metrics.watch_claims(lambda: claims.counts)
+        self.reactor_lag = ReactorLag(clock, self.metrics.reactor_lagged)
+        self.reactor_lag.setServiceParent(self)
         self.jobs.listeners.append(self.metrics.job_changed)
         if self.sweep is not None:
             sweep, database = self.sweep, self.job_store.database
@@ -422,7 +425,7 @@ class SchedulerService(MultiService):
             api_token=settings.api_token,
             max_body=settings.http_max_body,
             access=self.access,
-            need=lambda method, path: route_need(self.http.app.url_map, method, path),
+            need=cached_route_need(self.http.app.url_map),
             wrong_token=lambda address: self.wrong_tokens.failed("http", address),
         )
         # The API takes JSON only.  Without this, Twisted parses every POST's

@@ -167,6 +167,7 @@ async def test_health_and_metrics(api: Api) -> None:
         "scheduler_tasks_loaded",
         "scheduler_dispatch_latency_seconds",
         "scheduler_cron_tick_lag_seconds",
+        "scheduler_reactor_lag_seconds",
     ):
         assert name in text
     # Both directions from the start, at 0.

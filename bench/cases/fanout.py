@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import time
 
-from bench.common import CaseResult, Figure, Runtime, Scheduler, SimWorkers, median, wait_until
+from bench.common import (
+    CaseResult,
+    Figure,
+    Runtime,
+    Scheduler,
+    SchedulerWatch,
+    SimWorkers,
+    cpu_per_job_figure,
+    median,
+    stall_figure,
+    wait_until,
+)
 
 NAME = "fanout"
 
@@ -25,6 +36,7 @@ def run(runtime: Runtime) -> CaseResult:
     try:
         sim = SimWorkers(runtime, scheduler.ws_url, count, hold=0.05, in_flight=100)
         scheduler.wait_workers(count)
+        watch = SchedulerWatch(scheduler)
         for number in range(rounds):
             wait_until(lambda: scheduler.running() == 0, 60, "the previous round to finish", interval=0.05)
             if number == rounds - 1:
@@ -37,6 +49,8 @@ def run(runtime: Runtime) -> CaseResult:
             spans.append(max(event.started_at for event in started) - sent)
             first.append(min(event.started_at for event in started) - sent)
         scheduler.end_profile()
+        cpu_us = watch.cpu_seconds() / (count * rounds) * 1e6
+        stall = watch.longest_stall()
     finally:
         if sim is not None:
             sim.stop()
@@ -53,5 +67,7 @@ def run(runtime: Runtime) -> CaseResult:
             samples=[value * 1000 for value in spans],
         )
     )
+    result.add(cpu_per_job_figure([cpu_us]))
+    result.add(stall_figure([stall]))
     result.details["first_started_ms"] = [value * 1000 for value in first]
     return result

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import time
 
-from bench.common import CaseResult, Figure, Runtime, Scheduler, SimWorkers, median
+from bench.common import (
+    CaseResult,
+    Figure,
+    Runtime,
+    Scheduler,
+    SchedulerWatch,
+    SimWorkers,
+    median,
+    stall_figure,
+)
 
 NAME = "many_workers"
 
@@ -31,6 +40,7 @@ def run(runtime: Runtime) -> CaseResult:
     sim = None
     try:
         scheduler.workers()  # the HTTP side has served a request
+        watch = SchedulerWatch(scheduler)
         time.sleep(0.5)
         rss_before = scheduler.rss_kib()
         cpu_before_connect = scheduler.cpu_seconds()
@@ -57,6 +67,7 @@ def run(runtime: Runtime) -> CaseResult:
             latencies.append((started.started_at - sent) * 1000)
         if sim.problems:
             result.details["problems"] = sim.problems[:20]
+        stall = watch.longest_stall()
     finally:
         if sim is not None:
             sim.stop()
@@ -85,5 +96,6 @@ def run(runtime: Runtime) -> CaseResult:
             samples=latencies,
         )
     )
+    result.add(stall_figure([stall]))
     result.details.update(rss_kib_before=rss_before, rss_kib_after=rss_after, latency_ms_max=max(latencies))
     return result

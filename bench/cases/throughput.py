@@ -8,7 +8,9 @@ clients, timed from the first request until the scheduler's
 Beside it: the machine's ceiling for the same commands
 (``xargs -P 4 -n 1 sh -c``), and Celery 5 on a local Redis with four
 prefork processes running the command through ``subprocess``.  The three
-alternate, round after round, and the medians are reported.
+alternate, round after round, and the medians are reported, with the
+scheduler's CPU per job (``/proc``, the scheduler process alone) and the
+longest reactor stall its lag probe saw in each round.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from bench.common import (
     RealWorkers,
     Runtime,
     Scheduler,
+    SchedulerWatch,
+    cpu_per_job_figure,
     cpu_seconds,
     log,
     median,
+    stall_figure,
     stop_process,
     wait_until,
 )
@@ -40,6 +45,8 @@ NAME = "throughput"
 WORKERS = 4
 CONCURRENCY = 4  # the ceiling's xargs -P and Celery's prefork processes
 COMMAND = "true"
+# The issue's bound on the scheduler's CPU per job, one job per POST.
+CPU_TARGET_US = 400.0
 
 
 def _submit(port: int, count: int, clients: int, errors: list[str]) -> None:
@@ -130,10 +137,10 @@ def run_ceiling(jobs: int) -> float:
 class CeleryPeer:
     """Redis plus a Celery prefork worker, kept up across rounds."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, case: str = NAME) -> None:
         assert runtime.peer_python is not None and runtime.redis_server is not None
         self.runtime = runtime
-        folder = runtime.scratch("throughput-celery")
+        folder = runtime.scratch(f"{case}-celery")
         self.redis = RedisServer(runtime.redis_server, folder)
         self.env: dict[str, Any] = {"BENCH_REDIS_URL": self.redis.url, "PATH": "/usr/bin:/bin"}
         self._log = open(folder / "celery-worker.log", "ab")
@@ -163,10 +170,11 @@ class CeleryPeer:
             stderr=subprocess.STDOUT,
         )
 
-    def run(self, jobs: int) -> float:
+    def run(self, jobs: int, *extra: str) -> float:
+        """Jobs per second for *jobs* through Celery; *extra* are peer_celery.py's options (``--group``, ``--noop``)."""
         assert self.runtime.peer_python is not None
         output = subprocess.run(
-            [str(self.runtime.peer_python), str(BENCH / "peer_celery.py"), "--jobs", str(jobs), "--command", COMMAND],
+            [str(self.runtime.peer_python), str(BENCH / "peer_celery.py"), "--jobs", str(jobs), "--command", COMMAND, *extra],
             cwd=BENCH,
             env=self.env,
             check=True,
@@ -200,6 +208,7 @@ def run(runtime: Runtime) -> CaseResult:
     celery: list[float] = []
     scheduler_cpu: list[float] = []
     workers_cpu: list[float] = []
+    stalls: list[tuple[float, float]] = []
     scheduler = Scheduler(runtime, runtime.scratch("throughput"))
     workers = RealWorkers(runtime, scheduler, WORKERS, slots=slots)
     peer = CeleryPeer(runtime) if runtime.peers else None
@@ -208,7 +217,9 @@ def run(runtime: Runtime) -> CaseResult:
         run_ours(scheduler, min(jobs, 40), clients)  # warm-up
         for number in range(1, rounds + 1):
             scheduler.profile(f"{NAME}-{number}")
+            watch = SchedulerWatch(scheduler)
             batch = run_ours(scheduler, jobs, clients, workers)
+            stalls.append(watch.longest_stall())
             scheduler.end_profile()
             ours.append(batch.rate)
             scheduler_cpu.append(batch.scheduler_cpu * 1e6)
@@ -261,6 +272,8 @@ def run(runtime: Runtime) -> CaseResult:
             samples=ceiling,
         )
     )
+    result.add(cpu_per_job_figure(scheduler_cpu, CPU_TARGET_US))
+    result.add(stall_figure(stalls))
     result.details.update(
         ours=ours,
         ceiling=ceiling,

@@ -21,7 +21,17 @@ import threading
 import time
 from typing import Any
 
-from bench.common import CaseResult, Figure, Http, Runtime, Scheduler, SimWorkers, log
+from bench.common import (
+    CaseResult,
+    Figure,
+    Http,
+    Runtime,
+    Scheduler,
+    SchedulerWatch,
+    SimWorkers,
+    log,
+    stall_figure,
+)
 from tests.e2e import wait_until
 
 NAME = "wire"
@@ -134,11 +144,12 @@ def run(runtime: Runtime) -> CaseResult:
         scheduler.wait_workers(WORKERS)
         _run_jobs(scheduler, warmup)
         before = _settled(sim)
-        cpu_before = scheduler.cpu_seconds()
+        watch = SchedulerWatch(scheduler)
         scheduler.profile(NAME)
         ids = _run_jobs(scheduler, jobs)
         after = _settled(sim)
-        cpu = scheduler.cpu_seconds() - cpu_before
+        cpu = watch.cpu_seconds()
+        stall = watch.longest_stall()
         scheduler.end_profile()
         statuses: dict[str, int] = {}
         for job in ids:
@@ -162,6 +173,7 @@ def run(runtime: Runtime) -> CaseResult:
         for key in ("frames", "messages", "bytes"):
             result.add(Figure(f"{key} per job, {label}", traffic[way][key] / jobs, key))
     result.add(Figure("scheduler CPU per job", cpu / jobs * 1e6, "µs"))
+    result.add(stall_figure([stall]))
     log(
         "wire: per job, worker to scheduler "
         + ", ".join(f"{traffic['sent'][key] / jobs:.3g} {key}" for key in ("frames", "messages", "bytes"))

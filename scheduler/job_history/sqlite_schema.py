@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scheduler.alert_deliveries import Delivery
@@ -210,7 +210,7 @@ def job_row(job: Job) -> tuple[object, ...]:
         job.scheduled_at,
         job.target,
         job.timeout,
-        json.dumps(dict(job.env), sort_keys=True),
+        _dumps_sorted(job.env) if job.env else "{}",
         job.cwd,
         job.attempt,
         _dumps(job.triggered_by.as_json()) if job.triggered_by is not None else None,
@@ -236,9 +236,19 @@ def row_job(row: Sequence[Any]) -> Job:
     return Job(**values)
 
 
+# Made once: json.dumps with any option builds a new encoder each call,
+# and a job's row is encoded at each of its few changes.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_SORTED = json.JSONEncoder(sort_keys=True)
+
+
 def _dumps(value: object) -> str:
     # Compact: it is stored once per job and revision.
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
+
+
+def _dumps_sorted(env: Mapping[str, str]) -> str:
+    return _SORTED.encode(dict(env))
 
 
 def revision_row(revision: Revision) -> tuple[object, ...]:

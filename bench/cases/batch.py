@@ -1,0 +1,173 @@
+"""Case 9, batch: 10,000 jobs in POSTs of 100 (``POST /api/jobs`` with a list) onto simulated workers.
+
+Ours: a real ``twistd scheduler`` and simulated workers (bench/simworkers.py:
+the real agent and protocol, a job that does nothing and ends at once),
+jobs submitted as lists of BATCH from CLIENTS keep-alive HTTP clients,
+timed from the first request until ``scheduler_jobs_finished_total`` has
+recorded every one.  The figure that matters is the scheduler's CPU per
+job (``/proc/<pid>/stat``, the scheduler process alone), which bounds the
+jobs one scheduler core can place whatever the fleet.
+
+Beside it, in the same run and alternating round by round: Celery 5 on a
+local Redis, the same jobs as one ``group(...).apply_async()`` of a task
+that does nothing, to four prefork processes (bench/peer_celery.py,
+``--group --noop``), timed from the call until every result is in.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from bench.cases.throughput import CeleryPeer
+from bench.common import (
+    CaseResult,
+    Figure,
+    Http,
+    Runtime,
+    Scheduler,
+    SchedulerWatch,
+    SimWorkers,
+    cpu_per_job_figure,
+    log,
+    median,
+    stall_figure,
+    wait_until,
+)
+
+NAME = "batch"
+BATCH = 100
+CLIENTS = 4
+WORKERS = 4
+SLOTS = 25
+COMMAND = "true"
+# The issue's bounds: scheduler CPU per job, and the rate against Celery's group.
+CPU_TARGET_US = 100.0
+CELERY_RATIO = 4.0
+
+
+def _finished_all(http: Http) -> float:
+    """Jobs the scheduler has recorded as ended, whatever their status."""
+    return sum(value for key, value in http.metrics().items() if key.startswith("scheduler_jobs_finished_total{"))
+
+
+def _submit(port: int, jobs: int, errors: list[str]) -> None:
+    """POST *jobs* jobs in lists of BATCH from CLIENTS threads, each on one keep-alive connection."""
+    lock = threading.Lock()
+    remaining = [jobs]
+    body = [{"command": COMMAND}] * BATCH
+
+    def client() -> None:
+        http = Http(port)
+        try:
+            while True:
+                with lock:
+                    if remaining[0] <= 0 or errors:
+                        return
+                    size = min(BATCH, remaining[0])
+                    remaining[0] -= size
+                status, answer = http.request("POST", "/api/jobs", body[:size])
+                if status != 202 or len(json.loads(answer)) != size:
+                    errors.append(f"HTTP {status}: {answer[:200]!r}")
+                    return
+        finally:
+            http.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def run_ours(scheduler: Scheduler, jobs: int) -> tuple[float, float, tuple[float, float]]:
+    """(jobs per second, scheduler CPU seconds per job, longest stall) for one round."""
+    watch = SchedulerWatch(scheduler)
+    before = _finished_all(scheduler.http)
+    errors: list[str] = []
+    started = time.perf_counter()
+    submitter = threading.Thread(target=_submit, args=(scheduler.http_port, jobs, errors), daemon=True)
+    submitter.start()
+    poll = Http(scheduler.http_port)
+    try:
+        wait_until(
+            lambda: errors or _finished_all(poll) >= before + jobs,
+            timeout=max(60.0, jobs / 50),
+            what=f"{jobs} jobs to finish",
+            interval=0.05,
+        )
+    finally:
+        poll.close()
+    elapsed = time.perf_counter() - started
+    submitter.join()
+    if errors:
+        raise RuntimeError(f"submitting failed: {errors[0]}")
+    failed = _finished_all(scheduler.http) - scheduler.finished("succeeded")
+    if failed:
+        raise RuntimeError(f"{failed:g} jobs did not succeed")
+    return jobs / elapsed, watch.cpu_seconds() / jobs, watch.longest_stall()
+
+
+def run(runtime: Runtime) -> CaseResult:
+    result = CaseResult(NAME)
+    jobs = 200 if runtime.quick else 10_000
+    rounds = 1 if runtime.quick else 3
+    result.details.update(
+        jobs=jobs, rounds=rounds, batch=BATCH, http_clients=CLIENTS, workers=WORKERS, slots_per_worker=SLOTS
+    )
+    ours: list[float] = []
+    celery: list[float] = []
+    cpu_us: list[float] = []
+    stalls: list[tuple[float, float]] = []
+    # Room for every job of a round at once, whatever the workers' pace.
+    scheduler = Scheduler(runtime, runtime.scratch(NAME), "--queue-limit", str(2 * jobs))
+    sim = None
+    peer = CeleryPeer(runtime, NAME) if runtime.peers else None
+    try:
+        sim = SimWorkers(runtime, scheduler.ws_url, WORKERS, slots=SLOTS, hold=0.0)
+        scheduler.wait_workers(WORKERS)
+        run_ours(scheduler, min(jobs // 4, 1000))  # warm-up
+        for number in range(1, rounds + 1):
+            scheduler.profile(f"{NAME}-{number}")
+            rate, cpu, stall = run_ours(scheduler, jobs)
+            scheduler.end_profile()
+            ours.append(rate)
+            cpu_us.append(cpu * 1e6)
+            stalls.append(stall)
+            if peer is not None:
+                celery.append(peer.run(jobs, "--group", "--noop"))
+            log(
+                f"batch round {number}: ours {rate:.0f}/s at {cpu * 1e6:.0f} µs of scheduler CPU per job"
+                + (f", Celery group {celery[-1]:.0f}/s" if celery else "")
+            )
+    finally:
+        if peer is not None:
+            peer.stop()
+        if sim is not None:
+            sim.stop()
+        scheduler.stop()
+
+    ours_median = median(ours)
+    celery_median = median(celery)
+    assert ours_median is not None
+    result.add(cpu_per_job_figure(cpu_us, CPU_TARGET_US))
+    if celery_median is not None:
+        result.add(
+            Figure(
+                "jobs per second",
+                ours_median,
+                "jobs/s",
+                peer="Celery 5 + Redis, group().apply_async(), 4 prefork, no-op task",
+                peer_value=celery_median,
+                ratio=ours_median / celery_median,
+                target=f">= {CELERY_RATIO:g}x Celery",
+                met=ours_median >= CELERY_RATIO * celery_median,
+                samples=ours,
+            )
+        )
+    else:
+        result.add(Figure("jobs per second", ours_median, "jobs/s", samples=ours))
+    result.add(stall_figure(stalls))
+    result.details.update(ours=ours, celery=celery, scheduler_cpu_us_per_job=cpu_us)
+    return result
