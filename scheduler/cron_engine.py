@@ -9,18 +9,29 @@ and 100,000 tasks on a dozen expressions cost a dozen date computations.
 from __future__ import annotations
 
 import heapq
+from array import array
+from bisect import bisect_left, insort
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from scheduler.cron import FireTimes, Schedule
 
 
-@dataclass(frozen=True, order=True)
-class Fire:
-    """One task due at one scheduled time (the idempotency key of a run)."""
+class Fire(NamedTuple):
+    """One task due at one scheduled time (the idempotency key of a run).
+
+    Ordered by time, then task id.  A tuple: a top-of-the-hour tick makes
+    one per task due, and a tuple is made in a fraction of a dataclass's time.
+    """
 
     scheduled: float
     task_id: int
+
+
+def _ids() -> array[int]:
+    return array("q")
 
 
 @dataclass
@@ -28,7 +39,12 @@ class _Group:
     schedule: Schedule
     iterator: FireTimes
     next_time: float
-    task_ids: set[int] = field(default_factory=set)
+    # Sorted; an array of machine ints, not a set of int objects: a million
+    # tasks in a set cost 70 MB, in arrays 8 (docs/performance.md, "A
+    # million tasks").  Insertion and removal move the tail, which for the
+    # largest group of a million is a millisecond; bulk changes go through
+    # add_many and remove_many, which sort or filter once per group.
+    task_ids: array[int] = field(default_factory=_ids)
     # Identifies the group's one live heap entry; older entries are stale.
     token: int = 0
 
@@ -70,28 +86,61 @@ class CronEngine:
     def add(self, task_id: int, schedule: Schedule) -> None:
         if task_id in self._task_group:
             self.remove(task_id)
-        group = self._groups.get(schedule)
-        if group is None:
-            iterator = schedule.iterator(self._last)
-            group = _Group(schedule, iterator, iterator.get_next(float))
-            self._groups[schedule] = group
-            self._push(group)
-        group.task_ids.add(task_id)
+        insort(self._group(schedule).task_ids, task_id)
         self._task_group[task_id] = schedule
 
     def add_many(self, tasks: Iterable[tuple[int, Schedule]]) -> None:
-        for task_id, schedule in tasks:
-            self.add(task_id, schedule)
+        task_group = self._task_group
+        # The last schedule given for a task wins, as with one add after another.
+        latest = dict(tasks)
+        self.remove_many([task_id for task_id in latest if task_id in task_group])
+        added: defaultdict[Schedule, list[int]] = defaultdict(list)
+        for task_id, schedule in latest.items():
+            added[schedule].append(task_id)
+        for schedule, ids in added.items():
+            group = self._group(schedule)
+            group.task_ids.extend(ids)
+            group.task_ids = array("q", sorted(group.task_ids))
+            task_group.update(dict.fromkeys(ids, schedule))
 
     def remove(self, task_id: int) -> None:
         schedule = self._task_group.pop(task_id, None)
         if schedule is None:
             return
         group = self._groups[schedule]
-        group.task_ids.discard(task_id)
-        if not group.task_ids:
+        ids = group.task_ids
+        index = bisect_left(ids, task_id)
+        if index < len(ids) and ids[index] == task_id:
+            del ids[index]
+        if not ids:
             # Its heap entry goes stale and is dropped when it surfaces.
             del self._groups[schedule]
+
+    def remove_many(self, task_ids: Iterable[int]) -> None:
+        """``remove`` for each of *task_ids*, filtering each group once."""
+        gone: defaultdict[Schedule, set[int]] = defaultdict(set)
+        for task_id in task_ids:
+            schedule = self._task_group.pop(task_id, None)
+            if schedule is not None:
+                gone[schedule].add(task_id)
+        for schedule, ids in gone.items():
+            group = self._groups[schedule]
+            if len(ids) < 8:
+                for task_id in ids:
+                    del group.task_ids[bisect_left(group.task_ids, task_id)]
+            else:
+                group.task_ids = array("q", [task_id for task_id in group.task_ids if task_id not in ids])
+            if not group.task_ids:
+                del self._groups[schedule]
+
+    def _group(self, schedule: Schedule) -> _Group:
+        group = self._groups.get(schedule)
+        if group is None:
+            iterator = schedule.iterator(self._last)
+            group = _Group(schedule, iterator, iterator.get_next(float))
+            self._groups[schedule] = group
+            self._push(group)
+        return group
 
     def clear(self) -> None:
         self._groups.clear()
@@ -135,7 +184,8 @@ class CronEngine:
                 self.skipped += len(group.task_ids)
                 self._push(group)
                 continue
-            fires.extend(Fire(group.next_time, task_id) for task_id in group.task_ids)
+            scheduled = group.next_time
+            fires.extend([Fire(scheduled, task_id) for task_id in group.task_ids])
             group.next_time = group.iterator.get_next(float)
             self._push(group)
         self._last = max(self._last, now)

@@ -59,10 +59,15 @@ class TaskBook:
                 fresh.append(record)
                 continue
             old = previous.get(task_id)
-            if old is not None and _matches(old, record):
-                book._put(old)
+            if old is not None and old.same_fields(record):
+                tasks[task_id] = old
+            elif type(record) is Task:
+                # Read with its id known: the record is the task (no copy).
+                tasks[task_id] = record
             else:
-                book._put(Task(task_id, record.job_name, record.schedule, record.command, record.options, record.extra))
+                tasks[task_id] = Task(task_id, record.job_name, record.schedule, record.command, record.options, record.extra)
+        if tasks:
+            book._high_water = max(book._high_water, max(tasks))
         for record in fresh:
             book._put(Task(book._next_id(), record.job_name, record.schedule, record.command, record.options, record.extra))
         return book
@@ -211,13 +216,3 @@ class TaskBook:
         self._tasks[task.id] = task
         if task.id > self._high_water:
             self._high_water = task.id
-
-
-def _matches(task: Task, record: TaskRecord) -> bool:
-    return (
-        task.command == record.command
-        and task.job_name == record.job_name
-        and task.schedule == record.schedule
-        and task.options == record.options
-        and task.extra == record.extra
-    )

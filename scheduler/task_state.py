@@ -162,8 +162,7 @@ class TaskState:
         added = [task for task in book if not _same(task, old.get(task.id))]
         replaced = {task.id for task in added}
         removed = [task for task in old if task.id in replaced or book.get(task.id) is None]
-        for task in removed:
-            self._engine.remove(task.id)
+        self._engine.remove_many(task.id for task in removed)
         self._engine.add_many((task.id, task.schedule) for task in added)
         for listener in self.listeners:
             try:
