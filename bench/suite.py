@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from bench import peers
-from bench.cases import fanout, latency, long_run, many_tasks, many_workers, soak, throughput, wire
+from bench.cases import fanout, herd, latency, long_run, many_tasks, many_workers, soak, throughput, wire
 from bench.common import BENCH, CaseResult, Figure, Runtime, log, machine, raise_fd_limit
 
 CASES: dict[str, ModuleType] = {
@@ -32,9 +32,14 @@ CASES: dict[str, ModuleType] = {
     long_run.NAME: long_run,
     soak.NAME: soak,
     wire.NAME: wire,
+    herd.NAME: herd,
 }
 # The cases that compare against a peer, and so need the peer venv.
-NEEDS_PEERS = {throughput.NAME: ("celery", "redis"), many_tasks.NAME: ("apscheduler",)}
+NEEDS_PEERS = {
+    throughput.NAME: ("celery", "redis"),
+    many_tasks.NAME: ("apscheduler",),
+    herd.NAME: ("celery", "redis", "apscheduler"),
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -73,6 +78,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--soak-seconds",
         type=float,
         help="how long the soak case measures, after its warm-up (default 120 s, 8 s with --quick)",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        action="append",
+        metavar="N",
+        help="many_tasks: a tasks.db of N tasks (repeatable; default 100,000 and 1,000,000, 1,000 with --quick)",
     )
     return parser.parse_args(argv)
 
@@ -141,6 +153,7 @@ def main(argv: list[str]) -> int:
         peers=not args.no_peers,
         tree=args.tree.resolve() if args.tree else None,
         soak_seconds=args.soak_seconds,
+        task_counts=tuple(args.tasks or ()),
     )
     began = time.perf_counter()
     results: list[CaseResult] = []

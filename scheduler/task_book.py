@@ -59,8 +59,11 @@ class TaskBook:
                 fresh.append(record)
                 continue
             old = previous.get(task_id)
-            if old is not None and old.same_fields(record):
-                tasks[task_id] = old
+            if old is record or (old is not None and old.same_fields(record)):
+                # Keyed by the old task's own id object: the record's (and
+                # the record) can then go, which leaves the memory of a
+                # LOAD of unchanged tasks free as a whole.
+                tasks[old.id] = old
             elif type(record) is Task:
                 # Read with its id known: the record is the task (no copy).
                 tasks[task_id] = record

@@ -106,7 +106,7 @@ class TaskState:
 
     async def _load(self, change: _Change[Any]) -> None:
         try:
-            records = await maybeDeferred(self._store.load)
+            records = await maybeDeferred(self._store.load, known=self._book.get)
             with paused_gc():
                 book = TaskBook.from_records(self._book.tz, records, self._book.high_water, reuse=self._book)
         except Exception as error:

@@ -36,7 +36,15 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from scheduler.atomic_file import AtomicFile
-from scheduler.tasks import Task, TaskError, TaskRecord, parse_plain_record, parse_record
+from scheduler.tasks import (
+    DEFAULT_OPTIONS,
+    Task,
+    TaskError,
+    TaskRecord,
+    id_from_job_name,
+    parse_plain_record,
+    parse_record,
+)
 
 log = Logger()
 
@@ -67,9 +75,18 @@ class StoreError(Exception):
     """A write failed; the previous file is still in place."""
 
 
+# The tasks in memory, by id (TaskBook.get).
+Known = Callable[[int], Task | None]
+
+
 class TaskStore(Protocol):
-    def load(self) -> Deferred[list[TaskRecord]]:
-        """Read every stored task.  Fails with LoadError, changing nothing."""
+    def load(self, known: Known | None = None) -> Deferred[list[TaskRecord]]:
+        """Read every stored task.  Fails with LoadError, changing nothing.
+
+        *known* gives the tasks in memory by id: a stored task equal to
+        one of them may come back as that very object (a LOAD of a mostly
+        unchanged store then builds little).
+        """
 
     def save(self, tasks: Sequence[Task]) -> Deferred[None]:
         """Make *tasks* the stored state, all or nothing.  Fails with StoreError."""
@@ -93,11 +110,18 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def parse_lines(data: bytes, path: str, tz: tzinfo, shown: str | None = None) -> list[TaskRecord]:
-    """Parse a whole tasks file; the first bad line raises LoadError."""
+def parse_lines(
+    data: bytes, path: str, tz: tzinfo, shown: str | None = None, known: Known | None = None
+) -> list[TaskRecord]:
+    """Parse a whole tasks file; the first bad line raises LoadError.
+
+    A plain line (the seed's three keys) that says exactly what the task of
+    its id in *known* holds comes back as that task, unparsed: it passed
+    the same checks when it was read or made.
+    """
     with paused_gc():
         try:
-            return _parse_lines(data, path, tz)
+            return _parse_lines(data, path, tz, known)
         except LoadError as error:
             if shown is None:
                 raise
@@ -117,7 +141,7 @@ _LINE = re.compile(
 _BLANK = " \t\n\r\x0b\x0c"
 
 
-def _parse_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:
+def _parse_lines(data: bytes, path: str, tz: tzinfo, known: Known | None) -> list[TaskRecord]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -129,12 +153,36 @@ def _parse_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:
         schedule, command, job_name, other = match.groups()
         try:
             if other is None:
+                if known is not None:
+                    same = _unchanged(known, schedule, command, job_name, tz)
+                    if same is not None:
+                        append(same)
+                        continue
                 append(parse_plain_record(schedule, command, job_name, tz))
             elif other.strip(_BLANK):
                 append(parse_record(_decode(other, path, number), tz))
         except TaskError as error:
             raise LoadError(path, number, str(error)) from None
     return records
+
+
+def _unchanged(known: Known, schedule: str, command: str, job_name: str, tz: tzinfo) -> Task | None:
+    """The known task a plain line describes exactly, if there is one."""
+    task_id = id_from_job_name(job_name)
+    if task_id is None:
+        return None
+    task = known(task_id)
+    if (
+        task is not None
+        and task.command == command
+        and task.options is DEFAULT_OPTIONS
+        and not task.extra
+        and task.job_name == job_name
+        and task.schedule.expression == schedule
+        and task.schedule.tz is tz
+    ):
+        return task
+    return None
 
 
 def _parse_byte_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:
@@ -183,7 +231,7 @@ class FlatFileTaskStore:
         self._pool = threadpool
         self._reactor = reactor
 
-    def load_now(self, *, missing_ok: bool = True) -> list[TaskRecord]:
+    def load_now(self, *, missing_ok: bool = True, known: Known | None = None) -> list[TaskRecord]:
         """Blocking load, for start-up before the reactor runs.
 
         A missing file is no task at all when *missing_ok* (a first start);
@@ -199,7 +247,7 @@ class FlatFileTaskStore:
             raise self._error("no such file") from None
         except OSError as error:
             raise self._error(error.strerror or str(error)) from None
-        return parse_lines(data, self.path, self._tz, shown=self.name)
+        return parse_lines(data, self.path, self._tz, shown=self.name, known=known)
 
     def _read(self) -> bytes:
         # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, and
@@ -218,13 +266,14 @@ class FlatFileTaskStore:
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
-    def load(self) -> Deferred[list[TaskRecord]]:
+    def load(self, known: Known | None = None) -> Deferred[list[TaskRecord]]:
         """LOAD: a missing file is an error here, not an empty task list."""
-        return deferToThreadPool(self._reactor, self._pool, lambda: self.load_now(missing_ok=False))  # type: ignore[arg-type]
+        return deferToThreadPool(
+            self._reactor, self._pool, lambda: self.load_now(missing_ok=False, known=known)  # type: ignore[arg-type]
+        )
 
     def save(self, tasks: Sequence[Task]) -> Deferred[None]:
-        # The snapshot is taken here; formatting 100,000 lines the first time
-        # (Task.line is computed once, then cached) happens in the thread.
+        # The snapshot is taken here; formatting the lines happens in the thread.
         snapshot = list(tasks)
         return deferToThreadPool(self._reactor, self._pool, self._write_tasks, snapshot)  # type: ignore[arg-type]
 

@@ -38,8 +38,8 @@ log = Logger()
 # the reactor for seconds nor sit in memory as one string.
 Chunks = Iterator[str]
 Reply = str | Deferred[str] | Chunks
-# Lines per chunk: a few milliseconds of formatting per reactor turn.
-LIST_CHUNK = 1000
+# Lines per chunk: about a millisecond of formatting per reactor turn.
+LIST_CHUNK = 200
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
 # A client whose address is not known (the protocol passes its own).

@@ -68,7 +68,7 @@ class _Slot:
 
 
 # About what a streamed reply sends per reactor turn.
-_TURN_BYTES = 64 * 1024
+_TURN_BYTES = 16 * 1024
 
 
 @implementer(IPushProducer)
