@@ -36,15 +36,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from scheduler.atomic_file import AtomicFile
-from scheduler.tasks import (
-    DEFAULT_OPTIONS,
-    Task,
-    TaskError,
-    TaskRecord,
-    id_from_job_name,
-    parse_plain_record,
-    parse_record,
-)
+from scheduler.tasks import Task, TaskError, TaskRecord, parse_plain_record, parse_record
 
 log = Logger()
 
@@ -115,9 +107,9 @@ def parse_lines(
 ) -> list[TaskRecord]:
     """Parse a whole tasks file; the first bad line raises LoadError.
 
-    A plain line (the seed's three keys) that says exactly what the task of
-    its id in *known* holds comes back as that task, unparsed: it passed
-    the same checks when it was read or made.
+    A plain line (the seed's three keys, a ``task_<id>`` jobName) that says
+    exactly what the task of its id in *known* holds comes back as that
+    task, unparsed.
     """
     with paused_gc():
         try:
@@ -129,13 +121,14 @@ def parse_lines(
 
 
 # One line of the file: the seed's three keys exactly as json.dumps writes
-# them (strings without escapes, which read the same as JSON or as text),
-# or else (group 4) anything, for the JSON decoder.  Over the whole decoded file, so a plain line costs one
+# them (strings without escapes, which read the same as JSON or as text;
+# a task_<id> jobName's digits apart), or else (group 5) anything, for the
+# JSON decoder.  Over the whole decoded file, so a plain line costs one
 # regex step and no per-line bytes, str or dict (docs/performance.md, "A
 # million tasks").
 _LINE = re.compile(
     r'(?:\{"schedule": "([^"\\\x00-\x1f]*)", "command": "([^"\\\x00-\x1f]*)",'
-    r' "jobName": "([^"\\\x00-\x1f]*)"\}|([^\n]*))(?:\n|\Z)'
+    r' "jobName": "(?:task_([0-9]{1,18})|([^"\\\x00-\x1f]*))"\}|([^\n]*))(?:\n|\Z)'
 )
 # What bytes.strip() strips: a line of only these is blank.
 _BLANK = " \t\n\r\x0b\x0c"
@@ -150,39 +143,26 @@ def _parse_lines(data: bytes, path: str, tz: tzinfo, known: Known | None) -> lis
     records: list[TaskRecord] = []
     append = records.append
     for number, match in enumerate(_LINE.finditer(text), start=1):
-        schedule, command, job_name, other = match.groups()
+        schedule, command, digits, job_name, other = match.groups()
         try:
-            if other is None:
+            if other is not None:
+                if other.strip(_BLANK):
+                    append(parse_record(_decode(other, path, number), tz))
+                continue
+            if digits is not None:
                 if known is not None:
-                    same = _unchanged(known, schedule, command, job_name, tz)
-                    if same is not None:
-                        append(same)
+                    # A task_<id> line that says what the task of that id
+                    # in memory holds is that task: it passed the same
+                    # checks when it was read or made.
+                    task = known(int(digits))
+                    if task is not None and task.reads(schedule, command, digits, tz):
+                        append(task)
                         continue
-                append(parse_plain_record(schedule, command, job_name, tz))
-            elif other.strip(_BLANK):
-                append(parse_record(_decode(other, path, number), tz))
+                job_name = "task_" + digits
+            append(parse_plain_record(schedule, command, job_name, tz))
         except TaskError as error:
             raise LoadError(path, number, str(error)) from None
     return records
-
-
-def _unchanged(known: Known, schedule: str, command: str, job_name: str, tz: tzinfo) -> Task | None:
-    """The known task a plain line describes exactly, if there is one."""
-    task_id = id_from_job_name(job_name)
-    if task_id is None:
-        return None
-    task = known(task_id)
-    if (
-        task is not None
-        and task.command == command
-        and task.options is DEFAULT_OPTIONS
-        and not task.extra
-        and task.job_name == job_name
-        and task.schedule.expression == schedule
-        and task.schedule.tz is tz
-    ):
-        return task
-    return None
 
 
 def _parse_byte_lines(data: bytes, path: str, tz: tzinfo) -> list[TaskRecord]:

@@ -528,6 +528,19 @@ class Task(TaskRecord):
         assert task_id is not None
         return task_id
 
+    def reads(self, schedule: str, command: str, digits: str, tz: tzinfo) -> bool:
+        """Whether the plain tasks.db line of *schedule*, *command* and
+        jobName ``task_<digits>``, read in *tz*, is this task exactly."""
+        return (
+            self._job_name is None
+            and self.command == command
+            and self.schedule.expression == schedule
+            and self.options is DEFAULT_OPTIONS
+            and not self.extra
+            and self.schedule.tz is tz
+            and digits == str(self._id)
+        )
+
     @property
     def line(self) -> str:
         """The task's tasks.db line (without the newline)."""
