@@ -156,6 +156,24 @@ class CronEngine:
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
+    def count_due(self, at: float) -> int:
+        """How many task fires are due at or before *at* (0 with none pending)."""
+        heap = self._heap
+        count = 0
+        # The heap's entries at or before *at*: a walk that stops at any
+        # later entry, since everything below it is later still.
+        stack = [0] if heap else []
+        while stack:
+            index = stack.pop()
+            when, token, schedule = heap[index]
+            if when > at:
+                continue
+            group = self._groups.get(schedule)
+            if group is not None and group.token == token:
+                count += len(group.task_ids)
+            stack.extend(child for child in (2 * index + 1, 2 * index + 2) if child < len(heap))
+        return count
+
     def due(self, now: float) -> list[Fire]:
         """Every (task, scheduled time) with a time in (last tick, now].
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -26,6 +27,15 @@ class CronTicker(Service):
     jobs start on the second rather than some milliseconds after it.
     ``lag`` records how late the last tick ran after its planned time, for
     the metrics.
+
+    A second with many fires (the top of the hour) gets a longer lead:
+    ``lead_per_fire`` seconds more for each fire due then, up to
+    ``max_lead``, so that recording, placing and sending all of them ends
+    before the second rather than seconds after it (docs/performance.md,
+    "The top-of-the-hour herd").  What a tick hands on goes to ``on_fires``
+    ``fires_per_turn`` at a time, one reactor turn each, in order, so a herd
+    neither holds the reactor for seconds nor keeps its first ``run``
+    messages back until its last job is recorded.
 
     Each tick also compares how far the wall clock moved since the last one
     with how far *monotonic* did.  A stall (a blocked reactor) moves both,
@@ -59,9 +69,20 @@ class CronTicker(Service):
         *,
         monotonic: Callable[[], float] | None = None,
         on_downtime: Callable[[float, float], None] = lambda since, now: None,
+        lead_per_fire: float = 0.0,
+        max_lead: float = 0.0,
+        fires_per_turn: int | None = None,
     ) -> None:
         if not 0 <= lead < interval:
             raise ValueError(f"lead must be at least 0 and less than the interval, got {lead}")
+        self._lead_per_fire = lead_per_fire
+        self._max_lead = max(max_lead, lead)
+        self._fires_per_turn = fires_per_turn
+        # Fires handed on but not yet passed to on_fires (fires_per_turn).
+        self._pending: deque[Fire] = deque()
+        self._draining: IDelayedCall | None = None
+        # When the next tick was planned to run (for lag).
+        self._planned = 0.0
         self._clock = clock
         self._engine = engine
         self._on_fires = on_fires
@@ -85,9 +106,10 @@ class CronTicker(Service):
         self._schedule(self._clock.seconds())
 
     def stopService(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        for call in (self._call, self._draining):
+            if call is not None and call.active():
+                call.cancel()
+        self._call = self._draining = None
         super().stopService()
 
     def _schedule(self, now: float) -> None:
@@ -97,13 +119,30 @@ class CronTicker(Service):
         second = self._second + self._interval
         if second - self._lead <= now:
             second = (math.floor((now + self._lead) / self._interval) + 1) * self._interval
+        at = second - self._lead
+        herd = self._herd()
+        if herd is not None and herd[1] < at:
+            # A herd's tick comes first: it hands on everything due up to
+            # its second (nothing is due before it), early.
+            second, at = herd[0], max(now, herd[1])
         self._second = second
-        self._call = self._clock.callLater(second - self._lead - now, self._run)
+        self._planned = at
+        self._call = self._clock.callLater(at - now, self._run)
+
+    def _herd(self) -> tuple[float, float] | None:
+        """The next second anything is due at, and when its tick should run, if its lead is longer than usual."""
+        if not self._lead_per_fire:
+            return None
+        upcoming = self._engine.next_due()
+        if upcoming is None:
+            return None
+        lead = min(self._max_lead, self._lead + self._engine.count_due(upcoming) * self._lead_per_fire)
+        return (upcoming, upcoming - lead) if lead > self._lead else None
 
     def _run(self) -> None:
         self._call = None
         now = self._clock.seconds()
-        self.lag = max(0.0, now - (self._second - self._lead))
+        self.lag = max(0.0, now - self._planned)
         step = self._step(now)
         if step > self.STEP:
             self._skip(now - step, now)
@@ -168,6 +207,26 @@ class CronTicker(Service):
                     window=self._engine.max_catch_up,
                 )
             if fires:
-                self._on_fires(fires)
+                self._hand_on(fires)
+        except Exception:
+            log.failure("cron tick failed; ticking on")
+
+    def _hand_on(self, fires: list[Fire]) -> None:
+        if self._fires_per_turn is None or (not self._pending and len(fires) <= self._fires_per_turn):
+            self._on_fires(fires)
+            return
+        self._pending.extend(fires)
+        if self._draining is None:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._draining = None
+        assert self._fires_per_turn is not None
+        pending = self._pending
+        batch = [pending.popleft() for _ in range(min(self._fires_per_turn, len(pending)))]
+        if pending:
+            self._draining = self._clock.callLater(0, self._drain)
+        try:
+            self._on_fires(batch)
         except Exception:
             log.failure("cron tick failed; ticking on")
