@@ -46,6 +46,8 @@ NAME = "herd"
 # (a few with --quick's hundred).
 LEAD = 12.0
 QUICK_LEAD = 3.0
+# How long after its second a peer's herd may take to start.
+PEER_TIMEOUT = 120.0
 
 
 def run(runtime: Runtime) -> CaseResult:
@@ -69,7 +71,7 @@ def run(runtime: Runtime) -> CaseResult:
             "due second to last started",
             last,
             "s",
-            peer="Celery beat + worker (100 threads)" if celery else None,
+            peer=peer_name("Celery beat + worker (100 threads)", celery, tasks),
             peer_value=celery["last_started_after_due"] if celery else None,
             ratio=celery["last_started_after_due"] / last if celery and last > 0 else None,
             target="< 1 s",
@@ -82,7 +84,7 @@ def run(runtime: Runtime) -> CaseResult:
                 "due second to last started, vs APScheduler",
                 last,
                 "s",
-                peer="APScheduler 3 (100 threads)",
+                peer=peer_name("APScheduler 3 (100 threads)", apscheduler, tasks),
                 peer_value=apscheduler["last_started_after_due"],
                 ratio=apscheduler["last_started_after_due"] / last if last > 0 else None,
             )
@@ -106,6 +108,15 @@ def run(runtime: Runtime) -> CaseResult:
     )
     result.add(Figure("scheduler CPU for the herd", ours["scheduler_cpu_seconds"] * 1e3, "ms"))
     return result
+
+
+def peer_name(name: str, figures: dict[str, float | int] | None, tasks: int) -> str | None:
+    """The peer's label; one that did not start every job in time says how many it did (its time is then a floor)."""
+    if figures is None:
+        return None
+    if figures["unique"] >= tasks:
+        return name
+    return f"{name}: only {figures['unique']:,} of {tasks:,} started in {PEER_TIMEOUT:g} s"
 
 
 def due_second(lead: float) -> float:
@@ -199,7 +210,7 @@ def run_celery_beat(runtime: Runtime, folder: Path, tasks: int) -> dict[str, flo
     try:
         log(f"herd: Celery beat with {tasks} entries due at {datetime.fromtimestamp(due, UTC):%H:%M:%S}")
         collected = subprocess.run(
-            [str(runtime.peer_python), str(BENCH / "peer_celery_beat.py"), "collect", "--timeout", "120"],
+            [str(runtime.peer_python), str(BENCH / "peer_celery_beat.py"), "collect", "--timeout", f"{PEER_TIMEOUT:g}"],
             env=env, cwd=folder, check=True, capture_output=True, timeout=300,
         )
         return dict(json.loads(collected.stdout))
@@ -215,7 +226,8 @@ def run_apscheduler(runtime: Runtime, folder: Path, tasks: int) -> dict[str, flo
     assert runtime.peer_python is not None
     log(f"herd: APScheduler 3 with {tasks} jobs")
     done = subprocess.run(
-        [str(runtime.peer_python), str(BENCH / "peer_apscheduler_herd.py"), "--tasks", str(tasks), "--lead", "15"],
+        [str(runtime.peer_python), str(BENCH / "peer_apscheduler_herd.py"), "--tasks", str(tasks), "--lead", "15",
+         "--timeout", f"{PEER_TIMEOUT:g}"],
         cwd=folder, check=True, capture_output=True, timeout=300,
     )
     return dict(json.loads(done.stdout))
