@@ -14,6 +14,7 @@ from bisect import bisect_left, insort
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import NamedTuple
 
 from scheduler.cron import FireTimes, Schedule
@@ -188,6 +189,13 @@ class CronEngine:
             self._restart(now)
         fires: list[Fire] = []
         horizon = now - self.max_catch_up
+        # The heap hands groups out in time order: the groups due at one
+        # time are gathered, their (sorted) ids merged, and the fires come
+        # out in order with no sort of the fires themselves.  A top of the
+        # hour of a million tasks is a few hundred thousand fires, and
+        # sorting those as tuples took half a second of a reactor turn.
+        at: float | None = None
+        gathered: list[array[int]] = []
         while True:
             self._drop_stale()
             if not self._heap or self._heap[0][0] > now:
@@ -202,12 +210,14 @@ class CronEngine:
                 self.skipped += len(group.task_ids)
                 self._push(group)
                 continue
-            scheduled = group.next_time
-            fires.extend([Fire(scheduled, task_id) for task_id in group.task_ids])
+            if group.next_time != at:
+                _emit(fires, at, gathered)
+                at, gathered = group.next_time, []
+            gathered.append(group.task_ids)
             group.next_time = group.iterator.get_next(float)
             self._push(group)
+        _emit(fires, at, gathered)
         self._last = max(self._last, now)
-        fires.sort()
         return fires
 
     def skip_to(self, now: float) -> None:
@@ -240,6 +250,14 @@ class CronEngine:
             if group is not None and group.token == token:
                 return
             heapq.heappop(heap)
+
+
+def _emit(fires: list[Fire], at: float | None, gathered: list[array[int]]) -> None:
+    """The fires at *at* of the tasks in *gathered* (sorted id arrays), by id."""
+    if at is None or not gathered:
+        return
+    ids: Iterable[int] = gathered[0] if len(gathered) == 1 else sorted(chain.from_iterable(gathered))
+    fires.extend(map(Fire, repeat(at), ids))
 
 
 def missed_times(schedule: Schedule, last: float, now: float, policy: str, cap: int) -> list[float]:
