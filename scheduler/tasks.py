@@ -530,7 +530,10 @@ class Task(TaskRecord):
 
     def reads(self, schedule: str, command: str, digits: str, tz: tzinfo) -> bool:
         """Whether the plain tasks.db line of *schedule*, *command* and
-        jobName ``task_<digits>``, read in *tz*, is this task exactly."""
+        jobName ``task_<digits>``, read in *tz*, is this task exactly
+        (*digits* being this task's id, maybe with leading zeros)."""
+        # The caller found this task by int(digits): the name is task_<id>
+        # exactly when the digits have no leading zero.
         return (
             self._job_name is None
             and self.command == command
@@ -538,7 +541,7 @@ class Task(TaskRecord):
             and self.options is DEFAULT_OPTIONS
             and not self.extra
             and self.schedule.tz is tz
-            and digits == str(self._id)
+            and digits[0] != "0"
         )
 
     @property

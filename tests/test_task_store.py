@@ -195,3 +195,10 @@ def test_a_load_hands_back_the_known_tasks_a_line_still_describes() -> None:
     assert again[2] is not book.get(3) and again[2].schedule.expression == "*/10 * * * *"
     reloaded = TaskBook.from_records(UTC, again, reuse=book)
     assert reloaded.get(1) is book.get(1) and reloaded.get(2) is again[1]
+
+
+def test_a_name_with_leading_zeros_is_not_the_known_task_of_that_id() -> None:
+    book = TaskBook.from_records(UTC, parse_lines(_plain(1).encode(), "tasks.db", UTC))
+    line = json.dumps({"schedule": "*/5 * * * *", "command": "echo 1", "jobName": "task_01"})
+    (record,) = parse_lines(line.encode(), "tasks.db", UTC, known=book.get)
+    assert record is not book.get(1) and record.job_name == "task_01" and record.id == 1

@@ -96,6 +96,9 @@ def one_size(runtime: Runtime, result: CaseResult, count: int) -> None:
     # (and dropped).
     (folder / "maintenance.json").write_text(json.dumps({"on": True, "since": None, "by": "bench"}))
     load_seconds: list[float] = []
+    # The scheduler's own CPU for each LOAD (/proc): what a LOAD costs
+    # whatever else the machine is doing.
+    load_cpu: list[float] = []
     list_seconds: list[float] = []
     pings: list[float] = []
     scheduler = Scheduler(runtime, folder)
@@ -105,10 +108,12 @@ def one_size(runtime: Runtime, result: CaseResult, count: int) -> None:
         details["rss_kib_after_start"] = scheduler.rss_kib()
         scheduler.profile(f"{NAME}-{count}-load")
         for _ in range(loads):
+            cpu_before = scheduler.cpu_seconds()
             lines, seconds = tcp_command(scheduler.tcp, "LOAD\n", timeout=600)
             if lines != [f"OK loaded {count} tasks"]:
                 raise RuntimeError(f"LOAD answered {lines[:3]}")
             load_seconds.append(seconds)
+            load_cpu.append(scheduler.cpu_seconds() - cpu_before)
         scheduler.end_profile()
         # The trim after a load runs on the turn after its reply.
         time.sleep(0.5)
@@ -171,6 +176,9 @@ def one_size(runtime: Runtime, result: CaseResult, count: int) -> None:
             samples=load_seconds,
         )
     )
+    cpu = median(load_cpu)
+    assert cpu is not None
+    result.add(Figure("LOAD, scheduler CPU" + suffix, cpu, "s", samples=load_cpu))
     rss_mb = rss_after_load * 1024 / 1e6
     result.add(
         Figure(
