@@ -134,8 +134,10 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int) -> dict[str
     scheduler = Scheduler(runtime, folder)
     sim = None
     try:
-        # Each fake job runs 2 s: every slot is taken once, as a herd of slow jobs would.
-        sim = SimWorkers(runtime, scheduler.ws_url, workers, slots=slots, hold=2.0, in_flight=100)
+        # Each fake job runs 2 s (0.2 s in the smoke run): every slot is
+        # taken once, as a herd of slow jobs would.
+        hold = 0.2 if runtime.quick else 2.0
+        sim = SimWorkers(runtime, scheduler.ws_url, workers, slots=slots, hold=hold, in_flight=100)
         scheduler.wait_workers(workers)
         due = due_second(QUICK_LEAD if tasks <= 100 else LEAD)
         schedule = six_fields(due)
@@ -155,7 +157,7 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int) -> dict[str
         cpu = scheduler.cpu_seconds() - cpu_before
         events = sim.snapshot()
         # Let every finished reach the job store before it stops.
-        time.sleep(3.0)
+        time.sleep(hold + 1.0)
     finally:
         if sim is not None:
             sim.stop()
