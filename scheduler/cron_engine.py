@@ -127,8 +127,11 @@ class CronEngine:
         for schedule, ids in gone.items():
             group = self._groups[schedule]
             if len(ids) < 8:
+                members = group.task_ids
                 for task_id in ids:
-                    del group.task_ids[bisect_left(group.task_ids, task_id)]
+                    index = bisect_left(members, task_id)
+                    if index < len(members) and members[index] == task_id:
+                        del members[index]
             else:
                 group.task_ids = array("q", [task_id for task_id in group.task_ids if task_id not in ids])
             if not group.task_ids:
