@@ -37,6 +37,8 @@ from scheduler.alert_rules import (
 )
 from scheduler.alerts import ALERT_EVENTS
 
+# The names that carry a task id; id_from_job_name reads them by hand, for
+# speed (tests/test_task_store.py checks the two agree).
 JOB_NAME = re.compile(r"^task_([0-9]{1,18})$")
 
 OVERLAP_POLICIES = ("allow", "skip", "queue")
@@ -409,11 +411,6 @@ OPTION_KEYS = frozenset(vars(TaskOptions()))
 DEFAULT_OPTIONS = TaskOptions()
 NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 KNOWN_KEYS = frozenset({"schedule", "command", "jobName", "id"}) | OPTION_KEYS
-
-
-# JSON's string form as json.dumps writes it with ensure_ascii=False (the C
-# encoder json.dumps itself uses), for Task.line's plain case.
-_json_string = json.encoder.encode_basestring
 
 
 class TaskRecord:

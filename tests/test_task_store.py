@@ -202,3 +202,15 @@ def test_a_name_with_leading_zeros_is_not_the_known_task_of_that_id() -> None:
     line = json.dumps({"schedule": "*/5 * * * *", "command": "echo 1", "jobName": "task_01"})
     (record,) = parse_lines(line.encode(), "tasks.db", UTC, known=book.get)
     assert record is not book.get(1) and record.job_name == "task_01" and record.id == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["task_1", "task_0", "task_007", "task_", "task_12\n", "task_12\n\n", "task_1x", "Task_1", "task_\u0661", "task_\u00b2",
+     "task_" + "9" * 18, "task_" + "9" * 19, "backup", " task_1", "task_1 "],
+)
+def test_id_from_job_name_reads_what_job_name_matches(name: str) -> None:
+    from scheduler.tasks import JOB_NAME, id_from_job_name
+
+    match = JOB_NAME.match(name)
+    assert id_from_job_name(name) == (int(match.group(1)) if match else None)
