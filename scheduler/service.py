@@ -53,7 +53,7 @@ from scheduler.tasks import Task
 from scheduler.tcp_commands import TcpCommands
 from scheduler.tcp_protocol import CommandFactory
 from scheduler.triggers import SCHEDULE
-from scheduler.worker_messages import GOING_AWAY_WAIT
+from scheduler.worker_messages import GOING_AWAY_WAIT, MAX_START_DELAY
 from scheduler.worker_protocol import WorkerServerFactory
 from scheduler.worker_registry import Worker, WorkerRegistry
 
@@ -634,10 +634,9 @@ class SchedulerService(MultiService):
     FIRE_LEAD = 0.05
     # A second with many fires starts this much earlier per fire (a herd of
     # 10,000 took about 0.25 ms a fire to record, place and send on a busy
-    # 2-core machine), at most HERD_MAX_LEAD (below the workers' bound on a
-    # run's delay, worker_messages.MAX_START_DELAY); fires are handed on
-    # FIRES_PER_TURN per reactor turn (docs/performance.md, "The
-    # top-of-the-hour herd").
+    # 2-core machine), at most HERD_MAX_LEAD: a second below the longest
+    # delay a worker accepts in a run; fires are handed on FIRES_PER_TURN
+    # per reactor turn (docs/performance.md, "The top-of-the-hour herd").
     HERD_LEAD_PER_FIRE = 0.0003
-    HERD_MAX_LEAD = 4.0
+    HERD_MAX_LEAD = MAX_START_DELAY - 1.0
     FIRES_PER_TURN = 200
