@@ -632,11 +632,11 @@ class SchedulerService(MultiService):
     # burst of 50 fires takes 3-6 ms to record and commit, and 4-5 ms more
     # to send, on a busy 2-core machine.
     FIRE_LEAD = 0.05
-    # A second with many fires starts this much earlier per fire (a herd of
-    # 10,000 took about 0.25 ms a fire to record, place and send on a busy
-    # 2-core machine), at most HERD_MAX_LEAD: a second below the longest
+    # A second with many fires starts this much earlier per fire (200 fires
+    # a second onto 1,000 workers took about 0.55 ms a fire to record, place
+    # and send on a busy 2-core machine), at most HERD_MAX_LEAD: a second below the longest
     # delay a worker accepts in a run; fires are handed on FIRES_PER_TURN
     # per reactor turn (docs/performance.md, "The top-of-the-hour herd").
-    HERD_LEAD_PER_FIRE = 0.0003
+    HERD_LEAD_PER_FIRE = 0.0006
     HERD_MAX_LEAD = MAX_START_DELAY - 1.0
     FIRES_PER_TURN = 200
