@@ -12,7 +12,7 @@ import heapq
 from array import array
 from bisect import bisect_left, insort
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import NamedTuple
@@ -188,17 +188,25 @@ class CronEngine:
         everything for hours; the caller's idempotency keys keep times that
         already ran from running again.
         """
+        return list(self.due_lazily(now))
+
+    def due_lazily(self, now: float) -> Iterator[Fire]:
+        """What :meth:`due` hands out, with the engine moved on now and the
+        fires made as they are taken.
+
+        A top of the hour of a million tasks is a few hundred thousand
+        fires: made and sorted at once they held the reactor for half a
+        second (docs/performance.md, "A million tasks"); the ticker takes
+        them a few hundred per turn.  Each group's ids are copied now, so a
+        task removed meanwhile still has the fire it was due.
+        """
         if now < self._last - self.max_step_back:
             self._restart(now)
-        fires: list[Fire] = []
+        batches: list[tuple[float, list[array[int]]]] = []
         horizon = now - self.max_catch_up
         # The heap hands groups out in time order: the groups due at one
-        # time are gathered, their (sorted) ids merged, and the fires come
-        # out in order with no sort of the fires themselves.  A top of the
-        # hour of a million tasks is a few hundred thousand fires, and
-        # sorting those as tuples took half a second of a reactor turn.
-        at: float | None = None
-        gathered: list[array[int]] = []
+        # time are gathered and their (sorted) ids merged as they are taken,
+        # so the fires come out by time, then task id, with no sort.
         while True:
             self._drop_stale()
             if not self._heap or self._heap[0][0] > now:
@@ -213,15 +221,13 @@ class CronEngine:
                 self.skipped += len(group.task_ids)
                 self._push(group)
                 continue
-            if group.next_time != at:
-                _emit(fires, at, gathered)
-                at, gathered = group.next_time, []
-            gathered.append(group.task_ids)
+            if not batches or batches[-1][0] != group.next_time:
+                batches.append((group.next_time, []))
+            batches[-1][1].append(array("q", group.task_ids))
             group.next_time = group.iterator.get_next(float)
             self._push(group)
-        _emit(fires, at, gathered)
         self._last = max(self._last, now)
-        return fires
+        return chain.from_iterable(_fires_at(at, gathered) for at, gathered in batches)
 
     def skip_to(self, now: float) -> None:
         """Hand out nothing up to *now*: the clock stepped forward to it.
@@ -255,12 +261,10 @@ class CronEngine:
             heapq.heappop(heap)
 
 
-def _emit(fires: list[Fire], at: float | None, gathered: list[array[int]]) -> None:
+def _fires_at(at: float, gathered: list[array[int]]) -> Iterator[Fire]:
     """The fires at *at* of the tasks in *gathered* (sorted id arrays), by id."""
-    if at is None or not gathered:
-        return
-    ids: Iterable[int] = gathered[0] if len(gathered) == 1 else sorted(chain.from_iterable(gathered))
-    fires.extend(map(Fire, repeat(at), ids))
+    ids: Iterable[int] = gathered[0] if len(gathered) == 1 else heapq.merge(*gathered)
+    return map(Fire, repeat(at), ids)
 
 
 def missed_times(schedule: Schedule, last: float, now: float, policy: str, cap: int) -> list[float]:

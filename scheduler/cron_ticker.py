@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -78,8 +79,8 @@ class CronTicker(Service):
         self._lead_per_fire = lead_per_fire
         self._max_lead = max(max_lead, lead)
         self._fires_per_turn = fires_per_turn
-        # Fires handed on but not yet passed to on_fires (fires_per_turn).
-        self._pending: deque[Fire] = deque()
+        # Each tick's fires not yet passed to on_fires (fires_per_turn).
+        self._pending: deque[Iterator[Fire]] = deque()
         self._draining: IDelayedCall | None = None
         # When the next tick was planned to run (for lag).
         self._planned = 0.0
@@ -199,33 +200,40 @@ class CronTicker(Service):
         try:
             self.ticks += 1
             skipped_before = self._engine.skipped
-            fires = self._engine.due(second)
+            if self._fires_per_turn is None:
+                fires = self._engine.due(second)
+            else:
+                # Made as they are handed on, a batch per turn.
+                self._pending.append(self._engine.due_lazily(second))
             if self._engine.skipped != skipped_before:
                 log.warn(
                     "clock jumped: skipped {count} fire times older than {window}s",
                     count=self._engine.skipped - skipped_before,
                     window=self._engine.max_catch_up,
                 )
-            if fires:
-                self._hand_on(fires)
+            if self._fires_per_turn is None:
+                if fires:
+                    self._on_fires(fires)
+            elif self._draining is None:
+                self._drain()
         except Exception:
             log.failure("cron tick failed; ticking on")
 
-    def _hand_on(self, fires: list[Fire]) -> None:
-        if self._fires_per_turn is None or (not self._pending and len(fires) <= self._fires_per_turn):
-            self._on_fires(fires)
-            return
-        self._pending.extend(fires)
-        if self._draining is None:
-            self._drain()
-
     def _drain(self) -> None:
+        """Hand on the next batch of the pending fires, in order; book a later turn for the rest."""
         self._draining = None
         assert self._fires_per_turn is not None
         pending = self._pending
-        batch = [pending.popleft() for _ in range(min(self._fires_per_turn, len(pending)))]
+        batch: list[Fire] = []
+        while pending and len(batch) < self._fires_per_turn:
+            taken = list(islice(pending[0], self._fires_per_turn - len(batch)))
+            if len(taken) < self._fires_per_turn - len(batch):
+                pending.popleft()  # that tick's fires are all out
+            batch.extend(taken)
         if pending:
             self._draining = self._clock.callLater(0, self._drain)
+        if not batch:
+            return
         try:
             self._on_fires(batch)
         except Exception:
