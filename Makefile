@@ -69,9 +69,11 @@ test: test-install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # Benchmarks against Celery, APScheduler and the machine's ceiling; peers go
-# into bench/.venv-peers, redis-server from Debian when missing.
+# into bench/.venv-peers, redis-server from Debian when missing.  Options
+# through BENCH_ARGS, e.g. make bench BENCH_ARGS="--only many_tasks --tasks 1000000".
+BENCH_ARGS ?=
 bench: test-install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # The soak case alone (real scheduler and workers; memory, tick lag, fires
 # lost or doubled as it goes), for as long as you like: make soak SOAK_SECONDS=3600

@@ -92,6 +92,8 @@ class Runtime:
     py_spy: Path | None = None
     # How long the soak case runs; None for its default.
     soak_seconds: float | None = None
+    # The many_tasks case's sizes; empty for its defaults.
+    task_counts: tuple[int, ...] = ()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -24,6 +24,7 @@ from bench.cases import (
     batch,
     cluster,
     fanout,
+    herd,
     latency,
     long_run,
     many_tasks,
@@ -45,12 +46,14 @@ CASES: dict[str, ModuleType] = {
     wire.NAME: wire,
     cluster.NAME: cluster,
     batch.NAME: batch,
+    herd.NAME: herd,
 }
 # The cases that compare against a peer, and so need the peer venv.
 NEEDS_PEERS = {
     throughput.NAME: ("celery", "redis"),
     batch.NAME: ("celery", "redis"),
     many_tasks.NAME: ("apscheduler",),
+    herd.NAME: ("celery", "redis", "apscheduler"),
 }
 
 
@@ -90,6 +93,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--soak-seconds",
         type=float,
         help="how long the soak case measures, after its warm-up (default 120 s, 8 s with --quick)",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        action="append",
+        metavar="N",
+        help="many_tasks: a tasks.db of N tasks (repeatable; default 100,000 and 1,000,000, 1,000 with --quick)",
     )
     return parser.parse_args(argv)
 
@@ -158,6 +168,7 @@ def main(argv: list[str]) -> int:
         peers=not args.no_peers,
         tree=args.tree.resolve() if args.tree else None,
         soak_seconds=args.soak_seconds,
+        task_counts=tuple(args.tasks or ()),
     )
     began = time.perf_counter()
     results: list[CaseResult] = []

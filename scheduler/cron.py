@@ -238,6 +238,31 @@ class Schedule:
     # Each field with H, and what H gave there (for describe()).
     hashed: tuple[tuple[str, str], ...] = ()
 
+    # The cron engine keys its groups by schedule and a LOAD compares every
+    # task's: with the fields hashed on each call, a million tasks spent a
+    # second in hashing alone.  Schedules are shared, so most comparisons
+    # are of an object with itself.
+    def __hash__(self) -> int:
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.expression, self.tz, self._cron, self._day_or, self._hourly, self.hashed))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return (self.expression, self.tz, self._cron, self._day_or, self._hourly, self.hashed) == (
+            other.expression,
+            other.tz,
+            other._cron,
+            other._day_or,
+            other._hourly,
+            other.hashed,
+        )
+
     @property
     def resolved(self) -> str:
         """The expression with each H replaced by the value it gave."""
@@ -368,11 +393,26 @@ def parse(expression: str, tz: tzinfo, seed: str | None = None) -> Schedule:
     H ignores it, so those stay shared between every task.  Raises
     InvalidSchedule with a reason a person understands.
     """
+    shared = _UNHASHED.get((expression, tz))
+    if shared is not None:
+        return shared
     if "h" not in expression.lower() or not _has_hash(_fields(expression)):
-        return _parse(expression, tz, None)
+        schedule = _parse(expression, tz, None)
+        if len(_UNHASHED) >= _UNHASHED_MAX:
+            _UNHASHED.clear()
+        _UNHASHED[expression, tz] = schedule
+        return schedule
     if seed is None:
         raise InvalidSchedule(expression, "H needs a task to hash (none was given)")
     return _parse(expression, tz, seed)
+
+
+# Schedules without H by (expression, zone): a load of a million tasks asks
+# for a few thousand expressions a million times, and this lookup is a
+# fraction of the H check and lru_cache's call (docs/performance.md, "A
+# million tasks").  Only valid expressions get in; cleared when full.
+_UNHASHED: dict[tuple[str, tzinfo], Schedule] = {}
+_UNHASHED_MAX = 4096
 
 
 @lru_cache(maxsize=4096)

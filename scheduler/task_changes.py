@@ -213,7 +213,7 @@ class TaskChanges:
             after = self._state.book
             for task in after:
                 old = before.pop(task.id, None)
-                if old is None or old != task:
+                if old is not task and (old is None or old != task):
                     self._record("load", by, old, task)
             for old in before.values():
                 self._record("load", by, old, None)

@@ -175,7 +175,7 @@ class TaskState:
 
     async def _load(self, change: _Change[Any]) -> None:
         try:
-            records = await maybeDeferred((self._exports or self._store).load)
+            records = await maybeDeferred((self._exports or self._store).load, known=self._book.get)
             with paused_gc():
                 book = TaskBook.from_records(self._book.tz, records, self._book.high_water, reuse=self._book)
             if self._exports is not None:
@@ -254,11 +254,8 @@ class TaskState:
         # (a new date iterator for its schedule) nor be announced as removed
         # and added: for a file of unchanged tasks, seconds of work for
         # nothing (docs/performance.md, "tasks.db and memory").
-        added = [task for task in book if not _same(task, old.get(task.id))]
-        replaced = {task.id for task in added}
-        removed = [task for task in old if task.id in replaced or book.get(task.id) is None]
-        for task in removed:
-            self._engine.remove(task.id)
+        added, removed = book.changes_from(old)
+        self._engine.remove_many(task.id for task in removed)
         self._engine.add_many((task.id, task.schedule) for task in added)
         for listener in self.listeners:
             try:
@@ -268,7 +265,3 @@ class TaskState:
                     listener("added", task)
             except Exception:
                 log.failure("task listener {listener!r} failed", listener=listener)
-
-
-def _same(task: Task, other: Task | None) -> bool:
-    return other is task or (other is not None and other == task)

@@ -40,7 +40,7 @@ from twisted.python.threadpool import ThreadPool
 from scheduler.cluster_events import notify_sql, schema_of
 from scheduler.job_history.database import JobStoreError
 from scheduler.job_history.postgres import _scrub, connect, redact
-from scheduler.task_store import LoadError, StoreError, TaskConflict, TaskDelta, paused_gc
+from scheduler.task_store import Known, LoadError, StoreError, TaskConflict, TaskDelta, paused_gc
 from scheduler.tasks import Task, TaskError, TaskRecord, parse_record
 
 log = Logger()
@@ -227,7 +227,9 @@ class PostgresTaskStore:
         """Every stored task (blocking); LoadError names a row that cannot be used."""
         return self._blocking(self._load, self._load_error)
 
-    def load(self) -> Deferred[list[TaskRecord]]:
+    def load(self, known: Known | None = None) -> Deferred[list[TaskRecord]]:
+        # *known* (the book's lookup, for reusing unchanged tasks) is not used:
+        # a node reads the whole set only at start, and refreshes by delta.
         return self._on_thread(self.load_now)
 
     def refresh(self, seen: int | None = None) -> Deferred[TaskDelta | None]:

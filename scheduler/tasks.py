@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,6 +37,8 @@ from scheduler.alert_rules import (
 )
 from scheduler.alerts import ALERT_EVENTS
 
+# The names that carry a task id; id_from_job_name reads them by hand, for
+# speed (tests/test_task_store.py checks the two agree).
 JOB_NAME = re.compile(r"^task_([0-9]{1,18})$")
 
 OVERLAP_POLICIES = ("allow", "skip", "queue")
@@ -411,27 +413,152 @@ NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 KNOWN_KEYS = frozenset({"schedule", "command", "jobName", "id"}) | OPTION_KEYS
 
 
-@dataclass(frozen=True)
-class Task:
-    id: int
-    job_name: str
+class TaskRecord:
+    """A parsed tasks.db line; ``id`` is None until the book gives it one.
+
+    Immutable by contract (nothing assigns to a record once made), as
+    :class:`Task` is.  Written by hand rather than as a frozen dataclass: a
+    million of them are made per load, and a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) cost more than the rest
+    of a line's parsing; slots, because a per-instance dict would be half
+    of a task's memory (docs/performance.md, "A million tasks").
+    """
+
+    __slots__ = ("_id", "_job_name", "command", "extra", "options", "schedule")
+
     schedule: cron.Schedule
     command: str
-    options: TaskOptions = TaskOptions()
+    options: TaskOptions
     # Keys this version does not know, kept so rewriting loses nothing.
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any]
 
-    @cached_property
+    def __init__(
+        self,
+        job_name: str,
+        schedule: cron.Schedule,
+        command: str,
+        options: TaskOptions = DEFAULT_OPTIONS,
+        extra: Mapping[str, Any] = NO_EXTRA,
+        id: int | None = None,
+    ) -> None:
+        self._id = id
+        # A name that is task_<id> again is not kept: it is made when asked
+        # for (a million such names are 60 MB).
+        self._job_name: str | None = None if id is not None and job_name == f"task_{id}" else job_name
+        self.schedule = schedule
+        self.command = command
+        self.options = options
+        self.extra = extra
+
+    @property
+    def id(self) -> int | None:
+        return self._id
+
+    @property
+    def job_name(self) -> str:
+        name = self._job_name
+        return f"task_{self._id}" if name is None else name
+
+    def same_fields(self, other: TaskRecord) -> bool:
+        """Whether *other* holds the same task (id, name, schedule, command, options, extra)."""
+        return (
+            self._id == other._id
+            and self._job_name == other._job_name
+            and self.command == other.command
+            and self.schedule == other.schedule
+            and self.options == other.options
+            and self.extra == other.extra
+        )
+
+    def __eq__(self, other: object) -> bool:
+        # As a dataclass compares: only with its own class.
+        if other is self:
+            return True
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, TaskRecord)
+        return self.same_fields(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(id={self._id!r}, job_name={self.job_name!r}, schedule={self.schedule!r},"
+            f" command={self.command!r}, options={self.options!r}, extra={self.extra!r})"
+        )
+
+
+# JSON's string form as json.dumps writes it with ensure_ascii=False (the C
+# encoder json.dumps itself uses), for Task.line's plain case.
+_json_string = json.encoder.encode_basestring
+
+
+class Task(TaskRecord):
+    """A task in the book: a record whose id is decided.
+
+    A record read with its id known (a ``task_<id>`` jobName) is made a Task
+    at once, so a load adopts it rather than copying it.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        id: int,
+        job_name: str,
+        schedule: cron.Schedule,
+        command: str,
+        options: TaskOptions = DEFAULT_OPTIONS,
+        extra: Mapping[str, Any] = NO_EXTRA,
+    ) -> None:
+        # Inline, not super().__init__: this runs a million times per load.
+        self._id = id
+        self._job_name = None if job_name == f"task_{id}" else job_name
+        self.schedule = schedule
+        self.command = command
+        self.options = options
+        self.extra = extra
+
+    @property
+    def id(self) -> int:
+        task_id = self._id
+        assert task_id is not None
+        return task_id
+
+    def reads(self, schedule: str, command: str, digits: str, tz: tzinfo) -> bool:
+        """Whether the plain tasks.db line of *schedule*, *command* and
+        jobName ``task_<digits>``, read in *tz*, is this task exactly
+        (*digits* being this task's id, maybe with leading zeros)."""
+        # The caller found this task by int(digits): the name is task_<id>
+        # exactly when the digits have no leading zero.
+        return (
+            self._job_name is None
+            and self.command == command
+            and self.schedule.expression == schedule
+            and self.options is DEFAULT_OPTIONS
+            and not self.extra
+            and self.schedule.tz is tz
+            and digits[0] != "0"
+        )
+
+    @property
     def line(self) -> str:
-        """The task's tasks.db line (without the newline), computed once."""
+        """The task's tasks.db line (without the newline)."""
+        if self._job_name is None and self.options is DEFAULT_OPTIONS and not self.extra and self.id < _NAMED_IDS:
+            # The seed's three keys, as json.dumps would write them, in a
+            # fraction of the time: SAVE formats every task.
+            return (
+                f'{{"schedule": {_json_string(self.schedule.expression)}, "command": {_json_string(self.command)},'
+                f' "jobName": "task_{self._id}"}}'
+            )
         record: dict[str, Any] = {
             "schedule": self.schedule.expression,
             "command": self.command,
             "jobName": self.job_name,
         }
-        if id_from_job_name(self.job_name) != self.id:
+        if id_from_job_name(self.job_name) != self._id:
             # Only names like task_12 carry the id; others store it beside.
-            record["id"] = self.id
+            record["id"] = self._id
         record.update(self.options.non_defaults())
         record.update(self.extra)
         return json.dumps(record, ensure_ascii=False)
@@ -459,25 +586,30 @@ def check_command(command: object, *, multiline: bool = False) -> str:
     return command
 
 
+# Ids a task_<id> name can carry (JOB_NAME: at most 18 digits).
+_NAMED_IDS = 10**18
+
+
 def id_from_job_name(job_name: str) -> int | None:
-    match = JOB_NAME.match(job_name)
-    return int(match.group(1)) if match else None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """A parsed tasks.db line whose id is not yet decided."""
-
-    job_name: str
-    schedule: cron.Schedule
-    command: str
-    options: TaskOptions
-    extra: Mapping[str, Any]
-    id: int | None = None
+    """The id a ``task_<id>`` name carries (what JOB_NAME matches), else None."""
+    # By hand rather than JOB_NAME.match: a load asks this for every line.
+    if not job_name.startswith("task_"):
+        return None
+    digits = job_name[5:]
+    if digits.endswith("\n"):
+        # As JOB_NAME's $ does, a single newline at the end is allowed.
+        digits = digits[:-1]
+    if 0 < len(digits) <= 18 and digits.isascii() and digits.isdigit():
+        return int(digits)
+    return None
 
 
 def parse_record(data: object, tz: tzinfo) -> TaskRecord:
-    """Check one decoded tasks.db object; raises TaskError saying what is wrong."""
+    """Check one decoded tasks.db object; raises TaskError saying what is wrong.
+
+    A record whose id is known (given, or in a ``task_<id>`` jobName) comes
+    back as a :class:`Task` of that id, for the book to adopt as it is.
+    """
     if not isinstance(data, dict):
         raise TaskError("expected a JSON object")
     for key in ("schedule", "command", "jobName"):
@@ -494,16 +626,40 @@ def parse_record(data: object, tz: tzinfo) -> TaskRecord:
         if not OPTION_KEYS.isdisjoint(data)
         else DEFAULT_OPTIONS
     )
-    try:
-        schedule = cron.parse(schedule_text, options.tz or tz, seed=job_name)
-    except cron.InvalidSchedule as error:
-        raise TaskError(str(error)) from None
+    schedule = _schedule(schedule_text, options.tz or tz, job_name)
     task_id = data.get("id", id_from_job_name(job_name))
     if task_id is not None and (
         isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 1
     ):
         raise TaskError("id must be a positive integer")
     extra = {key: value for key, value in data.items() if key not in KNOWN_KEYS} or NO_EXTRA
-    return TaskRecord(
-        job_name, schedule, check_command(data["command"]), options, extra, task_id
-    )
+    command = check_command(data["command"])
+    if task_id is None:
+        return TaskRecord(job_name, schedule, command, options, extra)
+    return Task(task_id, job_name, schedule, command, options, extra)
+
+
+def parse_plain_record(schedule_text: str, command: str, job_name: str, tz: tzinfo) -> TaskRecord:
+    """:func:`parse_record` of ``{"schedule": ..., "command": ..., "jobName": ...}``
+    (the seed's three string keys and nothing else), without building the dict.
+
+    The same checks in the same order, so the same line fails the same way
+    either way; tasks.db loads read most lines through here.
+    """
+    if not job_name.strip():
+        raise TaskError("jobName must be a non-empty string")
+    schedule = _schedule(schedule_text, tz, job_name)
+    task_id = id_from_job_name(job_name)
+    if task_id is not None and task_id < 1:
+        raise TaskError("id must be a positive integer")
+    check_command(command)
+    if task_id is None:
+        return TaskRecord(job_name, schedule, command)
+    return Task(task_id, job_name, schedule, command)
+
+
+def _schedule(text: str, tz: tzinfo, job_name: str) -> cron.Schedule:
+    try:
+        return cron.parse(text, tz, seed=job_name)
+    except cron.InvalidSchedule as error:
+        raise TaskError(str(error)) from None

@@ -17,7 +17,7 @@ end with an ``OK`` line.  The verbs that act on the connection itself
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -33,7 +33,13 @@ from scheduler.triggers import TriggeredBy
 
 log = Logger()
 
-Reply = str | Deferred[str]
+# A reply of many lines (LIST) is made a chunk of lines at a time, as the
+# connection takes them (tcp_protocol.py), so a million tasks neither block
+# the reactor for seconds nor sit in memory as one string.
+Chunks = Iterator[str]
+Reply = str | Deferred[str] | Chunks
+# Lines per chunk: about a millisecond of formatting per reactor turn.
+LIST_CHUNK = 200
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
 # A client whose address is not known (the protocol passes its own).
@@ -208,6 +214,11 @@ class TcpCommands:
 
     def do_LIST(self, argument: str, by: TriggeredBy) -> Reply:
         book = self._changes.book
+        # The tasks as they stand now; what changes while the listing goes
+        # out is not in it (changes replace the book, they never edit it).
+        return self._listing(book, list(book))
+
+    def _listing(self, book: TaskBook, tasks: list[Task]) -> Chunks:
         # Tasks on one schedule share their next run, and formatting a time
         # costs more than the rest of a line: format each time once.
         formatted: dict[float | None, str] = {}
@@ -231,12 +242,12 @@ class TcpCommands:
             name = task.options.timezone
             return "" if name is None else f"{CRON_TZ}{visible(name)} "
 
-        lines = [
-            f"{task.id}\t{visible(task.job_name)}\t{zone(task)}{visible(task.schedule.expression)}\t{when(task)}\t{visible(task.command)}"
-            for task in book
-        ]
-        lines.append(f"OK {len(book)} task{'' if len(book) == 1 else 's'}")
-        return "\n".join(lines)
+        for start in range(0, len(tasks), LIST_CHUNK):
+            yield "\n".join(
+                f"{task.id}\t{visible(task.job_name)}\t{zone(task)}{visible(task.schedule.expression)}\t{when(task)}\t{visible(task.command)}"
+                for task in tasks[start : start + LIST_CHUNK]
+            )
+        yield f"OK {len(tasks)} task{'' if len(tasks) == 1 else 's'}"
 
     def do_REMOVE(self, argument: str, by: TriggeredBy) -> Reply:
         if not argument:

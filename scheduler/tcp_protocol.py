@@ -24,6 +24,7 @@ from typing import cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
@@ -38,7 +39,7 @@ from zope.interface import implementer
 from scheduler.access_tokens import Access
 from scheduler.settings import Settings
 from scheduler.tcp_auth import ConnectionAuth, TcpAuth
-from scheduler.tcp_commands import TCP, VERBS, Reply, TcpCommands, Verb, read_command
+from scheduler.tcp_commands import TCP, VERBS, Chunks, Reply, TcpCommands, Verb, read_command
 from scheduler.triggers import TriggeredBy
 
 log = Logger()
@@ -62,6 +63,81 @@ def _verb_of(raw: bytes | None) -> Verb | None:
 @dataclass
 class _Slot:
     text: str | None = None
+    # A reply of many lines, sent a chunk at a time (see _Stream).
+    chunks: Chunks | None = None
+
+
+# About what a streamed reply sends per reactor turn.
+_TURN_BYTES = 16 * 1024
+
+
+@implementer(IPushProducer)
+class _Stream:
+    """Sends a many-line reply a chunk per reactor turn, as fast as the peer reads.
+
+    The first chunk goes out at once; each next one on a later turn, so
+    other connections are served in between, and not while the transport
+    has asked it to pause (its buffer full: a slow reader holds a chunk or
+    two in memory, not the whole reply).
+    """
+
+    def __init__(self, protocol: CommandLineProtocol, chunks: Chunks, clock: IReactorTime) -> None:
+        self._protocol = protocol
+        self._chunks = chunks
+        self._clock = clock
+        self._paused = False
+        self._done = False
+        self._next: IDelayedCall | None = None
+
+    def start(self) -> None:
+        cast(IConsumer, self._protocol.transport).registerProducer(self, True)
+        self._step()
+
+    def _step(self) -> None:
+        self._next = None
+        budget = _TURN_BYTES
+        while not self._paused and not self._done:
+            try:
+                chunk = next(self._chunks, None)
+            except Exception:
+                log.failure("a streamed reply failed")
+                chunk = "ERR internal error (logged on the scheduler)"
+                self._chunks = iter(())
+            if chunk is None:
+                self._finish()
+                return
+            data = chunk.encode("utf-8") + b"\n"
+            self._protocol.transport.write(data)
+            budget -= len(data)
+            if budget <= 0:
+                # The rest on a later turn (a short reply goes out in this one).
+                if not self._paused and not self._done:
+                    self._next = self._clock.callLater(0, self._step)
+                return
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        cast(IConsumer, self._protocol.transport).unregisterProducer()
+        self._protocol.stream_done()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+
+    def resumeProducing(self) -> None:
+        if self._done or not self._paused:
+            return
+        self._paused = False
+        self._next = self._clock.callLater(0, self._step)
+
+    def stopProducing(self) -> None:
+        # The connection is gone: nothing more to send.
+        self.pauseProducing()
+        self._done = True
 
 
 @implementer(IHalfCloseableProtocol)
@@ -101,6 +177,8 @@ class CommandLineProtocol(Protocol):
         self._first = True
         self._timer: IDelayedCall | None = None
         self._paused = False
+        # The many-line reply going out now, if any (it holds the first slot).
+        self._stream: _Stream | None = None
 
     # -- framing -------------------------------------------------------
 
@@ -162,6 +240,8 @@ class CommandLineProtocol(Protocol):
     def _process(self) -> None:
         while self._lines and not self._closing:
             self._flush()
+            if not self._lines or self._closing:
+                break  # a reply that finished in _flush went on with the lines
             raw = self._lines[0]
             if self._waiting:
                 verb = _verb_of(raw)
@@ -173,8 +253,10 @@ class CommandLineProtocol(Protocol):
             reply = self._answer(raw)
             if isinstance(reply, Deferred):
                 reply.addCallback(self._replied, slot)
-            else:
+            elif isinstance(reply, str):
                 slot.text = reply
+            else:
+                slot.chunks = reply
         self._flush()
         if self._paused and len(self._lines) < 100 and not self._closing:
             self._paused = False
@@ -194,10 +276,23 @@ class CommandLineProtocol(Protocol):
 
     def _flush(self) -> None:
         """Send the replies that are ready, in the order of their lines."""
-        while self._waiting and self._waiting[0].text is not None:
-            text = self._waiting.popleft().text
-            assert text is not None
-            self._send(text)
+        while self._waiting and self._stream is None and not self._closing:
+            head = self._waiting[0]
+            if head.chunks is not None:
+                # Stays first in line until its last chunk is out.
+                self._stream = _Stream(self, head.chunks, self._clock)
+                self._stream.start()
+                return
+            if head.text is None:
+                return
+            self._waiting.popleft()
+            self._send(head.text)
+
+    def stream_done(self) -> None:
+        """The streamed reply at the head is out: on to the next."""
+        self._stream = None
+        self._waiting.popleft()
+        self._process()
 
     def _answer(self, raw: bytes | None) -> Reply:
         first, self._first = self._first, False

@@ -16,7 +16,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = {"throughput", "latency", "many_tasks", "many_workers", "fanout", "long_run", "soak", "wire", "batch"}
+CASES = {
+    "throughput",
+    "latency",
+    "many_tasks",
+    "many_workers",
+    "fanout",
+    "long_run",
+    "soak",
+    "wire",
+    "batch",
+    "herd",
+}
 
 
 def test_bench_quick_run_writes_every_case(tmp_path: Path) -> None:

@@ -87,3 +87,25 @@ def test_quiet_tick_cost_does_not_depend_on_idle_tasks() -> None:
         engine.add(task_id, every(f"{task_id % 60} 3 * * *"))
     assert engine.due(T0 + 1) == []
     assert engine.next_due() == T0 + 3 * 3600
+
+
+def test_bulk_adds_and_removals_keep_each_group_exact() -> None:
+    engine = CronEngine(T0)
+    minute, five = every("* * * * *"), every("*/5 * * * *")
+    engine.add_many([(task_id, minute if task_id % 2 else five) for task_id in range(30, 0, -1)])
+    # A task given twice ends in the group given last, once.
+    engine.add_many([(2, minute), (2, five)])
+    engine.remove_many([1, 3, 5])  # a few: one at a time
+    engine.remove_many(range(11, 30, 2))  # many: the group filtered once
+    engine.remove(4)
+    engine.remove(4)  # gone already: nothing
+    odd_left = [7, 9]
+    even_left = [task_id for task_id in range(2, 31, 2) if task_id != 4]
+    assert len(engine) == len(odd_left) + len(even_left)
+    assert engine.count_due(T0 + 60) == len(odd_left)
+    assert engine.count_due(T0 + 300) == len(odd_left) + len(even_left)
+    assert [(fire.scheduled - T0, fire.task_id) for fire in engine.due(T0 + 60)] == [(60, 7), (60, 9)]
+    # The two groups due at one time come out merged by id.
+    fires = engine.due(T0 + 300)
+    assert fires == sorted(fires)
+    assert [fire.task_id for fire in fires if fire.scheduled == T0 + 300] == sorted(odd_left + even_left)

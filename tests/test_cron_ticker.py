@@ -126,3 +126,70 @@ def test_a_slow_tick_does_not_make_the_next_one_late() -> None:
     clock.advance(1001.95 - clock.seconds())
     assert ticker.lag == 0.0
     assert scheduled(seen) == [[1001.0], [1002.0]]
+
+
+# -- the top-of-the-hour herd ------------------------------------------------------
+
+
+def herd_engine(clock: Clock, tasks: int, second: float) -> CronEngine:
+    """*tasks* tasks due at *second* only (and on that second of every hour)."""
+    engine = CronEngine(clock.seconds())
+    at = int(second)
+    schedule = cron.parse(f"{at // 60 % 60} * * * * {at % 60}", UTC)
+    engine.add_many((task_id, schedule) for task_id in range(1, tasks + 1))
+    return engine
+
+
+def test_a_second_with_many_fires_ticks_earlier_by_its_size() -> None:
+    clock = Clock()
+    clock.advance(3600 * 10 + 100.25)
+    due = 3600 * 10 + 110.0
+    seen: list[list[Fire]] = []
+    engine = herd_engine(clock, 1000, due)
+    assert engine.count_due(due) == 1000 and engine.count_due(due - 1) == 0
+    ticker = CronTicker(clock, engine, seen.append, lead=0.05, lead_per_fire=0.001, max_lead=0.5)
+    ticker.startService()
+    # The usual ticks, each 50 ms ahead of its second, until the herd's.
+    while planned(clock)[0] < due - 1:
+        clock.advance(planned(clock)[0] - clock.seconds())
+    assert seen == []
+    # 0.05 + 1,000 x 1 ms is more than 0.5: the most it may lead by.
+    assert planned(clock) == [due - 0.5]
+    clock.advance(due - 0.5 - clock.seconds())
+    assert [len(fires) for fires in seen] == [1000]
+    assert {fire.scheduled for fire in seen[0]} == {due}
+    # Then on as usual, the second after it.
+    assert planned(clock) == [due + 1 - 0.05]
+    ticker.stopService()
+
+
+def test_a_small_second_keeps_the_usual_lead() -> None:
+    clock = Clock()
+    clock.advance(1000.25)
+    seen: list[list[Fire]] = []
+    ticker = CronTicker(clock, every_second_engine(clock), seen.append, lead=0.05, lead_per_fire=0.0, max_lead=0.5)
+    ticker.startService()
+    assert planned(clock) == [1000.95]
+    ticker.stopService()
+
+
+def test_fires_are_handed_on_a_few_per_turn_in_order() -> None:
+    clock = Clock()
+    clock.advance(3600 * 10 + 100.25)
+    due = 3600 * 10 + 101.0
+    seen: list[list[Fire]] = []
+    # Whether a later turn was booked when each batch was handed on.
+    more: list[bool] = []
+
+    def on_fires(fires: list[Fire]) -> None:
+        seen.append(fires)
+        more.append(any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()))
+
+    ticker = CronTicker(clock, herd_engine(clock, 450, due), on_fires, fires_per_turn=200)
+    ticker.startService()
+    clock.advance(due - clock.seconds())
+    assert [len(fires) for fires in seen] == [200, 200, 50]
+    assert more == [True, True, False]
+    assert [fire.task_id for fires in seen for fire in fires] == list(range(1, 451))
+    ticker.stopService()
+    assert not clock.getDelayedCalls()

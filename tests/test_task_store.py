@@ -149,3 +149,68 @@ def test_invalid_changes_fail_alone(tmp_path: Path) -> None:
     assert isinstance(bad.value, TaskNotFound)
     with pytest.raises(TaskError, match="target"):
         TaskOptions.from_mapping({"target": "nowhere"})
+
+
+# -- the plain-line path and LOAD's reuse (docs/performance.md, "A million tasks")
+
+
+def _plain(number: int, schedule: str = "*/5 * * * *", command: str | None = None) -> str:
+    return json.dumps({"schedule": schedule, "command": command or f"echo {number}", "jobName": f"task_{number}"})
+
+
+def test_plain_lines_read_as_the_json_path_reads_them() -> None:
+    # The same line as the seed's three keys (the fast path) and with a
+    # space more (json.loads): the same task, and the same line written back.
+    lines = [_plain(1), _plain(2, "H H * * *"), '{"schedule": "@daily", "command": "a\\u00e9 b", "jobName": "x"}']
+    fast = parse_lines("\n".join(lines).encode(), "tasks.db", UTC)
+    slow = parse_lines("\n".join(line.replace("{", "{ ", 1) for line in lines).encode(), "tasks.db", UTC)
+    assert fast == slow
+    book = TaskBook.from_records(UTC, fast)
+    assert [task.line for task in book] == [*lines[:2], json.dumps({**json.loads(lines[2]), "id": 3}, ensure_ascii=False)]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"schedule": "61 * * * *", "command": "x", "jobName": "task_1"}', "minute must be 0-59"),
+        ('{"schedule": "* * * * *", "command": " ", "jobName": "task_1"}', "command is empty"),
+        ('{"schedule": "* * * * *", "command": "x", "jobName": " "}', "jobName must be a non-empty string"),
+        ('{"schedule": "* * * * *", "command": "x", "jobName": "task_0"}', "id must be a positive integer"),
+    ],
+)
+def test_plain_lines_fail_as_the_json_path_fails(line: str, reason: str) -> None:
+    for text in (line, line.replace("{", "{ ", 1)):
+        with pytest.raises(LoadError) as caught:
+            parse_lines(f"{_plain(1)}\n\n{text}\n".encode(), "tasks.db", UTC)
+        assert caught.value.line == 3 and reason in caught.value.reason
+
+
+def test_a_load_hands_back_the_known_tasks_a_line_still_describes() -> None:
+    data = "\n".join([_plain(1), _plain(2), _plain(3)]).encode()
+    book = TaskBook.from_records(UTC, parse_lines(data, "tasks.db", UTC))
+    changed = "\n".join([_plain(1), _plain(2, command="echo changed"), _plain(3, "*/10 * * * *")]).encode()
+    again = parse_lines(changed, "tasks.db", UTC, known=book.get)
+    assert again[0] is book.get(1)
+    assert again[1] is not book.get(2) and again[1].command == "echo changed"
+    assert again[2] is not book.get(3) and again[2].schedule.expression == "*/10 * * * *"
+    reloaded = TaskBook.from_records(UTC, again, reuse=book)
+    assert reloaded.get(1) is book.get(1) and reloaded.get(2) is again[1]
+
+
+def test_a_name_with_leading_zeros_is_not_the_known_task_of_that_id() -> None:
+    book = TaskBook.from_records(UTC, parse_lines(_plain(1).encode(), "tasks.db", UTC))
+    line = json.dumps({"schedule": "*/5 * * * *", "command": "echo 1", "jobName": "task_01"})
+    (record,) = parse_lines(line.encode(), "tasks.db", UTC, known=book.get)
+    assert record is not book.get(1) and record.job_name == "task_01" and record.id == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["task_1", "task_0", "task_007", "task_", "task_12\n", "task_12\n\n", "task_1x", "Task_1", "task_\u0661", "task_\u00b2",
+     "task_" + "9" * 18, "task_" + "9" * 19, "backup", " task_1", "task_1 "],
+)
+def test_id_from_job_name_reads_what_job_name_matches(name: str) -> None:
+    from scheduler.tasks import JOB_NAME, id_from_job_name
+
+    match = JOB_NAME.match(name)
+    assert id_from_job_name(name) == (int(match.group(1)) if match else None)

@@ -147,6 +147,66 @@ def test_list_escapes_job_names_from_the_file(tmp_path: Path, clock: Clock) -> N
     assert out[2] == "OK removed id=4 jobName=a\\x1b[31mb"
 
 
+def _many_tasks(tmp_path: Path, count: int) -> TaskState:
+    with open(tmp_path / "tasks.db", "w") as out:
+        for number in range(1, count + 1):
+            out.write(json.dumps({"schedule": "@daily", "command": f"echo {number}", "jobName": f"task_{number}"}) + "\n")
+    return make_state(tmp_path / "tasks.db")
+
+
+def test_a_long_list_goes_out_over_several_turns_and_other_clients_are_served_between(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # 5,000 lines are several chunks: one turn sends about 64 KB, the rest
+    # follow on later turns, and the line after LIST waits for its end.
+    state = _many_tasks(tmp_path, 5000)
+    lister = Client(state, clock)
+    lister.protocol.dataReceived(b"LIST\nPING\n")
+    first = lister.lines()
+    assert 0 < len(first) < 5000
+    assert "PONG" not in first
+    # Another connection is answered while the listing is under way.
+    assert Client(state, clock).send(b"PING\n") == ["PONG"]
+    for _ in range(20):
+        clock.advance(0)
+    lines = lister.lines()
+    assert len(lines) == 5002
+    assert lines[0].startswith("1\ttask_1\t@daily\t") and lines[4999].endswith("\techo 5000")
+    assert lines[5000:] == ["OK 5000 tasks", "PONG"]
+
+
+def test_a_list_waits_while_the_transport_is_full(tmp_path: Path, clock: Clock) -> None:
+    state = _many_tasks(tmp_path, 5000)
+    lister = Client(state, clock)
+    lister.protocol.dataReceived(b"LIST\n")
+    producer = lister.transport.producer
+    assert producer is not None and lister.transport.streaming
+    producer.pauseProducing()
+    sent = len(lister.lines())
+    for _ in range(20):
+        clock.advance(0)
+    assert len(lister.lines()) == sent
+    producer.resumeProducing()
+    for _ in range(20):
+        clock.advance(0)
+    assert lister.lines()[-1] == "OK 5000 tasks"
+    assert lister.transport.producer is None
+
+
+def test_a_list_stops_when_the_connection_goes(tmp_path: Path, clock: Clock) -> None:
+    state = _many_tasks(tmp_path, 5000)
+    lister = Client(state, clock)
+    lister.protocol.dataReceived(b"LIST\n")
+    producer = lister.transport.producer
+    assert producer is not None
+    producer.stopProducing()
+    sent = len(lister.lines())
+    for _ in range(20):
+        clock.advance(0)
+    assert len(lister.lines()) == sent < 5001
+    assert not clock.getDelayedCalls()
+
+
 # -- the verb table: HELP, README and the protocol follow it --------------------
 
 

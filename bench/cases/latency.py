@@ -1,10 +1,11 @@
-"""Case 2, dispatch latency: cron fires every second onto 100 connected workers.
+"""Case 2, dispatch latency: cron fires every second onto connected workers.
 
-100 simulated workers (one process, the real protocol) and 50 tasks on the
-six-field schedule ``* * * * * *``, so 50 jobs are due at every second.
-For each job, latency runs from its scheduled second to the moment the
-worker sent ``started`` (the simulated worker timestamps it; the scheduled
-time comes from ``GET /api/jobs``).  The scheduler's own
+Two sizes, one after the other: 100 simulated workers (one process, the
+real protocol) with 50 tasks on the six-field schedule ``* * * * * *``, so
+50 jobs are due at every second; then 1,000 workers with 200 tasks, 200
+fires a second.  For each job, latency runs from its scheduled second to
+the moment the worker sent ``started`` (the simulated worker timestamps
+it; the scheduled time comes from ``GET /api/jobs``).  The scheduler's own
 ``scheduler_dispatch_latency_seconds`` histogram (scheduled time to
 ``started`` received) is read from /metrics over the same window, as a
 cross-check; its buckets give an upper bound, not an exact percentile.
@@ -47,16 +48,27 @@ def scheduled_times(scheduler: Scheduler, since_id: int) -> dict[int, float]:
         before = page[-1]["id"]
 
 
+# (workers, tasks due every second, p99 target in ms, figure suffix); the
+# first is the case as it was, whose figures keep their names.  The smoke
+# run (--quick) does the first, small.
+SIZES = ((100, 50, 20.0, ""), (1000, 200, 10.0, " (1,000 workers, 200 fires/s)"))
+QUICK_SIZES = ((5, 3, 20.0, ""),)
+
+
 def run(runtime: Runtime) -> CaseResult:
     result = CaseResult(NAME)
-    workers = 5 if runtime.quick else 100
-    tasks = 3 if runtime.quick else 50
+    for workers, tasks, target_ms, suffix in QUICK_SIZES if runtime.quick else SIZES:
+        one_size(runtime, result, workers, tasks, target_ms, suffix)
+    return result
+
+
+def one_size(runtime: Runtime, result: CaseResult, workers: int, tasks: int, target_ms: float, suffix: str) -> None:
     window = 3.0 if runtime.quick else 22.0
-    result.details.update(workers=workers, tasks=tasks, schedule="* * * * * *", window_seconds=window)
-    scheduler = Scheduler(runtime, runtime.scratch(NAME))
+    details: dict[str, object] = dict(workers=workers, tasks=tasks, schedule="* * * * * *", window_seconds=window)
+    scheduler = Scheduler(runtime, runtime.scratch(f"{NAME}-{workers}"), backlog=4096)
     sim = None
     try:
-        sim = SimWorkers(runtime, scheduler.ws_url, workers, hold=0.05)
+        sim = SimWorkers(runtime, scheduler.ws_url, workers, hold=0.05, in_flight=100)
         scheduler.wait_workers(workers)
         lines, _ = tcp_command(scheduler.tcp, "ADD * * * * * * true\n" * tasks)
         if len(lines) != tasks or not all(line.startswith("OK") for line in lines):
@@ -66,7 +78,7 @@ def run(runtime: Runtime) -> CaseResult:
         start = float(int(time.time()) + 1)
         time.sleep(start - time.time())
         before = histogram(scheduler.http.metrics(), METRIC)
-        scheduler.profile(NAME)
+        scheduler.profile(f"{NAME}-{workers}")
         cpu_before = scheduler.cpu_seconds()
         time.sleep(window)
         end = float(int(time.time()))
@@ -99,13 +111,27 @@ def run(runtime: Runtime) -> CaseResult:
     p50 = percentile(started_ms, 50)
     p99 = percentile(started_ms, 99)
     assert p50 is not None and p99 is not None
-    result.add(Figure("fires measured", float(len(started_ms)), "jobs"))
-    result.add(Figure("scheduled second to started, p50", p50, "ms"))
-    result.add(Figure("scheduled second to started, p99", p99, "ms", target="p99 < 20 ms", met=p99 < 20))
+    result.add(Figure("fires measured" + suffix, float(len(started_ms)), "jobs"))
+    result.add(Figure("scheduled second to started, p50" + suffix, p50, "ms"))
+    result.add(
+        Figure(
+            "scheduled second to started, p99" + suffix,
+            p99,
+            "ms",
+            target=f"p99 < {target_ms:g} ms",
+            met=p99 < target_ms,
+        )
+    )
+    # When the run reached the worker (negative: before its second, which
+    # the worker waits for): the scheduler's part of the latency.
+    arrival_p50, arrival_p99 = percentile(run_ms, 50), percentile(run_ms, 99)
+    result.add(Figure("run reached the worker, p50" + suffix, arrival_p50, "ms"))
+    result.add(Figure("run reached the worker, p99" + suffix, arrival_p99, "ms"))
+    result.add(Figure("scheduler CPU" + suffix, scheduler_cpu * 100, "% of a core"))
     bound = histogram_quantile(delta, 0.99)
-    result.details.update(
-        run_arrival_ms_p50=percentile(run_ms, 50),
-        run_arrival_ms_p99=percentile(run_ms, 99),
+    details.update(
+        run_arrival_ms_p50=arrival_p50,
+        run_arrival_ms_p99=arrival_p99,
         started_ms_max=max(started_ms),
         scheduler_cpu_share=scheduler_cpu,
         histogram_count=delta[-1][1] if delta else 0,
@@ -113,4 +139,4 @@ def run(runtime: Runtime) -> CaseResult:
         histogram_p99_at_most_ms=None if bound is None else bound * 1000,
         histogram_buckets_ms={str(bucket * 1000): count for bucket, count in delta},
     )
-    return result
+    result.details[str(workers)] = details
