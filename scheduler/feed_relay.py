@@ -184,6 +184,14 @@ class FeedRelay:
     def _read(self, found: Relayed) -> None:
         self._reading = False
         if self._feed:
+            # Output first: a job's last lines come before the event saying it ended.
+            for chunk in found.chunks:
+                if chunk.seq <= self._last.get(chunk.job_id, 0):
+                    continue
+                self._last[chunk.job_id] = chunk.seq
+                self._publish_output(chunk)
+            if found.more_chunks:
+                self._wanted.output.update(chunk.job_id for chunk in found.chunks)
             for job in found.jobs:
                 self._publish_job(job)
                 if job.status.final:
@@ -192,13 +200,6 @@ class FeedRelay:
                     self._shown[job.id] = None
             while len(self._shown) > MAX_SHOWN:
                 del self._shown[next(iter(self._shown))]
-            for chunk in found.chunks:
-                if chunk.seq <= self._last.get(chunk.job_id, 0):
-                    continue
-                self._last[chunk.job_id] = chunk.seq
-                self._publish_output(chunk)
-            if found.more_chunks:
-                self._wanted.output.update(chunk.job_id for chunk in found.chunks)
         self._next()
 
     def _failed(self, failure: Any, wanted: _Wanted) -> None:

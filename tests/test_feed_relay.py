@@ -237,7 +237,7 @@ def test_a_failed_read_is_tried_again_later_with_nothing_dropped() -> None:
     node.store.failing = False
     node.clock.advance(RETRY_AFTER)
     assert node.store.reads[-1] == ([1], {1: 0}, False)
-    assert node.published == [("job", (1, JobStatus.RUNNING)), ("output", (1, 1, "kept\n"))]
+    assert node.published == [("output", (1, 1, "kept\n")), ("job", (1, JobStatus.RUNNING))]
 
 
 def test_nonsense_in_a_notification_is_ignored() -> None:
