@@ -750,6 +750,16 @@ class SchedulerService(MultiService):
         self.relay = relay = FeedRelay(clock, store, feed, publish_job=publish_job, publish_output=publish_output)
         events.subscribe("feed", relay.heard)
         events.resync.append(relay.resync)
+        self.metrics.watch_counts(
+            [
+                ("scheduler_feed_relay_reads", "Reads of other nodes' jobs and output for this node's live feed.", lambda: relay.reads),
+                (
+                    "scheduler_feed_relay_unwatched",
+                    "Other nodes' feed notifications ignored: no live feed open on this node.",
+                    lambda: relay.unwatched,
+                ),
+            ]
+        )
 
     def _leadership_changed(self, leading: bool) -> None:
         """Catch up when this node starts leading: the downtime at its first

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -116,6 +117,9 @@ def test_a_job_run_by_another_nodes_worker_shows_its_output_and_its_end_on_this_
         assert log.status == 200 and log.getheader("X-Output-Seq") == str(lines[-1][0])
         assert log.read().decode() == text
         connection.close()
+        metrics = str(http_json("GET", a.url + "/metrics")[1])
+        reads = re.search(r"^scheduler_feed_relay_reads_total (\S+)$", metrics, re.M)
+        assert reads is not None and float(reads.group(1)) >= 1
     finally:
         for each in (stream, local):
             if each is not None:
