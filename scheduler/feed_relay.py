@@ -109,6 +109,7 @@ class FeedRelay:
         self._publish_output = publish_output
         self._wanted = _Wanted()
         self._reading = False
+        self._stopped = False
         self._retry: IDelayedCall | None = None
         # The last output seq published (or read by a page's log) per watched job.
         self._last: dict[int, int] = {}
@@ -146,6 +147,12 @@ class FeedRelay:
         if job_id in self._feed.watched_jobs():
             self._last.setdefault(job_id, seq)
 
+    def published_here(self, job_id: int, seq: int) -> None:
+        """This node published *job_id*'s chunk *seq* itself (it managed the job):
+        should another node take the job over, the relay goes on after it."""
+        if job_id in self._last or job_id in self._feed.watched_jobs():
+            self._last[job_id] = max(self._last.get(job_id, 0), seq)
+
     def stored_log(self, job_id: int) -> Deferred[tuple[str, int] | None]:
         """A job's stored output and its last seq, for its page's log (``log_read``)."""
 
@@ -157,6 +164,7 @@ class FeedRelay:
         return self._store.output_with_seq(job_id).addCallback(read)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -164,7 +172,7 @@ class FeedRelay:
     # -- the read --------------------------------------------------------------
 
     def _next(self) -> None:
-        if self._reading or self._retry is not None or not self._wanted:
+        if self._stopped or self._reading or self._retry is not None or not self._wanted:
             return
         wanted, self._wanted = self._wanted, _Wanted()
         watched = self._feed.watched_jobs()
@@ -209,7 +217,8 @@ class FeedRelay:
         self._wanted.jobs |= wanted.jobs
         self._wanted.output |= wanted.output
         self._wanted.reload |= wanted.reload
-        self._retry = self._clock.callLater(RETRY_AFTER, self._retried)
+        if not self._stopped:
+            self._retry = self._clock.callLater(RETRY_AFTER, self._retried)
 
     def _retried(self) -> None:
         self._retry = None

@@ -750,6 +750,12 @@ class SchedulerService(MultiService):
         self.relay = relay = FeedRelay(clock, store, feed, publish_job=publish_job, publish_output=publish_output)
         events.subscribe("feed", relay.heard)
         events.resync.append(relay.resync)
+
+        def output(job_id: int, seq: int, stream: str, data: str) -> None:
+            if feed:
+                relay.published_here(job_id, seq)
+
+        self.dispatcher.output_listeners.append(output)
         self.metrics.watch_counts(
             [
                 ("scheduler_feed_relay_reads", "Reads of other nodes' jobs and output for this node's live feed.", lambda: relay.reads),

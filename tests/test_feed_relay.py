@@ -257,3 +257,30 @@ def test_a_subscriber_that_left_before_the_answer_gets_nothing_published() -> No
     node.feed.subscribers.clear()
     node.store.answer()
     assert node.published == []
+
+
+def test_a_job_this_node_published_itself_goes_on_after_its_last_chunk_when_another_node_takes_it() -> None:
+    node = Node()
+    node.feed.subscribers.append(1)
+    node.store.add(job(1), node=HERE)
+    node.store.print(1, "here\n")
+    node.relay.published_here(1, 1)
+    node.relay.published_here(2, 1)
+    # Another node took it over (a worker's hello there) and it prints on.
+    node.store.jobs[1] = (job(1), "b")
+    node.store.print(1, "there\n")
+    node.hear(output=[1, 2])
+    assert node.store.reads == [([], {1: 1}, False)]
+    assert node.published == [("output", (1, 2, "there\n"))]
+
+
+def test_a_stopped_relay_reads_no_more_and_does_not_retry() -> None:
+    node = Node()
+    node.feed.subscribers.append(None)
+    node.store.failing = True
+    node.hear(jobs=[1])
+    node.relay.stop()
+    node.store.failing = False
+    node.clock.advance(RETRY_AFTER * 2)
+    node.hear(jobs=[2])
+    assert len(node.store.reads) == 1 and node.clock.getDelayedCalls() == []
