@@ -179,7 +179,10 @@ class FeedRelay:
         # Forget the seqs of jobs nobody watches any more.
         for job_id in [job_id for job_id in self._last if job_id not in watched]:
             del self._last[job_id]
-        outputs = watched if wanted.reload else wanted.output & watched
+        # A watched job read for its record has its output read with it: the
+        # record may be newer than the notification (ended since), and its
+        # last lines must not come after its end.
+        outputs = watched if wanted.reload else (wanted.output | wanted.jobs) & watched
         after = {job_id: self._last.get(job_id, 0) for job_id in sorted(outputs)}
         job_ids = set(wanted.jobs)
         if wanted.reload:

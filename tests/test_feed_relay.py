@@ -284,3 +284,14 @@ def test_a_stopped_relay_reads_no_more_and_does_not_retry() -> None:
     node.clock.advance(RETRY_AFTER * 2)
     node.hear(jobs=[2])
     assert len(node.store.reads) == 1 and node.clock.getDelayedCalls() == []
+
+
+def test_a_watched_job_read_for_its_record_has_its_output_read_with_it() -> None:
+    """The record read may already be the job's end (committed after the
+    notification): its last lines come first, not after it."""
+    node = Node()
+    node.feed.subscribers.append(1)
+    node.store.add(job(1, JobStatus.SUCCEEDED))
+    node.store.print(1, "last words\n")
+    node.hear(jobs=[1])
+    assert node.published == [("output", (1, 1, "last words\n")), ("job", (1, JobStatus.SUCCEEDED))]
