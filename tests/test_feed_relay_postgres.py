@@ -148,8 +148,9 @@ async def test_another_nodes_job_and_output_reach_this_nodes_feed_through_the_no
         await ended
         outputs = [data for kind, data in published if kind == "output"]
         assert outputs == [(1, "line 1\n"), (2, "line 2\n"), (3, "line 3\n")]
+        # (Whether "running" was published first depends on when a's read ran:
+        # a read publishes the record as stored then, not every state it passed.)
         assert published[-1] == ("job", JobStatus.SUCCEEDED)
-        assert ("job", JobStatus.RUNNING) in published
     finally:
         events.stop()
         relay.stop()
