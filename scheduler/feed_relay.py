@@ -194,6 +194,14 @@ class FeedRelay:
 
     def _read(self, found: Relayed) -> None:
         self._reading = False
+        try:
+            self._publish(found)
+        except Exception:
+            # Logged, not raised: the next read must still come.
+            log.failure("live feed relay: could not publish what it read")
+        self._next()
+
+    def _publish(self, found: Relayed) -> None:
         if self._feed:
             # Output first: a job's last lines come before the event saying it ended.
             for chunk in found.chunks:
@@ -211,7 +219,6 @@ class FeedRelay:
                     self._shown[job.id] = None
             while len(self._shown) > MAX_SHOWN:
                 del self._shown[next(iter(self._shown))]
-        self._next()
 
     def _failed(self, failure: Any, wanted: _Wanted) -> None:
         self._reading = False

@@ -295,3 +295,23 @@ def test_a_watched_job_read_for_its_record_has_its_output_read_with_it() -> None
     node.store.print(1, "last words\n")
     node.hear(jobs=[1])
     assert node.published == [("output", (1, 1, "last words\n")), ("job", (1, JobStatus.SUCCEEDED))]
+
+
+def test_a_publish_that_fails_is_logged_and_the_next_read_still_comes() -> None:
+    node = Node()
+    node.feed.subscribers.append(None)
+    node.store.add(job(1))
+    node.store.add(job(2))
+    failures: list[int] = []
+
+    def publish_job(relayed: Job) -> None:
+        failures.append(relayed.id)
+        raise ValueError("a broken record")
+
+    node.relay._publish_job = publish_job
+    node.store.held = []
+    node.hear(jobs=[1])
+    node.hear(jobs=[2])
+    node.store.answer()
+    node.store.answer()
+    assert failures == [1, 2] and node.clock.getDelayedCalls() == []
