@@ -40,7 +40,11 @@ log = Logger()
 #  jobs:    jobs were queued for any node to claim (payload: their targets),
 #           or jobs a node claimed ended (payload: ended, their ids)
 #  cancels: a cancel was asked for a job on another node (payload: the job id)
-TOPICS = ("tasks", "jobs", "cancels")
+#  feed:    a node's committed history batch changed jobs (payload: jobs, their
+#           ids) or stored output (output: job ids); more: the lists were capped.
+#           A topic of its own so that the claims, woken by "jobs", are not
+#           (scheduler/feed_relay.py)
+TOPICS = ("tasks", "jobs", "cancels", "feed")
 
 # PostgreSQL's limit on a notification's payload, in bytes (less one).
 MAX_PAYLOAD = 7999

@@ -65,6 +65,10 @@ class EventHub:
         request.notifyFinish().addBoth(lambda _: self._subscribers.discard(subscriber))
         return True
 
+    def watched_jobs(self) -> set[int]:
+        """The jobs whose output some subscriber asked for (``?job=``)."""
+        return {each.job for each in self._subscribers if each.job is not None}
+
     def close_where(self, revoked: Callable[[object], bool]) -> int:
         """Finish the streams whose owner *revoked* says is no longer valid; how many."""
         closing = [each for each in self._subscribers if each.owner is not None and revoked(each.owner)]

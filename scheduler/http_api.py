@@ -248,6 +248,7 @@ class SchedulerHTTP:
         audit: AuditLog | None = None,
         cluster: Cluster | None = None,
         claims: JobClaims | None = None,
+        stored_log: Callable[[int], Deferred[tuple[str, int] | None]] | None = None,
     ) -> None:
         # Manual runs, cancels, channels and the maintenance switch; task
         # changes reach it from TaskChanges.
@@ -255,6 +256,9 @@ class SchedulerHTTP:
         self._cluster = cluster
         # With --db: cancels of jobs another node manages (scheduler.job_claims).
         self._claims = claims
+        # With --db: a stored log and its last seq (scheduler.feed_relay), so a
+        # page watching another node's job skips the relayed chunks it holds.
+        self._stored_log = stored_log
         self._state = state
         self._changes = changes
         self._maintenance = maintenance
@@ -749,6 +753,11 @@ class SchedulerHTTP:
         if text is not None:
             # Lets the page skip feed chunks the log already holds.
             request.setHeader(b"X-Output-Seq", str(self._dispatcher.last_seq(number)).encode())
+        elif self._stored_log is not None:
+            stored = await self._stored_log(number)
+            text = stored[0] if stored is not None else None
+            if stored is not None:
+                request.setHeader(b"X-Output-Seq", str(stored[1]).encode())
         else:
             text = await self._job_store.output(number)
         if text is None:

@@ -933,7 +933,17 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Output so far",
                 "responses": {
-                    "200": {"description": "Output", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "Output",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "headers": {
+                            "X-Output-Seq": {
+                                "description": "The seq of the last output chunk in it, where known (a job running on "
+                                "this node; with --db, any job): the live feed's output events up to it are in it already",
+                                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                            }
+                        },
+                    },
                     "404": _error("No such job"),
                 },
             },

@@ -22,7 +22,7 @@ A backend is a ``Database`` beside ``sqlite`` and a class like
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, fail
 from scheduler.alert_deliveries import Delivery
 from scheduler.alerts import Alert
 from scheduler.audit import AuditEntry
+from scheduler.feed_relay import Relayed, RelayedChunk
 from scheduler.job_history.database import (
     REVISIONS_PER_TASK,
     AlertAttempt,
@@ -322,6 +323,22 @@ class PostgresJobStore(ThreadedJobHistory):
         """After the writes queued so far (the ends among them) have committed."""
         ended = list(job_ids)
         return self._commits.read(lambda: self.database.notify_ended(ended))
+
+    # The live feed's relay (scheduler/feed_relay.py: a ``RelayStore``).
+
+    def relayed(self, job_ids: Sequence[int], after: Mapping[int, int], others_active: bool) -> Deferred[Relayed]:
+        """Other nodes' jobs and output for this node's feed, in one read on the history's thread."""
+        asked, seqs = list(job_ids), dict(after)
+
+        def read() -> Relayed:
+            jobs, chunks, more = self.database.relayed(asked, seqs, others_active)
+            return Relayed(jobs, [RelayedChunk(*chunk) for chunk in chunks], more)
+
+        return self._commits.read(read)
+
+    def output_with_seq(self, job_id: int) -> Deferred[tuple[str, int] | None]:
+        """A job's stored output and the last seq in it."""
+        return self._commits.read(lambda: self.database.output_with_seq(job_id))
 
     # Across nodes (queued behind this node's writes, so what it wrote
     # before is committed first).

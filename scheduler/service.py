@@ -61,6 +61,7 @@ from scheduler.worker_registry import Worker, WorkerRegistry
 
 if TYPE_CHECKING:
     from scheduler.cluster_events import PostgresEvents
+    from scheduler.feed_relay import FeedRelay
     from scheduler.job_claims import JobClaims
     from scheduler.job_history.postgres import PostgresLeaseStore
     from scheduler.task_store_postgres import PostgresTaskStore
@@ -351,6 +352,10 @@ class SchedulerService(MultiService):
         self.dispatcher.started_listeners.append(self.metrics.job_started)
         self.feed = EventHub(clock)
         self._connect_feed()
+        # With --db: what other nodes' jobs do reaches this node's feed too.
+        self.relay: FeedRelay | None = None
+        if isinstance(self.job_store, PostgresJobStore) and self.cluster_events is not None:
+            self._start_relay(clock, self.job_store, self.cluster_events)
 
         # The sender of the alert outbox.
         self.deliverer = Deliverer(reactor)
@@ -421,6 +426,7 @@ class SchedulerService(MultiService):
                 lease=settings.lease,
             ),
             claims=self.claims,
+            stored_log=self.relay.stored_log if self.relay is not None else None,
         )
         self.guard = Guard(
             self.http.app.resource(),
@@ -665,6 +671,8 @@ class SchedulerService(MultiService):
             self.alerts.stop()
             self.wrong_tokens.stop()
             self.pauses.stop()
+            if self.relay is not None:
+                self.relay.stop()
             self.feed.stop()
             await super(SchedulerService, self).stopService()
             await self.job_store.close()
@@ -727,6 +735,40 @@ class SchedulerService(MultiService):
         self.jobs.listeners.append(job_changed)
         self.workers.listeners.append(worker_changed)
         self.dispatcher.output_listeners.append(output)
+
+    def _start_relay(self, clock: IReactorTime, store: PostgresJobStore, events: PostgresEvents) -> None:
+        """The live feed across nodes (scheduler.feed_relay): other nodes' job
+        changes and output, read from the store while this feed has subscribers."""
+        from scheduler.feed_relay import FeedRelay, RelayedChunk
+
+        feed = self.feed
+
+        def publish_job(job: Job) -> None:
+            # Queued here or not, its waiting reason is its manager's to tell.
+            feed.publish("job", job_json(job, self.state.book.tz, None))
+
+        def publish_output(chunk: RelayedChunk) -> None:
+            feed.publish("output", output_event(chunk.job_id, chunk.seq, chunk.stream, chunk.data), job=chunk.job_id)
+
+        self.relay = relay = FeedRelay(clock, store, feed, publish_job=publish_job, publish_output=publish_output)
+        events.subscribe("feed", relay.heard)
+        events.resync.append(relay.resync)
+
+        def output(job_id: int, seq: int, stream: str, data: str) -> None:
+            if feed:
+                relay.published_here(job_id, seq)
+
+        self.dispatcher.output_listeners.append(output)
+        self.metrics.watch_counts(
+            [
+                ("scheduler_feed_relay_reads", "Reads of other nodes' jobs and output for this node's live feed.", lambda: relay.reads),
+                (
+                    "scheduler_feed_relay_unwatched",
+                    "Other nodes' feed notifications ignored: no live feed open on this node.",
+                    lambda: relay.unwatched,
+                ),
+            ]
+        )
 
     def _leadership_changed(self, leading: bool) -> None:
         """Catch up when this node starts leading: the downtime at its first

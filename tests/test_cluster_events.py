@@ -73,7 +73,7 @@ async def test_committed_notifications_reach_other_nodes_only(reactor: Any, pg_u
         _send(pg_url, "tasks", "c", generation=2)
         assert (await at_b_tasks)["node"] == "c"
         assert heard_by_a == []
-        assert set(TOPICS) == {"tasks", "jobs", "cancels"}
+        assert set(TOPICS) == {"tasks", "jobs", "cancels", "feed"}
     finally:
         a.stop()
         b.stop()

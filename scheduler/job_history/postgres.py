@@ -232,6 +232,14 @@ _CLAIM = (
 _NOTIFIED_TARGETS = 50
 # Job ids named in one "jobs" notification of ended jobs (each at most 20 bytes).
 _NOTIFIED_ENDS = 300
+# Job ids in each list of a "feed" notification (two lists: under PostgreSQL's
+# 8000 bytes); a batch that changed more says "more" (its receivers reload).
+_FEED_IDS = 150
+# Output chunks in one read of the live feed's relay (scheduler/feed_relay.py);
+# a read cut there says so, and the relay reads on.
+_RELAYED_CHUNKS = 2000
+# Active jobs of other nodes in one reload of the relay.
+_RELAYED_ACTIVE = 1000
 
 
 class _Offered:
@@ -540,6 +548,8 @@ class PostgresDatabase:
             if ended is not None:
                 # Its offering node counts it as its task's run going on.
                 self._notify(conn, "jobs", ended=[job_id])
+                if self.node is not None:
+                    self._notify_feed(conn, {job_id}, set())
                 return "cancelled", None
             asked = conn.execute(
                 "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, %s) "
@@ -581,6 +591,68 @@ class PostgresDatabase:
         if self._schema is None:
             self._schema = schema_of(conn)
         conn.execute(*notify_sql(self._schema, topic, self.node or "", **fields))
+
+    def _notify_feed(self, conn: psycopg.Connection[Any], changed: set[int], given_output: set[int]) -> None:
+        """Tell the other nodes' live feeds (scheduler/feed_relay.py) which jobs this
+        transaction changed and gave output: ids only, each list capped (``more``)."""
+        fields: dict[str, Any] = {}
+        if changed:
+            fields["jobs"] = sorted(changed)[:_FEED_IDS]
+        if given_output:
+            fields["output"] = sorted(given_output)[:_FEED_IDS]
+        if len(changed) > _FEED_IDS or len(given_output) > _FEED_IDS:
+            fields["more"] = True
+        self._notify(conn, "feed", **fields)
+
+    # -- the live feed's relay (scheduler/feed_relay.py) -----------------------
+
+    def relayed(
+        self, job_ids: Sequence[int], after: dict[int, int], others_active: bool
+    ) -> tuple[list[Job], list[tuple[int, int, str, str]], bool]:
+        """The jobs of *job_ids* (and, *others_active*, the newest active ones)
+        that this node does not manage; the chunks of each job of *after*
+        stored after its seq (not of jobs this node manages: its own feed has
+        those), in seq order, at most _RELAYED_CHUNKS; whether that cut them."""
+        jobs: list[Job] = []
+        chunks: list[tuple[int, int, str, str]] = []
+        with self._session() as conn:
+            if job_ids:
+                rows = conn.execute(
+                    f'{SELECT_JOB} WHERE id = ANY(%s::bigint[]) AND "node" IS DISTINCT FROM %s ORDER BY id'.encode(),
+                    (list(job_ids), self.node),
+                ).fetchall()
+                jobs.extend(row_job(row) for row in rows)
+            if others_active:
+                rows = conn.execute(
+                    f'{SELECT_JOB} WHERE status IN ({ACTIVE_SQL}) AND "node" IS DISTINCT FROM %s '
+                    "ORDER BY id DESC LIMIT %s".encode(),
+                    (self.node, _RELAYED_ACTIVE),
+                ).fetchall()
+                known = {job.id for job in jobs}
+                jobs.extend(job for job in (row_job(row) for row in reversed(rows)) if job.id not in known)
+            if after:
+                asked = sorted(after)
+                rows = conn.execute(
+                    "SELECT o.job_id, o.seq, o.stream, o.data FROM output AS o "
+                    "JOIN unnest(%s::bigint[], %s::bigint[]) AS w(job_id, after) ON o.job_id = w.job_id AND o.seq > w.after "
+                    'WHERE NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = o.job_id AND j."node" = %s) '
+                    "ORDER BY o.job_id, o.seq LIMIT %s",
+                    (asked, [after[job_id] for job_id in asked], self.node, _RELAYED_CHUNKS),
+                ).fetchall()
+                chunks = [
+                    (int(job_id), int(seq), str(stream), bytes(data).decode("utf-8")) for job_id, seq, stream, data in rows
+                ]
+        return jobs, chunks, len(chunks) >= _RELAYED_CHUNKS
+
+    def output_with_seq(self, job_id: int) -> tuple[str, int] | None:
+        """``output`` and the last seq stored in it (0: none), read together."""
+        with self._session() as conn:
+            row = conn.execute("SELECT output_dropped FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            if row is None:
+                return None
+            chunks = conn.execute("SELECT seq, data FROM output WHERE job_id = %s ORDER BY seq", (job_id,)).fetchall()
+        text = with_marker("".join(bytes(data).decode("utf-8") for _, data in chunks), row[0])
+        return text, int(chunks[-1][0]) if chunks else 0
 
     # -- across nodes: takeover and the leader's sweep -------------------------
 
@@ -637,6 +709,9 @@ class PostgresDatabase:
                     'UPDATE jobs SET "node" = NULL WHERE "node" = %s AND "status" = %s RETURNING id',
                     (node, JobStatus.QUEUED.value),
                 ).fetchall()
+                if lost and self.node is not None:
+                    # The other nodes' live feeds show them lost too.
+                    self._notify_feed(conn, {int(row[0]) for row in lost}, set())
                 if offered:
                     if self._schema is None:
                         self._schema = schema_of(conn)
@@ -704,11 +779,15 @@ class PostgresDatabase:
         offered: set[str] = set()
         # Records sent, their outcomes known at the commit.
         upserts: list[tuple[int, Put, psycopg.Cursor[Any] | Exception]] = []
+        # For the other nodes' live feeds: jobs written, jobs given output.
+        changed: set[int] = set()
+        given_output: set[int] = set()
         with conn.transaction():
             self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
             for write in writes:
                 if isinstance(write, Chunk):
-                    self._append(conn, write, pending)
+                    if self._append(conn, write, pending):
+                        given_output.add(write.job_id)
                 elif isinstance(write, Put):
                     node = self.node
                     if write.row and write.row[-1] is OFFERED:
@@ -724,6 +803,7 @@ class PostgresDatabase:
                         # refused record's row is stored already.
                         done = self._upsert(conn, write, careful, node)
                         if not isinstance(done, Exception):
+                            changed.add(write.job_id)
                             highest = max(highest, write.job_id)
                             if node is None and self.node is not None:
                                 offered.add(str(write.row[FIELDS.index("target")]))
@@ -732,6 +812,7 @@ class PostgresDatabase:
                         continue
                     self._stored(write, outcome)
                     if outcome is None:
+                        changed.add(write.job_id)
                         highest = max(highest, write.job_id)
                         if node is None and self.node is not None:
                             offered.add(str(write.row[FIELDS.index("target")]))
@@ -754,6 +835,8 @@ class PostgresDatabase:
             if offered:
                 # In the offers' transaction: heard if, and only if, they commit.
                 self._notify(conn, "jobs", targets=sorted(offered)[:_NOTIFIED_TARGETS])
+            if (changed or given_output) and self.node is not None:
+                self._notify_feed(conn, changed, given_output)
             if highest:
                 # In the transaction (setval itself is not undone by a
                 # rollback: a batch that fails after it leaves a gap in
@@ -968,10 +1051,11 @@ class PostgresDatabase:
             )
         return tally
 
-    def _append(self, conn: psycopg.Connection[Any], chunk: Chunk, pending: list[_Pending]) -> None:
+    def _append(self, conn: psycopg.Connection[Any], chunk: Chunk, pending: list[_Pending]) -> bool:
+        """Store *chunk* (unless its tally refuses it); whether it was sent."""
         tally = self._tally(conn, chunk.job_id)
         if tally.refuses(chunk.seq):
-            return
+            return False
         fitted = fit_chunk(chunk.data, self.output_cap)
         cursor = conn.execute(
             "INSERT INTO output (job_id, seq, stream, data) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
@@ -982,16 +1066,17 @@ class PostgresDatabase:
             # or a duplicate ignored) can wait for the pipeline's next sync.
             tally.count(fitted)
             pending.append((cursor, tally, fitted))
-            return
+            return True
         self._settle(pending)
         if cursor.fetchone() is None:
-            return
+            return False
         before = tally.dropped
         tally.count(fitted)
         if tally.kept > self.output_cap:
             self._trim(conn, chunk.job_id, tally)
         if tally.dropped != before:
             conn.execute("UPDATE jobs SET output_dropped = %s WHERE id = %s", (tally.dropped, chunk.job_id))
+        return True
 
     @staticmethod
     def _settle(pending: list[_Pending]) -> None:
