@@ -88,4 +88,10 @@ class Cluster:
         }
 
     def _body(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"leader": self.leadership.leader, "epoch": self.leadership.epoch, "nodes": nodes}
+        since = self.leadership.since
+        return {
+            "leader": self.leadership.leader,
+            "epoch": self.leadership.epoch,
+            "leaderSince": iso(since, self._tz()) if since is not None else None,
+            "nodes": nodes,
+        }

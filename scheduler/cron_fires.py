@@ -58,6 +58,9 @@ class FireHandler:
         # batch (a late tick hands on several seconds at once), or before
         # the write lands, are not skipped too.
         self._skip_used: dict[int, Task] = {}
+        # Missed times run by the catch-up (after downtime, a clock step, or
+        # a takeover of the lead), for /metrics.
+        self.caught_up = 0
 
     def on_fires(self, fires: list[Fire]) -> None:
         if not self._leading():
@@ -166,7 +169,8 @@ class FireHandler:
                     when=iso(scheduled, book.tz),
                     policy=task.options.missed,
                 )
-                self._dispatcher.fire(task, scheduled, triggered_by=MISSED)
+                if self._dispatcher.fire(task, scheduled, triggered_by=MISSED):
+                    self.caught_up += 1
 
     def _record_missed(self, task: Task, times: list[float], why: str, more: bool) -> None:
         """Record the latest missedCap of *times* as missed jobs; say so once for the task."""

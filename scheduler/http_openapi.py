@@ -1297,11 +1297,16 @@ OPENAPI["paths"].update(
                     "200": _json(
                         {
                             "type": "object",
-                            "required": ["leader", "epoch", "nodes"],
+                            "required": ["leader", "epoch", "leaderSince", "nodes"],
                             "additionalProperties": False,
                             "properties": {
                                 "leader": {"type": ["string", "null"], "description": "the leading node's name; null while none is known"},
                                 "epoch": {"type": "integer", "minimum": 0, "description": "the lease's epoch, one more at every takeover"},
+                                "leaderSince": {
+                                    "type": ["string", "null"],
+                                    "format": "date-time",
+                                    "description": "since when the leader has led (its epoch began); null while unknown",
+                                },
                                 "nodes": {
                                     "type": "array",
                                     "items": {

@@ -84,6 +84,10 @@ class Leadership(Protocol):
     @property
     def leader(self) -> str | None: ...
 
+    @property
+    def since(self) -> float | None:
+        """Since when (Unix time) the leader has led; None while unknown."""
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -92,11 +96,13 @@ class Leadership(Protocol):
 class SoleLeader:
     """Embedded mode: the one node leads from its start, in ``EMBEDDED_EPOCH``."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, clock: IReactorTime | None = None) -> None:
         self.node = node
         self.listeners: list[Callable[[bool], None]] = []
         self.counts = LeaseCounts()
         self._started = False
+        self._clock = clock
+        self._since: float | None = None
 
     def leading(self) -> bool:
         return True
@@ -109,9 +115,14 @@ class SoleLeader:
     def leader(self) -> str | None:
         return self.node
 
+    @property
+    def since(self) -> float | None:
+        return self._since
+
     def start(self) -> None:
         if not self._started:
             self._started = True
+            self._since = self._clock.seconds() if self._clock is not None else None
             self.counts.elections = 1
             for listener in list(self.listeners):
                 listener(True)

@@ -185,7 +185,7 @@ class SchedulerService(MultiService):
             managed = self.job_store.database.managed_active()
             active = [(job, seq) for job, seq in active if job.id in managed]
         else:
-            self.leadership = SoleLeader(self.node)
+            self.leadership = SoleLeader(self.node, clock)
         self.leadership.listeners.append(self._leadership_changed)
         self._lost_lead_at: float | None = None
         self.jobs = JobBook(clock, recorded=self.job_store.fired)
@@ -330,6 +330,10 @@ class SchedulerService(MultiService):
             self.leadership.leading,
             lambda: self.leadership.epoch,
             lambda: getattr(self.job_store.database, "fenced", 0),
+        )
+        fires = self.fires
+        self.metrics.watch_counts(
+            [("scheduler_fires_caught_up", "Missed fire times run late: after downtime, a clock step, or taking the lead.", lambda: fires.caught_up)]
         )
         if self.claims is not None:
             claims = self.claims

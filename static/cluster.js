@@ -38,9 +38,13 @@ function render(cluster) {
   const nodes = Array.isArray(cluster.nodes) ? cluster.nodes : [];
   show($('cluster-card'), nodes.length > 1);
   $('cluster-count').textContent = String(nodes.length);
-  $('cluster-state').textContent = cluster.leader
-    ? `${cluster.leader} leads, epoch ${cluster.epoch}`
-    : `no leader at the moment (epoch ${cluster.epoch})`;
+  const state = clear($('cluster-state'));
+  if (cluster.leader) {
+    state.append(`${cluster.leader} leads, epoch ${cluster.epoch}`);
+    if (cluster.leaderSince) state.append(', since ', timeEl(cluster.leaderSince));
+  } else {
+    state.append(`no leader at the moment (epoch ${cluster.epoch})`);
+  }
   const list = clear($('cluster-list'));
   // The answering node lists itself first: this page is served by it.
   nodes.forEach((node, index) => {

@@ -28,11 +28,14 @@ async def test_embedded_mode_is_one_node_that_leads_in_epoch_1(tmp_path: Path, r
         code, cluster = await api.call("GET", "/api/cluster")
         assert code == 200
         assert cluster["leader"] == "solo:3000" and cluster["epoch"] == 1
+        # Since the service started (the test's service is not started: unknown).
+        assert cluster["leaderSince"] is None or cluster["leaderSince"].endswith(("Z", "+00:00"))
         (node,) = cluster["nodes"]
         assert node["name"] == "solo:3000" and node["leader"] is True and node["workers"] == 0
         assert node["address"].startswith("http://")
         code, text = await api.call("GET", "/metrics")
         assert "scheduler_leader 1.0" in text and "scheduler_leader_elections_total" in text
+        assert "scheduler_fires_caught_up_total 0.0" in text
     finally:
         await close_api(api)
 
@@ -98,6 +101,7 @@ async def test_with_a_database_the_node_fires_only_once_it_holds_the_lease(node:
     assert (health["node"], health["leader"], health["epoch"]) == ("n1", True, 1)
     code, cluster = await node.call("GET", "/api/cluster")
     assert code == 200 and cluster["leader"] == "n1" and cluster["epoch"] == 1
+    assert cluster["leaderSince"] is not None  # when epoch 1 began, by the database's clock
     assert [(each["name"], each["leader"]) for each in cluster["nodes"]] == [("n1", True)]
     service.fires.on_fires([Fire(1_700_000_060.0, added["id"])])
     # The job is made here; no worker of this node can take it, so it is
