@@ -170,6 +170,9 @@ class Dispatcher:
         # With --db: may another node's worker run what waits here?  If
         # not, what a worker here can run waits here, however many.
         self.others_have_workers: Callable[[], bool] = lambda: True
+        # The names of the workers connected to the other nodes (--db):
+        # target "all" makes a job for each of them too.
+        self.workers_elsewhere: Callable[[], Iterable[str]] = tuple
 
     # -- submitting ----------------------------------------------------
 
@@ -303,11 +306,15 @@ class Dispatcher:
         return f"{self.queued} queued" + (f" here and {offered} offered to the other nodes" if offered else "")
 
     def _targets(self, target: str) -> list[str]:
-        """One target per job: ``all`` is one job per connected worker (or
-        one job for ``any`` when none is), anything else is itself."""
+        """One target per job: ``all`` is one job per connected worker, on
+        every node (or one job for ``any`` when none is), anything else is itself."""
         if target != "all":
             return [target]
-        return [f"worker:{worker.name}" for worker in self.workers.eligible("all")] or ["any"]
+        here = [worker.name for worker in self.workers.eligible("all")]
+        # With --db, also the workers of the other nodes, as last read
+        # (their jobs are offered, and claimed by the node a worker is on).
+        elsewhere = [name for name in self.workers_elsewhere() if name not in set(here)]
+        return [f"worker:{name}" for name in (*here, *elsewhere)] or ["any"]
 
     def _submit(self, job: Job) -> Job:
         if self.queued + self.offered() >= self.queue_limit:

@@ -147,6 +147,7 @@ class JobClaims:
         *,
         sweep: float = SWEEP,
         peers: Callable[[], Deferred[NodeRows]] | None = None,
+        peer_workers: Callable[[float], Deferred[list[str]]] | None = None,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -181,6 +182,9 @@ class JobClaims:
         # Has another live node a worker?  If not, nothing is gained by
         # offering what a worker here can run later (peers: None, assume so).
         self._peers = peers
+        self._peer_workers = peer_workers
+        # The workers of the other live nodes, as last read (target "all").
+        self.workers_elsewhere: tuple[str, ...] = ()
         self.others_have_workers = True
         self._peers_looked_at: float | None = None
         self._sweeper = LoopingCall(self._sweep)
@@ -417,6 +421,16 @@ class JobClaims:
                 "could not read the other nodes: {error}", error=failure.getErrorMessage()
             ),
         )
+        if self._peer_workers is not None:
+            self._peer_workers(self.PEER_GONE_AFTER).addCallbacks(
+                self._peer_workers_seen,
+                lambda failure: log.warn(
+                    "could not read the other nodes' workers: {error}", error=failure.getErrorMessage()
+                ),
+            )
+
+    def _peer_workers_seen(self, names: list[str]) -> None:
+        self.workers_elsewhere = tuple(names)
 
     def _peers_seen(self, rows: NodeRows) -> None:
         # Heartbeats are on the database's clock: measured against the newest.

@@ -169,7 +169,12 @@ class SchedulerService(MultiService):
         self.leadership: Leadership
         if isinstance(self.job_store, PostgresJobStore):
             self.lease_store = PostgresLeaseStore(
-                self.job_store.database.url, reactor, node=self.node, address=public_url, workers=lambda: len(self.workers)
+                self.job_store.database.url,
+                reactor,
+                node=self.node,
+                address=public_url,
+                workers=lambda: len(self.workers),
+                worker_names=lambda: [worker.name for worker in self.workers],
             )
             try:
                 self.lease_store.open()
@@ -696,11 +701,17 @@ class SchedulerService(MultiService):
 
         lease_store = self.lease_store
         self.claims = claims = JobClaims(
-            clock, store, self.dispatcher, self.node, peers=lease_store.nodes if lease_store is not None else None
+            clock,
+            store,
+            self.dispatcher,
+            self.node,
+            peers=lease_store.nodes if lease_store is not None else None,
+            peer_workers=lease_store.peer_workers if lease_store is not None else None,
         )
         self.dispatcher.offers = claims.offer
         self.dispatcher.offered = lambda: claims.offered_waiting
         self.dispatcher.others_have_workers = lambda: claims.others_have_workers
+        self.dispatcher.workers_elsewhere = lambda: claims.workers_elsewhere
         events.subscribe("jobs", claims.jobs_offered)
         events.subscribe("cancels", claims.cancel_heard)
         events.resync.append(claims.resync)

@@ -96,6 +96,17 @@ def test_targets() -> None:
     assert link_c.runs() == [waiting.id]
 
 
+def test_target_all_includes_the_workers_of_the_other_nodes() -> None:
+    """With --db, "all" is every worker of the cluster: one job each, those of
+    workers elsewhere targeted at them by name (offered, claimed where they are)."""
+    world = World()
+    _, link_a = world.connect("a", slots=5)
+    world.dispatcher.workers_elsewhere = lambda: ("x", "a", "y")
+    everywhere = world.dispatcher.run_now("x", target="all")
+    assert [job.target for job in everywhere] == ["worker:a", "worker:x", "worker:y"]
+    assert len(link_a.runs()) == 1
+
+
 def test_fifo_queue_waits_for_a_worker() -> None:
     world = World()
     first = world.dispatcher.run_now("1")[0]

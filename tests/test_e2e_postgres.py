@@ -328,3 +328,46 @@ def test_when_a_node_and_its_worker_both_die_the_leader_marks_the_job_lost_after
         stop(a.process)
         if b is not None:
             stop(b.process)
+
+
+def test_target_all_on_any_node_runs_on_every_worker_of_the_cluster(tmp_path: Path, pg_url: str) -> None:
+    """A job for target all asked of node a: one job for a's worker and one for
+    b's, each run by the worker it names, whichever node it is connected to."""
+    env = {**ENV, "SCHEDULER_DB": pg_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_scheduler(tmp_path / "a", "--node-name", "a", env=env)
+    b = w1 = w2 = None
+    try:
+        b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
+        w1 = start_worker(a.http, "w1", workdir=tmp_path / "a", env=ENV)
+        w2 = start_worker(b.http, "w2", workdir=tmp_path / "b", env=ENV)
+        wait_until(
+            lambda: (body := _get(a.url + "/api/cluster"))
+            and sorted((node["name"], node["workers"]) for node in body["nodes"]) == [("a", 1), ("b", 1)],
+            20,
+            "both nodes with a worker each",
+        )
+
+        def everywhere() -> list[dict[str, Any]] | None:
+            # a reads the other nodes' workers every 2 s: until then "all" is a's own.
+            code, jobs = http_json("POST", a.url + "/api/jobs", {"command": "echo ran", "target": "all"})
+            assert code == 202
+            return jobs if len(jobs) == 2 else None  # type: ignore[arg-type,return-value]
+
+        jobs = wait_until(everywhere, 20, "target all to name both workers")
+        assert sorted(job["target"] for job in jobs) == ["worker:w1", "worker:w2"]
+        for job in jobs:
+            done = wait_until(
+                lambda job=job: (got := _get(f"{b.url}/api/jobs/{job['id']}")) and got["status"] == "succeeded" and got,
+                20,
+                f"job {job['id']} to succeed",
+            )
+            assert done["worker"] == job["target"].split(":", 1)[1]
+    finally:
+        for process in (w1, w2):
+            if process is not None:
+                stop(process)
+        for node in (a, b):
+            if node is not None:
+                stop(node.process)

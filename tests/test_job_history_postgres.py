@@ -101,7 +101,14 @@ async def lease_stores(pg_url: str) -> AsyncIterator[Any]:
     opened: list[PostgresLeaseStore] = []
 
     def open_store(node: str) -> PostgresLeaseStore:
-        store = PostgresLeaseStore(pg_url, reactor, node=node, address=f"http://{node}:3000", workers=lambda: 2)
+        store = PostgresLeaseStore(
+            pg_url,
+            reactor,
+            node=node,
+            address=f"http://{node}:3000",
+            workers=lambda: 2,
+            worker_names=lambda: [f"{node}-w1", f"{node}-w2"],
+        )
         store.open()
         store.start()
         opened.append(store)
@@ -125,6 +132,9 @@ async def test_one_of_two_nodes_takes_the_lease_and_renews_it_the_other_waits(le
         ("a", "http://a:3000", 2),
         ("b", "http://b:3000", 2),
     ]
+    # And their workers by name: what target "all" means on the other nodes.
+    assert await a.peer_workers(10.0) == ["b-w1", "b-w2"]
+    assert await b.peer_workers(10.0) == ["a-w1", "a-w2"]
 
 
 @pytest_twisted.ensureDeferred

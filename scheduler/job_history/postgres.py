@@ -1343,6 +1343,9 @@ _LEASE_SCHEMA = (
         "workers" INTEGER NOT NULL,
         "last_seen" TIMESTAMPTZ NOT NULL
     )""",
+    # The names of a node's connected workers: target "all" on any node
+    # means every worker of the cluster.  Added to tables made before it.
+    """ALTER TABLE scheduler_nodes ADD COLUMN IF NOT EXISTS "worker_names" TEXT[] NOT NULL DEFAULT '{}'""",
 )
 
 # One statement per step, heartbeat included: renew if this node holds the
@@ -1351,9 +1354,10 @@ _LEASE_SCHEMA = (
 # row as it then is and the seconds the lease has left.
 _LEASE_STEP = """
 WITH beat AS (
-    INSERT INTO scheduler_nodes (name, address, workers, last_seen)
-    VALUES (%(node)s, %(address)s, %(workers)s, now())
-    ON CONFLICT (name) DO UPDATE SET address = excluded.address, workers = excluded.workers, last_seen = now()
+    INSERT INTO scheduler_nodes (name, address, workers, worker_names, last_seen)
+    VALUES (%(node)s, %(address)s, %(workers)s, %(names)s, now())
+    ON CONFLICT (name) DO UPDATE SET
+        address = excluded.address, workers = excluded.workers, worker_names = excluded.worker_names, last_seen = now()
 ),
 cur AS (SELECT * FROM scheduler_lease WHERE id = 1 FOR UPDATE),
 taken AS (
@@ -1386,13 +1390,23 @@ class PostgresLeaseStore:
     process dies, its session ends and another node takes the lease at once.
     """
 
-    def __init__(self, url: str, reactor: Any, *, node: str, address: str, workers: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        url: str,
+        reactor: Any,
+        *,
+        node: str,
+        address: str,
+        workers: Callable[[], int],
+        worker_names: Callable[[], Sequence[str]] = tuple,
+    ) -> None:
         self.url = url
         self.name = redact(url)
         self._reactor = reactor
         self._node = node
         self._address = address
         self._workers = workers
+        self._worker_names = worker_names
         self._conn: psycopg.Connection[Any] | None = None
         self._pool: ThreadPool | None = None
 
@@ -1440,17 +1454,32 @@ class PostgresLeaseStore:
 
     def attempt(self, node: str, epoch: int | None, lease: float) -> Deferred[LeaseState]:
         workers = self._workers()
+        names = list(self._worker_names())
 
         def step(conn: psycopg.Connection[Any]) -> LeaseState:
             row = conn.execute(
                 _LEASE_STEP.encode(),
-                {"node": node, "address": self._address, "workers": workers, "epoch": epoch, "lease": lease},
+                {"node": node, "address": self._address, "workers": workers, "names": names, "epoch": epoch, "lease": lease},
             ).fetchone()
             assert row is not None
             holder, held_epoch, left, since = row
             return LeaseState(holder, int(held_epoch), float(left) if left is not None else 0.0, since)
 
         return self._run(step)
+
+    def peer_workers(self, gone_after: float) -> Deferred[list[str]]:
+        """The workers connected to the other nodes heard from in the last *gone_after*
+        seconds (the database's clock), by name: who target "all" means elsewhere."""
+
+        def read(conn: psycopg.Connection[Any]) -> list[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT unnest(worker_names) FROM scheduler_nodes "
+                "WHERE name <> %s AND last_seen >= now() - make_interval(secs => %s) ORDER BY 1",
+                (self._node, gone_after),
+            ).fetchall()
+            return [str(name) for (name,) in rows]
+
+        return self._run(read)
 
     def nodes(self) -> Deferred[list[tuple[str, str, int, float]]]:
         """Every node's name, address, workers and last heartbeat (Unix time)."""
