@@ -93,6 +93,7 @@ container-check:
 	  echo "container-check needs the shared container checks in $(CONTAINER_TOOLS) (set CONTAINER_TOOLS=...)"; exit 2; }
 	PROJECT_DIR=$(CURDIR) bash $(CONTAINER_TOOLS)/run-all.sh
 	CONTAINER_TOOLS=$(CONTAINER_TOOLS) bash deploy/check-container-stop.sh
+	CONTAINER_TOOLS=$(CONTAINER_TOOLS) PROJECT_DIR=$(CURDIR) bash deploy/check-compose-cluster.sh
 	@if command -v dockerd >/dev/null; then PROJECT_DIR=$(CURDIR) bash $(CONTAINER_TOOLS)/check-docker.sh; \
 	else echo "no Docker engine here (dockerd): the Docker variant was not run"; fi
 
