@@ -461,15 +461,20 @@ class Dispatcher:
     def _let_go(self, job: Job, *, watch: bool = True) -> None:
         """Forget *job* here without ending it: another node has it, or will
         (*watch*: count it as its task's run going on, ``JobBook.release``)."""
+        self._forget(job)
+        self._tails.close(job.id)
+        self._masks.pop(job.id, None)
+        self.jobs.release(job.id, watch=watch)
+
+    def _forget(self, job: Job) -> None:
+        """Drop what this node keeps for an active job (its timers, its place in
+        the queue, its marks): it ends here, or leaves this node."""
         self._lost_timers.cancel(job.id)
         self._jitter.cancel(job.id)
         self._unsent.discard(job.id)
         self._cancels.discard(job.id)
         self._rejected.pop(job.id, None)
         self._dequeue(job)
-        self._tails.close(job.id)
-        self._masks.pop(job.id, None)
-        self.jobs.release(job.id, watch=watch)
 
     def _fire_taken(self, job_id: int) -> None:
         """Another node recorded this fire first (an old leader's, or a new
@@ -1015,12 +1020,7 @@ class Dispatcher:
         The worker's ``ack`` waits for that: a worker forgets a result only
         when a crash can no longer lose it.
         """
-        self._lost_timers.cancel(job.id)
-        self._jitter.cancel(job.id)
-        self._unsent.discard(job.id)
-        self._cancels.discard(job.id)
-        self._rejected.pop(job.id, None)
-        self._dequeue(job)
+        self._forget(job)
         if "finished_at" not in changes:
             changes["finished_at"] = self._clock.seconds()
         done = self.jobs.update(job, status=status, **changes)
