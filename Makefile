@@ -63,10 +63,17 @@ typecheck: test-install
 unit: test-install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# Two pytest workers, a test file each at a time (most tests wait on
+# processes, sockets and browsers, not on a core); then, alone, the few
+# tests that hold a real-time bound (marked serial), which the other
+# worker's load could break.
+PYTEST = $(BIN)/python -m pytest -q -p no:cacheprovider
+
 test: test-install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) -n 2 --dist loadfile -m "not serial" tests
+	$(PYTEST) -m serial tests
 
 # Benchmarks against Celery, APScheduler and the machine's ceiling; peers go
 # into bench/.venv-peers, redis-server from Debian when missing.  Options

@@ -173,6 +173,7 @@ SCRIPT = (
 STREAM = f"python3 -c {json.dumps(f'exec({SCRIPT!r})')}"
 
 
+@pytest.mark.serial
 def test_live_output_of_20000_lines_never_blocks_a_slow_machine(
     browser: Browser, server: Scheduler, worker: str, tmp_path: Path
 ) -> None:

@@ -84,6 +84,7 @@ def test_a_database_that_cannot_be_reached_stops_the_start_with_a_clear_message(
     assert "Traceback" not in out and PASSWORD not in out
 
 
+@pytest.mark.serial
 def test_when_the_leader_is_killed_the_other_node_leads_at_its_next_step(tmp_path: Path, pg_url: str) -> None:
     env = {**ENV, "SCHEDULER_DB": pg_url}
     (tmp_path / "a").mkdir()

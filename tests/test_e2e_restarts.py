@@ -175,6 +175,7 @@ def test_a_kept_cancel_ends_the_job_cancelled_after_a_restart(
                 pass
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_a_timed_pause_ends_after_a_restart(folder: Folder, sig: int) -> None:
     folder.start()
