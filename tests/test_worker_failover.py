@@ -10,15 +10,16 @@ from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from tests.test_worker_agent import Harness, parse
 from worker.backoff import Backoff
 from worker.connection import Rotation, WorkerClientFactory
-from worker.tap import SchedulerUrl, parse_urls
+from worker.tap import CONNECT_TIMEOUT, SchedulerUrl, endpoint_for, parse_urls
 
 A = "ws://a.test:3000/ws/worker"
 B = "wss://b.test/ws/worker"
@@ -111,3 +112,14 @@ def test_a_lost_node_is_left_for_the_next_and_going_away_dials_it_at_once() -> N
 def test_a_rotation_needs_a_url() -> None:
     with pytest.raises(ValueError, match="at least one URL"):
         Rotation(WorkerClientFactory(Harness().agent, A), [])
+
+
+def test_a_dial_gives_up_on_a_silent_address_within_the_connect_timeout() -> None:
+    """A node's machine or container that is gone answers nothing, not even a
+    refusal: the dial must fail soon enough for the next URL to be tried."""
+    reactor = MemoryReactorClock()
+    endpoint_for(reactor, secure=False, host="127.0.0.1", port=3000).connect(Factory.forProtocol(Protocol))
+    reactor.advance(0.1)
+    ((host, port, _, timeout, _),) = reactor.tcpClients
+    assert (host, port, timeout) == ("127.0.0.1", 3000, CONNECT_TIMEOUT)
+    assert CONNECT_TIMEOUT <= 5.0

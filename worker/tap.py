@@ -132,13 +132,20 @@ def parse_urls(text: str) -> list[SchedulerUrl]:
     return urls
 
 
+# Seconds a dial may wait for TCP's connect.  A scheduler's machine or
+# container that is gone (or came back at another address) answers nothing,
+# not even a refusal: with Twisted's default of 30 s a worker would sit out
+# half a minute before its next dial, or its next node's URL.
+CONNECT_TIMEOUT = 5.0
+
+
 def endpoint_for(reactor: Any, *, secure: bool, host: str, port: int) -> IStreamClientEndpoint:
     """Where ``ws://``/``wss://`` URLs connect.
 
     HostnameEndpoint rather than ``tcp:host:port``: it resolves names to
     IPv6 as well as IPv4 and needs no escaping of IPv6 literals.
     """
-    tcp = HostnameEndpoint(reactor, host, port)
+    tcp = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
     if not secure:
         return tcp
     return wrapClientTLS(optionsForClientTLS(host), tcp)
