@@ -201,12 +201,28 @@ _SCHEMA_LOCK = 0x5C4ED01E
 # that manages it (or by any node while nobody does: node NULL), so a node
 # whose job was taken over by another cannot overwrite what that one records.
 _OWNED = '(jobs."node" IS NULL OR jobs."node" = %s)'
-_UPSERT = (
-    f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
+_ROW_PLACEHOLDERS = f"({', '.join(['%s'] * (len(FIELDS) + 2))})"
+_UPSERT_CONFLICT = (
     'ON CONFLICT ("id") DO UPDATE SET '
     + ", ".join(f'"{name}" = excluded."{name}"' for name in (*FIELDS, "node") if name in (*MUTABLE_FIELDS, "node"))
     + f" WHERE {_OWNED}"
 )
+_UPSERT = f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES {_ROW_PLACEHOLDERS} {_UPSERT_CONFLICT}'
+# The same upsert for several jobs' records at once: one statement and one
+# result (the ids written; a record missing from them was refused by the
+# ownership fence) instead of one per record.  At most this many rows a
+# statement: a row has len(FIELDS) + 2 parameters, a statement at most 65,535.
+_UPSERT_ROWS = 500
+
+
+def _upsert_rows(count: int) -> bytes:
+    """The upsert of *count* records (then one parameter: this node, for the fence), returning the ids written."""
+    return (
+        f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES {", ".join([_ROW_PLACEHOLDERS] * count)} '
+        f"{_UPSERT_CONFLICT} RETURNING jobs.id"
+    ).encode()
+
+
 # A fired job's first record: a fire already recorded (its key) is left alone.
 _INSERT_FIRE = (
     f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
@@ -702,32 +718,54 @@ class PostgresDatabase:
         pending: list[_Pending] = []
         # The targets of the jobs this batch offers to the cluster (OFFERED).
         offered: set[str] = set()
-        # Records sent, their outcomes known at the commit.
+        # Records sent one by one (careful), their outcomes known at the commit.
         upserts: list[tuple[int, Put, psycopg.Cursor[Any] | Exception]] = []
+        # Records not yet sent (index, put, parameters), to go in one upsert;
+        # and the upserts sent, whose ids written are read at the commit.
+        run: list[tuple[int, Put, tuple[object, ...]]] = []
+        runs: list[tuple[list[tuple[int, Put]], psycopg.Cursor[Any]]] = []
+
+        def send_run() -> None:
+            if run:
+                params = [value for _, _, row in run for value in row]
+                params.append(self.node)
+                runs.append(([(index, put) for index, put, _ in run], conn.execute(_upsert_rows(len(run)), params)))
+                run.clear()
+
         with conn.transaction():
             self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
             for write in writes:
                 if isinstance(write, Chunk):
-                    self._append(conn, write, pending)
+                    # A chunk that changes its job's row (output dropped)
+                    # goes after the records before it.
+                    self._append(conn, write, pending, send_run)
                 elif isinstance(write, Put):
                     node = self.node
                     if write.row and write.row[-1] is OFFERED:
                         # Managed by no node: any node's claim may take it.
                         write, node = Put(write.job_id, write.final, write.row[:-1]), None
                     if len(write.row) > len(FIELDS):
+                        send_run()
                         outcome = self._fenced_put(conn, write, lease, careful, node)
                     else:
-                        # Stored, or refused by the ownership fence: its row
-                        # count says which, known once the commit is (a
+                        # Stored, or refused by the ownership fence: the ids
+                        # written say which, known once the commit is (a
                         # fetch here would wait a round trip per record).
                         # Its id counts for the sequence either way: a
                         # refused record's row is stored already.
-                        done = self._upsert(conn, write, careful, node)
+                        if careful:
+                            done = self._upsert(conn, write, careful, node)
+                            upserts.append((len(outcomes), write, done))
+                        else:
+                            # One upsert for consecutive records, each job once.
+                            if len(run) >= _UPSERT_ROWS or any(sent.job_id == write.job_id for _, sent, _ in run):
+                                send_run()
+                            run.append((len(outcomes), write, (*write.row, self._dropped(write.job_id), node)))
+                            done = None
                         if not isinstance(done, Exception):
                             highest = max(highest, write.job_id)
                             if node is None and self.node is not None:
                                 offered.add(str(write.row[FIELDS.index("target")]))
-                        upserts.append((len(outcomes), write, done))
                         outcomes.append(None)
                         continue
                     self._stored(write, outcome)
@@ -750,6 +788,7 @@ class PostgresDatabase:
                     outcomes.append(None)
                 else:
                     outcomes.append(self._change_channel(conn, write))
+            send_run()
             self._settle(pending)
             if offered:
                 # In the offers' transaction: heard if, and only if, they commit.
@@ -767,6 +806,12 @@ class PostgresDatabase:
             outcome = done if isinstance(done, Exception) else None if done.rowcount else self._disowned(put.job_id)
             self._stored(put, outcome)
             outcomes[index] = outcome
+        for puts, cursor in runs:
+            written = {int(row[0]) for row in cursor.fetchall()}
+            for index, put in puts:
+                outcome = None if put.job_id in written else self._disowned(put.job_id)
+                self._stored(put, outcome)
+                outcomes[index] = outcome
         return outcomes
 
     def _upsert(
@@ -968,7 +1013,11 @@ class PostgresDatabase:
             )
         return tally
 
-    def _append(self, conn: psycopg.Connection[Any], chunk: Chunk, pending: list[_Pending]) -> None:
+    def _append(
+        self, conn: psycopg.Connection[Any], chunk: Chunk, pending: list[_Pending], before_row: Callable[[], None]
+    ) -> None:
+        """Insert *chunk*, counted in its job's tally; *before_row* is called before
+        the job's row is written (its output dropped), to send what comes before."""
         tally = self._tally(conn, chunk.job_id)
         if tally.refuses(chunk.seq):
             return
@@ -991,6 +1040,7 @@ class PostgresDatabase:
         if tally.kept > self.output_cap:
             self._trim(conn, chunk.job_id, tally)
         if tally.dropped != before:
+            before_row()
             conn.execute("UPDATE jobs SET output_dropped = %s WHERE id = %s", (tally.dropped, chunk.job_id))
 
     @staticmethod
