@@ -266,5 +266,10 @@ def test_one_batch_of_many_records_keeps_each_jobs_last_record_and_its_dropped_o
         ]
         assert database.output(1) == "[... 6 bytes of earlier output dropped ...]\n6789abcdef"
         assert database.max_job_id() == 3
+        # Ids from the sequence need no setval; an id past them still moves it.
+        assert database.reserve_ids(2) == [4, 5]
+        assert database.write_batch([Put(5, False, database.row(job(5)))]) == [None]
+        assert database.write_batch([Put(50, False, database.row(job(50)))]) == [None]
+        assert database.reserve_ids(1) == [51]
     finally:
         database.close()

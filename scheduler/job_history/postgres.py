@@ -387,6 +387,10 @@ class PostgresDatabase:
         self._opened = False
         self.lock = threading.Lock()
         self._tallies: dict[int, Tally] = {}
+        # An id the sequence is known to be at or past (reserved from it, or
+        # set): a batch whose ids are all at most this needs no setval.  The
+        # sequence never goes back, so a stale value only costs a statement.
+        self._sequence_past = 0
 
     # -- the connection ----------------------------------------------------------
 
@@ -410,8 +414,10 @@ class PostgresDatabase:
                 conn.close()
                 log.warn("{name}: connecting to the job database again", name=self.name)
             self.connection = None
-            # What the tallies counted may not have been committed.
+            # What the tallies counted may not have been committed (nor,
+            # after a restore, what was known of the sequence).
             self._tallies.clear()
+            self._sequence_past = 0
             conn = self.connection = self._connect(self.url)
         return conn
 
@@ -519,7 +525,10 @@ class PostgresDatabase:
     def reserve_ids(self, count: int) -> list[int]:
         """*count* new job ids from the sequence, which no other node can be given."""
         rows = self._rows("SELECT nextval('jobs_id_seq') FROM generate_series(1, %s)", (count,))
-        return sorted(int(row[0]) for row in rows)
+        ids = sorted(int(row[0]) for row in rows)
+        if ids:
+            self._sequence_past = max(self._sequence_past, ids[-1])
+        return ids
 
     def max_job_id(self) -> int:
         rows = self._rows(
@@ -793,7 +802,8 @@ class PostgresDatabase:
             if offered:
                 # In the offers' transaction: heard if, and only if, they commit.
                 self._notify(conn, "jobs", targets=sorted(offered)[:_NOTIFIED_TARGETS])
-            if highest:
+            if highest > self._sequence_past:
+                # Ids not from the sequence (the embedded book's, a test's).
                 # In the transaction (setval itself is not undone by a
                 # rollback: a batch that fails after it leaves a gap in
                 # the ids, never a reused one).
@@ -802,6 +812,7 @@ class PostgresDatabase:
                     "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_id_seq)",
                     (highest, highest),
                 )
+                self._sequence_past = highest
         for index, put, done in upserts:
             outcome = done if isinstance(done, Exception) else None if done.rowcount else self._disowned(put.job_id)
             self._stored(put, outcome)
