@@ -333,6 +333,26 @@ def connect(url: str, *, application_name: str) -> psycopg.Connection[Any]:
         raise JobStoreError(f"{redact(url)}: cannot connect: {_scrub(str(error).strip(), url)}") from None
 
 
+@contextmanager
+def _pipelined_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction whose statements, BEGIN and COMMIT included, go in one pipeline:
+    one round trip (the sync at its end) unless a statement's result is read within.
+
+    ``conn.transaction()`` in a pipeline syncs twice more (after the last
+    statement, and after the commit).  On an error, the server has skipped
+    the rest of the pipeline, the commit too: the transaction is rolled back.
+    """
+    try:
+        with conn.pipeline():
+            conn.execute(b"BEGIN")
+            yield
+            conn.execute(b"COMMIT")
+    except BaseException:
+        if not (conn.closed or conn.broken) and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute(b"ROLLBACK")
+        raise
+
+
 # An output chunk's insert, its job's tally, and the chunk as counted.
 _Pending = tuple["psycopg.Cursor[Any]", Tally, FittedChunk]
 
@@ -703,8 +723,7 @@ class PostgresDatabase:
                 try:
                     # Pipelined, without a savepoint per record: statements
                     # whose results are not needed go in one round trip.
-                    with conn.pipeline():
-                        outcomes = self._write(conn, writes, careful=False)
+                    outcomes = self._write(conn, writes, careful=False)
                 except _BAD_RECORD:
                     # A record refused for its own content undid the batch:
                     # again, each record that may be refused alone in a savepoint.
@@ -741,7 +760,7 @@ class PostgresDatabase:
                 runs.append(([(index, put) for index, put, _ in run], conn.execute(_upsert_rows(len(run)), params)))
                 run.clear()
 
-        with conn.transaction():
+        with conn.transaction() if careful else _pipelined_transaction(conn):
             self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
             for write in writes:
                 if isinstance(write, Chunk):
@@ -798,7 +817,6 @@ class PostgresDatabase:
                 else:
                     outcomes.append(self._change_channel(conn, write))
             send_run()
-            self._settle(pending)
             if offered:
                 # In the offers' transaction: heard if, and only if, they commit.
                 self._notify(conn, "jobs", targets=sorted(offered)[:_NOTIFIED_TARGETS])
@@ -813,6 +831,8 @@ class PostgresDatabase:
                     (highest, highest),
                 )
                 self._sequence_past = highest
+        # Committed: every result is in (pipelined, since the commit's sync).
+        self._settle(pending)
         for index, put, done in upserts:
             outcome = done if isinstance(done, Exception) else None if done.rowcount else self._disowned(put.job_id)
             self._stored(put, outcome)
