@@ -254,7 +254,8 @@ def test_one_batch_of_many_records_keeps_each_jobs_last_record_and_its_dropped_o
                 Put(2, False, database.row(job(2))),
                 Put(1, False, database.row(job(1, status=JobStatus.RUNNING, worker="w1"))),
                 Chunk(1, 1, "stdout", "0123456789abcdef"),
-                Put(3, False, database.row(job(3))),
+                # An int where the others have floats: the column's array is of one type.
+                Put(3, False, database.row(job(3, created_at=2000))),
                 Put(2, True, database.row(finished(2, 1100.0))),
             ]
         )
@@ -265,6 +266,8 @@ def test_one_batch_of_many_records_keeps_each_jobs_last_record_and_its_dropped_o
             (1, JobStatus.RUNNING),
         ]
         assert database.output(1) == "[... 6 bytes of earlier output dropped ...]\n6789abcdef"
+        stored = database.get(3)
+        assert stored is not None and stored.created_at == 2000.0
         assert database.max_job_id() == 3
         # Ids from the sequence need no setval; an id past them still moves it.
         assert database.reserve_ids(2) == [4, 5]

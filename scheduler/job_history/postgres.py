@@ -19,6 +19,7 @@ error message or the log: ``redact`` is the URL's only printed form.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -210,17 +211,33 @@ _UPSERT_CONFLICT = (
 _UPSERT = f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES {_ROW_PLACEHOLDERS} {_UPSERT_CONFLICT}'
 # The same upsert for several jobs' records at once: one statement and one
 # result (the ids written; a record missing from them was refused by the
-# ownership fence) instead of one per record.  At most this many rows a
-# statement: a row has len(FIELDS) + 2 parameters, a statement at most 65,535.
+# ownership fence) instead of one per record.  Each column is one array
+# parameter, so the statement's text is the same for any number of records
+# (psycopg parses it once, the server plans it once; a VALUES list per
+# record would be parsed again for every batch).
+_JOB_TYPES: dict[str, str] = dict(
+    re.findall(r'"(\w+)" (BIGINT|TEXT|DOUBLE PRECISION)', next(s for s in _SCHEMA if "TABLE IF NOT EXISTS jobs" in s))
+)
+_UPSERTED = (*FIELDS, "output_dropped", "node")
+_UPSERT_MANY = (
+    f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") SELECT * FROM unnest('
+    + ", ".join(f"%s::{_JOB_TYPES[name].lower()}[]" for name in _UPSERTED)
+    + f") {_UPSERT_CONFLICT} RETURNING jobs.id"
+).encode()
+# An array's values must be of one type: the ints of a DOUBLE PRECISION
+# column become floats, as the server would make them.  Any other mix is
+# refused (DataError) and the batch goes the careful way, record by record.
+_FLOAT_COLUMNS = frozenset(index for index, name in enumerate(_UPSERTED) if _JOB_TYPES[name] == "DOUBLE PRECISION")
+# At most this many records an upsert (a bound on one statement's size).
 _UPSERT_ROWS = 500
 
 
-def _upsert_rows(count: int) -> bytes:
-    """The upsert of *count* records (then one parameter: this node, for the fence), returning the ids written."""
-    return (
-        f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES {", ".join([_ROW_PLACEHOLDERS] * count)} '
-        f"{_UPSERT_CONFLICT} RETURNING jobs.id"
-    ).encode()
+def _upsert_columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
+    """The records' values, one list a column (``_UPSERT_MANY``'s parameters but the last)."""
+    columns: list[list[object]] = [list(values) for values in zip(*rows, strict=True)]
+    for index in _FLOAT_COLUMNS:
+        columns[index] = [float(value) if type(value) is int else value for value in columns[index]]  # type: ignore[arg-type]
+    return columns
 
 
 # A fired job's first record: a fire already recorded (its key) is left alone.
@@ -755,9 +772,8 @@ class PostgresDatabase:
 
         def send_run() -> None:
             if run:
-                params = [value for _, _, row in run for value in row]
-                params.append(self.node)
-                runs.append(([(index, put) for index, put, _ in run], conn.execute(_upsert_rows(len(run)), params)))
+                params: list[object] = [*_upsert_columns([row for _, _, row in run]), self.node]
+                runs.append(([(index, put) for index, put, _ in run], conn.execute(_UPSERT_MANY, params)))
                 run.clear()
 
         with conn.transaction() if careful else _pipelined_transaction(conn):
