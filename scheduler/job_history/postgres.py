@@ -230,6 +230,15 @@ _UPSERT_MANY = (
 _FLOAT_COLUMNS = frozenset(index for index, name in enumerate(_UPSERTED) if _JOB_TYPES[name] == "DOUBLE PRECISION")
 # At most this many records an upsert (a bound on one statement's size).
 _UPSERT_ROWS = 500
+# One or two records: a VALUES list, cheaper than dumping arrays, and still
+# parsed once (psycopg caches a statement of up to 50 parameters).
+_UPSERT_FEW = {
+    count: (
+        f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES {", ".join([_ROW_PLACEHOLDERS] * count)} '
+        f"{_UPSERT_CONFLICT} RETURNING jobs.id"
+    ).encode()
+    for count in (1, 2)
+}
 
 
 def _upsert_columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
@@ -765,15 +774,22 @@ class PostgresDatabase:
         offered: set[str] = set()
         # Records sent one by one (careful), their outcomes known at the commit.
         upserts: list[tuple[int, Put, psycopg.Cursor[Any] | Exception]] = []
-        # Records not yet sent (index, put, parameters), to go in one upsert;
-        # and the upserts sent, whose ids written are read at the commit.
-        run: list[tuple[int, Put, tuple[object, ...]]] = []
+        # Records not yet sent, to go in one upsert: by job, the row of its
+        # last put (an earlier one's is replaced whole, as the group commit
+        # does: nothing between them wrote the job's row) and every put's
+        # index.  And the upserts sent, whose ids written are read at the commit.
+        run: dict[int, tuple[tuple[object, ...], list[tuple[int, Put]]]] = {}
         runs: list[tuple[list[tuple[int, Put]], psycopg.Cursor[Any]]] = []
 
         def send_run() -> None:
             if run:
-                params: list[object] = [*_upsert_columns([row for _, _, row in run]), self.node]
-                runs.append(([(index, put) for index, put, _ in run], conn.execute(_UPSERT_MANY, params)))
+                rows = [row for row, _ in run.values()]
+                puts = [each for _, puts in run.values() for each in puts]
+                if len(rows) in _UPSERT_FEW:
+                    cursor = conn.execute(_UPSERT_FEW[len(rows)], [*(value for row in rows for value in row), self.node])
+                else:
+                    cursor = conn.execute(_UPSERT_MANY, [*_upsert_columns(rows), self.node])
+                runs.append((puts, cursor))
                 run.clear()
 
         with conn.transaction() if careful else _pipelined_transaction(conn):
@@ -801,10 +817,12 @@ class PostgresDatabase:
                             done = self._upsert(conn, write, careful, node)
                             upserts.append((len(outcomes), write, done))
                         else:
-                            # One upsert for consecutive records, each job once.
-                            if len(run) >= _UPSERT_ROWS or any(sent.job_id == write.job_id for _, sent, _ in run):
+                            # One upsert for consecutive records.
+                            if len(run) >= _UPSERT_ROWS:
                                 send_run()
-                            run.append((len(outcomes), write, (*write.row, self._dropped(write.job_id), node)))
+                            puts = run.pop(write.job_id, ((), []))[1]
+                            puts.append((len(outcomes), write))
+                            run[write.job_id] = ((*write.row, self._dropped(write.job_id), node), puts)
                             done = None
                         if not isinstance(done, Exception):
                             highest = max(highest, write.job_id)
