@@ -244,3 +244,45 @@ async def test_nodes_on_one_database_take_job_ids_no_other_node_gets(pg_url: str
     finally:
         await first.close()
         await second.close()
+
+
+def test_one_batch_of_many_records_keeps_each_jobs_last_record_and_its_dropped_output(pg_url: str) -> None:
+    """Consecutive records go in one upsert: a job put twice in it still ends
+    with its last record, and output over the cap right after a job's first
+    record still counts the bytes dropped on its row (the chunk's row change
+    comes after that record is written, not before)."""
+    from scheduler.job_history.database import Chunk, Put
+    from scheduler.job_history.postgres import PostgresDatabase
+    from scheduler.jobs import JobStatus
+
+    database = PostgresDatabase(pg_url, output_cap=10, keep_per_task=100, keep_seconds=1e9)
+    database.node = "a"
+    database.open()
+    try:
+        outcomes = database.write_batch(
+            [
+                Put(2, False, database.row(job(2))),
+                Put(1, False, database.row(job(1, status=JobStatus.RUNNING, worker="w1"))),
+                Chunk(1, 1, "stdout", "0123456789abcdef"),
+                # An int where the others have floats: the column's array is of one type.
+                Put(3, False, database.row(job(3, created_at=2000))),
+                Put(2, True, database.row(finished(2, 1100.0))),
+            ]
+        )
+        assert outcomes == [None] * 4  # one a put (a chunk has none)
+        assert [(each.id, each.status) for each in database.query(None, None, None, 10, None)] == [
+            (3, JobStatus.QUEUED),
+            (2, JobStatus.SUCCEEDED),
+            (1, JobStatus.RUNNING),
+        ]
+        assert database.output(1) == "[... 6 bytes of earlier output dropped ...]\n6789abcdef"
+        stored = database.get(3)
+        assert stored is not None and stored.created_at == 2000.0
+        assert database.max_job_id() == 3
+        # Ids from the sequence need no setval; an id past them still moves it.
+        assert database.reserve_ids(2) == [4, 5]
+        assert database.write_batch([Put(5, False, database.row(job(5)))]) == [None]
+        assert database.write_batch([Put(50, False, database.row(job(50)))]) == [None]
+        assert database.reserve_ids(1) == [51]
+    finally:
+        database.close()

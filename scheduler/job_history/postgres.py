@@ -19,6 +19,7 @@ error message or the log: ``redact`` is the URL's only printed form.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -201,12 +202,53 @@ _SCHEMA_LOCK = 0x5C4ED01E
 # that manages it (or by any node while nobody does: node NULL), so a node
 # whose job was taken over by another cannot overwrite what that one records.
 _OWNED = '(jobs."node" IS NULL OR jobs."node" = %s)'
-_UPSERT = (
-    f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
+_ROW_PLACEHOLDERS = f"({', '.join(['%s'] * (len(FIELDS) + 2))})"
+_UPSERT_CONFLICT = (
     'ON CONFLICT ("id") DO UPDATE SET '
     + ", ".join(f'"{name}" = excluded."{name}"' for name in (*FIELDS, "node") if name in (*MUTABLE_FIELDS, "node"))
     + f" WHERE {_OWNED}"
 )
+_UPSERT = f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES {_ROW_PLACEHOLDERS} {_UPSERT_CONFLICT}'
+# The same upsert for several jobs' records at once: one statement and one
+# result (the ids written; a record missing from them was refused by the
+# ownership fence) instead of one per record.  Each column is one array
+# parameter, so the statement's text is the same for any number of records
+# (psycopg parses it once, the server plans it once; a VALUES list per
+# record would be parsed again for every batch).
+_JOB_TYPES: dict[str, str] = dict(
+    re.findall(r'"(\w+)" (BIGINT|TEXT|DOUBLE PRECISION)', next(s for s in _SCHEMA if "TABLE IF NOT EXISTS jobs" in s))
+)
+_UPSERTED = (*FIELDS, "output_dropped", "node")
+_UPSERT_MANY = (
+    f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") SELECT * FROM unnest('
+    + ", ".join(f"%s::{_JOB_TYPES[name].lower()}[]" for name in _UPSERTED)
+    + f") {_UPSERT_CONFLICT} RETURNING jobs.id"
+).encode()
+# An array's values must be of one type: the ints of a DOUBLE PRECISION
+# column become floats, as the server would make them.  Any other mix is
+# refused (DataError) and the batch goes the careful way, record by record.
+_FLOAT_COLUMNS = frozenset(index for index, name in enumerate(_UPSERTED) if _JOB_TYPES[name] == "DOUBLE PRECISION")
+# At most this many records an upsert (a bound on one statement's size).
+_UPSERT_ROWS = 500
+# One or two records: a VALUES list, cheaper than dumping arrays, and still
+# parsed once (psycopg caches a statement of up to 50 parameters).
+_UPSERT_FEW = {
+    count: (
+        f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES {", ".join([_ROW_PLACEHOLDERS] * count)} '
+        f"{_UPSERT_CONFLICT} RETURNING jobs.id"
+    ).encode()
+    for count in (1, 2)
+}
+
+
+def _upsert_columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
+    """The records' values, one list a column (``_UPSERT_MANY``'s parameters but the last)."""
+    columns: list[list[object]] = [list(values) for values in zip(*rows, strict=True)]
+    for index in _FLOAT_COLUMNS:
+        columns[index] = [float(value) if type(value) is int else value for value in columns[index]]  # type: ignore[arg-type]
+    return columns
+
+
 # A fired job's first record: a fire already recorded (its key) is left alone.
 _INSERT_FIRE = (
     f'INSERT INTO jobs ({COLUMNS}, "output_dropped", "node") VALUES ({", ".join(["%s"] * (len(FIELDS) + 2))}) '
@@ -325,6 +367,26 @@ def connect(url: str, *, application_name: str) -> psycopg.Connection[Any]:
         raise JobStoreError(f"{redact(url)}: cannot connect: {_scrub(str(error).strip(), url)}") from None
 
 
+@contextmanager
+def _pipelined_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction whose statements, BEGIN and COMMIT included, go in one pipeline:
+    one round trip (the sync at its end) unless a statement's result is read within.
+
+    ``conn.transaction()`` in a pipeline syncs twice more (after the last
+    statement, and after the commit).  On an error, the server has skipped
+    the rest of the pipeline, the commit too: the transaction is rolled back.
+    """
+    try:
+        with conn.pipeline():
+            conn.execute(b"BEGIN")
+            yield
+            conn.execute(b"COMMIT")
+    except BaseException:
+        if not (conn.closed or conn.broken) and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute(b"ROLLBACK")
+        raise
+
+
 # An output chunk's insert, its job's tally, and the chunk as counted.
 _Pending = tuple["psycopg.Cursor[Any]", Tally, FittedChunk]
 
@@ -379,6 +441,10 @@ class PostgresDatabase:
         self._opened = False
         self.lock = threading.Lock()
         self._tallies: dict[int, Tally] = {}
+        # An id the sequence is known to be at or past (reserved from it, or
+        # set): a batch whose ids are all at most this needs no setval.  The
+        # sequence never goes back, so a stale value only costs a statement.
+        self._sequence_past = 0
 
     # -- the connection ----------------------------------------------------------
 
@@ -402,8 +468,10 @@ class PostgresDatabase:
                 conn.close()
                 log.warn("{name}: connecting to the job database again", name=self.name)
             self.connection = None
-            # What the tallies counted may not have been committed.
+            # What the tallies counted may not have been committed (nor,
+            # after a restore, what was known of the sequence).
             self._tallies.clear()
+            self._sequence_past = 0
             conn = self.connection = self._connect(self.url)
         return conn
 
@@ -511,7 +579,10 @@ class PostgresDatabase:
     def reserve_ids(self, count: int) -> list[int]:
         """*count* new job ids from the sequence, which no other node can be given."""
         rows = self._rows("SELECT nextval('jobs_id_seq') FROM generate_series(1, %s)", (count,))
-        return sorted(int(row[0]) for row in rows)
+        ids = sorted(int(row[0]) for row in rows)
+        if ids:
+            self._sequence_past = max(self._sequence_past, ids[-1])
+        return ids
 
     def max_job_id(self) -> int:
         rows = self._rows(
@@ -753,8 +824,7 @@ class PostgresDatabase:
                 try:
                     # Pipelined, without a savepoint per record: statements
                     # whose results are not needed go in one round trip.
-                    with conn.pipeline():
-                        outcomes = self._write(conn, writes, careful=False)
+                    outcomes = self._write(conn, writes, careful=False)
                 except _BAD_RECORD:
                     # A record refused for its own content undid the batch:
                     # again, each record that may be refused alone in a savepoint.
@@ -777,16 +847,36 @@ class PostgresDatabase:
         pending: list[_Pending] = []
         # The targets of the jobs this batch offers to the cluster (OFFERED).
         offered: set[str] = set()
-        # Records sent, their outcomes known at the commit.
+        # Records sent one by one (careful), their outcomes known at the commit.
         upserts: list[tuple[int, Put, psycopg.Cursor[Any] | Exception]] = []
         # For the other nodes' live feeds: jobs written, jobs given output.
         changed: set[int] = set()
         given_output: set[int] = set()
-        with conn.transaction():
+        # Records not yet sent, to go in one upsert: by job, the row of its
+        # last put (an earlier one's is replaced whole, as the group commit
+        # does: nothing between them wrote the job's row) and every put's
+        # index.  And the upserts sent, whose ids written are read at the commit.
+        run: dict[int, tuple[tuple[object, ...], list[tuple[int, Put]]]] = {}
+        runs: list[tuple[list[tuple[int, Put]], psycopg.Cursor[Any]]] = []
+
+        def send_run() -> None:
+            if run:
+                rows = [row for row, _ in run.values()]
+                puts = [each for _, puts in run.values() for each in puts]
+                if len(rows) in _UPSERT_FEW:
+                    cursor = conn.execute(_UPSERT_FEW[len(rows)], [*(value for row in rows for value in row), self.node])
+                else:
+                    cursor = conn.execute(_UPSERT_MANY, [*_upsert_columns(rows), self.node])
+                runs.append((puts, cursor))
+                run.clear()
+
+        with conn.transaction() if careful else _pipelined_transaction(conn):
             self._load_tallies(conn, {write.job_id for write in writes if isinstance(write, Chunk)})
             for write in writes:
                 if isinstance(write, Chunk):
-                    if self._append(conn, write, pending):
+                    # A chunk that changes its job's row (output dropped)
+                    # goes after the records before it.
+                    if self._append(conn, write, pending, send_run):
                         given_output.add(write.job_id)
                 elif isinstance(write, Put):
                     node = self.node
@@ -794,20 +884,30 @@ class PostgresDatabase:
                         # Managed by no node: any node's claim may take it.
                         write, node = Put(write.job_id, write.final, write.row[:-1]), None
                     if len(write.row) > len(FIELDS):
+                        send_run()
                         outcome = self._fenced_put(conn, write, lease, careful, node)
                     else:
-                        # Stored, or refused by the ownership fence: its row
-                        # count says which, known once the commit is (a
+                        # Stored, or refused by the ownership fence: the ids
+                        # written say which, known once the commit is (a
                         # fetch here would wait a round trip per record).
                         # Its id counts for the sequence either way: a
                         # refused record's row is stored already.
-                        done = self._upsert(conn, write, careful, node)
+                        if careful:
+                            done = self._upsert(conn, write, careful, node)
+                            upserts.append((len(outcomes), write, done))
+                        else:
+                            # One upsert for consecutive records.
+                            if len(run) >= _UPSERT_ROWS:
+                                send_run()
+                            puts = run.pop(write.job_id, ((), []))[1]
+                            puts.append((len(outcomes), write))
+                            run[write.job_id] = ((*write.row, self._dropped(write.job_id), node), puts)
+                            done = None
                         if not isinstance(done, Exception):
                             changed.add(write.job_id)
                             highest = max(highest, write.job_id)
                             if node is None and self.node is not None:
                                 offered.add(str(write.row[FIELDS.index("target")]))
-                        upserts.append((len(outcomes), write, done))
                         outcomes.append(None)
                         continue
                     self._stored(write, outcome)
@@ -831,13 +931,14 @@ class PostgresDatabase:
                     outcomes.append(None)
                 else:
                     outcomes.append(self._change_channel(conn, write))
-            self._settle(pending)
+            send_run()
             if offered:
                 # In the offers' transaction: heard if, and only if, they commit.
                 self._notify(conn, "jobs", targets=sorted(offered)[:_NOTIFIED_TARGETS])
             if (changed or given_output) and self.node is not None:
                 self._notify_feed(conn, changed, given_output)
-            if highest:
+            if highest > self._sequence_past:
+                # Ids not from the sequence (the embedded book's, a test's).
                 # In the transaction (setval itself is not undone by a
                 # rollback: a batch that fails after it leaves a gap in
                 # the ids, never a reused one).
@@ -846,10 +947,19 @@ class PostgresDatabase:
                     "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_id_seq)",
                     (highest, highest),
                 )
+                self._sequence_past = highest
+        # Committed: every result is in (pipelined, since the commit's sync).
+        self._settle(pending)
         for index, put, done in upserts:
             outcome = done if isinstance(done, Exception) else None if done.rowcount else self._disowned(put.job_id)
             self._stored(put, outcome)
             outcomes[index] = outcome
+        for puts, cursor in runs:
+            written = {int(row[0]) for row in cursor.fetchall()}
+            for index, put in puts:
+                outcome = None if put.job_id in written else self._disowned(put.job_id)
+                self._stored(put, outcome)
+                outcomes[index] = outcome
         return outcomes
 
     def _upsert(
@@ -1051,8 +1161,12 @@ class PostgresDatabase:
             )
         return tally
 
-    def _append(self, conn: psycopg.Connection[Any], chunk: Chunk, pending: list[_Pending]) -> bool:
-        """Store *chunk* (unless its tally refuses it); whether it was sent."""
+    def _append(
+        self, conn: psycopg.Connection[Any], chunk: Chunk, pending: list[_Pending], before_row: Callable[[], None]
+    ) -> bool:
+        """Insert *chunk*, counted in its job's tally (unless the tally refuses it:
+        False); *before_row* is called before the job's row is written (its
+        output dropped), to send what comes before."""
         tally = self._tally(conn, chunk.job_id)
         if tally.refuses(chunk.seq):
             return False
@@ -1075,6 +1189,7 @@ class PostgresDatabase:
         if tally.kept > self.output_cap:
             self._trim(conn, chunk.job_id, tally)
         if tally.dropped != before:
+            before_row()
             conn.execute("UPDATE jobs SET output_dropped = %s WHERE id = %s", (tally.dropped, chunk.job_id))
         return True
 
