@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from tests.test_worker_agent import Harness, parse
 from worker.backoff import Backoff
-from worker.connection import Rotation, WorkerClientFactory
+from worker.connection import DIAL_TIMEOUT, Rotation, WorkerClientFactory
 from worker.tap import CONNECT_TIMEOUT, SchedulerUrl, endpoint_for, parse_urls
 
 A = "ws://a.test:3000/ws/worker"
@@ -123,3 +123,24 @@ def test_a_dial_gives_up_on_a_silent_address_within_the_connect_timeout() -> Non
     ((host, port, _, timeout, _),) = reactor.tcpClients
     assert (host, port, timeout) == ("127.0.0.1", 3000, CONNECT_TIMEOUT)
     assert CONNECT_TIMEOUT <= 5.0
+
+
+def test_a_dial_that_hangs_in_name_resolution_is_given_up_for_the_next() -> None:
+    """A name server that does not answer (a restarting container network's)
+    must not hold the worker: the whole dial is given up after DIAL_TIMEOUT."""
+    clock = Clock()
+    factory = WorkerClientFactory(Harness().agent, A, reactor=clock)
+    hanging: list[Deferred[Any]] = []
+
+    class Silent:
+        def connect(self, protocol_factory: IProtocolFactory) -> Deferred[Any]:
+            hanging.append(Deferred())
+            return hanging[-1]
+
+    rotation = Rotation(factory, [(A, Silent())], clock=clock)  # type: ignore[list-item]
+    failures: list[Failure] = []
+    rotation.connect(factory).addErrback(failures.append)
+    clock.advance(DIAL_TIMEOUT - 0.1)
+    assert not failures
+    clock.advance(0.2)
+    assert len(failures) == 1 and failures[0].check(TimeoutError)

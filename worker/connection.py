@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -141,6 +141,11 @@ class WorkerClientFactory(WebSocketClientFactory):
         self.setSessionParameters(url, self.origin, self.protocols, self.useragent, self.headers, self.proxy)
 
 
+# Seconds a dial may take, from resolving the scheduler's name to the TCP
+# connection (the WebSocket handshake has its own timeout).
+DIAL_TIMEOUT = 10.0
+
+
 @implementer(IStreamClientEndpoint)
 class Rotation:
     """Several schedulers' URLs as one endpoint: each dial goes to the next.
@@ -152,12 +157,21 @@ class Rotation:
     costs one dial per round, not one before every attempt.
     """
 
-    def __init__(self, factory: WorkerClientFactory, targets: Sequence[tuple[str, IStreamClientEndpoint]]) -> None:
+    def __init__(
+        self,
+        factory: WorkerClientFactory,
+        targets: Sequence[tuple[str, IStreamClientEndpoint]],
+        *,
+        clock: IReactorTime | None = None,
+        timeout: float = DIAL_TIMEOUT,
+    ) -> None:
         if not targets:
             raise ValueError("a rotation needs at least one URL")
         self._factory = factory
         self._targets = list(targets)
         self._next = 0
+        self._clock = clock
+        self._timeout = timeout
 
     @property
     def url(self) -> str:
@@ -171,4 +185,10 @@ class Rotation:
             _log.info("dialling the scheduler at {url}", url=url)
         self._factory.aim(url)
         dialled: Deferred[Any] = endpoint.connect(protocolFactory)
+        if self._clock is not None:
+            # The whole dial, the name's resolution included: a name server
+            # that does not answer (a restarting container network's) would
+            # otherwise hold the dial, and the next one, for the resolver's
+            # own timeouts (40 s seen).
+            dialled.addTimeout(self._timeout, self._clock)
         return dialled

@@ -193,7 +193,9 @@ def makeService(options: Options) -> IService:
         agent, urls[0].url, token=options["token"], reactor=reactor, on_going_away=backoff.at_once
     )
     endpoints = Rotation(
-        factory, [(each.url, endpoint_for(reactor, secure=each.secure, host=each.host, port=each.port)) for each in urls]
+        factory,
+        [(each.url, endpoint_for(reactor, secure=each.secure, host=each.host, port=each.port)) for each in urls],
+        clock=reactor,
     )
     connection = ClientService(endpoints, factory, retryPolicy=backoff, clock=reactor)
     return WorkerService(agent, connection)
