@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
-from bench.cases.throughput import CeleryPeer
+from bench.cases.throughput import CeleryPeer, _finished_all, timed_round
 from bench.common import (
     CaseResult,
     Figure,
@@ -33,7 +32,6 @@ from bench.common import (
     log,
     median,
     stall_figure,
-    wait_until,
 )
 
 NAME = "batch"
@@ -45,11 +43,6 @@ COMMAND = "true"
 # The issue's bounds: scheduler CPU per job, and the rate against Celery's group.
 CPU_TARGET_US = 100.0
 CELERY_RATIO = 4.0
-
-
-def _finished_all(http: Http) -> float:
-    """Jobs the scheduler has recorded as ended, whatever their status."""
-    return sum(value for key, value in http.metrics().items() if key.startswith("scheduler_jobs_finished_total{"))
 
 
 def _submit(port: int, jobs: int, errors: list[str]) -> None:
@@ -84,25 +77,9 @@ def _submit(port: int, jobs: int, errors: list[str]) -> None:
 def run_ours(scheduler: Scheduler, jobs: int) -> tuple[float, float, tuple[float, float]]:
     """(jobs per second, scheduler CPU seconds per job, longest stall) for one round."""
     watch = SchedulerWatch(scheduler)
-    before = _finished_all(scheduler.http)
-    errors: list[str] = []
-    started = time.perf_counter()
-    submitter = threading.Thread(target=_submit, args=(scheduler.http_port, jobs, errors), daemon=True)
-    submitter.start()
-    poll = Http(scheduler.http_port)
-    try:
-        wait_until(
-            lambda: errors or _finished_all(poll) >= before + jobs,
-            timeout=max(60.0, jobs / 50),
-            what=f"{jobs} jobs to finish",
-            interval=0.05,
-        )
-    finally:
-        poll.close()
-    elapsed = time.perf_counter() - started
-    submitter.join()
-    if errors:
-        raise RuntimeError(f"submitting failed: {errors[0]}")
+    elapsed = timed_round(
+        scheduler, jobs, lambda errors: _submit(scheduler.http_port, jobs, errors), timeout=max(60.0, jobs / 50)
+    )
     failed = _finished_all(scheduler.http) - scheduler.finished("succeeded")
     if failed:
         raise RuntimeError(f"{failed:g} jobs did not succeed")

@@ -534,8 +534,9 @@ def _lease_steps(cluster: Cluster) -> dict[str, float]:
 
 
 def _throughput(runtime: Runtime, db_url: str | None, jobs: int) -> tuple[float, float]:
-    """Jobs per second and scheduler CPU ms per job of one node, on PostgreSQL (*db_url*) or SQLite."""
-    from bench.cases.throughput import _submit
+    """Jobs per second and scheduler CPU ms per job of one node, on PostgreSQL (*db_url*) or
+    SQLite: the throughput case's round (4 clients, 4 real workers of 1 slot)."""
+    from bench.cases.throughput import run_ours
 
     which = "postgres" if db_url else "sqlite"
     workdir = runtime.scratch(f"{NAME}-throughput-{which}-{time.monotonic_ns()}")
@@ -543,15 +544,8 @@ def _throughput(runtime: Runtime, db_url: str | None, jobs: int) -> tuple[float,
     workers = RealWorkers(runtime, scheduler, 4, slots=1)
     try:
         scheduler.wait_workers(4)
-        errors: list[str] = []
-        cpu = scheduler.cpu_seconds()
-        began = time.perf_counter()
-        _submit(scheduler.http_port, jobs, 4, errors)
-        if errors:
-            raise RuntimeError(f"{which}: {errors[:3]}")
-        wait_until(lambda: scheduler.finished() >= jobs, 300, f"{jobs} jobs to finish on {which}", interval=0.05)
-        seconds = time.perf_counter() - began
-        return jobs / seconds, (scheduler.cpu_seconds() - cpu) * 1000 / jobs
+        batch = run_ours(scheduler, jobs, 4)
+        return batch.rate, batch.scheduler_cpu * 1000
     finally:
         workers.stop()
         scheduler.stop()

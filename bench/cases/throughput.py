@@ -19,6 +19,7 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,21 +84,20 @@ class Batch:
     workers_cpu: float  # CPU seconds per job, all worker agents together (not their children)
 
 
-def run_ours(scheduler: Scheduler, jobs: int, clients: int, workers: RealWorkers | None = None) -> Batch:
-    """One batch of *jobs*, timed from the first request to the last recorded end."""
-    pids = [process.pid for process in workers.processes] if workers is not None else []
-    scheduler_before = scheduler.cpu_seconds()
-    workers_before = sum(cpu_seconds(pid) for pid in pids)
+def timed_round(scheduler: Scheduler, jobs: int, submit: Callable[[list[str]], None], timeout: float) -> float:
+    """Seconds from starting *submit* (on a thread of its own; it appends what
+    went wrong to the list it is given) until the scheduler has recorded the
+    end of *jobs* more jobs.  Raises if submitting failed."""
     before = _finished_all(scheduler.http)
     errors: list[str] = []
     started = time.perf_counter()
-    submitter = threading.Thread(target=_submit, args=(scheduler.http_port, jobs, clients, errors), daemon=True)
+    submitter = threading.Thread(target=submit, args=(errors,), daemon=True)
     submitter.start()
     poll = Http(scheduler.http_port)
     try:
         wait_until(
             lambda: errors or _finished_all(poll) >= before + jobs,
-            timeout=max(60.0, jobs / 20),
+            timeout=timeout,
             what=f"{jobs} jobs to finish",
             # Each poll renders /metrics on the scheduler (its CPU counts in
             # the figures): often enough to time well, rarely enough to cost little.
@@ -109,6 +109,17 @@ def run_ours(scheduler: Scheduler, jobs: int, clients: int, workers: RealWorkers
     submitter.join()
     if errors:
         raise RuntimeError(f"submitting failed: {errors[0]}")
+    return elapsed
+
+
+def run_ours(scheduler: Scheduler, jobs: int, clients: int, workers: RealWorkers | None = None) -> Batch:
+    """One batch of *jobs*, timed from the first request to the last recorded end."""
+    pids = [process.pid for process in workers.processes] if workers is not None else []
+    scheduler_before = scheduler.cpu_seconds()
+    workers_before = sum(cpu_seconds(pid) for pid in pids)
+    elapsed = timed_round(
+        scheduler, jobs, lambda errors: _submit(scheduler.http_port, jobs, clients, errors), timeout=max(60.0, jobs / 20)
+    )
     scheduler_cpu = scheduler.cpu_seconds() - scheduler_before
     workers_cpu = sum(cpu_seconds(pid) for pid in pids) - workers_before
     failed = _finished_all(scheduler.http) - scheduler.finished("succeeded")
