@@ -33,13 +33,13 @@ from bench.common import (
     Scheduler,
     SchedulerWatch,
     cpu_per_job_figure,
-    cpu_seconds,
     log,
     median,
     stall_figure,
     stop_process,
     wait_until,
 )
+from bench.cpu_ledger import CpuLedger, describe, median_ledger, part_us
 from bench.peers import RedisServer
 
 NAME = "throughput"
@@ -80,8 +80,18 @@ def _submit(port: int, count: int, clients: int, errors: list[str]) -> None:
 @dataclass
 class Batch:
     rate: float  # jobs per second
-    scheduler_cpu: float  # CPU seconds per job, the scheduler process
-    workers_cpu: float  # CPU seconds per job, all worker agents together (not their children)
+    # µs per job by part (bench.cpu_ledger): scheduler threads, agents, commands, client, machine.
+    ledger: dict[str, float]
+
+    @property
+    def scheduler_cpu(self) -> float:
+        """CPU seconds per job, the scheduler process alone."""
+        return part_us(self.ledger, "scheduler") / 1e6
+
+    @property
+    def workers_cpu(self) -> float:
+        """CPU seconds per job, all worker agents together (not the commands they ran)."""
+        return part_us(self.ledger, "agents") / 1e6
 
 
 def timed_round(scheduler: Scheduler, jobs: int, submit: Callable[[list[str]], None], timeout: float) -> float:
@@ -115,17 +125,15 @@ def timed_round(scheduler: Scheduler, jobs: int, submit: Callable[[list[str]], N
 def run_ours(scheduler: Scheduler, jobs: int, clients: int, workers: RealWorkers | None = None) -> Batch:
     """One batch of *jobs*, timed from the first request to the last recorded end."""
     pids = [process.pid for process in workers.processes] if workers is not None else []
-    scheduler_before = scheduler.cpu_seconds()
-    workers_before = sum(cpu_seconds(pid) for pid in pids)
+    ledger = CpuLedger(scheduler.pid, pids)
     elapsed = timed_round(
         scheduler, jobs, lambda errors: _submit(scheduler.http_port, jobs, clients, errors), timeout=max(60.0, jobs / 20)
     )
-    scheduler_cpu = scheduler.cpu_seconds() - scheduler_before
-    workers_cpu = sum(cpu_seconds(pid) for pid in pids) - workers_before
+    spent = ledger.per_job(jobs)
     failed = _finished_all(scheduler.http) - scheduler.finished("succeeded")
     if failed:
         raise RuntimeError(f"{failed:g} jobs did not succeed")
-    return Batch(jobs / elapsed, scheduler_cpu / jobs, workers_cpu / jobs)
+    return Batch(jobs / elapsed, spent)
 
 
 def _finished_all(http: Http) -> float:
@@ -219,6 +227,7 @@ def run(runtime: Runtime) -> CaseResult:
     celery: list[float] = []
     scheduler_cpu: list[float] = []
     workers_cpu: list[float] = []
+    ledgers: list[dict[str, float]] = []
     stalls: list[tuple[float, float]] = []
     scheduler = Scheduler(runtime, runtime.scratch("throughput"))
     workers = RealWorkers(runtime, scheduler, WORKERS, slots=slots)
@@ -235,9 +244,11 @@ def run(runtime: Runtime) -> CaseResult:
             ours.append(batch.rate)
             scheduler_cpu.append(batch.scheduler_cpu * 1e6)
             workers_cpu.append(batch.workers_cpu * 1e6)
+            ledgers.append(batch.ledger)
             ceiling.append(run_ceiling(jobs))
             if peer is not None:
                 celery.append(peer.run(jobs))
+            log(f"throughput round {number}: {describe(batch.ledger)}")
             log(
                 f"throughput round {number}: ours {ours[-1]:.0f}/s, ceiling {ceiling[-1]:.0f}/s"
                 + (f", Celery {celery[-1]:.0f}/s" if celery else "")
@@ -291,5 +302,6 @@ def run(runtime: Runtime) -> CaseResult:
         celery=celery,
         scheduler_cpu_us_per_job=median(scheduler_cpu),
         workers_cpu_us_per_job=median(workers_cpu),
+        cpu_ledger_us_per_job=median_ledger(ledgers),
     )
     return result
