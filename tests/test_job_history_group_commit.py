@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
 from scheduler.job_history.database import Chunk, Put
-from scheduler.job_history.group_commit import superseded
+from scheduler.job_history.group_commit import SETTLE_PER_TURN, superseded
 from scheduler.job_store import JobStore, JobStoreClosed
 from scheduler.jobs import JobStatus
 from tests import job_history_support
@@ -130,6 +130,37 @@ async def test_put_fires_only_after_commit(stores: Opener, path: str) -> None:
     assert not put.called
     await put
     assert seen == [("committed",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_batch_tells_its_waiters_a_slice_per_reactor_turn(stores: Opener) -> None:
+    # A committed batch's waiters may each do real work (a `run` sent per
+    # placed job): past SETTLE_PER_TURN, the rest wait for later turns, in order.
+    store = stores()
+    count = 2 * SETTLE_PER_TURN + 10
+    told: list[int] = []
+    turns: list[int] = []
+    turn = [0]
+
+    def tick() -> None:
+        turn[0] += 1
+        if len(told) < count:
+            reactor.callLater(0, tick)
+
+    def note(_: None, job_id: int) -> None:
+        told.append(job_id)
+        turns.append(turn[0])
+
+    puts = [store.put(job(i)).addCallback(note, i) for i in range(1, count + 1)]
+    reactor.callLater(0, tick)
+    closed = store.close()  # waits for every waiter, not only the first slice
+    await gatherResults(puts)
+    await closed
+    assert store.transactions == 1
+    assert told == list(range(1, count + 1))
+    # One slice per turn: three distinct turns, the first SETTLE_PER_TURN together.
+    assert len(set(turns)) == 3
+    assert turns.count(turns[0]) == SETTLE_PER_TURN
 
 
 @pytest_twisted.ensureDeferred

@@ -13,6 +13,7 @@ the backend's ``write_batch`` executes each batch.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -41,6 +42,12 @@ from scheduler.job_history.database import (
 log = Logger()
 
 _T = TypeVar("_T")
+
+# Waiters told per reactor turn once their batch has committed.  Each may
+# go on to do real work (a `run` sent for every job recorded as placed):
+# a burst of ten thousand jobs committed at once held the reactor for
+# 16 ms per thousand waiters, so the rest wait for the next turns, in order.
+SETTLE_PER_TURN = 500
 
 
 class BatchWriter(Protocol):
@@ -94,6 +101,9 @@ class GroupCommitter:
         self._after_writes: list[Callable[[], None]] = []
         self._busy = False
         self._flush_call: IDelayedCall | None = None
+        # Committed waiters not yet told, oldest first, and the call that tells the next ones.
+        self._settling: deque[tuple[Deferred[Any], Outcome]] = deque()
+        self._settle_call: IDelayedCall | None = None
         self._idle: list[Deferred[None]] = []
         self._closing = False
         self._closed: list[Deferred[None]] = []
@@ -231,11 +241,22 @@ class GroupCommitter:
             outcomes = result
         if self._writes:
             self._flush()
-        for done, outcome in zip(waiters, outcomes, strict=True):
+        self._settling.extend(zip(waiters, outcomes, strict=True))
+        if self._settle_call is None:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Tell up to SETTLE_PER_TURN committed waiters; the rest on the next turn."""
+        self._settle_call = None
+        for _ in range(min(SETTLE_PER_TURN, len(self._settling))):
+            done, outcome = self._settling.popleft()
             if isinstance(outcome, Exception):
                 done.errback(outcome)
             else:
                 done.callback(outcome)
+        if self._settling:
+            self._settle_call = self._reactor.callLater(0, self._settle)
+            return
         if not self._busy and not self._writes:
             idle, self._idle = self._idle, []
             for waiting in idle:
@@ -284,7 +305,7 @@ class GroupCommitter:
         return self.close()
 
     def _when_idle(self) -> Deferred[None]:
-        if not self._busy and not self._writes:
+        if not self._busy and not self._writes and not self._settling:
             return succeed(None)
         idle: Deferred[None] = Deferred()
         self._idle.append(idle)
