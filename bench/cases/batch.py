@@ -20,6 +20,7 @@ import json
 import threading
 
 from bench.cases.throughput import CeleryPeer, _finished_all, timed_round
+from bench.cases.wire import settled_traffic, traffic_between
 from bench.common import (
     CaseResult,
     Figure,
@@ -105,6 +106,7 @@ def run(runtime: Runtime) -> CaseResult:
         sim = SimWorkers(runtime, scheduler.ws_url, WORKERS, slots=SLOTS, hold=0.0)
         scheduler.wait_workers(WORKERS)
         run_ours(scheduler, min(jobs // 4, 1000))  # warm-up
+        traffic_before = settled_traffic(sim)
         for number in range(1, rounds + 1):
             scheduler.profile(f"{NAME}-{number}")
             rate, cpu, stall = run_ours(scheduler, jobs)
@@ -118,6 +120,7 @@ def run(runtime: Runtime) -> CaseResult:
                 f"batch round {number}: ours {rate:.0f}/s at {cpu * 1e6:.0f} µs of scheduler CPU per job"
                 + (f", Celery group {celery[-1]:.0f}/s" if celery else "")
             )
+        traffic = traffic_between(settled_traffic(sim), traffic_before)
     finally:
         if peer is not None:
             peer.stop()
@@ -146,5 +149,11 @@ def run(runtime: Runtime) -> CaseResult:
     else:
         result.add(Figure("jobs per second", ours_median, "jobs/s", samples=ours))
     result.add(stall_figure(stalls))
-    result.details.update(ours=ours, celery=celery, scheduler_cpu_us_per_job=cpu_us)
+    # Beside the throughput: the worker protocol's traffic per job over every
+    # round, as the simulated workers counted it (messages, payload bytes).
+    measured = jobs * rounds
+    for way, label in (("received", "to the workers"), ("sent", "from the workers")):
+        for key in ("messages", "bytes"):
+            result.add(Figure(f"{key} per job, {label}", traffic[way][key] / measured, key))
+    result.details.update(ours=ours, celery=celery, scheduler_cpu_us_per_job=cpu_us, traffic=traffic)
     return result

@@ -102,7 +102,7 @@ def _run_jobs(scheduler: Scheduler, count: int) -> list[int]:
     return ids
 
 
-def _settled(sim: SimWorkers, quiet: float = 0.5, timeout: float = 30.0) -> dict[str, Any]:
+def settled_traffic(sim: SimWorkers, quiet: float = 0.5, timeout: float = 30.0) -> dict[str, Any]:
     """The counters once they stop moving for *quiet* seconds (the last acks are in)."""
     deadline = time.monotonic() + timeout
     last = sim.counters()
@@ -115,7 +115,7 @@ def _settled(sim: SimWorkers, quiet: float = 0.5, timeout: float = 30.0) -> dict
     raise TimeoutError(f"the WebSocket traffic did not settle within {timeout:g} s")
 
 
-def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, int]]:
+def traffic_between(after: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, int]]:
     return {
         way: {key: int(after[way][key]) - int(before[way][key]) for key in ("frames", "messages", "bytes")}
         for way in ("sent", "received")
@@ -143,11 +143,11 @@ def run(runtime: Runtime) -> CaseResult:
         sim = SimWorkers(runtime, scheduler.ws_url, WORKERS, slots=SLOTS, hold=0.0, output=OUTPUT)
         scheduler.wait_workers(WORKERS)
         _run_jobs(scheduler, warmup)
-        before = _settled(sim)
+        before = settled_traffic(sim)
         watch = SchedulerWatch(scheduler)
         scheduler.profile(NAME)
         ids = _run_jobs(scheduler, jobs)
-        after = _settled(sim)
+        after = settled_traffic(sim)
         cpu = watch.cpu_seconds()
         stall = watch.longest_stall()
         scheduler.end_profile()
@@ -167,7 +167,7 @@ def run(runtime: Runtime) -> CaseResult:
             sim.stop()
         scheduler.stop()
 
-    traffic = _delta(after, before)
+    traffic = traffic_between(after, before)
     result.details.update(traffic=traffic, scheduler_cpu_seconds=cpu)
     for way, label in (("sent", "worker to scheduler"), ("received", "scheduler to worker")):
         for key in ("frames", "messages", "bytes"):
