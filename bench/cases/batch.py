@@ -34,6 +34,7 @@ from bench.common import (
     median,
     stall_figure,
 )
+from bench.cpu_ledger import CpuLedger, median_ledger
 
 NAME = "batch"
 BATCH = 100
@@ -75,16 +76,19 @@ def _submit(port: int, jobs: int, errors: list[str]) -> None:
         thread.join()
 
 
-def run_ours(scheduler: Scheduler, jobs: int) -> tuple[float, float, tuple[float, float]]:
-    """(jobs per second, scheduler CPU seconds per job, longest stall) for one round."""
+def run_ours(scheduler: Scheduler, jobs: int) -> tuple[float, float, tuple[float, float], dict[str, float]]:
+    """(jobs per second, scheduler CPU seconds per job, longest stall, the scheduler's
+    CPU µs per job by thread: bench.cpu_ledger) for one round."""
     watch = SchedulerWatch(scheduler)
+    ledger = CpuLedger(scheduler.pid)
     elapsed = timed_round(
         scheduler, jobs, lambda errors: _submit(scheduler.http_port, jobs, errors), timeout=max(60.0, jobs / 50)
     )
+    spent = ledger.per_job(jobs)
     failed = _finished_all(scheduler.http) - scheduler.finished("succeeded")
     if failed:
         raise RuntimeError(f"{failed:g} jobs did not succeed")
-    return jobs / elapsed, watch.cpu_seconds() / jobs, watch.longest_stall()
+    return jobs / elapsed, watch.cpu_seconds() / jobs, watch.longest_stall(), spent
 
 
 def run(runtime: Runtime) -> CaseResult:
@@ -98,6 +102,7 @@ def run(runtime: Runtime) -> CaseResult:
     celery: list[float] = []
     cpu_us: list[float] = []
     stalls: list[tuple[float, float]] = []
+    ledgers: list[dict[str, float]] = []
     # Room for every job of a round at once, whatever the workers' pace.
     scheduler = Scheduler(runtime, runtime.scratch(NAME), "--queue-limit", str(2 * jobs))
     sim = None
@@ -109,7 +114,8 @@ def run(runtime: Runtime) -> CaseResult:
         traffic_before = settled_traffic(sim)
         for number in range(1, rounds + 1):
             scheduler.profile(f"{NAME}-{number}")
-            rate, cpu, stall = run_ours(scheduler, jobs)
+            rate, cpu, stall, spent = run_ours(scheduler, jobs)
+            ledgers.append(spent)
             scheduler.end_profile()
             ours.append(rate)
             cpu_us.append(cpu * 1e6)
@@ -156,4 +162,7 @@ def run(runtime: Runtime) -> CaseResult:
         for key in ("messages", "bytes"):
             result.add(Figure(f"{key} per job, {label}", traffic[way][key] / measured, key))
     result.details.update(ours=ours, celery=celery, scheduler_cpu_us_per_job=cpu_us, traffic=traffic)
+    result.details["cpu_ledger_us_per_job"] = {
+        name: value for name, value in median_ledger(ledgers).items() if name.startswith("scheduler")
+    }
     return result
