@@ -58,15 +58,9 @@ def process_split(pid: int) -> tuple[Split, Split]:
     return _ticks(fields, 11, 12), _ticks(fields, 13, 14)
 
 
-def thread_splits(pid: int) -> dict[int, Split]:
-    """Each live thread of *pid*: its task id -> its CPU so far."""
-    found: dict[int, Split] = {}
-    for name in os.listdir(f"/proc/{pid}/task"):
-        try:
-            found[int(name)] = _ticks(_stat_fields(f"/proc/{pid}/task/{name}/stat"), 11, 12)
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-    return found
+def main_thread_split(pid: int) -> Split:
+    """The CPU so far of *pid*'s main thread (its task id is the process id)."""
+    return _ticks(_stat_fields(f"/proc/{pid}/task/{pid}/stat"), 11, 12)
 
 
 def machine_busy() -> float:
@@ -85,8 +79,8 @@ def own_split() -> Split:
 
 @dataclass(frozen=True)
 class _Snapshot:
+    scheduler: Split
     reactor: Split
-    threads: Split
     agents: Split
     commands: Split
     client: Split
@@ -99,33 +93,35 @@ class CpuLedger:
     def __init__(self, scheduler_pid: int, agent_pids: Iterable[int] = ()) -> None:
         self.scheduler_pid = scheduler_pid
         self.agent_pids = list(agent_pids)
-        # Threads that end within the round take their CPU with them; the
-        # process total (which keeps it) bounds what that misses.
         self._start = self._snapshot()
-        self._start_total = process_split(scheduler_pid)[0]
 
     def _snapshot(self) -> _Snapshot:
-        threads = thread_splits(self.scheduler_pid)
-        reactor = threads.pop(self.scheduler_pid, Split())
         agents = commands = Split()
         for pid in self.agent_pids:
             own, children = process_split(pid)
             agents, commands = agents + own, commands + children
-        return _Snapshot(reactor, sum(threads.values(), Split()), agents, commands, own_split(), machine_busy())
+        return _Snapshot(
+            process_split(self.scheduler_pid)[0],
+            main_thread_split(self.scheduler_pid),
+            agents,
+            commands,
+            own_split(),
+            machine_busy(),
+        )
 
     def per_job(self, jobs: int) -> dict[str, float]:
         """Microseconds per job, by part: ``<part> user`` and ``<part> kernel`` for each process part, and the machine's."""
         end = self._snapshot()
-        total = process_split(self.scheduler_pid)[0] - self._start_total
+        reactor = end.reactor - self._start.reactor
 
         def us(seconds: float) -> float:
             return round(seconds / jobs * 1e6, 1)
 
         parts: Mapping[str, Split] = {
-            "scheduler reactor thread": end.reactor - self._start.reactor,
-            # What the process spent less its reactor thread: the threads
-            # that ended within the round included.
-            "scheduler other threads": total - (end.reactor - self._start.reactor),
+            "scheduler reactor thread": reactor,
+            # The process less its reactor thread: from the process's own
+            # total, so threads that ended within the round still count.
+            "scheduler other threads": end.scheduler - self._start.scheduler - reactor,
             "agents": end.agents - self._start.agents,
             "commands": end.commands - self._start.commands,
             "client": end.client - self._start.client,
