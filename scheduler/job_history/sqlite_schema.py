@@ -9,6 +9,7 @@ step from the one before in ``_MIGRATIONS`` (a new table only needs its
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -213,7 +214,7 @@ def job_row(job: Job) -> tuple[object, ...]:
         _dumps_sorted(job.env) if job.env else "{}",
         job.cwd,
         job.attempt,
-        _dumps(job.triggered_by.as_json()) if job.triggered_by is not None else None,
+        _trigger_text(job.triggered_by) if job.triggered_by is not None else None,
         JobStatus(job.status).value,
         job.worker,
         job.exit_code,
@@ -245,6 +246,13 @@ _SORTED = json.JSONEncoder(sort_keys=True)
 def _dumps(value: object) -> str:
     # Compact: it is stored once per job and revision.
     return _COMPACT.encode(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _trigger_text(by: TriggeredBy) -> str:
+    # A job is written three or four times, and a batch's jobs share one
+    # TriggeredBy: its JSON is made once (equal ones hash alike).
+    return _dumps(by.as_json())
 
 
 def _dumps_sorted(env: Mapping[str, str]) -> str:
