@@ -873,11 +873,12 @@ class Dispatcher:
     def started(self, worker: Worker, job_id: int, at: float) -> None:
         self._started(self._assigned(worker, job_id), worker, at)
 
-    def _started(self, job: Job, worker: Worker, at: float) -> Job:
+    def _started(self, job: Job, worker: Worker, at: float, *, record: bool = True) -> Job:
         if job.started_at is not None:
             return job
         job = self.jobs.update(job, started_at=self._worker_time(worker, at, job.created_at))
-        self._record(job)
+        if record:
+            self._record(job)
         assert job.started_at is not None
         due = self._start_of(job) or (job.scheduled_at if job.scheduled_at is not None else job.created_at)
         for listener in self.started_listeners:
@@ -912,7 +913,11 @@ class Dispatcher:
         job = self._assigned(worker, report.job)
         for stream, seq, data in report.output:
             self._output(job.id, seq, stream, data)
-        job = self._started(job, worker, report.started_at)
+        # A job that ended before the worker said it started (protocol 2
+        # holds `started` back 50 ms) is written once, at its end, which
+        # carries started_at: a record of it running would be replaced
+        # within the same transaction anyway.
+        job = self._started(job, worker, report.started_at, record=False)
         assert job.started_at is not None
         if report.cancelled:
             status = JobStatus.CANCELLED
