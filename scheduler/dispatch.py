@@ -873,17 +873,19 @@ class Dispatcher:
     def started(self, worker: Worker, job_id: int, at: float) -> None:
         self._started(self._assigned(worker, job_id), worker, at)
 
-    def _started(self, job: Job, worker: Worker, at: float, *, record: bool = True) -> Job:
+    def _started(self, job: Job, worker: Worker, at: float) -> Job:
         if job.started_at is not None:
             return job
         job = self.jobs.update(job, started_at=self._worker_time(worker, at, job.created_at))
-        if record:
-            self._record(job)
+        self._record(job)
+        self._tell_started(job)
+        return job
+
+    def _tell_started(self, job: Job) -> None:
         assert job.started_at is not None
         due = self._start_of(job) or (job.scheduled_at if job.scheduled_at is not None else job.created_at)
         for listener in self.started_listeners:
             listener(job, max(0.0, job.started_at - due))
-        return job
 
     def output(self, worker: Worker, job_id: int, seq: int, stream: str, data: str) -> None:
         self._assigned(worker, job_id)
@@ -914,11 +916,12 @@ class Dispatcher:
         for stream, seq, data in report.output:
             self._output(job.id, seq, stream, data)
         # A job that ended before the worker said it started (protocol 2
-        # holds `started` back 50 ms) is written once, at its end, which
-        # carries started_at: a record of it running would be replaced
-        # within the same transaction anyway.
-        job = self._started(job, worker, report.started_at, record=False)
-        assert job.started_at is not None
+        # holds `started` back 50 ms) goes from placed to ended in one
+        # change and one record, which carry started_at: a record of it
+        # running would be replaced within the same transaction anyway.
+        news = job.started_at is None
+        started_at = self._worker_time(worker, report.started_at, job.created_at) if news else job.started_at
+        assert started_at is not None
         if report.cancelled:
             status = JobStatus.CANCELLED
         elif report.timed_out:
@@ -932,15 +935,18 @@ class Dispatcher:
         if reason is not None:
             changes["reason"] = reason
         worker.running.discard(job.id)
-        self._finish(
+        done = self._finish(
             job,
             status,
             on_recorded=lambda: worker.link.send("ack", jobs=[job.id]),
             exit_code=report.exit_code,
             signal=report.signal,
-            finished_at=self._worker_time(worker, report.finished_at, job.started_at),
+            started_at=started_at,
+            finished_at=self._worker_time(worker, report.finished_at, started_at),
             **changes,
         )
+        if news:
+            self._tell_started(done)
         self.workers.changed(worker)
         self.pump()
 
