@@ -98,7 +98,8 @@ class TaskBook:
         *reuse* (the book being replaced) keeps that Task object, so a LOAD
         of a mostly unchanged file holds one copy of each task, not two.
         """
-        records = list(records)
+        if not isinstance(records, list):
+            records = list(records)
         previous = reuse._tasks if reuse is not None else {}
         if (
             reuse is not None

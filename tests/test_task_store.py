@@ -214,3 +214,110 @@ def test_id_from_job_name_reads_what_job_name_matches(name: str) -> None:
 
     match = JOB_NAME.match(name)
     assert id_from_job_name(name) == (int(match.group(1)) if match else None)
+
+
+# -- LOAD of a million: pieces, the book's C paths, the collector ----------------
+
+
+def test_a_file_read_in_pieces_numbers_its_lines_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pieces of a few lines each: lines, blank lines and a bad line at the
+    # piece boundaries read and fail as in one piece.
+    lines = [_plain(1), "", _plain(2, "H H * * *"), '{"schedule": "@daily", "command": "a\\u00e9", "jobName": "x"}', _plain(3)]
+    data = "\n".join(lines).encode()
+    whole = parse_lines(data, "tasks.db", UTC)
+    for piece in (1, 10, 70, 200):
+        monkeypatch.setattr("scheduler.task_store._PIECE", piece)
+        assert parse_lines(data, "tasks.db", UTC) == whole
+        assert parse_lines(data + b"\n", "tasks.db", UTC) == whole
+        with pytest.raises(LoadError) as caught:
+            parse_lines(data + b"\n\n{not json\n" + _plain(4).encode(), "tasks.db", UTC)
+        assert caught.value.line == 7
+        with pytest.raises(LoadError) as caught:
+            parse_lines(data + b"\n" + b'{"schedule": "@daily", "command": "\xff", "jobName": "y"}\n', "tasks.db", UTC)
+        assert caught.value.line == 6 and "not UTF-8" in caught.value.reason
+    assert len(whole) == 4
+
+
+
+def _plain_file(lines: list[str]) -> bytes:
+    return "\n".join(lines).encode() + b"\n"
+
+
+# Ids above the small ints Python keeps one object each of, so the book's
+# keys can be told apart by identity.
+BIG = 10**6
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["unchanged", "changed", "reordered", "duplicate", "unnamed"],
+)
+def test_the_c_paths_of_from_records_build_what_the_record_by_record_path_builds(
+    edit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = json.dumps({"schedule": "@daily", "command": "x", "jobName": f"task_{BIG + 3}", "retries": 2})
+    lines = [_plain(BIG + 1), _plain(BIG + 2), options, _plain(BIG + 4)]
+    book = TaskBook.from_records(UTC, parse_lines(_plain_file(lines), "tasks.db", UTC), 7)
+    edited = {
+        "unchanged": lines,
+        "changed": [_plain(BIG + 5), _plain(BIG + 2, command="echo new"), options, _plain(BIG + 1)],
+        "reordered": [lines[1], lines[0], *lines[2:]],
+        "duplicate": [*lines, lines[0]],
+        "unnamed": [*lines, '{"schedule": "@daily", "command": "y", "jobName": "backup"}'],
+    }[edit]
+    data = _plain_file(edited)
+
+    def loaded() -> TaskBook:
+        records = parse_lines(data, "tasks.db", UTC, known=book.lookup)
+        return TaskBook.from_records(UTC, records, book.high_water, reuse=book)
+
+    fast = loaded()
+    monkeypatch.setattr("scheduler.task_book._adopt_all", lambda records, previous: None)
+    monkeypatch.setattr("scheduler.task_book.is_", lambda a, b: False)
+    slow = loaded()
+    assert slow is not book
+    assert [task.line for task in fast] == [task.line for task in slow]
+    assert fast.high_water == slow.high_water
+    # The same objects: a task unchanged is the book's own, keyed by its own id.
+    for mine, theirs in zip(fast, slow, strict=True):
+        assert (mine is book.get(mine.id)) == (theirs is book.get(theirs.id))
+    for key in fast._tasks:
+        old = book.get(key)
+        if fast.get(key) is old and old is not None:
+            assert key is old.id
+    assert fast.changes_from(book) == slow.changes_from(book)
+
+
+def test_a_load_of_an_unchanged_file_of_plain_lines_gives_the_book_back() -> None:
+    data = _plain_file([_plain(1), _plain(2)])
+    book = TaskBook.from_records(UTC, parse_lines(data, "tasks.db", UTC))
+    again = TaskBook.from_records(UTC, parse_lines(data, "tasks.db", UTC, known=book.lookup), book.high_water, reuse=book)
+    assert again is book and again.changes_from(book) == ([], [])
+    # In another order, or above another high water, it is a new book.
+    swapped = _plain_file([_plain(2), _plain(1)])
+    records = parse_lines(swapped, "tasks.db", UTC, known=book.lookup)
+    assert TaskBook.from_records(UTC, records, book.high_water, reuse=book) is not book
+    assert TaskBook.from_records(UTC, records[::-1], book.high_water + 5, reuse=book).high_water == book.high_water + 5
+
+
+def test_a_load_takes_the_tasks_out_of_the_collectors_passes(tmp_path: Path) -> None:
+    import gc
+
+    from scheduler.memory import settle_after_loads
+
+    path = tmp_path / "tasks.db"
+    path.write_bytes(_plain_file([_plain(1), _plain(2)]))
+    state = make_state(path)
+    before = gc.get_freeze_count()
+    try:
+        # Off (as in tests and any process but the scheduler's): nothing frozen.
+        assert result_of(state.load()) == 2
+        assert gc.get_freeze_count() == before
+        settle_after_loads()
+        path.write_bytes(_plain_file([_plain(1), _plain(3)]))
+        assert result_of(state.load()) == 2
+        assert gc.get_freeze_count() > before
+        assert not any(obj is state.book.get(3) for obj in gc.get_objects())
+    finally:
+        settle_after_loads(False)
+        gc.unfreeze()
