@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from datetime import tzinfo
-from itertools import compress
+from itertools import compress, islice
 from operator import attrgetter, is_, is_not
 from typing import cast
 
@@ -67,6 +67,40 @@ def _adopt_all(records: list[TaskRecord], previous: dict[int, Task]) -> dict[int
         # which the record-by-record path decides.
         return None
     return book
+
+
+# At most this many tasks differing in place before changes_from looks
+# task by task (a task removed from the middle moves every later one).
+_IN_PLACE = 64
+
+
+def _changes_in_place(mine: dict[int, Task], theirs: dict[int, Task]) -> tuple[list[Task], list[Task]] | None:
+    """``changes_from`` when the two books hold the same ids at the same
+    places as far as the shorter goes, but for at most _IN_PLACE (a group
+    commit's draft: tasks replaced in place, new ones after the rest);
+    else None.
+
+    The two are compared in step, pointers only, and what either holds
+    beyond the other is new or gone: no lookup per task (two passes of a
+    million lookups held the reactor 130-180 ms after every ADD or SAVE).
+    A book's key is always its task's id, so the same task at a place is
+    the same id there.
+    """
+    # As far as the shorter goes: what is beyond it is taken below.
+    pairs = list(
+        islice(
+            compress(zip(mine.values(), theirs.values(), strict=False), map(is_not, mine.values(), theirs.values())),
+            _IN_PLACE + 1,
+        )
+    )
+    if len(pairs) > _IN_PLACE or any(task.id != was.id for task, was in pairs):
+        return None
+    changed = [(task, was) for task, was in pairs if task != was]
+    added = [task for task, _ in changed]
+    removed = [was for _, was in changed]
+    added.extend(islice(mine.values(), len(theirs), None))
+    removed.extend(islice(theirs.values(), len(mine), None))
+    return added, removed
 
 
 class TaskBook:
@@ -146,6 +180,9 @@ class TaskBook:
         if old is self:
             return [], []
         mine, theirs = self._tasks, old._tasks
+        in_place = _changes_in_place(mine, theirs)
+        if in_place is not None:
+            return in_place
         added = [
             task
             for task in compress(mine.values(), map(is_not, mine.values(), map(theirs.get, mine)))

@@ -321,3 +321,29 @@ def test_a_load_takes_the_tasks_out_of_the_collectors_passes(tmp_path: Path) -> 
     finally:
         settle_after_loads(False)
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("edit", ["none", "add", "replace", "remove last", "remove middle", "replace many", "replace and add", "clear", "equal copy"])
+def test_changes_found_in_place_are_the_changes_found_task_by_task(edit: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    book = TaskBook.from_records(UTC, parse_lines(_plain_file([_plain(n) for n in range(1, 101)]), "tasks.db", UTC))
+    draft = book.copy()
+    if edit in ("add", "replace and add"):
+        draft.add("@daily", "new")
+    if edit in ("replace", "replace and add"):
+        draft.replace(draft.replacement(50, command="echo changed"))
+    if edit == "remove last":
+        draft.remove(100)
+    if edit == "remove middle":
+        draft.remove(50)
+    if edit == "replace many":
+        for task_id in range(1, 101):
+            draft.replace(draft.replacement(task_id, command=f"echo {task_id} changed"))
+    if edit == "clear":
+        draft.clear()
+    if edit == "equal copy":
+        # Equal tasks that are other objects: no change.
+        draft.replace(draft.replacement(7))
+    found = draft.changes_from(book)
+    monkeypatch.setattr("scheduler.task_book._changes_in_place", lambda mine, theirs: None)
+    assert found == draft.changes_from(book)
+    assert ([], []) == book.changes_from(book) == book.copy().changes_from(book)
