@@ -347,3 +347,20 @@ def test_changes_found_in_place_are_the_changes_found_task_by_task(edit: str, mo
     monkeypatch.setattr("scheduler.task_book._changes_in_place", lambda mine, theirs: None)
     assert found == draft.changes_from(book)
     assert ([], []) == book.changes_from(book) == book.copy().changes_from(book)
+
+
+def test_a_write_that_fails_half_way_through_its_lines_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lines are formatted and written a piece at a time; one that cannot
+    # be encoded (a lone surrogate) ends the write with the old file whole.
+    path = tmp_path / "tasks.db"
+    path.write_bytes(SEED)
+    store = make_store(path)
+    monkeypatch.setattr("scheduler.task_store._WRITE_PIECE", 2)
+    with pytest.raises(UnicodeEncodeError):
+        store.write_now([_plain(1), _plain(2), _plain(3), '{"command": "\ud800"}'])
+    assert path.read_bytes() == SEED
+    assert os.listdir(tmp_path) == ["tasks.db"]
+    store.write_now(_plain(n) for n in range(1, 6))
+    assert path.read_bytes() == _plain_file([_plain(n) for n in range(1, 6)])
