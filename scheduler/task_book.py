@@ -137,6 +137,7 @@ class TaskBook:
         previous = reuse._tasks if reuse is not None else {}
         if (
             reuse is not None
+            and tz is reuse.tz
             and high_water <= reuse._high_water
             and len(records) == len(previous)
             and all(map(is_, records, previous.values()))
