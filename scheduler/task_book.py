@@ -69,9 +69,33 @@ def _adopt_all(records: list[TaskRecord], previous: dict[int, Task]) -> dict[int
     return book
 
 
-# At most this many tasks differing in place before changes_from looks
-# task by task (a task removed from the middle moves every later one).
+# At most this many tasks differing in place before changes_from (or
+# from_records) looks task by task (a task removed from the middle moves
+# every later one).
 _IN_PLACE = 64
+
+
+def _adopt_in_place(records: list[TaskRecord], previous: dict[int, Task]) -> dict[int, Task] | None:
+    """``from_records``' book when the records are the tasks of *previous*,
+    in its order, but for at most _IN_PLACE that name the same id at the
+    same place (a file edited in a few lines); else None.
+
+    A copy of *previous* with those few put in: no dict built from a
+    million records (0.3 s on the reactor for a LOAD of a file with one
+    line changed).
+    """
+    if len(records) != len(previous):
+        return None
+    pairs = list(
+        islice(compress(zip(records, previous.values(), strict=True), map(is_not, records, previous.values())), _IN_PLACE + 1)
+    )
+    if len(pairs) > _IN_PLACE or any(record.id != old.id for record, old in pairs):
+        return None
+    book = previous.copy()
+    for record, old in pairs:
+        # The key stays the old task's own id object (see _adopted).
+        book[old.id] = _adopted(record, old, old.id)
+    return book
 
 
 def _changes_in_place(mine: dict[int, Task], theirs: dict[int, Task]) -> tuple[list[Task], list[Task]] | None:
@@ -147,7 +171,7 @@ class TaskBook:
             # is, found by one pass in C over the two lists.
             return reuse
         book = cls(tz, high_water=high_water)
-        adopted = _adopt_all(records, previous)
+        adopted = _adopt_in_place(records, previous) or _adopt_all(records, previous)
         if adopted is not None:
             # Every record had an id of its own: the whole book in C, but
             # for the records that are not already the task of their id.

@@ -250,7 +250,7 @@ BIG = 10**6
 
 @pytest.mark.parametrize(
     "edit",
-    ["unchanged", "changed", "reordered", "duplicate", "unnamed"],
+    ["unchanged", "edited in place", "changed", "reordered", "duplicate", "unnamed"],
 )
 def test_the_c_paths_of_from_records_build_what_the_record_by_record_path_builds(
     edit: str, monkeypatch: pytest.MonkeyPatch
@@ -260,6 +260,7 @@ def test_the_c_paths_of_from_records_build_what_the_record_by_record_path_builds
     book = TaskBook.from_records(UTC, parse_lines(_plain_file(lines), "tasks.db", UTC), 7)
     edited = {
         "unchanged": lines,
+        "edited in place": [lines[0], _plain(BIG + 2, command="echo new"), options, lines[3]],
         "changed": [_plain(BIG + 5), _plain(BIG + 2, command="echo new"), options, _plain(BIG + 1)],
         "reordered": [lines[1], lines[0], *lines[2:]],
         "duplicate": [*lines, lines[0]],
@@ -272,6 +273,7 @@ def test_the_c_paths_of_from_records_build_what_the_record_by_record_path_builds
         return TaskBook.from_records(UTC, records, book.high_water, reuse=book)
 
     fast = loaded()
+    monkeypatch.setattr("scheduler.task_book._adopt_in_place", lambda records, previous: None)
     monkeypatch.setattr("scheduler.task_book._adopt_all", lambda records, previous: None)
     monkeypatch.setattr("scheduler.task_book.is_", lambda a, b: False)
     slow = loaded()
