@@ -366,3 +366,13 @@ def test_a_write_that_fails_half_way_through_its_lines_leaves_the_old_file(
     assert os.listdir(tmp_path) == ["tasks.db"]
     store.write_now(_plain(n) for n in range(1, 6))
     assert path.read_bytes() == _plain_file([_plain(n) for n in range(1, 6)])
+
+
+def test_changes_known_from_a_load_in_place_are_the_changes_from_that_book_only() -> None:
+    book = TaskBook.from_records(UTC, parse_lines(_plain_file([_plain(1), _plain(2), _plain(3)]), "tasks.db", UTC))
+    edited = _plain_file([_plain(1), _plain(2, command="echo new"), _plain(3)])
+    loaded = TaskBook.from_records(UTC, parse_lines(edited, "tasks.db", UTC, known=book.lookup), book.high_water, reuse=book)
+    added, removed = loaded.changes_from(book)
+    assert [task.command for task in added] == ["echo new"] and removed == [book.get(2)]
+    assert loaded.changes_from(TaskBook(UTC)) == (list(loaded), [])
+    assert loaded.changes_from(loaded.copy()) == ([], [])
