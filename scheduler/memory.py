@@ -50,9 +50,9 @@ def settle_long_lived() -> None:
     For after a bulk load (tasks.db at start-up, ``LOAD``): a million tasks,
     and the dicts of the book and the engine that hold them, otherwise sit
     in the collector's generations, and every pass that reaches them walks
-    a million objects: 70 ms for a pass of the young generations while the
-    new book is young, 300-500 ms for a full one (docs/performance.md, "A
-    million tasks").  Frozen objects are still freed by reference counting
+    a million objects: 20-75 ms for a pass of the young generations while
+    a new book's dict is young, 380-640 ms for a full one
+    (docs/performance.md, "A million tasks").  Frozen objects are still freed by reference counting
     when they go (a later ``LOAD`` replaces the tasks and frees them); what
     is lost is the collection of reference cycles among the objects alive
     at this moment that become garbage later (a connection open now and

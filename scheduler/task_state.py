@@ -199,7 +199,7 @@ class TaskState:
             self._commit(book)
             # The tasks live until the next LOAD: out of the collector's
             # passes, which would otherwise walk all of them (a million:
-            # 70-500 ms a pass, docs/performance.md, "A million tasks").
+            # 20-640 ms a pass, scheduler/memory.py).
             settle_long_lived()
         # Trim on the next turn: the Deferred that delivered the records
         # holds them until this coroutine returns, and a trim before they are
