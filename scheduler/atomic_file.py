@@ -12,7 +12,7 @@ import glob
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from twisted.logger import Logger
@@ -34,11 +34,14 @@ class AtomicFile:
         self._fsync = fsync
         self._replace = replace
 
-    def write(self, payload: bytes) -> None:
-        """Replace the file with *payload*; OSError if that could not be done.
+    def write(self, payload: bytes | Iterable[bytes]) -> None:
+        """Replace the file with *payload* (or its pieces, in order); OSError
+        if that could not be done, and any error the pieces raise, with
+        the old file in place either way.
 
         Blocking: call it from a thread once the reactor runs.
         """
+        pieces = [payload] if isinstance(payload, bytes) else payload
         folder = os.path.dirname(self.path)
         temp: str | None = None
         try:
@@ -46,11 +49,12 @@ class AtomicFile:
             fd, temp = tempfile.mkstemp(prefix=self._temp_prefix(), suffix=".tmp", dir=folder)
             with open(fd, "wb") as handle:
                 os.fchmod(fd, self._mode())
-                handle.write(payload)
+                for piece in pieces:
+                    handle.write(piece)
                 handle.flush()
                 self._fsync(handle.fileno())
             self._replace(temp, self.path)
-        except OSError:
+        except BaseException:
             if temp is not None:
                 try:
                     os.unlink(temp)

@@ -17,6 +17,7 @@ from scheduler.cron import local_zone
 from scheduler.http_log import check_target
 from scheduler.job_caps import parse_sizes
 from scheduler.leader_lease import RENEW_EVERY
+from scheduler.memory import settle_after_loads
 from scheduler.settings import Settings
 from scheduler.tasks import TaskError
 
@@ -181,6 +182,8 @@ def settle_collector() -> None:
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    # And so again after each LOAD, for the tasks it brings.
+    settle_after_loads()
 
 
 def forget_token_variables(environ: MutableMapping[str, str]) -> None:

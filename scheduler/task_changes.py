@@ -207,16 +207,18 @@ class TaskChanges:
 
     def load(self, *, by: TriggeredBy) -> Deferred[int]:
         """LOAD: replace the tasks with the file's; a revision for each task it changes."""
-        before = {task.id: task for task in self._state.book}
+        # The book itself, not a copy: a change replaces the book, never
+        # edits it, and a million tasks took 0.2 s to copy on the reactor.
+        before = self._state.book
 
         def recorded(count: int) -> int:
-            after = self._state.book
-            for task in after:
-                old = before.pop(task.id, None)
-                if old is not task and (old is None or old != task):
-                    self._record("load", by, old, task)
-            for old in before.values():
-                self._record("load", by, old, None)
+            added, removed = self._state.book.changes_from(before)
+            for task in added:
+                self._record("load", by, before.get(task.id), task)
+            gone = {task.id for task in added}
+            for old in removed:
+                if old.id not in gone:
+                    self._record("load", by, old, None)
             return count
 
         return self._state.load().addCallback(recorded)

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from scheduler.cron_engine import CronEngine
-from scheduler.memory import release_free_memory
+from scheduler.memory import collect_young, release_free_memory, settle_long_lived
 from scheduler.task_book import TaskBook
 from scheduler.task_store import SharedTaskStore, TaskConflict, TaskStore, paused_gc
 from scheduler.tasks import Task
@@ -174,8 +174,11 @@ class TaskState:
         return len(delta.changed) + len(delta.removed)
 
     async def _load(self, change: _Change[Any]) -> None:
+        # Now, while the young generations hold little: what they hold when
+        # the new book is settled below stays uncollected.
+        collect_young()
         try:
-            records = await maybeDeferred((self._exports or self._store).load, known=self._book.get)
+            records = await maybeDeferred((self._exports or self._store).load, known=self._book.lookup)
             with paused_gc():
                 book = TaskBook.from_records(self._book.tz, records, self._book.high_water, reuse=self._book)
             if self._exports is not None:
@@ -194,6 +197,10 @@ class TaskState:
         # The store holds exactly this now (it was read from it, or written).
         with paused_gc():
             self._commit(book)
+            # The tasks live until the next LOAD: out of the collector's
+            # passes, which would otherwise walk all of them (a million:
+            # 20-640 ms a pass, scheduler/memory.py).
+            settle_long_lived()
         # Trim on the next turn: the Deferred that delivered the records
         # holds them until this coroutine returns, and a trim before they are
         # freed leaves their memory with glibc (docs/performance.md, "tasks.db

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -213,12 +214,14 @@ class TcpCommands:
         return _iso(self._next_run(task.id), self._changes.book)
 
     def do_LIST(self, argument: str, by: TriggeredBy) -> Reply:
-        book = self._changes.book
         # The tasks as they stand now; what changes while the listing goes
-        # out is not in it (changes replace the book, they never edit it).
-        return self._listing(book, list(book))
+        # out is not in it (changes replace the book, they never edit it, so
+        # the book is walked as it is: a copy of a million tasks was 20 ms
+        # on the reactor, and a young list of a million that every pass of
+        # the collector walked while the listing lasted).
+        return self._listing(self._changes.book)
 
-    def _listing(self, book: TaskBook, tasks: list[Task]) -> Chunks:
+    def _listing(self, book: TaskBook) -> Chunks:
         # Tasks on one schedule share their next run, and formatting a time
         # costs more than the rest of a line: format each time once.
         formatted: dict[float | None, str] = {}
@@ -242,12 +245,13 @@ class TcpCommands:
             name = task.options.timezone
             return "" if name is None else f"{CRON_TZ}{visible(name)} "
 
-        for start in range(0, len(tasks), LIST_CHUNK):
+        tasks = iter(book)
+        while chunk := list(islice(tasks, LIST_CHUNK)):
             yield "\n".join(
                 f"{task.id}\t{visible(task.job_name)}\t{zone(task)}{visible(task.schedule.expression)}\t{when(task)}\t{visible(task.command)}"
-                for task in tasks[start : start + LIST_CHUNK]
+                for task in chunk
             )
-        yield f"OK {len(tasks)} task{'' if len(tasks) == 1 else 's'}"
+        yield f"OK {len(book)} task{'' if len(book) == 1 else 's'}"
 
     def do_REMOVE(self, argument: str, by: TriggeredBy) -> Reply:
         if not argument:

@@ -214,3 +214,165 @@ def test_id_from_job_name_reads_what_job_name_matches(name: str) -> None:
 
     match = JOB_NAME.match(name)
     assert id_from_job_name(name) == (int(match.group(1)) if match else None)
+
+
+# -- LOAD of a million: pieces, the book's C paths, the collector ----------------
+
+
+def test_a_file_read_in_pieces_numbers_its_lines_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pieces of a few lines each: lines, blank lines and a bad line at the
+    # piece boundaries read and fail as in one piece.
+    lines = [_plain(1), "", _plain(2, "H H * * *"), '{"schedule": "@daily", "command": "a\\u00e9", "jobName": "x"}', _plain(3)]
+    data = "\n".join(lines).encode()
+    whole = parse_lines(data, "tasks.db", UTC)
+    for piece in (1, 10, 70, 200):
+        monkeypatch.setattr("scheduler.task_store._PIECE", piece)
+        assert parse_lines(data, "tasks.db", UTC) == whole
+        assert parse_lines(data + b"\n", "tasks.db", UTC) == whole
+        with pytest.raises(LoadError) as caught:
+            parse_lines(data + b"\n\n{not json\n" + _plain(4).encode(), "tasks.db", UTC)
+        assert caught.value.line == 7
+        with pytest.raises(LoadError) as caught:
+            parse_lines(data + b"\n" + b'{"schedule": "@daily", "command": "\xff", "jobName": "y"}\n', "tasks.db", UTC)
+        assert caught.value.line == 6 and "not UTF-8" in caught.value.reason
+    assert len(whole) == 4
+
+
+
+def _plain_file(lines: list[str]) -> bytes:
+    return "\n".join(lines).encode() + b"\n"
+
+
+# Ids above the small ints Python keeps one object each of, so the book's
+# keys can be told apart by identity.
+BIG = 10**6
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["unchanged", "edited in place", "changed", "reordered", "duplicate", "unnamed"],
+)
+def test_the_c_paths_of_from_records_build_what_the_record_by_record_path_builds(
+    edit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = json.dumps({"schedule": "@daily", "command": "x", "jobName": f"task_{BIG + 3}", "retries": 2})
+    lines = [_plain(BIG + 1), _plain(BIG + 2), options, _plain(BIG + 4)]
+    book = TaskBook.from_records(UTC, parse_lines(_plain_file(lines), "tasks.db", UTC), 7)
+    edited = {
+        "unchanged": lines,
+        "edited in place": [lines[0], _plain(BIG + 2, command="echo new"), options, lines[3]],
+        "changed": [_plain(BIG + 5), _plain(BIG + 2, command="echo new"), options, _plain(BIG + 1)],
+        "reordered": [lines[1], lines[0], *lines[2:]],
+        "duplicate": [*lines, lines[0]],
+        "unnamed": [*lines, '{"schedule": "@daily", "command": "y", "jobName": "backup"}'],
+    }[edit]
+    data = _plain_file(edited)
+
+    def loaded() -> TaskBook:
+        records = parse_lines(data, "tasks.db", UTC, known=book.lookup)
+        return TaskBook.from_records(UTC, records, book.high_water, reuse=book)
+
+    fast = loaded()
+    monkeypatch.setattr("scheduler.task_book._adopt_in_place", lambda records, previous: None)
+    monkeypatch.setattr("scheduler.task_book._adopt_all", lambda records, previous: None)
+    monkeypatch.setattr("scheduler.task_book.is_", lambda a, b: False)
+    slow = loaded()
+    assert slow is not book
+    assert [task.line for task in fast] == [task.line for task in slow]
+    assert fast.high_water == slow.high_water
+    # The same objects: a task unchanged is the book's own, keyed by its own id.
+    for mine, theirs in zip(fast, slow, strict=True):
+        assert (mine is book.get(mine.id)) == (theirs is book.get(theirs.id))
+    for key in fast._tasks:
+        old = book.get(key)
+        if fast.get(key) is old and old is not None:
+            assert key is old.id
+    assert fast.changes_from(book) == slow.changes_from(book)
+
+
+def test_a_load_of_an_unchanged_file_of_plain_lines_gives_the_book_back() -> None:
+    data = _plain_file([_plain(1), _plain(2)])
+    book = TaskBook.from_records(UTC, parse_lines(data, "tasks.db", UTC))
+    again = TaskBook.from_records(UTC, parse_lines(data, "tasks.db", UTC, known=book.lookup), book.high_water, reuse=book)
+    assert again is book and again.changes_from(book) == ([], [])
+    # In another order, or above another high water, it is a new book.
+    swapped = _plain_file([_plain(2), _plain(1)])
+    records = parse_lines(swapped, "tasks.db", UTC, known=book.lookup)
+    assert TaskBook.from_records(UTC, records, book.high_water, reuse=book) is not book
+    assert TaskBook.from_records(UTC, records[::-1], book.high_water + 5, reuse=book).high_water == book.high_water + 5
+
+
+def test_a_load_takes_the_tasks_out_of_the_collectors_passes(tmp_path: Path) -> None:
+    import gc
+
+    from scheduler.memory import settle_after_loads
+
+    path = tmp_path / "tasks.db"
+    path.write_bytes(_plain_file([_plain(1), _plain(2)]))
+    state = make_state(path)
+    before = gc.get_freeze_count()
+    try:
+        # Off (as in tests and any process but the scheduler's): nothing frozen.
+        assert result_of(state.load()) == 2
+        assert gc.get_freeze_count() == before
+        settle_after_loads()
+        path.write_bytes(_plain_file([_plain(1), _plain(3)]))
+        assert result_of(state.load()) == 2
+        assert gc.get_freeze_count() > before
+        assert not any(obj is state.book.get(3) for obj in gc.get_objects())
+    finally:
+        settle_after_loads(False)
+        gc.unfreeze()
+
+
+@pytest.mark.parametrize("edit", ["none", "add", "replace", "remove last", "remove middle", "replace many", "replace and add", "clear", "equal copy"])
+def test_changes_found_in_place_are_the_changes_found_task_by_task(edit: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    book = TaskBook.from_records(UTC, parse_lines(_plain_file([_plain(n) for n in range(1, 101)]), "tasks.db", UTC))
+    draft = book.copy()
+    if edit in ("add", "replace and add"):
+        draft.add("@daily", "new")
+    if edit in ("replace", "replace and add"):
+        draft.replace(draft.replacement(50, command="echo changed"))
+    if edit == "remove last":
+        draft.remove(100)
+    if edit == "remove middle":
+        draft.remove(50)
+    if edit == "replace many":
+        for task_id in range(1, 101):
+            draft.replace(draft.replacement(task_id, command=f"echo {task_id} changed"))
+    if edit == "clear":
+        draft.clear()
+    if edit == "equal copy":
+        # Equal tasks that are other objects: no change.
+        draft.replace(draft.replacement(7))
+    found = draft.changes_from(book)
+    monkeypatch.setattr("scheduler.task_book._changes_in_place", lambda mine, theirs: None)
+    assert found == draft.changes_from(book)
+    assert ([], []) == book.changes_from(book) == book.copy().changes_from(book)
+
+
+def test_a_write_that_fails_half_way_through_its_lines_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lines are formatted and written a piece at a time; one that cannot
+    # be encoded (a lone surrogate) ends the write with the old file whole.
+    path = tmp_path / "tasks.db"
+    path.write_bytes(SEED)
+    store = make_store(path)
+    monkeypatch.setattr("scheduler.task_store._WRITE_PIECE", 2)
+    with pytest.raises(UnicodeEncodeError):
+        store.write_now([_plain(1), _plain(2), _plain(3), '{"command": "\ud800"}'])
+    assert path.read_bytes() == SEED
+    assert os.listdir(tmp_path) == ["tasks.db"]
+    store.write_now(_plain(n) for n in range(1, 6))
+    assert path.read_bytes() == _plain_file([_plain(n) for n in range(1, 6)])
+
+
+def test_changes_known_from_a_load_in_place_are_the_changes_from_that_book_only() -> None:
+    book = TaskBook.from_records(UTC, parse_lines(_plain_file([_plain(1), _plain(2), _plain(3)]), "tasks.db", UTC))
+    edited = _plain_file([_plain(1), _plain(2, command="echo new"), _plain(3)])
+    loaded = TaskBook.from_records(UTC, parse_lines(edited, "tasks.db", UTC, known=book.lookup), book.high_water, reuse=book)
+    added, removed = loaded.changes_from(book)
+    assert [task.command for task in added] == ["echo new"] and removed == [book.get(2)]
+    assert loaded.changes_from(TaskBook(UTC)) == (list(loaded), [])
+    assert loaded.changes_from(loaded.copy()) == ([], [])
