@@ -16,6 +16,11 @@ from scheduler.leader_lease import LeaseCounts
 # failures and health (scheduler.alert_watch).
 TaskHealthRow = tuple[str, float | None, int, str]
 
+# Per-task gauges only up to this many tasks: past it a scrape walks every
+# task on the reactor (a million tasks made a 117 MB answer that held it
+# 20-26 s) and gives a Prometheus server more series than one target should.
+PER_TASK_SERIES_LIMIT = 10_000
+
 
 class LeaseCollector(Collector):
     """The leader lease's counters (kept by the lease, read at each scrape)."""
@@ -86,11 +91,17 @@ class TaskHealthCollector(Collector):
     """The per-task gauges, read at each scrape.
 
     One series per task for each (the health gauge carries only the current
-    health, with value 1), so the series are bounded by the number of tasks.
+    health, with value 1), so the series are bounded by the number of tasks:
+    with more than *limit* tasks there are none, and
+    ``scheduler_task_series_omitted`` says how many tasks went without.
     """
 
-    def __init__(self, rows: Callable[[], list[TaskHealthRow]]) -> None:
+    def __init__(
+        self, rows: Callable[[], list[TaskHealthRow]], count: Callable[[], int], limit: int = PER_TASK_SERIES_LIMIT
+    ) -> None:
         self._rows = rows
+        self._count = count
+        self._limit = limit
 
     def describe(self) -> Iterator[Metric]:
         # Without it, registering would call collect(), before the tasks exist.
@@ -115,14 +126,24 @@ class TaskHealthCollector(Collector):
             "1 for the task's current health: up, late, failing, down or paused.",
             labels=["task", "health"],
         )
-        for name, last, streak, now in self._rows() if with_samples else ():
-            if last is not None:
-                success.add_metric([name], last)
-            failures.add_metric([name], streak)
-            health.add_metric([name, now], 1)
+        omitted = GaugeMetricFamily(
+            "scheduler_task_series_omitted",
+            f"Tasks without per-task gauges: all of them while there are more than {self._limit:,}.",
+        )
+        count = self._count() if with_samples else 0
+        if count > self._limit:
+            omitted.add_metric([], count)
+        else:
+            omitted.add_metric([], 0)
+            for name, last, streak, now in self._rows() if with_samples else ():
+                if last is not None:
+                    success.add_metric([name], last)
+                failures.add_metric([name], streak)
+                health.add_metric([name, now], 1)
         yield success
         yield failures
         yield health
+        yield omitted
 
 
 class SchedulerMetrics:
@@ -135,9 +156,10 @@ class SchedulerMetrics:
         tasks: Callable[[], float],
         tick_lag: Callable[[], float],
         task_health: Callable[[], list[TaskHealthRow]] = list,
+        task_series_limit: int = PER_TASK_SERIES_LIMIT,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(TaskHealthCollector(task_health))
+        self.registry.register(TaskHealthCollector(task_health, lambda: int(tasks()), task_series_limit))
         self.jobs_finished = Counter(
             "scheduler_jobs_finished",
             "Jobs that reached a final status, by status.",
