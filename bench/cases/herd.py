@@ -34,8 +34,10 @@ from bench.common import (
     Figure,
     Runtime,
     Scheduler,
+    SchedulerWatch,
     SimWorkers,
     log,
+    stall_figure,
     stop_process,
     tcp_command,
 )
@@ -48,10 +50,12 @@ LEAD = 12.0
 QUICK_LEAD = 3.0
 # How long after its second a peer's herd may take to start.
 PEER_TIMEOUT = 120.0
-# Simulated-worker processes for the 100 workers (chosen by measuring, on 2
-# cores shared with the scheduler: docs/performance.md); one would start the
-# 10,000 jobs one after another.  Two in the smoke run.
-SIM_PROCESSES = 4
+# Simulated-worker processes for the 100 workers: one would start the 10,000
+# jobs one after another (about 0.5 s of its reactor).  Chosen by measuring
+# on 2 cores shared with the scheduler (1 December, two runs each, load
+# 3-8): the last start 0.47 s with 1, 0.46-0.48 s with 4, 0.27-0.35 s with
+# 8, 0.23-0.45 s with 16.  Two in the smoke run.
+SIM_PROCESSES = 8
 QUICK_SIM_PROCESSES = 2
 
 
@@ -113,6 +117,8 @@ def run(runtime: Runtime) -> CaseResult:
         )
     )
     result.add(Figure("scheduler CPU for the herd", ours["scheduler_cpu_seconds"] * 1e3, "ms"))
+    result.add(Figure("simulated workers' CPU for the herd", ours["sim_cpu_seconds"] * 1e3, "ms"))
+    result.add(stall_figure([(ours["longest_stall_seconds"], ours["stall_last_bucket_seconds"])]))
     return result
 
 
@@ -157,14 +163,15 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int, processes: 
         log(f"herd: {tasks} tasks due at {datetime.fromtimestamp(due, UTC):%H:%M:%S}")
         # The scheduler may start on a herd up to 4 s ahead of its second.
         time.sleep(max(0.0, due - 5 - time.time()))
-        cpu_before, sim_cpu_before = scheduler.cpu_seconds(), sim.cpu_seconds()
+        watch, sim_cpu_before = SchedulerWatch(scheduler), sim.cpu_seconds()
         scheduler.profile(NAME)
         deadline = due + 60
         while len(sim.snapshot()) < tasks and time.time() < deadline:
             time.sleep(0.05)
         scheduler.end_profile()
-        cpu = scheduler.cpu_seconds() - cpu_before
+        cpu = watch.cpu_seconds()
         sim_cpu = sim.cpu_seconds() - sim_cpu_before
+        stall, stall_last_bucket = watch.longest_stall()
         events = sim.snapshot()
         # Let every finished reach the job store before it stops.
         time.sleep(hold + 1.0)
@@ -189,6 +196,8 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int, processes: 
         "missing": missing,
         "scheduler_cpu_seconds": cpu,
         "sim_cpu_seconds": sim_cpu,
+        "longest_stall_seconds": stall,
+        "stall_last_bucket_seconds": stall_last_bucket,
     }
 
 

@@ -22,19 +22,24 @@ from bench.common import (
     Figure,
     Runtime,
     Scheduler,
+    SchedulerWatch,
     SimWorkers,
     histogram,
     histogram_delta,
     histogram_quantile,
     percentile,
+    stall_figure,
     tcp_command,
 )
 
 NAME = "latency"
 METRIC = "scheduler_dispatch_latency_seconds"
-# Simulated-worker processes for the 1,000 workers (chosen by measuring, on
-# 2 cores shared with the scheduler: docs/performance.md).
-SIM_PROCESSES = 4
+# Simulated-worker processes for the 1,000 workers, chosen by measuring on 2
+# cores shared with the scheduler (1, 2, 4, 8 and 16, 1 December): the
+# median did not move (the run's transit sets it), the worker timer's p99
+# fell from 40-110 ms with one process to 11-35 ms with 8, and 16 gave
+# nothing more.  Their CPU is the same in all (about 7-9 % of a core).
+SIM_PROCESSES = 8
 
 
 def scheduled_times(scheduler: Scheduler, since_id: int) -> dict[int, float]:
@@ -92,11 +97,12 @@ def one_size(
         time.sleep(start - time.time())
         before = histogram(scheduler.http.metrics(), METRIC)
         scheduler.profile(f"{NAME}-{workers}")
-        cpu_before, sim_cpu_before = scheduler.cpu_seconds(), sim.cpu_seconds()
+        watch, sim_cpu_before = SchedulerWatch(scheduler), sim.cpu_seconds()
         time.sleep(window)
         end = float(int(time.time()))
-        scheduler_cpu = (scheduler.cpu_seconds() - cpu_before) / window
+        scheduler_cpu = watch.cpu_seconds() / window
         sim_cpu = (sim.cpu_seconds() - sim_cpu_before) / window
+        stall = watch.longest_stall()
         scheduler.end_profile()
         time.sleep(0.5)  # the last second's jobs report in
         after = histogram(scheduler.http.metrics(), METRIC)
@@ -156,6 +162,8 @@ def one_size(
     result.add(Figure("worker timer late, p99" + suffix, percentile(timer_ms, 99), "ms"))
     result.add(Figure("scheduler CPU" + suffix, scheduler_cpu * 100, "% of a core"))
     result.add(Figure("simulated workers' CPU" + suffix, sim_cpu * 100, "% of a core"))
+    stalled = result.add(stall_figure([stall]))
+    stalled.name += suffix
     bound = histogram_quantile(delta, 0.99)
     details.update(
         run_arrival_ms_p50=arrival_p50,
