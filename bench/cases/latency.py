@@ -3,13 +3,24 @@
 Two sizes, one after the other: 100 simulated workers (one process, the
 real protocol) with 50 tasks on the six-field schedule ``* * * * * *``, so
 50 jobs are due at every second; then 1,000 workers with 200 tasks, 200
-fires a second, the workers spread over a few processes (one process
-would start a second's 200 jobs one after another, and time itself).  For each job, latency runs from its scheduled second to
-the moment the worker sent ``started`` (the simulated worker timestamps
-it; the scheduled time comes from ``GET /api/jobs``).  The scheduler's own
-``scheduler_dispatch_latency_seconds`` histogram (scheduled time to
-``started`` received) is read from /metrics over the same window, as a
-cross-check; its buckets give an upper bound, not an exact percentile.
+fires a second, the workers spread over several processes
+(``SIM_PROCESSES``: one process would read and start a second's 200 jobs
+one after another, and time itself).  For each job, latency runs from its
+scheduled second to the moment the worker started it (the simulated worker
+timestamps it; the scheduled time comes from ``GET /api/jobs``).
+
+It is split in two: the run's transit, from the moment the scheduler
+computed the run's ``delay`` (just before sending it) to the moment the
+worker read it, and how late the worker's timer then ran; the worker
+starts the job ``delay`` seconds after reading the run, so the two add up
+to the latency.  The scheduler's CPU and its longest reactor stall, and
+the simulated workers' CPU, are read over the same window.
+
+The scheduler's own ``scheduler_dispatch_latency_seconds`` histogram is
+read from /metrics too, as a cross-check; its buckets give an upper bound,
+not an exact percentile, and it moves each worker's time by the clock
+offset the scheduler estimated at its hello (on one machine, the hello's
+transit: reported as ``clock_offset_ms_*``).
 """
 
 from __future__ import annotations
