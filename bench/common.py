@@ -536,6 +536,8 @@ class Started:
     run_at: float
     started_at: float
     delay: float = 0.0
+    # When the kernel had the run (None where Linux gave no receive timestamp).
+    kernel_at: float | None = None
 
 
 class SimWorkers:
@@ -640,7 +642,12 @@ class SimWorkers:
                 kind = event.get("event")
                 if kind == "started":
                     self.started[event["job"]] = Started(
-                        event["job"], event["worker"], event["run_at"], event["started_at"], event.get("delay", 0.0)
+                        event["job"],
+                        event["worker"],
+                        event["run_at"],
+                        event["started_at"],
+                        event.get("delay", 0.0),
+                        event.get("kernel_at"),
                     )
                 elif kind == "ready":
                     self._ready[number] = float(event["seconds"])

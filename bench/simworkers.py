@@ -21,9 +21,11 @@ handshakes pending at a time.
 Reports go to stdout, one JSON object per line:
 
 - ``{"event": "ready", "count": N, "seconds": S}`` once every worker has its welcome;
-- ``{"event": "started", "job": J, "worker": W, "run_at": T1, "started_at": T2, "delay": D}``
-  for each job: when the frame holding its ``run`` was handed to the
-  agent, when the worker started it (the ``at`` of its ``started``, or the
+- ``{"event": "started", "job": J, "worker": W, "run_at": T1, "kernel_at": T0,
+  "started_at": T2, "delay": D}`` for each job: when the frame holding its
+  ``run`` was handed to the agent, when the kernel had received the data
+  of the read that brought it (Linux's receive timestamp; null where there
+  is none), when the worker started it (the ``at`` of its ``started``, or the
   ``startedAt`` of its ``finished`` if no ``started`` went first on that
   connection), both Unix time on the same clock the scheduler uses, and
   the run's ``delay`` (0 without one).  The scheduler computes the delay
@@ -45,9 +47,12 @@ A ``quit`` line (or end of file) on stdin stops the process.
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
 import resource
+import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -55,6 +60,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autobahn.websocket.util import parse_url
+from twisted.internet import main as _main
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -213,6 +219,45 @@ def fake_runs(hold: float, output: str = "") -> Any:
     return make
 
 
+# Linux's receive timestamps (socket(7)): the kernel notes when each packet
+# reached the socket, and recvmsg hands the time out with the data.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("qq")
+
+
+def read_with_kernel_times(transport: Any, protocol: RecordingProtocol) -> None:
+    """Make *transport* read with recvmsg, noting on *protocol* when the kernel
+    received what each read returns (``kernel_at``), as Twisted's own
+    ``doRead`` would otherwise read it with recv.
+
+    So a run's arrival splits in two: until the kernel had it (the
+    scheduler's send, loopback), and then until this process read it (this
+    process's queue, and its wait for a core).  Where the kernel gives no
+    time, ``kernel_at`` stays None.
+    """
+    sock = transport.getHandle()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return
+    space = socket.CMSG_SPACE(_TIMESPEC.size)
+
+    def do_read() -> object:
+        try:
+            data, ancillary, _flags, _address = sock.recvmsg(transport.bufferSize, space)
+        except OSError as error:
+            if error.args[0] in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return None
+            return _main.CONNECTION_LOST
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                protocol.kernel_at = seconds + nanoseconds / 1e9
+        return transport._dataReceived(data)
+
+    transport.doRead = do_read
+
+
 class RecordingProtocol(WorkerProtocol):
     """The agent's wire, noting when each ``run`` arrives and when its job started.
 
@@ -221,12 +266,16 @@ class RecordingProtocol(WorkerProtocol):
     """
 
     factory: RecordingFactory
+    # When the kernel received the data of the last read (read_with_kernel_times).
+    kernel_at: float | None = None
 
     def connectionMade(self) -> None:
         # Jobs with a started event on this connection and no finished yet.
         self._started: set[object] = set()
-        # Each job run here and not yet reported started: when its run came, and its delay.
-        self._runs: dict[object, tuple[float, float]] = {}
+        # Each job run here and not yet reported started: when its run was
+        # read, when the kernel had it, and its delay.
+        self._runs: dict[object, tuple[float, float | None, float]] = {}
+        read_with_kernel_times(self.transport, self)
         super().connectionMade()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -236,7 +285,11 @@ class RecordingProtocol(WorkerProtocol):
         for message in messages:
             if isinstance(message, dict) and message.get("type") == "run":
                 delay = message.get("delay")
-                self._runs[message.get("job")] = (frame_at, delay if isinstance(delay, int | float) else 0.0)
+                self._runs[message.get("job")] = (
+                    frame_at,
+                    self.kernel_at,
+                    delay if isinstance(delay, int | float) else 0.0,
+                )
         super().onMessage(payload, isBinary)
 
     def sendMessage(
@@ -265,13 +318,14 @@ class RecordingProtocol(WorkerProtocol):
                 self._report_start(fields["job"], fields["startedAt"])
 
     def _report_start(self, job: object, started_at: object) -> None:
-        run_at, delay = self._runs.pop(job, (time.time(), 0.0))
+        run_at, kernel_at, delay = self._runs.pop(job, (time.time(), None, 0.0))
         emit(
             {
                 "event": "started",
                 "job": job,
                 "worker": self.factory.worker_name,
                 "run_at": run_at,
+                "kernel_at": kernel_at,
                 "started_at": started_at,
                 "delay": delay,
             }

@@ -13,7 +13,11 @@ It is split in two: the run's transit, from the moment the scheduler
 computed the run's ``delay`` (just before sending it) to the moment the
 worker read it, and how late the worker's timer then ran; the worker
 starts the job ``delay`` seconds after reading the run, so the two add up
-to the latency.  The scheduler's CPU and its longest reactor stall, and
+to the latency.  Where Linux timestamps the run's arrival on the worker's
+socket, the transit splits again: until the kernel had it (the scheduler's
+send and loopback), then until the worker process read it (its own queue
+and its wait for a core: the part one machine hosting a thousand
+simulated workers adds, and a thousand machines would not).  The scheduler's CPU and its longest reactor stall, and
 the simulated workers' CPU, are read over the same window.
 
 The scheduler's own ``scheduler_dispatch_latency_seconds`` histogram is
@@ -131,6 +135,11 @@ def one_size(
     # just before sending it, and the worker waits that long from reading it.
     transit_ms: list[float] = []
     timer_ms: list[float] = []
+    # The transit in two, where the kernel timed the run's arrival: until
+    # the kernel had it (the scheduler's send, loopback), then until the
+    # worker process read it (its queue, its wait for a core).
+    to_kernel_ms: list[float] = []
+    in_worker_ms: list[float] = []
     for event in events:
         due = scheduled.get(event.job)
         if due is None or not start <= due < end:
@@ -139,6 +148,9 @@ def one_size(
         run_ms.append((event.run_at - due) * 1000)
         transit_ms.append((event.run_at - (due - event.delay)) * 1000)
         timer_ms.append((event.started_at - (event.run_at + event.delay)) * 1000)
+        if event.kernel_at is not None:
+            to_kernel_ms.append((event.kernel_at - (due - event.delay)) * 1000)
+            in_worker_ms.append((event.run_at - event.kernel_at) * 1000)
     expected = int(end - start) * tasks
     # A sanity check on the full run; the quick one (a smoke test on
     # whatever machine) only needs some fires to report.
@@ -170,6 +182,10 @@ def one_size(
     # worker's timer then ran.
     result.add(Figure("run transit (delay computed to read), p50" + suffix, percentile(transit_ms, 50), "ms"))
     result.add(Figure("run transit (delay computed to read), p99" + suffix, percentile(transit_ms, 99), "ms"))
+    if to_kernel_ms:
+        for q in (50, 99):
+            result.add(Figure(f"run transit to the worker's kernel, p{q}" + suffix, percentile(to_kernel_ms, q), "ms"))
+            result.add(Figure(f"run waiting in the worker's kernel, p{q}" + suffix, percentile(in_worker_ms, q), "ms"))
     result.add(Figure("worker timer late, p99" + suffix, percentile(timer_ms, 99), "ms"))
     result.add(Figure("scheduler CPU" + suffix, scheduler_cpu * 100, "% of a core"))
     result.add(Figure("simulated workers' CPU" + suffix, sim_cpu * 100, "% of a core"))
@@ -181,6 +197,10 @@ def one_size(
         run_arrival_ms_p99=arrival_p99,
         transit_ms_p50=percentile(transit_ms, 50),
         transit_ms_p99=percentile(transit_ms, 99),
+        to_kernel_ms_p50=percentile(to_kernel_ms, 50),
+        to_kernel_ms_p99=percentile(to_kernel_ms, 99),
+        in_worker_kernel_ms_p50=percentile(in_worker_ms, 50),
+        in_worker_kernel_ms_p99=percentile(in_worker_ms, 99),
         timer_late_ms_p50=percentile(timer_ms, 50),
         timer_late_ms_p99=percentile(timer_ms, 99),
         clock_offset_ms_p50=percentile(offsets_ms, 50),
