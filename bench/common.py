@@ -253,6 +253,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def run_queue_wait_seconds(pid: int) -> float:
+    """How long a process's threads have waited for a core so far (runnable,
+    not running), from ``/proc/<pid>/task/*/schedstat``: on a shared machine,
+    the time another process's work added to this one's."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     with open("/proc/cpuinfo") as cpuinfo:
@@ -421,7 +434,8 @@ STALL_TARGET = 0.020
 
 
 class SchedulerWatch:
-    """The scheduler process's CPU and its reactor lag from the moment this is made.
+    """The scheduler process's CPU, its wait for a core, and its reactor lag
+    from the moment this is made.
 
     CPU from ``/proc/<pid>/stat`` (user + system, the scheduler alone: not
     its workers, not this process); the lag from the histogram in
@@ -431,10 +445,15 @@ class SchedulerWatch:
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self._cpu = scheduler.cpu_seconds()
+        self._waited = run_queue_wait_seconds(scheduler.pid)
         self._lag = histogram(scheduler.http.metrics(), LAG_METRIC)
 
     def cpu_seconds(self) -> float:
         return self.scheduler.cpu_seconds() - self._cpu
+
+    def waited_seconds(self) -> float:
+        """How long the scheduler's threads waited for a core since (schedstat)."""
+        return run_queue_wait_seconds(self.scheduler.pid) - self._waited
 
     def longest_stall(self) -> tuple[float, float]:
         """Seconds: the bound of the highest bucket that got a sample since
@@ -627,6 +646,10 @@ class SimWorkers:
     def cpu_seconds(self) -> float:
         """User + system CPU of all the simulated-worker processes so far."""
         return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def waited_seconds(self) -> float:
+        """How long all the simulated-worker processes have waited for a core so far (schedstat)."""
+        return sum(run_queue_wait_seconds(pid) for pid in self.pids)
 
     def name(self, index: int) -> str:
         return f"{self.prefix}-{index}"

@@ -124,6 +124,7 @@ def run(runtime: Runtime) -> CaseResult:
     )
     result.add(Figure("scheduler CPU for the herd", ours["scheduler_cpu_seconds"] * 1e3, "ms"))
     result.add(Figure("simulated workers' CPU for the herd", ours["sim_cpu_seconds"] * 1e3, "ms"))
+    result.add(Figure("scheduler waiting for a core in the herd", ours["scheduler_waited_for_a_core_seconds"] * 1e3, "ms"))
     result.add(stall_figure([(ours["longest_stall_seconds"], ours["stall_last_bucket_seconds"])]))
     return result
 
@@ -176,6 +177,7 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int, processes: 
             time.sleep(0.05)
         scheduler.end_profile()
         cpu = watch.cpu_seconds()
+        waited = watch.waited_seconds()
         sim_cpu = sim.cpu_seconds() - sim_cpu_before
         stall, stall_last_bucket = watch.longest_stall()
         events = sim.snapshot()
@@ -202,6 +204,7 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int, processes: 
         "missing": missing,
         "scheduler_cpu_seconds": cpu,
         "sim_cpu_seconds": sim_cpu,
+        "scheduler_waited_for_a_core_seconds": waited,
         "longest_stall_seconds": stall,
         "stall_last_bucket_seconds": stall_last_bucket,
     }

@@ -112,11 +112,13 @@ def one_size(
         time.sleep(start - time.time())
         before = histogram(scheduler.http.metrics(), METRIC)
         scheduler.profile(f"{NAME}-{workers}")
-        watch, sim_cpu_before = SchedulerWatch(scheduler), sim.cpu_seconds()
+        watch, sim_cpu_before, sim_waited_before = SchedulerWatch(scheduler), sim.cpu_seconds(), sim.waited_seconds()
         time.sleep(window)
         end = float(int(time.time()))
         scheduler_cpu = watch.cpu_seconds() / window
+        scheduler_waited = watch.waited_seconds() / window
         sim_cpu = (sim.cpu_seconds() - sim_cpu_before) / window
+        sim_waited = (sim.waited_seconds() - sim_waited_before) / window
         stall = watch.longest_stall()
         scheduler.end_profile()
         time.sleep(0.5)  # the last second's jobs report in
@@ -188,7 +190,10 @@ def one_size(
             result.add(Figure(f"run waiting in the worker's kernel, p{q}" + suffix, percentile(in_worker_ms, q), "ms"))
     result.add(Figure("worker timer late, p99" + suffix, percentile(timer_ms, 99), "ms"))
     result.add(Figure("scheduler CPU" + suffix, scheduler_cpu * 100, "% of a core"))
+    # On a shared machine: how long the scheduler was ready to run but had no core.
+    result.add(Figure("scheduler waiting for a core" + suffix, scheduler_waited * 1000, "ms a second"))
     result.add(Figure("simulated workers' CPU" + suffix, sim_cpu * 100, "% of a core"))
+    result.add(Figure("simulated workers waiting for a core" + suffix, sim_waited * 1000, "ms a second"))
     stalled = result.add(stall_figure([stall]))
     stalled.name += suffix
     bound = histogram_quantile(delta, 0.99)
@@ -208,6 +213,8 @@ def one_size(
         started_ms_max=max(started_ms),
         scheduler_cpu_share=scheduler_cpu,
         sim_cpu_share=sim_cpu,
+        scheduler_waited_for_a_core_share=scheduler_waited,
+        sim_waited_for_a_core_share=sim_waited,
         histogram_count=delta[-1][1] if delta else 0,
         histogram_p50_at_most_ms=None if (b := histogram_quantile(delta, 0.5)) is None else b * 1000,
         histogram_p99_at_most_ms=None if bound is None else bound * 1000,
