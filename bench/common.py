@@ -253,6 +253,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def run_queue_wait_seconds(pid: int) -> float:
+    """How long a process's threads have waited for a core so far (runnable,
+    not running), from ``/proc/<pid>/task/*/schedstat``: on a shared machine,
+    the time another process's work added to this one's."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     with open("/proc/cpuinfo") as cpuinfo:
@@ -421,7 +434,8 @@ STALL_TARGET = 0.020
 
 
 class SchedulerWatch:
-    """The scheduler process's CPU and its reactor lag from the moment this is made.
+    """The scheduler process's CPU, its wait for a core, and its reactor lag
+    from the moment this is made.
 
     CPU from ``/proc/<pid>/stat`` (user + system, the scheduler alone: not
     its workers, not this process); the lag from the histogram in
@@ -431,10 +445,15 @@ class SchedulerWatch:
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self._cpu = scheduler.cpu_seconds()
+        self._waited = run_queue_wait_seconds(scheduler.pid)
         self._lag = histogram(scheduler.http.metrics(), LAG_METRIC)
 
     def cpu_seconds(self) -> float:
         return self.scheduler.cpu_seconds() - self._cpu
+
+    def waited_seconds(self) -> float:
+        """How long the scheduler's threads waited for a core since (schedstat)."""
+        return run_queue_wait_seconds(self.scheduler.pid) - self._waited
 
     def longest_stall(self) -> tuple[float, float]:
         """Seconds: the bound of the highest bucket that got a sample since
@@ -528,16 +547,29 @@ class RealWorkers:
 
 @dataclass
 class Started:
-    """A simulated worker's report of one job: when ``run`` came, when the worker started it."""
+    """A simulated worker's report of one job: when ``run`` came, when the worker
+    started it, and the run's ``delay`` (bench/simworkers.py says what each tells)."""
 
     job: int
     worker: str
     run_at: float
     started_at: float
+    delay: float = 0.0
+    # When the kernel had the run (None where Linux gave no receive timestamp).
+    kernel_at: float | None = None
 
 
 class SimWorkers:
-    """``bench/simworkers.py`` in a process of its own: many workers on the real protocol."""
+    """``bench/simworkers.py`` in processes of their own: many workers on the real protocol.
+
+    With *processes* above 1 the workers are shared out between that many
+    processes (names ``prefix-0`` .. ``prefix-(count-1)`` as with one, each
+    process a consecutive share), so that the jobs due at one second start
+    side by side, as on separate machines, rather than one after another in
+    one reactor.  Everything read from them (``started`` reports, problems,
+    traffic counters) is gathered over all of them; ``ready_seconds`` is the
+    slowest process's.
+    """
 
     def __init__(
         self,
@@ -552,54 +584,79 @@ class SimWorkers:
         output: str = "",
         ready_timeout: float = 300.0,
         log_dir: Path | None = None,
+        processes: int = 1,
     ) -> None:
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+        processes = min(processes, count) if count > 0 else 1
         self.count = count
         self.prefix = prefix
         self.started: dict[int, Started] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.ready_seconds: float | None = None
+        # Each process's ready time, once it has reported it.
+        self._ready: list[float | None] = [None] * processes
         self.problems: list[str] = []
-        # The answers to ``counters``, in order.
-        self._counters: list[dict[str, Any]] = []
+        # Each process's answers to ``counters``, in order.
+        self._counters: list[list[dict[str, Any]]] = [[] for _ in range(processes)]
+        # One log for all of them: each line is short, and the file is opened for appending.
         self._log = open((log_dir or runtime.workdir) / f"simworkers-{prefix}.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                runtime.python,
-                str(BENCH / "simworkers.py"),
-                "--url", url,
-                "--count", str(count),
-                "--prefix", prefix,
-                "--hold", str(hold),
-                "--slots", str(slots),
-                "--in-flight", str(in_flight),
-                f"--output={output}",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=runtime.env(),
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._readers: list[threading.Thread] = []
+        first = 0
+        for number, share in enumerate(shares(count, processes)):
+            process = subprocess.Popen(
+                [
+                    runtime.python,
+                    str(BENCH / "simworkers.py"),
+                    "--url", url,
+                    "--count", str(share),
+                    "--first", str(first),
+                    "--prefix", prefix,
+                    "--hold", str(hold),
+                    "--slots", str(slots),
+                    # The handshakes pending at once, over all the processes.
+                    "--in-flight", str(max(1, in_flight // processes)),
+                    f"--output={output}",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=runtime.env(),
+            )
+            first += share
+            self.processes.append(process)
+            reader = threading.Thread(target=self._read, args=(number, process), daemon=True)
+            reader.start()
+            self._readers.append(reader)
         with self._changed:
             ready = self._changed.wait_for(
-                lambda: self.ready_seconds is not None or self.process.poll() is not None, ready_timeout
+                lambda: self.ready_seconds is not None or any(p.poll() is not None for p in self.processes),
+                ready_timeout,
             )
         if not ready or self.ready_seconds is None:
             self.stop()
             raise RuntimeError(f"simulated workers did not all connect: {self.problems[-5:]}")
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of all the simulated-worker processes so far."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def waited_seconds(self) -> float:
+        """How long all the simulated-worker processes have waited for a core so far (schedstat)."""
+        return sum(run_queue_wait_seconds(pid) for pid in self.pids)
 
     def name(self, index: int) -> str:
         return f"{self.prefix}-{index}"
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
+    def _read(self, number: int, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
             try:
                 event = json.loads(raw)
             except ValueError:
@@ -608,14 +665,21 @@ class SimWorkers:
                 kind = event.get("event")
                 if kind == "started":
                     self.started[event["job"]] = Started(
-                        event["job"], event["worker"], event["run_at"], event["started_at"]
+                        event["job"],
+                        event["worker"],
+                        event["run_at"],
+                        event["started_at"],
+                        event.get("delay", 0.0),
+                        event.get("kernel_at"),
                     )
                 elif kind == "ready":
-                    self.ready_seconds = float(event["seconds"])
+                    self._ready[number] = float(event["seconds"])
+                    if all(seconds is not None for seconds in self._ready):
+                        self.ready_seconds = max(seconds for seconds in self._ready if seconds is not None)
                 elif kind == "problem":
                     self.problems.append(str(event.get("what")))
                 elif kind == "counters":
-                    self._counters.append(event)
+                    self._counters[number].append(event)
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
@@ -630,37 +694,59 @@ class SimWorkers:
             return [self.started[job] for job in wanted]
 
     def counters(self, timeout: float = 30.0) -> dict[str, Any]:
-        """WebSocket traffic so far over all the connections: ``{"sent": {"frames",
-        "messages", "bytes"}, "received": {...}}``, sent meaning worker to scheduler."""
-        assert self.process.stdin is not None
+        """WebSocket traffic so far over all the connections (of every process):
+        ``{"sent": {"frames", "messages", "bytes"}, "received": {...}}``, sent
+        meaning worker to scheduler."""
         with self._lock:
-            seen = len(self._counters)
-        # Not under the lock: the reader thread takes it for every line.
-        self.process.stdin.write(b"counters\n")
-        self.process.stdin.flush()
+            seen = [len(answers) for answers in self._counters]
+        # Not under the lock: the reader threads take it for every line.
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(b"counters\n")
+            process.stdin.flush()
+
+        def answered() -> bool:
+            return all(len(answers) > before for answers, before in zip(self._counters, seen, strict=True))
+
         with self._changed:
-            self._changed.wait_for(lambda: len(self._counters) > seen or self.process.poll() is not None, timeout)
-            if len(self._counters) <= seen:
+            self._changed.wait_for(
+                lambda: answered() or any(process.poll() is not None for process in self.processes), timeout
+            )
+            if not answered():
                 raise RuntimeError("the simulated workers did not report their counters")
-            event = self._counters[seen]
-        return {"sent": dict(event["sent"]), "received": dict(event["received"])}
+            events = [answers[before] for answers, before in zip(self._counters, seen, strict=True)]
+        total: dict[str, Any] = {"sent": {}, "received": {}}
+        for event in events:
+            for way in ("sent", "received"):
+                for key, value in event[way].items():
+                    total[way][key] = total[way].get(key, 0) + value
+        return total
 
     def snapshot(self) -> list[Started]:
         with self._lock:
             return list(self.started.values())
 
     def stop(self) -> None:
-        if self.process.poll() is None and self.process.stdin is not None:
+        for process in self.processes:
+            if process.poll() is None and process.stdin is not None:
+                try:
+                    process.stdin.write(b"quit\n")
+                    process.stdin.flush()
+                    process.stdin.close()
+                except OSError:
+                    pass
+        for process in self.processes:
             try:
-                self.process.stdin.write(b"quit\n")
-                self.process.stdin.flush()
-                self.process.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.process.wait(timeout=20)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 pass
-        stop_process(self.process)
-        self._reader.join(timeout=5)
+            stop_process(process)
+        for reader in self._readers:
+            reader.join(timeout=5)
         self._log.close()
+
+
+def shares(count: int, parts: int) -> list[int]:
+    """*count* split into *parts* consecutive shares differing by at most one, larger first."""
+    base, extra = divmod(count, parts)
+    return [base + (1 if part < extra else 0) for part in range(parts)]

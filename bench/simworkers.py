@@ -5,6 +5,11 @@ Run by the benchmark with the project's interpreter (so it uses the same
 
     python bench/simworkers.py --url ws://127.0.0.1:3000/ws/worker --count 1000
 
+The benchmark may run several of these side by side, each with its share
+of the workers (``--first``: the index of its first worker's name), so
+that one process's reactor does not start every job of a second one after
+another (bench/common.py, ``SimWorkers(processes=N)``).
+
 Each simulated worker is a real :class:`worker.agent.WorkerAgent` on a real
 Autobahn connection (hello, welcome, pings every 20 s, run, started,
 finished, ack); only the process runner is fake: a ``run`` "starts" at once
@@ -16,12 +21,18 @@ handshakes pending at a time.
 Reports go to stdout, one JSON object per line:
 
 - ``{"event": "ready", "count": N, "seconds": S}`` once every worker has its welcome;
-- ``{"event": "started", "job": J, "worker": W, "run_at": T1, "started_at": T2}``
-  for each job: when the last frame before its report arrived (its ``run``,
-  when ``started`` answers it at once) and when the worker started it (the
-  ``at`` of its ``started``, or the ``startedAt`` of its ``finished`` if no
-  ``started`` went first on that connection); Unix time, the same clock the
-  scheduler uses;
+- ``{"event": "started", "job": J, "worker": W, "run_at": T1, "kernel_at": T0,
+  "started_at": T2, "delay": D}`` for each job: when the frame holding its
+  ``run`` was handed to the agent, when the kernel had received the data
+  of the read that brought it (Linux's receive timestamp; null where there
+  is none), when the worker started it (the ``at`` of its ``started``, or the
+  ``startedAt`` of its ``finished`` if no ``started`` went first on that
+  connection), both Unix time on the same clock the scheduler uses, and
+  the run's ``delay`` (0 without one).  The scheduler computes the delay
+  just before it sends the run, and the worker waits it out from when it
+  reads the run, so ``run_at - (scheduled - delay)`` is the run's transit
+  (the scheduler's send, the kernel, this process's queue) and
+  ``started_at - (run_at + delay)`` how late this process's timer ran;
 - ``{"event": "problem", "what": "..."}`` for failed or dropped connections;
 - ``{"event": "counters", "sent": {...}, "received": {...}}`` in answer to a
   ``counters`` line on stdin: WebSocket ``frames``, ``messages`` and payload
@@ -36,9 +47,12 @@ A ``quit`` line (or end of file) on stdin stops the process.
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
 import resource
+import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -46,6 +60,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autobahn.websocket.util import parse_url
+from twisted.internet import main as _main
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -100,10 +115,11 @@ class Traffic:
         self.messages = 0
         self.bytes = 0
 
-    def count(self, payload: bytes | str) -> None:
+    def count(self, payload: bytes | str, messages: int | None = None) -> None:
+        """One frame; *messages*: how many it holds, if the caller has decoded it already."""
         self.frames += 1
         self.bytes += len(payload.encode() if isinstance(payload, str) else payload)
-        self.messages += messages_in(payload)
+        self.messages += messages_in(payload) if messages is None else messages
 
     def as_json(self) -> dict[str, int]:
         return {"frames": self.frames, "messages": self.messages, "bytes": self.bytes}
@@ -111,13 +127,18 @@ class Traffic:
 
 def messages_in(payload: bytes | str) -> int:
     """How many protocol messages one frame carries: a batch's length, else 1."""
+    return max(1, len(decoded(payload)))
+
+
+def decoded(payload: bytes | str) -> list[Any]:
+    """The messages one frame carries: a batch's, else the frame's one (none if it is not JSON)."""
     try:
         value = json.loads(payload)
     except ValueError:
-        return 1
+        return []
     if isinstance(value, dict) and value.get("type") == "batch" and isinstance(value.get("messages"), list):
-        return len(value["messages"])
-    return 1
+        return list(value["messages"])
+    return [value]
 
 
 stopping = False
@@ -198,6 +219,45 @@ def fake_runs(hold: float, output: str = "") -> Any:
     return make
 
 
+# Linux's receive timestamps (socket(7)): the kernel notes when each packet
+# reached the socket, and recvmsg hands the time out with the data.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("qq")
+
+
+def read_with_kernel_times(transport: Any, protocol: RecordingProtocol) -> None:
+    """Make *transport* read with recvmsg, noting on *protocol* when the kernel
+    received what each read returns (``kernel_at``), as Twisted's own
+    ``doRead`` would otherwise read it with recv.
+
+    So a run's arrival splits in two: until the kernel had it (the
+    scheduler's send, loopback), and then until this process read it (this
+    process's queue, and its wait for a core).  Where the kernel gives no
+    time, ``kernel_at`` stays None.
+    """
+    sock = transport.getHandle()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return
+    space = socket.CMSG_SPACE(_TIMESPEC.size)
+
+    def do_read() -> object:
+        try:
+            data, ancillary, _flags, _address = sock.recvmsg(transport.bufferSize, space)
+        except OSError as error:
+            if error.args[0] in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return None
+            return _main.CONNECTION_LOST
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                protocol.kernel_at = seconds + nanoseconds / 1e9
+        return transport._dataReceived(data)
+
+    transport.doRead = do_read
+
+
 class RecordingProtocol(WorkerProtocol):
     """The agent's wire, noting when each ``run`` arrives and when its job started.
 
@@ -206,16 +266,30 @@ class RecordingProtocol(WorkerProtocol):
     """
 
     factory: RecordingFactory
-    _frame_at = 0.0
+    # When the kernel received the data of the last read (read_with_kernel_times).
+    kernel_at: float | None = None
 
     def connectionMade(self) -> None:
         # Jobs with a started event on this connection and no finished yet.
         self._started: set[object] = set()
+        # Each job run here and not yet reported started: when its run was
+        # read, when the kernel had it, and its delay.
+        self._runs: dict[object, tuple[float, float | None, float]] = {}
+        read_with_kernel_times(self.transport, self)
         super().connectionMade()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self._frame_at = time.time()
-        received.count(payload)
+        frame_at = time.time()
+        messages = decoded(payload)
+        received.count(payload, max(1, len(messages)))
+        for message in messages:
+            if isinstance(message, dict) and message.get("type") == "run":
+                delay = message.get("delay")
+                self._runs[message.get("job")] = (
+                    frame_at,
+                    self.kernel_at,
+                    delay if isinstance(delay, int | float) else 0.0,
+                )
         super().onMessage(payload, isBinary)
 
     def sendMessage(
@@ -244,13 +318,16 @@ class RecordingProtocol(WorkerProtocol):
                 self._report_start(fields["job"], fields["startedAt"])
 
     def _report_start(self, job: object, started_at: object) -> None:
+        run_at, kernel_at, delay = self._runs.pop(job, (time.time(), None, 0.0))
         emit(
             {
                 "event": "started",
                 "job": job,
                 "worker": self.factory.worker_name,
-                "run_at": self._frame_at,
+                "run_at": run_at,
+                "kernel_at": kernel_at,
                 "started_at": started_at,
+                "delay": delay,
             }
         )
 
@@ -274,7 +351,15 @@ class Fleet:
     """Opens and keeps ``count`` worker connections."""
 
     def __init__(
-        self, url: str, count: int, prefix: str, hold: float, slots: int, in_flight: int, output: str = ""
+        self,
+        url: str,
+        count: int,
+        prefix: str,
+        hold: float,
+        slots: int,
+        in_flight: int,
+        output: str = "",
+        first: int = 0,
     ) -> None:
         _secure, host, port, _, _, _ = parse_url(url)
         self.url = url
@@ -284,7 +369,8 @@ class Fleet:
         self.slots = slots
         self.runs = fake_runs(hold, output)
         self.limit = in_flight
-        self.pending: deque[int] = deque(range(count))
+        # Names prefix-first .. prefix-(first + count - 1): this process's share.
+        self.pending: deque[int] = deque(range(first, first + count))
         self.in_flight = 0
         self.welcomed: set[int] = set()
         self.ready = False
@@ -352,6 +438,7 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--prefix", default="sim")
+    parser.add_argument("--first", type=int, default=0, help="the index in the first worker's name")
     parser.add_argument("--hold", type=float, default=0.02, help="seconds a fake job runs")
     parser.add_argument("--slots", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=50, help="handshakes pending at once")
@@ -364,7 +451,9 @@ def main() -> None:
         [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)])],
         redirectStandardIO=False,
     )
-    fleet = Fleet(args.url, args.count, args.prefix, args.hold, args.slots, args.in_flight, args.output)
+    fleet = Fleet(
+        args.url, args.count, args.prefix, args.hold, args.slots, args.in_flight, args.output, first=args.first
+    )
     StandardIO(control)
     reactor.callWhenRunning(fleet.start)
     reactor.run()

@@ -2,11 +2,14 @@
 
 Ours: a real scheduler, 100 simulated workers of 100 slots each
 (``bench/simworkers.py``: the real agent and protocol, a fake process that
-runs for a second), and 10,000 tasks added over TCP whose six-field
+runs for 2 s; spread over ``SIM_PROCESSES`` processes, as 100
+machines would start their jobs side by side), and 10,000 tasks added over TCP whose six-field
 schedule names one second a little ahead.  Measured from that second to
 the last ``started`` (the worker's own timestamp), then every job is
 looked up in ``jobs.sqlite`` after the scheduler stops: one job per task
-for that second, none doubled or missing.
+for that second, none doubled or missing.  The scheduler's CPU and longest
+reactor stall, and the simulated workers' CPU, are read from five seconds
+before the second (the herd's early tick) to the last start.
 
 Beside it, one after the other in the same run (each on the machine
 alone): Celery beat holding the same 10,000 entries as ``crontab`` entries
@@ -34,8 +37,10 @@ from bench.common import (
     Figure,
     Runtime,
     Scheduler,
+    SchedulerWatch,
     SimWorkers,
     log,
+    stall_figure,
     stop_process,
     tcp_command,
 )
@@ -48,14 +53,22 @@ LEAD = 12.0
 QUICK_LEAD = 3.0
 # How long after its second a peer's herd may take to start.
 PEER_TIMEOUT = 120.0
+# Simulated-worker processes for the 100 workers: one would start the 10,000
+# jobs one after another (about 0.5 s of its reactor).  Chosen by measuring
+# on 2 cores shared with the scheduler (1 December, two runs each, load
+# 3-8): the last start 0.47 s with 1, 0.46-0.48 s with 4, 0.27-0.35 s with
+# 8, 0.23-0.45 s with 16.  Two in the smoke run.
+SIM_PROCESSES = 8
+QUICK_SIM_PROCESSES = 2
 
 
 def run(runtime: Runtime) -> CaseResult:
     result = CaseResult(NAME)
     tasks = 100 if runtime.quick else 10_000
     workers, slots = (5, 20) if runtime.quick else (100, 100)
-    result.details.update(tasks=tasks, workers=workers, slots=slots)
-    ours = run_ours(runtime, tasks, workers, slots)
+    processes = QUICK_SIM_PROCESSES if runtime.quick else SIM_PROCESSES
+    result.details.update(tasks=tasks, workers=workers, slots=slots, sim_processes=processes)
+    ours = run_ours(runtime, tasks, workers, slots, processes)
     result.details["ours"] = ours
     celery = apscheduler = None
     if runtime.peers:
@@ -90,6 +103,9 @@ def run(runtime: Runtime) -> CaseResult:
             )
         )
     result.add(Figure("due second to first started", ours["first_started_after_due"], "s"))
+    # The scheduler's part: negative when every run was with its worker
+    # before the second (the rest of the last start is the workers').
+    result.add(Figure("due second to the last run read by its worker", ours["last_run_arrived_after_due"], "s"))
     wrong = ours["doubled"] + ours["missing"]
     result.add(
         Figure(
@@ -107,6 +123,9 @@ def run(runtime: Runtime) -> CaseResult:
         )
     )
     result.add(Figure("scheduler CPU for the herd", ours["scheduler_cpu_seconds"] * 1e3, "ms"))
+    result.add(Figure("simulated workers' CPU for the herd", ours["sim_cpu_seconds"] * 1e3, "ms"))
+    result.add(Figure("scheduler waiting for a core in the herd", ours["scheduler_waited_for_a_core_seconds"] * 1e3, "ms"))
+    result.add(stall_figure([(ours["longest_stall_seconds"], ours["stall_last_bucket_seconds"])]))
     return result
 
 
@@ -129,7 +148,7 @@ def six_fields(due: float) -> str:
     return f"{at.minute} {at.hour} {at.day} {at.month} * {at.second}"
 
 
-def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int) -> dict[str, float | int]:
+def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int, processes: int = 1) -> dict[str, float | int]:
     folder = runtime.scratch(NAME)
     scheduler = Scheduler(runtime, folder)
     sim = None
@@ -137,7 +156,9 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int) -> dict[str
         # Each fake job runs 2 s (0.2 s in the smoke run): every slot is
         # taken once, as a herd of slow jobs would.
         hold = 0.2 if runtime.quick else 2.0
-        sim = SimWorkers(runtime, scheduler.ws_url, workers, slots=slots, hold=hold, in_flight=100)
+        sim = SimWorkers(
+            runtime, scheduler.ws_url, workers, slots=slots, hold=hold, in_flight=100, processes=processes
+        )
         scheduler.wait_workers(workers)
         due = due_second(QUICK_LEAD if tasks <= 100 else LEAD)
         schedule = six_fields(due)
@@ -149,13 +170,16 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int) -> dict[str
         log(f"herd: {tasks} tasks due at {datetime.fromtimestamp(due, UTC):%H:%M:%S}")
         # The scheduler may start on a herd up to 4 s ahead of its second.
         time.sleep(max(0.0, due - 5 - time.time()))
-        cpu_before = scheduler.cpu_seconds()
+        watch, sim_cpu_before = SchedulerWatch(scheduler), sim.cpu_seconds()
         scheduler.profile(NAME)
         deadline = due + 60
         while len(sim.snapshot()) < tasks and time.time() < deadline:
             time.sleep(0.05)
         scheduler.end_profile()
-        cpu = scheduler.cpu_seconds() - cpu_before
+        cpu = watch.cpu_seconds()
+        waited = watch.waited_seconds()
+        sim_cpu = sim.cpu_seconds() - sim_cpu_before
+        stall, stall_last_bucket = watch.longest_stall()
         events = sim.snapshot()
         # Let every finished reach the job store before it stops.
         time.sleep(hold + 1.0)
@@ -179,6 +203,10 @@ def run_ours(runtime: Runtime, tasks: int, workers: int, slots: int) -> dict[str
         "doubled": doubled,
         "missing": missing,
         "scheduler_cpu_seconds": cpu,
+        "sim_cpu_seconds": sim_cpu,
+        "scheduler_waited_for_a_core_seconds": waited,
+        "longest_stall_seconds": stall,
+        "stall_last_bucket_seconds": stall_last_bucket,
     }
 
 
