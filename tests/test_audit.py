@@ -11,11 +11,12 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from scheduler.access_tokens import TokenBook, token_hash
 from scheduler.audit import AuditEntry, AuditLog, WrongTokens
 from scheduler.job_store import AuditQuery
+from scheduler.triggers import Revision, TriggeredBy
 from tests import job_history_support
 from tests.job_history_support import Opener
 from tests.test_http_api import Api, close_api, make_api
@@ -207,3 +208,26 @@ async def test_audit_queries_filter_and_page_newest_first(stores: Opener) -> Non
     assert total == 3 and [entry.at for entry in entries] == [1005.0, 1003.0]
     entries, total = await store.audit(AuditQuery(task_id=1, limit=2))
     assert total == 5 and [entry.at for entry in entries] == [1008.0, 1006.0]
+
+
+def test_task_changes_of_one_turn_are_an_entry_each_and_one_line_in_the_main_log(
+    audit_events: list[LogEvent],
+) -> None:
+    clock = Clock()
+    store = Store()
+    audit = AuditLog(store, clock)
+    ops = TriggeredBy("tcp", name="ops", address="10.0.0.7")
+    for task_id in (*range(1, 1001), 1005):
+        audit.revision(Revision(task_id, 0.0, "load", ops, None, {"schedule": "@daily", "command": "true"}))
+    audit.revision(Revision(7, 0.0, "pause", ops, {"paused": False}, {"paused": True}))
+    assert len(store.entries) == 1002  # every change is in the store at once
+    assert audit_events == []  # the line waits for the end of the turn
+    clock.advance(0)
+    lines = [formatEvent(event) for event in audit_events]
+    assert lines == [
+        "audit: task.load by ops from 10.0.0.7 tasks 1-1000, 1005",
+        "audit: task.pause by ops from 10.0.0.7 task 7",
+    ]
+    assert audit_events[1]["audit_task"] == 7
+    clock.advance(0)
+    assert len(audit_events) == 2
