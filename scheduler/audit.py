@@ -86,16 +86,21 @@ def who_of(by: TriggeredBy) -> str:
 JobEntry = tuple[int | None, int, Mapping[str, Any] | None]
 
 
+# Seconds without a task change that end a burst of them: its main-log line goes out.
+TASK_LINE_QUIET = 0.2
+
+
 class AuditLog:
     """Adds entries to the store and the main log."""
 
     def __init__(self, store: AuditStore, clock: IReactorTime) -> None:
         self._store = store
         self._clock = clock
-        # Task changes of this reactor turn not yet in the main log, by
-        # (action, who, address): their task ids.
+        # Task changes not yet in the main log, by (action, who, address):
+        # their task ids; the call that logs them once changes stop coming.
         self._task_lines: dict[tuple[AuditAction, str, str | None], list[int]] = {}
         self._task_lines_call: IDelayedCall | None = None
+        self._task_lines_grew = False
 
     def record(
         self,
@@ -169,8 +174,9 @@ class AuditLog:
         """A task change (a TaskChanges listener), with its before and after.
 
         Each is an entry in the store; the main log has one line per action
-        and author for the changes of a reactor turn, naming their tasks (a
-        LOAD of a million new tasks wrote a million lines, 100 MB).
+        and author for a burst of changes (it ends when none came for
+        TASK_LINE_QUIET seconds), naming their tasks: a LOAD of a million
+        new tasks, recorded a slice per turn, wrote a million lines, 100 MB.
         """
         by = revision.by
         action: AuditAction = f"task.{revision.action}"  # type: ignore[assignment]
@@ -179,10 +185,23 @@ class AuditLog:
         self._keep(AuditEntry(self._clock.seconds(), action, who, by.address, revision.task_id, None, detail))
         self._task_lines.setdefault((action, who, by.address), []).append(revision.task_id)
         if self._task_lines_call is None:
-            self._task_lines_call = self._clock.callLater(0, self._log_task_lines)
+            self._task_lines_call = self._clock.callLater(TASK_LINE_QUIET, self._log_task_lines)
+        else:
+            self._task_lines_grew = True
 
     def _log_task_lines(self) -> None:
+        if self._task_lines_grew:  # still coming: wait for a quiet moment
+            self._task_lines_grew = False
+            self._task_lines_call = self._clock.callLater(TASK_LINE_QUIET, self._log_task_lines)
+            return
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the task changes' lines now (at the latest when the scheduler stops)."""
+        if self._task_lines_call is not None and self._task_lines_call.active():
+            self._task_lines_call.cancel()
         self._task_lines_call = None
+        self._task_lines_grew = False
         lines, self._task_lines = self._task_lines, {}
         for (action, who, address), task_ids in lines.items():
             log.info(

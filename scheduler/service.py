@@ -678,6 +678,7 @@ class SchedulerService(MultiService):
                 self.sweep.stop()
             self.dispatcher.stop()
             self.alerts.stop()
+            self.audit.flush()
             self.wrong_tokens.stop()
             self.pauses.stop()
             if self.relay is not None:

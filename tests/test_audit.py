@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from scheduler.access_tokens import TokenBook, token_hash
-from scheduler.audit import AuditEntry, AuditLog, WrongTokens
+from scheduler.audit import TASK_LINE_QUIET, AuditEntry, AuditLog, WrongTokens
 from scheduler.job_store import AuditQuery
 from scheduler.triggers import Revision, TriggeredBy
 from tests import job_history_support
@@ -153,7 +153,9 @@ async def test_a_scripted_session_is_in_the_audit_log(api: Api, audit_events: li
     code, _ = await api.call("GET", "/api/audit?action=fly", headers=bearer(CI))
     assert code == 400
 
-    # The main log has each as a structured event.
+    # The main log has each as a structured event (task changes once their
+    # burst is over: at the latest when the scheduler stops).
+    api.service.audit.flush()
     logged = [event["audit_action"] for event in audit_events]
     for action in ("task.add", "job.run", "job.cancel", "maintenance.on", "auth.failed"):
         assert action in logged
@@ -221,13 +223,21 @@ def test_task_changes_of_one_turn_are_an_entry_each_and_one_line_in_the_main_log
         audit.revision(Revision(task_id, 0.0, "load", ops, None, {"schedule": "@daily", "command": "true"}))
     audit.revision(Revision(7, 0.0, "pause", ops, {"paused": False}, {"paused": True}))
     assert len(store.entries) == 1002  # every change is in the store at once
-    assert audit_events == []  # the line waits for the end of the turn
-    clock.advance(0)
+    assert audit_events == []  # the line waits for the changes to stop coming
+    clock.advance(TASK_LINE_QUIET / 2)
+    audit.revision(Revision(1006, 0.0, "load", ops, None, {"schedule": "@daily", "command": "true"}))
+    clock.advance(TASK_LINE_QUIET)
+    assert audit_events == []  # one came within the quiet time: the burst goes on
+    clock.advance(TASK_LINE_QUIET)
     lines = [formatEvent(event) for event in audit_events]
     assert lines == [
-        "audit: task.load by ops from 10.0.0.7 tasks 1-1000, 1005",
+        "audit: task.load by ops from 10.0.0.7 tasks 1-1000, 1005-1006",
         "audit: task.pause by ops from 10.0.0.7 task 7",
     ]
     assert audit_events[1]["audit_task"] == 7
-    clock.advance(0)
+    clock.advance(TASK_LINE_QUIET)
     assert len(audit_events) == 2
+    # Stopping writes what waits.
+    audit.revision(Revision(8, 0.0, "remove", ops, {"paused": False}, None))
+    audit.flush()
+    assert formatEvent(audit_events[-1]) == "audit: task.remove by ops from 10.0.0.7 task 8"

@@ -20,7 +20,7 @@ from scheduler.dispatch import Dispatcher, NoRecorder
 from scheduler.job_book import JobBook
 from scheduler.jobs import Job, JobStatus
 from scheduler.maintenance import Maintenance
-from scheduler.task_changes import StaleTask, TaskChanges
+from scheduler.task_changes import REVISIONS_PER_TURN, StaleTask, TaskChanges
 from scheduler.task_pauses import PauseTimer
 from scheduler.task_state import TaskState
 from scheduler.tasks import Task, TaskError, TaskOptions, etag
@@ -364,6 +364,23 @@ def test_clear_and_load_record_a_revision_for_each_task_they_change(world: World
     assert changed.after is not None and changed.after["command"] == "echo D"
     assert gone.after is None and new.before is None
     assert [each.action for each in world.store.of(5)] == ["add"]
+
+
+def test_a_load_of_many_tasks_records_their_revisions_a_slice_per_reactor_turn(world: World) -> None:
+    # A million in one turn held the reactor 64 s: REVISIONS_PER_TURN a turn,
+    # each slice once the one before is stored, the answer once all are.
+    count = 2 * REVISIONS_PER_TURN + 5
+    world.path.write_text(
+        "".join(f'{{"schedule": "@hourly", "command": "echo {n}", "jobName": "task_{n}"}}\n' for n in range(1, count + 1))
+    )
+    answers: list[int] = []
+    world.changes.load(by=TCP).addCallback(answers.append)
+    assert len(world.store.stored) == REVISIONS_PER_TURN  # the first slice, in the LOAD's own turn
+    assert answers == []
+    world.clock.advance(0)  # the other slices, each a call of its own
+    assert answers == [count]
+    assert [each.task_id for each in world.store.stored] == list(range(1, count + 1))
+    assert {each.action for each in world.store.stored} == {"load"}
 
 
 # -- firing: paused tasks, skip next, maintenance, env and cwd ---------------------------
