@@ -919,8 +919,8 @@ class Dispatcher:
         # holds `started` back 50 ms) goes from placed to ended in one
         # change and one record, which carry started_at: a record of it
         # running would be replaced within the same transaction anyway.
-        news = job.started_at is None
-        started_at = self._worker_time(worker, report.started_at, job.created_at) if news else job.started_at
+        unreported = job.started_at is None
+        started_at = self._worker_time(worker, report.started_at, job.created_at) if unreported else job.started_at
         assert started_at is not None
         if report.cancelled:
             status = JobStatus.CANCELLED
@@ -945,7 +945,7 @@ class Dispatcher:
             finished_at=self._worker_time(worker, report.finished_at, started_at),
             **changes,
         )
-        if news:
+        if unreported:
             self._tell_started(done)
         self.workers.changed(worker)
         self.pump()
