@@ -265,9 +265,13 @@ def _kill_rounds(work: Path, base: Path, seed: int, rounds: int, deadline: float
             # The restart loads what the previous kill left.
             assert _task_count(scheduler) == len(names)
             if len(names) < TASKS // 2:
-                # A CLEAR went through last time: back to 100,000 tasks to write.
+                # A CLEAR went through last time: back to 100,000 tasks to write,
+                # and no job history: it names the ids the last rounds added,
+                # which a restart never gives out again (Round counts from the file).
                 stop(scheduler.process, signal.SIGKILL)
                 tasks_file.write_bytes(base.read_bytes())
+                for history in work.glob("jobs.sqlite*"):
+                    history.unlink()
                 names = _read_tasks_file(tasks_file)
                 scheduler = start_scheduler(work, "--timezone", "UTC", "--tcp-idle-timeout", "600")
             plan = Round(rng, names)
