@@ -23,13 +23,13 @@ from twisted.logger import Logger
 from scheduler.cron import iso
 from scheduler.job_book import JobBook
 from scheduler.job_caps import RunCaps
-from scheduler.job_history.database import FireTaken
+from scheduler.job_history.database import Fenced, FireTaken
 from scheduler.job_jitter import JitterHold, start_of
 from scheduler.job_output import OutputTails
 from scheduler.job_queue import JobQueue
 from scheduler.job_retry import Retries
 from scheduler.job_secrets import SecretBook, SecretError
-from scheduler.job_store import Disowned, JobRecorder
+from scheduler.job_store import Disowned, JobRecorder, JobStoreClosed
 from scheduler.jobs import Job, JobStatus
 from scheduler.settings import Settings
 from scheduler.tasks import Task
@@ -1037,22 +1037,57 @@ class Dispatcher:
         done = self.jobs.update(job, status=status, **changes)
         recorded = self._recorder.put(done)
         self._ended(done)
-        if on_recorded is not None:
-            recorded.addCallback(lambda _: on_recorded())
-        recorded.addErrback(self._end_not_recorded, job.id)
+        self._when_recorded(recorded, done, on_recorded)
         self._tails.close(job.id)
         self._masks.pop(job.id, None)
         self._stopped_running(job)
         self._retries.after(done)
         return done
 
-    @staticmethod
-    def _end_not_recorded(failure: Any, job_id: int) -> None:
+    # A job's end that could not be recorded (the job database away for a
+    # moment) is tried again after this long, doubling up to END_RETRY_MOST,
+    # for as long as the store is open: its worker keeps the result until
+    # the ack, which only a recorded end sends.  Given up, the end was
+    # never written: the job's row stayed as it was before it ran.
+    END_RETRY_FIRST = 1.0
+    END_RETRY_MOST = 30.0
+
+    def _when_recorded(
+        self,
+        recorded: Deferred[None],
+        done: Job,
+        on_recorded: Callable[[], None] | None,
+        wait: float | None = None,
+    ) -> None:
+        """``on_recorded`` once *recorded* (the put of *done*) fires; tried again if it fails."""
+
+        def written(_: object) -> None:
+            if wait is not None:
+                log.info("recorded the end of job {job_id} after all", job_id=done.id)
+            if on_recorded is not None:
+                on_recorded()
+
+        recorded.addCallbacks(written, self._end_not_recorded, errbackArgs=(done, on_recorded, wait))
+
+    def _record_end_again(self, done: Job, on_recorded: Callable[[], None] | None, wait: float) -> None:
+        self._when_recorded(self._recorder.put(done), done, on_recorded, wait)
+
+    def _end_not_recorded(self, failure: Any, done: Job, on_recorded: Callable[[], None] | None, wait: float | None) -> None:
         if failure.check(Disowned):
             # Another node took the job over and records its end.
-            log.info("job {job_id}: its end is another node's to record", job_id=job_id)
-        else:
-            log.error("could not record the end of job {job_id}: {error}", job_id=job_id, error=failure.getErrorMessage())
+            log.info("job {job_id}: its end is another node's to record", job_id=done.id)
+            return
+        if failure.check(JobStoreClosed, Fenced):
+            log.error("could not record the end of job {job_id}: {error}", job_id=done.id, error=failure.getErrorMessage())
+            return
+        following = self.END_RETRY_FIRST if wait is None else min(2 * wait, self.END_RETRY_MOST)
+        if wait is None:
+            log.warn(
+                "could not record the end of job {job_id}: {error}; trying again until it is",
+                job_id=done.id,
+                error=failure.getErrorMessage(),
+            )
+        self._clock.callLater(following, self._record_end_again, done, on_recorded, following)
 
     def _ended(self, job: Job) -> None:
         for listener in self.ended_listeners:

@@ -1813,6 +1813,29 @@ def test_no_ack_for_a_result_whose_record_did_not_reach_the_disk(world: World) -
     assert w1.closes == []
 
 
+def test_a_result_whose_record_failed_is_recorded_again_and_then_acknowledged(world: World) -> None:
+    # The job database away for a moment: the end is tried again, doubling
+    # the wait, until it is on disk; only then does the worker hear the ack.
+    w1 = world.worker()
+    job = world.job()
+    world.recorder.hold = True
+    w1.say(world.finished(job))
+    world.recorder.fail()
+    assert len(world.recorder.final_puts(job)) == 1
+    world.clock.advance(Dispatcher.END_RETRY_FIRST)
+    assert len(world.recorder.final_puts(job)) == 2  # tried again
+    world.recorder.fail()
+    world.clock.advance(Dispatcher.END_RETRY_FIRST)
+    assert len(world.recorder.final_puts(job)) == 2  # the wait doubled
+    world.clock.advance(Dispatcher.END_RETRY_FIRST)
+    assert len(world.recorder.final_puts(job)) == 3
+    assert w1.of_type("ack") == []
+    world.recorder.release()
+    world.clock.advance(0)
+    assert w1.of_type("ack") == [{"type": "ack", "jobs": [job]}]
+    assert world.recorder.status(job) is JobStatus.SUCCEEDED
+
+
 def test_one_ack_covers_every_result_recorded_since_the_previous_one(world: World) -> None:
     w1 = world.worker()
     jobs = [world.job() for _ in range(3)]
