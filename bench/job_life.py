@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,9 @@ from typing import Any
 def main(argv: list[str]) -> int:
     # After PYTHONPATH: the tree under test is the one given there.
     sys.path.append(str(Path(__file__).resolve().parent.parent))
+    from in_process import jobs_post, memory_connection, quiet_service, tree_of_scheduler
     from twisted.internet import reactor
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.testing import StringTransport
-    from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    import scheduler
-    from scheduler.service import SchedulerService
-    from scheduler.settings import Settings
     from scheduler.worker_protocol import WorkerServerProtocol
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -55,27 +49,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--slots", type=int, default=8, help="per worker")
     args = parser.parse_args(argv)
 
-    sink = open(os.devnull, "w")
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sink)], redirectStandardIO=False)
-    folder = Path(tempfile.mkdtemp(prefix="bench-job-life-"))
-    settings = Settings(
-        tasks_file=str(folder / "tasks.db"),
-        tcp="tcp:0:interface=127.0.0.1",
-        http="tcp:0:interface=127.0.0.1",
-        queue_limit=10**9,
-    )
-    service = SchedulerService(reactor, settings)
-    one: Any = {"command": "true"}
-    body = json.dumps(one if args.per_post == 1 else [one] * args.per_post).encode()
-    request = (
-        b"POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = service.http_limits.buildProtocol(peer)
-    transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 3000), peerAddress=peer)
-    channel.makeConnection(transport)
+    service = quiet_service(reactor, "job-life")
+    request = jobs_post(args.per_post)
+    channel, transport = memory_connection(service.http_limits)
 
     class Round:
         """The jobs of the round in progress: how many to post, how many acknowledged."""
@@ -183,7 +159,7 @@ def main(argv: list[str]) -> int:
     print(
         json.dumps(
             {
-                "tree": str(Path(scheduler.__file__).resolve().parent.parent),
+                "tree": tree_of_scheduler(),
                 "per_post": args.per_post,
                 "requests": args.requests,
                 "us_per_job": sorted(rounds)[len(rounds) // 2],

@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 
 def main(argv: list[str]) -> int:
+    from in_process import jobs_post, memory_connection, timed_posts
     from klein import Klein
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.testing import StringTransport
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
@@ -65,27 +63,11 @@ def main(argv: list[str]) -> int:
     site = Site(root)
     site.log = lambda request: None  # no access log: the floor
 
-    body = json.dumps({"command": "true"}).encode()
-    request = (
-        b"POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(peer)
-    transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 3000), peerAddress=peer)
-    channel.makeConnection(transport)
+    request = jobs_post()
+    channel, transport = memory_connection(site)
 
     def round_of(count: int) -> float:
-        transport.clear()
-        started = time.thread_time()
-        for _ in range(count):
-            channel.dataReceived(request)
-        elapsed = time.thread_time() - started
-        answers = transport.value().count(b"HTTP/1.1 202 ")
-        if answers != count:
-            raise RuntimeError(f"{answers} of {count} requests answered 202: {transport.value()[-400:]!r}")
-        return elapsed / count * 1e6
+        return timed_posts(channel, transport, request, count) / count * 1e6
 
     round_of(200)  # warm-up
     rounds = [round_of(args.requests) for _ in range(args.rounds)]

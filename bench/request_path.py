@@ -23,23 +23,14 @@ import cProfile
 import json
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 
 def main(argv: list[str]) -> int:
     # After PYTHONPATH: the tree under test is the one given there.
     sys.path.append(str(Path(__file__).resolve().parent.parent))
+    from in_process import jobs_post, memory_connection, quiet_service, timed_posts, tree_of_scheduler
     from twisted.internet import reactor
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.testing import StringTransport
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    import scheduler
-    from scheduler.service import SchedulerService
-    from scheduler.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
@@ -49,40 +40,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--access-log", default="-", help="as the scheduler's --access-log: '-' the main log, 'none'")
     args = parser.parse_args(argv)
 
-    sink = open(os.devnull, "w")
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sink)], redirectStandardIO=False)
-    folder = Path(tempfile.mkdtemp(prefix="bench-request-path-"))
-    settings = Settings(
-        tasks_file=str(folder / "tasks.db"),
-        tcp="tcp:0:interface=127.0.0.1",
-        http="tcp:0:interface=127.0.0.1",
-        queue_limit=10**9,
-        access_log=args.access_log,
-    )
-    service = SchedulerService(reactor, settings)
-    one: Any = {"command": "true"}
-    body = json.dumps(one if args.per_post == 1 else [one] * args.per_post).encode()
-    request = (
-        b"POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = service.http_limits.buildProtocol(peer)
-    transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 3000), peerAddress=peer)
-    channel.makeConnection(transport)
+    service = quiet_service(reactor, "request-path", access_log=args.access_log)
+    request = jobs_post(args.per_post)
+    channel, transport = memory_connection(service.http_limits)
 
     def round_of(count: int) -> float:
-        transport.clear()
-        started = time.thread_time()
-        for _ in range(count):
-            channel.dataReceived(request)
-            # Kept alive: the answer goes into the transport's buffer.
-        elapsed = time.thread_time() - started
-        answers = transport.value().count(b"HTTP/1.1 202 ")
-        if answers != count:
-            raise RuntimeError(f"{answers} of {count} requests answered 202: {transport.value()[-400:]!r}")
-        return elapsed / (count * args.per_post) * 1e6
+        # Kept alive: the answers go into the transport's buffer.
+        return timed_posts(channel, transport, request, count) / (count * args.per_post) * 1e6
 
     round_of(200)  # warm-up
     rounds = [round_of(args.requests) for _ in range(args.rounds)]
@@ -96,7 +60,7 @@ def main(argv: list[str]) -> int:
     print(
         json.dumps(
             {
-                "tree": str(Path(scheduler.__file__).resolve().parent.parent),
+                "tree": tree_of_scheduler(),
                 "per_post": args.per_post,
                 "requests": args.requests,
                 "us_per_job": sorted(rounds)[len(rounds) // 2],
