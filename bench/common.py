@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import IO, Any
 
 # One set of process helpers for the tests and the benchmarks.
+from bench.cpu_ledger import process_split
 from tests.e2e import free_port, wait_for_port, wait_until
 
 BENCH = Path(__file__).resolve().parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def log(message: str) -> None:
@@ -247,10 +247,8 @@ def rss_kib(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # The command name may hold spaces; fields resume after its ')'.
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    own, _ = process_split(pid)
+    return own.user + own.system
 
 
 def run_queue_wait_seconds(pid: int) -> float:

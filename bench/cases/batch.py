@@ -34,7 +34,7 @@ from bench.common import (
     median,
     stall_figure,
 )
-from bench.cpu_ledger import CpuLedger, median_ledger
+from bench.cpu_ledger import CpuLedger, median_ledger, part_us
 
 NAME = "batch"
 BATCH = 100
@@ -88,7 +88,7 @@ def run_ours(scheduler: Scheduler, jobs: int) -> tuple[float, float, tuple[float
     failed = _finished_all(scheduler.http) - scheduler.finished("succeeded")
     if failed:
         raise RuntimeError(f"{failed:g} jobs did not succeed")
-    return jobs / elapsed, watch.cpu_seconds() / jobs, watch.longest_stall(), spent
+    return jobs / elapsed, part_us(spent, "scheduler") / 1e6, watch.longest_stall(), spent
 
 
 def run(runtime: Runtime) -> CaseResult:
