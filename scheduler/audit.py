@@ -113,17 +113,13 @@ class AuditLog:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         entry = AuditEntry(self._clock.seconds(), action, who, address, task_id, job_id, detail)
-        log.info(
-            "audit: {audit_action} by {audit_who}{audit_from}{audit_about}",
-            audit_action=action,
-            audit_who=who,
-            audit_address=address,
-            audit_task=task_id,
-            audit_job=job_id,
-            audit_from=f" from {address}" if address else "",
-            audit_about="".join(
-                [f" task {task_id}" if task_id is not None else "", f" job {job_id}" if job_id is not None else ""]
-            ),
+        _log_line(
+            action,
+            who,
+            address,
+            "".join([f" task {task_id}" if task_id is not None else "", f" job {job_id}" if job_id is not None else ""]),
+            task_id=task_id,
+            job_id=job_id,
         )
         self._keep(entry)
 
@@ -164,11 +160,7 @@ class AuditLog:
             audit_about=_id_ranges(job_ids),
         )
         for task_id, job_id, detail in entries:
-            self._store.record_audit(AuditEntry(at, action, who, address, task_id, job_id, detail)).addErrback(
-                lambda failure: log.error(
-                    "could not record the audit entry {action}: {error}", action=action, error=failure.getErrorMessage()
-                )
-            )
+            self._keep(AuditEntry(at, action, who, address, task_id, job_id, detail))
 
     def revision(self, revision: Revision) -> None:
         """A task change (a TaskChanges listener), with its before and after.
@@ -204,16 +196,26 @@ class AuditLog:
         self._task_lines_grew = False
         lines, self._task_lines = self._task_lines, {}
         for (action, who, address), task_ids in lines.items():
-            log.info(
-                "audit: {audit_action} by {audit_who}{audit_from} {audit_about}",
-                audit_action=action,
-                audit_who=who,
-                audit_address=address,
-                # One task's id as record() gives it; the ranges say the rest.
-                audit_task=task_ids[0] if len(task_ids) == 1 else None,
-                audit_from=f" from {address}" if address else "",
-                audit_about=f"task {task_ids[0]}" if len(task_ids) == 1 else f"tasks {_id_ranges(task_ids)}",
-            )
+            if len(task_ids) == 1:
+                _log_line(action, who, address, f" task {task_ids[0]}", task_id=task_ids[0])
+            else:
+                _log_line(action, who, address, f" tasks {_id_ranges(task_ids)}")
+
+
+def _log_line(
+    action: AuditAction, who: str, address: str | None, about: str, *, task_id: int | None = None, job_id: int | None = None
+) -> None:
+    """An audit line in the main log: "audit: <action> by <who>[ from <address>]<about>", as a structured event."""
+    log.info(
+        "audit: {audit_action} by {audit_who}{audit_from}{audit_about}",
+        audit_action=action,
+        audit_who=who,
+        audit_address=address,
+        audit_task=task_id,
+        audit_job=job_id,
+        audit_from=f" from {address}" if address else "",
+        audit_about=about,
+    )
 
 
 def _id_ranges(ids: list[int]) -> str:
