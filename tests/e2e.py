@@ -194,6 +194,36 @@ def http_json(method: str, url: str, body: object = None, token: str | None = No
             return error.code, raw.decode(errors="replace")
 
 
+def get_json(url: str) -> Any:
+    """The body of a GET answered 200, else None (a node still starting, say)."""
+    code, body = http_json("GET", url)
+    return body if code == 200 else None
+
+
+@contextmanager
+def leader_and_follower(
+    workdir: Path, env: dict[str, str], *extra: str, names: tuple[str, str] = ("a", "b")
+) -> Iterator[tuple[Scheduler, Scheduler]]:
+    """Two nodes on the database *env* names, in folders ``a`` and ``b`` under
+    *workdir* (made if missing): the first started and leading, then the
+    second; both stopped at the end.  *names* are their --node-name."""
+    folders = (workdir / "a", workdir / "b")
+    for folder in folders:
+        folder.mkdir(exist_ok=True)
+    first = start_scheduler(folders[0], "--node-name", names[0], *extra, env=env)
+    second = None
+    try:
+        wait_until(
+            lambda: (body := get_json(first.url + "/api/health")) and body["leader"], 20, f"{names[0]} to lead"
+        )
+        second = start_scheduler(folders[1], "--node-name", names[1], *extra, env=env)
+        yield first, second
+    finally:
+        stop(first.process)
+        if second is not None:
+            stop(second.process)
+
+
 def wait_until(
     check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", interval: float = 0.05
 ) -> T:

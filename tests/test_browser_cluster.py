@@ -8,12 +8,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from tests.e2e import http_json, start_scheduler, start_worker, stop, wait_until
+from tests.e2e import (
+    get_json,
+    http_json,
+    leader_and_follower,
+    start_worker,
+    stop,
+    wait_until,
+)
 from tests.postgres_support import pg_url, postgres_server  # noqa: F401
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT, shot
 
@@ -31,21 +37,10 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-def _health(url: str) -> Any:
-    code, body = http_json("GET", url + "/api/health")
-    return body if code == 200 else None
-
-
 def test_either_node_shows_the_cluster_and_follows_a_takeover(browser: Browser, tmp_path: Path, pg_url: str) -> None:  # noqa: F811
     env = {**ENV, "SCHEDULER_DB": pg_url}
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = start_scheduler(tmp_path / "a", "--node-name", "node-a", env=env)
-    b = None
-    try:
-        wait_until(lambda: (body := _health(a.url)) and body["leader"], 20, "node-a to lead")
-        b = start_scheduler(tmp_path / "b", "--node-name", "node-b", env=env)
-        wait_until(lambda: _health(b.url), 20, "node-b to answer")
+    with leader_and_follower(tmp_path, env, names=("node-a", "node-b")) as (a, b):
+        wait_until(lambda: get_json(b.url + "/api/health"), 20, "node-b to answer")
         for width, height, name in ((1280, 800, "cluster-desktop"), (390, 844, "cluster-phone")):
             context = browser.new_context(viewport={"width": width, "height": height})
             page = context.new_page()
@@ -71,10 +66,6 @@ def test_either_node_shows_the_cluster_and_follows_a_takeover(browser: Browser, 
                     expect(card.locator('li.node[data-leader="true"]')).to_contain_text("node-b")
             finally:
                 context.close()
-    finally:
-        stop(a.process)
-        if b is not None:
-            stop(b.process)
 
 
 def test_a_jobs_page_on_the_node_that_does_not_manage_it_shows_its_output_live_once(
@@ -86,33 +77,27 @@ def test_a_jobs_page_on_the_node_that_does_not_manage_it_shows_its_output_live_o
     its page on node-a follows its status and its output as it is printed,
     each line once (the stored log, then the relayed chunks after it)."""
     env = {**ENV, "SCHEDULER_DB": pg_url}
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = start_scheduler(tmp_path / "a", "--node-name", "node-a", env=env)
-    b = worker = None
-    try:
-        b = start_scheduler(tmp_path / "b", "--node-name", "node-b", env=env)
-        worker = start_worker(b.http, "w1", workdir=tmp_path / "b", env=ENV)
-        wait_until(lambda: (body := http_json("GET", b.url + "/api/workers")[1]) and body, 20, "the worker on node-b")
-        code, created = http_json("POST", a.url + "/api/jobs", {"command": "echo first-line; sleep 3; echo later-line"})
-        assert code == 202, created
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        page = context.new_page()
+    worker = None
+    with leader_and_follower(tmp_path, env, names=("node-a", "node-b")) as (a, b):
         try:
-            page.goto(f"{a.url}/#/jobs/{created['id']}")  # type: ignore[index]
-            output = page.locator("#output")
-            expect(output).to_contain_text("first-line", timeout=WAIT)
-            expect(page.locator("#job-status")).to_have_text("running", timeout=WAIT)
-            expect(page.locator("#job-details")).to_contain_text("w1")
-            expect(output).to_contain_text("later-line", timeout=WAIT)
-            expect(page.locator("#job-status")).to_have_text("succeeded", timeout=WAIT)
-            assert output.evaluate("el => el.textContent") == "first-line\nlater-line\n"
-            shot(page, tmp_path, "cluster-job-page")
+            worker = start_worker(b.http, "w1", workdir=tmp_path / "b", env=ENV)
+            wait_until(lambda: (body := http_json("GET", b.url + "/api/workers")[1]) and body, 20, "the worker on node-b")
+            code, created = http_json("POST", a.url + "/api/jobs", {"command": "echo first-line; sleep 3; echo later-line"})
+            assert code == 202, created
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            page = context.new_page()
+            try:
+                page.goto(f"{a.url}/#/jobs/{created['id']}")  # type: ignore[index]
+                output = page.locator("#output")
+                expect(output).to_contain_text("first-line", timeout=WAIT)
+                expect(page.locator("#job-status")).to_have_text("running", timeout=WAIT)
+                expect(page.locator("#job-details")).to_contain_text("w1")
+                expect(output).to_contain_text("later-line", timeout=WAIT)
+                expect(page.locator("#job-status")).to_have_text("succeeded", timeout=WAIT)
+                assert output.evaluate("el => el.textContent") == "first-line\nlater-line\n"
+                shot(page, tmp_path, "cluster-job-page")
+            finally:
+                context.close()
         finally:
-            context.close()
-    finally:
-        if worker is not None:
-            stop(worker)
-        stop(a.process)
-        if b is not None:
-            stop(b.process)
+            if worker is not None:
+                stop(worker)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e import http_json, start_scheduler, start_worker, stop, wait_until
+from tests.e2e import get_json, http_json, start_scheduler, start_worker, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -55,11 +55,6 @@ class EventStream(threading.Thread):
         self.connection.close()
 
 
-def _get(url: str) -> Any:
-    code, body = http_json("GET", url)
-    return body if code == 200 else None
-
-
 def test_a_job_run_by_another_nodes_worker_shows_its_output_and_its_end_on_this_nodes_feed(
     tmp_path: Path,
     pg_url: str,
@@ -72,7 +67,7 @@ def test_a_job_run_by_another_nodes_worker_shows_its_output_and_its_end_on_this_
     try:
         b = start_scheduler(tmp_path / "b", "--node-name", "b", env=env)
         worker = start_worker(b.http, "w1", workdir=tmp_path / "b", env=ENV)
-        wait_until(lambda: _get(b.url + "/api/workers"), 20, "the worker to connect to b")
+        wait_until(lambda: get_json(b.url + "/api/workers"), 20, "the worker to connect to b")
         code, created = http_json("POST", a.url + "/api/jobs", {"command": COMMAND})
         assert code == 202, created
         job_id = created["id"]  # type: ignore[index]
@@ -85,7 +80,7 @@ def test_a_job_run_by_another_nodes_worker_shows_its_output_and_its_end_on_this_
             return any(kind == "job" and data["id"] == job_id and data["status"] == "succeeded" for kind, data, _ in outputs)
 
         wait_until(ended, 30, "a's feed to show the job's end")
-        job = _get(f"{b.url}/api/jobs/{job_id}")
+        job = get_json(f"{b.url}/api/jobs/{job_id}")
         assert job["worker"] == "w1"
         lines = [(data["seq"], data["data"], arrived) for kind, data, arrived in outputs if kind == "output"]
         text = "".join(data for _, data, _ in lines)
