@@ -512,12 +512,26 @@ def _count(
         path = runs / str(index)
         lines = len(path.read_text().splitlines()) if path.exists() else 0
         run_twice += max(0, lines - started_jobs.get(task_id, 0))
+    # Which jobs have no start on record, so a count of runs twice says what to look at.
+    unstarted = (
+        [
+            [str(value) for value in row]
+            for row in cluster.sql(
+                "SELECT id, task_id, status, node, worker, scheduled_at, reason FROM jobs"
+                " WHERE task_id = ANY(%s) AND started_at IS NULL ORDER BY id LIMIT 20",
+                task_ids,
+            )
+        ]
+        if run_twice
+        else []
+    )
     return {
         "task_seconds": len(task_ids) * len(seconds),
         "lost": lost,
         "not_run": not_run,
         "doubled": doubled,
         "run_twice": run_twice,
+        "unstarted_jobs": unstarted,
         "caught_up": caught_up,
         "caught_up_late_max_s": max(lateness for _, lateness in late) if late else None,
         "caught_up_late": late,
